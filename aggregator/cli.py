@@ -1,0 +1,341 @@
+"""The ``aggregator`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import sys
+from datetime import timedelta
+from functools import wraps
+
+import click
+
+from . import __version__
+from .config import ClusteringSettings, load_config, parse_duration
+from .errors import AggregatorError, ConfigError
+from .store import Store, utcnow
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False),
+    help="Configuration file [default: $AGGREGATOR_CONFIG or config/aggregator.toml].")
+
+
+def handle_errors(command):
+    """Turn the project's errors into one clear line and an exit status."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except AggregatorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def open_store(config_path: str | None) -> Store:
+    return Store(load_config(config_path).database)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="aggregator")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """A feed aggregator that keeps one canonical version of every story.
+
+    \b
+    Quick start (offline, on the bundled seed feeds):
+        aggregator run --once
+        aggregator stories
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--once", is_flag=True, help="Run one pass over the sources that are due, then exit.")
+@click.option("--all", "force_all", is_flag=True,
+              help="With --once: fetch every enabled source, due or not.")
+@click.option("--tick", default="30s", show_default=True,
+              help="How often the daemon looks for due sources.")
+@handle_errors
+def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None:
+    """Poll the configured feeds and cluster their entries into stories.
+
+    \b
+    Examples:
+        aggregator run --once              # one pass, then exit
+        aggregator run                     # the daemon; stop with Ctrl-C or SIGTERM
+        AGGREGATOR_DB=/data/a.db aggregator run --config /etc/aggregator.toml
+    """
+    from .pipeline import Aggregator
+    from .schedule import Daemon
+
+    config = load_config(config_path)
+    try:
+        tick_s = parse_duration(tick)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tick") from None
+    aggregator = Aggregator(config)
+    try:
+        if once:
+            reports = aggregator.run_pass(force=force_all)
+            for report in reports:
+                detail = f": {report.error}" if report.error else ""
+                click.echo(f"{report.source}: {report.outcome}, {report.entries} entries, "
+                           f"{report.new_articles} new{detail}")
+            if not reports:
+                click.echo("no source is due")
+            return
+        daemon = Daemon(lambda stopping: aggregator.run_pass(stopping), tick_s=tick_s)
+
+        def stop(signum, _frame):
+            click.echo(f"received {signal.Signals(signum).name}; finishing the current write",
+                       err=True)
+            daemon.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
+        daemon.start()
+    finally:
+        aggregator.close()
+
+
+def _since(value: str | None):
+    if not value:
+        return None
+    try:
+        return utcnow() - timedelta(seconds=parse_duration(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since", default=None, help="Only stories seen in this period, e.g. 24h or 7d.")
+@click.option("--limit", default=50, show_default=True, help="At most this many stories.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@handle_errors
+def stories(config_path, since, limit, as_json) -> None:
+    """List stories, newest first, with their sources and members.
+
+    \b
+    Examples:
+        aggregator stories --since 24h
+        aggregator stories --json | jq '.[0].members'
+    """
+    store = open_store(config_path)
+    found = store.stories(_since(since), limit)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for story in found:
+        click.echo(f"story {story['id']}: {story['title']}")
+        click.echo(f"  {story['article_count']} articles from {story['source_count']} sources, "
+                   f"last seen {story['last_seen']}")
+        for member in story["members"]:
+            similarity = "" if member["relation"] == "canonical" else \
+                f" {member['similarity']:.2f}"
+            click.echo(f"  - [{member['relation']}{similarity}] {member['source']}: "
+                       f"{member['title']}")
+    if not found:
+        click.echo("no stories yet; run `aggregator run --once` first")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("story_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@handle_errors
+def story(config_path, story_id, as_json) -> None:
+    """Show one story: the canonical, every linked version, and the canonical's history.
+
+    \b
+    Example:
+        aggregator story 1
+    """
+    store = open_store(config_path)
+    found = store.story(story_id)
+    if found is None:
+        raise AggregatorError(f"no story {story_id}")
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    click.echo(f"story {found['id']}: {found['title']}")
+    click.echo(f"first seen {found['first_seen']}, last seen {found['last_seen']}, "
+               f"{found['article_count']} articles from {found['source_count']} sources")
+    for member in found["members"]:
+        click.echo(f"  article {member['article_id']} [{member['relation']}, similarity "
+                   f"{member['similarity']:.3f}] {member['source']}: {member['title']}")
+        click.echo(f"      {member['url']}  published {member['published']}")
+    click.echo("canonical history:")
+    for change in found["canonical_history"]:
+        click.echo(f"  {change['changed_at']}: article {change['article_id']} "
+                   f"(was {change['previous_article_id']}): {change['reason']}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@handle_errors
+def sources(config_path, as_json) -> None:
+    """Show each source with its fetch state.
+
+    \b
+    Example:
+        aggregator sources
+    """
+    config = load_config(config_path)
+    store = Store(config.database)
+    store.sync_sources(config.sources)
+    rows = store.sources_overview()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = "disabled: " + row["disabled_reason"] if row["disabled_reason"] else \
+            ("enabled" if row["enabled"] else "disabled in config")
+        click.echo(f"{row['name']} ({state}{'' if row['in_config'] else ', not in config'})")
+        click.echo(f"  url {row['url']}" + ("" if row["url"] == row["config_url"]
+                                             else f" (config: {row['config_url']})"))
+        click.echo(f"  last check {row['last_checked_at'] or 'never'}: "
+                   f"{row['last_outcome'] or '-'} (HTTP {row['last_status'] or '-'}), "
+                   f"last success {row['last_success_at'] or 'never'}")
+        click.echo(f"  errors in a row {row['consecutive_errors']}, next check "
+                   f"{row['next_check_at'] or 'now'}"
+                   + (f", cooling down until {row['cooldown_until']}"
+                      if row["cooldown_until"] else "")
+                   + f", {row['articles']} articles")
+        if row["last_error"]:
+            click.echo(f"  last error: {row['last_error']}")
+
+
+@main.command(name="explain")
+@CONFIG_OPTION
+@click.argument("article_id", type=int)
+@handle_errors
+def explain(config_path, article_id) -> None:
+    """Why an article joined its story, or why it started a new one.
+
+    \b
+    Example:
+        aggregator explain 3
+    """
+    store = open_store(config_path)
+    article = store.article(article_id)
+    if article is None:
+        raise AggregatorError(f"no article {article_id}")
+    decision = json.loads(article["decision"])
+    click.echo(f"article {article_id} ({article['source']}): {article['title']}")
+    click.echo(f"story {article['story_id']}, relation now {article['relation']} "
+               f"(similarity to the canonical {article['similarity']:.3f})")
+    click.echo(f"decision when it arrived: {decision['reason']}")
+    click.echo(f"salient terms: {', '.join(json.loads(article['salient_terms']))}")
+    for copy in decision["near_copies"]:
+        click.echo(f"  near-copy candidate: article {copy['article_id']} in story "
+                   f"{copy['story_id']}, shingle Jaccard {copy['jaccard']:.3f}")
+    if not decision["candidates"]:
+        click.echo("  no same-story candidate found by LSH")
+    for candidate in decision["candidates"]:
+        click.echo(f"  candidate story {candidate['story_id']}: score {candidate['score']:.3f} "
+                   f"= cosine {candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
+                   f"(threshold {decision['threshold']:.3f}); shared salient terms: "
+                   f"{', '.join(candidate['shared_terms']) or '-'}")
+
+
+@main.command(name="eval")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@CONFIG_OPTION
+@click.option("--assignments", type=click.Path(dir_okay=False),
+              help="Write id<TAB>story_id lines here (one file; with several inputs, the "
+                   "input's name is added before the suffix).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one clustering setting for this run, e.g. "
+                   "--set same_story_threshold=0.25.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@handle_errors
+def evaluate(files, config_path, assignments, overrides, as_json) -> None:
+    """Measure story clustering on labelled JSONL files (B-cubed and pairwise scores).
+
+    Each file is streamed through the daemon's own pipeline into a temporary store, with the
+    clustering settings of the configuration (defaults when there is none).
+
+    \b
+    Examples:
+        aggregator eval ../shared/eval/wikinews-fulltext-dev.jsonl
+        aggregator eval data/*.jsonl --assignments out.tsv --set same_story_threshold=0.25
+    """
+    from pathlib import Path
+
+    from .evaluate import evaluate_file, with_overrides
+
+    settings = ClusteringSettings()
+    if config_path:
+        settings = load_config(config_path).clustering
+    settings = with_overrides(settings, **_parse_overrides(overrides))
+    for path in files:
+        count = sum(1 for line in open(path, encoding="utf-8") if line.strip())
+        with click.progressbar(length=count, label=Path(path).name, file=sys.stderr) as bar:
+            last = [0]
+
+            def advance(done: int, bar=bar, last=last) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            result = evaluate_file(path, settings, progress=advance)
+        if assignments:
+            target = Path(assignments)
+            if len(files) > 1:
+                target = target.with_name(f"{target.stem}.{Path(path).stem}{target.suffix}")
+            with open(target, "w", encoding="utf-8") as out:
+                for article_id, story_id in result.assignments.items():
+                    out.write(f"{article_id}\t{story_id}\n")
+        s = result.scores
+        if as_json:
+            click.echo(json.dumps({"file": result.file, "articles": result.articles,
+                                   "stories_gold": result.stories_gold,
+                                   "stories_found": result.stories_found,
+                                   "seconds": round(result.seconds, 2), **s.as_dict()}))
+            continue
+        click.echo(f"{result.file}: {result.articles} articles, {result.stories_gold} gold "
+                   f"stories, {result.stories_found} found, {result.seconds:.1f} s "
+                   f"({result.articles / max(result.seconds, 1e-9):.0f} articles/s)")
+        click.echo(f"  B-cubed   P {s.bcubed_precision:.4f}  R {s.bcubed_recall:.4f}  "
+                   f"F1 {s.bcubed_f1:.4f}")
+        click.echo(f"  pairwise  P {s.pairwise_precision:.4f}  R {s.pairwise_recall:.4f}  "
+                   f"F1 {s.pairwise_f1:.4f}")
+
+
+def _parse_overrides(pairs) -> dict:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(ClusteringSettings)}
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE with KEY one of "
+                                     f"{', '.join(fields)}", param_hint="--set")
+        current = getattr(ClusteringSettings(), key)
+        try:
+            if isinstance(current, tuple):
+                values[key] = tuple(p for p in re.split(r"[,\s]+", raw) if p)
+            else:
+                values[key] = type(current)(raw)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: {raw!r} is not a {type(current).__name__}",
+                                     param_hint="--set") from None
+    return values
+
+
+if __name__ == "__main__":
+    main()

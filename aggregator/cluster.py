@@ -1,0 +1,330 @@
+"""Story clustering: LSH finds candidates, verification decides.
+
+The decisions are pure functions (``decide``, ``canonical_key``, ``relation_to_canonical``);
+``Clusterer`` holds the in-memory state they read: two datasketch LSH indexes, the stories of
+the time window with their centroids, and the online term statistics.  It never touches SQL:
+the pipeline asks it for a ``Decision``, stores the article, then commits the decision here.
+
+How an article is placed:
+
+1. Near-copy search: LSH over word-shingle MinHashes at ``duplicate_threshold``; a candidate is
+   verified by its estimated Jaccard.  A verified near-copy puts the article in the copy's
+   story as a ``duplicate``.
+2. Otherwise same-story search: LSH over salient-term MinHashes at ``candidate_threshold``
+   gives candidate articles; their live stories are scored by TF-IDF cosine between the article
+   and the story centroid (the mean of its members, so one look-alike member cannot drag an
+   unrelated article in), times a Gaussian time factor.  The best story at or above
+   ``same_story_threshold`` wins; else the article starts a new story.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from datasketch import MinHashLSH
+
+from .config import ClusteringSettings
+from .fingerprint import Fingerprint, TermStatistics, cosine, jaccard, tfidf_vector
+
+Relation = Literal["canonical", "duplicate", "same_story"]
+DAY_S = 86400.0
+
+
+@dataclass
+class ClusterArticle:
+    """An article as the clusterer sees it."""
+
+    article_id: int | None
+    source: str
+    priority: int
+    published_ts: float
+    has_author: bool
+    fingerprint: Fingerprint
+
+    @property
+    def word_count(self) -> int:
+        return self.fingerprint.word_count
+
+
+@dataclass
+class StoryState:
+    story_id: int
+    members: list[int] = field(default_factory=list)
+    centroid: dict[str, float] = field(default_factory=dict)
+    canonical_id: int | None = None
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+
+    def centroid_norm(self) -> float:
+        return math.sqrt(sum(w * w for w in self.centroid.values()))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    story_id: int
+    score: float
+    cosine: float
+    time_factor: float
+    shared_terms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NearCopy:
+    article_id: int
+    story_id: int
+    jaccard: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    relation: Literal["new_story", "duplicate", "same_story"]
+    story_id: int | None
+    score: float
+    threshold: float
+    matched_article_id: int | None = None
+    candidates: tuple[Candidate, ...] = ()
+    near_copies: tuple[NearCopy, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        if self.relation == "duplicate":
+            return (f"near-copy of article {self.matched_article_id} "
+                    f"(shingle Jaccard {self.score:.2f} >= {self.threshold:.2f})")
+        if self.relation == "same_story":
+            return (f"matches story {self.story_id} "
+                    f"(centroid score {self.score:.3f} >= {self.threshold:.3f})")
+        if self.candidates:
+            best = self.candidates[0]
+            return (f"new story: best candidate story {best.story_id} scored "
+                    f"{best.score:.3f} < {self.threshold:.3f}")
+        return "new story: no candidate shared enough salient terms"
+
+
+def time_factor(delta_s: float, sigma_days: float) -> float:
+    """Gaussian decay of similarity with the time between an article and a story."""
+    days = delta_s / DAY_S
+    return math.exp(-(days * days) / (2.0 * sigma_days * sigma_days))
+
+
+def decide(near_copies: list[NearCopy], candidates: list[Candidate],
+           settings: ClusteringSettings) -> Decision:
+    """Where an article goes, from verified near-copies and scored candidate stories."""
+    ranked = tuple(sorted(candidates, key=lambda c: (-c.score, c.story_id)))
+    copies = tuple(sorted(near_copies, key=lambda c: (-c.jaccard, c.article_id)))
+    if copies and copies[0].jaccard >= settings.duplicate_threshold:
+        best = copies[0]
+        return Decision("duplicate", best.story_id, best.jaccard, settings.duplicate_threshold,
+                        matched_article_id=best.article_id, candidates=ranked,
+                        near_copies=copies)
+    if ranked and ranked[0].score >= settings.same_story_threshold:
+        return Decision("same_story", ranked[0].story_id, ranked[0].score,
+                        settings.same_story_threshold, candidates=ranked, near_copies=copies)
+    return Decision("new_story", None, ranked[0].score if ranked else 0.0,
+                    settings.same_story_threshold, candidates=ranked, near_copies=copies)
+
+
+def _completeness_bucket(word_count: int) -> int:
+    # Texts within ~25% of each other's length count as equally complete, so that the next
+    # criterion (usually "earliest") decides between them rather than a few extra words.
+    return int(math.log(word_count + 1) / math.log(1.25))
+
+
+def canonical_key(article: ClusterArticle, policy: tuple[str, ...]) -> tuple:
+    """Sort key: the smallest key is the best version under the configured policy."""
+    parts: list[float] = []
+    for criterion in policy:
+        if criterion == "priority":
+            parts.append(-article.priority)
+        elif criterion == "completeness":
+            parts.append(-_completeness_bucket(article.word_count))
+        elif criterion == "earliest":
+            parts.append(article.published_ts)
+        elif criterion == "has_author":
+            parts.append(0 if article.has_author else 1)
+    parts.append(article.article_id or 0)
+    return tuple(parts)
+
+
+def canonical_reason(best: ClusterArticle, runner_up: ClusterArticle | None,
+                     policy: tuple[str, ...]) -> str:
+    """The first policy criterion on which the canonical beats the next-best version."""
+    if runner_up is None:
+        return "first version of the story"
+    best_key = canonical_key(best, policy)
+    other_key = canonical_key(runner_up, policy)
+    for criterion, mine, theirs in zip(policy, best_key, other_key, strict=False):
+        if mine != theirs:
+            return {
+                "priority": f"higher source priority ({best.priority} > {runner_up.priority})",
+                "completeness": f"more complete text ({best.word_count} words vs "
+                                f"{runner_up.word_count})",
+                "earliest": "published earlier",
+                "has_author": "names its author",
+            }[criterion]
+    return "tie on every criterion; the first stored wins"
+
+
+def relation_to_canonical(member: ClusterArticle, canonical: ClusterArticle,
+                          stats: TermStatistics,
+                          settings: ClusteringSettings) -> tuple[Relation, float]:
+    """A member's relation to the story's canonical, with the verified similarity."""
+    if member.article_id == canonical.article_id:
+        return "canonical", 1.0
+    overlap = jaccard(member.fingerprint.shingle_signature,
+                      canonical.fingerprint.shingle_signature)
+    if overlap >= settings.duplicate_threshold:
+        return "duplicate", round(overlap, 4)
+    similarity = cosine(tfidf_vector(member.fingerprint.term_counts, stats),
+                        tfidf_vector(canonical.fingerprint.term_counts, stats))
+    return "same_story", round(similarity, 4)
+
+
+@dataclass(frozen=True)
+class StoryOutcome:
+    """What the store must write after an article joined or started a story."""
+
+    story_id: int
+    canonical_id: int
+    previous_canonical_id: int | None
+    canonical_reason: str | None
+    member_relations: dict[int, tuple[Relation, float]]
+    first_ts: float
+    last_ts: float
+
+
+class Clusterer:
+    """The in-memory clustering index of the time window."""
+
+    def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None):
+        self.settings = settings
+        self.stats = stats or TermStatistics(settings.idf_prior_docs)
+        self.duplicate_index = MinHashLSH(threshold=settings.duplicate_threshold,
+                                          num_perm=settings.num_perm)
+        self.candidate_index = MinHashLSH(threshold=settings.candidate_threshold,
+                                          num_perm=settings.num_perm)
+        self.articles: dict[int, ClusterArticle] = {}
+        self.story_of: dict[int, int] = {}
+        self.stories: dict[int, StoryState] = {}
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def vector(self, article: ClusterArticle) -> dict[str, float]:
+        return tfidf_vector(article.fingerprint.term_counts, self.stats)
+
+    def _live(self, story: StoryState, ts: float) -> bool:
+        return ts - story.last_ts <= self.settings.window_days * DAY_S
+
+    def near_copies(self, article: ClusterArticle) -> list[NearCopy]:
+        found = []
+        for key in self.duplicate_index.query(article.fingerprint.shingle_signature):
+            other = self.articles.get(key)
+            story_id = self.story_of.get(key)
+            if other is None or story_id is None:
+                continue
+            if not self._live(self.stories[story_id], article.published_ts):
+                continue
+            found.append(NearCopy(key, story_id, round(jaccard(
+                article.fingerprint.shingle_signature, other.fingerprint.shingle_signature), 4)))
+        return found
+
+    def candidate_stories(self, article: ClusterArticle,
+                          vector: dict[str, float]) -> list[Candidate]:
+        hits: dict[int, int] = {}
+        for key in self.candidate_index.query(article.fingerprint.salient_signature):
+            story_id = self.story_of.get(key)
+            if story_id is not None:
+                hits[story_id] = hits.get(story_id, 0) + 1
+        ranked = sorted(hits, key=lambda s: (-hits[s], -self.stories[s].last_ts))
+        candidates = []
+        salient = set(article.fingerprint.salient)
+        for story_id in ranked[: self.settings.max_candidates]:
+            story = self.stories[story_id]
+            if not self._live(story, article.published_ts):
+                continue
+            similarity = cosine(vector, story.centroid, story.centroid_norm())
+            story_mid = (story.first_ts + story.last_ts) / 2.0
+            factor = time_factor(abs(article.published_ts - story_mid),
+                                 self.settings.time_sigma_days)
+            shared = tuple(sorted(salient & set(self.articles[story.canonical_id]
+                                                .fingerprint.salient)))
+            candidates.append(Candidate(story_id, round(similarity * factor, 4),
+                                        round(similarity, 4), round(factor, 4), shared))
+        return candidates
+
+    def propose(self, article: ClusterArticle) -> Decision:
+        vector = self.vector(article)
+        return decide(self.near_copies(article), self.candidate_stories(article, vector),
+                      self.settings)
+
+    # -- committing -------------------------------------------------------------------------
+
+    def commit(self, article: ClusterArticle, story_id: int) -> StoryOutcome:
+        """Record a stored article as a member of ``story_id`` (new or existing)."""
+        assert article.article_id is not None
+        vector = self.vector(article)
+        story = self.stories.get(story_id)
+        if story is None:
+            story = self.stories[story_id] = StoryState(story_id)
+        self._index(article, story, vector)
+        self.stats.add_document(article.fingerprint.term_counts)
+        return self._elect(story, article)
+
+    def _index(self, article: ClusterArticle, story: StoryState,
+               vector: dict[str, float]) -> None:
+        article_id = article.article_id
+        self.articles[article_id] = article
+        self.story_of[article_id] = story.story_id
+        story.members.append(article_id)
+        for term, weight in vector.items():
+            story.centroid[term] = story.centroid.get(term, 0.0) + weight
+        story.first_ts = min(story.first_ts, article.published_ts)
+        story.last_ts = max(story.last_ts, article.published_ts)
+        self.duplicate_index.insert(article_id, article.fingerprint.shingle_signature,
+                                    check_duplication=False)
+        self.candidate_index.insert(article_id, article.fingerprint.salient_signature,
+                                    check_duplication=False)
+
+    def _elect(self, story: StoryState, newcomer: ClusterArticle) -> StoryOutcome:
+        policy = self.settings.canonical_policy
+        members = sorted((self.articles[m] for m in story.members),
+                         key=lambda a: canonical_key(a, policy))
+        best = members[0]
+        previous = story.canonical_id
+        changed = previous != best.article_id
+        story.canonical_id = best.article_id
+        # Relations are relative to the canonical: all change with it, else only the newcomer's.
+        affected = members if changed else [newcomer]
+        relations = {m.article_id: relation_to_canonical(m, best, self.stats, self.settings)
+                     for m in affected}
+        return StoryOutcome(
+            story_id=story.story_id,
+            canonical_id=best.article_id,
+            previous_canonical_id=previous,
+            canonical_reason=canonical_reason(best, members[1] if len(members) > 1 else None,
+                                              policy) if changed else None,
+            member_relations=relations,
+            first_ts=story.first_ts,
+            last_ts=story.last_ts,
+        )
+
+    def restore(self, article: ClusterArticle, story_id: int, canonical_id: int) -> None:
+        """Put back a stored article at start-up (statistics are restored separately)."""
+        story = self.stories.get(story_id)
+        if story is None:
+            story = self.stories[story_id] = StoryState(story_id)
+        self._index(article, story, self.vector(article))
+        story.canonical_id = canonical_id
+
+    def evict_before(self, cutoff_ts: float) -> int:
+        """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
+        stale = [s for s in self.stories.values() if s.last_ts < cutoff_ts]
+        for story in stale:
+            for article_id in story.members:
+                self.duplicate_index.remove(article_id)
+                self.candidate_index.remove(article_id)
+                self.articles.pop(article_id, None)
+                self.story_of.pop(article_id, None)
+            del self.stories[story.story_id]
+        return len(stale)

@@ -1,0 +1,285 @@
+"""Load and validate the TOML configuration into frozen dataclasses.
+
+Nothing here touches the network or the database.  Every problem is reported as a
+``ConfigError`` whose message names the file, the source and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/aggregator.toml")
+CONFIG_ENV = "AGGREGATOR_CONFIG"
+DB_ENV = "AGGREGATOR_DB"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from an int/float of seconds or a string such as ``"90s"``, ``"15m"``, ``"2h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"expected a duration such as 900, \"15m\" or \"2h\", got {value!r}")
+
+
+@dataclass(frozen=True)
+class ClusteringSettings:
+    """Thresholds and weights of the story clusterer; ``docs/clustering.md`` justifies each."""
+
+    window_days: float = 7.0
+    time_sigma_days: float = 3.0
+    num_perm: int = 128
+    shingle_size: int = 3
+    duplicate_threshold: float = 0.7
+    candidate_threshold: float = 0.1
+    salient_terms: int = 24
+    title_weight: float = 3.0
+    same_story_threshold: float = 0.3
+    idf_prior_docs: float = 2000.0
+    max_candidates: int = 50
+    canonical_policy: tuple[str, ...] = ("priority", "completeness", "earliest", "has_author")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    url: str
+    interval_s: float
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    enabled: bool = True
+
+    @property
+    def is_local(self) -> bool:
+        return urlsplit(self.url).scheme in ("", "file")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    database: str
+    default_interval_s: float = 1800.0
+    user_agent: str = "news-dedup-aggregator/0.1 (+https://github.com/news-dedup-aggregator)"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_concurrency: int = 8
+    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+    sources: tuple[Source, ...] = ()
+
+    def source(self, name: str) -> Source:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+
+_CANONICAL_CRITERIA = {"priority", "completeness", "earliest", "has_author"}
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers where it is, for error messages."""
+
+    def __init__(self, path: str, table: dict[str, Any], source: str | None = None,
+                 prefix: str = ""):
+        self.path = path
+        self.table = table
+        self.source = source
+        self.prefix = prefix
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, message, source=self.source, key=self.prefix + key)
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(key, f"expected {_kind_name(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"expected {_kind_name(kinds)}, got {type(value).__name__}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        if key not in self.table:
+            return default
+        try:
+            seconds = parse_duration(self.table[key])
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+        if seconds <= 0:
+            raise self.fail(key, "must be greater than zero")
+        return seconds
+
+    def number(self, key: str, default: float, low: float | None = None,
+               high: float | None = None) -> float:
+        value = self.get(key, (int, float), default)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"must be between {low} and {high}, got {value}")
+        return float(value)
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _resolve_path(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _check_url(reader: _Reader, base: Path, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise reader.fail("url", f"{url!r} has no host")
+        return url
+    if parts.scheme == "file":
+        if not parts.path:
+            raise reader.fail("url", f"{url!r} names no file")
+        return "file://" + _resolve_path(base, parts.path)
+    if parts.scheme == "" and url.strip():
+        return _resolve_path(base, url)
+    raise reader.fail("url", f"{url!r} is not an http(s) URL, a file: URL or a local path")
+
+
+def _load_clustering(path: str, table: Any) -> ClusteringSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "expected a table", key="clustering")
+    reader = _Reader(path, table, prefix="clustering.")
+    defaults = ClusteringSettings()
+    reader.reject_unknown({f.name for f in dataclasses.fields(ClusteringSettings)})
+    policy = reader.get("canonical_policy", list, list(defaults.canonical_policy))
+    for criterion in policy:
+        if criterion not in _CANONICAL_CRITERIA:
+            raise reader.fail("canonical_policy", f"unknown criterion {criterion!r} (allowed: "
+                              f"{', '.join(sorted(_CANONICAL_CRITERIA))})")
+    num_perm = int(reader.number("num_perm", defaults.num_perm, 16, 1024))
+    return ClusteringSettings(
+        window_days=reader.number("window_days", defaults.window_days, 0.01, 3650),
+        time_sigma_days=reader.number("time_sigma_days", defaults.time_sigma_days, 0.01, 3650),
+        num_perm=num_perm,
+        shingle_size=int(reader.number("shingle_size", defaults.shingle_size, 1, 10)),
+        duplicate_threshold=reader.number("duplicate_threshold", defaults.duplicate_threshold,
+                                          0.05, 1.0),
+        candidate_threshold=reader.number("candidate_threshold", defaults.candidate_threshold,
+                                          0.01, 1.0),
+        salient_terms=int(reader.number("salient_terms", defaults.salient_terms, 1, 500)),
+        title_weight=reader.number("title_weight", defaults.title_weight, 0, 100),
+        same_story_threshold=reader.number("same_story_threshold",
+                                           defaults.same_story_threshold, 0.0, 1.0),
+        idf_prior_docs=reader.number("idf_prior_docs", defaults.idf_prior_docs, 0, 1e9),
+        max_candidates=int(reader.number("max_candidates", defaults.max_candidates, 1, 10000)),
+        canonical_policy=tuple(policy),
+    )
+
+
+def _load_source(path: str, base: Path, index: int, table: Any,
+                 default_interval_s: float) -> Source:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "expected a table", key=f"sources[{index}]")
+    name = table.get("name")
+    label = name if isinstance(name, str) and name.strip() else f"#{index + 1}"
+    reader = _Reader(path, table, source=label)
+    reader.reject_unknown({"name", "url", "interval", "priority", "tags", "enabled"})
+    if "name" not in table:
+        raise reader.fail("name", "is required")
+    name = reader.get("name", str, "")
+    if not name.strip():
+        raise reader.fail("name", "must not be empty")
+    if "url" not in table:
+        raise reader.fail("url", "is required")
+    url = _check_url(reader, base, reader.get("url", str, ""))
+    tags = reader.get("tags", list, [])
+    if not all(isinstance(tag, str) for tag in tags):
+        raise reader.fail("tags", "expected a list of strings")
+    return Source(
+        name=name,
+        url=url,
+        interval_s=reader.duration("interval", default_interval_s),
+        priority=int(reader.get("priority", int, 0)),
+        tags=tuple(tags),
+        enabled=reader.get("enabled", bool, True),
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Read the configuration named by ``path``, else ``$AGGREGATOR_CONFIG``, else the default.
+
+    ``$AGGREGATOR_DB`` overrides the database path.  Relative paths in the file are resolved
+    against the file's own folder, so the result does not depend on the working directory.
+    """
+    environ = os.environ if environ is None else environ
+    config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    shown = str(config_path)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(shown, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(shown, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(shown, "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(shown, f"invalid TOML: {exc}") from None
+
+    base = config_path.resolve().parent
+    top = _Reader(shown, raw)
+    top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
+                        "read_timeout", "max_body_bytes", "max_concurrency", "clustering",
+                        "sources"})
+    defaults = Config(path=shown, database="")
+    default_interval_s = top.duration("default_interval", defaults.default_interval_s)
+
+    sources_raw = top.get("sources", list, [])
+    sources: list[Source] = []
+    seen: set[str] = set()
+    for index, table in enumerate(sources_raw):
+        source = _load_source(shown, base, index, table, default_interval_s)
+        if source.name in seen:
+            raise ConfigError(shown, "duplicate source name", source=source.name, key="name")
+        seen.add(source.name)
+        sources.append(source)
+
+    database = environ.get(DB_ENV) or top.get("database", str, "aggregator.db")
+    if database != ":memory:":
+        database = _resolve_path(base, database) if DB_ENV not in environ else database
+    return Config(
+        path=shown,
+        database=database,
+        default_interval_s=default_interval_s,
+        user_agent=top.get("user_agent", str, defaults.user_agent),
+        connect_timeout_s=top.duration("connect_timeout", defaults.connect_timeout_s),
+        read_timeout_s=top.duration("read_timeout", defaults.read_timeout_s),
+        max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
+        max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
+        clustering=_load_clustering(shown, raw.get("clustering", {})),
+        sources=tuple(sources),
+    )

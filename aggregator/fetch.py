@@ -1,0 +1,213 @@
+"""Getting feed documents: httpx for http(s), the file system for local sources.
+
+This is the one place where HTTP status codes and headers get their meaning
+(``classify_status``); everything downstream sees a ``FetchResult`` or a ``FetchError``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from .errors import FetchError, SourceGoneError
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    NOT_MODIFIED = "not_modified"
+    THROTTLED = "throttled"
+    GONE = "gone"
+    ERROR = "error"
+
+
+def classify_status(status: int) -> Outcome:
+    """What an HTTP status means for a feed poll."""
+    if status == 304:
+        return Outcome.NOT_MODIFIED
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status == 410:
+        return Outcome.GONE
+    if status in (429, 503):
+        return Outcome.THROTTLED
+    return Outcome.ERROR
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date form)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def parse_max_age(cache_control: str | None) -> float | None:
+    if not cache_control:
+        return None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.lower() == "max-age" and value.strip().strip('"').isdigit():
+            return float(value.strip().strip('"'))
+    return None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    outcome: Outcome
+    url: str
+    status: int | None = None
+    body: bytes = b""
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    max_age_s: float | None = None
+    retry_after_s: float | None = None
+    permanent_redirect: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    user_agent: str
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+
+
+def _local_path(url: str) -> Path:
+    parts = urlsplit(url)
+    return Path(unquote(parts.path)) if parts.scheme == "file" else Path(url)
+
+
+def fetch_local(source: str, url: str, last_modified: str | None,
+                limits: FetchLimits) -> FetchResult:
+    """Read a local feed file; an unchanged modification time counts as not modified."""
+    path = _local_path(url)
+    try:
+        stat = path.stat()
+        mtime = str(stat.st_mtime_ns)
+        if last_modified == mtime:
+            return FetchResult(Outcome.NOT_MODIFIED, url, last_modified=mtime)
+        if stat.st_size > limits.max_body_bytes:
+            raise FetchError(source, f"{path}: {stat.st_size} bytes is over the "
+                             f"{limits.max_body_bytes}-byte limit")
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise FetchError(source, f"{path}: no such file") from None
+    except OSError as exc:
+        raise FetchError(source, f"{path}: {exc.strerror or exc}") from None
+    content_type = "application/json" if path.suffix == ".json" else None
+    return FetchResult(Outcome.OK, url, body=body, content_type=content_type,
+                       last_modified=mtime)
+
+
+def make_client(limits: FetchLimits) -> httpx.Client:
+    timeout = httpx.Timeout(limits.read_timeout_s, connect=limits.connect_timeout_s)
+    return httpx.Client(
+        headers={"User-Agent": limits.user_agent,
+                 "Accept": "application/rss+xml, application/atom+xml, application/feed+json, "
+                           "application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.8, "
+                           "*/*;q=0.5"},
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=True,
+    )
+
+
+def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
+               last_modified: str | None, limits: FetchLimits) -> FetchResult:
+    """One conditional GET, following at most ``max_redirects`` redirects by hand so that a
+    chain made only of permanent ones (301/308) can be reported as the feed's new address."""
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    now = datetime.now(UTC)
+    current = url
+    permanent = True
+    seen = {url}
+    for _hop in range(limits.max_redirects + 1):
+        try:
+            with client.stream("GET", current, headers=headers) as response:
+                if response.is_redirect:
+                    target = str(response.url.join(response.headers.get("location", "")))
+                    scheme = urlsplit(target).scheme
+                    if scheme not in ("http", "https"):
+                        raise FetchError(source, f"redirect from {current} to a {scheme or 'non'}"
+                                         f"-http URL ({target}) refused", response.status_code)
+                    if target in seen:
+                        raise FetchError(source, f"redirect loop at {target}",
+                                         response.status_code)
+                    permanent = permanent and response.status_code in (301, 308)
+                    seen.add(target)
+                    current = target
+                    continue
+                return _read_response(response, source, url, current, permanent, now, limits)
+        except httpx.TimeoutException as exc:
+            raise FetchError(source, f"timed out fetching {current}: "
+                             f"{type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(source, f"cannot fetch {current}: {exc}") from None
+    raise FetchError(source, f"more than {limits.max_redirects} redirects from {url}")
+
+
+def _read_response(response: httpx.Response, source: str, url: str, final_url: str,
+                   permanent: bool, now: datetime, limits: FetchLimits) -> FetchResult:
+    status = response.status_code
+    outcome = classify_status(status)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+    if outcome is Outcome.GONE:
+        raise SourceGoneError(source, f"{final_url} answered 410 Gone", status)
+    if outcome in (Outcome.THROTTLED, Outcome.ERROR):
+        raise FetchError(source, f"{final_url} answered HTTP {status}", status, retry_after)
+    body = b""
+    if outcome is Outcome.OK:
+        chunks = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise FetchError(source, f"{final_url}: body over the {limits.max_body_bytes}"
+                                 "-byte limit (after decompression)", status)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    return FetchResult(
+        outcome=outcome,
+        url=final_url,
+        status=status,
+        body=body,
+        content_type=response.headers.get("content-type"),
+        etag=response.headers.get("etag"),
+        last_modified=response.headers.get("last-modified"),
+        max_age_s=parse_max_age(response.headers.get("cache-control")),
+        retry_after_s=retry_after,
+        permanent_redirect=final_url if final_url != url and permanent else None,
+        headers=dict(response.headers),
+    )
+
+
+def fetch(client: httpx.Client | None, source: str, url: str, etag: str | None,
+          last_modified: str | None, limits: FetchLimits) -> FetchResult:
+    scheme = urlsplit(url).scheme
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        return fetch_local(source, url, last_modified, limits)
+    if client is None:
+        raise FetchError(source, "no HTTP client available")
+    return fetch_http(client, source, url, etag, last_modified, limits)

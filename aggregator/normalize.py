@@ -1,0 +1,226 @@
+"""Pure clean-up of parsed entries: canonical URL, HTML to text, boilerplate, dates, identity.
+
+Nothing here does I/O.  The output, a ``NormalizedArticle``, is what the rest of the pipeline
+fingerprints, clusters and stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import lxml.html
+from lxml import etree
+
+from .parse import ParsedEntry
+
+# Query parameters that only track the reader; two URLs differing in them name one page.
+_TRACKING_PARAMS = re.compile(
+    r"^(utm_\w+|fbclid|gclid|dclid|gbraid|wbraid|msclkid|yclid|mc_cid|mc_eid|igshid|_ga|_gl|"
+    r"ref|ref_src|ref_url|cmpid|ncid|sr_share|share|smid|spm|ito|__twitter_impression|"
+    r"outputtype|amp)$",
+    re.IGNORECASE,
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_url(url: str | None) -> str | None:
+    """The URL with tracking parameters, fragment, default port, AMP variant and ``www.`` removed.
+
+    >>> canonical_url("HTTPS://www.Example.com:443/news/story/amp/?utm_source=x&id=3#top")
+    'https://example.com/news/story?id=3'
+    """
+    if not url:
+        return None
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return url
+    host = (parts.hostname or "").lower().rstrip(".")
+    if host.startswith("www."):
+        host = host[4:]
+    if host.startswith("amp."):
+        host = host[4:]
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    path = re.sub(r"/{2,}", "/", parts.path or "/")
+    path = re.sub(r"/amp(?:\.html)?/?$", "/", path)
+    path = re.sub(r"\.amp(\.html?)$", r"\1", path)
+    if len(path) > 1:
+        path = path.rstrip("/")
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                   if not _TRACKING_PARAMS.match(k))
+    # Scheme is folded to https: the same article is often linked both ways.
+    return urlunsplit(("https", netloc, path, urlencode(query), ""))
+
+
+_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
+               "blockquote", "pre", "tr", "table", "section", "article", "header", "footer",
+               "figure", "figcaption", "hr", "dd", "dt"}
+_DROPPED_TAGS = ("script", "style", "iframe", "noscript", "object", "embed", "form",
+                 "button", "svg", "template", "select", "textarea", "input")
+
+
+def html_to_text(html: str | None) -> str:
+    """Readable plain text of an HTML fragment: one paragraph a line, nothing executable kept."""
+    if not html:
+        return ""
+    if "<" not in html and "&" not in html:
+        return _tidy_lines(html)
+    try:
+        root = lxml.html.fragment_fromstring(html, create_parent="div")
+    except (etree.ParserError, ValueError):
+        return _tidy_lines(re.sub(r"<[^>]*>", " ", html))
+    for element in root.iter(*_DROPPED_TAGS):
+        element.drop_tree()
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag.lower() in _BLOCK_TAGS:
+            element.tail = "\n" + (element.tail or "")
+            if element.tag.lower() != "br":
+                element.text = "\n" + (element.text or "")
+    return _tidy_lines(root.text_content())
+
+
+def _tidy_lines(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = (re.sub(r"[ \t\u00a0\u200b]+", " ", line).strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+# Page residue that must never drive a match.  Each pattern is a whole line.  An "end" marker
+# found past the first third of the text cuts everything after it (related links, comments).
+_END_MARKERS = re.compile(
+    r"^(how useful was this (post|article)\??|related (posts|articles|stories|news)|"
+    r"(you may|you might) also like|recommended( for you)?|more from [\w ]+|"
+    r"read more|read (the )?full (article|story)( at source)?|"
+    r"handpicked stories.*|sign up for (our|the) newsletter.*|subscribe to (our|the) newsletter.*|"
+    r"disclaimer\s*:.*|comments?( \(\d+\))?|leave a (comment|reply)|share this( article| story)?:?|"
+    r"follow us on .*|tags?:.*|trending now)$",
+    re.IGNORECASE,
+)
+_RESIDUE_LINE = re.compile(
+    r"^(click (on )?a star to rate it!?|average rating .*|vote count.*|"
+    r"no votes so far!?.*|others are reading now|also read( this)?:?|see also:?|"
+    r"advertisement|sponsored( content)?|story continues below.*|continue reading.*|"
+    r"(first published|last updated|updated|published)\s*:.*|"
+    r"\d+ (second|minute|hour|day|week)s? ago|"
+    r"\d[\d,]* (views?|viewed|shares?|comments?)\b.*|"
+    r"this (article|post|story) was (created|generated|written|rewritten) (based on|with|using).*|"
+    r"a newsletter with .*|(image|photo|video|picture)( credit)?s?\s*:.*|"
+    r"— .*\(@\w+\) \w+ \d+, \d{4}|pic\.twitter\.com/\S+|"
+    r"(share|tweet|email|print|copy link)( on \w+)?)$",
+    re.IGNORECASE,
+)
+# A caption: a line ending in a photo credit, or a line that is only a credit.
+_CAPTION = re.compile(
+    r"(\((?:[A-Z][\w.&/ -]{0,30}? )?(?:photo|image|picture|file photo)s?\b[^)]{0,80}\)\s*$)|"
+    r"(^\s*\(?(image|photo|picture)\s*:\s*[^)]{0,40}\)?\s*$)|(^[^a-z]{0,40}\)$)",
+    re.IGNORECASE,
+)
+
+
+def strip_boilerplate(text: str) -> str:
+    """Remove rating widgets, related-link blocks, disclaimers, captions and prompts."""
+    lines = text.split("\n")
+    total = sum(len(line) for line in lines) or 1
+    kept: list[str] = []
+    seen = 0
+    for line in lines:
+        stripped = line.strip()
+        seen += len(line)
+        if _END_MARKERS.match(stripped):
+            if seen > total / 3:
+                break
+            continue
+        if _RESIDUE_LINE.match(stripped) or _CAPTION.search(stripped):
+            continue
+        kept.append(stripped)
+    return "\n".join(line for line in kept if line)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def effective_published(published: datetime | None, fetched: datetime) -> datetime:
+    """The time a story is dated by: the entry's date, unless missing or more than a day ahead."""
+    published = _utc(published)
+    if published is None or published > fetched + timedelta(days=1):
+        return fetched
+    return published
+
+
+def content_hash(title: str, text: str) -> str:
+    folded = re.sub(r"\W+", " ", f"{title}\n{text}".casefold()).strip()
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+
+
+# A GUID shared by two feeds names one entry only when it is globally unique by construction.
+_GLOBAL_GUID = re.compile(r"^(https?://|urn:|tag:|[0-9a-f-]{32,}$)", re.IGNORECASE)
+
+
+def identity_keys(source: str, guid: str | None, canonical: str | None,
+                  digest: str) -> tuple[str, ...]:
+    """Keys under which an entry is the same entry seen before, strongest first."""
+    keys: list[str] = []
+    if guid:
+        keys.append(f"guid:{guid}" if _GLOBAL_GUID.match(guid) else f"guid:{source}:{guid}")
+    if canonical:
+        keys.append(f"url:{canonical}")
+    keys.append(f"hash:{digest}")
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class NormalizedArticle:
+    source: str
+    guid: str | None
+    url: str | None
+    canonical_url: str | None
+    title: str
+    author: str | None
+    published: datetime
+    has_published: bool
+    fetched: datetime
+    text: str
+    content_hash: str
+    identity_keys: tuple[str, ...]
+
+    @property
+    def identity_key(self) -> str:
+        return self.identity_keys[0]
+
+
+def normalize_entry(entry: ParsedEntry, source: str, fetched: datetime) -> NormalizedArticle:
+    fetched = _utc(fetched) or datetime.now(UTC)
+    title = _tidy_lines(html_to_text(entry.title)).replace("\n", " ")
+    body = html_to_text(entry.content or entry.summary)
+    text = strip_boilerplate(body)
+    canonical = canonical_url(entry.link)
+    digest = content_hash(title, text)
+    return NormalizedArticle(
+        source=source,
+        guid=(entry.guid or "").strip() or None,
+        url=entry.link,
+        canonical_url=canonical,
+        title=title,
+        author=(entry.author or "").strip() or None,
+        published=effective_published(entry.published, fetched),
+        has_published=entry.published is not None,
+        fetched=fetched,
+        text=text,
+        content_hash=digest,
+        identity_keys=identity_keys(source, (entry.guid or "").strip() or None, canonical, digest),
+    )

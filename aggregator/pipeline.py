@@ -1,0 +1,303 @@
+"""The pipeline: ``Aggregator.refresh(source)`` calls every step in order.
+
+    fetch -> parse -> normalize -> (identity) -> fingerprint -> cluster -> store
+
+Each step lives in its own module; this one only sequences them, records outcomes and keeps
+one source's failure from touching any other source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import httpx
+
+from . import fetch as fetching
+from .cluster import DAY_S, ClusterArticle, Clusterer, Decision
+from .config import ClusteringSettings, Config, Source
+from .errors import ParseError, SourceError, SourceGoneError, StoreError
+from .fingerprint import (
+    Fingerprint,
+    Signer,
+    TermStatistics,
+    fingerprint_batch,
+    signature_bytes,
+)
+from .normalize import NormalizedArticle, normalize_entry
+from .parse import ParsedEntry, parse_feed
+from .schedule import PollResponse, PollState, next_check_at, random_jitter
+from .store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+EVICT_EVERY = 500
+
+
+@dataclass
+class RefreshReport:
+    source: str
+    outcome: str
+    status: int | None = None
+    entries: int = 0
+    new_articles: int = 0
+    repeats: int = 0
+    error: str | None = None
+    decisions: list[tuple[int, Decision]] = field(default_factory=list)
+
+
+def decision_record(decision: Decision, limit: int = 5) -> dict:
+    """The stored form of a decision, which ``aggregator explain`` reads back."""
+    return {
+        "relation": decision.relation,
+        "story_id": decision.story_id,
+        "score": decision.score,
+        "threshold": decision.threshold,
+        "matched_article_id": decision.matched_article_id,
+        "reason": decision.reason,
+        "near_copies": [{"article_id": c.article_id, "story_id": c.story_id,
+                         "jaccard": c.jaccard} for c in decision.near_copies[:limit]],
+        "candidates": [{"story_id": c.story_id, "score": c.score, "cosine": c.cosine,
+                        "time_factor": c.time_factor, "shared_terms": list(c.shared_terms)}
+                       for c in decision.candidates[:limit]],
+    }
+
+
+def load_clusterer(store: Store, settings: ClusteringSettings, now: datetime,
+                   signer: Signer) -> Clusterer:
+    """Rebuild the clustering index and statistics from stored signatures and counts."""
+    stats = TermStatistics(settings.idf_prior_docs)
+    documents, rows = store.term_statistics()
+    stats.restore(documents, rows)
+    clusterer = Clusterer(settings, stats)
+    since = now - timedelta(days=settings.window_days)
+    for stored in store.window_articles(since):
+        fingerprint = Fingerprint(
+            term_counts=stored.term_counts, title_terms=frozenset(),
+            salient=stored.salient_terms,
+            shingle_signature=signer.from_bytes(stored.shingle_signature),
+            salient_signature=signer.from_bytes(stored.salient_signature),
+            word_count=stored.word_count)
+        clusterer.restore(ClusterArticle(stored.id, stored.source, stored.priority,
+                                         stored.published.timestamp(), stored.has_author,
+                                         fingerprint), stored.story_id, stored.canonical_id)
+    return clusterer
+
+
+class Aggregator:
+    """The daemon's working parts: configuration, store, clusterer and HTTP client."""
+
+    def __init__(self, config: Config, store: Store | None = None, now: datetime | None = None):
+        self.config = config
+        self.settings = config.clustering
+        self.store = store or Store(config.database)
+        self.store.sync_sources(config.sources)
+        self.signer = Signer(self.settings.num_perm)
+        self.clusterer = load_clusterer(self.store, self.settings, now or utcnow(), self.signer)
+        self.limits = fetching.FetchLimits(
+            user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s, max_body_bytes=config.max_body_bytes)
+        self._client: httpx.Client | None = None
+        self._write_lock = threading.Lock()
+        self._since_eviction = 0
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = fetching.make_client(self.limits)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.store.close()
+
+    # -- one source --------------------------------------------------------------------------
+
+    def refresh(self, source: Source) -> RefreshReport:
+        """Fetch, parse, normalise, fingerprint, cluster and store one source's new entries."""
+        row = self.store.source(source.name)
+        started = utcnow()
+        clock = time.monotonic()
+        poll = PollState(source.interval_s, row.consecutive_errors)
+        try:
+            result = fetching.fetch(self.client if not source.is_local else None, source.name,
+                                    row.url, row.etag, row.last_modified, self.limits)
+            if result.outcome is fetching.Outcome.NOT_MODIFIED:
+                report = RefreshReport(source.name, "not_modified", result.status)
+                entries: tuple[ParsedEntry, ...] = ()
+                ttl_s = None
+            else:
+                feed = parse_feed(result.body, source.name, result.content_type)
+                entries = feed.entries
+                ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
+                report = RefreshReport(source.name, "ok", result.status, len(entries))
+        except SourceError as error:
+            return self._record_failure(source, row, poll, started, clock, error)
+
+        with self._write_lock, self.store.transaction() as conn:
+            if entries:
+                self._ingest(conn, row.id, source.name, source.priority, entries, started,
+                             report)
+            state: dict[str, object] = {
+                "last_status": result.status, "last_outcome": report.outcome,
+                "last_checked_at": started, "last_success_at": started,
+                "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
+                "next_check_at": next_check_at(started, PollState(source.interval_s),
+                                               PollResponse(result.outcome, result.max_age_s,
+                                                            None, ttl_s), random_jitter()),
+            }
+            if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
+                state["etag"] = result.etag
+                state["last_modified"] = result.last_modified
+            if result.permanent_redirect:
+                state["url"] = result.permanent_redirect
+            self.store.record_fetch(
+                row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
+                url=result.url, status=result.status, outcome=report.outcome, error=None,
+                size=len(result.body), entries=report.entries,
+                new_articles=report.new_articles, state=state, conn=conn)
+        return report
+
+    def _record_failure(self, source: Source, row, poll: PollState, started: datetime,
+                        clock: float, error: SourceError) -> RefreshReport:
+        errors = row.consecutive_errors + 1
+        status = getattr(error, "status", None)
+        retry_after = getattr(error, "retry_after_s", None)
+        if isinstance(error, SourceGoneError):
+            outcome = fetching.Outcome.GONE
+        elif status is not None:
+            outcome = fetching.classify_status(status)
+        else:
+            outcome = fetching.Outcome.ERROR
+        when = next_check_at(started, PollState(poll.interval_s, errors),
+                             PollResponse(outcome, retry_after_s=retry_after), random_jitter())
+        state: dict[str, object] = {
+            "last_status": status, "last_outcome": "parse_error"
+            if isinstance(error, ParseError) else outcome.value,
+            "last_checked_at": started, "consecutive_errors": errors,
+            "last_error": error.message, "next_check_at": when,
+        }
+        if outcome is fetching.Outcome.THROTTLED and retry_after is not None:
+            state["cooldown_until"] = started + timedelta(seconds=retry_after)
+        if isinstance(error, SourceGoneError):
+            state["disabled_reason"] = error.message
+        log.warning("%s", error)
+        with self._write_lock:
+            self.store.record_fetch(
+                row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
+                url=row.url, status=status, outcome=str(state["last_outcome"]),
+                error=error.message, size=None, entries=None, new_articles=None, state=state)
+        return RefreshReport(source.name, str(state["last_outcome"]), status,
+                             error=error.message)
+
+    # -- entries -> stored, clustered articles -------------------------------------------------
+
+    def ingest_entries(self, source: str, priority: int, entries: Iterable[ParsedEntry],
+                       fetched: datetime) -> RefreshReport:
+        """Store and cluster entries that did not come through a fetch (eval, imports)."""
+        entries = tuple(entries)
+        report = RefreshReport(source, "ok", None, len(entries))
+        row = self.store.source(source)
+        with self._write_lock, self.store.transaction() as conn:
+            self._ingest(conn, row.id, source, priority, entries, fetched, report)
+        return report
+
+    def _ingest(self, conn, source_id: int, source: str, priority: int,
+                entries: Iterable[ParsedEntry], fetched: datetime,
+                report: RefreshReport) -> None:
+        fresh: list[NormalizedArticle] = []
+        keys_in_batch: set[str] = set()
+        for entry in entries:
+            article = normalize_entry(entry, source, fetched)
+            if not article.title and not article.text:
+                continue
+            if keys_in_batch.intersection(article.identity_keys) or \
+                    self.store.find_existing(article.identity_keys) is not None:
+                report.repeats += 1
+                continue
+            keys_in_batch.update(article.identity_keys)
+            fresh.append(article)
+        if not fresh:
+            return
+        settings = self.settings
+        try:
+            for article in fresh:
+                [fingerprint] = fingerprint_batch(
+                    [(article.title, article.text)], self.clusterer.stats, self.signer,
+                    settings.shingle_size, settings.title_weight, settings.salient_terms)
+                self._place(conn, source_id, source, priority, article, fingerprint, report)
+        except Exception:
+            # The transaction rolls back; the in-memory index must forget what it saw too.
+            self.clusterer = load_clusterer(self.store, settings, utcnow(), self.signer)
+            raise
+
+    def _place(self, conn, source_id: int, source: str, priority: int,
+               article: NormalizedArticle, fingerprint, report: RefreshReport) -> None:
+        candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
+                                   article.author is not None, fingerprint)
+        decision = self.clusterer.propose(candidate)
+        stats = self.clusterer.stats
+        article_id = self.store.insert_article(
+            conn, source_id=source_id, article=article, fingerprint=fingerprint,
+            shingle_bytes=signature_bytes(fingerprint.shingle_signature),
+            salient_bytes=signature_bytes(fingerprint.salient_signature),
+            decision=decision_record(decision),
+            priors={t: stats.prior(t) for t in fingerprint.term_counts})
+        candidate.article_id = article_id
+        story_id = decision.story_id
+        if story_id is None:
+            story_id = self.store.create_story(conn, article.published, article.fetched)
+        outcome = self.clusterer.commit(candidate, story_id)
+        self.store.apply_story_outcome(conn, article_id, outcome, article.fetched)
+        report.new_articles += 1
+        report.decisions.append((article_id, decision))
+        self._since_eviction += 1
+        if self._since_eviction >= EVICT_EVERY:
+            self._since_eviction = 0
+            newest = max(s.last_ts for s in self.clusterer.stories.values())
+            self.clusterer.evict_before(newest - settings_window_s(self.settings))
+
+    # -- passes -----------------------------------------------------------------------------
+
+    def due_sources(self, now: datetime) -> list[Source]:
+        due = []
+        for source in self.config.sources:
+            if not source.enabled:
+                continue
+            row = self.store.source(source.name)
+            if row.disabled_reason:
+                continue
+            if row.cooldown_until and row.cooldown_until > now:
+                continue
+            if row.next_check_at is None or row.next_check_at <= now:
+                due.append(source)
+        return due
+
+    def run_pass(self, stopping: threading.Event | None = None,
+                 force: bool = False) -> list[RefreshReport]:
+        """Refresh every source that is due (every enabled one with ``force``)."""
+        now = utcnow()
+        sources = [s for s in self.config.sources if s.enabled] if force else \
+            self.due_sources(now)
+        reports = []
+        for source in sources:
+            if stopping is not None and stopping.is_set():
+                break
+            try:
+                reports.append(self.refresh(source))
+            except StoreError:
+                raise
+            except Exception as exc:  # one source's bug never stops the others
+                log.exception("source %r failed unexpectedly", source.name)
+                reports.append(RefreshReport(source.name, "error", error=repr(exc)))
+        return reports
+
+
+def settings_window_s(settings: ClusteringSettings) -> float:
+    return settings.window_days * DAY_S
+

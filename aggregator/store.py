@@ -1,0 +1,495 @@
+"""All SQL lives here: the schema, its named migrations, the views dashboards read, and the
+reads and writes of the daemon.
+
+The file is shared with dashboards while the daemon writes, so it runs in WAL mode with a
+busy timeout and keeps write transactions short (one per source and pass).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import SchemaTooNewError, StoreError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def to_iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def from_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations: applied in order, each recorded by name in _migrations.  Never edit one that has
+# shipped; add a new one.
+
+def _run_script(db: sqlite_utils.Database, script: str) -> None:
+    """Run a multi-statement script inside the caller's transaction.
+
+    ``executescript`` would commit first, which would make a migration non-atomic.
+    """
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            db.conn.execute(pending)
+            pending = ""
+    if pending.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    _run_script(db, """
+    CREATE TABLE sources (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        config_url TEXT NOT NULL,
+        url TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        tags TEXT NOT NULL DEFAULT '[]',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        in_config INTEGER NOT NULL DEFAULT 1,
+        etag TEXT,
+        last_modified TEXT,
+        last_status INTEGER,
+        last_outcome TEXT,
+        last_checked_at TEXT,
+        last_success_at TEXT,
+        consecutive_errors INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_check_at TEXT,
+        cooldown_until TEXT,
+        disabled_reason TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE stories (
+        id INTEGER PRIMARY KEY,
+        canonical_article_id INTEGER,
+        title TEXT NOT NULL DEFAULT '',
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        first_published TEXT NOT NULL,
+        last_published TEXT NOT NULL,
+        article_count INTEGER NOT NULL DEFAULT 0,
+        source_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE articles (
+        id INTEGER PRIMARY KEY,
+        source_id INTEGER NOT NULL REFERENCES sources(id),
+        guid TEXT,
+        url TEXT,
+        canonical_url TEXT,
+        identity_key TEXT NOT NULL UNIQUE,
+        title TEXT NOT NULL,
+        author TEXT,
+        published TEXT NOT NULL,
+        published_from_feed INTEGER NOT NULL,
+        fetched TEXT NOT NULL,
+        text TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        word_count INTEGER NOT NULL,
+        story_id INTEGER REFERENCES stories(id),
+        relation TEXT CHECK (relation IN ('canonical', 'duplicate', 'same_story')),
+        similarity REAL,
+        decision TEXT,
+        term_counts TEXT NOT NULL,
+        salient_terms TEXT NOT NULL,
+        shingle_signature BLOB NOT NULL,
+        salient_signature BLOB NOT NULL
+    );
+    CREATE INDEX articles_story ON articles(story_id);
+    CREATE INDEX articles_published ON articles(published);
+    CREATE INDEX articles_content_hash ON articles(content_hash);
+    CREATE TABLE article_keys (
+        key TEXT PRIMARY KEY,
+        article_id INTEGER NOT NULL REFERENCES articles(id)
+    ) WITHOUT ROWID;
+    CREATE INDEX stories_last_seen ON stories(last_seen);
+    CREATE TABLE canonical_history (
+        id INTEGER PRIMARY KEY,
+        story_id INTEGER NOT NULL REFERENCES stories(id),
+        article_id INTEGER NOT NULL REFERENCES articles(id),
+        previous_article_id INTEGER REFERENCES articles(id),
+        reason TEXT NOT NULL,
+        changed_at TEXT NOT NULL
+    );
+    CREATE INDEX canonical_history_story ON canonical_history(story_id);
+    CREATE TABLE fetch_attempts (
+        id INTEGER PRIMARY KEY,
+        source_id INTEGER NOT NULL REFERENCES sources(id),
+        started_at TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        status INTEGER,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        bytes INTEGER,
+        entries INTEGER,
+        new_articles INTEGER
+    );
+    CREATE INDEX fetch_attempts_source ON fetch_attempts(source_id, started_at);
+    CREATE TABLE term_stats (
+        term TEXT PRIMARY KEY,
+        document_frequency INTEGER NOT NULL,
+        prior_fraction REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta(key, value) VALUES ('documents', '0');
+    CREATE VIEW article_stories AS
+    SELECT
+        a.id AS article_id,
+        a.guid,
+        a.url,
+        s.name AS source,
+        a.title,
+        a.author,
+        a.published,
+        a.story_id,
+        (st.canonical_article_id = a.id) AS is_canonical,
+        a.relation,
+        a.similarity
+    FROM articles a
+    JOIN sources s ON s.id = a.source_id
+    LEFT JOIN stories st ON st.id = a.story_id;
+    """)
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    id: int
+    name: str
+    url: str
+    config_url: str
+    priority: int
+    enabled: bool
+    etag: str | None
+    last_modified: str | None
+    consecutive_errors: int
+    next_check_at: datetime | None
+    cooldown_until: datetime | None
+    disabled_reason: str | None
+
+
+@dataclass(frozen=True)
+class StoredArticle:
+    """A stored article with what the clusterer needs to put it back in its index."""
+
+    id: int
+    source: str
+    priority: int
+    published: datetime
+    has_author: bool
+    word_count: int
+    story_id: int
+    canonical_id: int
+    term_counts: dict[str, float]
+    salient_terms: tuple[str, ...]
+    shingle_signature: bytes
+    salient_signature: bytes
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: no implicit transactions; every write goes through
+            # transaction(), so each one's extent is visible in the code.
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from None
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def applied_migrations(self) -> list[str]:
+        if "_migrations" not in self.db.table_names():
+            return []
+        return [row[0] for row in self.db.execute("SELECT name FROM _migrations ORDER BY name")]
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database lacks; returns their names."""
+        known = [name for name, _ in MIGRATIONS]
+        try:
+            applied = self.applied_migrations()
+            unknown = [name for name in applied if name not in known]
+            if unknown:
+                raise SchemaTooNewError(
+                    f"{self.path}: the database was migrated by a newer version of the "
+                    f"aggregator ({', '.join(unknown)}); upgrade the aggregator to use it")
+            done = []
+            for name, migration in MIGRATIONS:
+                if name in applied:
+                    continue
+                with self.transaction():
+                    self.db.execute("CREATE TABLE IF NOT EXISTS _migrations "
+                                    "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+                    migration(self.db)
+                    self.db.execute("INSERT INTO _migrations VALUES (?, ?)",
+                                    [name, to_iso(utcnow())])
+                done.append(name)
+            return done
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot migrate the database: {exc}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        # executescript() commits on its own; explicit BEGIN keeps migrations atomic.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # -- sources ----------------------------------------------------------------------------
+
+    def sync_sources(self, sources: Iterable) -> None:
+        """Make the sources table match the configuration, keeping each source's fetch state."""
+        now = to_iso(utcnow())
+        names = []
+        with self.transaction() as conn:
+            for source in sources:
+                names.append(source.name)
+                row = conn.execute("SELECT id, config_url FROM sources WHERE name = ?",
+                                   [source.name]).fetchone()
+                tags = json.dumps(list(source.tags))
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO sources (name, config_url, url, priority, tags, enabled, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [source.name, source.url, source.url, source.priority, tags,
+                         int(source.enabled), now])
+                elif row[1] != source.url:
+                    # A changed URL in the config is a new feed: start its state afresh.
+                    conn.execute(
+                        "UPDATE sources SET config_url = ?, url = ?, priority = ?, tags = ?, "
+                        "enabled = ?, in_config = 1, etag = NULL, last_modified = NULL, "
+                        "consecutive_errors = 0, next_check_at = NULL, cooldown_until = NULL, "
+                        "disabled_reason = NULL WHERE id = ?",
+                        [source.url, source.url, source.priority, tags, int(source.enabled),
+                         row[0]])
+                else:
+                    conn.execute(
+                        "UPDATE sources SET priority = ?, tags = ?, enabled = ?, in_config = 1 "
+                        "WHERE id = ?", [source.priority, tags, int(source.enabled), row[0]])
+            placeholders = ",".join("?" * len(names)) or "''"
+            conn.execute(f"UPDATE sources SET in_config = 0 WHERE name NOT IN ({placeholders})",
+                         names)
+
+    def source(self, name: str) -> SourceRow:
+        row = self.db.execute(
+            "SELECT id, name, url, config_url, priority, enabled, etag, last_modified, "
+            "consecutive_errors, next_check_at, cooldown_until, disabled_reason "
+            "FROM sources WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: no source named {name!r}")
+        return SourceRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
+                         row[8], from_iso(row[9]), from_iso(row[10]), row[11])
+
+    def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
+                     status: int | None, outcome: str, error: str | None, size: int | None,
+                     entries: int | None, new_articles: int | None,
+                     state: dict[str, object], conn: sqlite3.Connection | None = None) -> None:
+        """Log one fetch attempt and update the source's fetch state (``state`` columns)."""
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
+                "outcome, error, bytes, entries, new_articles) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [source_id, to_iso(started), duration_ms, url, status, outcome, error, size,
+                 entries, new_articles])
+            if state:
+                columns = ", ".join(f"{key} = ?" for key in state)
+                values = [to_iso(v) if isinstance(v, datetime) else v for v in state.values()]
+                c.execute(f"UPDATE sources SET {columns} WHERE id = ?", [*values, source_id])
+
+        if conn is not None:
+            write(conn)
+        else:
+            with self.transaction() as c:
+                write(c)
+
+    # -- articles ---------------------------------------------------------------------------
+
+    def find_existing(self, keys: Iterable[str]) -> int | None:
+        keys = list(keys)
+        if not keys:
+            return None
+        row = self.db.execute(
+            f"SELECT article_id FROM article_keys WHERE key IN ({','.join('?' * len(keys))}) "
+            "LIMIT 1", keys).fetchone()
+        return row[0] if row else None
+
+    def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
+                       fingerprint, shingle_bytes: bytes, salient_bytes: bytes,
+                       decision: dict, priors: dict[str, float]) -> int:
+        cursor = conn.execute(
+            "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
+            "author, published, published_from_feed, fetched, text, content_hash, word_count, "
+            "decision, term_counts, salient_terms, shingle_signature, salient_signature) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
+             article.title, article.author, to_iso(article.published),
+             int(article.has_published), to_iso(article.fetched), article.text,
+             article.content_hash, fingerprint.word_count, json.dumps(decision),
+             json.dumps(fingerprint.term_counts, separators=(",", ":")),
+             json.dumps(list(fingerprint.salient)), shingle_bytes, salient_bytes])
+        article_id = cursor.lastrowid
+        conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
+                         [(key, article_id) for key in article.identity_keys])
+        conn.executemany(
+            "INSERT INTO term_stats (term, document_frequency, prior_fraction) VALUES (?, 1, ?) "
+            "ON CONFLICT(term) DO UPDATE SET document_frequency = document_frequency + 1",
+            [(term, priors[term]) for term in fingerprint.term_counts])
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                     "WHERE key = 'documents'")
+        return article_id
+
+    def create_story(self, conn: sqlite3.Connection, published: datetime, seen: datetime) -> int:
+        cursor = conn.execute(
+            "INSERT INTO stories (first_seen, last_seen, first_published, last_published) "
+            "VALUES (?, ?, ?, ?)",
+            [to_iso(seen), to_iso(seen), to_iso(published), to_iso(published)])
+        return cursor.lastrowid
+
+    def apply_story_outcome(self, conn: sqlite3.Connection, article_id: int, outcome,
+                            seen: datetime) -> None:
+        """Write the clusterer's outcome: membership, relations, canonical and counts."""
+        conn.execute("UPDATE articles SET story_id = ? WHERE id = ?",
+                     [outcome.story_id, article_id])
+        conn.executemany("UPDATE articles SET relation = ?, similarity = ? WHERE id = ?",
+                         [(relation, similarity, member)
+                          for member, (relation, similarity)
+                          in outcome.member_relations.items()])
+        if outcome.canonical_reason is not None:
+            conn.execute(
+                "INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
+                "reason, changed_at) VALUES (?, ?, ?, ?, ?)",
+                [outcome.story_id, outcome.canonical_id, outcome.previous_canonical_id,
+                 outcome.canonical_reason, to_iso(seen)])
+        conn.execute(
+            """UPDATE stories SET
+                 canonical_article_id = ?,
+                 title = (SELECT title FROM articles WHERE id = ?),
+                 last_seen = ?,
+                 first_published = ?,
+                 last_published = ?,
+                 article_count = (SELECT count(*) FROM articles WHERE story_id = stories.id),
+                 source_count = (SELECT count(DISTINCT source_id) FROM articles
+                                 WHERE story_id = stories.id)
+               WHERE id = ?""",
+            [outcome.canonical_id, outcome.canonical_id, to_iso(seen),
+             to_iso(datetime.fromtimestamp(outcome.first_ts, UTC)),
+             to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.story_id])
+
+    # -- state for the clusterer -------------------------------------------------------------
+
+    def term_statistics(self) -> tuple[int, list[tuple[str, int, float]]]:
+        documents = int(self.db.execute(
+            "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
+        rows = self.db.execute(
+            "SELECT term, document_frequency, prior_fraction FROM term_stats").fetchall()
+        return documents, rows
+
+    def window_articles(self, since: datetime) -> Iterator[StoredArticle]:
+        """Articles of stories still live at ``since``, oldest first, with their signatures."""
+        rows = self.db.execute(
+            """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
+                      a.word_count, a.story_id, st.canonical_article_id, a.term_counts,
+                      a.salient_terms, a.shingle_signature, a.salient_signature
+               FROM stories st
+               JOIN articles a ON a.story_id = st.id
+               JOIN sources s ON s.id = a.source_id
+               WHERE st.last_published >= ?
+               ORDER BY a.id""", [to_iso(since)])
+        for row in rows:
+            yield StoredArticle(row[0], row[1], row[2], from_iso(row[3]), bool(row[4]), row[5],
+                                row[6], row[7], json.loads(row[8]), tuple(json.loads(row[9])),
+                                row[10], row[11])
+
+    # -- reads for the CLI and dashboards ------------------------------------------------------
+
+    def stories(self, since: datetime | None = None, limit: int = 50) -> list[dict]:
+        since_iso = to_iso(since) if since else "0000"
+        stories = [dict(zip(("id", "title", "first_seen", "last_seen", "article_count",
+                             "source_count", "canonical_article_id"), row, strict=True))
+                   for row in self.db.execute(
+                       "SELECT id, title, first_seen, last_seen, article_count, source_count, "
+                       "canonical_article_id FROM stories WHERE last_seen >= ? "
+                       "ORDER BY last_seen DESC, id DESC LIMIT ?", [since_iso, limit])]
+        for story in stories:
+            story["members"] = self.story_members(story["id"])
+        return stories
+
+    def story_members(self, story_id: int) -> list[dict]:
+        return [dict(row) for row in self.db.query(
+            "SELECT article_id, source, title, url, published, relation, similarity "
+            "FROM article_stories WHERE story_id = ? ORDER BY is_canonical DESC, article_id",
+            [story_id])]
+
+    def story(self, story_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM stories WHERE id = ?", [story_id]))
+        if not rows:
+            return None
+        story = dict(rows[0])
+        story["members"] = self.story_members(story_id)
+        story["canonical_history"] = list(self.db.query(
+            "SELECT article_id, previous_article_id, reason, changed_at FROM canonical_history "
+            "WHERE story_id = ? ORDER BY id", [story_id]))
+        return story
+
+    def sources_overview(self) -> list[dict]:
+        return list(self.db.query(
+            "SELECT s.name, s.url, s.config_url, s.enabled, s.in_config, s.last_status, "
+            "s.last_outcome, s.last_checked_at, s.last_success_at, s.consecutive_errors, "
+            "s.next_check_at, s.cooldown_until, s.disabled_reason, s.last_error, "
+            "(SELECT count(*) FROM articles a WHERE a.source_id = s.id) AS articles "
+            "FROM sources s ORDER BY s.name"))
+
+    def article(self, article_id: int) -> dict | None:
+        rows = list(self.db.query(
+            "SELECT a.*, s.name AS source FROM articles a JOIN sources s ON s.id = a.source_id "
+            "WHERE a.id = ?", [article_id]))
+        return rows[0] if rows else None
