@@ -248,7 +248,7 @@ def explain(config_path, article_id) -> None:
     for candidate in decision["candidates"]:
         click.echo(f"  candidate story {candidate['story_id']}: score {candidate['score']:.3f} "
                    f"= cosine {candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
-                   f"(threshold {decision['threshold']:.3f}); shared salient terms: "
+                   f"(threshold {candidate['threshold']:.3f}); shared salient terms: "
                    f"{', '.join(candidate['shared_terms']) or '-'}")
 
 

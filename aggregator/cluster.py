@@ -34,7 +34,11 @@ DAY_S = 86400.0
 
 @dataclass
 class ClusterArticle:
-    """An article as the clusterer sees it."""
+    """An article as the clusterer sees it.
+
+    ``vector`` is its TF-IDF vector as weighed when it arrived; it is stored with the article
+    so that a restart rebuilds every story centroid exactly as it was.
+    """
 
     article_id: int | None
     source: str
@@ -42,6 +46,7 @@ class ClusterArticle:
     published_ts: float
     has_author: bool
     fingerprint: Fingerprint
+    vector: dict[str, float] | None = None
 
     @property
     def word_count(self) -> int:
@@ -57,8 +62,17 @@ class StoryState:
     first_ts: float = math.inf
     last_ts: float = -math.inf
 
-    def centroid_norm(self) -> float:
-        return math.sqrt(sum(w * w for w in self.centroid.values()))
+    def mean_similarity(self, vector: dict[str, float]) -> float:
+        """Mean cosine between ``vector`` and the members (their vectors are unit length).
+
+        It is the dot product with the centroid sum divided by the member count, so it costs
+        one pass over the vector.  Unlike the cosine with the centroid it falls as a story's
+        members drift apart, so a story cannot grow into a catch-all for its whole topic.
+        """
+        if not self.members:
+            return 0.0
+        dot = sum(w * self.centroid.get(t, 0.0) for t, w in vector.items())
+        return dot / len(self.members)
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,12 @@ class Candidate:
     score: float
     cosine: float
     time_factor: float
+    threshold: float
     shared_terms: tuple[str, ...] = ()
+
+    @property
+    def margin(self) -> float:
+        return self.score - self.threshold
 
 
 @dataclass(frozen=True)
@@ -102,27 +121,50 @@ class Decision:
         return "new story: no candidate shared enough salient terms"
 
 
-def time_factor(delta_s: float, sigma_days: float) -> float:
-    """Gaussian decay of similarity with the time between an article and a story."""
-    days = delta_s / DAY_S
-    return math.exp(-(days * days) / (2.0 * sigma_days * sigma_days))
+def time_factor(article_ts: float, first_ts: float, last_ts: float, sigma_days: float) -> float:
+    """Gaussian decay with the time from an article to the nearest end of a story's span.
+
+    Inside the span there is no penalty: a story that has been running for days still takes
+    a late follow-up as readily as an early one.
+    """
+    gap = max(0.0, first_ts - article_ts, article_ts - last_ts) / DAY_S
+    return math.exp(-(gap * gap) / (2.0 * sigma_days * sigma_days))
+
+
+def same_story_threshold(words: int, settings: ClusteringSettings) -> float:
+    """The cosine an article must reach, by how long the shorter of the two texts is.
+
+    Long texts share a smaller part of their vocabulary even when they report one event, and
+    two long texts on different events share even less; short texts (title and lead) score
+    higher on both.  The threshold slides log-linearly from ``same_story_threshold`` at
+    ``short_text_words`` down to ``long_text_threshold`` at ``long_text_words``.
+    """
+    low, high = settings.short_text_words, settings.long_text_words
+    if words <= low or high <= low:
+        return settings.same_story_threshold
+    if words >= high:
+        return settings.long_text_threshold
+    share = math.log(words / low) / math.log(high / low)
+    return settings.same_story_threshold + share * (
+        settings.long_text_threshold - settings.same_story_threshold)
 
 
 def decide(near_copies: list[NearCopy], candidates: list[Candidate],
            settings: ClusteringSettings) -> Decision:
     """Where an article goes, from verified near-copies and scored candidate stories."""
-    ranked = tuple(sorted(candidates, key=lambda c: (-c.score, c.story_id)))
+    ranked = tuple(sorted(candidates, key=lambda c: (-c.margin, c.story_id)))
     copies = tuple(sorted(near_copies, key=lambda c: (-c.jaccard, c.article_id)))
     if copies and copies[0].jaccard >= settings.duplicate_threshold:
         best = copies[0]
         return Decision("duplicate", best.story_id, best.jaccard, settings.duplicate_threshold,
                         matched_article_id=best.article_id, candidates=ranked,
                         near_copies=copies)
-    if ranked and ranked[0].score >= settings.same_story_threshold:
+    if ranked and ranked[0].margin >= 0:
         return Decision("same_story", ranked[0].story_id, ranked[0].score,
-                        settings.same_story_threshold, candidates=ranked, near_copies=copies)
+                        ranked[0].threshold, candidates=ranked, near_copies=copies)
     return Decision("new_story", None, ranked[0].score if ranked else 0.0,
-                    settings.same_story_threshold, candidates=ranked, near_copies=copies)
+                    ranked[0].threshold if ranked else settings.same_story_threshold,
+                    candidates=ranked, near_copies=copies)
 
 
 def _completeness_bucket(word_count: int) -> int:
@@ -167,7 +209,6 @@ def canonical_reason(best: ClusterArticle, runner_up: ClusterArticle | None,
 
 
 def relation_to_canonical(member: ClusterArticle, canonical: ClusterArticle,
-                          stats: TermStatistics,
                           settings: ClusteringSettings) -> tuple[Relation, float]:
     """A member's relation to the story's canonical, with the verified similarity."""
     if member.article_id == canonical.article_id:
@@ -176,8 +217,7 @@ def relation_to_canonical(member: ClusterArticle, canonical: ClusterArticle,
                       canonical.fingerprint.shingle_signature)
     if overlap >= settings.duplicate_threshold:
         return "duplicate", round(overlap, 4)
-    similarity = cosine(tfidf_vector(member.fingerprint.term_counts, stats),
-                        tfidf_vector(canonical.fingerprint.term_counts, stats))
+    similarity = cosine(member.vector or {}, canonical.vector or {})
     return "same_story", round(similarity, 4)
 
 
@@ -211,7 +251,11 @@ class Clusterer:
     # -- deciding ---------------------------------------------------------------------------
 
     def vector(self, article: ClusterArticle) -> dict[str, float]:
-        return tfidf_vector(article.fingerprint.term_counts, self.stats)
+        """The article's vector, weighed with the statistics as they are now, once."""
+        if article.vector is None:
+            article.vector = tfidf_vector(article.fingerprint.term_counts, self.stats,
+                                          self.settings.vector_terms)
+        return article.vector
 
     def _live(self, story: StoryState, ts: float) -> bool:
         return ts - story.last_ts <= self.settings.window_days * DAY_S
@@ -243,14 +287,16 @@ class Clusterer:
             story = self.stories[story_id]
             if not self._live(story, article.published_ts):
                 continue
-            similarity = cosine(vector, story.centroid, story.centroid_norm())
-            story_mid = (story.first_ts + story.last_ts) / 2.0
-            factor = time_factor(abs(article.published_ts - story_mid),
+            similarity = story.mean_similarity(vector)
+            factor = time_factor(article.published_ts, story.first_ts, story.last_ts,
                                  self.settings.time_sigma_days)
-            shared = tuple(sorted(salient & set(self.articles[story.canonical_id]
-                                                .fingerprint.salient)))
+            canonical = self.articles[story.canonical_id]
+            threshold = same_story_threshold(min(article.word_count, canonical.word_count),
+                                             self.settings)
+            shared = tuple(sorted(salient & set(canonical.fingerprint.salient)))
             candidates.append(Candidate(story_id, round(similarity * factor, 4),
-                                        round(similarity, 4), round(factor, 4), shared))
+                                        round(similarity, 4), round(factor, 4),
+                                        round(threshold, 4), shared))
         return candidates
 
     def propose(self, article: ClusterArticle) -> Decision:
@@ -296,7 +342,7 @@ class Clusterer:
         story.canonical_id = best.article_id
         # Relations are relative to the canonical: all change with it, else only the newcomer's.
         affected = members if changed else [newcomer]
-        relations = {m.article_id: relation_to_canonical(m, best, self.stats, self.settings)
+        relations = {m.article_id: relation_to_canonical(m, best, self.settings)
                      for m in affected}
         return StoryOutcome(
             story_id=story.story_id,
@@ -314,7 +360,8 @@ class Clusterer:
         story = self.stories.get(story_id)
         if story is None:
             story = self.stories[story_id] = StoryState(story_id)
-        self._index(article, story, self.vector(article))
+        assert article.vector is not None, "a restored article carries its stored vector"
+        self._index(article, story, article.vector)
         story.canonical_id = canonical_id
 
     def evict_before(self, cutoff_ts: float) -> int:

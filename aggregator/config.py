@@ -45,16 +45,20 @@ class ClusteringSettings:
     """Thresholds and weights of the story clusterer; ``docs/clustering.md`` justifies each."""
 
     window_days: float = 7.0
-    time_sigma_days: float = 3.0
+    time_sigma_days: float = 1.5
     num_perm: int = 128
     shingle_size: int = 3
     duplicate_threshold: float = 0.7
-    candidate_threshold: float = 0.1
+    candidate_threshold: float = 0.05
     salient_terms: int = 24
+    vector_terms: int = 40
     title_weight: float = 3.0
     same_story_threshold: float = 0.3
+    long_text_threshold: float = 0.15
+    short_text_words: int = 100
+    long_text_words: int = 400
     idf_prior_docs: float = 2000.0
-    max_candidates: int = 50
+    max_candidates: int = 200
     canonical_policy: tuple[str, ...] = ("priority", "completeness", "earliest", "has_author")
 
 
@@ -191,9 +195,16 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
         candidate_threshold=reader.number("candidate_threshold", defaults.candidate_threshold,
                                           0.01, 1.0),
         salient_terms=int(reader.number("salient_terms", defaults.salient_terms, 1, 500)),
+        vector_terms=int(reader.number("vector_terms", defaults.vector_terms, 0, 100000)),
         title_weight=reader.number("title_weight", defaults.title_weight, 0, 100),
         same_story_threshold=reader.number("same_story_threshold",
                                            defaults.same_story_threshold, 0.0, 1.0),
+        long_text_threshold=reader.number("long_text_threshold",
+                                          defaults.long_text_threshold, 0.0, 1.0),
+        short_text_words=int(reader.number("short_text_words", defaults.short_text_words,
+                                           1, 100000)),
+        long_text_words=int(reader.number("long_text_words", defaults.long_text_words,
+                                          1, 100000)),
         idf_prior_docs=reader.number("idf_prior_docs", defaults.idf_prior_docs, 0, 1e9),
         max_candidates=int(reader.number("max_candidates", defaults.max_candidates, 1, 10000)),
         canonical_policy=tuple(policy),

@@ -133,7 +133,7 @@ def evaluate_file(path: str | Path, settings: ClusteringSettings | None = None,
         config = Config(path=str(path), database=db_path, clustering=settings,
                         sources=tuple(Source(name=s, url=str(path), interval_s=3600)
                                       for s in sources))
-        aggregator = Aggregator(config, Store(db_path), now=clock)
+        aggregator = Aggregator(config, Store(db_path))
         started = time.perf_counter()
         article_ids: dict[str, int] = {}
         for done, item in enumerate(ordered, 1):

@@ -10,7 +10,7 @@ import email.utils
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,7 +19,7 @@ import httpx
 from .errors import FetchError, SourceGoneError
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     NOT_MODIFIED = "not_modified"
     THROTTLED = "throttled"

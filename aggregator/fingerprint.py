@@ -155,10 +155,18 @@ class TermStatistics:
                 self.document_frequency.pop(term, None)
 
 
-def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics) -> dict[str, float]:
-    """Log-TF x IDF, L2-normalised."""
+def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics,
+                 limit: int = 0) -> dict[str, float]:
+    """Log-TF x IDF, L2-normalised; only the ``limit`` strongest terms when ``limit`` > 0.
+
+    Truncation keeps a long article's vector about what it is about: the long tail of a full
+    text is mostly words any article could use, and it dilutes the cosine between two
+    write-ups of one event.
+    """
     vector = {t: (1.0 + math.log(c)) * stats.idf(t) for t, c in term_counts.items() if c > 0}
     vector = {t: w for t, w in vector.items() if w > 0}
+    if 0 < limit < len(vector):
+        vector = dict(sorted(vector.items(), key=lambda item: (-item[1], item[0]))[:limit])
     norm = math.sqrt(sum(w * w for w in vector.values()))
     return {t: w / norm for t, w in vector.items()} if norm else {}
 

@@ -122,7 +122,19 @@ _RESIDUE_LINE = re.compile(
 # A caption: a line ending in a photo credit, or a line that is only a credit.
 _CAPTION = re.compile(
     r"(\((?:[A-Z][\w.&/ -]{0,30}? )?(?:photo|image|picture|file photo)s?\b[^)]{0,80}\)\s*$)|"
-    r"(^\s*\(?(image|photo|picture)\s*:\s*[^)]{0,40}\)?\s*$)|(^[^a-z]{0,40}\)$)",
+    r"(^\s*\(?(image|photo|picture)\s*:\s*[^)]{0,40}\)?\s*$)",
+    re.IGNORECASE,
+)
+# An embedded social-media post: its text is quoted from elsewhere, with a media link.
+_EMBEDDED_POST = re.compile(r"\b(pic\.twitter\.com|t\.co|instagram\.com/p)/\w+", re.IGNORECASE)
+# The tail of a caption cut from its photo, e.g. " REUTERS)".
+_CAPTION_TAIL = re.compile(r"^[^a-z(]{0,40}\)$")
+# A dateline alone on its line: "2:59 am - Friday January 30, 2026".
+_DATELINE = re.compile(
+    r"^(\d{1,2}:\d{2}\s*(am|pm)?\s*[-|,]?\s*)?((mon|tues|wednes|thurs|fri|satur|sun)day,?\s*)?"
+    r"((jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}|"
+    r"\d{1,2}\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{4})"
+    r"(,?\s*\d{1,2}:\d{2}\s*(am|pm)?\s*[a-z]{0,4})?$",
     re.IGNORECASE,
 )
 
@@ -140,7 +152,9 @@ def strip_boilerplate(text: str) -> str:
             if seen > total / 3:
                 break
             continue
-        if _RESIDUE_LINE.match(stripped) or _CAPTION.search(stripped):
+        if (_RESIDUE_LINE.match(stripped) or _CAPTION.search(stripped)
+                or _CAPTION_TAIL.match(stripped) or _DATELINE.match(stripped)
+                or _EMBEDDED_POST.search(stripped)):
             continue
         kept.append(stripped)
     return "\n".join(line for line in kept if line)
@@ -179,7 +193,8 @@ def identity_keys(source: str, guid: str | None, canonical: str | None,
         keys.append(f"guid:{guid}" if _GLOBAL_GUID.match(guid) else f"guid:{source}:{guid}")
     if canonical:
         keys.append(f"url:{canonical}")
-    keys.append(f"hash:{digest}")
+    # Equal text from another source is a copy to link, not the same entry: scope by source.
+    keys.append(f"hash:{source}:{digest}")
     return tuple(keys)
 
 

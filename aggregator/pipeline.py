@@ -62,19 +62,26 @@ def decision_record(decision: Decision, limit: int = 5) -> dict:
         "near_copies": [{"article_id": c.article_id, "story_id": c.story_id,
                          "jaccard": c.jaccard} for c in decision.near_copies[:limit]],
         "candidates": [{"story_id": c.story_id, "score": c.score, "cosine": c.cosine,
-                        "time_factor": c.time_factor, "shared_terms": list(c.shared_terms)}
+                        "time_factor": c.time_factor, "threshold": c.threshold,
+                        "shared_terms": list(c.shared_terms)}
                        for c in decision.candidates[:limit]],
     }
 
 
-def load_clusterer(store: Store, settings: ClusteringSettings, now: datetime,
-                   signer: Signer) -> Clusterer:
-    """Rebuild the clustering index and statistics from stored signatures and counts."""
+def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
+    """Rebuild the clustering index and statistics from stored signatures and counts.
+
+    The window is anchored at the newest stored article, not at the wall clock, so that a
+    store filled from dated archives restarts with the same live stories it had.
+    """
     stats = TermStatistics(settings.idf_prior_docs)
     documents, rows = store.term_statistics()
     stats.restore(documents, rows)
     clusterer = Clusterer(settings, stats)
-    since = now - timedelta(days=settings.window_days)
+    newest = store.newest_published()
+    if newest is None:
+        return clusterer
+    since = newest - timedelta(days=settings.window_days)
     for stored in store.window_articles(since):
         fingerprint = Fingerprint(
             term_counts=stored.term_counts, title_terms=frozenset(),
@@ -84,20 +91,21 @@ def load_clusterer(store: Store, settings: ClusteringSettings, now: datetime,
             word_count=stored.word_count)
         clusterer.restore(ClusterArticle(stored.id, stored.source, stored.priority,
                                          stored.published.timestamp(), stored.has_author,
-                                         fingerprint), stored.story_id, stored.canonical_id)
+                                         fingerprint, stored.vector),
+                          stored.story_id, stored.canonical_id)
     return clusterer
 
 
 class Aggregator:
     """The daemon's working parts: configuration, store, clusterer and HTTP client."""
 
-    def __init__(self, config: Config, store: Store | None = None, now: datetime | None = None):
+    def __init__(self, config: Config, store: Store | None = None):
         self.config = config
         self.settings = config.clustering
         self.store = store or Store(config.database)
         self.store.sync_sources(config.sources)
         self.signer = Signer(self.settings.num_perm)
-        self.clusterer = load_clusterer(self.store, self.settings, now or utcnow(), self.signer)
+        self.clusterer = load_clusterer(self.store, self.settings, self.signer)
         self.limits = fetching.FetchLimits(
             user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s, max_body_bytes=config.max_body_bytes)
@@ -233,7 +241,7 @@ class Aggregator:
                 self._place(conn, source_id, source, priority, article, fingerprint, report)
         except Exception:
             # The transaction rolls back; the in-memory index must forget what it saw too.
-            self.clusterer = load_clusterer(self.store, settings, utcnow(), self.signer)
+            self.clusterer = load_clusterer(self.store, settings, self.signer)
             raise
 
     def _place(self, conn, source_id: int, source: str, priority: int,
@@ -244,6 +252,7 @@ class Aggregator:
         stats = self.clusterer.stats
         article_id = self.store.insert_article(
             conn, source_id=source_id, article=article, fingerprint=fingerprint,
+            vector=self.clusterer.vector(candidate),
             shingle_bytes=signature_bytes(fingerprint.shingle_signature),
             salient_bytes=signature_bytes(fingerprint.salient_signature),
             decision=decision_record(decision),

@@ -112,6 +112,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         similarity REAL,
         decision TEXT,
         term_counts TEXT NOT NULL,
+        vector TEXT NOT NULL,
         salient_terms TEXT NOT NULL,
         shingle_signature BLOB NOT NULL,
         salient_signature BLOB NOT NULL
@@ -210,6 +211,7 @@ class StoredArticle:
     story_id: int
     canonical_id: int
     term_counts: dict[str, float]
+    vector: dict[str, float]
     salient_terms: tuple[str, ...]
     shingle_signature: bytes
     salient_signature: bytes
@@ -363,18 +365,19 @@ class Store:
         return row[0] if row else None
 
     def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
-                       fingerprint, shingle_bytes: bytes, salient_bytes: bytes,
-                       decision: dict, priors: dict[str, float]) -> int:
+                       fingerprint, vector: dict[str, float], shingle_bytes: bytes,
+                       salient_bytes: bytes, decision: dict, priors: dict[str, float]) -> int:
         cursor = conn.execute(
             "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
             "author, published, published_from_feed, fetched, text, content_hash, word_count, "
-            "decision, term_counts, salient_terms, shingle_signature, salient_signature) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "decision, term_counts, vector, salient_terms, shingle_signature, salient_signature) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
              article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
              article.content_hash, fingerprint.word_count, json.dumps(decision),
              json.dumps(fingerprint.term_counts, separators=(",", ":")),
+             json.dumps({t: round(w, 6) for t, w in vector.items()}, separators=(",", ":")),
              json.dumps(list(fingerprint.salient)), shingle_bytes, salient_bytes])
         article_id = cursor.lastrowid
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
@@ -433,12 +436,16 @@ class Store:
             "SELECT term, document_frequency, prior_fraction FROM term_stats").fetchall()
         return documents, rows
 
+    def newest_published(self) -> datetime | None:
+        row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()
+        return from_iso(row[0]) if row and row[0] else None
+
     def window_articles(self, since: datetime) -> Iterator[StoredArticle]:
         """Articles of stories still live at ``since``, oldest first, with their signatures."""
         rows = self.db.execute(
             """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
                       a.word_count, a.story_id, st.canonical_article_id, a.term_counts,
-                      a.salient_terms, a.shingle_signature, a.salient_signature
+                      a.vector, a.salient_terms, a.shingle_signature, a.salient_signature
                FROM stories st
                JOIN articles a ON a.story_id = st.id
                JOIN sources s ON s.id = a.source_id
@@ -446,8 +453,8 @@ class Store:
                ORDER BY a.id""", [to_iso(since)])
         for row in rows:
             yield StoredArticle(row[0], row[1], row[2], from_iso(row[3]), bool(row[4]), row[5],
-                                row[6], row[7], json.loads(row[8]), tuple(json.loads(row[9])),
-                                row[10], row[11])
+                                row[6], row[7], json.loads(row[8]), json.loads(row[9]),
+                                tuple(json.loads(row[10])), row[11], row[12])
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 

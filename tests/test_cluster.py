@@ -1,0 +1,185 @@
+"""The clustering decisions, tested directly, and the clusterer's behaviour on small streams."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import SEED_FEEDS, write_config
+
+from aggregator.cluster import (
+    Candidate,
+    ClusterArticle,
+    Clusterer,
+    NearCopy,
+    canonical_key,
+    decide,
+    same_story_threshold,
+    time_factor,
+)
+from aggregator.config import ClusteringSettings, load_config
+from aggregator.fingerprint import Signer, fingerprint_batch
+from aggregator.pipeline import Aggregator
+
+SETTINGS = ClusteringSettings()
+DAY = 86400.0
+
+
+def cand(story_id, score, threshold=0.3):
+    return Candidate(story_id, score, score, 1.0, threshold)
+
+
+@pytest.mark.parametrize(("copies", "candidates", "relation", "story"), [
+    ([], [], "new_story", None),
+    ([], [cand(1, 0.29)], "new_story", None),
+    ([], [cand(1, 0.30)], "same_story", 1),
+    ([], [cand(1, 0.4), cand(2, 0.6)], "same_story", 2),
+    # The margin over each candidate's own threshold decides, not the raw score.
+    ([], [cand(1, 0.35, threshold=0.3), cand(2, 0.30, threshold=0.15)], "same_story", 2),
+    ([NearCopy(7, 3, 0.9)], [cand(1, 0.8)], "duplicate", 3),
+    ([NearCopy(7, 3, 0.5)], [cand(1, 0.8)], "same_story", 1),
+    ([NearCopy(7, 3, 0.75), NearCopy(8, 4, 0.95)], [], "duplicate", 4),
+])
+def test_decide(copies, candidates, relation, story):
+    decision = decide(copies, candidates, SETTINGS)
+    assert decision.relation == relation
+    assert decision.story_id == story
+
+
+@pytest.mark.parametrize(("words", "threshold"), [
+    (20, 0.3), (100, 0.3), (200, 0.225), (400, 0.15), (5000, 0.15),
+])
+def test_same_story_threshold_slides_with_text_length(words, threshold):
+    assert same_story_threshold(words, SETTINGS) == pytest.approx(threshold, abs=1e-3)
+
+
+@pytest.mark.parametrize(("article", "first", "last", "expected"), [
+    (5 * DAY, 4 * DAY, 6 * DAY, 1.0),
+    (6 * DAY + 1.5 * DAY, 4 * DAY, 6 * DAY, 0.6065),
+    (1 * DAY, 4 * DAY, 6 * DAY, 0.1353),
+])
+def test_time_factor_counts_from_the_story_span(article, first, last, expected):
+    assert time_factor(article, first, last, 1.5) == pytest.approx(expected, abs=1e-3)
+
+
+class Stream:
+    """Feeds small articles through a real Clusterer, as the pipeline does."""
+
+    def __init__(self, settings=SETTINGS):
+        self.clusterer = Clusterer(settings)
+        self.signer = Signer(settings.num_perm)
+        self.next_id = 1
+        self.settings = settings
+
+    def add(self, title, text, ts=0.0, priority=0, author=True, source="src"):
+        [fingerprint] = fingerprint_batch([(title, text)], self.clusterer.stats, self.signer,
+                                          self.settings.shingle_size, self.settings.title_weight,
+                                          self.settings.salient_terms)
+        article = ClusterArticle(None, source, priority, ts, author, fingerprint)
+        decision = self.clusterer.propose(article)
+        article.article_id = self.next_id
+        self.next_id += 1
+        story = decision.story_id if decision.story_id is not None else 100 + article.article_id
+        return decision, self.clusterer.commit(article, story)
+
+
+ALPHA = "glacier avalanche sherpa crampon icefall summit expedition oxygen base ridge"
+OMEGA = "vineyard harvest grape fermentation cellar barrel sommelier vintage tannin cork"
+
+
+def test_no_chaining_through_a_member_that_resembles_both():
+    stream = Stream()
+    a_words, c_words = ALPHA.split(), OMEGA.split()
+    first, _ = stream.add("Climbers", " ".join(a_words * 2))
+    bridge, _ = stream.add("Climbers", " ".join(a_words[:6] + c_words[:6]) * 2)
+    third, _ = stream.add("Harvest", " ".join(c_words * 2))
+    assert first.relation == "new_story"
+    assert bridge.relation == "same_story"  # B resembles A
+    assert third.relation == "new_story"    # C resembles B only: it must not join through B
+    assert third.candidates and third.candidates[0].cosine < SETTINGS.same_story_threshold
+
+
+def test_near_copy_is_a_duplicate_and_unrelated_text_is_a_new_story():
+    stream = Stream()
+    body = ("The city council approved a new budget on Tuesday that raises spending on public "
+            "transport by twelve percent and freezes parking fees for two years, after a long "
+            "debate in which opposition members argued the plan relied on optimistic forecasts "
+            "of tax revenue from the new harbour district.")
+    stream.add("Council approves transport budget", body)
+    copy, outcome = stream.add("Council approves transport budget",
+                               body.replace("Tuesday", "Tuesday evening"))
+    assert copy.relation == "duplicate"
+    assert outcome.member_relations[2][0] == "duplicate"
+    other, _ = stream.add("Volcano erupts", "Lava flowed from the volcano as villagers fled "
+                          "the ash cloud towards the coast and the airport closed.")
+    assert other.relation == "new_story"
+
+
+def test_canonical_is_re_elected_when_a_better_version_arrives():
+    stream = Stream()
+    words = ALPHA.split()
+    stream.add("Expedition reaches summit", " ".join(words), ts=0, priority=0)
+    _decision, outcome = stream.add("Expedition reaches summit", " ".join(words * 3), ts=60,
+                                    priority=5)
+    assert outcome.canonical_id == 2
+    assert outcome.previous_canonical_id == 1
+    assert "priority" in outcome.canonical_reason
+    assert outcome.member_relations[1][0] in ("duplicate", "same_story")
+    assert outcome.member_relations[2] == ("canonical", 1.0)
+
+
+def test_canonical_policy_order_is_configurable():
+    stream = Stream()
+    [short, long_] = fingerprint_batch([("t", "a b c"), ("t", "a b c " * 50)],
+                                       stream.clusterer.stats, stream.signer, 3, 3.0, 24)
+    early_short = ClusterArticle(1, "s", 0, 0.0, False, short)
+    late_long = ClusterArticle(2, "s", 0, 100.0, True, long_)
+    by_completeness = ("completeness", "earliest")
+    by_time = ("earliest", "completeness")
+    assert min([early_short, late_long], key=lambda a: canonical_key(a, by_completeness)) \
+        is late_long
+    assert min([early_short, late_long], key=lambda a: canonical_key(a, by_time)) \
+        is early_short
+
+
+def test_stale_stories_attract_nothing():
+    settings = ClusteringSettings(window_days=2)
+    stream = Stream(settings)
+    words = ALPHA.split()
+    stream.add("Expedition reaches summit", " ".join(words), ts=0)
+    late, _ = stream.add("Expedition reaches summit", " ".join(words), ts=3 * DAY)
+    assert late.relation == "new_story"
+    assert stream.clusterer.evict_before(1 * DAY) == 1
+    assert 1 not in stream.clusterer.articles
+
+
+def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
+    names = list(SEED_FEEDS)
+
+    def config_for(name, sources):
+        return load_config(write_config(tmp_path / f"{name}.toml", [
+            {"name": n, "url": str(seed_dir / SEED_FEEDS[n])} for n in sources],
+            database=f"{name}.db"), environ={})
+
+    # Uninterrupted: all three seeds in one process.
+    straight = Aggregator(config_for("straight", names))
+    straight_reports = straight.run_pass()
+    expected = straight_reports[2].decisions[0][1]
+    straight_stats = (straight.clusterer.stats.documents,
+                      dict(straight.clusterer.stats.document_frequency))
+    straight.close()
+
+    # Interrupted: two seeds, a restart, then the third.
+    shutil.copy(seed_dir / SEED_FEEDS[names[2]], tmp_path / "held.json")
+    first = Aggregator(config_for("restart", names[:2]))
+    first.run_pass()
+    first.close()
+    second = Aggregator(config_for("restart", names))
+    assert len(second.clusterer.articles) == 2
+    [report] = second.run_pass()
+    got = report.decisions[0][1]
+    assert got.relation == expected.relation == "same_story"
+    assert got.candidates[0].score == pytest.approx(expected.candidates[0].score, abs=1e-4)
+    assert (second.clusterer.stats.documents,
+            dict(second.clusterer.stats.document_frequency)) == straight_stats
+    second.close()

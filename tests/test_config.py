@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from aggregator.cli import main
+from aggregator.config import load_config, parse_duration
+from aggregator.errors import ConfigError
+
+GOOD_SOURCE = '[[sources]]\nname = "A"\nurl = "https://a.example/feed"\n'
+
+# (file text, words the one-line message must contain)
+BROKEN = [
+    pytest.param('database = "x.db"\ncolour = "blue"\n', ["colour", "unknown key"],
+                 id="unknown-top-key"),
+    pytest.param(GOOD_SOURCE + 'intervall = "5m"\n', ["source 'A'", "intervall", "unknown key"],
+                 id="unknown-source-key"),
+    pytest.param(GOOD_SOURCE + "priority = \"high\"\n", ["source 'A'", "priority", "integer"],
+                 id="wrong-type"),
+    pytest.param(GOOD_SOURCE + "enabled = 1\n", ["source 'A'", "enabled", "true or false"],
+                 id="wrong-type-bool"),
+    pytest.param(GOOD_SOURCE + 'interval = "soon"\n', ["source 'A'", "interval", "duration"],
+                 id="bad-duration"),
+    pytest.param(GOOD_SOURCE + GOOD_SOURCE, ["source 'A'", "name", "duplicate"],
+                 id="duplicate-name"),
+    pytest.param('[[sources]]\nname = "B"\nurl = "ftp://b.example/feed"\n',
+                 ["source 'B'", "url", "ftp://"], id="bad-scheme"),
+    pytest.param('[[sources]]\nname = "C"\nurl = "https:///feed"\n',
+                 ["source 'C'", "url", "no host"], id="url-without-host"),
+    pytest.param('[[sources]]\nurl = "https://a.example/"\n', ["source '#1'", "name", "required"],
+                 id="missing-name"),
+    pytest.param("[clustering]\nsame_story_threshold = 3\n",
+                 ["clustering.same_story_threshold", "between"], id="out-of-range"),
+    pytest.param("[clustering]\ncanonical_policy = [\"loudest\"]\n",
+                 ["clustering.canonical_policy", "loudest"], id="unknown-criterion"),
+    pytest.param("database = \n", ["invalid TOML"], id="invalid-toml"),
+]
+
+
+@pytest.mark.parametrize(("text", "words"), BROKEN)
+def test_config_errors_name_file_source_and_key_and_exit_2(tmp_path, text, words):
+    path = tmp_path / "broken.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+    result = CliRunner().invoke(main, ["run", "--once", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / "aggregator.db").exists()
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--once", "--config", str(tmp_path / "no.toml")])
+    assert result.exit_code == 2
+    assert "file not found" in result.output
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "a.toml").write_text('database = "../data/a.db"\n[[sources]]\nname = "L"\n'
+                                   'url = "feeds/l.xml"\n', encoding="utf-8")
+    config = load_config(folder / "a.toml", environ={})
+    assert config.database == str(tmp_path / "data" / "a.db")
+    assert config.sources[0].url == str(folder / "feeds" / "l.xml")
+    assert config.sources[0].is_local
+
+
+def test_environment_overrides_config_and_database(tmp_path):
+    path = tmp_path / "env.toml"
+    path.write_text(GOOD_SOURCE, encoding="utf-8")
+    config = load_config(None, environ={"AGGREGATOR_CONFIG": str(path),
+                                        "AGGREGATOR_DB": "/data/override.db"})
+    assert config.path == str(path)
+    assert config.database == "/data/override.db"
+    assert config.sources[0].interval_s == 1800
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (90, 90.0), (1.5, 1.5), ("45s", 45.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0),
+    ("1w", 604800.0), ("30", 30.0),
+])
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-5m", True, [], "5 minutes"])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_default_config_is_valid():
+    from conftest import ROOT
+
+    config = load_config(ROOT / "config" / "aggregator.toml", environ={})
+    assert len(config.sources) == 3
+    assert all(source.is_local for source in config.sources)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from aggregator.cli import main
+from aggregator.evaluate import score_clustering
+
+
+@pytest.mark.parametrize(("gold", "predicted", "bcubed_f1", "pairwise_f1"), [
+    ({"a": 1, "b": 1, "c": 2}, {"a": "x", "b": "x", "c": "y"}, 1.0, 1.0),
+    ({"a": 1, "b": 1, "c": 1}, {"a": "x", "b": "y", "c": "z"}, 0.5, 0.0),
+    ({"a": 1, "b": 2, "c": 3}, {"a": "x", "b": "x", "c": "x"}, 0.5, 0.0),
+    ({"a": 1, "b": 1, "c": 2, "d": 2}, {"a": "x", "b": "x", "c": "x", "d": "y"},
+     0.7059, 0.4),
+])
+def test_scores(gold, predicted, bcubed_f1, pairwise_f1):
+    scores = score_clustering(gold, predicted)
+    assert scores.bcubed_f1 == pytest.approx(bcubed_f1, abs=1e-3)
+    assert scores.pairwise_f1 == pytest.approx(pairwise_f1, abs=1e-3)
+
+
+ARTICLES = [
+    ("1", "quake", "Earthquake shakes coastal city", "A magnitude 6.8 earthquake shook the "
+     "coastal city early on Monday, toppling buildings and cutting power to thousands."),
+    ("2", "quake", "Strong earthquake hits coastal city, buildings collapse",
+     "Buildings collapsed and power was cut after a strong 6.8 magnitude earthquake struck the "
+     "coastal city before dawn on Monday."),
+    ("3", "final", "Champions win cup final on penalties", "The champions won the cup final "
+     "on penalties after a goalless draw, their goalkeeper saving two spot kicks."),
+]
+
+
+def test_eval_command_prints_scores_and_writes_assignments(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "cluster": c, "title": t, "text": x,
+                                          "source": f"s{i}", "published": None, "url": None})
+                              for i, c, t, x in ARTICLES) + "\n", encoding="utf-8")
+    out = tmp_path / "assign.tsv"
+    result = CliRunner().invoke(main, ["eval", str(path), "--assignments", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output.strip().splitlines()[-1])
+    assert scores["articles"] == 3 and scores["bcubed_f1"] == 1.0
+    lines = [line.split("\t") for line in out.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["1", "2", "3"]
+    assert lines[0][1] == lines[1][1] != lines[2][1]
+
+
+def test_eval_names_the_bad_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "1", "cluster": "a", "title": "t", "text": "x"}\n{oops\n')
+    result = CliRunner().invoke(main, ["eval", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:2" in result.output

@@ -1,0 +1,159 @@
+"""Fetching against a real HTTP server on 127.0.0.1: what it receives and what we store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from conftest import DATA, write_config
+from feed_server import Reply
+
+from aggregator.config import load_config
+from aggregator.fetch import FetchLimits, Outcome, classify_status, fetch_http, parse_retry_after
+from aggregator.pipeline import Aggregator
+from aggregator.store import from_iso
+
+FEED = (DATA / "other_topics.rss.xml").read_bytes()
+
+
+def make_aggregator(tmp_path, server, paths, extra="") -> Aggregator:
+    sources = [{"name": path.strip("/"), "url": server.url(path), "interval": "10m"}
+               for path in paths]
+    config = write_config(tmp_path / "http.toml", sources, extra=extra)
+    return Aggregator(load_config(config, environ={}))
+
+
+def source_state(aggregator, name):
+    return {row["name"]: row for row in aggregator.store.sources_overview()}[name]
+
+
+def test_conditional_get_sends_etag_and_a_304_costs_no_parsing(tmp_path, feed_server):
+    feed_server.route("/feed", Reply(200, FEED, {"ETag": '"v1"',
+                                                 "Content-Type": "application/rss+xml"}))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/feed"])
+    [first] = aggregator.run_pass(force=True)
+    [second] = aggregator.run_pass(force=True)
+    requests = feed_server.requests_to("/feed")
+    assert first.outcome == "ok" and first.new_articles == 5
+    assert "If-None-Match" not in requests[0].headers
+    assert requests[1].headers["If-None-Match"] == '"v1"'
+    assert second.outcome == "not_modified" and second.entries == 0
+    assert "aggregator" in requests[0].headers["User-Agent"]
+    outcomes = [row[0] for row in aggregator.store.db.execute(
+        "SELECT outcome FROM fetch_attempts ORDER BY id")]
+    assert outcomes == ["ok", "not_modified"]
+
+
+def test_gzip_body_is_decoded(tmp_path, feed_server):
+    feed_server.route("/gz", Reply(200, FEED, {"Content-Type": "application/rss+xml"},
+                                   gzip=True))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/gz"])
+    [report] = aggregator.run_pass(force=True)
+    assert report.outcome == "ok" and report.new_articles == 5
+
+
+@pytest.mark.parametrize(("status", "moves"), [(301, True), (308, True), (302, False),
+                                               (307, False)])
+def test_only_permanent_redirects_move_the_feed(tmp_path, feed_server, status, moves):
+    feed_server.route("/old", Reply(status, b"", {"Location": "/new"}))
+    feed_server.route("/new", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/old"])
+    [report] = aggregator.run_pass(force=True)
+    assert report.new_articles == 5
+    state = source_state(aggregator, "old")
+    assert state["config_url"] == feed_server.url("/old")
+    assert state["url"] == feed_server.url("/new" if moves else "/old")
+    aggregator.run_pass(force=True)
+    assert len(feed_server.requests_to("/old")) == (1 if moves else 2)
+
+
+def test_throttled_source_cools_down_and_is_not_requested(tmp_path, feed_server):
+    feed_server.route("/busy", Reply(429, b"slow down", {"Retry-After": "120"}))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/busy", "/fine"])
+    reports = {r.source: r for r in aggregator.run_pass()}
+    assert reports["busy"].outcome == "throttled" and reports["busy"].status == 429
+    assert reports["fine"].new_articles == 5
+    state = source_state(aggregator, "busy")
+    assert state["consecutive_errors"] == 1
+    cooldown = from_iso(state["cooldown_until"]) - from_iso(state["last_checked_at"])
+    assert cooldown == timedelta(seconds=120)
+    assert aggregator.run_pass() == []  # nothing is due, the throttled host is left alone
+    assert len(feed_server.requests_to("/busy")) == 1
+
+
+def test_broken_feed_is_recorded_and_others_go_on(tmp_path, feed_server):
+    feed_server.route("/broken", Reply(200, b"<html><body><p>not a feed"))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/broken", "/fine"])
+    reports = {r.source: r for r in aggregator.run_pass()}
+    assert reports["broken"].outcome == "parse_error"
+    assert "not an RSS, Atom or JSON feed" in reports["broken"].error
+    assert reports["fine"].new_articles == 5
+    assert source_state(aggregator, "broken")["last_error"].startswith("not an RSS")
+
+
+def test_errors_back_off_exponentially_and_keep_the_feed(tmp_path, feed_server):
+    feed_server.route("/down", Reply(500, b"oops"))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/down"])
+    delays = []
+    for _ in range(3):
+        aggregator.run_pass(force=True)
+        state = source_state(aggregator, "down")
+        delays.append((from_iso(state["next_check_at"])
+                       - from_iso(state["last_checked_at"])).total_seconds())
+    assert state["consecutive_errors"] == 3 and state["disabled_reason"] is None
+    assert 600 <= delays[0] < 1200 <= delays[1] < 2400 <= delays[2] < 4800
+
+
+def test_gone_feed_is_disabled_with_a_reason(tmp_path, feed_server):
+    feed_server.route("/gone", Reply(410, b""))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/gone"])
+    [report] = aggregator.run_pass()
+    assert report.outcome == "gone"
+    assert "410" in source_state(aggregator, "gone")["disabled_reason"]
+    assert aggregator.due_sources(datetime.now(UTC) + timedelta(days=30)) == []
+
+
+def test_redirect_loop_is_an_error_for_that_source_only(tmp_path, feed_server):
+    feed_server.route("/a", Reply(302, b"", {"Location": "/b"}))
+    feed_server.route("/b", Reply(302, b"", {"Location": "/a"}))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/a", "/fine"])
+    reports = {r.source: r for r in aggregator.run_pass()}
+    assert "redirect loop" in reports["a"].error
+    assert reports["fine"].new_articles == 5
+
+
+def test_redirect_to_another_scheme_is_refused(feed_server):
+    feed_server.route("/sneaky", Reply(301, b"", {"Location": "file:///etc/passwd"}))
+    with httpx.Client() as client, pytest.raises(Exception) as caught:
+        fetch_http(client, "s", feed_server.url("/sneaky"), None, None, FetchLimits("t"))
+    assert "refused" in str(caught.value)
+
+
+def test_body_over_the_limit_is_refused_after_decompression(feed_server):
+    feed_server.route("/big", Reply(200, b"<rss>" + b" " * 200_000 + b"</rss>", gzip=True))
+    with httpx.Client() as client, pytest.raises(Exception) as caught:
+        fetch_http(client, "s", feed_server.url("/big"), None, None,
+                   FetchLimits("t", max_body_bytes=50_000))
+    assert "limit" in str(caught.value)
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (200, Outcome.OK), (203, Outcome.OK), (304, Outcome.NOT_MODIFIED), (404, Outcome.ERROR),
+    (410, Outcome.GONE), (429, Outcome.THROTTLED), (503, Outcome.THROTTLED),
+    (500, Outcome.ERROR), (403, Outcome.ERROR),
+])
+def test_classify_status(status, outcome):
+    assert classify_status(status) is outcome
+
+
+def test_parse_retry_after_both_forms():
+    now = datetime(2026, 1, 30, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after("Fri, 30 Jan 2026 12:05:00 GMT", now) == 300
+    assert parse_retry_after("Fri, 30 Jan 2026 11:00:00 GMT", now) == 0
+    assert parse_retry_after("tomorrow", now) is None
+    assert parse_retry_after(None, now) is None

@@ -1,0 +1,126 @@
+"""The proof case: three outlets' write-ups of one Lavrov statement become one story."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+
+from click.testing import CliRunner
+from conftest import DATA, SEED_FEEDS, write_config
+
+from aggregator.cli import main
+from aggregator.config import load_config
+from aggregator.pipeline import Aggregator
+
+
+def run_once(config_path, *extra) -> str:
+    result = CliRunner().invoke(main, ["run", "--once", "--config", str(config_path), *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def story_rows(db_path):
+    with sqlite3.connect(db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM article_stories ORDER BY article_id")]
+
+
+def test_seeds_become_one_story_with_one_canonical(seed_config):
+    output = run_once(seed_config)
+    assert output.count("1 new") == 3
+    rows = story_rows(load_config(seed_config).database)
+    assert len(rows) == 3
+    assert len({r["story_id"] for r in rows}) == 1
+    assert sum(r["is_canonical"] for r in rows) == 1
+    assert sorted(r["relation"] for r in rows) == ["canonical", "same_story", "same_story"]
+    for row in rows:
+        if row["relation"] == "same_story":
+            assert 0 < row["similarity"] < 1
+    assert {r["source"] for r in rows} == set(SEED_FEEDS)
+
+
+def test_stories_command_shows_the_story_with_three_sources(seed_config):
+    run_once(seed_config)
+    result = CliRunner().invoke(main, ["stories", "--config", str(seed_config), "--json"])
+    assert result.exit_code == 0, result.output
+    stories = json.loads(result.output)
+    assert len(stories) == 1
+    assert stories[0]["source_count"] == 3
+    assert len(stories[0]["members"]) == 3
+
+
+def test_second_pass_adds_nothing(seed_config):
+    run_once(seed_config)
+    second = run_once(seed_config, "--all")
+    assert "0 new" in second and "1 new" not in second
+    assert len(story_rows(load_config(seed_config).database)) == 3
+
+
+def test_same_entry_from_another_feed_is_not_stored_twice(tmp_path, seed_config, seed_dir):
+    rss = (seed_dir / "world-desk.rss.xml").read_text(encoding="utf-8")
+    # Same GUID, different feed.
+    (seed_dir / "mirror-guid.rss.xml").write_text(
+        rss.replace("World Desk Daily", "Mirror One"), encoding="utf-8")
+    # Same page with tracking parameters and another GUID.
+    (seed_dir / "mirror-url.rss.xml").write_text(
+        rss.replace("https://world-desk.example/?p=62c6014feff961ea", "mirror-2-local-id")
+        .replace("rejects-key-part-of-deal</link>",
+                 "rejects-key-part-of-deal/?utm_source=rss&amp;utm_medium=feed#comments</link>"),
+        encoding="utf-8")
+    sources = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
+    sources += [{"name": "Mirror One", "url": str(seed_dir / "mirror-guid.rss.xml")},
+                {"name": "Mirror Two", "url": str(seed_dir / "mirror-url.rss.xml")}]
+    config = write_config(tmp_path / "mirrors.toml", sources)
+    output = run_once(config)
+    assert "Mirror One: ok, 1 entries, 0 new" in output
+    assert "Mirror Two: ok, 1 entries, 0 new" in output
+    assert len(story_rows(load_config(config).database)) == 3
+
+
+def test_unrelated_stories_stay_out_of_the_lavrov_story(tmp_path, seed_dir):
+    shutil.copy(DATA / "other_topics.rss.xml", seed_dir / "other.rss.xml")
+    sources = [{"name": "Test Wire", "url": str(seed_dir / "other.rss.xml")}]
+    sources += [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
+    config = write_config(tmp_path / "mixed.toml", sources)
+    run_once(config)
+    rows = story_rows(load_config(config).database)
+    assert len(rows) == 8
+    lavrov = {r["story_id"] for r in rows if r["source"] in SEED_FEEDS}
+    assert len(lavrov) == 1
+    members = [r for r in rows if r["story_id"] in lavrov]
+    assert {r["source"] for r in members} == set(SEED_FEEDS)
+    others = [r for r in rows if r["source"] == "Test Wire"]
+    assert len({r["story_id"] for r in others}) == 5
+    assert all(r["relation"] == "canonical" for r in others)
+
+
+def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch):
+    config = load_config(seed_config)
+    aggregator = Aggregator(config)
+    inside_write = threading.Event()
+    release = threading.Event()
+    original = aggregator.store.apply_story_outcome
+
+    def slow_apply(conn, article_id, outcome, seen):
+        original(conn, article_id, outcome, seen)
+        inside_write.set()
+        assert release.wait(10)
+
+    monkeypatch.setattr(aggregator.store, "apply_story_outcome", slow_apply)
+    worker = threading.Thread(target=aggregator.run_pass)
+    worker.start()
+    try:
+        assert inside_write.wait(10)
+        reader = sqlite3.connect(config.database, timeout=1)
+        rows = reader.execute("SELECT count(*) FROM article_stories").fetchone()
+        assert rows == (0,)  # the uncommitted write is invisible, and nothing blocks
+        reader.close()
+    finally:
+        release.set()
+        worker.join(10)
+        aggregator.close()
+    reader = sqlite3.connect(config.database)
+    assert reader.execute("SELECT count(*) FROM article_stories").fetchone() == (3,)
+    assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
