@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from datasketch import MinHashLSH
 
 from .config import ClusteringSettings
@@ -30,6 +31,8 @@ from .fingerprint import Fingerprint, TermStatistics, cosine, jaccard, tfidf_vec
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
+# Support is counted over a story's latest members only, to bound the cost for big stories.
+MAX_SUPPORT_MEMBERS = 16
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ClusterArticle:
     has_author: bool
     fingerprint: Fingerprint
     vector: dict[str, float] | None = None
+    dated: bool = True
 
     @property
     def word_count(self) -> int:
@@ -61,6 +65,12 @@ class StoryState:
     canonical_id: int | None = None
     first_ts: float = math.inf
     last_ts: float = -math.inf
+    dated_first_ts: float = math.inf
+    dated_last_ts: float = -math.inf
+
+    @property
+    def dated(self) -> bool:
+        return self.dated_first_ts <= self.dated_last_ts
 
     def mean_similarity(self, vector: dict[str, float]) -> float:
         """Mean cosine between ``vector`` and the members (their vectors are unit length).
@@ -131,22 +141,40 @@ def time_factor(article_ts: float, first_ts: float, last_ts: float, sigma_days: 
     return math.exp(-(gap * gap) / (2.0 * sigma_days * sigma_days))
 
 
+def _long_text_share(words: int, settings: ClusteringSettings) -> float:
+    """0 at ``short_text_words`` or fewer, 1 at ``long_text_words`` or more, log-linear between."""
+    low, high = settings.short_text_words, settings.long_text_words
+    if words <= low or high <= low:
+        return 0.0
+    if words >= high:
+        return 1.0
+    return math.log(words / low) / math.log(high / low)
+
+
 def same_story_threshold(words: int, settings: ClusteringSettings) -> float:
-    """The cosine an article must reach, by how long the shorter of the two texts is.
+    """The score an article must reach, by how long the shorter of the two texts is.
 
     Long texts share a smaller part of their vocabulary even when they report one event, and
     two long texts on different events share even less; short texts (title and lead) score
-    higher on both.  The threshold slides log-linearly from ``same_story_threshold`` at
-    ``short_text_words`` down to ``long_text_threshold`` at ``long_text_words``.
+    higher on both.  The threshold slides from ``same_story_threshold`` for short texts down
+    to ``long_text_threshold`` for long ones.
     """
-    low, high = settings.short_text_words, settings.long_text_words
-    if words <= low or high <= low:
-        return settings.same_story_threshold
-    if words >= high:
-        return settings.long_text_threshold
-    share = math.log(words / low) / math.log(high / low)
+    share = _long_text_share(words, settings)
     return settings.same_story_threshold + share * (
         settings.long_text_threshold - settings.same_story_threshold)
+
+
+def time_sigma_days(words: int, settings: ClusteringSettings) -> float:
+    """How far apart in time two write-ups of one story may be, by text length.
+
+    Time is a prior; the text is the evidence.  A title and a lead say little, so an article a
+    few days off is more likely a later, different event on the same topic; two full texts
+    that match are one story even when their dates are days apart (follow-ups, late
+    analyses).  Slides from ``time_sigma_days`` to ``long_text_time_sigma_days``.
+    """
+    share = _long_text_share(words, settings)
+    return settings.time_sigma_days + share * (
+        settings.long_text_time_sigma_days - settings.time_sigma_days)
 
 
 def decide(near_copies: list[NearCopy], candidates: list[Candidate],
@@ -275,12 +303,21 @@ class Clusterer:
 
     def candidate_stories(self, article: ClusterArticle,
                           vector: dict[str, float]) -> list[Candidate]:
-        hits: dict[int, int] = {}
-        for key in self.candidate_index.query(article.fingerprint.salient_signature):
-            story_id = self.story_of.get(key)
-            if story_id is not None:
-                hits[story_id] = hits.get(story_id, 0) + 1
-        ranked = sorted(hits, key=lambda s: (-hits[s], -self.stories[s].last_ts))
+        keys = [key for key in self.candidate_index.query(article.fingerprint.salient_signature)
+                if key in self.story_of]
+        if not keys:
+            return []
+        # Rank stories by the best salient-set Jaccard estimate of any member, so that the
+        # verification budget goes to the closest stories, not to the biggest.
+        signatures = np.stack([self.articles[k].fingerprint.salient_signature.hashvalues
+                               for k in keys])
+        estimates = (signatures == article.fingerprint.salient_signature.hashvalues).mean(axis=1)
+        closeness: dict[int, float] = {}
+        for key, estimate in zip(keys, estimates.tolist(), strict=True):
+            story_id = self.story_of[key]
+            if estimate > closeness.get(story_id, -1.0):
+                closeness[story_id] = estimate
+        ranked = sorted(closeness, key=lambda s: (-closeness[s], -self.stories[s].last_ts))
         candidates = []
         salient = set(article.fingerprint.salient)
         for story_id in ranked[: self.settings.max_candidates]:
@@ -288,16 +325,38 @@ class Clusterer:
             if not self._live(story, article.published_ts):
                 continue
             similarity = story.mean_similarity(vector)
-            factor = time_factor(article.published_ts, story.first_ts, story.last_ts,
-                                 self.settings.time_sigma_days)
             canonical = self.articles[story.canonical_id]
-            threshold = same_story_threshold(min(article.word_count, canonical.word_count),
-                                             self.settings)
+            words = min(article.word_count, canonical.word_count)
+            if article.dated and story.dated:
+                factor = time_factor(article.published_ts, story.dated_first_ts,
+                                     story.dated_last_ts, time_sigma_days(words, self.settings))
+            else:
+                # A fetch time stands in for a missing date; it is no evidence that two
+                # articles were written together, so it earns no "same moment" credit.
+                factor = self.settings.undated_time_factor
+            threshold = same_story_threshold(words, self.settings)
+            if not self._supported(vector, story, threshold):
+                similarity = 0.0
             shared = tuple(sorted(salient & set(canonical.fingerprint.salient)))
             candidates.append(Candidate(story_id, round(similarity * factor, 4),
                                         round(similarity, 4), round(factor, 4),
                                         round(threshold, 4), shared))
         return candidates
+
+    def _supported(self, vector: dict[str, float], story: StoryState, threshold: float) -> bool:
+        """Whether more than half of the story's (latest) members resemble the article.
+
+        A member resembles it when their cosine reaches ``member_anchor`` x the threshold.
+        The mean alone could be carried by one look-alike member; with this, an article that
+        resembles only the member bridging two topics cannot join (no chaining).
+        """
+        members = story.members[-MAX_SUPPORT_MEMBERS:]
+        if len(members) == 1:
+            return True
+        floor = self.settings.member_anchor * threshold
+        support = sum(1 for m in members
+                      if cosine(vector, self.articles[m].vector or {}) >= floor)
+        return support * 2 > len(members)
 
     def propose(self, article: ClusterArticle) -> Decision:
         vector = self.vector(article)
@@ -327,6 +386,9 @@ class Clusterer:
             story.centroid[term] = story.centroid.get(term, 0.0) + weight
         story.first_ts = min(story.first_ts, article.published_ts)
         story.last_ts = max(story.last_ts, article.published_ts)
+        if article.dated:
+            story.dated_first_ts = min(story.dated_first_ts, article.published_ts)
+            story.dated_last_ts = max(story.dated_last_ts, article.published_ts)
         self.duplicate_index.insert(article_id, article.fingerprint.shingle_signature,
                                     check_duplication=False)
         self.candidate_index.insert(article_id, article.fingerprint.salient_signature,

@@ -45,7 +45,10 @@ class ClusteringSettings:
     """Thresholds and weights of the story clusterer; ``docs/clustering.md`` justifies each."""
 
     window_days: float = 7.0
-    time_sigma_days: float = 1.5
+    time_sigma_days: float = 0.75
+    long_text_time_sigma_days: float = 7.0
+    undated_time_factor: float = 0.5
+    member_anchor: float = 0.5
     num_perm: int = 128
     shingle_size: int = 3
     duplicate_threshold: float = 0.7
@@ -53,12 +56,13 @@ class ClusteringSettings:
     salient_terms: int = 24
     vector_terms: int = 40
     title_weight: float = 3.0
-    same_story_threshold: float = 0.3
-    long_text_threshold: float = 0.15
+    phrase_weight: float = 0.0
+    same_story_threshold: float = 0.18
+    long_text_threshold: float = 0.08
     short_text_words: int = 100
     long_text_words: int = 400
     idf_prior_docs: float = 2000.0
-    max_candidates: int = 200
+    max_candidates: int = 50
     canonical_policy: tuple[str, ...] = ("priority", "completeness", "earliest", "has_author")
 
 
@@ -188,6 +192,11 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     return ClusteringSettings(
         window_days=reader.number("window_days", defaults.window_days, 0.01, 3650),
         time_sigma_days=reader.number("time_sigma_days", defaults.time_sigma_days, 0.01, 3650),
+        long_text_time_sigma_days=reader.number("long_text_time_sigma_days",
+                                                defaults.long_text_time_sigma_days, 0.01, 3650),
+        undated_time_factor=reader.number("undated_time_factor",
+                                          defaults.undated_time_factor, 0.0, 1.0),
+        member_anchor=reader.number("member_anchor", defaults.member_anchor, 0.0, 1.0),
         num_perm=num_perm,
         shingle_size=int(reader.number("shingle_size", defaults.shingle_size, 1, 10)),
         duplicate_threshold=reader.number("duplicate_threshold", defaults.duplicate_threshold,
@@ -197,6 +206,7 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
         salient_terms=int(reader.number("salient_terms", defaults.salient_terms, 1, 500)),
         vector_terms=int(reader.number("vector_terms", defaults.vector_terms, 0, 100000)),
         title_weight=reader.number("title_weight", defaults.title_weight, 0, 100),
+        phrase_weight=reader.number("phrase_weight", defaults.phrase_weight, 0, 100),
         same_story_threshold=reader.number("same_story_threshold",
                                            defaults.same_story_threshold, 0.0, 1.0),
         long_text_threshold=reader.number("long_text_threshold",

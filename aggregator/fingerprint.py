@@ -65,15 +65,26 @@ def _is_content_word(token: str) -> bool:
     return not (token.isdigit() and len(token) < 4)
 
 
-def content_terms(title: str, text: str, title_weight: float) -> dict[str, float]:
-    """Stemmed content-term frequencies; title occurrences count ``title_weight`` times more."""
+def content_terms(title: str, text: str, title_weight: float,
+                  phrase_weight: float = 0.0) -> dict[str, float]:
+    """Stemmed content-term frequencies; title occurrences count ``title_weight`` times more.
+
+    With ``phrase_weight`` > 0, pairs of adjacent content words ("select committee",
+    "booster shot") count too, as terms of their own: a phrase names an event more
+    precisely than either of its words.
+    """
     counts: Counter[str] = Counter()
-    for token in tokenize(text):
-        if _is_content_word(token):
-            counts[stem(token)] += 1.0
-    for token in tokenize(title):
-        if _is_content_word(token):
-            counts[stem(token)] += title_weight
+    for part, weight in ((text, 1.0), (title, title_weight)):
+        previous = None
+        for token in tokenize(part):
+            if not _is_content_word(token):
+                previous = None
+                continue
+            term = stem(token)
+            counts[term] += weight
+            if phrase_weight and previous is not None:
+                counts[f"{previous}_{term}"] += weight * phrase_weight
+            previous = term
     return dict(counts)
 
 
@@ -118,7 +129,12 @@ class TermStatistics:
 
     def prior(self, term: str) -> float:
         prior = self._prior_fraction.get(term)
-        return prior_document_fraction(term) if prior is None else prior
+        if prior is not None:
+            return prior
+        if "_" in term:
+            # A phrase is about as rare as its rarer word, and rarer still.
+            return min(self.prior(word) for word in term.split("_")) * 0.1
+        return prior_document_fraction(term)
 
     def restore(self, documents: int, rows: Iterable[tuple[str, int, float]]) -> None:
         """Load persisted ``(term, document_frequency, prior)`` rows."""
@@ -237,12 +253,12 @@ class Fingerprint:
 
 def fingerprint_batch(articles: list[tuple[str, str]], stats: TermStatistics, signer: Signer,
                       shingle_size: int, title_weight: float,
-                      salient_limit: int) -> list[Fingerprint]:
+                      salient_limit: int, phrase_weight: float = 0.0) -> list[Fingerprint]:
     """Fingerprints of ``(title, text)`` pairs, signatures built in one bulk call per kind."""
     partial = []
     for title, text in articles:
         stats.learn_prior(tokenize(f"{title}\n{text}"))
-        counts = content_terms(title, text, title_weight)
+        counts = content_terms(title, text, title_weight, phrase_weight)
         titles = title_terms(title)
         vector = tfidf_vector(counts, stats)
         partial.append((counts, titles, salient_terms(vector, titles, salient_limit),

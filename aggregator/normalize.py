@@ -160,6 +160,29 @@ def strip_boilerplate(text: str) -> str:
     return "\n".join(line for line in kept if line)
 
 
+# A line this long is prose, not a template; only shorter lines are counted per source.
+MAX_TEMPLATE_LINE_CHARS = 240
+
+
+def line_key(line: str) -> str:
+    folded = re.sub(r"\W+", " ", line.casefold()).strip()
+    return hashlib.sha1(folded.encode("utf-8")).hexdigest()[:16]
+
+
+def template_line_keys(text: str) -> set[str]:
+    """Keys of the lines of ``text`` that could be a source's template (short enough)."""
+    return {line_key(line) for line in text.split("\n")
+            if line.strip() and len(line) <= MAX_TEMPLATE_LINE_CHARS}
+
+
+def strip_lines(text: str, keys: set[str]) -> str:
+    """``text`` without the lines whose key is in ``keys``."""
+    if not keys:
+        return text
+    return "\n".join(line for line in text.split("\n")
+                     if len(line) > MAX_TEMPLATE_LINE_CHARS or line_key(line) not in keys)
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None

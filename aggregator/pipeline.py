@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import httpx
@@ -28,7 +28,7 @@ from .fingerprint import (
     fingerprint_batch,
     signature_bytes,
 )
-from .normalize import NormalizedArticle, normalize_entry
+from .normalize import NormalizedArticle, normalize_entry, strip_lines, template_line_keys
 from .parse import ParsedEntry, parse_feed
 from .schedule import PollResponse, PollState, next_check_at, random_jitter
 from .store import Store, utcnow
@@ -36,6 +36,8 @@ from .store import Store, utcnow
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
+# Lines repeated in this many articles of one source are its template, not news.
+TEMPLATE_LINE_MIN_ARTICLES = 3
 
 
 @dataclass
@@ -91,7 +93,7 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
             word_count=stored.word_count)
         clusterer.restore(ClusterArticle(stored.id, stored.source, stored.priority,
                                          stored.published.timestamp(), stored.has_author,
-                                         fingerprint, stored.vector),
+                                         fingerprint, stored.vector, stored.dated),
                           stored.story_id, stored.canonical_id)
     return clusterer
 
@@ -232,22 +234,46 @@ class Aggregator:
             fresh.append(article)
         if not fresh:
             return
+        fresh = self._strip_template_lines(conn, source_id, fresh, fetched)
         settings = self.settings
         try:
             for article in fresh:
                 [fingerprint] = fingerprint_batch(
                     [(article.title, article.text)], self.clusterer.stats, self.signer,
-                    settings.shingle_size, settings.title_weight, settings.salient_terms)
+                    settings.shingle_size, settings.title_weight, settings.salient_terms,
+                    settings.phrase_weight)
                 self._place(conn, source_id, source, priority, article, fingerprint, report)
         except Exception:
             # The transaction rolls back; the in-memory index must forget what it saw too.
             self.clusterer = load_clusterer(self.store, settings, self.signer)
             raise
 
+    def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
+                              seen: datetime) -> list[NormalizedArticle]:
+        """Drop lines that this source repeats across articles (its page template).
+
+        A line counts as template once it appears in ``TEMPLATE_LINE_MIN_ARTICLES`` of the
+        source's articles, those stored before and those in this batch together.
+        """
+        keys_per_article = [template_line_keys(a.text) for a in articles]
+        batch_counts: dict[str, int] = {}
+        for keys in keys_per_article:
+            for key in keys:
+                batch_counts[key] = batch_counts.get(key, 0) + 1
+        stored = self.store.line_counts(source_id, batch_counts)
+        template = {key for key, count in batch_counts.items()
+                    if count + stored.get(key, 0) >= TEMPLATE_LINE_MIN_ARTICLES}
+        for keys in keys_per_article:
+            self.store.count_lines(conn, source_id, keys, seen)
+        if not template:
+            return articles
+        return [replace(a, text=strip_lines(a.text, template)) for a in articles]
+
     def _place(self, conn, source_id: int, source: str, priority: int,
                article: NormalizedArticle, fingerprint, report: RefreshReport) -> None:
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
-                                   article.author is not None, fingerprint)
+                                   article.author is not None, fingerprint,
+                                   dated=article.has_published)
         decision = self.clusterer.propose(candidate)
         stats = self.clusterer.stats
         article_id = self.store.insert_article(

@@ -177,8 +177,21 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m002_source_lines(db: sqlite_utils.Database) -> None:
+    _run_script(db, """
+    CREATE TABLE source_lines (
+        source_id INTEGER NOT NULL REFERENCES sources(id),
+        line_key TEXT NOT NULL,
+        articles INTEGER NOT NULL,
+        last_seen TEXT NOT NULL,
+        PRIMARY KEY (source_id, line_key)
+    ) WITHOUT ROWID;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_source_lines", _m002_source_lines),
 ]
 
 
@@ -215,6 +228,7 @@ class StoredArticle:
     salient_terms: tuple[str, ...]
     shingle_signature: bytes
     salient_signature: bytes
+    dated: bool
 
 
 class Store:
@@ -353,6 +367,32 @@ class Store:
             with self.transaction() as c:
                 write(c)
 
+    # -- per-source template lines ------------------------------------------------------------
+
+    def line_counts(self, source_id: int, keys: Iterable[str]) -> dict[str, int]:
+        """How many stored articles of the source contain each line key."""
+        keys = list(keys)
+        counts: dict[str, int] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            counts.update(self.db.execute(
+                f"SELECT line_key, articles FROM source_lines WHERE source_id = ? AND line_key "
+                f"IN ({','.join('?' * len(chunk))})", [source_id, *chunk]).fetchall())
+        return counts
+
+    def count_lines(self, conn: sqlite3.Connection, source_id: int, keys: Iterable[str],
+                    seen: datetime) -> None:
+        conn.executemany(
+            "INSERT INTO source_lines (source_id, line_key, articles, last_seen) "
+            "VALUES (?, ?, 1, ?) ON CONFLICT(source_id, line_key) DO UPDATE SET "
+            "articles = articles + 1, last_seen = excluded.last_seen",
+            [(source_id, key, to_iso(seen)) for key in keys])
+
+    def prune_lines(self, conn: sqlite3.Connection, before: datetime) -> int:
+        """Forget lines seen in only one article and not since ``before``."""
+        return conn.execute("DELETE FROM source_lines WHERE articles = 1 AND last_seen < ?",
+                            [to_iso(before)]).rowcount
+
     # -- articles ---------------------------------------------------------------------------
 
     def find_existing(self, keys: Iterable[str]) -> int | None:
@@ -445,7 +485,8 @@ class Store:
         rows = self.db.execute(
             """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
                       a.word_count, a.story_id, st.canonical_article_id, a.term_counts,
-                      a.vector, a.salient_terms, a.shingle_signature, a.salient_signature
+                      a.vector, a.salient_terms, a.shingle_signature, a.salient_signature,
+                      a.published_from_feed
                FROM stories st
                JOIN articles a ON a.story_id = st.id
                JOIN sources s ON s.id = a.source_id
@@ -454,7 +495,7 @@ class Store:
         for row in rows:
             yield StoredArticle(row[0], row[1], row[2], from_iso(row[3]), bool(row[4]), row[5],
                                 row[6], row[7], json.loads(row[8]), json.loads(row[9]),
-                                tuple(json.loads(row[10])), row[11], row[12])
+                                tuple(json.loads(row[10])), row[11], row[12], bool(row[13]))
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 

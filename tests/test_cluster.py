@@ -16,6 +16,7 @@ from aggregator.cluster import (
     decide,
     same_story_threshold,
     time_factor,
+    time_sigma_days,
 )
 from aggregator.config import ClusteringSettings, load_config
 from aggregator.fingerprint import Signer, fingerprint_batch
@@ -46,11 +47,17 @@ def test_decide(copies, candidates, relation, story):
     assert decision.story_id == story
 
 
-@pytest.mark.parametrize(("words", "threshold"), [
-    (20, 0.3), (100, 0.3), (200, 0.225), (400, 0.15), (5000, 0.15),
+SLIDING = ClusteringSettings(same_story_threshold=0.3, long_text_threshold=0.15,
+                             short_text_words=100, long_text_words=400,
+                             time_sigma_days=1.0, long_text_time_sigma_days=5.0)
+
+
+@pytest.mark.parametrize(("words", "threshold", "sigma"), [
+    (20, 0.3, 1.0), (100, 0.3, 1.0), (200, 0.225, 3.0), (400, 0.15, 5.0), (5000, 0.15, 5.0),
 ])
-def test_same_story_threshold_slides_with_text_length(words, threshold):
-    assert same_story_threshold(words, SETTINGS) == pytest.approx(threshold, abs=1e-3)
+def test_threshold_and_time_tolerance_slide_with_text_length(words, threshold, sigma):
+    assert same_story_threshold(words, SLIDING) == pytest.approx(threshold, abs=1e-3)
+    assert time_sigma_days(words, SLIDING) == pytest.approx(sigma, abs=1e-3)
 
 
 @pytest.mark.parametrize(("article", "first", "last", "expected"), [
@@ -74,7 +81,8 @@ class Stream:
     def add(self, title, text, ts=0.0, priority=0, author=True, source="src"):
         [fingerprint] = fingerprint_batch([(title, text)], self.clusterer.stats, self.signer,
                                           self.settings.shingle_size, self.settings.title_weight,
-                                          self.settings.salient_terms)
+                                          self.settings.salient_terms,
+                                          self.settings.phrase_weight)
         article = ClusterArticle(None, source, priority, ts, author, fingerprint)
         decision = self.clusterer.propose(article)
         article.article_id = self.next_id

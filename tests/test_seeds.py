@@ -124,3 +124,33 @@ def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch):
     reader = sqlite3.connect(config.database)
     assert reader.execute("SELECT count(*) FROM article_stories").fetchone() == (3,)
     assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_lines_a_source_repeats_in_every_article_are_stripped(tmp_path):
+    from html import escape
+
+    template = "Follow our live coverage and get the morning briefing in your inbox every day"
+    stories = [
+        ("Harbour bridge reopens after repairs", "The harbour bridge reopened to traffic on "
+         "Monday after eight months of repairs to its steel cables and deck."),
+        ("Library extends opening hours", "The central library will stay open until ten in the "
+         "evening from next month, the council said, after a survey of students."),
+        ("Marathon draws record field", "A record twelve thousand runners started the city "
+         "marathon on Sunday morning under clear skies and light winds."),
+        ("Zoo welcomes twin panda cubs", "Keepers at the zoo announced the birth of twin panda "
+         "cubs, the first born in the country, after a long breeding programme."),
+    ]
+    items = "".join(
+        f"<item><title>{escape(title)}</title><link>https://local.example/{n}</link>"
+        f"<guid>https://local.example/{n}</guid><description>{escape(f'<p>{body}</p><p>{template}</p>')}"
+        f"</description></item>" for n, (title, body) in enumerate(stories))
+    feed = tmp_path / "local.xml"
+    feed.write_text(f"<rss version='2.0'><channel><title>Local</title>{items}</channel></rss>")
+    config = write_config(tmp_path / "local.toml", [{"name": "Local", "url": str(feed)}])
+    run_once(config)
+    with sqlite3.connect(load_config(config).database) as conn:
+        texts = [row[0] for row in conn.execute("SELECT text FROM articles")]
+        stories_count = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
+    assert len(texts) == 4 and stories_count == 4
+    assert all(template not in text for text in texts)
+    assert all(len(text.split()) > 10 for text in texts)

@@ -48,7 +48,8 @@ def test_a_failed_migration_leaves_nothing_half_done(tmp_path, monkeypatch):
     conn = sqlite3.connect(tmp_path / "a.db")
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "half" not in tables and "articles" in tables
-    assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["001_initial"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [
+        name for name, _ in MIGRATIONS]
 
 
 def test_article_stories_view_has_the_documented_columns(tmp_path):
