@@ -179,8 +179,10 @@ def story(config_path, story_id, as_json) -> None:
         click.echo(f"      {member['url']}  published {member['published']}")
     click.echo("canonical history:")
     for change in found["canonical_history"]:
-        click.echo(f"  {change['changed_at']}: article {change['article_id']} "
-                   f"(was {change['previous_article_id']}): {change['reason']}")
+        was = f" (was article {change['previous_article_id']})" \
+            if change["previous_article_id"] else ""
+        click.echo(f"  {change['changed_at']}: article {change['article_id']}{was}: "
+                   f"{change['reason']}")
 
 
 @main.command()
@@ -250,6 +252,61 @@ def explain(config_path, article_id) -> None:
                    f"= cosine {candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
                    f"(threshold {candidate['threshold']:.3f}); shared salient terms: "
                    f"{', '.join(candidate['shared_terms']) or '-'}")
+
+
+def _since_date(value: str | None):
+    """A date (2026-01-30, 2026-01-30T12:00:00Z) or a period back from now (7d, 24h)."""
+    if not value:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    try:
+        return _since(value)
+    except click.BadParameter:
+        raise click.BadParameter(f"{value!r} is neither a date (2026-01-30) nor a period "
+                                 "(7d, 24h)", param_hint="--since") from None
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since", default=None,
+              help="Only stories with an article published since this date (2026-01-30) or "
+                   "period (7d); default: every story.")
+@handle_errors
+def recluster(config_path, since) -> None:
+    """Rebuild stories from stored articles with the current clustering settings.
+
+    Use it after changing [clustering] in the configuration.  Stories with a member in the
+    period are dissolved and their articles placed again, oldest first, in one transaction;
+    dashboards see the old stories until it commits.  A running daemon waits meanwhile.
+
+    \b
+    Examples:
+        aggregator recluster
+        aggregator recluster --since 2026-01-01
+        aggregator recluster --since 7d
+    """
+    from .pipeline import Aggregator
+
+    config = load_config(config_path)
+    start = _since_date(since)
+    aggregator = Aggregator(config)
+    try:
+        with click.progressbar(length=1, label="reclustering", file=sys.stderr) as bar:
+            def advance(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            placed = aggregator.recluster(start, progress=advance)
+        stories_now = aggregator.store.db.execute("SELECT count(*) FROM stories").fetchone()[0]
+    finally:
+        aggregator.close()
+    click.echo(f"placed {placed} articles again; {stories_now} stories in the database")
 
 
 @main.command(name="eval")

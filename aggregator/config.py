@@ -215,7 +215,7 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
                                            1, 100000)),
         long_text_words=int(reader.number("long_text_words", defaults.long_text_words,
                                           1, 100000)),
-        idf_prior_docs=reader.number("idf_prior_docs", defaults.idf_prior_docs, 0, 1e9),
+        idf_prior_docs=reader.number("idf_prior_docs", defaults.idf_prior_docs, 1, 1e9),
         max_candidates=int(reader.number("max_candidates", defaults.max_candidates, 1, 10000)),
         canonical_policy=tuple(policy),
     )

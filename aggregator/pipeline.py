@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 EVICT_EVERY = 500
 # Lines repeated in this many articles of one source are its template, not news.
 TEMPLATE_LINE_MIN_ARTICLES = 3
+# A line seen once is forgotten after this long; the table would otherwise grow forever.
+TEMPLATE_LINE_MEMORY = timedelta(days=30)
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Aggregator:
         self._client: httpx.Client | None = None
         self._write_lock = threading.Lock()
         self._since_eviction = 0
+        self._last_prune: datetime | None = None
 
     @property
     def client(self) -> httpx.Client:
@@ -270,19 +274,27 @@ class Aggregator:
         return [replace(a, text=strip_lines(a.text, template)) for a in articles]
 
     def _place(self, conn, source_id: int, source: str, priority: int,
-               article: NormalizedArticle, fingerprint, report: RefreshReport) -> None:
+               article: NormalizedArticle, fingerprint, report: RefreshReport,
+               stored_id: int | None = None) -> None:
+        """Decide the article's story and write it: a new row, or (``stored_id``) a stored
+        article being clustered again by ``recluster``."""
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
                                    article.author is not None, fingerprint,
                                    dated=article.has_published)
         decision = self.clusterer.propose(candidate)
         stats = self.clusterer.stats
-        article_id = self.store.insert_article(
-            conn, source_id=source_id, article=article, fingerprint=fingerprint,
-            vector=self.clusterer.vector(candidate),
+        clustering_columns = dict(
+            fingerprint=fingerprint, vector=self.clusterer.vector(candidate),
             shingle_bytes=signature_bytes(fingerprint.shingle_signature),
             salient_bytes=signature_bytes(fingerprint.salient_signature),
             decision=decision_record(decision),
             priors={t: stats.prior(t) for t in fingerprint.term_counts})
+        if stored_id is None:
+            article_id = self.store.insert_article(conn, source_id=source_id, article=article,
+                                                   **clustering_columns)
+        else:
+            article_id = stored_id
+            self.store.update_clustering_columns(conn, article_id, **clustering_columns)
         candidate.article_id = article_id
         story_id = decision.story_id
         if story_id is None:
@@ -296,6 +308,35 @@ class Aggregator:
             self._since_eviction = 0
             newest = max(s.last_ts for s in self.clusterer.stories.values())
             self.clusterer.evict_before(newest - settings_window_s(self.settings))
+
+    def recluster(self, since: datetime | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+        """Rebuild the stories of articles published since ``since`` (all when None) with the
+        current settings, from the stored text; returns how many articles were placed.
+
+        Stories that had any member in that period are dissolved and their members placed
+        again, oldest first, in one transaction: readers see the old stories or the new ones.
+        """
+        settings = self.settings
+        with self._write_lock, self.store.transaction() as conn:
+            articles = self.store.detach_stories(conn, since)
+            self.clusterer = load_clusterer(self.store, settings, self.signer)
+            report = RefreshReport("recluster", "ok", entries=len(articles))
+            try:
+                for done, stored in enumerate(articles, 1):
+                    [fingerprint] = fingerprint_batch(
+                        [(stored.article.title, stored.article.text)], self.clusterer.stats,
+                        self.signer, settings.shingle_size, settings.title_weight,
+                        settings.salient_terms, settings.phrase_weight)
+                    self._place(conn, stored.source_id, stored.article.source, stored.priority,
+                                stored.article, fingerprint, report, stored_id=stored.id)
+                    if progress:
+                        progress(done, len(articles))
+            except BaseException:
+                self.clusterer = load_clusterer(self.store, settings, self.signer)
+                raise
+        self.clusterer = load_clusterer(self.store, settings, self.signer)
+        return report.new_articles
 
     # -- passes -----------------------------------------------------------------------------
 
@@ -330,7 +371,15 @@ class Aggregator:
             except Exception as exc:  # one source's bug never stops the others
                 log.exception("source %r failed unexpectedly", source.name)
                 reports.append(RefreshReport(source.name, "error", error=repr(exc)))
+        self._prune_template_lines(now)
         return reports
+
+    def _prune_template_lines(self, now: datetime) -> None:
+        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        with self._write_lock, self.store.transaction() as conn:
+            self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
 
 
 def settings_window_s(settings: ClusteringSettings) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import SchemaTooNewError, StoreError
+from .normalize import NormalizedArticle
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -231,6 +232,16 @@ class StoredArticle:
     dated: bool
 
 
+@dataclass(frozen=True)
+class ReplayArticle:
+    """A stored article to be clustered again."""
+
+    id: int
+    source_id: int
+    priority: int
+    article: NormalizedArticle
+
+
 class Store:
     def __init__(self, path: str):
         self.path = path
@@ -422,12 +433,7 @@ class Store:
         article_id = cursor.lastrowid
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
                          [(key, article_id) for key in article.identity_keys])
-        conn.executemany(
-            "INSERT INTO term_stats (term, document_frequency, prior_fraction) VALUES (?, 1, ?) "
-            "ON CONFLICT(term) DO UPDATE SET document_frequency = document_frequency + 1",
-            [(term, priors[term]) for term in fingerprint.term_counts])
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-                     "WHERE key = 'documents'")
+        self._count_terms(conn, fingerprint.term_counts, priors)
         return article_id
 
     def create_story(self, conn: sqlite3.Connection, published: datetime, seen: datetime) -> int:
@@ -466,6 +472,68 @@ class Store:
             [outcome.canonical_id, outcome.canonical_id, to_iso(seen),
              to_iso(datetime.fromtimestamp(outcome.first_ts, UTC)),
              to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.story_id])
+
+    def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int, *,
+                                  fingerprint, vector: dict[str, float], shingle_bytes: bytes,
+                                  salient_bytes: bytes, decision: dict,
+                                  priors: dict[str, float]) -> None:
+        """Replace a stored article's fingerprint and decision (``recluster``)."""
+        conn.execute(
+            "UPDATE articles SET word_count = ?, decision = ?, term_counts = ?, vector = ?, "
+            "salient_terms = ?, shingle_signature = ?, salient_signature = ? WHERE id = ?",
+            [fingerprint.word_count, json.dumps(decision),
+             json.dumps(fingerprint.term_counts, separators=(",", ":")),
+             json.dumps({t: round(w, 6) for t, w in vector.items()}, separators=(",", ":")),
+             json.dumps(list(fingerprint.salient)), shingle_bytes, salient_bytes, article_id])
+        self._count_terms(conn, fingerprint.term_counts, priors)
+
+    def _count_terms(self, conn: sqlite3.Connection, terms, priors: dict[str, float]) -> None:
+        conn.executemany(
+            "INSERT INTO term_stats (term, document_frequency, prior_fraction) VALUES (?, 1, ?) "
+            "ON CONFLICT(term) DO UPDATE SET document_frequency = document_frequency + 1",
+            [(term, priors[term]) for term in terms])
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                     "WHERE key = 'documents'")
+
+    def detach_stories(self, conn: sqlite3.Connection,
+                       since: datetime | None) -> list[ReplayArticle]:
+        """Dissolve the stories with a member published since ``since`` (all when None).
+
+        Their members lose their story and no longer count in the term statistics; they are
+        returned oldest first, for the clusterer to place again.
+        """
+        since_iso = to_iso(since) if since else "0000"
+        conn.execute("DROP TABLE IF EXISTS temp.detached")
+        conn.execute("CREATE TEMP TABLE detached (story_id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO temp.detached SELECT DISTINCT story_id FROM articles "
+                     "WHERE published >= ? AND story_id IS NOT NULL", [since_iso])
+        rows = conn.execute(
+            """SELECT a.id, a.source_id, s.name, s.priority, a.guid, a.url, a.canonical_url,
+                      a.identity_key, a.title, a.author, a.published, a.published_from_feed,
+                      a.fetched, a.text, a.content_hash, a.term_counts
+               FROM articles a JOIN sources s ON s.id = a.source_id
+               WHERE a.story_id IN (SELECT story_id FROM temp.detached)
+                  OR a.story_id IS NULL
+               ORDER BY a.published, a.id""").fetchall()
+        conn.execute("UPDATE articles SET story_id = NULL, relation = NULL, similarity = NULL "
+                     "WHERE story_id IN (SELECT story_id FROM temp.detached)")
+        conn.execute("DELETE FROM canonical_history "
+                     "WHERE story_id IN (SELECT story_id FROM temp.detached)")
+        conn.execute("DELETE FROM stories WHERE id IN (SELECT story_id FROM temp.detached)")
+        conn.execute("DROP TABLE temp.detached")
+        removed: dict[str, int] = {}
+        for row in rows:
+            for term in json.loads(row[15]):
+                removed[term] = removed.get(term, 0) + 1
+        conn.executemany("UPDATE term_stats SET document_frequency = document_frequency - ? "
+                         "WHERE term = ?", [(count, term) for term, count in removed.items()])
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) - ? "
+                     "WHERE key = 'documents'", [len(rows)])
+        return [ReplayArticle(row[0], row[1], row[3], NormalizedArticle(
+            source=row[2], guid=row[4], url=row[5], canonical_url=row[6], title=row[8],
+            author=row[9], published=from_iso(row[10]), has_published=bool(row[11]),
+            fetched=from_iso(row[12]), text=row[13], content_hash=row[14],
+            identity_keys=(row[7],))) for row in rows]
 
     # -- state for the clusterer -------------------------------------------------------------
 

@@ -191,3 +191,29 @@ def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     assert (second.clusterer.stats.documents,
             dict(second.clusterer.stats.document_frequency)) == straight_stats
     second.close()
+
+
+def test_recluster_applies_new_settings_and_keeps_statistics(tmp_path, seed_config):
+    from dataclasses import replace
+
+    config = load_config(seed_config, environ={})
+    aggregator = Aggregator(config)
+    aggregator.run_pass()
+    documents_before = aggregator.store.term_statistics()
+    aggregator.close()
+
+    strict = replace(config, clustering=replace(config.clustering, same_story_threshold=0.99,
+                                                long_text_threshold=0.99))
+    aggregator = Aggregator(strict)
+    assert aggregator.recluster() == 3
+    assert aggregator.store.db.execute("SELECT count(*) FROM stories").fetchone() == (3,)
+    assert aggregator.store.term_statistics()[0] == documents_before[0] == 3
+    aggregator.close()
+
+    aggregator = Aggregator(config)
+    assert aggregator.recluster() == 3
+    rows = aggregator.store.db.execute(
+        "SELECT count(DISTINCT story_id), sum(relation = 'same_story') FROM articles").fetchone()
+    assert rows == (1, 2)
+    assert sorted(aggregator.store.term_statistics()[1]) == sorted(documents_before[1])
+    aggregator.close()
