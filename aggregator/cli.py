@@ -7,6 +7,7 @@ import logging
 import re
 import signal
 import sys
+import time
 from datetime import timedelta
 from functools import wraps
 
@@ -95,11 +96,25 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
             if not reports:
                 click.echo("no source is due")
             return
-        daemon = Daemon(lambda stopping: aggregator.run_pass(stopping), tick_s=tick_s)
+        from .web import DaemonStatus
+
+        status = DaemonStatus(index_articles=lambda: len(aggregator.clusterer.articles),
+                              tick_s=tick_s)
+
+        def one_pass(stopping) -> None:
+            started = time.monotonic()
+            aggregator.run_pass(stopping)
+            status.last_pass_seconds = time.monotonic() - started
+            status.last_pass_finished = time.time()
+
+        daemon = Daemon(one_pass, tick_s=tick_s)
+        server = start_web_server(config, status) if config.http.enabled else None
 
         def stop(signum, _frame):
             click.echo(f"received {signal.Signals(signum).name}; finishing the current write",
                        err=True)
+            if server is not None:
+                server.should_exit = True
             daemon.stop()
 
         signal.signal(signal.SIGTERM, stop)
@@ -108,6 +123,82 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
         daemon.start()
     finally:
         aggregator.close()
+
+
+def start_web_server(config, status):
+    """The web server in a background thread of the daemon; returns the uvicorn server."""
+    import threading
+
+    import uvicorn
+
+    from .web import create_app
+
+    app = create_app(config.database, status, config.http.base_url)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.http.host, port=config.http.port,
+                                           log_level="warning"))
+    # Signals belong to the daemon, which stops the server itself.
+    server.install_signal_handlers = lambda: None
+    threading.Thread(target=server.run, name="http", daemon=True).start()
+    click.echo(f"serving http://{config.http.host}:{config.http.port}/", err=True)
+    return server
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--host", default=None, help="Address to listen on [default: [http] host, "
+                                           "127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: [http] port, 8080].")
+@handle_errors
+def serve(config_path, host, port) -> None:
+    """Serve story pages, feeds, health and metrics without fetching (a read-only replica).
+
+    \b
+    Pages:
+        /              latest stories, each with the other outlets that covered it
+        /story/ID      one story: every version, relation, similarity, canonical history
+        /feed.atom     one entry per story (Atom 1.0); ?tag=T and ?source=NAME filter
+        /feed.json     the same as JSON Feed 1.1
+        /healthz /readyz /metrics
+    \b
+    Examples:
+        aggregator serve
+        aggregator serve --host 0.0.0.0 --port 9000
+    """
+    import uvicorn
+
+    from .web import create_app
+
+    config = load_config(config_path)
+    Store(config.database).close()  # create or migrate, so the replica has views to read
+    app = create_app(config.database, None, config.http.base_url)
+    uvicorn.run(app, host=host or config.http.host, port=port or config.http.port,
+                log_level="warning")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("query")
+@click.option("--limit", default=20, show_default=True, help="At most this many stories.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@handle_errors
+def search(config_path, query, limit, as_json) -> None:
+    """Full-text search; finds stories, not copies (SQLite FTS5 query syntax).
+
+    \b
+    Examples:
+        aggregator search Lavrov
+        aggregator search '"security guarantees" AND Ukraine'
+    """
+    found = open_store(config_path).search(query, limit)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for story in found:
+        click.echo(f"story {story['story_id']}: {story['title']}")
+        click.echo(f"  {story['matching_articles']} of {story['article_count']} versions "
+                   f"match; sources: {story['sources']}")
+    if not found:
+        click.echo("no story matches")
 
 
 def _since(value: str | None):

@@ -67,6 +67,16 @@ class ClusteringSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The daemon's own web server (story pages, feeds, health, metrics)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Source:
     name: str
     url: str
@@ -91,6 +101,7 @@ class Config:
     max_body_bytes: int = 20 * 1024 * 1024
     max_concurrency: int = 8
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     sources: tuple[Source, ...] = ()
 
     def source(self, name: str) -> Source:
@@ -221,6 +232,23 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     )
 
 
+def _load_http(path: str, table: Any) -> HttpSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(path, "expected a table", key="http")
+    reader = _Reader(path, table, prefix="http.")
+    reader.reject_unknown({"enabled", "host", "port", "base_url"})
+    defaults = HttpSettings()
+    base_url = reader.get("base_url", str, None)
+    if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
+        raise reader.fail("base_url", f"{base_url!r} is not an http(s) URL")
+    return HttpSettings(
+        enabled=reader.get("enabled", bool, defaults.enabled),
+        host=reader.get("host", str, defaults.host),
+        port=int(reader.number("port", defaults.port, 0, 65535)),
+        base_url=base_url,
+    )
+
+
 def _load_source(path: str, base: Path, index: int, table: Any,
                  default_interval_s: float) -> Source:
     if not isinstance(table, dict):
@@ -275,7 +303,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "max_body_bytes", "max_concurrency", "clustering",
-                        "sources"})
+                        "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -302,5 +330,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         clustering=_load_clustering(shown, raw.get("clustering", {})),
+        http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),
     )

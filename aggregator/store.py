@@ -190,9 +190,99 @@ def _m002_source_lines(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m003_dashboards(db: sqlite_utils.Database) -> None:
+    _run_script(db, """
+    CREATE VIRTUAL TABLE articles_fts USING fts5(
+        title, text, content='articles', content_rowid='id', tokenize='porter unicode61'
+    );
+    INSERT INTO articles_fts(articles_fts) VALUES ('rebuild');
+    CREATE TRIGGER articles_fts_insert AFTER INSERT ON articles BEGIN
+        INSERT INTO articles_fts(rowid, title, text) VALUES (new.id, new.title, new.text);
+    END;
+    CREATE TRIGGER articles_fts_delete AFTER DELETE ON articles BEGIN
+        INSERT INTO articles_fts(articles_fts, rowid, title, text)
+        VALUES ('delete', old.id, old.title, old.text);
+    END;
+    CREATE TRIGGER articles_fts_update AFTER UPDATE OF title, text ON articles BEGIN
+        INSERT INTO articles_fts(articles_fts, rowid, title, text)
+        VALUES ('delete', old.id, old.title, old.text);
+        INSERT INTO articles_fts(rowid, title, text) VALUES (new.id, new.title, new.text);
+    END;
+    CREATE INDEX articles_source_fetched ON articles(source_id, fetched);
+    CREATE INDEX fetch_attempts_started ON fetch_attempts(started_at);
+    CREATE VIEW latest_stories AS
+    SELECT
+        st.id AS story_id,
+        st.title,
+        a.url AS canonical_url,
+        src.name AS canonical_source,
+        st.first_seen,
+        st.last_seen AS last_updated,
+        st.first_published,
+        st.last_published,
+        st.article_count,
+        st.source_count,
+        (SELECT group_concat(name, ', ') FROM (
+            SELECT DISTINCT s2.name AS name FROM articles m JOIN sources s2 ON s2.id = m.source_id
+            WHERE m.story_id = st.id ORDER BY s2.name)) AS sources
+    FROM stories st
+    JOIN articles a ON a.id = st.canonical_article_id
+    JOIN sources src ON src.id = a.source_id;
+    CREATE VIEW source_health AS
+    SELECT
+        s.name,
+        s.url,
+        s.config_url,
+        s.enabled,
+        s.in_config,
+        CASE
+            WHEN s.disabled_reason IS NOT NULL THEN 'disabled'
+            WHEN NOT s.enabled THEN 'disabled in config'
+            WHEN s.last_checked_at IS NULL THEN 'never fetched'
+            WHEN s.cooldown_until > strftime('%Y-%m-%dT%H:%M:%SZ', 'now') THEN 'cooldown'
+            WHEN s.consecutive_errors > 0 THEN 'backoff'
+            ELSE 'ok'
+        END AS status,
+        s.last_status,
+        s.last_outcome,
+        s.last_checked_at,
+        s.last_success_at,
+        s.consecutive_errors,
+        s.last_error,
+        s.next_check_at,
+        s.cooldown_until,
+        s.disabled_reason,
+        (SELECT count(*) FROM articles a WHERE a.source_id = s.id) AS articles
+    FROM sources s;
+    CREATE VIEW daily_ingest AS
+    SELECT
+        substr(a.fetched, 1, 10) AS day,
+        s.name AS source,
+        count(*) AS articles,
+        sum(a.relation = 'canonical') AS canonical,
+        sum(a.relation = 'duplicate') AS duplicates,
+        sum(a.relation = 'same_story') AS same_story
+    FROM articles a JOIN sources s ON s.id = a.source_id
+    GROUP BY day, s.name;
+    CREATE VIEW daily_fetches AS
+    SELECT
+        substr(f.started_at, 1, 10) AS day,
+        s.name AS source,
+        count(*) AS fetches,
+        sum(f.outcome = 'ok') AS ok,
+        sum(f.outcome = 'not_modified') AS not_modified,
+        sum(f.outcome NOT IN ('ok', 'not_modified')) AS failed,
+        sum(coalesce(f.new_articles, 0)) AS new_articles,
+        round(avg(f.duration_ms)) AS mean_duration_ms
+    FROM fetch_attempts f JOIN sources s ON s.id = f.source_id
+    GROUP BY day, s.name;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
+    ("003_dashboards", _m003_dashboards),
 ]
 
 
@@ -603,6 +693,25 @@ class Store:
             "s.next_check_at, s.cooldown_until, s.disabled_reason, s.last_error, "
             "(SELECT count(*) FROM articles a WHERE a.source_id = s.id) AS articles "
             "FROM sources s ORDER BY s.name"))
+
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        """Stories whose articles match an FTS5 query, best match first, one row per story."""
+        try:
+            rows = list(self.db.query(
+                """SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles
+                   FROM articles_fts f JOIN articles a ON a.id = f.rowid
+                   WHERE articles_fts MATCH ? AND a.story_id IS NOT NULL
+                   GROUP BY a.story_id ORDER BY rank LIMIT ?""", [query, limit]))
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"invalid search query {query!r}: {exc}") from None
+        stories = {row["story_id"]: row for row in rows}
+        if not stories:
+            return []
+        details = {row["story_id"]: row for row in self.db.query(
+            f"SELECT * FROM latest_stories WHERE story_id IN ({','.join('?' * len(stories))})",
+            list(stories))}
+        return [{**details[story_id], "matching_articles": row["matching_articles"]}
+                for story_id, row in stories.items() if story_id in details]
 
     def article(self, article_id: int) -> dict | None:
         rows = list(self.db.query(

@@ -1,0 +1,364 @@
+"""The read side over HTTP: story pages, deduplicated feeds, health and metrics.
+
+Every request reads the database through its own read-only connection, so the web side never
+blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import nh3
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from . import __version__
+
+FEED_SIZE = 50
+PAGE_SIZE = 100
+STORY_SIZE_BUCKETS = (1, 2, 3, 5, 10, 20, 50)
+ATOM = "http://www.w3.org/2005/Atom"
+
+
+@dataclass
+class DaemonStatus:
+    """What the daemon tells the web side about itself (absent for a read-only replica)."""
+
+    last_pass_finished: float | None = None
+    last_pass_seconds: float | None = None
+    index_articles: Callable[[], int] | None = None
+    tick_s: float = 30.0
+
+
+def _reader(database: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{quote(str(Path(database).resolve()))}?mode=ro", uri=True,
+                           timeout=5)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _rows(database: str, sql: str, params=()) -> list[dict]:
+    conn = _reader(database)
+    try:
+        return [dict(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+_STORY_FILTERS = {
+    "source": "EXISTS (SELECT 1 FROM articles m JOIN sources s ON s.id = m.source_id "
+              "WHERE m.story_id = latest_stories.story_id AND s.name = ?)",
+    "tag": "EXISTS (SELECT 1 FROM articles m JOIN sources s ON s.id = m.source_id, "
+           "json_each(s.tags) t WHERE m.story_id = latest_stories.story_id AND t.value = ?)",
+}
+
+
+def latest_stories(database: str, limit: int, **filters: str | None) -> list[dict]:
+    clauses, params = [], []
+    for name, value in filters.items():
+        if value:
+            clauses.append(_STORY_FILTERS[name])
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    stories = _rows(database, f"SELECT * FROM latest_stories {where} "
+                              f"ORDER BY last_updated DESC, story_id DESC LIMIT ?",
+                    [*params, limit])
+    if stories:
+        ids = [s["story_id"] for s in stories]
+        members: dict[int, list[dict]] = {i: [] for i in ids}
+        for row in _rows(database, "SELECT * FROM article_stories WHERE story_id IN "
+                                   f"({','.join('?' * len(ids))}) "
+                                   "ORDER BY is_canonical DESC, published, article_id", ids):
+            members[row["story_id"]].append(row)
+        for story in stories:
+            story["members"] = members[story["story_id"]]
+    return stories
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<link rel="alternate" type="application/atom+xml" title="Stories" href="/feed.atom">
+<link rel="alternate" type="application/feed+json" title="Stories" href="/feed.json">
+<style>
+body {{ font: 16px/1.45 system-ui, sans-serif; max-width: 52rem; margin: 2rem auto;
+        padding: 0 1rem; color: #1b1b1b; }}
+h1 {{ font-size: 1.5rem; }} .story {{ margin: 0 0 1.4rem; }}
+.story h2 {{ font-size: 1.1rem; margin: 0; }} .meta, .also {{ color: #555; font-size: .9rem; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ text-align: left;
+        padding: .35rem .5rem; border-bottom: 1px solid #ddd; vertical-align: top; }}
+.relation {{ font-variant: small-caps; }} a {{ color: #0645ad; }}
+</style></head><body>{body}
+<footer class="meta">news-dedup-aggregator {__version__}</footer></body></html>""")
+
+
+def _link(url: str | None, text: str) -> str:
+    if url and url.startswith(("http://", "https://")):
+        return f'<a href="{escape(url)}">{escape(text)}</a>'
+    return escape(text)
+
+
+async def home(request: Request) -> HTMLResponse:
+    database = request.app.state.database
+    stories = latest_stories(database, PAGE_SIZE, tag=request.query_params.get("tag"),
+                             source=request.query_params.get("source"))
+    items = []
+    for story in stories:
+        others = [m for m in story["members"] if not m["is_canonical"]]
+        also = ", ".join(_link(m["url"], m["source"]) for m in others)
+        items.append(
+            f'<article class="story"><h2>{_link(story["canonical_url"], story["title"])}</h2>'
+            f'<div class="meta">{escape(story["canonical_source"])} · '
+            f'<time datetime="{escape(story["last_updated"])}">'
+            f'{escape(story["last_published"][:16].replace("T", " "))} UTC</time> · '
+            f'<a href="/story/{story["story_id"]}">{story["article_count"]} versions from '
+            f'{story["source_count"]} sources</a></div>'
+            + (f'<div class="also">Also covered by {also}</div>' if also else "")
+            + "</article>")
+    body = "<h1>Latest stories</h1>" + ("".join(items) or "<p>No stories yet.</p>")
+    return _page("Latest stories", body)
+
+
+async def story_page(request: Request) -> Response:
+    database = request.app.state.database
+    story_id = request.path_params["story_id"]
+    found = _rows(database, "SELECT * FROM latest_stories WHERE story_id = ?", [story_id])
+    if not found:
+        return HTMLResponse("<h1>No such story</h1>", status_code=404)
+    story = found[0]
+    members = _rows(database, "SELECT a.*, ar.text FROM article_stories a JOIN articles ar "
+                              "ON ar.id = a.article_id WHERE a.story_id = ? "
+                              "ORDER BY a.is_canonical DESC, a.published, a.article_id",
+                    [story_id])
+    history = _rows(database, "SELECT * FROM canonical_history WHERE story_id = ? ORDER BY id",
+                    [story_id])
+    rows = "".join(
+        f'<tr><td>{_link(m["url"], m["title"])}<div class="meta">'
+        f'{escape(m["text"][:280])}{"…" if len(m["text"]) > 280 else ""}</div></td>'
+        f'<td>{escape(m["source"])}</td><td>{escape(m["published"])}</td>'
+        f'<td class="relation">{escape(m["relation"] or "")}</td>'
+        f'<td>{m["similarity"]:.2f}</td></tr>' for m in members)
+    changes = "".join(
+        f'<li>{escape(h["changed_at"])}: article {h["article_id"]}'
+        + (f' replaced article {h["previous_article_id"]}' if h["previous_article_id"] else "")
+        + f' — {escape(h["reason"])}</li>' for h in history)
+    body = (f'<p><a href="/">← Latest stories</a></p><h1>{escape(story["title"])}</h1>'
+            f'<p class="meta">{story["article_count"]} versions from {story["source_count"]} '
+            f'sources · first seen {escape(story["first_seen"])} · last updated '
+            f'{escape(story["last_updated"])}</p>'
+            '<table><thead><tr><th>Version</th><th>Source</th><th>Published</th>'
+            f'<th>Relation</th><th>Similarity</th></tr></thead><tbody>{rows}</tbody></table>'
+            f'<h2>Why this canonical</h2><ul>{changes}</ul>')
+    return _page(story["title"], body)
+
+
+def _entry_html(story: dict) -> str:
+    canonical = story["members"][0] if story["members"] else None
+    parts = []
+    if canonical:
+        parts.append(f"<p>{escape(canonical['title'])} ({escape(canonical['source'])})</p>")
+    others = [m for m in story["members"] if not m["is_canonical"]]
+    if others:
+        links = "".join(f'<li><a href="{escape(m["url"] or "")}">{escape(m["title"])}</a> — '
+                        f'{escape(m["source"])} ({escape(m["relation"] or "")})</li>'
+                        for m in others)
+        parts.append(f"<p>Also covered by:</p><ul>{links}</ul>")
+    # Titles come from feeds: whatever slipped through as markup is cleaned once more.
+    return nh3.clean("".join(parts))
+
+
+def _base_url(request: Request) -> str:
+    return request.app.state.base_url or str(request.base_url).rstrip("/")
+
+
+def _filters(request: Request) -> dict:
+    return {"tag": request.query_params.get("tag"),
+            "source": request.query_params.get("source")}
+
+
+async def feed_atom(request: Request) -> Response:
+    base = _base_url(request)
+    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request))
+    ET.register_namespace("", ATOM)
+    feed = ET.Element(f"{{{ATOM}}}feed")
+
+    def sub(parent, tag, text=None, **attrs):
+        element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attrs)
+        if text is not None:
+            element.text = text
+        return element
+
+    sub(feed, "id", f"{base}/feed.atom")
+    sub(feed, "title", "Latest stories (deduplicated)")
+    sub(feed, "updated", stories[0]["last_updated"] if stories else
+        datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    sub(feed, "link", rel="self", href=str(request.url))
+    sub(feed, "link", rel="alternate", href=f"{base}/")
+    sub(feed, "generator", "news-dedup-aggregator", version=__version__)
+    for story in stories:
+        entry = sub(feed, "entry")
+        sub(entry, "id", f"{base}/story/{story['story_id']}")
+        sub(entry, "title", story["title"])
+        sub(entry, "updated", story["last_updated"])
+        sub(entry, "published", story["first_published"])
+        author = sub(entry, "author")
+        sub(author, "name", story["canonical_source"])
+        if story["canonical_url"]:
+            sub(entry, "link", rel="alternate", href=story["canonical_url"])
+        for member in story["members"]:
+            if not member["is_canonical"] and member["url"]:
+                sub(entry, "link", rel="related", href=member["url"], title=member["source"])
+        sub(entry, "content", _entry_html(story), type="html")
+    body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+    return Response(body, media_type="application/atom+xml; charset=utf-8")
+
+
+async def feed_json(request: Request) -> Response:
+    base = _base_url(request)
+    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request))
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": "Latest stories (deduplicated)",
+        "home_page_url": f"{base}/",
+        "feed_url": str(request.url),
+        "items": [{
+            "id": f"{base}/story/{story['story_id']}",
+            "url": story["canonical_url"] or f"{base}/story/{story['story_id']}",
+            "title": story["title"],
+            "content_html": _entry_html(story),
+            "date_published": story["first_published"],
+            "date_modified": story["last_updated"],
+            "authors": [{"name": story["canonical_source"]}],
+            "_aggregator": {
+                "story_page": f"{base}/story/{story['story_id']}",
+                "also_covered_by": [
+                    {"source": m["source"], "url": m["url"], "title": m["title"],
+                     "relation": m["relation"], "similarity": m["similarity"]}
+                    for m in story["members"] if not m["is_canonical"]],
+            },
+        } for story in stories],
+    }
+    return Response(json.dumps(document, ensure_ascii=False),
+                    media_type="application/feed+json; charset=utf-8")
+
+
+async def healthz(_request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> PlainTextResponse:
+    """Ready when the database answers (and, in the daemon, is writable and a pass is recent)."""
+    state = request.app.state
+    try:
+        _rows(state.database, "SELECT count(*) FROM _migrations")
+        if state.status is not None:
+            conn = sqlite3.connect(state.database, timeout=2, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+    except sqlite3.Error as exc:
+        return PlainTextResponse(f"database not ready: {exc}\n", status_code=503)
+    status = state.status
+    if status is not None:
+        stale_after = max(300.0, 3 * status.tick_s)
+        if status.last_pass_finished is None or \
+                time.time() - status.last_pass_finished > stale_after:
+            return PlainTextResponse("no recent pass\n", status_code=503)
+    return PlainTextResponse("ready\n")
+
+
+class StoreCollector:
+    """Prometheus metrics read from the database at scrape time."""
+
+    def __init__(self, database: str, status: DaemonStatus | None):
+        self.database = database
+        self.status = status
+
+    def collect(self):
+        rows = _rows(self.database, "SELECT outcome, count(*) AS n FROM fetch_attempts "
+                                    "GROUP BY outcome")
+        fetches = CounterMetricFamily("aggregator_fetches", "Fetch attempts by outcome",
+                                      labels=["outcome"])
+        for row in rows:
+            fetches.add_metric([row["outcome"]], row["n"])
+        yield fetches
+        counts = _rows(self.database, """SELECT count(*) AS articles,
+                coalesce(sum(relation = 'duplicate'), 0) AS duplicates,
+                coalesce(sum(relation = 'same_story'), 0) AS same_story FROM articles""")[0]
+        yield CounterMetricFamily("aggregator_articles_ingested", "Articles stored",
+                                  value=counts["articles"])
+        yield CounterMetricFamily("aggregator_duplicates", "Articles linked as duplicates",
+                                  value=counts["duplicates"])
+        yield CounterMetricFamily("aggregator_same_story_joins",
+                                  "Articles linked as other write-ups of a story",
+                                  value=counts["same_story"])
+        sizes = _rows(self.database, "SELECT article_count AS size, count(*) AS n FROM stories "
+                                     "GROUP BY article_count")
+        buckets, total, running = [], 0, 0
+        for bound in STORY_SIZE_BUCKETS:
+            running = sum(r["n"] for r in sizes if r["size"] <= bound)
+            buckets.append((str(bound), running))
+        total = sum(r["n"] for r in sizes)
+        buckets.append(("+Inf", total))
+        yield HistogramMetricFamily("aggregator_story_size", "Articles per story",
+                                    buckets=buckets,
+                                    sum_value=sum(r["size"] * r["n"] for r in sizes))
+        due = _rows(self.database, """SELECT count(*) AS n FROM sources WHERE enabled AND
+                in_config AND disabled_reason IS NULL AND (next_check_at IS NULL OR
+                next_check_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))""")[0]["n"]
+        yield GaugeMetricFamily("aggregator_sources_due", "Sources due for a fetch now "
+                                "(the queue length)", value=due)
+        if self.status is not None:
+            if self.status.last_pass_seconds is not None:
+                yield GaugeMetricFamily("aggregator_pass_duration_seconds",
+                                        "Duration of the last pass",
+                                        value=self.status.last_pass_seconds)
+            if self.status.last_pass_finished is not None:
+                yield GaugeMetricFamily("aggregator_last_pass_timestamp_seconds",
+                                        "When the last pass finished",
+                                        value=self.status.last_pass_finished)
+            if self.status.index_articles is not None:
+                yield GaugeMetricFamily("aggregator_index_articles",
+                                        "Articles in the in-memory clustering index",
+                                        value=self.status.index_articles())
+
+
+async def metrics(request: Request) -> Response:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(request.app.state.database, request.app.state.status))
+    return Response(generate_latest(registry),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(database: str, status: DaemonStatus | None = None,
+               base_url: str | None = None) -> Starlette:
+    app = Starlette(routes=[
+        Route("/", home),
+        Route("/story/{story_id:int}", story_page),
+        Route("/feed.atom", feed_atom),
+        Route("/feed.json", feed_json),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ])
+    app.state.database = database
+    app.state.status = status
+    app.state.base_url = base_url.rstrip("/") if base_url else None
+    return app

@@ -1,0 +1,263 @@
+"""Views, full-text search, the web pages, the deduplicated feeds, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import feedparser
+import httpx
+import pytest
+from click.testing import CliRunner
+from conftest import DATA, ROOT, SEED_FEEDS, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from aggregator.cli import main
+from aggregator.config import load_config
+from aggregator.pipeline import Aggregator
+from aggregator.store import Store
+from aggregator.web import DaemonStatus, create_app
+
+HOSTILE_FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Hostile</title>
+<item><title>&lt;script&gt;alert('title')&lt;/script&gt;Harmless headline about tides</title>
+<link>https://hostile.example/1</link><guid>https://hostile.example/1</guid>
+<description>&lt;p onclick="alert('click')"&gt;Tides rise twice a day along the coast,
+researchers said.&lt;/p&gt;&lt;script&gt;alert('body')&lt;/script&gt;&lt;iframe
+src="https://evil.example/"&gt;&lt;/iframe&gt;&lt;img src=x onerror="alert('img')"&gt;</description>
+</item></channel></rss>"""
+
+
+@pytest.fixture
+def filled(tmp_path, seed_dir):
+    shutil.copy(DATA / "other_topics.rss.xml", seed_dir / "other.rss.xml")
+    (seed_dir / "hostile.rss.xml").write_bytes(HOSTILE_FEED)
+    sources = [{"name": n, "url": str(seed_dir / f), "tags": ["world"]}
+               for n, f in SEED_FEEDS.items()]
+    sources += [{"name": "Test Wire", "url": str(seed_dir / "other.rss.xml"), "tags": ["wire"]},
+                {"name": "Hostile", "url": str(seed_dir / "hostile.rss.xml")}]
+    config = write_config(tmp_path / "web.toml", sources)
+    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator.run_pass()
+    aggregator.close()
+    return config, load_config(config, environ={}).database
+
+
+def lavrov_story_id(database):
+    store = Store(database)
+    [row] = store.db.execute("SELECT DISTINCT story_id FROM article_stories WHERE source = "
+                             "'News18 World'").fetchall()
+    store.close()
+    return row[0]
+
+
+def test_views_show_the_seed_story(filled):
+    _config, database = filled
+    store = Store(database)
+    story_id = lavrov_story_id(database)
+    [story] = store.db.query("SELECT * FROM latest_stories WHERE story_id = ?", [story_id])
+    assert story["article_count"] == 3 and story["source_count"] == 3
+    assert story["sources"] == "Europe Brief, News18 World, World Desk Daily"
+    assert story["canonical_url"].startswith("https://")
+    health = {row["name"]: row for row in store.db.query("SELECT * FROM source_health")}
+    assert all(row["status"] == "ok" for row in health.values())
+    ingest = {row["source"]: row for row in store.db.query("SELECT * FROM daily_ingest")}
+    assert ingest["Test Wire"]["articles"] == 5 and ingest["Test Wire"]["canonical"] == 5
+    assert sum(row["same_story"] for row in ingest.values()) == 2
+    fetches = list(store.db.query("SELECT * FROM daily_fetches"))
+    assert sum(row["ok"] for row in fetches) == 5
+
+
+def test_full_text_search_finds_stories_not_copies(filled):
+    config, database = filled
+    store = Store(database)
+    found = store.search("Lavrov")
+    assert [s["story_id"] for s in found] == [lavrov_story_id(database)]
+    assert found[0]["matching_articles"] == 3
+    assert [s["title"] for s in store.search("snow")] == [
+        "Storm brings heavy snow and flight cancellations to northern Europe"]
+    result = CliRunner().invoke(main, ["search", "--config", str(config), "Lavrov"])
+    assert result.exit_code == 0 and result.output.count("story ") == 1
+    bad = CliRunner().invoke(main, ["search", "--config", str(config), 'AND "'])
+    assert bad.exit_code == 1 and "invalid search query" in bad.output
+
+
+def test_pages_show_stories_and_sanitize_feed_html(filled):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "Also covered by" in home.text and "News18 World" in home.text
+    assert "Harmless headline about tides" in home.text
+    page = client.get(f"/story/{lavrov_story_id(database)}")
+    assert page.status_code == 200
+    assert page.text.count('class="relation"') == 3 and "same_story" in page.text
+    assert "Why this canonical" in page.text
+    for response in (home, page, client.get("/story/1"), client.get("/feed.atom"),
+                     client.get("/feed.json")):
+        lowered = response.text.lower()
+        assert "<script" not in lowered and "onclick" not in lowered
+        assert "onerror" not in lowered and "<iframe" not in lowered
+        assert "alert(" not in lowered
+    assert client.get("/story/99999").status_code == 404
+
+
+def test_atom_feed_parses_and_links_the_other_versions(filled):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    response = client.get("/feed.atom")
+    assert response.headers["content-type"].startswith("application/atom+xml")
+    parsed = feedparser.parse(response.content)
+    assert parsed.bozo == 0 and parsed.version == "atom10"
+    assert len(parsed.entries) == 7  # one entry per story, not per copy
+    lavrov = [e for e in parsed.entries if "diplomat" in e.title.lower()]
+    assert len(lavrov) == 1
+    related = [link for link in lavrov[0].links if link.rel == "related"]
+    assert len(related) == 2
+    for entry in parsed.entries:
+        assert entry.id and entry.updated and entry.author and entry.link
+    wire = feedparser.parse(client.get("/feed.atom?tag=wire").content)
+    assert len(wire.entries) == 5
+    by_source = feedparser.parse(client.get("/feed.atom", params={"source": "Europe Brief"})
+                                 .content)
+    assert len(by_source.entries) == 1
+
+
+def test_json_feed_is_valid_json_feed_1_1(filled):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    document = client.get("/feed.json").json()
+    assert document["version"] == "https://jsonfeed.org/version/1.1"
+    assert isinstance(document["title"], str) and document["items"]
+    for item in document["items"]:
+        assert isinstance(item["id"], str) and item["id"]
+        assert "content_html" in item or "content_text" in item
+        assert item["url"].startswith("http")
+        assert all(key in item for key in ("title", "date_published", "authors"))
+    [lavrov] = [i for i in document["items"] if i["_aggregator"]["also_covered_by"]]
+    assert {c["source"] for c in lavrov["_aggregator"]["also_covered_by"]} == {
+        "News18 World", "Europe Brief"}
+    parsed = feedparser.parse(client.get("/feed.json").content)
+    assert client.get("/feed.json?tag=world").json()["items"][0]["title"] == lavrov["title"]
+    assert parsed is not None
+
+
+def test_metrics_parse_with_the_prometheus_parser(filled):
+    _config, database = filled
+    status = DaemonStatus(last_pass_finished=time.time(), last_pass_seconds=0.5,
+                          index_articles=lambda: 9)
+    client = TestClient(create_app(database, status))
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {s.name + json.dumps(s.labels, sort_keys=True): s.value
+               for f in families.values() for s in f.samples}
+    assert samples['aggregator_fetches_total{"outcome": "ok"}'] == 5
+    assert samples["aggregator_articles_ingested_total{}"] == 9
+    assert samples["aggregator_same_story_joins_total{}"] == 2
+    assert samples["aggregator_story_size_count{}"] == 7
+    assert samples["aggregator_index_articles{}"] == 9
+    assert samples["aggregator_pass_duration_seconds{}"] == 0.5
+    assert "aggregator_sources_due" in families
+
+
+def test_health_and_readiness(filled):
+    _config, database = filled
+    assert TestClient(create_app(database)).get("/healthz").text == "ok\n"
+    assert TestClient(create_app(database)).get("/readyz").status_code == 200
+    never = TestClient(create_app(database, DaemonStatus()))
+    assert never.get("/readyz").status_code == 503
+    recent = TestClient(create_app(database, DaemonStatus(last_pass_finished=time.time())))
+    assert recent.get("/readyz").status_code == 200
+    missing = TestClient(create_app(str(Path(database).with_name("missing.db"))))
+    assert missing.get("/readyz").status_code == 503
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
+
+
+def test_datasette_serves_views_and_canned_queries(filled):
+    pytest.importorskip("datasette", reason="datasette is a dev dependency")
+    _config, database = filled
+    target = Path(database).with_name("aggregator.db")
+    shutil.copy(database, target)  # Datasette names the database after the file
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "datasette", "serve", str(target), "--metadata",
+         str(ROOT / "docker" / "datasette-metadata.json"), "--host", "127.0.0.1", "--port",
+         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}/aggregator"
+        wait_for(base + ".json")
+        stories = httpx.get(f"{base}/latest_stories.json?_shape=array").json()
+        assert len(stories) == 7
+        assert max(s["source_count"] for s in stories) == 3
+        story_id = lavrov_story_id(str(target))
+        versions = httpx.get(f"{base}/story_versions.json",
+                             params={"story_id": story_id, "_shape": "array"}).json()
+        assert sorted(v["relation"] for v in versions) == ["canonical", "same_story",
+                                                           "same_story"]
+        found = httpx.get(f"{base}/search_stories.json",
+                          params={"query": "Lavrov", "_shape": "array"}).json()
+        assert [f["story_id"] for f in found] == [story_id]
+        assert httpx.get(f"{base}/failing_sources.json?_shape=array").json() == []
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or \
+        shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (.ci/run installs "
+                                               "Debian's chromium)")
+def test_pages_in_a_real_browser(filled, tmp_path):
+    config, database = filled
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.cli", "serve", "--config", str(config), "--port",
+         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}"]
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        home = subprocess.run([*browser, "--dump-dom", f"http://127.0.0.1:{port}/"],
+                              capture_output=True, text=True, timeout=60).stdout
+        assert "Latest stories" in home
+        assert "Russias top diplomat rejects key part of deal to end war with Ukraine" in home
+        assert "Also covered by" in home and "News18 World" in home
+        story_url = f"http://127.0.0.1:{port}/story/{lavrov_story_id(database)}"
+        page = subprocess.run([*browser, "--dump-dom", story_url], capture_output=True,
+                              text=True, timeout=60).stdout
+        assert page.count("same_story") == 2 and "canonical" in page
+        shot = Path(os.environ.get("STORY_SCREENSHOT", tmp_path / "story.png"))
+        subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1100,700",
+                        "--hide-scrollbars", story_url], capture_output=True, timeout=60)
+        assert shot.exists() and shot.stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.wait(10)
