@@ -39,3 +39,33 @@ def test_daemon_polls_then_stops_cleanly_on_sigterm(seed_config):
     assert "SIGTERM" in err
     with sqlite3.connect(database) as conn:
         assert conn.execute("SELECT count(DISTINCT story_id) FROM articles").fetchone() == (1,)
+
+
+def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
+    import httpx
+    from conftest import SEED_FEEDS, write_config
+    from test_web import free_port, wait_for
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "http.toml", [{"name": n, "url": str(seed_dir / f)}
+                                 for n, f in SEED_FEEDS.items()],
+        extra=f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(config), "--tick", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/healthz")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the daemon never became ready"
+            time.sleep(0.2)
+        assert "aggregator_index_articles 3.0" in httpx.get(f"{base}/metrics").text
+        assert "Also covered by" in httpx.get(f"{base}/").text
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
