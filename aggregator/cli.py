@@ -312,6 +312,39 @@ def sources(config_path, as_json) -> None:
             click.echo(f"  last error: {row['last_error']}")
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option("--no-signatures", is_flag=True,
+              help="Skip recomputing every article's signatures (the slowest check).")
+@handle_errors
+def check(config_path, no_signatures) -> None:
+    """Verify the store's invariants; exit 0 when all hold, 1 with a report otherwise.
+
+    \b
+    Checked: every article belongs to exactly one story; every story has exactly one
+    canonical, one of its members; stored counts equal real counts; no two articles share an
+    identity key; the term statistics agree with the articles; every stored signature matches
+    its article's text.
+    \b
+    Example:
+        aggregator check
+    """
+    from .check import check_store
+
+    config = load_config(config_path)
+    store = Store(config.database)
+    violations = check_store(store, config.clustering, signatures=not no_signatures)
+    articles, stories_count = store.db.execute(
+        "SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM stories)").fetchone()
+    store.close()
+    if not violations:
+        click.echo(f"ok: {articles} articles in {stories_count} stories, every invariant holds")
+        return
+    for violation in violations:
+        click.echo(f"violation: {violation.invariant}: {violation.detail}")
+    sys.exit(1)
+
+
 @main.command(name="explain")
 @CONFIG_OPTION
 @click.argument("article_id", type=int)

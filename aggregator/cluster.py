@@ -11,10 +11,11 @@ How an article is placed:
    verified by its estimated Jaccard.  A verified near-copy puts the article in the copy's
    story as a ``duplicate``.
 2. Otherwise same-story search: LSH over salient-term MinHashes at ``candidate_threshold``
-   gives candidate articles; their live stories are scored by TF-IDF cosine between the article
-   and the story centroid (the mean of its members, so one look-alike member cannot drag an
-   unrelated article in), times a Gaussian time factor.  The best story at or above
-   ``same_story_threshold`` wins; else the article starts a new story.
+   gives candidate articles; their live stories are scored by the mean TF-IDF cosine between
+   the article and the story's members, times a time factor, against a threshold that depends
+   on text length; more than half of the members must support the match, so one look-alike
+   member cannot drag an unrelated article in.  The story with the largest margin wins; with
+   none above its threshold the article starts a new story.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Decision:
                     f"(shingle Jaccard {self.score:.2f} >= {self.threshold:.2f})")
         if self.relation == "same_story":
             return (f"matches story {self.story_id} "
-                    f"(centroid score {self.score:.3f} >= {self.threshold:.3f})")
+                    f"(score {self.score:.3f} >= threshold {self.threshold:.3f})")
         if self.candidates:
             best = self.candidates[0]
             return (f"new story: best candidate story {best.story_id} scored "

@@ -98,8 +98,10 @@ class Config:
     user_agent: str = "news-dedup-aggregator/0.1 (+https://github.com/news-dedup-aggregator)"
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    total_timeout_s: float = 120.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_concurrency: int = 8
+    block_private_addresses: bool = False
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sources: tuple[Source, ...] = ()
@@ -302,8 +304,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     base = config_path.resolve().parent
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
-                        "read_timeout", "max_body_bytes", "max_concurrency", "clustering",
-                        "http", "sources"})
+                        "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
+                        "block_private_addresses", "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -327,6 +329,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
         user_agent=top.get("user_agent", str, defaults.user_agent),
         connect_timeout_s=top.duration("connect_timeout", defaults.connect_timeout_s),
         read_timeout_s=top.duration("read_timeout", defaults.read_timeout_s),
+        total_timeout_s=top.duration("total_timeout", defaults.total_timeout_s),
+        block_private_addresses=top.get("block_private_addresses", bool,
+                                        defaults.block_private_addresses),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         clustering=_load_clustering(shown, raw.get("clustering", {})),

@@ -7,7 +7,10 @@ This is the one place where HTTP status codes and headers get their meaning
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -86,8 +89,30 @@ class FetchLimits:
     user_agent: str
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    total_timeout_s: float = 120.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_redirects: int = 5
+    block_private_addresses: bool = False
+
+
+def refuse_private_address(source: str, url: str) -> None:
+    """Raise unless every address ``url``'s host resolves to is public.
+
+    For deployments where users supply feed URLs: the daemon must not be turned into a probe
+    of its own network.  (The check resolves the name itself; a resolver that answers
+    differently a moment later could still point the connection elsewhere.)
+    """
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise FetchError(source, f"cannot resolve {host!r}: {exc.strerror}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if (address.is_private or address.is_loopback or address.is_link_local
+                or address.is_reserved or address.is_multicast or address.is_unspecified):
+            raise FetchError(source, f"refused: {host} resolves to the non-public address "
+                             f"{address} (block_private_addresses is on)")
 
 
 def _local_path(url: str) -> Path:
@@ -140,10 +165,13 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
     if last_modified:
         headers["If-Modified-Since"] = last_modified
     now = datetime.now(UTC)
+    deadline = time.monotonic() + limits.total_timeout_s
     current = url
     permanent = True
     seen = {url}
     for _hop in range(limits.max_redirects + 1):
+        if limits.block_private_addresses:
+            refuse_private_address(source, current)
         try:
             with client.stream("GET", current, headers=headers) as response:
                 if response.is_redirect:
@@ -159,7 +187,8 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
                     seen.add(target)
                     current = target
                     continue
-                return _read_response(response, source, url, current, permanent, now, limits)
+                return _read_response(response, source, url, current, permanent, now, limits,
+                                      deadline)
         except httpx.TimeoutException as exc:
             raise FetchError(source, f"timed out fetching {current}: "
                              f"{type(exc).__name__}") from None
@@ -169,7 +198,8 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
 
 
 def _read_response(response: httpx.Response, source: str, url: str, final_url: str,
-                   permanent: bool, now: datetime, limits: FetchLimits) -> FetchResult:
+                   permanent: bool, now: datetime, limits: FetchLimits,
+                   deadline: float) -> FetchResult:
     status = response.status_code
     outcome = classify_status(status)
     retry_after = parse_retry_after(response.headers.get("retry-after"), now)
@@ -182,6 +212,10 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         chunks = []
         size = 0
         for chunk in response.iter_bytes():
+            # A server trickling bytes never trips the read timeout; the deadline stops it.
+            if time.monotonic() > deadline:
+                raise FetchError(source, f"{final_url}: no complete answer within "
+                                 f"{limits.total_timeout_s:.0f} s", status)
             size += len(chunk)
             if size > limits.max_body_bytes:
                 raise FetchError(source, f"{final_url}: body over the {limits.max_body_bytes}"

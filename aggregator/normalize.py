@@ -62,6 +62,7 @@ def canonical_url(url: str | None) -> str | None:
     return urlunsplit(("https", netloc, path, urlencode(query), ""))
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
                "blockquote", "pre", "tr", "table", "section", "article", "header", "footer",
                "figure", "figcaption", "hr", "dd", "dt"}
@@ -73,6 +74,8 @@ def html_to_text(html: str | None) -> str:
     """Readable plain text of an HTML fragment: one paragraph a line, nothing executable kept."""
     if not html:
         return ""
+    # Control characters are never text; lxml refuses strings that hold them.
+    html = _CONTROL_CHARACTERS.sub(" ", html)
     if "<" not in html and "&" not in html:
         return _tidy_lines(html)
     try:
@@ -160,6 +163,10 @@ def strip_boilerplate(text: str) -> str:
     return "\n".join(line for line in kept if line)
 
 
+# Longer titles and texts are cut: no article needs more, and a hostile feed gets no further.
+MAX_TITLE_CHARS = 1_000
+MAX_TEXT_CHARS = 200_000
+
 # A line this long is prose, not a template; only shorter lines are counted per source.
 MAX_TEMPLATE_LINE_CHARS = 240
 
@@ -243,8 +250,8 @@ class NormalizedArticle:
 
 def normalize_entry(entry: ParsedEntry, source: str, fetched: datetime) -> NormalizedArticle:
     fetched = _utc(fetched) or datetime.now(UTC)
-    title = _tidy_lines(html_to_text(entry.title)).replace("\n", " ")
-    body = html_to_text(entry.content or entry.summary)
+    title = _tidy_lines(html_to_text(entry.title)).replace("\n", " ")[:MAX_TITLE_CHARS]
+    body = html_to_text(entry.content or entry.summary)[:MAX_TEXT_CHARS]
     text = strip_boilerplate(body)
     canonical = canonical_url(entry.link)
     digest = content_hash(title, text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -62,7 +63,30 @@ def _struct_to_datetime(value) -> datetime | None:
         return None
 
 
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+
+def repair_utf8(body: bytes, content_type: str | None) -> bytes:
+    """Replace invalid byte sequences in a document that is (or claims to be) UTF-8.
+
+    Left alone, feedparser would re-read the whole document as windows-1252 and garble every
+    correct non-ASCII character for the sake of a few bad bytes.
+    """
+    declared = _XML_ENCODING.match(body[:200])
+    charset = _CHARSET.search(content_type or "")
+    name = (declared.group(1).decode() if declared else charset.group(1) if charset else "utf-8")
+    if name.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return body
+    try:
+        body.decode("utf-8")
+        return body
+    except UnicodeDecodeError:
+        return body.decode("utf-8", errors="replace").encode("utf-8")
+
+
 def _parse_xml_feed(body: bytes, source: str, content_type: str | None) -> ParsedFeed:
+    body = repair_utf8(body, content_type)
     headers = {"content-type": content_type} if content_type else None
     result = feedparser.parse(body, response_headers=headers)
     if not result.get("version") and not result.entries:
@@ -102,13 +126,24 @@ def _json_date(value) -> datetime | None:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
+    if parsed.year < 1900:
+        return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _text(value) -> str | None:
+    """A JSON value that must be a string; anything else counts as absent."""
+    return value if isinstance(value, str) and value else None
+
+
 def _json_author(item: dict, feed: dict) -> str | None:
-    authors = item.get("authors") or ([item["author"]] if isinstance(item.get("author"), dict)
-                                      else None) or feed.get("authors") or []
-    names = [a.get("name") for a in authors if isinstance(a, dict) and a.get("name")]
+    authors = item.get("authors")
+    if not isinstance(authors, list):
+        single = item.get("author")
+        authors = [single] if isinstance(single, dict) else feed.get("authors")
+    if not isinstance(authors, list):
+        return None
+    names = [a["name"] for a in authors if isinstance(a, dict) and _text(a.get("name"))]
     return ", ".join(names) or None
 
 
@@ -127,19 +162,21 @@ def _parse_json_feed(body: bytes, source: str) -> ParsedFeed:
     for item in items:
         if not isinstance(item, dict):
             continue
+        identifier = item.get("id")
         entries.append(ParsedEntry(
-            guid=str(item["id"]) if item.get("id") is not None else None,
-            link=item.get("url") if isinstance(item.get("url"), str) else None,
-            title=item.get("title") if isinstance(item.get("title"), str) else "",
+            guid=str(identifier) if isinstance(identifier, str | int) and
+            not isinstance(identifier, bool) and str(identifier) else None,
+            link=_text(item.get("url")),
+            title=_text(item.get("title")) or "",
             author=_json_author(item, document),
             published=_json_date(item.get("date_published") or item.get("date_modified")),
-            content=item.get("content_html") or _text_as_html(item.get("content_text")),
-            summary=item.get("summary") if isinstance(item.get("summary"), str) else None,
+            content=_text(item.get("content_html")) or _text_as_html(item.get("content_text")),
+            summary=_text(item.get("summary")),
         ))
     version = document["version"].rsplit("/", 1)[-1]
     return ParsedFeed(
-        title=document.get("title"),
-        link=document.get("home_page_url"),
+        title=_text(document.get("title")),
+        link=_text(document.get("home_page_url")),
         format=f"json{version.replace('.', '')}",
         entries=tuple(entries),
     )

@@ -9,6 +9,7 @@ one source's failure from touching any other source.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,8 @@ from .store import Store, utcnow
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
+# A feed with more entries than this is truncated: no real feed needs more in one document.
+MAX_ENTRIES_PER_FETCH = 10_000
 # Lines repeated in this many articles of one source are its template, not news.
 TEMPLATE_LINE_MIN_ARTICLES = 3
 # A line seen once is forgotten after this long; the table would otherwise grow forever.
@@ -113,7 +116,9 @@ class Aggregator:
         self.clusterer = load_clusterer(self.store, self.settings, self.signer)
         self.limits = fetching.FetchLimits(
             user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
-            read_timeout_s=config.read_timeout_s, max_body_bytes=config.max_body_bytes)
+            read_timeout_s=config.read_timeout_s, total_timeout_s=config.total_timeout_s,
+            max_body_bytes=config.max_body_bytes,
+            block_private_addresses=config.block_private_addresses)
         self._client: httpx.Client | None = None
         self._write_lock = threading.Lock()
         self._since_eviction = 0
@@ -148,6 +153,10 @@ class Aggregator:
             else:
                 feed = parse_feed(result.body, source.name, result.content_type)
                 entries = feed.entries
+                if len(entries) > MAX_ENTRIES_PER_FETCH:
+                    log.warning("source %r: %d entries, only the first %d are read",
+                                source.name, len(entries), MAX_ENTRIES_PER_FETCH)
+                    entries = entries[:MAX_ENTRIES_PER_FETCH]
                 ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
                 report = RefreshReport(source.name, "ok", result.status, len(entries))
         except SourceError as error:
@@ -366,12 +375,20 @@ class Aggregator:
                 break
             try:
                 reports.append(self.refresh(source))
-            except StoreError:
-                raise
+            except (StoreError, sqlite3.Error) as exc:
+                # Disk full, a read-only file, a lock held too long: nothing of this source's
+                # pass was committed; it is fetched again next time.
+                message = f"database {self.store.path}: {exc}"
+                log.error("source %r not stored: %s", source.name, message)
+                reports.append(RefreshReport(source.name, "store_error", error=message))
             except Exception as exc:  # one source's bug never stops the others
                 log.exception("source %r failed unexpectedly", source.name)
                 reports.append(RefreshReport(source.name, "error", error=repr(exc)))
-        self._prune_template_lines(now)
+        try:
+            self._prune_template_lines(now)
+            self.store.checkpoint()
+        except (StoreError, sqlite3.Error) as exc:
+            log.error("database %s: %s", self.store.path, exc)
         return reports
 
     def _prune_template_lines(self, now: datetime) -> None:

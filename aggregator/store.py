@@ -21,6 +21,7 @@ from .errors import SchemaTooNewError, StoreError
 from .normalize import NormalizedArticle
 
 BUSY_TIMEOUT_MS = 30_000
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def to_iso(value: datetime | None) -> str | None:
@@ -346,6 +347,8 @@ class Store:
             if path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # After a long reader lets go, the WAL is cut back to this size at a checkpoint.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the database: {exc}") from None
@@ -354,6 +357,10 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database where no reader still needs it (non-blocking)."""
+        self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -17,6 +17,10 @@ class Reply:
     gzip: bool = False
     delay_s: float = 0.0
     honour_etag: bool = True
+    # Hostile behaviours: an endless body, or one byte every trickle_s seconds.
+    endless: bool = False
+    trickle_s: float = 0.0
+    body_factory: object = None  # a callable returning fresh bytes on each request
 
 
 @dataclass
@@ -59,7 +63,10 @@ class FeedServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body = reply.body
+                if reply.endless or reply.trickle_s:
+                    self._hostile(reply)
+                    return
+                body = reply.body_factory() if reply.body_factory else reply.body
                 if reply.gzip:
                     body = gzip.compress(body)
                     headers["Content-Encoding"] = "gzip"
@@ -69,6 +76,25 @@ class FeedServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _hostile(self, reply):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                deadline = time.monotonic() + 60
+                try:
+                    self.wfile.write(b"<?xml version='1.0'?><rss version='2.0'><channel>")
+                    while time.monotonic() < deadline:
+                        if reply.trickle_s:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(reply.trickle_s)
+                        else:
+                            self.wfile.write(b"<item><title>again</title></item>" * 1000)
+                except OSError:
+                    pass  # the client hung up, as it should
+                self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

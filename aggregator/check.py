@@ -1,0 +1,113 @@
+"""``aggregator check``: the invariants the store must satisfy at every committed instant.
+
+Each check is a query or a recomputation over stored data; a violation names the rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+from .config import ClusteringSettings
+from .fingerprint import Signer, shingles, signature_bytes
+from .store import Store
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    detail: str
+
+
+def _query_violations(store: Store, invariant: str, sql: str, describe) -> list[Violation]:
+    return [Violation(invariant, describe(row))
+            for row in store.db.execute(sql).fetchmany(MAX_REPORTED)]
+
+
+def check_store(store: Store, settings: ClusteringSettings,
+                signatures: bool = True) -> list[Violation]:
+    """Every violated invariant, at most ``MAX_REPORTED`` rows each."""
+    violations: list[Violation] = []
+    q = violations.extend
+    q(_query_violations(
+        store, "every article belongs to exactly one story",
+        "SELECT a.id, a.story_id FROM articles a LEFT JOIN stories s ON s.id = a.story_id "
+        "WHERE s.id IS NULL",
+        lambda r: f"article {r[0]} has story {r[1]}, which does not exist"))
+    q(_query_violations(
+        store, "every story has a canonical that is one of its members",
+        "SELECT s.id, s.canonical_article_id FROM stories s LEFT JOIN articles a "
+        "ON a.id = s.canonical_article_id WHERE a.id IS NULL OR a.story_id IS NOT s.id",
+        lambda r: f"story {r[0]}: canonical {r[1]} is not one of its members"))
+    q(_query_violations(
+        store, "every story has exactly one canonical",
+        "SELECT story_id, sum(relation = 'canonical') AS n FROM articles "
+        "GROUP BY story_id HAVING n != 1",
+        lambda r: f"story {r[0]} has {r[1]} members marked canonical"))
+    q(_query_violations(
+        store, "the member marked canonical is the story's canonical",
+        "SELECT a.id, a.story_id FROM articles a JOIN stories s ON s.id = a.story_id "
+        "WHERE (a.relation = 'canonical') != (s.canonical_article_id = a.id)",
+        lambda r: f"article {r[0]} in story {r[1]}: relation and canonical disagree"))
+    q(_query_violations(
+        store, "stored counts equal real counts",
+        "SELECT s.id, s.article_count, count(a.id), s.source_count, "
+        "count(DISTINCT a.source_id) FROM stories s LEFT JOIN articles a ON a.story_id = s.id "
+        "GROUP BY s.id HAVING s.article_count != count(a.id) "
+        "OR s.source_count != count(DISTINCT a.source_id)",
+        lambda r: f"story {r[0]}: stored {r[1]} articles/{r[3]} sources, real {r[2]}/{r[4]}"))
+    q(_query_violations(
+        store, "no two articles share an identity key",
+        "SELECT a.id, a.identity_key, k.article_id FROM articles a LEFT JOIN article_keys k "
+        "ON k.key = a.identity_key WHERE k.article_id IS NOT a.id",
+        lambda r: f"article {r[0]}: its key {r[1]!r} belongs to article {r[2]}"))
+    q(_query_violations(
+        store, "no two articles share an identity key",
+        "SELECT k.key, k.article_id FROM article_keys k LEFT JOIN articles a "
+        "ON a.id = k.article_id WHERE a.id IS NULL",
+        lambda r: f"key {r[0]!r} points at missing article {r[1]}"))
+    violations.extend(_check_statistics(store))
+    if signatures:
+        violations.extend(_check_signatures(store, settings))
+    return violations
+
+
+def _check_statistics(store: Store) -> list[Violation]:
+    documents, rows = store.term_statistics()
+    real: Counter[str] = Counter()
+    articles = 0
+    for (counts,) in store.db.execute("SELECT term_counts FROM articles"):
+        real.update(json.loads(counts).keys())
+        articles += 1
+    found = []
+    if documents != articles:
+        found.append(Violation("the index statistics agree with the store",
+                               f"meta says {documents} documents, the store has {articles}"))
+    stored = {term: frequency for term, frequency, _prior in rows if frequency}
+    wrong = [t for t in set(stored) | set(real) if stored.get(t, 0) != real.get(t, 0)]
+    for term in sorted(wrong)[:MAX_REPORTED]:
+        found.append(Violation("the index statistics agree with the store",
+                               f"term {term!r}: document frequency {stored.get(term, 0)}, "
+                               f"real {real.get(term, 0)}"))
+    return found
+
+
+def _check_signatures(store: Store, settings: ClusteringSettings) -> list[Violation]:
+    signer = Signer(settings.num_perm)
+    found = []
+    rows = store.db.execute("SELECT id, title, text, salient_terms, shingle_signature, "
+                            "salient_signature FROM articles")
+    for article_id, title, text, salient, shingle_sig, salient_sig in rows:
+        shingle_now, salient_now = signer.sign([
+            shingles(f"{title}\n{text}", settings.shingle_size),
+            [term.encode() for term in json.loads(salient)]])
+        if signature_bytes(shingle_now) != shingle_sig or \
+                signature_bytes(salient_now) != salient_sig:
+            found.append(Violation("every stored signature matches its article",
+                                   f"article {article_id}: signature differs from its text"))
+            if len(found) >= MAX_REPORTED:
+                break
+    return found

@@ -1,0 +1,155 @@
+"""The hostile-input corpus (tests/data/hostile/README.md): each row, its outcome."""
+
+from __future__ import annotations
+
+import gzip
+import resource
+import uuid
+
+import pytest
+from conftest import DATA, write_config
+from feed_server import Reply
+from test_fetch import FEED, make_aggregator, source_state
+
+import aggregator.pipeline as pipeline
+from aggregator.config import load_config
+from aggregator.errors import FetchError
+from aggregator.fetch import refuse_private_address
+from aggregator.pipeline import Aggregator
+
+HOSTILE = DATA / "hostile"
+
+
+def ingest_file(tmp_path, name):
+    config = write_config(tmp_path / "h.toml", [{"name": "h", "url": str(HOSTILE / name)}])
+    aggregator = Aggregator(load_config(config, environ={}))
+    [report] = aggregator.run_pass()
+    rows = list(aggregator.store.db.query("SELECT title, text FROM articles"))
+    aggregator.close()
+    return report, rows
+
+
+def test_billion_laughs_are_not_expanded(tmp_path):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report, [row] = ingest_file(tmp_path, "billion_laughs.xml")
+    assert report.outcome == "ok"
+    assert "lollol" not in row["title"] + row["text"]
+    assert len(row["title"]) <= 1000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_external_entities_read_no_file(tmp_path):
+    _report, [row] = ingest_file(tmp_path, "external_entity.xml")
+    assert "root:" not in row["title"] + row["text"]
+
+
+def test_scripts_and_handlers_are_not_stored(tmp_path):
+    _report, [row] = ingest_file(tmp_path, "scripts_and_handlers.xml")
+    stored = (row["title"] + row["text"]).lower()
+    assert "ferry timetable changes for winter" in stored
+    for bad in ("<script", "alert(", "onerror", "onmouseover", "<iframe", "javascript:",
+                "document.cookie"):
+        assert bad not in stored
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("invalid_utf8.xml", "Café opens"), ("declared_latin1.xml", "München café news"),
+])
+def test_broken_and_declared_encodings(tmp_path, name, expected):
+    report, [row] = ingest_file(tmp_path, name)
+    assert report.outcome == "ok"
+    assert expected in row["title"]
+    (row["title"] + row["text"]).encode("utf-8")  # valid Unicode throughout
+
+
+def test_gzip_bomb_stops_at_the_limit(tmp_path, feed_server):
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    assert len(bomb) < 100_000
+    feed_server.route("/bomb", Reply(200, bomb, {"Content-Encoding": "gzip"}))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/bomb", "/fine"],
+                                 extra="max_body_bytes = 1_000_000")
+    reports = {r.source: r for r in aggregator.run_pass()}
+    assert "over the 1000000-byte limit" in reports["bomb"].error
+    assert reports["fine"].new_articles == 5
+
+
+def test_endless_body_stops_at_the_limit(tmp_path, feed_server):
+    feed_server.route("/endless", Reply(endless=True))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/endless"],
+                                 extra="max_body_bytes = 2_000_000")
+    [report] = aggregator.run_pass()
+    assert "limit" in report.error
+    assert source_state(aggregator, "endless")["consecutive_errors"] == 1
+
+
+def test_trickling_server_hits_the_total_timeout(tmp_path, feed_server):
+    feed_server.route("/slow", Reply(trickle_s=0.3))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/slow"],
+                                 extra='total_timeout = "2s"\nread_timeout = "5s"')
+    [report] = aggregator.run_pass()
+    assert "no complete answer within 2 s" in report.error
+
+
+def test_enormous_title_is_cut(tmp_path, feed_server):
+    title = "Headline " * 250_000
+    body = (f"<rss version='2.0'><channel><title>x</title><item><title>{title}</title>"
+            "<link>https://big.example/1</link><description>Short body about harbour "
+            "cranes.</description></item></channel></rss>").encode()
+    feed_server.route("/big", Reply(200, body))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/big"])
+    [report] = aggregator.run_pass()
+    [stored] = aggregator.store.db.execute("SELECT title FROM articles").fetchall()
+    assert report.new_articles == 1 and len(stored[0]) == 1000
+
+
+def test_enormous_entry_count_is_capped(tmp_path, feed_server, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_ENTRIES_PER_FETCH", 40)
+    items = "".join(f"<item><title>Item {n} about topic {n}</title><link>https://many.example/"
+                    f"{n}</link></item>" for n in range(2000))
+    feed_server.route("/many", Reply(200, f"<rss version='2.0'><channel><title>m</title>"
+                                          f"{items}</channel></rss>".encode()))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/many"])
+    [report] = aggregator.run_pass()
+    assert report.entries == 40 and report.new_articles == 40
+
+
+def test_changing_guids_do_not_flood(tmp_path, feed_server):
+    def fresh_guids() -> bytes:
+        items = "".join(
+            f"<item><title>Story {n}</title><link>https://shifty.example/story/{n}"
+            f"?utm_source=feed&amp;r={uuid.uuid4().hex}</link><guid isPermaLink='false'>"
+            f"{uuid.uuid4()}</guid><description>Body of story number {n} about "
+            f"bridges.</description></item>" for n in range(5))
+        return f"<rss version='2.0'><channel><title>s</title>{items}</channel></rss>".encode()
+
+    feed_server.route("/shifty", Reply(200, body_factory=fresh_guids))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/shifty"])
+    first = aggregator.run_pass(force=True)[0]
+    later = [aggregator.run_pass(force=True)[0] for _ in range(3)]
+    assert first.new_articles == 5
+    assert [r.new_articles for r in later] == [0, 0, 0]
+
+
+def test_private_addresses_are_refused_when_asked(tmp_path, feed_server):
+    feed_server.route("/feed", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/feed"],
+                                 extra="block_private_addresses = true")
+    [report] = aggregator.run_pass()
+    assert "non-public address 127.0.0.1" in report.error
+    assert feed_server.requests_to("/feed") == []
+    (tmp_path / "open").mkdir()
+    allowed = make_aggregator(tmp_path / "open", feed_server, ["/feed"])
+    assert allowed.run_pass()[0].new_articles == 5
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://10.1.2.3/", "http://[::1]/",
+                                 "http://169.254.169.254/latest", "http://192.168.0.1/",
+                                 "http://localhost/"])
+def test_refuse_private_address(url):
+    with pytest.raises(FetchError, match="non-public"):
+        refuse_private_address("s", url)
+
+
+def test_public_address_passes():
+    refuse_private_address("s", "http://93.184.215.14/")
