@@ -174,7 +174,7 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
             refuse_private_address(source, current)
         try:
             with client.stream("GET", current, headers=headers) as response:
-                if response.is_redirect:
+                if response.has_redirect_location:
                     target = str(response.url.join(response.headers.get("location", "")))
                     scheme = urlsplit(target).scheme
                     if scheme not in ("http", "https"):

@@ -40,9 +40,12 @@ def test_conditional_get_sends_etag_and_a_304_costs_no_parsing(tmp_path, feed_se
     assert requests[1].headers["If-None-Match"] == '"v1"'
     assert second.outcome == "not_modified" and second.entries == 0
     assert "aggregator" in requests[0].headers["User-Agent"]
-    outcomes = [row[0] for row in aggregator.store.db.execute(
-        "SELECT outcome FROM fetch_attempts ORDER BY id")]
-    assert outcomes == ["ok", "not_modified"]
+    outcomes = [tuple(row) for row in aggregator.store.db.execute(
+        "SELECT outcome, error FROM fetch_attempts ORDER BY id")]
+    assert outcomes == [("ok", None), ("not_modified", None)]
+    state = source_state(aggregator, "feed")
+    assert state["consecutive_errors"] == 0 and state["last_error"] is None
+    assert state["last_status"] == 304 and state["last_success_at"] == state["last_checked_at"]
 
 
 def test_gzip_body_is_decoded(tmp_path, feed_server):

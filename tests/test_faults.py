@@ -1,0 +1,95 @@
+"""Crash safety and a misbehaving environment: SIGKILL mid-pass, a full disk, a read-only
+database, a dashboard holding a long read."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+
+from conftest import DATA, ROOT, SEED_FEEDS, write_config
+
+import aggregator.store as store_module
+from aggregator.check import check_store
+from aggregator.config import load_config
+from aggregator.pipeline import Aggregator
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_fault_campaign_short(tmp_path):
+    from faults import campaign
+
+    result = campaign(kills=3, feeds=6, entries=3, seed=11, workdir=tmp_path,
+                      log=lambda *_: None)
+    assert result["kills"] >= 3
+    assert result["served"] > 0 and result["stored"] == result["served"]
+    assert result["lost"] == 0 and result["duplicates"] == 0
+    assert result["check_failures"] == 0
+    assert result["stories_equal_to_uninterrupted"]
+
+
+def test_full_disk_is_a_clear_error_and_the_next_pass_recovers(seed_config):
+    aggregator = Aggregator(load_config(seed_config, environ={}))
+    conn = aggregator.store.db.conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    reports = aggregator.run_pass()
+    assert [r.outcome for r in reports] == ["store_error"] * 3
+    assert "full" in reports[0].error
+    assert conn.execute("SELECT count(*) FROM articles").fetchone() == (0,)
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert sum(r.new_articles for r in aggregator.run_pass()) == 3
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def test_read_only_database_is_a_clear_error_and_nothing_is_lost(seed_config):
+    aggregator = Aggregator(load_config(seed_config, environ={}))
+    aggregator.run_pass()
+    conn = aggregator.store.db.conn
+    conn.execute("PRAGMA query_only = ON")
+    reports = aggregator.run_pass(force=True)
+    assert {r.outcome for r in reports} == {"store_error"}
+    assert "readonly" in reports[0].error
+    conn.execute("PRAGMA query_only = OFF")
+    assert conn.execute("SELECT count(*) FROM articles").fetchone() == (3,)
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def test_long_reader_does_not_block_the_writer_and_the_wal_shrinks_after(
+        tmp_path, seed_dir, monkeypatch):
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", 64 * 1024)
+    feeds = dict(SEED_FEEDS)
+    (seed_dir / "other.rss.xml").write_bytes((DATA / "other_topics.rss.xml").read_bytes())
+    feeds["Test Wire"] = "other.rss.xml"
+    config = write_config(tmp_path / "wal.toml", [{"name": n, "url": str(seed_dir / f)}
+                                                  for n, f in feeds.items()])
+    aggregator = Aggregator(load_config(config, environ={}))
+    database = aggregator.store.path
+    reader = sqlite3.connect(database)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM articles").fetchone()  # holds its snapshot
+    done = threading.Event()
+
+    def write():
+        aggregator.run_pass()
+        aggregator.recluster()  # rewrites every story: plenty of WAL
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert done.wait(30), "the writer waited on the reader"
+    writer.join()
+    grown = os.path.getsize(database + "-wal")
+    assert grown > 64 * 1024
+    assert reader.execute("SELECT count(*) FROM articles").fetchone() == (0,)  # old snapshot
+    reader.execute("COMMIT")
+    reader.close()
+    aggregator.recluster()  # the next writes restart the WAL from its beginning
+    aggregator.store.checkpoint()
+    aggregator.recluster()
+    assert os.path.getsize(database + "-wal") <= max(64 * 1024, grown // 2)
+    aggregator.close()
