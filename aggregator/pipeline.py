@@ -13,8 +13,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -32,18 +34,32 @@ from .fingerprint import (
 from .normalize import NormalizedArticle, normalize_entry, strip_lines, template_line_keys
 from .parse import ParsedEntry, parse_feed
 from .schedule import PollResponse, PollState, next_check_at, random_jitter
-from .store import Store, utcnow
+from .store import SourceRow, Store, utcnow
 
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
 # A feed with more entries than this is truncated: no real feed needs more in one document.
 MAX_ENTRIES_PER_FETCH = 10_000
+# Polite to servers: never more than this many requests to one host at once.
+PER_HOST_CONCURRENCY = 2
 # Lines repeated in this many articles of one source are its template, not news.
 TEMPLATE_LINE_MIN_ARTICLES = 3
 # A line seen once is forgotten after this long; the table would otherwise grow forever.
 TEMPLATE_LINE_MEMORY = timedelta(days=30)
 PRUNE_EVERY = timedelta(hours=1)
+
+
+@dataclass
+class Fetched:
+    """A source's fetch and parse, before anything is stored."""
+
+    started: datetime
+    clock: float
+    result: fetching.FetchResult | None = None
+    entries: tuple[ParsedEntry, ...] = ()
+    ttl_s: float | None = None
+    error: SourceError | None = None
 
 
 @dataclass
@@ -120,15 +136,19 @@ class Aggregator:
             max_body_bytes=config.max_body_bytes,
             block_private_addresses=config.block_private_addresses)
         self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        self._host_slots: dict[str, threading.Semaphore] = {}
+        self._host_slots_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._since_eviction = 0
         self._last_prune: datetime | None = None
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = fetching.make_client(self.limits)
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = fetching.make_client(self.limits)
+            return self._client
 
     def close(self) -> None:
         if self._client is not None:
@@ -140,27 +160,49 @@ class Aggregator:
     def refresh(self, source: Source) -> RefreshReport:
         """Fetch, parse, normalise, fingerprint, cluster and store one source's new entries."""
         row = self.store.source(source.name)
-        started = utcnow()
-        clock = time.monotonic()
-        poll = PollState(source.interval_s, row.consecutive_errors)
+        return self._store_fetched(source, row, self._fetch_and_parse(source, row))
+
+    def _fetch_and_parse(self, source: Source, row: SourceRow) -> Fetched:
+        """The network half of a refresh: no database access, so it runs in fetch threads."""
+        fetched = Fetched(started=utcnow(), clock=time.monotonic())
         try:
-            result = fetching.fetch(self.client if not source.is_local else None, source.name,
-                                    row.url, row.etag, row.last_modified, self.limits)
-            if result.outcome is fetching.Outcome.NOT_MODIFIED:
-                report = RefreshReport(source.name, "not_modified", result.status)
-                entries: tuple[ParsedEntry, ...] = ()
-                ttl_s = None
-            else:
-                feed = parse_feed(result.body, source.name, result.content_type)
-                entries = feed.entries
-                if len(entries) > MAX_ENTRIES_PER_FETCH:
+            with self._host_slot(row.url):
+                fetched.result = fetching.fetch(self.client if not source.is_local else None,
+                                                source.name, row.url, row.etag,
+                                                row.last_modified, self.limits)
+            if fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED:
+                feed = parse_feed(fetched.result.body, source.name,
+                                  fetched.result.content_type)
+                fetched.entries = feed.entries
+                if len(fetched.entries) > MAX_ENTRIES_PER_FETCH:
                     log.warning("source %r: %d entries, only the first %d are read",
-                                source.name, len(entries), MAX_ENTRIES_PER_FETCH)
-                    entries = entries[:MAX_ENTRIES_PER_FETCH]
-                ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
-                report = RefreshReport(source.name, "ok", result.status, len(entries))
+                                source.name, len(fetched.entries), MAX_ENTRIES_PER_FETCH)
+                    fetched.entries = fetched.entries[:MAX_ENTRIES_PER_FETCH]
+                fetched.ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
         except SourceError as error:
-            return self._record_failure(source, row, poll, started, clock, error)
+            fetched.error = error
+        return fetched
+
+    def _host_slot(self, url: str) -> threading.Semaphore:
+        host = urlsplit(url).hostname or ""
+        with self._host_slots_lock:
+            slot = self._host_slots.get(host)
+            if slot is None:
+                slot = self._host_slots[host] = threading.Semaphore(PER_HOST_CONCURRENCY)
+        return slot
+
+    def _store_fetched(self, source: Source, row: SourceRow, fetched: Fetched) -> RefreshReport:
+        """The database half of a refresh: one transaction for everything the pass decided."""
+        started, clock, result, entries = (fetched.started, fetched.clock, fetched.result,
+                                           fetched.entries)
+        if fetched.error is not None:
+            poll = PollState(source.interval_s, row.consecutive_errors)
+            return self._record_failure(source, row, poll, started, clock, fetched.error)
+        ttl_s = fetched.ttl_s
+        if result.outcome is fetching.Outcome.NOT_MODIFIED:
+            report = RefreshReport(source.name, "not_modified", result.status)
+        else:
+            report = RefreshReport(source.name, "ok", result.status, len(entries))
 
         with self._write_lock, self.store.transaction() as conn:
             if entries:
@@ -365,31 +407,47 @@ class Aggregator:
 
     def run_pass(self, stopping: threading.Event | None = None,
                  force: bool = False) -> list[RefreshReport]:
-        """Refresh every source that is due (every enabled one with ``force``)."""
+        """Refresh every source that is due (every enabled one with ``force``).
+
+        Up to ``max_concurrency`` sources are fetched and parsed at once (at most
+        ``PER_HOST_CONCURRENCY`` per host) while this thread stores the ones already fetched,
+        in configuration order, so that fetching never waits on clustering and the outcome
+        does not depend on which server answered first.
+        """
         now = utcnow()
         sources = [s for s in self.config.sources if s.enabled] if force else \
             self.due_sources(now)
+        rows = {source.name: self.store.source(source.name) for source in sources}
         reports = []
-        for source in sources:
-            if stopping is not None and stopping.is_set():
-                break
-            try:
-                reports.append(self.refresh(source))
-            except (StoreError, sqlite3.Error) as exc:
-                # Disk full, a read-only file, a lock held too long: nothing of this source's
-                # pass was committed; it is fetched again next time.
-                message = f"database {self.store.path}: {exc}"
-                log.error("source %r not stored: %s", source.name, message)
-                reports.append(RefreshReport(source.name, "store_error", error=message))
-            except Exception as exc:  # one source's bug never stops the others
-                log.exception("source %r failed unexpectedly", source.name)
-                reports.append(RefreshReport(source.name, "error", error=repr(exc)))
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency,
+                                thread_name_prefix="fetch") as pool:
+            pending = [(source, pool.submit(self._fetch_and_parse, source, rows[source.name]))
+                       for source in sources]
+            for source, future in pending:
+                if stopping is not None and stopping.is_set():
+                    for _other, waiting in pending:
+                        waiting.cancel()
+                    break
+                reports.append(self._store_one(source, rows[source.name], future))
         try:
             self._prune_template_lines(now)
             self.store.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
             log.error("database %s: %s", self.store.path, exc)
         return reports
+
+    def _store_one(self, source: Source, row: SourceRow, future: Future) -> RefreshReport:
+        try:
+            return self._store_fetched(source, row, future.result())
+        except (StoreError, sqlite3.Error) as exc:
+                # Disk full, a read-only file, a lock held too long: nothing of this source's
+            # pass was committed; it is fetched again next time.
+            message = f"database {self.store.path}: {exc}"
+            log.error("source %r not stored: %s", source.name, message)
+            return RefreshReport(source.name, "store_error", error=message)
+        except Exception as exc:  # one source's bug never stops the others
+            log.exception("source %r failed unexpectedly", source.name)
+            return RefreshReport(source.name, "error", error=repr(exc))
 
     def _prune_template_lines(self, now: datetime) -> None:
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:

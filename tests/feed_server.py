@@ -35,6 +35,8 @@ class FeedServer:
     def __init__(self):
         self.routes: dict[str, list[Reply]] = {}
         self.requests: list[Request] = []
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         server = self
 
@@ -46,6 +48,18 @@ class FeedServer:
                 pass
 
             def do_GET(self):
+                host = (self.headers.get("Host") or "").split(":")[0]
+                with server._lock:
+                    server.in_flight[host] = server.in_flight.get(host, 0) + 1
+                    server.max_in_flight[host] = max(server.max_in_flight.get(host, 0),
+                                                     server.in_flight[host])
+                try:
+                    self._get()
+                finally:
+                    with server._lock:
+                        server.in_flight[host] -= 1
+
+            def _get(self):
                 with server._lock:
                     server.requests.append(Request(self.path, dict(self.headers)))
                     replies = server.routes.get(self.path)

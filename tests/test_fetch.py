@@ -160,3 +160,21 @@ def test_parse_retry_after_both_forms():
     assert parse_retry_after("Fri, 30 Jan 2026 11:00:00 GMT", now) == 0
     assert parse_retry_after("tomorrow", now) is None
     assert parse_retry_after(None, now) is None
+
+
+def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, feed_server):
+    port = feed_server.httpd.server_address[1]
+    paths = [f"/slow{n}" for n in range(8)]
+    for path in paths:
+        feed_server.route(path, Reply(200, FEED.replace(b"test-wire.example",
+                                                        path[1:].encode() + b".example"),
+                                      delay_s=0.4))
+    sources = [{"name": path.strip("/"),
+                "url": f"http://{'127.0.0.1' if n % 2 else 'localhost'}:{port}{path}"}
+               for n, path in enumerate(paths)]
+    config = write_config(tmp_path / "many.toml", sources, extra="max_concurrency = 8")
+    aggregator = Aggregator(load_config(config, environ={}))
+    reports = aggregator.run_pass()
+    assert [r.source for r in reports] == [p.strip("/") for p in paths]  # configuration order
+    assert all(r.new_articles == 5 for r in reports)
+    assert feed_server.max_in_flight == {"127.0.0.1": 2, "localhost": 2}
