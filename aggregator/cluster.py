@@ -28,7 +28,7 @@ import numpy as np
 from datasketch import MinHashLSH
 
 from .config import ClusteringSettings
-from .fingerprint import Fingerprint, TermStatistics, cosine, jaccard, tfidf_vector
+from .fingerprint import Fingerprint, TermStatistics, cosine, jaccard, tfidf_vector, unit_dot
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
@@ -313,15 +313,20 @@ class Clusterer:
         signatures = np.stack([self.articles[k].fingerprint.salient_signature.hashvalues
                                for k in keys])
         estimates = (signatures == article.fingerprint.salient_signature.hashvalues).mean(axis=1)
-        closeness: dict[int, float] = {}
-        for key, estimate in zip(keys, estimates.tolist(), strict=True):
-            story_id = self.story_of[key]
-            if estimate > closeness.get(story_id, -1.0):
-                closeness[story_id] = estimate
-        ranked = sorted(closeness, key=lambda s: (-closeness[s], -self.stories[s].last_ts))
+        # Closest first; among equals the newest article first.
+        order = np.lexsort((-np.asarray(keys), -estimates))
+        ranked: list[int] = []
+        seen: set[int] = set()
+        for index in order.tolist():
+            story_id = self.story_of[keys[index]]
+            if story_id not in seen:
+                seen.add(story_id)
+                ranked.append(story_id)
+                if len(ranked) >= self.settings.max_candidates:
+                    break
         candidates = []
         salient = set(article.fingerprint.salient)
-        for story_id in ranked[: self.settings.max_candidates]:
+        for story_id in ranked:
             story = self.stories[story_id]
             if not self._live(story, article.published_ts):
                 continue
@@ -336,7 +341,8 @@ class Clusterer:
                 # articles were written together, so it earns no "same moment" credit.
                 factor = self.settings.undated_time_factor
             threshold = same_story_threshold(words, self.settings)
-            if not self._supported(vector, story, threshold):
+            # Support is only worth counting for a story the article would otherwise join.
+            if similarity * factor >= threshold and not self._supported(vector, story, threshold):
                 similarity = 0.0
             shared = tuple(sorted(salient & set(canonical.fingerprint.salient)))
             candidates.append(Candidate(story_id, round(similarity * factor, 4),
@@ -355,8 +361,9 @@ class Clusterer:
         if len(members) == 1:
             return True
         floor = self.settings.member_anchor * threshold
+        # Vectors are unit length: the dot product is the cosine.
         support = sum(1 for m in members
-                      if cosine(vector, self.articles[m].vector or {}) >= floor)
+                      if unit_dot(vector, self.articles[m].vector or {}) >= floor)
         return support * 2 > len(members)
 
     def propose(self, article: ClusterArticle) -> Decision:

@@ -187,6 +187,13 @@ def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics,
     return {t: w / norm for t, w in vector.items()} if norm else {}
 
 
+def unit_dot(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """The cosine of two unit-length vectors."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(w * b.get(t, 0.0) for t, w in a.items())
+
+
 def cosine(a: Mapping[str, float], b: Mapping[str, float], b_norm: float | None = None) -> float:
     if len(a) > len(b):
         a, b = b, a
