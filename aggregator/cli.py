@@ -455,14 +455,15 @@ def evaluate(files, config_path, assignments, overrides, as_json) -> None:
         aggregator eval ../shared/eval/wikinews-fulltext-dev.jsonl
         aggregator eval data/*.jsonl --assignments out.tsv --set same_story_threshold=0.25
     """
+    from dataclasses import replace
     from pathlib import Path
 
-    from .evaluate import evaluate_file, with_overrides
+    from .evaluate import evaluate_file
 
     settings = ClusteringSettings()
     if config_path:
         settings = load_config(config_path).clustering
-    settings = with_overrides(settings, **_parse_overrides(overrides))
+    settings = replace(settings, **_parse_overrides(overrides))
     for path in files:
         count = sum(1 for line in open(path, encoding="utf-8") if line.strip())
         with click.progressbar(length=count, label=Path(path).name, file=sys.stderr) as bar:

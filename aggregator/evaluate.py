@@ -13,13 +13,13 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from .config import ClusteringSettings, Config, Source
 from .errors import AggregatorError
-from .parse import ParsedEntry
+from .parse import ParsedEntry, text_as_html
 from .pipeline import Aggregator
 from .store import Store, utcnow
 
@@ -138,7 +138,7 @@ def evaluate_file(path: str | Path, settings: ClusteringSettings | None = None,
         article_ids: dict[str, int] = {}
         for done, item in enumerate(ordered, 1):
             entry = ParsedEntry(guid=f"eval:{item.id}", link=item.url, title=item.title,
-                                published=item.published, content=_as_html(item.text))
+                                published=item.published, content=text_as_html(item.text))
             report = aggregator.ingest_entries(item.source, 0, [entry], clock)
             if report.decisions:
                 article_ids[item.id] = report.decisions[0][0]
@@ -155,11 +155,3 @@ def evaluate_file(path: str | Path, settings: ClusteringSettings | None = None,
                       len(set(assignments.values())), score_clustering(gold, assignments),
                       seconds, assignments)
 
-
-def _as_html(text: str) -> str:
-    from html import escape
-    return "".join(f"<p>{escape(p)}</p>" for p in text.split("\n") if p.strip())
-
-
-def with_overrides(settings: ClusteringSettings, **overrides) -> ClusteringSettings:
-    return replace(settings, **overrides)

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape
 
 import feedparser
 
@@ -170,7 +171,7 @@ def _parse_json_feed(body: bytes, source: str) -> ParsedFeed:
             title=_text(item.get("title")) or "",
             author=_json_author(item, document),
             published=_json_date(item.get("date_published") or item.get("date_modified")),
-            content=_text(item.get("content_html")) or _text_as_html(item.get("content_text")),
+            content=_text(item.get("content_html")) or text_as_html(item.get("content_text")),
             summary=_text(item.get("summary")),
         ))
     version = document["version"].rsplit("/", 1)[-1]
@@ -182,8 +183,8 @@ def _parse_json_feed(body: bytes, source: str) -> ParsedFeed:
     )
 
 
-def _text_as_html(text) -> str | None:
+def text_as_html(text) -> str | None:
+    """Plain text as HTML paragraphs, one per non-empty line."""
     if not isinstance(text, str):
         return None
-    from html import escape
     return "".join(f"<p>{escape(p)}</p>" for p in text.split("\n") if p.strip())

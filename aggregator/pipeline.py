@@ -358,7 +358,7 @@ class Aggregator:
         if self._since_eviction >= EVICT_EVERY:
             self._since_eviction = 0
             newest = max(s.last_ts for s in self.clusterer.stories.values())
-            self.clusterer.evict_before(newest - settings_window_s(self.settings))
+            self.clusterer.evict_before(newest - self.settings.window_days * DAY_S)
 
     def recluster(self, since: datetime | None = None,
                   progress: Callable[[int, int], None] | None = None) -> int:
@@ -455,8 +455,4 @@ class Aggregator:
         self._last_prune = now
         with self._write_lock, self.store.transaction() as conn:
             self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
-
-
-def settings_window_s(settings: ClusteringSettings) -> float:
-    return settings.window_days * DAY_S
 
