@@ -21,7 +21,7 @@ How an article is placed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -382,6 +382,10 @@ class Clusterer:
             story = self.stories[story_id] = StoryState(story_id)
         self._index(article, story, vector)
         self.stats.add_document(article.fingerprint.term_counts)
+        # Counted; from now on only the vector and the signatures are read, so the full term
+        # counts (the largest part of an article in memory) are let go.
+        article.fingerprint = replace(article.fingerprint, term_counts={},
+                                      title_terms=frozenset())
         return self._elect(story, article)
 
     def _index(self, article: ClusterArticle, story: StoryState,

@@ -108,7 +108,7 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
     since = newest - timedelta(days=settings.window_days)
     for stored in store.window_articles(since):
         fingerprint = Fingerprint(
-            term_counts=stored.term_counts, title_terms=frozenset(),
+            term_counts={}, title_terms=frozenset(),
             salient=stored.salient_terms,
             shingle_signature=signer.from_bytes(stored.shingle_signature),
             salient_signature=signer.from_bytes(stored.salient_signature),

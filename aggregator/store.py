@@ -315,7 +315,6 @@ class StoredArticle:
     word_count: int
     story_id: int
     canonical_id: int
-    term_counts: dict[str, float]
     vector: dict[str, float]
     salient_terms: tuple[str, ...]
     shingle_signature: bytes
@@ -649,7 +648,7 @@ class Store:
         """Articles of stories still live at ``since``, oldest first, with their signatures."""
         rows = self.db.execute(
             """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
-                      a.word_count, a.story_id, st.canonical_article_id, a.term_counts,
+                      a.word_count, a.story_id, st.canonical_article_id,
                       a.vector, a.salient_terms, a.shingle_signature, a.salient_signature,
                       a.published_from_feed
                FROM stories st
@@ -659,8 +658,8 @@ class Store:
                ORDER BY a.id""", [to_iso(since)])
         for row in rows:
             yield StoredArticle(row[0], row[1], row[2], from_iso(row[3]), bool(row[4]), row[5],
-                                row[6], row[7], json.loads(row[8]), json.loads(row[9]),
-                                tuple(json.loads(row[10])), row[11], row[12], bool(row[13]))
+                                row[6], row[7], json.loads(row[8]), tuple(json.loads(row[9])),
+                                row[10], row[11], bool(row[12]))
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 
