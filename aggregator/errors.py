@@ -55,9 +55,10 @@ class FetchError(SourceError):
     """The source could not be fetched (network, timeout, HTTP error status, limits)."""
 
     def __init__(self, source: str, message: str, status: int | None = None,
-                 retry_after_s: float | None = None):
+                 retry_after_s: float | None = None, unreachable: bool = False):
         self.status = status
         self.retry_after_s = retry_after_s
+        self.unreachable = unreachable
         super().__init__(source, message)
 
 

@@ -191,7 +191,10 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
                                       deadline)
         except httpx.TimeoutException as exc:
             raise FetchError(source, f"timed out fetching {current}: "
-                             f"{type(exc).__name__}") from None
+                             f"{type(exc).__name__}", unreachable=True) from None
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            raise FetchError(source, f"cannot fetch {current}: {exc}",
+                             unreachable=True) from None
         except httpx.HTTPError as exc:
             raise FetchError(source, f"cannot fetch {current}: {exc}") from None
     raise FetchError(source, f"more than {limits.max_redirects} redirects from {url}")

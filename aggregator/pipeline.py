@@ -23,7 +23,7 @@ import httpx
 from . import fetch as fetching
 from .cluster import DAY_S, ClusterArticle, Clusterer, Decision
 from .config import ClusteringSettings, Config, Source
-from .errors import ParseError, SourceError, SourceGoneError, StoreError
+from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
 from .fingerprint import (
     Fingerprint,
     Signer,
@@ -34,7 +34,7 @@ from .fingerprint import (
 from .normalize import NormalizedArticle, normalize_entry, strip_lines, template_line_keys
 from .parse import ParsedEntry, parse_feed
 from .schedule import PollResponse, PollState, next_check_at, random_jitter
-from .store import SourceRow, Store, utcnow
+from .store import SourceRow, Store, to_iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class RefreshReport:
     repeats: int = 0
     error: str | None = None
     decisions: list[tuple[int, Decision]] = field(default_factory=list)
+    # No answer at all (refused, reset, timed out, no such host): the network or the server.
+    unreachable: bool = False
 
 
 def decision_record(decision: Decision, limit: int = 5) -> dict:
@@ -258,7 +260,8 @@ class Aggregator:
                 url=row.url, status=status, outcome=str(state["last_outcome"]),
                 error=error.message, size=None, entries=None, new_articles=None, state=state)
         return RefreshReport(source.name, str(state["last_outcome"]), status,
-                             error=error.message)
+                             error=error.message,
+                             unreachable=isinstance(error, FetchError) and error.unreachable)
 
     # -- entries -> stored, clustered articles -------------------------------------------------
 
@@ -429,12 +432,33 @@ class Aggregator:
                         waiting.cancel()
                     break
                 reports.append(self._store_one(source, rows[source.name], future))
+        if len(reports) > 1 and all(r.unreachable for r in reports):
+            self._forgive_outage(sources[:len(reports)], rows, now)
         try:
             self._prune_template_lines(now)
             self.store.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
             log.error("database %s: %s", self.store.path, exc)
         return reports
+
+    def _forgive_outage(self, sources: list[Source], rows: dict[str, SourceRow],
+                        now: datetime) -> None:
+        """Every source of the pass was unreachable: our network is down, not the feeds.
+
+        The errors stay recorded, but they do not count towards the feeds' backoff: each
+        source keeps its error count and is tried again after its plain interval.
+        """
+        log.warning("all %d sources were unreachable: network outage assumed; "
+                    "their error counts are left as they were", len(sources))
+        with self._write_lock, self.store.transaction() as conn:
+            for source in sources:
+                row = rows[source.name]
+                conn.execute(
+                    "UPDATE sources SET consecutive_errors = ?, next_check_at = ? WHERE id = ?",
+                    [row.consecutive_errors,
+                     to_iso(next_check_at(now, PollState(source.interval_s),
+                                          PollResponse(fetching.Outcome.OK), random_jitter())),
+                     row.id])
 
     def _store_one(self, source: Source, row: SourceRow, future: Future) -> RefreshReport:
         try:

@@ -178,3 +178,38 @@ def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, fee
     assert [r.source for r in reports] == [p.strip("/") for p in paths]  # configuration order
     assert all(r.new_articles == 5 for r in reports)
     assert feed_server.max_in_flight == {"127.0.0.1": 2, "localhost": 2}
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_when_every_source_is_unreachable_the_feeds_are_not_blamed(tmp_path):
+    sources = [{"name": f"down{n}", "url": f"http://127.0.0.1:{closed_port()}/feed",
+                "interval": "10m"} for n in range(3)]
+    config = write_config(tmp_path / "outage.toml", sources)
+    aggregator = Aggregator(load_config(config, environ={}))
+    for _ in range(2):
+        reports = aggregator.run_pass(force=True)
+        assert all(r.unreachable for r in reports)
+    for n in range(3):
+        state = source_state(aggregator, f"down{n}")
+        assert state["consecutive_errors"] == 0
+        assert "cannot fetch" in state["last_error"]
+        delay = from_iso(state["next_check_at"]) - from_iso(state["last_checked_at"])
+        assert timedelta(minutes=10) <= delay <= timedelta(minutes=11)
+
+
+def test_one_unreachable_source_among_working_ones_backs_off(tmp_path, feed_server):
+    feed_server.route("/fine", Reply(200, FEED))
+    sources = [{"name": "down", "url": f"http://127.0.0.1:{closed_port()}/feed"},
+               {"name": "fine", "url": feed_server.url("/fine")}]
+    config = write_config(tmp_path / "partial.toml", sources)
+    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator.run_pass(force=True)
+    aggregator.run_pass(force=True)
+    assert source_state(aggregator, "down")["consecutive_errors"] == 2
