@@ -59,6 +59,20 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def parse_expires(value: str | None, now: datetime) -> float | None:
+    """Seconds until an Expires header's date (none when absent, invalid or past)."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - now).total_seconds()
+    return seconds if seconds > 0 else None
+
+
 def parse_max_age(cache_control: str | None) -> float | None:
     if not cache_control:
         return None
@@ -233,7 +247,9 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         content_type=response.headers.get("content-type"),
         etag=response.headers.get("etag"),
         last_modified=response.headers.get("last-modified"),
-        max_age_s=parse_max_age(response.headers.get("cache-control")),
+        # Cache-Control max-age wins over Expires, as in HTTP caching.
+        max_age_s=parse_max_age(response.headers.get("cache-control"))
+        or parse_expires(response.headers.get("expires"), now),
         retry_after_s=retry_after,
         permanent_redirect=final_url if final_url != url and permanent else None,
         headers=dict(response.headers),

@@ -40,6 +40,27 @@ class ParsedFeed:
     format: str
     entries: tuple[ParsedEntry, ...] = field(default_factory=tuple)
     ttl_minutes: int | None = None
+    skip_hours: frozenset[int] = frozenset()
+    skip_days: frozenset[str] = frozenset()
+
+
+_SKIP_BLOCK = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.DOTALL | re.IGNORECASE)
+               for name in ("skipHours", "skipDays")}
+_SKIP_ITEM = {"skipHours": re.compile(r"<hour>\s*(\d{1,2})\s*</hour>", re.IGNORECASE),
+              "skipDays": re.compile(r"<day>\s*([A-Za-z]+)\s*</day>", re.IGNORECASE)}
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def skip_schedule(body: bytes) -> tuple[frozenset[int], frozenset[str]]:
+    """RSS ``<skipHours>`` (GMT hours 0-23) and ``<skipDays>``, which feedparser ignores."""
+    head = body[:200_000].decode("utf-8", errors="replace")
+    found = {}
+    for name, block in _SKIP_BLOCK.items():
+        match = block.search(head)
+        found[name] = _SKIP_ITEM[name].findall(match.group(1)) if match else []
+    hours = frozenset(int(h) % 24 for h in found["skipHours"] if int(h) <= 24)
+    days = frozenset(d.lower() for d in found["skipDays"] if d.lower() in _DAYS)
+    return hours, days
 
 
 def _looks_like_json(body: bytes) -> bool:
@@ -111,12 +132,15 @@ def _parse_xml_feed(body: bytes, source: str, content_type: str | None) -> Parse
         ))
     feed = result.feed
     ttl = feed.get("ttl")
+    skip_hours, skip_days = skip_schedule(body)
     return ParsedFeed(
         title=feed.get("title"),
         link=feed.get("link"),
         format=result.get("version") or "unknown",
         entries=tuple(entries),
         ttl_minutes=int(ttl) if isinstance(ttl, str) and ttl.strip().isdigit() else None,
+        skip_hours=skip_hours,
+        skip_days=skip_days,
     )
 
 

@@ -59,6 +59,8 @@ class Fetched:
     result: fetching.FetchResult | None = None
     entries: tuple[ParsedEntry, ...] = ()
     ttl_s: float | None = None
+    skip_hours: frozenset[int] = frozenset()
+    skip_days: frozenset[str] = frozenset()
     error: SourceError | None = None
 
 
@@ -181,6 +183,7 @@ class Aggregator:
                                 source.name, len(fetched.entries), MAX_ENTRIES_PER_FETCH)
                     fetched.entries = fetched.entries[:MAX_ENTRIES_PER_FETCH]
                 fetched.ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
+                fetched.skip_hours, fetched.skip_days = feed.skip_hours, feed.skip_days
         except SourceError as error:
             fetched.error = error
         return fetched
@@ -216,7 +219,9 @@ class Aggregator:
                 "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
                 "next_check_at": next_check_at(started, PollState(source.interval_s),
                                                PollResponse(result.outcome, result.max_age_s,
-                                                            None, ttl_s), random_jitter()),
+                                                            None, ttl_s, fetched.skip_hours,
+                                                            fetched.skip_days),
+                                               random_jitter()),
             }
             if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
                 state["etag"] = result.etag
@@ -395,14 +400,20 @@ class Aggregator:
     # -- passes -----------------------------------------------------------------------------
 
     def due_sources(self, now: datetime) -> list[Source]:
+        """Enabled sources whose next check has come, except those on a host cooling down.
+
+        A 429 or 503 with Retry-After from one feed cools down its whole host: the other feeds
+        there are not requested either until the server's time has passed.
+        """
+        rows = {source.name: self.store.source(source.name) for source in self.config.sources}
+        cooling = {urlsplit(row.url).hostname for row in rows.values()
+                   if row.cooldown_until and row.cooldown_until > now}
         due = []
         for source in self.config.sources:
-            if not source.enabled:
+            row = rows[source.name]
+            if not source.enabled or row.disabled_reason:
                 continue
-            row = self.store.source(source.name)
-            if row.disabled_reason:
-                continue
-            if row.cooldown_until and row.cooldown_until > now:
+            if not source.is_local and urlsplit(row.url).hostname in cooling:
                 continue
             if row.next_check_at is None or row.next_check_at <= now:
                 due.append(source)

@@ -7,7 +7,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -35,6 +35,27 @@ class PollResponse:
     max_age_s: float | None = None
     retry_after_s: float | None = None
     ttl_s: float | None = None
+    skip_hours: frozenset[int] = frozenset()
+    skip_days: frozenset[str] = frozenset()
+
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def skip_forward(when: datetime, skip_hours: frozenset[int],
+                 skip_days: frozenset[str]) -> datetime:
+    """The first moment at or after ``when`` outside the feed's skipHours and skipDays (GMT).
+
+    A feed that skips every hour or every day is taken as not meaning it.
+    """
+    if len(skip_hours) >= 24 or len(skip_days) >= 7 or not (skip_hours or skip_days):
+        return when
+    utc = when.astimezone(UTC)
+    for _ in range(24 * 7):
+        if utc.hour not in skip_hours and _WEEKDAYS[utc.weekday()] not in skip_days:
+            return utc.astimezone(when.tzinfo)
+        utc = (utc + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    return when
 
 
 def next_check_at(now: datetime, state: PollState, response: PollResponse,
@@ -42,7 +63,8 @@ def next_check_at(now: datetime, state: PollState, response: PollResponse,
     """The time of the next poll.
 
     Success or not-modified: the largest of the interval, the feed's ``<ttl>`` and the
-    server's Cache-Control max-age, clamped to [1 min, 24 h].  Errors: the interval times
+    server's Cache-Control max-age (or Expires), clamped to [1 min, 24 h], then moved past the
+    feed's skipHours and skipDays.  Errors: the interval times
     2^(errors-1), capped at 24 h, so a broken feed is retried less and less often but never
     dropped.  Throttling: at least what Retry-After asks.  ``jitter`` in [0, 1) spreads polls
     by up to 10% so that feeds configured alike do not all fire together.
@@ -56,7 +78,8 @@ def next_check_at(now: datetime, state: PollState, response: PollResponse,
         delay = min(interval * 2 ** (errors - 1), MAX_BACKOFF_S)
     if response.retry_after_s is not None:
         delay = max(delay, min(response.retry_after_s, MAX_BACKOFF_S))
-    return now + timedelta(seconds=delay * (1.0 + 0.1 * jitter))
+    when = now + timedelta(seconds=delay * (1.0 + 0.1 * jitter))
+    return skip_forward(when, response.skip_hours, response.skip_days)
 
 
 def random_jitter() -> float:

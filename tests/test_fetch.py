@@ -213,3 +213,33 @@ def test_one_unreachable_source_among_working_ones_backs_off(tmp_path, feed_serv
     aggregator.run_pass(force=True)
     aggregator.run_pass(force=True)
     assert source_state(aggregator, "down")["consecutive_errors"] == 2
+
+
+def test_a_throttled_host_cools_down_for_every_feed_on_it(tmp_path, feed_server):
+    port = feed_server.httpd.server_address[1]
+    feed_server.route("/busy", Reply(429, b"", {"Retry-After": "600"}))
+    feed_server.route("/sibling", Reply(200, FEED))
+    feed_server.route("/elsewhere", Reply(200, FEED.replace(b"test-wire", b"other-wire")))
+    sources = [{"name": "busy", "url": f"http://127.0.0.1:{port}/busy"},
+               {"name": "sibling", "url": f"http://127.0.0.1:{port}/sibling"},
+               {"name": "elsewhere", "url": f"http://localhost:{port}/elsewhere"}]
+    config = write_config(tmp_path / "cool.toml", sources)
+    aggregator = Aggregator(load_config(config, environ={}))
+    busy = aggregator.refresh(aggregator.config.source("busy"))
+    assert busy.outcome == "throttled"
+    due = [s.name for s in aggregator.due_sources(datetime.now(UTC))]
+    assert due == ["elsewhere"]  # the sibling on the throttled host waits too
+    later = datetime.now(UTC) + timedelta(seconds=700)
+    assert [s.name for s in aggregator.due_sources(later)] == ["sibling", "elsewhere"]
+
+
+def test_expires_header_sets_the_next_check(tmp_path, feed_server):
+    from email.utils import format_datetime
+
+    expires = format_datetime(datetime.now(UTC) + timedelta(hours=3), usegmt=True)
+    feed_server.route("/cached", Reply(200, FEED, {"Expires": expires}))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/cached"])
+    aggregator.run_pass()
+    state = source_state(aggregator, "cached")
+    delay = from_iso(state["next_check_at"]) - from_iso(state["last_checked_at"])
+    assert timedelta(hours=2, minutes=55) <= delay <= timedelta(hours=3, minutes=20)

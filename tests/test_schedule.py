@@ -35,3 +35,30 @@ def test_jitter_spreads_by_at_most_ten_percent():
     plain = next_check_at(NOW, PollState(1000), PollResponse(Outcome.OK))
     jittered = next_check_at(NOW, PollState(1000), PollResponse(Outcome.OK), jitter=0.999)
     assert plain < jittered < plain + timedelta(seconds=100)
+
+
+MONDAY_NOON = datetime(2026, 2, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("hours", "days", "expected"), [
+    (frozenset(), frozenset(), MONDAY_NOON + timedelta(hours=1)),
+    (frozenset({13}), frozenset(), datetime(2026, 2, 2, 14, 0, tzinfo=UTC)),
+    (frozenset({13, 14, 15}), frozenset(), datetime(2026, 2, 2, 16, 0, tzinfo=UTC)),
+    (frozenset(), frozenset({"monday"}), datetime(2026, 2, 3, 0, 0, tzinfo=UTC)),
+    (frozenset({0, 1}), frozenset({"monday"}), datetime(2026, 2, 3, 2, 0, tzinfo=UTC)),
+    (frozenset(range(24)), frozenset(), MONDAY_NOON + timedelta(hours=1)),
+    (frozenset(), frozenset({"saturday"}), MONDAY_NOON + timedelta(hours=1)),
+])
+def test_skip_hours_and_days_are_honoured(hours, days, expected):
+    response = PollResponse(Outcome.OK, skip_hours=hours, skip_days=days)
+    assert next_check_at(MONDAY_NOON, PollState(3600), response) == expected
+
+
+def test_skip_schedule_is_read_from_rss():
+    from aggregator.parse import parse_feed
+
+    body = (b"<rss version='2.0'><channel><title>t</title><skipHours><hour>0</hour>"
+            b"<hour>1</hour><hour>24</hour><hour>99</hour></skipHours><skipDays><day>Sunday"
+            b"</day><day>Funday</day></skipDays><item><title>x</title></item></channel></rss>")
+    feed = parse_feed(body, "s")
+    assert feed.skip_hours == frozenset({0, 1}) and feed.skip_days == frozenset({"sunday"})
