@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -100,8 +101,10 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
 
         status = DaemonStatus(index_articles=lambda: len(aggregator.clusterer.articles),
                               tick_s=tick_s)
+        watcher = ConfigWatcher(config.path)
 
         def one_pass(stopping) -> None:
+            watcher.reload_if_changed(aggregator)
             started = time.monotonic()
             aggregator.run_pass(stopping)
             status.last_pass_seconds = time.monotonic() - started
@@ -119,10 +122,48 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
         click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
         daemon.start()
     finally:
         aggregator.close()
+
+
+class ConfigWatcher:
+    """Reloads the configuration before a pass when its file changed or SIGHUP asked for it.
+
+    A broken new file is reported and the daemon goes on with the configuration it has.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.requested = False
+        self.mtime = self._mtime()
+
+    def _mtime(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return None
+
+    def request(self) -> None:
+        self.requested = True
+
+    def reload_if_changed(self, aggregator) -> list[str] | None:
+        mtime = self._mtime()
+        if not self.requested and mtime == self.mtime:
+            return None
+        self.requested = False
+        self.mtime = mtime
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            logging.getLogger(__name__).error("configuration not reloaded: %s", exc)
+            return None
+        changes = aggregator.reload(config)
+        logging.getLogger(__name__).warning("configuration reloaded: %s",
+                                            ", ".join(changes) or "no change")
+        return changes
 
 
 def start_web_server(config, status):

@@ -147,6 +147,36 @@ class Aggregator:
         self._since_eviction = 0
         self._last_prune: datetime | None = None
 
+    def reload(self, config: Config) -> list[str]:
+        """Apply a changed configuration without a restart; returns what changed.
+
+        New sources become due at once, removed ones are no longer polled (their articles
+        stay), changed settings apply from the next decision; unchanged sources keep their
+        fetch state.  Settings that shape the index (``num_perm``, ``shingle_size``, the LSH
+        thresholds) need a restart and keep their old values until then.
+        """
+        before = {s.name: s for s in self.config.sources}
+        after = {s.name: s for s in config.sources}
+        changes = [f"added {name}" for name in after if name not in before]
+        changes += [f"removed {name}" for name in before if name not in after]
+        changes += [f"changed {name}" for name in after
+                    if name in before and before[name] != after[name]]
+        structural = ("num_perm", "shingle_size", "duplicate_threshold", "candidate_threshold")
+        settings = config.clustering
+        if any(getattr(settings, key) != getattr(self.settings, key) for key in structural):
+            log.warning("%s need a restart to change; kept as they were",
+                        ", ".join(structural))
+            settings = replace(settings, **{key: getattr(self.settings, key)
+                                            for key in structural})
+        if settings != self.settings:
+            changes.append("clustering settings")
+        with self._write_lock:
+            self.store.sync_sources(config.sources)
+            self.config = replace(config, clustering=settings)
+            self.settings = settings
+            self.clusterer.settings = settings
+        return changes
+
     @property
     def client(self) -> httpx.Client:
         with self._client_lock:

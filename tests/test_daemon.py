@@ -69,3 +69,45 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0
+
+
+def test_config_changes_are_applied_without_a_restart(tmp_path, seed_dir, caplog):
+    from conftest import SEED_FEEDS, write_config
+
+    from aggregator.cli import ConfigWatcher
+    from aggregator.pipeline import Aggregator
+
+    names = list(SEED_FEEDS)
+    path = tmp_path / "live.toml"
+
+    def write(sources, extra=""):
+        write_config(path, [{"name": n, "url": str(seed_dir / SEED_FEEDS[n])} for n in sources],
+                     extra=extra)
+        stat = path.stat()
+        os.utime(path, (stat.st_atime, stat.st_mtime + 10))
+
+    write(names[:2])
+    aggregator = Aggregator(load_config(path, environ={}))
+    watcher = ConfigWatcher(str(path))
+    assert len(aggregator.run_pass()) == 2
+    assert watcher.reload_if_changed(aggregator) is None  # nothing changed, nothing done
+
+    write(names[1:], extra="[clustering]\nsame_story_threshold = 0.2\n")
+    changes = watcher.reload_if_changed(aggregator)
+    assert f"added {names[2]}" in changes and f"removed {names[0]}" in changes
+    assert "clustering settings" in changes
+    assert aggregator.clusterer.settings.same_story_threshold == 0.2
+    reports = aggregator.run_pass()
+    assert [r.source for r in reports] == [names[2]]  # the kept source keeps its schedule
+
+    path.write_text("database = 5\n")
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 20))
+    assert watcher.reload_if_changed(aggregator) is None
+    assert "configuration not reloaded" in caplog.text
+    assert [s.name for s in aggregator.config.sources] == names[1:]
+
+    write(names)
+    watcher.mtime = path.stat().st_mtime  # as if the change had been seen already...
+    watcher.request()                     # ...SIGHUP still reloads
+    assert f"added {names[0]}" in watcher.reload_if_changed(aggregator)
+    aggregator.close()
