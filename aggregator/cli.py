@@ -386,6 +386,49 @@ def check(config_path, no_signatures) -> None:
     sys.exit(1)
 
 
+@main.command(name="import-opml")
+@CONFIG_OPTION
+@click.argument("opml_file", type=click.Path(exists=True, dir_okay=False))
+@handle_errors
+def import_opml_command(config_path, opml_file) -> None:
+    """Add the feeds of an OPML file to the configuration (folders become tags).
+
+    Feeds whose URL is configured already are skipped; the configuration file is changed only
+    if the result is valid.  A running daemon picks the new sources up by itself.
+
+    \b
+    Example:
+        aggregator import-opml subscriptions.opml
+    """
+    from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+    from .opml import import_opml
+
+    path = config_path or os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG_PATH)
+    added, skipped = import_opml(path, opml_file)
+    click.echo(f"added {len(added)} sources to {path}; skipped {len(skipped)} already there")
+
+
+@main.command(name="export-opml")
+@CONFIG_OPTION
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="File [default: stdout].")
+@handle_errors
+def export_opml_command(config_path, output) -> None:
+    """Write the configured sources as OPML 2.0 (tags as categories).
+
+    \b
+    Example:
+        aggregator export-opml -o subscriptions.opml
+    """
+    from .opml import export_opml
+
+    document = export_opml(load_config(config_path))
+    if output:
+        with open(output, "wb") as handle:
+            handle.write(document)
+    else:
+        click.echo(document.decode("utf-8"), nl=False)
+
+
 @main.command(name="explain")
 @CONFIG_OPTION
 @click.argument("article_id", type=int)
