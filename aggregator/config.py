@@ -84,6 +84,7 @@ class Source:
     priority: int = 0
     tags: tuple[str, ...] = ()
     enabled: bool = True
+    full_text: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -258,7 +259,8 @@ def _load_source(path: str, base: Path, index: int, table: Any,
     name = table.get("name")
     label = name if isinstance(name, str) and name.strip() else f"#{index + 1}"
     reader = _Reader(path, table, source=label)
-    reader.reject_unknown({"name", "url", "interval", "priority", "tags", "enabled"})
+    reader.reject_unknown({"name", "url", "interval", "priority", "tags", "enabled",
+                           "full_text"})
     if "name" not in table:
         raise reader.fail("name", "is required")
     name = reader.get("name", str, "")
@@ -277,6 +279,7 @@ def _load_source(path: str, base: Path, index: int, table: Any,
         priority=int(reader.get("priority", int, 0)),
         tags=tuple(tags),
         enabled=reader.get("enabled", bool, True),
+        full_text=reader.get("full_text", bool, False),
     )
 
 

@@ -31,8 +31,16 @@ from .fingerprint import (
     fingerprint_batch,
     signature_bytes,
 )
-from .normalize import NormalizedArticle, normalize_entry, strip_lines, template_line_keys
-from .parse import ParsedEntry, parse_feed
+from .normalize import (
+    NormalizedArticle,
+    canonical_url,
+    html_to_text,
+    identity_keys,
+    normalize_entry,
+    strip_lines,
+    template_line_keys,
+)
+from .parse import ParsedEntry, parse_feed, text_as_html
 from .schedule import PollResponse, PollState, next_check_at, random_jitter
 from .store import SourceRow, Store, to_iso, utcnow
 
@@ -143,6 +151,7 @@ class Aggregator:
         self._client_lock = threading.Lock()
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._host_slots_lock = threading.Lock()
+        self._readers = threading.local()
         self._write_lock = threading.Lock()
         self._since_eviction = 0
         self._last_prune: datetime | None = None
@@ -212,11 +221,56 @@ class Aggregator:
                     log.warning("source %r: %d entries, only the first %d are read",
                                 source.name, len(fetched.entries), MAX_ENTRIES_PER_FETCH)
                     fetched.entries = fetched.entries[:MAX_ENTRIES_PER_FETCH]
+                if source.full_text and fetched.entries:
+                    fetched.entries = self._with_full_text(source, fetched.entries)
                 fetched.ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
                 fetched.skip_hours, fetched.skip_days = feed.skip_hours, feed.skip_days
         except SourceError as error:
             fetched.error = error
         return fetched
+
+    def _with_full_text(self, source: Source,
+                        entries: tuple[ParsedEntry, ...]) -> tuple[ParsedEntry, ...]:
+        """Fetch the page of each new entry and put its article text in place of the summary.
+
+        Pages are fetched under the same limits as feeds; a page that fails or yields less
+        text than the feed gave leaves the entry as it was.
+        """
+        keyed = [(entry, identity_keys(source.name, (entry.guid or "").strip() or None,
+                                       canonical_url(entry.link), "")[:-1])
+                 for entry in entries]
+        reader = self._thread_reader()
+        known = self.store.known_keys(reader, [k for _entry, keys in keyed for k in keys])
+        result = []
+        for entry, keys in keyed:
+            if (entry.link and entry.link.startswith(("http://", "https://"))
+                    and not known.intersection(keys)):
+                entry = self._page_text(source, entry)
+            result.append(entry)
+        return tuple(result)
+
+    def _page_text(self, source: Source, entry: ParsedEntry) -> ParsedEntry:
+        try:
+            with self._host_slot(entry.link):
+                page = fetching.fetch_http(self.client, source.name, entry.link, None, None,
+                                           self.limits)
+        except SourceError as error:
+            log.info("full text of %s not fetched: %s", entry.link, error)
+            return entry
+        import trafilatura  # imported on first use: it is slow to load and often not needed
+
+        extracted = trafilatura.extract(page.body, url=entry.link, favor_precision=True,
+                                        include_comments=False) if page.body else None
+        given = html_to_text(entry.content or entry.summary)
+        if not extracted or len(extracted) <= len(given):
+            return entry
+        return replace(entry, content=text_as_html(extracted))
+
+    def _thread_reader(self):
+        reader = getattr(self._readers, "conn", None)
+        if reader is None:
+            reader = self._readers.conn = self.store.reader()
+        return reader
 
     def _host_slot(self, url: str) -> threading.Semaphore:
         host = urlsplit(url).hostname or ""

@@ -502,6 +502,22 @@ class Store:
 
     # -- articles ---------------------------------------------------------------------------
 
+    def reader(self) -> sqlite3.Connection:
+        """A separate read-only connection, for threads other than the writer's."""
+        uri = f"file:{Path(self.path).resolve()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+
+    @staticmethod
+    def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            known.update(row[0] for row in conn.execute(
+                f"SELECT key FROM article_keys WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return known
+
     def find_existing(self, keys: Iterable[str]) -> int | None:
         keys = list(keys)
         if not keys:

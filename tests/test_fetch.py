@@ -243,3 +243,51 @@ def test_expires_header_sets_the_next_check(tmp_path, feed_server):
     state = source_state(aggregator, "cached")
     delay = from_iso(state["next_check_at"]) - from_iso(state["last_checked_at"])
     assert timedelta(hours=2, minutes=55) <= delay <= timedelta(hours=3, minutes=20)
+
+
+ARTICLE_PAGE = b"""<html><head><title>Bridge reopens</title></head><body>
+<nav>Home | World | Sport | Weather</nav>
+<article><h1>Harbour bridge reopens after eight months</h1>
+<p>The harbour bridge reopened to traffic on Monday after eight months of repairs to its steel
+cables and deck, the city council said in a statement.</p>
+<p>Engineers replaced 120 cables and resurfaced the deck. Cyclists get a new protected lane on
+the eastern side, and buses return to their old route from Wednesday.</p>
+<p>The repairs cost 48 million, four million more than planned, because corrosion inside the
+anchorages was worse than the first survey had found.</p></article>
+<footer>Copyright 2026 Example News. Subscribe to our newsletter.</footer></body></html>"""
+
+
+def test_full_text_fetches_each_new_entry_page_once(tmp_path, feed_server):
+    link = feed_server.url("/news/bridge")
+    feed = (f"<rss version='2.0'><channel><title>Summaries</title><item><title>Harbour bridge "
+            f"reopens</title><link>{link}</link><guid>{link}</guid><description>The bridge is "
+            f"open again.</description></item></channel></rss>").encode()
+    feed_server.route("/summaries", Reply(200, feed))
+    feed_server.route("/news/bridge", Reply(200, ARTICLE_PAGE,
+                                            {"Content-Type": "text/html; charset=utf-8"}))
+    config = write_config(tmp_path / "full.toml", [
+        {"name": "summaries", "url": feed_server.url("/summaries"), "full_text": True}])
+    aggregator = Aggregator(load_config(config, environ={}))
+    [report] = aggregator.run_pass()
+    assert report.new_articles == 1
+    [text] = aggregator.store.db.execute("SELECT text FROM articles").fetchone()
+    assert "corrosion inside the anchorages" in text
+    assert "Subscribe to our newsletter" not in text and "Home | World" not in text
+    aggregator.run_pass(force=True)
+    assert len(feed_server.requests_to("/news/bridge")) == 1  # known entries are not refetched
+    assert "aggregator" in feed_server.requests_to("/news/bridge")[0].headers["User-Agent"]
+
+
+def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
+    link = feed_server.url("/news/missing")
+    feed = (f"<rss version='2.0'><channel><title>S</title><item><title>Ferry strike ends"
+            f"</title><link>{link}</link><description>Ferries run again after a two-day "
+            f"strike.</description></item></channel></rss>").encode()
+    feed_server.route("/summaries", Reply(200, feed))
+    config = write_config(tmp_path / "full.toml", [
+        {"name": "summaries", "url": feed_server.url("/summaries"), "full_text": True}])
+    aggregator = Aggregator(load_config(config, environ={}))
+    [report] = aggregator.run_pass()
+    assert report.new_articles == 1 and report.error is None
+    [text] = aggregator.store.db.execute("SELECT text FROM articles").fetchone()
+    assert text == "Ferries run again after a two-day strike."
