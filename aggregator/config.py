@@ -103,6 +103,7 @@ class Config:
     max_body_bytes: int = 20 * 1024 * 1024
     max_concurrency: int = 8
     block_private_addresses: bool = False
+    permanent_redirect_after: int = 2
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sources: tuple[Source, ...] = ()
@@ -308,7 +309,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
-                        "block_private_addresses", "clustering", "http", "sources"})
+                        "block_private_addresses", "permanent_redirect_after", "clustering",
+                        "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -335,6 +337,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         total_timeout_s=top.duration("total_timeout", defaults.total_timeout_s),
         block_private_addresses=top.get("block_private_addresses", bool,
                                         defaults.block_private_addresses),
+        permanent_redirect_after=int(top.number("permanent_redirect_after",
+                                                defaults.permanent_redirect_after, 1, 1000)),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         clustering=_load_clustering(shown, raw.get("clustering", {})),

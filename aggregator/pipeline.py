@@ -86,6 +86,17 @@ class RefreshReport:
     unreachable: bool = False
 
 
+def redirect_state(row: SourceRow, target: str | None, needed: int) -> dict[str, object]:
+    """Source columns after a fetch: the feed moves once the same permanent redirect has
+    been seen ``needed`` times in a row (a one-off misconfiguration does not move it)."""
+    if target is None:
+        return {"redirect_target": None, "redirect_sightings": 0}
+    sightings = row.redirect_sightings + 1 if row.redirect_target == target else 1
+    if sightings >= needed:
+        return {"url": target, "redirect_target": None, "redirect_sightings": 0}
+    return {"redirect_target": target, "redirect_sightings": sightings}
+
+
 def decision_record(decision: Decision, limit: int = 5) -> dict:
     """The stored form of a decision, which ``aggregator explain`` reads back."""
     return {
@@ -310,8 +321,8 @@ class Aggregator:
             if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
                 state["etag"] = result.etag
                 state["last_modified"] = result.last_modified
-            if result.permanent_redirect:
-                state["url"] = result.permanent_redirect
+            state.update(redirect_state(row, result.permanent_redirect,
+                                        self.config.permanent_redirect_after))
             self.store.record_fetch(
                 row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
                 url=result.url, status=result.status, outcome=report.outcome, error=None,

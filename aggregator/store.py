@@ -280,10 +280,18 @@ def _m003_dashboards(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m004_redirect_sightings(db: sqlite_utils.Database) -> None:
+    _run_script(db, """
+    ALTER TABLE sources ADD COLUMN redirect_target TEXT;
+    ALTER TABLE sources ADD COLUMN redirect_sightings INTEGER NOT NULL DEFAULT 0;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
     ("003_dashboards", _m003_dashboards),
+    ("004_redirect_sightings", _m004_redirect_sightings),
 ]
 
 
@@ -301,6 +309,8 @@ class SourceRow:
     next_check_at: datetime | None
     cooldown_until: datetime | None
     disabled_reason: str | None
+    redirect_target: str | None = None
+    redirect_sightings: int = 0
 
 
 @dataclass(frozen=True)
@@ -444,12 +454,13 @@ class Store:
     def source(self, name: str) -> SourceRow:
         row = self.db.execute(
             "SELECT id, name, url, config_url, priority, enabled, etag, last_modified, "
-            "consecutive_errors, next_check_at, cooldown_until, disabled_reason "
-            "FROM sources WHERE name = ?", [name]).fetchone()
+            "consecutive_errors, next_check_at, cooldown_until, disabled_reason, "
+            "redirect_target, redirect_sightings FROM sources WHERE name = ?",
+            [name]).fetchone()
         if row is None:
             raise StoreError(f"{self.path}: no source named {name!r}")
         return SourceRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
-                         row[8], from_iso(row[9]), from_iso(row[10]), row[11])
+                         row[8], from_iso(row[9]), from_iso(row[10]), row[11], row[12], row[13])
 
     def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
                      status: int | None, outcome: str, error: str | None, size: int | None,

@@ -58,17 +58,41 @@ def test_gzip_body_is_decoded(tmp_path, feed_server):
 
 @pytest.mark.parametrize(("status", "moves"), [(301, True), (308, True), (302, False),
                                                (307, False)])
-def test_only_permanent_redirects_move_the_feed(tmp_path, feed_server, status, moves):
+def test_only_permanent_redirects_seen_twice_move_the_feed(tmp_path, feed_server, status,
+                                                           moves):
     feed_server.route("/old", Reply(status, b"", {"Location": "/new"}))
-    feed_server.route("/new", Reply(200, FEED))
+    feed_server.route("/new", Reply(200, FEED, honour_etag=False))
     aggregator = make_aggregator(tmp_path, feed_server, ["/old"])
     [report] = aggregator.run_pass(force=True)
     assert report.new_articles == 5
     state = source_state(aggregator, "old")
+    assert state["config_url"] == state["url"] == feed_server.url("/old")  # once is not enough
+    aggregator.run_pass(force=True)
+    state = source_state(aggregator, "old")
     assert state["config_url"] == feed_server.url("/old")
     assert state["url"] == feed_server.url("/new" if moves else "/old")
     aggregator.run_pass(force=True)
-    assert len(feed_server.requests_to("/old")) == (1 if moves else 2)
+    assert len(feed_server.requests_to("/old")) == (2 if moves else 3)
+
+
+@pytest.mark.parametrize(("previous", "sightings", "target", "needed", "expected"), [
+    (None, 0, None, 2, {"redirect_target": None, "redirect_sightings": 0}),
+    (None, 0, "https://n/", 1, {"url": "https://n/", "redirect_target": None,
+                                "redirect_sightings": 0}),
+    (None, 0, "https://n/", 2, {"redirect_target": "https://n/", "redirect_sightings": 1}),
+    ("https://n/", 1, "https://n/", 2, {"url": "https://n/", "redirect_target": None,
+                                        "redirect_sightings": 0}),
+    ("https://m/", 1, "https://n/", 2, {"redirect_target": "https://n/",
+                                        "redirect_sightings": 1}),
+    ("https://n/", 1, None, 2, {"redirect_target": None, "redirect_sightings": 0}),
+])
+def test_redirect_state(previous, sightings, target, needed, expected):
+    from aggregator.pipeline import redirect_state
+    from aggregator.store import SourceRow
+
+    row = SourceRow(1, "s", "https://o/", "https://o/", 0, True, None, None, 0, None, None,
+                    None, previous, sightings)
+    assert redirect_state(row, target, needed) == expected
 
 
 def test_throttled_source_cools_down_and_is_not_requested(tmp_path, feed_server):
