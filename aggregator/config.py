@@ -104,6 +104,8 @@ class Config:
     max_concurrency: int = 8
     block_private_addresses: bool = False
     permanent_redirect_after: int = 2
+    min_host_interval_s: float = 0.0
+    service_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sources: tuple[Source, ...] = ()
@@ -236,6 +238,31 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     )
 
 
+def _optional_duration(reader: _Reader, key: str) -> float:
+    if key not in reader.table:
+        return 0.0
+    try:
+        return parse_duration(reader.table[key])
+    except ValueError as exc:
+        raise reader.fail(key, str(exc)) from None
+
+
+def _load_service_groups(path: str, table: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[service_groups]``: name = ["*.tumblr.com", ...]; hosts matching one pattern share
+    one concurrency limit, one request spacing and one cooldown."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, "expected a table of name = [host patterns]",
+                          key="service_groups")
+    groups = []
+    for name, patterns in table.items():
+        if not isinstance(patterns, list) or not patterns or \
+                not all(isinstance(p, str) and p.strip() for p in patterns):
+            raise ConfigError(path, "expected a non-empty list of host patterns such as "
+                              '["*.tumblr.com"]', key=f"service_groups.{name}")
+        groups.append((name, tuple(p.strip().lower() for p in patterns)))
+    return tuple(groups)
+
+
 def _load_http(path: str, table: Any) -> HttpSettings:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key="http")
@@ -309,8 +336,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
-                        "block_private_addresses", "permanent_redirect_after", "clustering",
-                        "http", "sources"})
+                        "block_private_addresses", "permanent_redirect_after",
+                        "min_host_interval", "service_groups", "clustering", "http",
+                        "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -339,6 +367,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
                                         defaults.block_private_addresses),
         permanent_redirect_after=int(top.number("permanent_redirect_after",
                                                 defaults.permanent_redirect_after, 1, 1000)),
+        min_host_interval_s=_optional_duration(top, "min_host_interval"),
+        service_groups=_load_service_groups(shown, raw.get("service_groups", {})),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         clustering=_load_clustering(shown, raw.get("clustering", {})),

@@ -8,12 +8,14 @@ one source's failure from touching any other source.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -161,6 +163,7 @@ class Aggregator:
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._host_slots: dict[str, threading.Semaphore] = {}
+        self._host_next_start: dict[str, float] = {}
         self._host_slots_lock = threading.Lock()
         self._readers = threading.local()
         self._write_lock = threading.Lock()
@@ -283,13 +286,31 @@ class Aggregator:
             reader = self._readers.conn = self.store.reader()
         return reader
 
-    def _host_slot(self, url: str) -> threading.Semaphore:
-        host = urlsplit(url).hostname or ""
+    def host_key(self, url: str) -> str:
+        """The politeness unit of a URL: its service group if one matches, else its host."""
+        host = (urlsplit(url).hostname or "").lower()
+        for name, patterns in self.config.service_groups:
+            if any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns):
+                return f"group:{name}"
+        return host
+
+    @contextmanager
+    def _host_slot(self, url: str) -> Iterator[None]:
+        """At most ``PER_HOST_CONCURRENCY`` requests at once to one host (or service group),
+        and at least ``min_host_interval`` between the starts of two of them."""
+        key = self.host_key(url)
         with self._host_slots_lock:
-            slot = self._host_slots.get(host)
+            slot = self._host_slots.get(key)
             if slot is None:
-                slot = self._host_slots[host] = threading.Semaphore(PER_HOST_CONCURRENCY)
-        return slot
+                slot = self._host_slots[key] = threading.Semaphore(PER_HOST_CONCURRENCY)
+        with slot:
+            spacing = self.config.min_host_interval_s
+            if spacing:
+                with self._host_slots_lock:
+                    start = max(time.monotonic(), self._host_next_start.get(key, 0.0))
+                    self._host_next_start[key] = start + spacing
+                time.sleep(max(0.0, start - time.monotonic()))
+            yield
 
     def _store_fetched(self, source: Source, row: SourceRow, fetched: Fetched) -> RefreshReport:
         """The database half of a refresh: one transaction for everything the pass decided."""
@@ -497,18 +518,18 @@ class Aggregator:
     def due_sources(self, now: datetime) -> list[Source]:
         """Enabled sources whose next check has come, except those on a host cooling down.
 
-        A 429 or 503 with Retry-After from one feed cools down its whole host: the other feeds
-        there are not requested either until the server's time has passed.
+        A 429 or 503 with Retry-After from one feed cools down its whole host (or service
+        group): the other feeds there are not requested either until the time has passed.
         """
         rows = {source.name: self.store.source(source.name) for source in self.config.sources}
-        cooling = {urlsplit(row.url).hostname for row in rows.values()
+        cooling = {self.host_key(row.url) for row in rows.values()
                    if row.cooldown_until and row.cooldown_until > now}
         due = []
         for source in self.config.sources:
             row = rows[source.name]
             if not source.enabled or row.disabled_reason:
                 continue
-            if not source.is_local and urlsplit(row.url).hostname in cooling:
+            if not source.is_local and self.host_key(row.url) in cooling:
                 continue
             if row.next_check_at is None or row.next_check_at <= now:
                 due.append(source)
@@ -527,6 +548,8 @@ class Aggregator:
         sources = [s for s in self.config.sources if s.enabled] if force else \
             self.due_sources(now)
         rows = {source.name: self.store.source(source.name) for source in sources}
+        if any(not source.is_local for source in sources):
+            _ = self.client  # built before the threads start, so none waits on the others
         reports = []
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency,
                                 thread_name_prefix="fetch") as pool:

@@ -27,6 +27,7 @@ class Reply:
 class Request:
     path: str
     headers: dict[str, str]
+    at: float = 0.0
 
 
 class FeedServer:
@@ -50,6 +51,9 @@ class FeedServer:
             def do_GET(self):
                 host = (self.headers.get("Host") or "").split(":")[0]
                 with server._lock:
+                    server.in_flight["*"] = server.in_flight.get("*", 0) + 1
+                    server.max_in_flight["*"] = max(server.max_in_flight.get("*", 0),
+                                                    server.in_flight["*"])
                     server.in_flight[host] = server.in_flight.get(host, 0) + 1
                     server.max_in_flight[host] = max(server.max_in_flight.get(host, 0),
                                                      server.in_flight[host])
@@ -58,10 +62,12 @@ class FeedServer:
                 finally:
                     with server._lock:
                         server.in_flight[host] -= 1
+                        server.in_flight["*"] -= 1
 
             def _get(self):
                 with server._lock:
-                    server.requests.append(Request(self.path, dict(self.headers)))
+                    server.requests.append(Request(self.path, dict(self.headers),
+                                                   time.monotonic()))
                     replies = server.routes.get(self.path)
                     if not replies:
                         reply = Reply(404, b"not found")

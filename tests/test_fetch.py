@@ -201,7 +201,8 @@ def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, fee
     reports = aggregator.run_pass()
     assert [r.source for r in reports] == [p.strip("/") for p in paths]  # configuration order
     assert all(r.new_articles == 5 for r in reports)
-    assert feed_server.max_in_flight == {"127.0.0.1": 2, "localhost": 2}
+    assert feed_server.max_in_flight["127.0.0.1"] == feed_server.max_in_flight["localhost"] == 2
+    assert feed_server.max_in_flight["*"] == 4
 
 
 def closed_port() -> int:
@@ -315,3 +316,26 @@ def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
     assert report.new_articles == 1 and report.error is None
     [text] = aggregator.store.db.execute("SELECT text FROM articles").fetchone()
     assert text == "Ferries run again after a two-day strike."
+
+
+def test_a_service_group_shares_one_limit_spacing_and_cooldown(tmp_path, feed_server):
+    port = feed_server.httpd.server_address[1]
+    for n in range(4):
+        feed_server.route(f"/g{n}", Reply(200, FEED.replace(b"test-wire", f"g{n}".encode())))
+    feed_server.route("/busy", Reply(429, b"", {"Retry-After": "7200"}))
+    sources = [{"name": f"g{n}", "url": f"http://{'127.0.0.1' if n % 2 else 'localhost'}:"
+                                        f"{port}/g{n}"} for n in range(4)]
+    config = write_config(
+        tmp_path / "group.toml", sources + [{"name": "busy",
+                                             "url": f"http://localhost:{port}/busy"}],
+        extra='min_host_interval = "0.3s"\n[service_groups]\nloop = ["localhost", "127.0.*"]')
+    aggregator = Aggregator(load_config(config, environ={}))
+    assert aggregator.host_key(f"http://127.0.0.1:{port}/") == "group:loop"
+    reports = aggregator.run_pass()
+    assert feed_server.max_in_flight["*"] <= 2  # one limit for the two hosts of the group
+    starts = sorted(r.at for r in feed_server.requests)
+    assert all(b - a >= 0.25 for a, b in zip(starts, starts[1:], strict=False))
+    assert {r.source: r.outcome for r in reports}["busy"] == "throttled"
+    # The 429 from localhost cools the whole group, 127.0.0.1 included, for its two hours.
+    assert aggregator.due_sources(datetime.now(UTC) + timedelta(hours=1)) == []
+    assert len(aggregator.due_sources(datetime.now(UTC) + timedelta(hours=3))) == 5
