@@ -101,3 +101,17 @@ def test_default_config_is_valid():
     config = load_config(ROOT / "config" / "aggregator.toml", environ={})
     assert len(config.sources) == 3
     assert all(source.is_local for source in config.sources)
+
+
+def test_the_readme_configuration_example_is_valid(tmp_path):
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```toml\n(.*?)```", readme, re.DOTALL).group(1)
+    path = tmp_path / "example.toml"
+    path.write_text(example, encoding="utf-8")
+    config = load_config(path, environ={})
+    assert config.sources[0].name == "Example"
+    assert config.service_groups == (("tumblr", ("*.tumblr.com", "tumblr.com")),)
