@@ -85,6 +85,7 @@ class Source:
     tags: tuple[str, ...] = ()
     enabled: bool = True
     full_text: bool = False
+    adaptive: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -105,6 +106,8 @@ class Config:
     block_private_addresses: bool = False
     permanent_redirect_after: int = 2
     min_host_interval_s: float = 0.0
+    min_interval_s: float = 300.0
+    max_interval_s: float = 86400.0
     service_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -300,10 +303,13 @@ def _load_source(path: str, base: Path, index: int, table: Any,
     tags = reader.get("tags", list, [])
     if not all(isinstance(tag, str) for tag in tags):
         raise reader.fail("tags", "expected a list of strings")
+    adaptive = table.get("interval") == "adaptive"
     return Source(
         name=name,
         url=url,
-        interval_s=reader.duration("interval", default_interval_s),
+        adaptive=adaptive,
+        interval_s=default_interval_s if adaptive else
+        reader.duration("interval", default_interval_s),
         priority=int(reader.get("priority", int, 0)),
         tags=tuple(tags),
         enabled=reader.get("enabled", bool, True),
@@ -337,8 +343,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
                         "block_private_addresses", "permanent_redirect_after",
-                        "min_host_interval", "service_groups", "clustering", "http",
-                        "sources"})
+                        "min_host_interval", "min_interval", "max_interval", "service_groups",
+                        "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -368,6 +374,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         permanent_redirect_after=int(top.number("permanent_redirect_after",
                                                 defaults.permanent_redirect_after, 1, 1000)),
         min_host_interval_s=_optional_duration(top, "min_host_interval"),
+        min_interval_s=top.duration("min_interval", defaults.min_interval_s),
+        max_interval_s=top.duration("max_interval", defaults.max_interval_s),
         service_groups=_load_service_groups(shown, raw.get("service_groups", {})),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),

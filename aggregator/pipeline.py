@@ -43,7 +43,13 @@ from .normalize import (
     template_line_keys,
 )
 from .parse import ParsedEntry, parse_feed, text_as_html
-from .schedule import PollResponse, PollState, next_check_at, random_jitter
+from .schedule import (
+    PollResponse,
+    PollState,
+    adaptive_interval,
+    next_check_at,
+    random_jitter,
+)
 from .store import SourceRow, Store, to_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -333,7 +339,9 @@ class Aggregator:
                 "last_status": result.status, "last_outcome": report.outcome,
                 "last_checked_at": started, "last_success_at": started,
                 "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
-                "next_check_at": next_check_at(started, PollState(source.interval_s),
+                "next_check_at": next_check_at(started,
+                                               PollState(self._interval(conn, source, row,
+                                                                        started)),
                                                PollResponse(result.outcome, result.max_age_s,
                                                             None, ttl_s, fetched.skip_hours,
                                                             fetched.skip_days),
@@ -350,6 +358,12 @@ class Aggregator:
                 size=len(result.body), entries=report.entries,
                 new_articles=report.new_articles, state=state, conn=conn)
         return report
+
+    def _interval(self, conn, source: Source, row: SourceRow, now: datetime) -> float:
+        if not source.adaptive:
+            return source.interval_s
+        recent = self.store.entries_since(conn, row.id, now - timedelta(days=7))
+        return adaptive_interval(recent, self.config.min_interval_s, self.config.max_interval_s)
 
     def _record_failure(self, source: Source, row, poll: PollState, started: datetime,
                         clock: float, error: SourceError) -> RefreshReport:

@@ -82,6 +82,17 @@ def next_check_at(now: datetime, state: PollState, response: PollResponse,
     return skip_forward(when, response.skip_hours, response.skip_days)
 
 
+def adaptive_interval(entries_last_week: int, min_s: float, max_s: float) -> float:
+    """Poll about as often as the feed publishes: a week divided by last week's entries.
+
+    A feed with 70 entries a week is polled every 2.4 h, a quiet one once a day or less
+    (bounded by ``min_s`` and ``max_s``), like Miniflux's entry-frequency scheduler.
+    """
+    if entries_last_week <= 0:
+        return max_s
+    return min(max_s, max(min_s, 7 * 86400.0 / entries_last_week))
+
+
 def random_jitter() -> float:
     return random.random()
 

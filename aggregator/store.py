@@ -513,6 +513,11 @@ class Store:
 
     # -- articles ---------------------------------------------------------------------------
 
+    def entries_since(self, conn: sqlite3.Connection, source_id: int, since: datetime) -> int:
+        """Articles of the source published since ``since`` (for adaptive polling)."""
+        return conn.execute("SELECT count(*) FROM articles WHERE source_id = ? AND "
+                            "published >= ?", [source_id, to_iso(since)]).fetchone()[0]
+
     def reader(self) -> sqlite3.Connection:
         """A separate read-only connection, for threads other than the writer's."""
         uri = f"file:{Path(self.path).resolve()}?mode=ro"

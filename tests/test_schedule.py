@@ -62,3 +62,39 @@ def test_skip_schedule_is_read_from_rss():
             b"</day><day>Funday</day></skipDays><item><title>x</title></item></channel></rss>")
     feed = parse_feed(body, "s")
     assert feed.skip_hours == frozenset({0, 1}) and feed.skip_days == frozenset({"sunday"})
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    (0, 86400.0), (1, 86400.0), (7, 86400.0), (70, 8640.0), (100000, 300.0),
+])
+def test_adaptive_interval_follows_how_often_the_feed_publishes(entries, expected):
+    from aggregator.schedule import adaptive_interval
+
+    assert adaptive_interval(entries, 300.0, 86400.0) == pytest.approx(expected)
+
+
+def test_adaptive_source_is_scheduled_by_its_publishing_rate(tmp_path):
+    from conftest import write_config
+
+    from aggregator.config import load_config
+    from aggregator.pipeline import Aggregator
+    from aggregator.store import from_iso
+
+    now = datetime.now(UTC)
+    items = "".join(
+        f"<item><title>Update {n} on the harbour works</title><link>https://a.example/{n}"
+        f"</link><pubDate>{(now - timedelta(hours=n * 5)).strftime('%a, %d %b %Y %H:%M:%S')}"
+        f" +0000</pubDate><description>Crews finished section {n} of the quay wall "
+        f"repairs.</description></item>" for n in range(28))
+    feed = tmp_path / "busy.xml"
+    feed.write_text(f"<rss version='2.0'><channel><title>b</title>{items}</channel></rss>")
+    config = write_config(tmp_path / "adaptive.toml",
+                          [{"name": "busy", "url": str(feed), "interval": "adaptive"}])
+    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator.run_pass()
+    row = aggregator.store.source("busy")
+    delay = row.next_check_at - from_iso(aggregator.store.sources_overview()[0]
+                                         ["last_checked_at"])
+    # 28 entries in the week: every 6 hours, plus up to 10% jitter.
+    assert timedelta(hours=6) <= delay <= timedelta(hours=6.7)
+    aggregator.close()
