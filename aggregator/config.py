@@ -44,6 +44,7 @@ def parse_duration(value: Any) -> float:
 class ClusteringSettings:
     """Thresholds and weights of the story clusterer; ``docs/clustering.md`` justifies each."""
 
+    enabled: bool = True
     window_days: float = 7.0
     time_sigma_days: float = 0.75
     long_text_time_sigma_days: float = 7.0
@@ -210,6 +211,7 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
                               f"{', '.join(sorted(_CANONICAL_CRITERIA))})")
     num_perm = int(reader.number("num_perm", defaults.num_perm, 16, 1024))
     return ClusteringSettings(
+        enabled=reader.get("enabled", bool, True),
         window_days=reader.number("window_days", defaults.window_days, 0.01, 3650),
         time_sigma_days=reader.number("time_sigma_days", defaults.time_sigma_days, 0.01, 3650),
         long_text_time_sigma_days=reader.number("long_text_time_sigma_days",

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import fetch as fetching
-from .cluster import DAY_S, ClusterArticle, Clusterer, Decision
+from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, decide
 from .config import ClusteringSettings, Config, Source
 from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
 from .fingerprint import (
@@ -470,7 +470,10 @@ class Aggregator:
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
                                    article.author is not None, fingerprint,
                                    dated=article.has_published)
-        decision = self.clusterer.propose(candidate)
+        if self.settings.enabled:
+            decision = self.clusterer.propose(candidate)
+        else:  # clustering off: repeats are still recognised, every article is its own story
+            decision = decide([], [], self.settings)
         stats = self.clusterer.stats
         clustering_columns = dict(
             fingerprint=fingerprint, vector=self.clusterer.vector(candidate),

@@ -1,0 +1,166 @@
+"""Fetching benchmark: our passes against lemon24's ``reader`` on one loopback feed farm.
+
+The farm runs in its own process (ETag and If-None-Match honoured).  Measured, in one run:
+our first pass (every feed 200: fetch, parse, cluster, store), the same with clustering off,
+our forced second pass (every feed requested again, all 304), and ``reader`` (PyPI; it needs
+``sgmllib3k`` beside it) doing its first update and a forced second one with parallel workers.
+
+    pip install reader sgmllib3k
+    python benchmarks/fetch.py --feeds 2000 --entries 20     # the issue's size
+    python benchmarks/fetch.py --feeds 300 --entries 20      # quicker
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from farm import Farm, write_farm_config  # noqa: E402
+
+import aggregator.pipeline as pipeline  # noqa: E402
+from aggregator.config import load_config  # noqa: E402
+from aggregator.pipeline import Aggregator  # noqa: E402
+
+STAGES: dict[str, float] = defaultdict(float)
+
+
+def serve_farm(feeds: int, entries: int, queue) -> None:
+    farm = Farm(feeds, entries, seed=5)
+    queue.put(farm.urls())
+    while True:
+        time.sleep(3600)
+
+
+@contextmanager
+def timed_stages():
+    """Accumulate the time spent in each stage of our pipeline (threads included)."""
+    originals = {}
+
+    def wrap(owner, name, stage):
+        original = getattr(owner, name)
+        originals[(owner, name)] = original
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                STAGES[stage] += time.perf_counter() - started
+
+        setattr(owner, name, timed)
+
+    wrap(pipeline.fetching, "fetch", "fetch")
+    wrap(pipeline, "parse_feed", "parse")
+    wrap(pipeline, "fingerprint_batch", "cluster")
+    wrap(pipeline.Clusterer, "propose", "cluster")
+    wrap(pipeline.Clusterer, "commit", "cluster")
+    wrap(Aggregator, "_store_fetched", "writer")
+    try:
+        yield
+    finally:
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
+
+
+def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
+    config_path = workdir / f"ours-{cluster}.toml"
+    write_farm_config(config_path, urls, str(workdir / f"ours-{cluster}.db"))
+    config = load_config(config_path)
+    config = replace(config, clustering=replace(config.clustering, enabled=cluster))
+    aggregator = Aggregator(config)
+    STAGES.clear()
+    with timed_stages():
+        started = time.perf_counter()
+        reports = aggregator.run_pass(force=True)
+        first = time.perf_counter() - started
+    stages = dict(STAGES)
+    started = time.perf_counter()
+    second_reports = aggregator.run_pass(force=True)
+    second = time.perf_counter() - started
+    entries = sum(r.new_articles for r in reports)
+    aggregator.close()
+    return {"first": first, "second": second, "entries": entries, "stages": stages,
+            "not_modified": sum(r.outcome == "not_modified" for r in second_reports)}
+
+
+def reader_passes(urls: list[str], workdir: Path, workers: int) -> dict:
+    from reader import make_reader
+
+    reader = make_reader(str(workdir / "reader.sqlite"))
+    for url in urls:
+        reader.add_feed(url)
+    started = time.perf_counter()
+    reader.update_feeds(workers=workers)
+    first = time.perf_counter() - started
+    entries = reader.get_entry_counts().total
+    started = time.perf_counter()
+    reader.update_feeds(workers=workers, scheduled=False)
+    second = time.perf_counter() - started
+    reader.close()
+    return {"first": first, "second": second, "entries": entries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feeds", type=int, default=2000)
+    parser.add_argument("--entries", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    queue = multiprocessing.Queue()
+    farm = multiprocessing.Process(target=serve_farm, args=(args.feeds, args.entries, queue),
+                                   daemon=True)
+    farm.start()
+    urls = queue.get(timeout=300)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fetch-bench-") as scratch:
+            workdir = Path(scratch)
+            ours = our_passes(urls, workdir, cluster=True)
+            print(f"ours, first pass: {ours['first']:.1f} s for {ours['entries']} entries "
+                  f"({ours['entries'] / ours['first']:.0f}/s); stage seconds "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in ours["stages"].items()))
+            print(f"ours, all-304 pass: {ours['second']:.2f} s ({ours['not_modified']} x 304)")
+            plain = our_passes(urls, workdir, cluster=False)
+            print(f"ours without clustering, first pass: {plain['first']:.1f} s")
+            theirs = reader_passes(urls, workdir, args.workers)
+            print(f"reader ({args.workers} workers): first {theirs['first']:.1f} s for "
+                  f"{theirs['entries']} entries, second {theirs['second']:.2f} s")
+    finally:
+        farm.terminate()
+    writer = ours["stages"].get("writer", 0.0)
+    cluster = ours["stages"].get("cluster", 0.0)
+    result = {
+        "feeds": args.feeds, "entries": ours["entries"],
+        "first_pass_s": round(ours["first"], 2),
+        "first_pass_no_cluster_s": round(plain["first"], 2),
+        "reader_first_pass_s": round(theirs["first"], 2),
+        "speedup_vs_reader": round(theirs["first"] / ours["first"], 3),
+        "speedup_vs_reader_no_cluster": round(theirs["first"] / plain["first"], 3),
+        "not_modified_pass_s": round(ours["second"], 2),
+        "reader_not_modified_pass_s": round(theirs["second"], 2),
+        "not_modified_speedup_vs_reader": round(theirs["second"] / ours["second"], 3),
+        "not_modified_speedup": round(ours["first"] / ours["second"], 3),
+        "first_pass_share": {
+            "fetching": round(ours["stages"].get("fetch", 0.0) / ours["first"], 3),
+            "parsing": round(ours["stages"].get("parse", 0.0) / ours["first"], 3),
+            "clustering": round(cluster / ours["first"], 3),
+            "storing": round(max(0.0, writer - cluster) / ours["first"], 3),
+        },
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
