@@ -332,7 +332,8 @@ class Clusterer:
                 continue
             similarity = story.mean_similarity(vector)
             canonical = self.articles[story.canonical_id]
-            words = min(article.word_count, canonical.word_count)
+            # The length of the pair: a short text beside a long one scores like neither.
+            words = int(math.sqrt(max(1, article.word_count) * max(1, canonical.word_count)))
             if article.dated and story.dated:
                 factor = time_factor(article.published_ts, story.dated_first_ts,
                                      story.dated_last_ts, time_sigma_days(words, self.settings))

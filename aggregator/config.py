@@ -55,7 +55,7 @@ class ClusteringSettings:
     duplicate_threshold: float = 0.7
     candidate_threshold: float = 0.05
     salient_terms: int = 24
-    vector_terms: int = 40
+    vector_terms: int = 60
     title_weight: float = 3.0
     phrase_weight: float = 0.0
     same_story_threshold: float = 0.18
