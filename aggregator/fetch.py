@@ -11,7 +11,7 @@ import ipaddress
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -95,7 +95,6 @@ class FetchResult:
     max_age_s: float | None = None
     retry_after_s: float | None = None
     permanent_redirect: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -252,7 +251,6 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         or parse_expires(response.headers.get("expires"), now),
         retry_after_s=retry_after,
         permanent_redirect=final_url if final_url != url and permanent else None,
-        headers=dict(response.headers),
     )
 
 

@@ -194,14 +194,14 @@ def unit_dot(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     return sum(w * b.get(t, 0.0) for t, w in a.items())
 
 
-def cosine(a: Mapping[str, float], b: Mapping[str, float], b_norm: float | None = None) -> float:
+def cosine(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     if len(a) > len(b):
         a, b = b, a
     dot = sum(w * b.get(t, 0.0) for t, w in a.items())
     if not dot:
         return 0.0
     norm_a = math.sqrt(sum(w * w for w in a.values()))
-    norm_b = b_norm if b_norm is not None else math.sqrt(sum(w * w for w in b.values()))
+    norm_b = math.sqrt(sum(w * w for w in b.values()))
     return dot / (norm_a * norm_b) if norm_a and norm_b else 0.0
 
 

@@ -538,7 +538,12 @@ class Aggregator:
         A 429 or 503 with Retry-After from one feed cools down its whole host (or service
         group): the other feeds there are not requested either until the time has passed.
         """
-        rows = {source.name: self.store.source(source.name) for source in self.config.sources}
+        return self._due(now, self._source_rows())
+
+    def _source_rows(self) -> dict[str, SourceRow]:
+        return {source.name: self.store.source(source.name) for source in self.config.sources}
+
+    def _due(self, now: datetime, rows: dict[str, SourceRow]) -> list[Source]:
         cooling = {self.host_key(row.url) for row in rows.values()
                    if row.cooldown_until and row.cooldown_until > now}
         due = []
@@ -562,9 +567,9 @@ class Aggregator:
         does not depend on which server answered first.
         """
         now = utcnow()
+        rows = self._source_rows()
         sources = [s for s in self.config.sources if s.enabled] if force else \
-            self.due_sources(now)
-        rows = {source.name: self.store.source(source.name) for source in sources}
+            self._due(now, rows)
         if any(not source.is_local for source in sources):
             _ = self.client  # built before the threads start, so none waits on the others
         reports = []

@@ -725,12 +725,7 @@ class Store:
         return story
 
     def sources_overview(self) -> list[dict]:
-        return list(self.db.query(
-            "SELECT s.name, s.url, s.config_url, s.enabled, s.in_config, s.last_status, "
-            "s.last_outcome, s.last_checked_at, s.last_success_at, s.consecutive_errors, "
-            "s.next_check_at, s.cooldown_until, s.disabled_reason, s.last_error, "
-            "(SELECT count(*) FROM articles a WHERE a.source_id = s.id) AS articles "
-            "FROM sources s ORDER BY s.name"))
+        return list(self.db.query("SELECT * FROM source_health ORDER BY name"))
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Stories whose articles match an FTS5 query, best match first, one row per story."""
