@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .config import ClusteringSettings
-from .fingerprint import Signer, shingles, signature_bytes
+from .fingerprint import Signer, shingles
 from .store import Store
 
 MAX_REPORTED = 20
@@ -69,6 +69,11 @@ def check_store(store: Store, settings: ClusteringSettings,
         "SELECT k.key, k.article_id FROM article_keys k LEFT JOIN articles a "
         "ON a.id = k.article_id WHERE a.id IS NULL",
         lambda r: f"key {r[0]!r} points at missing article {r[1]}"))
+    q(_query_violations(
+        store, "every article has its fingerprint",
+        "SELECT a.id FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "
+        "WHERE f.article_id IS NULL",
+        lambda r: f"article {r[0]} has no row in article_fingerprints"))
     violations.extend(_check_statistics(store))
     if signatures:
         violations.extend(_check_signatures(store, settings))
@@ -86,7 +91,7 @@ def _check_statistics(store: Store) -> list[Violation]:
     if documents != articles:
         found.append(Violation("the index statistics agree with the store",
                                f"meta says {documents} documents, the store has {articles}"))
-    stored = {term: frequency for term, frequency, _prior in rows if frequency}
+    stored = {term: frequency for _id, term, frequency, _prior in rows if frequency}
     wrong = [t for t in set(stored) | set(real) if stored.get(t, 0) != real.get(t, 0)]
     for term in sorted(wrong)[:MAX_REPORTED]:
         found.append(Violation("the index statistics agree with the store",
@@ -98,14 +103,15 @@ def _check_statistics(store: Store) -> list[Violation]:
 def _check_signatures(store: Store, settings: ClusteringSettings) -> list[Violation]:
     signer = Signer(settings.num_perm)
     found = []
-    rows = store.db.execute("SELECT id, title, text, salient_terms, shingle_signature, "
-                            "salient_signature FROM articles")
+    rows = store.db.execute("SELECT a.id, a.title, a.text, f.salient_terms, "
+                            "f.shingle_signature, f.salient_signature FROM articles a "
+                            "JOIN article_fingerprints f ON f.article_id = a.id")
     for article_id, title, text, salient, shingle_sig, salient_sig in rows:
         shingle_now, salient_now = signer.sign([
             shingles(f"{title}\n{text}", settings.shingle_size),
             [term.encode() for term in json.loads(salient)]])
-        if signature_bytes(shingle_now) != shingle_sig or \
-                signature_bytes(salient_now) != salient_sig:
+        if signer.to_bytes(shingle_now) != shingle_sig or \
+                signer.to_bytes(salient_now) != salient_sig:
             found.append(Violation("every stored signature matches its article",
                                    f"article {article_id}: signature differs from its text"))
             if len(found) >= MAX_REPORTED:

@@ -1,9 +1,11 @@
 """Story clustering: LSH finds candidates, verification decides.
 
-The decisions are pure functions (``decide``, ``canonical_key``, ``relation_to_canonical``);
-``Clusterer`` holds the in-memory state they read: two datasketch LSH indexes, the stories of
-the time window with their centroids, and the online term statistics.  It never touches SQL:
-the pipeline asks it for a ``Decision``, stores the article, then commits the decision here.
+The decisions are pure functions (``decide``, ``canonical_key``, ``relation_from``);
+``Clusterer`` holds the in-memory state they read: two LSH indexes (``index.py``), the
+stories of the time window, and the online term statistics.  An article's signatures, vector
+and salient terms live in rows of numpy arrays (``ArticleRows``), a few kilobytes less per
+article than Python objects would take.  It never touches SQL: the pipeline asks it for a
+``Decision``, stores the article, then commits the decision here.
 
 How an article is placed:
 
@@ -12,7 +14,8 @@ How an article is placed:
    story as a ``duplicate``.
 2. Otherwise same-story search: LSH over salient-term MinHashes at ``candidate_threshold``
    gives candidate articles; their live stories are scored by the mean TF-IDF cosine between
-   the article and the story's members, times a time factor, against a threshold that depends
+   the article and the story's members (one numpy pass over all of them), times a time
+   factor, against a threshold that depends
    on text length; more than half of the members must support the match, so one look-alike
    member cannot drag an unrelated article in.  The story with the largest margin wins; with
    none above its threshold the article starts a new story.
@@ -21,27 +24,34 @@ How an article is placed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from datasketch import MinHashLSH
 
 from .config import ClusteringSettings
-from .fingerprint import Fingerprint, TermStatistics, cosine, jaccard, tfidf_vector, unit_dot
+from .fingerprint import Fingerprint, TermStatistics, normalised, term_weights
+from .index import make_index
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
 # Support is counted over a story's latest members only, to bound the cost for big stories.
 MAX_SUPPORT_MEMBERS = 16
+# Candidates scored exactly and kept with a decision (``aggregator explain`` shows them).
+REPORTED_CANDIDATES = 5
+# How far a rough (numpy) margin may be from the exact one.
+ROUGH_TOLERANCE = 1e-3
 
 
-@dataclass
+@dataclass(slots=True)
 class ClusterArticle:
     """An article as the clusterer sees it.
 
-    ``vector`` is its TF-IDF vector as weighed when it arrived; it is stored with the article
-    so that a restart rebuilds every story centroid exactly as it was.
+    Before it is committed it carries its ``fingerprint`` and, once weighed, its TF-IDF
+    ``vector``; once committed they move into the clusterer's arrays (row ``slot``) and only
+    what the canonical policy reads stays here.  The vector is weighed once, when the article
+    arrives, and stored with it, so that a restart scores against exactly the same vectors.
     """
 
     article_id: int | None
@@ -49,20 +59,23 @@ class ClusterArticle:
     priority: int
     published_ts: float
     has_author: bool
-    fingerprint: Fingerprint
+    fingerprint: Fingerprint | None
     vector: dict[str, float] | None = None
     dated: bool = True
+    word_count: int = 0
+    slot: int = -1
 
-    @property
-    def word_count(self) -> int:
-        return self.fingerprint.word_count
+    def __post_init__(self) -> None:
+        if self.fingerprint is not None:
+            self.word_count = self.fingerprint.word_count
 
 
 @dataclass
 class StoryState:
     story_id: int
     members: list[int] = field(default_factory=list)
-    centroid: dict[str, float] = field(default_factory=dict)
+    slots: list[int] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)
     canonical_id: int | None = None
     first_ts: float = math.inf
     last_ts: float = -math.inf
@@ -73,17 +86,109 @@ class StoryState:
     def dated(self) -> bool:
         return self.dated_first_ts <= self.dated_last_ts
 
-    def mean_similarity(self, vector: dict[str, float]) -> float:
-        """Mean cosine between ``vector`` and the members (their vectors are unit length).
 
-        It is the dot product with the centroid sum divided by the member count, so it costs
-        one pass over the vector.  Unlike the cosine with the centroid it falls as a story's
-        members drift apart, so a story cannot grow into a catch-all for its whole topic.
-        """
-        if not self.members:
-            return 0.0
-        dot = sum(w * self.centroid.get(t, 0.0) for t, w in vector.items())
-        return dot / len(self.members)
+class Vocabulary:
+    """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.terms: list[str] = [""]
+
+    def id(self, term: str) -> int:
+        found = self.ids.get(term)
+        if found is None:
+            found = self.ids[term] = len(self.terms)
+            self.terms.append(term)
+        return found
+
+    def restore(self, term_id: int, term: str) -> None:
+        while len(self.terms) <= term_id:
+            self.terms.append("")
+        self.terms[term_id] = term
+        self.ids[term] = term_id
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+
+class ArticleRows:
+    """Per-article arrays of the window, one row per slot; rows grow by doubling.
+
+    A slot freed by eviction is reused only after the LSH indexes have dropped it.
+    """
+
+    def __init__(self, num_perm: int, vector_width: int, salient_width: int,
+                 keep_shingles: bool = True):
+        self.capacity = 0
+        self.num_perm = num_perm
+        self.keep_shingles = keep_shingles
+        self.shingle = np.zeros((0, num_perm if keep_shingles else 0), dtype=np.uint32)
+        self.salient = np.zeros((0, num_perm), dtype=np.uint32)
+        self.vector_ids = np.zeros((0, max(1, vector_width)), dtype=np.int32)
+        self.vector_weights = np.zeros((0, max(1, vector_width)), dtype=np.float32)
+        self.salient_ids = np.zeros((0, max(1, salient_width)), dtype=np.int32)
+        self.article_id = np.zeros(0, dtype=np.int64)
+        self.story_id = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.used = 0
+        self.free: list[int] = []
+        self.released: list[int] = []
+
+    def _grow(self, capacity: int) -> None:
+        def grown(array: np.ndarray) -> np.ndarray:
+            bigger = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+            bigger[:len(array)] = array
+            return bigger
+
+        for name in ("shingle", "salient", "vector_ids", "vector_weights", "salient_ids",
+                     "article_id", "story_id", "alive"):
+            setattr(self, name, grown(getattr(self, name)))
+        self.capacity = capacity
+
+    def _widen(self, name: str, width: int) -> None:
+        array = getattr(self, name)
+        if width > array.shape[1]:
+            wider = np.zeros((array.shape[0], width), dtype=array.dtype)
+            wider[:, :array.shape[1]] = array
+            setattr(self, name, wider)
+
+    def allocate(self, count: int = 1) -> np.ndarray:
+        slots = [self.free.pop() for _ in range(min(count, len(self.free)))]
+        needed = count - len(slots)
+        if needed:
+            if self.used + needed > self.capacity:
+                # Grown by a quarter: doubling would leave up to half of a large window unused.
+                self._grow(max(1024, self.capacity + self.capacity // 4, self.used + needed))
+            slots.extend(range(self.used, self.used + needed))
+            self.used += needed
+        return np.asarray(slots, dtype=np.int64)
+
+    def put_vector(self, slot: int, ids: list[int], weights: list[float]) -> None:
+        self._widen("vector_ids", len(ids))
+        self._widen("vector_weights", len(ids))
+        self.vector_ids[slot] = 0
+        self.vector_weights[slot] = 0.0
+        self.vector_ids[slot, :len(ids)] = ids
+        self.vector_weights[slot, :len(ids)] = weights
+
+    def put_salient(self, slot: int, ids: list[int]) -> None:
+        self._widen("salient_ids", len(ids))
+        self.salient_ids[slot] = 0
+        self.salient_ids[slot, :len(ids)] = ids
+
+    def release(self, slots: list[int]) -> None:
+        self.alive[slots] = False
+        self.released.extend(slots)
+
+    def recycle(self) -> None:
+        """The indexes have dropped the released slots: they may be handed out again."""
+        self.free.extend(self.released)
+        self.released = []
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in (
+            "shingle", "salient", "vector_ids", "vector_weights", "salient_ids", "article_id",
+            "story_id", "alive"))
 
 
 @dataclass(frozen=True)
@@ -237,16 +342,13 @@ def canonical_reason(best: ClusterArticle, runner_up: ClusterArticle | None,
     return "tie on every criterion; the first stored wins"
 
 
-def relation_to_canonical(member: ClusterArticle, canonical: ClusterArticle,
-                          settings: ClusteringSettings) -> tuple[Relation, float]:
+def relation_from(is_canonical: bool, shingle_overlap: float, similarity: float,
+                  settings: ClusteringSettings) -> tuple[Relation, float]:
     """A member's relation to the story's canonical, with the verified similarity."""
-    if member.article_id == canonical.article_id:
+    if is_canonical:
         return "canonical", 1.0
-    overlap = jaccard(member.fingerprint.shingle_signature,
-                      canonical.fingerprint.shingle_signature)
-    if overlap >= settings.duplicate_threshold:
-        return "duplicate", round(overlap, 4)
-    similarity = cosine(member.vector or {}, canonical.vector or {})
+    if shingle_overlap >= settings.duplicate_threshold:
+        return "duplicate", round(shingle_overlap, 4)
     return "same_story", round(similarity, 4)
 
 
@@ -261,111 +363,198 @@ class StoryOutcome:
     member_relations: dict[int, tuple[Relation, float]]
     first_ts: float
     last_ts: float
+    article_count: int = 1
+    source_count: int = 1
 
 
 class Clusterer:
     """The in-memory clustering index of the time window."""
 
-    def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None):
+    def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None,
+                 vocabulary: Vocabulary | None = None,
+                 shingle_loader: Callable[[list[int]], np.ndarray] | None = None):
+        """``shingle_loader(article_ids)`` returns stored shingle signatures (one row per id,
+        in order); with it they are read when needed instead of being held in memory:
+        only near-copy candidates and a story's canonical changes need them."""
         self.settings = settings
+        self.shingle_loader = shingle_loader
         self.stats = stats or TermStatistics(settings.idf_prior_docs)
-        self.duplicate_index = MinHashLSH(threshold=settings.duplicate_threshold,
-                                          num_perm=settings.num_perm)
-        self.candidate_index = MinHashLSH(threshold=settings.candidate_threshold,
-                                          num_perm=settings.num_perm)
+        self.vocabulary = vocabulary or Vocabulary()
+        options = dict(storage_config=dict(settings.index_storage) or None)
+        self.duplicate_index = make_index(settings.index_backend, settings.duplicate_threshold,
+                                          settings.num_perm, prefix="duplicate", **options)
+        self.candidate_index = make_index(settings.index_backend, settings.candidate_threshold,
+                                          settings.num_perm, prefix="candidate", **options)
+        self.rows = ArticleRows(settings.num_perm, settings.vector_terms, settings.salient_terms,
+                                keep_shingles=shingle_loader is None)
         self.articles: dict[int, ClusterArticle] = {}
         self.story_of: dict[int, int] = {}
         self.stories: dict[int, StoryState] = {}
+        self._dense = np.zeros(1024, dtype=np.float64)
 
     # -- deciding ---------------------------------------------------------------------------
 
     def vector(self, article: ClusterArticle) -> dict[str, float]:
         """The article's vector, weighed with the statistics as they are now, once."""
         if article.vector is None:
-            article.vector = tfidf_vector(article.fingerprint.term_counts, self.stats,
-                                          self.settings.vector_terms)
+            fingerprint = article.fingerprint
+            weights = fingerprint.weights if fingerprint.weights is not None else \
+                term_weights(fingerprint.term_counts, self.stats)
+            article.vector = normalised(weights, self.settings.vector_terms)
         return article.vector
 
     def _live(self, story: StoryState, ts: float) -> bool:
         return ts - story.last_ts <= self.settings.window_days * DAY_S
 
+    def _candidate_slots(self, index, signature: np.ndarray) -> np.ndarray:
+        slots = np.unique(index.query(signature))
+        return slots[self.rows.alive[slots]] if slots.size else slots
+
     def near_copies(self, article: ClusterArticle) -> list[NearCopy]:
+        signature = article.fingerprint.shingle_signature
+        slots = self._candidate_slots(self.duplicate_index, signature)
+        if not slots.size:
+            return []
+        overlaps = np.count_nonzero(self._shingles(slots) == signature, axis=1) / len(signature)
         found = []
-        for key in self.duplicate_index.query(article.fingerprint.shingle_signature):
-            other = self.articles.get(key)
-            story_id = self.story_of.get(key)
-            if other is None or story_id is None:
-                continue
-            if not self._live(self.stories[story_id], article.published_ts):
-                continue
-            found.append(NearCopy(key, story_id, round(jaccard(
-                article.fingerprint.shingle_signature, other.fingerprint.shingle_signature), 4)))
+        for slot, overlap in zip(slots.tolist(), overlaps.tolist(), strict=True):
+            story = self.stories[int(self.rows.story_id[slot])]
+            if self._live(story, article.published_ts):
+                found.append(NearCopy(int(self.rows.article_id[slot]), story.story_id,
+                                      round(overlap, 4)))
         return found
+
+    def _shingles(self, slots: np.ndarray) -> np.ndarray:
+        if self.rows.keep_shingles:
+            return self.rows.shingle[slots]
+        return self.shingle_loader(self.rows.article_id[slots].tolist())
+
+    def _similarities(self, vector: dict[str, float], slots: np.ndarray) -> np.ndarray:
+        """Cosine of ``vector`` (unit length) with the vectors of the article rows ``slots``.
+
+        The vector is spread into a dense scratch array indexed by term id, so that one
+        gather-multiply-sum covers every row at once.
+        """
+        vocabulary = self.vocabulary
+        ids = [vocabulary.id(term) for term in vector]
+        if len(vocabulary) > len(self._dense):
+            self._dense = np.zeros(max(len(vocabulary), 2 * len(self._dense)))
+        dense = self._dense
+        dense[ids] = list(vector.values())
+        try:
+            rows = self.rows
+            return (dense[rows.vector_ids[slots]] * rows.vector_weights[slots]).sum(axis=1)
+        finally:
+            dense[ids] = 0.0
 
     def candidate_stories(self, article: ClusterArticle,
                           vector: dict[str, float]) -> list[Candidate]:
-        keys = [key for key in self.candidate_index.query(article.fingerprint.salient_signature)
-                if key in self.story_of]
-        if not keys:
+        signature = article.fingerprint.salient_signature
+        slots = self._candidate_slots(self.candidate_index, signature)
+        if not slots.size:
             return []
+        rows = self.rows
         # Rank stories by the best salient-set Jaccard estimate of any member, so that the
         # verification budget goes to the closest stories, not to the biggest.
-        signatures = np.stack([self.articles[k].fingerprint.salient_signature.hashvalues
-                               for k in keys])
-        estimates = (signatures == article.fingerprint.salient_signature.hashvalues).mean(axis=1)
+        estimates = (rows.salient[slots] == signature).mean(axis=1)
         # Closest first; among equals the newest article first.
-        order = np.lexsort((-np.asarray(keys), -estimates))
-        ranked: list[int] = []
-        seen: set[int] = set()
-        for index in order.tolist():
-            story_id = self.story_of[keys[index]]
-            if story_id not in seen:
-                seen.add(story_id)
-                ranked.append(story_id)
-                if len(ranked) >= self.settings.max_candidates:
-                    break
-        candidates = []
+        order = np.lexsort((-rows.article_id[slots], -estimates))
+        story_order = rows.story_id[slots[order]]
+        _unique, first = np.unique(story_order, return_index=True)
+        ranked = story_order[np.sort(first)][:self.settings.max_candidates].tolist()
+        live = [self.stories[s] for s in ranked
+                if self._live(self.stories[s], article.published_ts)]
+        if not live:
+            return []
+        member_slots = np.fromiter((slot for story in live for slot in story.slots),
+                                   dtype=np.int64)
+        similarities = self._similarities(vector, member_slots)
+        # Every live story is scored roughly in one numpy pass; the exact score (and the
+        # member support) is then computed story by story in order of that rough margin,
+        # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
+        sizes = np.fromiter((len(story.slots) for story in live), dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        rough = self._rough_margins(article, live, np.add.reduceat(similarities, starts) / sizes)
+        similarities = similarities.tolist()
         salient = set(article.fingerprint.salient)
-        for story_id in ranked:
-            story = self.stories[story_id]
-            if not self._live(story, article.published_ts):
-                continue
-            similarity = story.mean_similarity(vector)
-            canonical = self.articles[story.canonical_id]
-            # The length of the pair: a short text beside a long one scores like neither.
-            words = int(math.sqrt(max(1, article.word_count) * max(1, canonical.word_count)))
-            if article.dated and story.dated:
-                factor = time_factor(article.published_ts, story.dated_first_ts,
-                                     story.dated_last_ts, time_sigma_days(words, self.settings))
-            else:
-                # A fetch time stands in for a missing date; it is no evidence that two
-                # articles were written together, so it earns no "same moment" credit.
-                factor = self.settings.undated_time_factor
-            threshold = same_story_threshold(words, self.settings)
-            # Support is only worth counting for a story the article would otherwise join.
-            if similarity * factor >= threshold and not self._supported(vector, story, threshold):
-                similarity = 0.0
-            shared = tuple(sorted(salient & set(canonical.fingerprint.salient)))
-            candidates.append(Candidate(story_id, round(similarity * factor, 4),
-                                        round(similarity, 4), round(factor, 4),
-                                        round(threshold, 4), shared))
+        candidates: list[Candidate] = []
+        for position in np.argsort(-rough, kind="stable").tolist():
+            if len(candidates) >= REPORTED_CANDIDATES:
+                fifth = sorted(c.margin for c in candidates)[-REPORTED_CANDIDATES]
+                if rough[position] < fifth - ROUGH_TOLERANCE:
+                    break
+            story = live[position]
+            start = int(starts[position])
+            own = similarities[start:start + len(story.slots)]
+            candidates.append(self._candidate(article, story, own, salient))
         return candidates
 
-    def _supported(self, vector: dict[str, float], story: StoryState, threshold: float) -> bool:
+    def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
+                       means: np.ndarray) -> np.ndarray:
+        """Score minus threshold of each story, as ``_candidate`` computes it but with numpy
+        arithmetic (equal to within rounding) and without the member support."""
+        settings = self.settings
+        canonical_words = np.fromiter(
+            (self.articles[story.canonical_id].word_count for story in stories), dtype=float)
+        words = np.floor(np.sqrt(max(1, article.word_count) * np.maximum(1, canonical_words)))
+        low, high = settings.short_text_words, settings.long_text_words
+        if high > low:
+            share = np.clip(np.log(np.maximum(words, low) / low) / math.log(high / low), 0, 1)
+        else:
+            share = np.zeros_like(words)
+        threshold = settings.same_story_threshold + share * (
+            settings.long_text_threshold - settings.same_story_threshold)
+        factor = np.full(len(stories), settings.undated_time_factor)
+        if article.dated:
+            dated = np.fromiter((story.dated for story in stories), dtype=bool)
+            first = np.fromiter((story.dated_first_ts for story in stories), dtype=float)
+            last = np.fromiter((story.dated_last_ts for story in stories), dtype=float)
+            ts = article.published_ts
+            with np.errstate(invalid="ignore"):
+                gap = np.maximum(0.0, np.maximum(first - ts, ts - last)) / DAY_S
+            sigma = settings.time_sigma_days + share * (
+                settings.long_text_time_sigma_days - settings.time_sigma_days)
+            factor = np.where(dated, np.exp(-(gap * gap) / (2.0 * sigma * sigma)), factor)
+        return means * factor - threshold
+
+    def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
+                   salient: set[str]) -> Candidate:
+        similarity = sum(own) / len(own)
+        canonical = self.articles[story.canonical_id]
+        # The length of the pair: a short text beside a long one scores like neither.
+        words = int(math.sqrt(max(1, article.word_count) * max(1, canonical.word_count)))
+        if article.dated and story.dated:
+            factor = time_factor(article.published_ts, story.dated_first_ts,
+                                 story.dated_last_ts, time_sigma_days(words, self.settings))
+        else:
+            # A fetch time stands in for a missing date; it is no evidence that two
+            # articles were written together, so it earns no "same moment" credit.
+            factor = self.settings.undated_time_factor
+        threshold = same_story_threshold(words, self.settings)
+        # Support is only worth counting for a story the article would otherwise join.
+        if similarity * factor >= threshold and not self._supported(own, threshold):
+            similarity = 0.0
+        shared = tuple(sorted(salient & self._salient_terms(canonical.slot)))
+        return Candidate(story.story_id, round(similarity * factor, 4), round(similarity, 4),
+                         round(factor, 4), round(threshold, 4), shared)
+
+    def _salient_terms(self, slot: int) -> set[str]:
+        terms = self.vocabulary.terms
+        return {terms[i] for i in self.rows.salient_ids[slot].tolist() if i}
+
+    def _supported(self, member_similarities: list[float], threshold: float) -> bool:
         """Whether more than half of the story's (latest) members resemble the article.
 
         A member resembles it when their cosine reaches ``member_anchor`` x the threshold.
         The mean alone could be carried by one look-alike member; with this, an article that
         resembles only the member bridging two topics cannot join (no chaining).
         """
-        members = story.members[-MAX_SUPPORT_MEMBERS:]
-        if len(members) == 1:
+        latest = member_similarities[-MAX_SUPPORT_MEMBERS:]
+        if len(latest) == 1:
             return True
         floor = self.settings.member_anchor * threshold
-        # Vectors are unit length: the dot product is the cosine.
-        support = sum(1 for m in members
-                      if unit_dot(vector, self.articles[m].vector or {}) >= floor)
-        return support * 2 > len(members)
+        support = sum(1 for similarity in latest if similarity >= floor)
+        return support * 2 > len(latest)
 
     def propose(self, article: ClusterArticle) -> Decision:
         vector = self.vector(article)
@@ -381,31 +570,44 @@ class Clusterer:
         story = self.stories.get(story_id)
         if story is None:
             story = self.stories[story_id] = StoryState(story_id)
-        self._index(article, story, vector)
-        self.stats.add_document(article.fingerprint.term_counts)
-        # Counted; from now on only the vector and the signatures are read, so the full term
-        # counts (the largest part of an article in memory) are let go.
-        article.fingerprint = replace(article.fingerprint, term_counts={},
-                                      title_terms=frozenset())
+        fingerprint = article.fingerprint
+        [slot] = self.rows.allocate(1).tolist()
+        self._fill(slot, article, story, fingerprint.shingle_signature,
+                   fingerprint.salient_signature, vector, fingerprint.salient)
+        self.stats.add_document(fingerprint.term_counts)
         return self._elect(story, article)
 
-    def _index(self, article: ClusterArticle, story: StoryState,
-               vector: dict[str, float]) -> None:
-        article_id = article.article_id
-        self.articles[article_id] = article
-        self.story_of[article_id] = story.story_id
-        story.members.append(article_id)
-        for term, weight in vector.items():
-            story.centroid[term] = story.centroid.get(term, 0.0) + weight
+    def _fill(self, slot: int, article: ClusterArticle, story: StoryState,
+              shingle: np.ndarray, salient: np.ndarray, vector: dict[str, float],
+              salient_terms: tuple[str, ...]) -> None:
+        rows, vocabulary = self.rows, self.vocabulary
+        if rows.keep_shingles:
+            rows.shingle[slot] = shingle
+        rows.salient[slot] = salient
+        rows.put_vector(slot, [vocabulary.id(t) for t in vector], list(vector.values()))
+        rows.put_salient(slot, [vocabulary.id(t) for t in salient_terms])
+        self._attach(slot, article, story)
+        slots = np.asarray([slot])
+        self.duplicate_index.insert(slots, shingle[None, :])
+        self.candidate_index.insert(slots, salient[None, :])
+
+    def _attach(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
+        rows = self.rows
+        rows.article_id[slot] = article.article_id
+        rows.story_id[slot] = story.story_id
+        rows.alive[slot] = True
+        # From here on the arrays hold the signatures and the vector.
+        article.slot, article.fingerprint, article.vector = slot, None, None
+        self.articles[article.article_id] = article
+        self.story_of[article.article_id] = story.story_id
+        story.members.append(article.article_id)
+        story.slots.append(slot)
+        story.sources[article.source] = story.sources.get(article.source, 0) + 1
         story.first_ts = min(story.first_ts, article.published_ts)
         story.last_ts = max(story.last_ts, article.published_ts)
         if article.dated:
             story.dated_first_ts = min(story.dated_first_ts, article.published_ts)
             story.dated_last_ts = max(story.dated_last_ts, article.published_ts)
-        self.duplicate_index.insert(article_id, article.fingerprint.shingle_signature,
-                                    check_duplication=False)
-        self.candidate_index.insert(article_id, article.fingerprint.salient_signature,
-                                    check_duplication=False)
 
     def _elect(self, story: StoryState, newcomer: ClusterArticle) -> StoryOutcome:
         policy = self.settings.canonical_policy
@@ -417,8 +619,7 @@ class Clusterer:
         story.canonical_id = best.article_id
         # Relations are relative to the canonical: all change with it, else only the newcomer's.
         affected = members if changed else [newcomer]
-        relations = {m.article_id: relation_to_canonical(m, best, self.settings)
-                     for m in affected}
+        relations = self._relations(best, affected)
         return StoryOutcome(
             story_id=story.story_id,
             canonical_id=best.article_id,
@@ -428,25 +629,85 @@ class Clusterer:
             member_relations=relations,
             first_ts=story.first_ts,
             last_ts=story.last_ts,
+            article_count=len(story.members),
+            source_count=len(story.sources),
         )
 
-    def restore(self, article: ClusterArticle, story_id: int, canonical_id: int) -> None:
-        """Put back a stored article at start-up (statistics are restored separately)."""
-        story = self.stories.get(story_id)
-        if story is None:
-            story = self.stories[story_id] = StoryState(story_id)
-        assert article.vector is not None, "a restored article carries its stored vector"
-        self._index(article, story, article.vector)
-        story.canonical_id = canonical_id
+    def _relations(self, canonical: ClusterArticle,
+                   members: list[ClusterArticle]) -> dict[int, tuple[Relation, float]]:
+        rows = self.rows
+        slots = np.asarray([m.slot for m in members], dtype=np.int64)
+        signatures = self._shingles(np.append(slots, canonical.slot))
+        overlaps = (np.count_nonzero(signatures[:-1] == signatures[-1], axis=1)
+                    / rows.num_perm).tolist()
+        width = np.count_nonzero(rows.vector_ids[canonical.slot])
+        canonical_vector = dict(zip(
+            [self.vocabulary.terms[i] for i in rows.vector_ids[canonical.slot, :width].tolist()],
+            rows.vector_weights[canonical.slot, :width].tolist(), strict=True))
+        similarities = self._similarities(canonical_vector, slots).tolist()
+        return {member.article_id: relation_from(member.article_id == canonical.article_id,
+                                                 overlap, similarity, self.settings)
+                for member, overlap, similarity in zip(members, overlaps, similarities,
+                                                       strict=True)}
+
+    def restore_rows(self, articles: list[ClusterArticle], story_ids: list[int],
+                     canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,
+                     vector_ids: np.ndarray, vector_weights: np.ndarray,
+                     salient_ids: np.ndarray) -> None:
+        """Put back stored articles at start-up, many at once (statistics come separately).
+
+        The vectors and salient terms arrive as padded rows of term ids, as stored.
+        """
+        if not articles:
+            return
+        rows = self.rows
+        slots = rows.allocate(len(articles))
+        if rows.keep_shingles:
+            rows.shingle[slots] = shingles
+        rows.salient[slots] = salients
+        for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights),
+                             ("salient_ids", salient_ids)):
+            rows._widen(name, values.shape[1])
+            target = getattr(rows, name)
+            target[slots] = 0
+            target[slots, :values.shape[1]] = values
+        for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
+                                                         canonical_ids, strict=True):
+            story = self.stories.get(story_id)
+            if story is None:
+                story = self.stories[story_id] = StoryState(story_id)
+            self._attach(slot, article, story)
+            story.canonical_id = canonical_id
+        self.duplicate_index.insert(slots, shingles)
+        self.candidate_index.insert(slots, salients)
 
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
         stale = [s for s in self.stories.values() if s.last_ts < cutoff_ts]
+        released: list[int] = []
         for story in stale:
             for article_id in story.members:
-                self.duplicate_index.remove(article_id)
-                self.candidate_index.remove(article_id)
                 self.articles.pop(article_id, None)
                 self.story_of.pop(article_id, None)
+            released.extend(story.slots)
             del self.stories[story.story_id]
+        if released:
+            self.rows.release(released)
+            slots = np.asarray(released, dtype=np.int64)
+            self.duplicate_index.remove(slots)
+            self.candidate_index.remove(slots)
+            self._compact_when_worth_it()
         return len(stale)
+
+    def _compact_when_worth_it(self) -> None:
+        """Purge released slots from the indexes once they are a quarter of the window."""
+        if len(self.rows.released) * 4 < max(1024, len(self.articles)):
+            return
+        for index in (self.duplicate_index, self.candidate_index):
+            index.compact(self.rows.alive)
+        self.rows.recycle()
+
+    def index_bytes(self) -> int:
+        """Bytes held by the window's arrays and the LSH indexes (not Python objects)."""
+        return (self.rows.nbytes() + self.duplicate_index.nbytes()
+                + self.candidate_index.nbytes())

@@ -65,6 +65,10 @@ class ClusteringSettings:
     idf_prior_docs: float = 2000.0
     max_candidates: int = 50
     canonical_policy: tuple[str, ...] = ("priority", "completeness", "earliest", "has_author")
+    # "compact": numpy band index in this process; "datasketch": datasketch's MinHashLSH
+    # with ``index_storage`` as its ``storage_config`` (e.g. Redis), see docs/performance.md.
+    index_backend: str = "compact"
+    index_storage: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class Config:
     total_timeout_s: float = 120.0
     max_body_bytes: int = 20 * 1024 * 1024
     max_concurrency: int = 8
+    # Processes that normalise and fingerprint large batches beside the writer; -1: one
+    # fewer than the CPUs (at most 4), 0: none (all in the daemon's own process).
+    workers: int = -1
     block_private_addresses: bool = False
     permanent_redirect_after: int = 2
     min_host_interval_s: float = 0.0
@@ -240,7 +247,18 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
         idf_prior_docs=reader.number("idf_prior_docs", defaults.idf_prior_docs, 1, 1e9),
         max_candidates=int(reader.number("max_candidates", defaults.max_candidates, 1, 10000)),
         canonical_policy=tuple(policy),
+        index_backend=_index_backend(reader),
+        index_storage=tuple(sorted(reader.get("index_storage", dict, {}).items())),
     )
+
+
+def _index_backend(reader: _Reader) -> str:
+    backend = reader.get("index_backend", str, "compact")
+    if backend not in ("compact", "datasketch"):
+        raise reader.fail("index_backend", f"{backend!r} is not one of: compact, datasketch")
+    if reader.table.get("index_storage") and backend != "datasketch":
+        raise reader.fail("index_storage", "only the datasketch backend has a storage_config")
+    return backend
 
 
 def _optional_duration(reader: _Reader, key: str) -> float:
@@ -344,7 +362,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
-                        "block_private_addresses", "permanent_redirect_after",
+                        "workers", "block_private_addresses", "permanent_redirect_after",
                         "min_host_interval", "min_interval", "max_interval", "service_groups",
                         "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
@@ -381,6 +399,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         service_groups=_load_service_groups(shown, raw.get("service_groups", {})),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
+        workers=int(top.number("workers", defaults.workers, -1, 64)),
         clustering=_load_clustering(shown, raw.get("clustering", {})),
         http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),

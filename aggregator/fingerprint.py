@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from hashlib import sha1
 
 import numpy as np
 import snowballstemmer
@@ -27,6 +29,7 @@ from datasketch import LeanMinHash, MinHash
 from wordfreq import zipf_frequency
 
 MINHASH_SEED = 1
+SIGN_GROUP_ITEMS = 8192
 MINHASH_SCHEME = "affine32"
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
@@ -46,23 +49,46 @@ monday tuesday wednesday thursday friday saturday sunday today yesterday tomorro
 year years day days time times last first since still even well much many like just
 """.split())
 
-_stemmer = snowballstemmer.stemmer("english")
+# A snowball stemmer keeps state while it works: one per thread (fetch threads fingerprint).
+_per_thread = threading.local()
 
 
 @lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
-    return _stemmer.stemWord(word)
+    stemmer = getattr(_per_thread, "stemmer", None)
+    if stemmer is None:
+        stemmer = _per_thread.stemmer = snowballstemmer.stemmer("english")
+    return stemmer.stemWord(word)
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens, possessives folded (``Russia's`` -> ``russia``)."""
-    return [_POSSESSIVE.sub("", match.group().lower()) for match in _WORD.finditer(text)]
+    tokens = [token.lower() for token in _WORD.findall(text)]
+    if "'" in text or "’" in text:
+        # An apostrophe only ever sits inside a token, so only "’s" at the end can go.
+        tokens = [_POSSESSIVE.sub("", t) if ("'" in t or "’" in t) else t for t in tokens]
+    return tokens
 
 
 def _is_content_word(token: str) -> bool:
     if token in STOPWORDS or len(token) < 2:
         return False
     return not (token.isdigit() and len(token) < 4)
+
+
+# token -> its stem, or None for a token that is no content word.  Bounded: cleared when full.
+_TERM_OF: dict[str, str | None] = {}
+_TERM_CACHE_SIZE = 500_000
+
+
+def term_of(token: str) -> str | None:
+    """The stemmed term a token counts as, or None when it is not a content word."""
+    term = _TERM_OF.get(token, "")
+    if term == "":
+        if len(_TERM_OF) >= _TERM_CACHE_SIZE:
+            _TERM_OF.clear()
+        term = _TERM_OF[token] = stem(token) if _is_content_word(token) else None
+    return term
 
 
 def content_terms(title: str, text: str, title_weight: float,
@@ -73,28 +99,40 @@ def content_terms(title: str, text: str, title_weight: float,
     "booster shot") count too, as terms of their own: a phrase names an event more
     precisely than either of its words.
     """
-    counts: Counter[str] = Counter()
-    for part, weight in ((text, 1.0), (title, title_weight)):
+    return _content_terms(tokenize(title), tokenize(text), title_weight, phrase_weight)
+
+
+def _content_terms(title_tokens: list[str], text_tokens: list[str], title_weight: float,
+                   phrase_weight: float) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    lookup = _TERM_OF.get
+    for tokens, weight in ((text_tokens, 1.0), (title_tokens, title_weight)):
         previous = None
-        for token in tokenize(part):
-            if not _is_content_word(token):
+        for token in tokens:
+            term = lookup(token, "")
+            if term == "":
+                term = term_of(token)
+            if term is None:
                 previous = None
                 continue
-            term = stem(token)
-            counts[term] += weight
+            counts[term] = counts.get(term, 0.0) + weight
             if phrase_weight and previous is not None:
-                counts[f"{previous}_{term}"] += weight * phrase_weight
+                phrase = f"{previous}_{term}"
+                counts[phrase] = counts.get(phrase, 0.0) + weight * phrase_weight
             previous = term
-    return dict(counts)
+    return counts
 
 
 def title_terms(title: str) -> set[str]:
-    return {stem(t) for t in tokenize(title) if _is_content_word(t)}
+    return {t for t in map(term_of, tokenize(title)) if t is not None}
 
 
 def shingles(text: str, size: int) -> set[bytes]:
     """Word ``size``-grams of the text (all tokens, stop words too: copies keep them)."""
-    tokens = tokenize(text)
+    return _shingles(tokenize(text), size)
+
+
+def _shingles(tokens: list[str], size: int) -> set[bytes]:
     if len(tokens) < size:
         return {" ".join(tokens).encode()} if tokens else set()
     return {" ".join(tokens[i:i + size]).encode() for i in range(len(tokens) - size + 1)}
@@ -151,11 +189,14 @@ class TermStatistics:
                         / (df + self.prior_docs * prior + 0.5))
 
     def learn_prior(self, surface_words: Iterable[str]) -> None:
-        for word in surface_words:
-            if _is_content_word(word):
-                key = stem(word)
-                if key not in self._prior_fraction:
-                    self._prior_fraction[key] = prior_document_fraction(word)
+        self.learn_prior_of(first_surface_words(surface_words))
+
+    def learn_prior_of(self, first_words: Iterable[tuple[str, str]]) -> None:
+        """Learn from ``(term, the first surface word that gave it)`` pairs."""
+        known = self._prior_fraction
+        for term, word in first_words:
+            if term not in known:
+                known[term] = prior_document_fraction(word)
 
     def add_document(self, terms: Iterable[str]) -> None:
         self.documents += 1
@@ -171,6 +212,45 @@ class TermStatistics:
                 self.document_frequency.pop(term, None)
 
 
+def first_surface_words(words: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Each content term with the first word (in text order) that stems to it: that word's
+    frequency in general English gives the term's prior."""
+    first: dict[str, str] = {}
+    for word in dict.fromkeys(words):
+        term = term_of(word)
+        if term is not None and term not in first:
+            first[term] = word
+    return tuple(first.items())
+
+
+def term_weights(term_counts: Mapping[str, float], stats: TermStatistics) -> dict[str, float]:
+    """Log-TF x IDF of each term, unnormalised; terms of no weight are left out."""
+    # ``stats.idf`` inlined: this runs for every term of every article.
+    log, known_prior, frequency = math.log, stats._prior_fraction.get, \
+        stats.document_frequency.get
+    total, prior_docs, prior_of = stats.documents + stats.prior_docs, stats.prior_docs, \
+        stats.prior
+    weights = {}
+    for term, count in term_counts.items():
+        if count > 0:
+            prior = known_prior(term)
+            if prior is None:
+                prior = prior_of(term)
+            weight = (1.0 + log(count)) * log(total / (frequency(term, 0)
+                                                       + prior_docs * prior + 0.5))
+            if weight > 0:
+                weights[term] = weight
+    return weights
+
+
+def normalised(weights: Mapping[str, float], limit: int = 0) -> dict[str, float]:
+    """L2-normalised weights; only the ``limit`` strongest terms when ``limit`` > 0."""
+    if 0 < limit < len(weights):
+        weights = dict(sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:limit])
+    norm = math.sqrt(sum(w * w for w in weights.values()))
+    return {t: w / norm for t, w in weights.items()} if norm else {}
+
+
 def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics,
                  limit: int = 0) -> dict[str, float]:
     """Log-TF x IDF, L2-normalised; only the ``limit`` strongest terms when ``limit`` > 0.
@@ -179,12 +259,7 @@ def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics,
     text is mostly words any article could use, and it dilutes the cosine between two
     write-ups of one event.
     """
-    vector = {t: (1.0 + math.log(c)) * stats.idf(t) for t, c in term_counts.items() if c > 0}
-    vector = {t: w for t, w in vector.items() if w > 0}
-    if 0 < limit < len(vector):
-        vector = dict(sorted(vector.items(), key=lambda item: (-item[1], item[0]))[:limit])
-    norm = math.sqrt(sum(w * w for w in vector.values()))
-    return {t: w / norm for t, w in vector.items()} if norm else {}
+    return normalised(term_weights(term_counts, stats), limit)
 
 
 def unit_dot(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -218,32 +293,107 @@ def salient_terms(vector: Mapping[str, float], titles: set[str], limit: int) -> 
 
 
 class Signer:
-    """Builds MinHash signatures in bulk with one fixed set of permutations."""
+    """Builds MinHash signatures of many sets at once with one fixed set of permutations.
+
+    The values are exactly those of datasketch's ``MinHash`` (SHA-1 32-bit hashes, the
+    ``affine32`` permutations of seed ``MINHASH_SEED``), computed for a whole batch of sets
+    in one numpy pass instead of one ``MinHash`` object per set.  A signature is a row of
+    ``num_perm`` uint32 values; ``signature_bytes`` stores it in ``LeanMinHash``'s format.
+    """
 
     def __init__(self, num_perm: int):
         self.num_perm = num_perm
-        self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
+        template = LeanMinHash(MinHash(num_perm=num_perm, seed=MINHASH_SEED,
+                                       scheme=MINHASH_SCHEME))
+        a, b = MinHash(num_perm=num_perm, seed=MINHASH_SEED,
+                       scheme=MINHASH_SCHEME).permutations
+        # Columns, so that one permutation's values over all items lie together in memory.
+        self._a = np.asarray(a, dtype=np.uint32)[:, None].copy()
+        self._b = np.asarray(b, dtype=np.uint32)[:, None].copy()
+        size = template.bytesize()
+        buffer = bytearray(size)
+        template.serialize(buffer)
+        self.header = bytes(buffer[:size - 4 * num_perm])
 
-    def sign(self, item_sets: list[Iterable[bytes]]) -> list[LeanMinHash]:
-        """One signature per set; an empty set gets the empty signature."""
+    def sign(self, item_sets: list[Iterable[bytes]]) -> np.ndarray:
+        """One signature row per set; an empty set is signed as the set of one empty item."""
         sets = [list(items) or [b""] for items in item_sets]
-        hashed = MinHash.bulk(sets, num_perm=self.num_perm, seed=MINHASH_SEED,
-                              scheme=MINHASH_SCHEME,
-                              permutations=self._template.permutations)
-        return [LeanMinHash(m) for m in hashed]
+        rows = np.empty((len(sets), self.num_perm), dtype=np.uint32)
+        # Sets are signed in groups of about SIGN_GROUP_ITEMS items, which bounds the
+        # (num_perm x items) working array at a few megabytes.
+        start = 0
+        while start < len(sets):
+            end, items = start, 0
+            while end < len(sets) and (end == start or items + len(sets[end]) <= SIGN_GROUP_ITEMS):
+                items += len(sets[end])
+                end += 1
+            rows[start:end] = self._sign_group(sets[start:end])
+            start = end
+        return rows
 
-    def from_bytes(self, data: bytes) -> LeanMinHash:
-        return LeanMinHash.deserialize(bytearray(data))
+    def _sign_group(self, sets: list[list[bytes]]) -> np.ndarray:
+        sizes = np.fromiter((len(items) for items in sets), dtype=np.int64, count=len(sets))
+        digests = b"".join([sha1(item).digest()[:4] for items in sets for item in items])
+        hashed = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))
+        permuted = self._a * hashed[None, :]  # wraps modulo 2^32, as datasketch's does
+        permuted += self._b
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        return np.minimum.reduceat(permuted, starts, axis=1).T
+
+    def to_bytes(self, signature: np.ndarray) -> bytes:
+        return self.header + np.asarray(signature, dtype=np.uint32).tobytes()
+
+    def from_bytes(self, data: bytes) -> np.ndarray:
+        """A stored signature; one written with other permutation settings is refused."""
+        if len(data) != len(self.header) + 4 * self.num_perm or \
+                not data.startswith(self.header):
+            raise ValueError("the stored signature was made with other MinHash settings "
+                             f"(expected {self.num_perm} affine32 values of seed "
+                             f"{MINHASH_SEED}); run `aggregator recluster`")
+        return np.frombuffer(data, dtype=np.uint32, offset=len(self.header))
+
+    def from_bytes_many(self, stored: list[bytes]) -> np.ndarray:
+        """Stored signatures as the rows of one array (the start-up path)."""
+        size = len(self.header) + 4 * self.num_perm
+        if any(len(data) != size or not data.startswith(self.header) for data in stored):
+            bad = next(d for d in stored if len(d) != size or not d.startswith(self.header))
+            self.from_bytes(bad)  # raises with the explanation
+        joined = b"".join(stored)
+        matrix = np.frombuffer(joined, dtype=np.uint8).reshape(len(stored), size)
+        return np.ascontiguousarray(matrix[:, len(self.header):]).view(np.uint32)
+
+    def lean(self, signature: np.ndarray) -> LeanMinHash:
+        """The signature as a datasketch ``LeanMinHash`` (for datasketch's own indexes)."""
+        return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
 
-def signature_bytes(signature: LeanMinHash) -> bytes:
-    buffer = bytearray(signature.bytesize())
-    signature.serialize(buffer)
-    return bytes(buffer)
+_FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 
 
-def jaccard(a: LeanMinHash, b: LeanMinHash) -> float:
-    return float(np.count_nonzero(a.hashvalues == b.hashvalues)) / len(a.hashvalues)
+def _fmix32(values: np.ndarray) -> np.ndarray:
+    """The MurmurHash3 finalizer that datasketch's ``affine32`` scheme applies first."""
+    s1, m1, s2, m2 = _FMIX
+    values = values ^ (values >> s1)
+    values = values * m1
+    values = values ^ (values >> s2)
+    values = values * m2
+    return values ^ (values >> s1)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard estimate of two signatures: the share of equal values."""
+    return float(np.count_nonzero(a == b)) / len(a)
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """What an article's text gives before any statistics are consulted."""
+
+    first_words: tuple[tuple[str, str], ...]
+    term_counts: dict[str, float]
+    title_terms: frozenset[str]
+    shingle_signature: np.ndarray
+    word_count: int
 
 
 @dataclass(frozen=True)
@@ -253,30 +403,54 @@ class Fingerprint:
     term_counts: dict[str, float]
     title_terms: frozenset[str]
     salient: tuple[str, ...]
-    shingle_signature: LeanMinHash
-    salient_signature: LeanMinHash
+    shingle_signature: np.ndarray
+    salient_signature: np.ndarray
     word_count: int
+    weights: dict[str, float] | None = None
+
+
+def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size: int,
+                  title_weight: float, phrase_weight: float = 0.0) -> list[TextFeatures]:
+    """Features of ``(title, text)`` pairs that do not depend on the statistics.
+
+    Each text is tokenized once; the shingle signatures of the whole batch are built in one
+    call.
+    """
+    partial = []
+    for title, text in articles:
+        title_tokens, text_tokens = tokenize(title), tokenize(text)
+        tokens = title_tokens + text_tokens
+        partial.append((first_surface_words(tokens),
+                        _content_terms(title_tokens, text_tokens, title_weight, phrase_weight),
+                        frozenset(t for t in map(term_of, title_tokens) if t is not None),
+                        _shingles(tokens, shingle_size), len(text_tokens)))
+    signatures = signer.sign([p[3] for p in partial])
+    return [TextFeatures(words, counts, titles, signature, word_count)
+            for (words, counts, titles, _shingle_set, word_count), signature
+            in zip(partial, signatures, strict=True)]
+
+
+def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer,
+                salient_limit: int) -> Fingerprint:
+    """The fingerprint of one article under the statistics as they are now.
+
+    The statistics learn the prior of the article's new words first; the salient terms are
+    chosen by the weights that follow.
+    """
+    stats.learn_prior_of(features.first_words)
+    weights = term_weights(features.term_counts, stats)
+    salient = salient_terms(normalised(weights), set(features.title_terms), salient_limit)
+    [salient_signature] = signer.sign([[t.encode() for t in salient]])
+    return Fingerprint(term_counts=features.term_counts, title_terms=features.title_terms,
+                       salient=salient, shingle_signature=features.shingle_signature,
+                       salient_signature=salient_signature, word_count=features.word_count,
+                       weights=weights)
 
 
 def fingerprint_batch(articles: list[tuple[str, str]], stats: TermStatistics, signer: Signer,
                       shingle_size: int, title_weight: float,
                       salient_limit: int, phrase_weight: float = 0.0) -> list[Fingerprint]:
-    """Fingerprints of ``(title, text)`` pairs, signatures built in one bulk call per kind."""
-    partial = []
-    for title, text in articles:
-        stats.learn_prior(tokenize(f"{title}\n{text}"))
-        counts = content_terms(title, text, title_weight, phrase_weight)
-        titles = title_terms(title)
-        vector = tfidf_vector(counts, stats)
-        partial.append((counts, titles, salient_terms(vector, titles, salient_limit),
-                        shingles(f"{title}\n{text}", shingle_size),
-                        len(tokenize(text))))
-    shingle_sigs = signer.sign([p[3] for p in partial])
-    salient_sigs = signer.sign([[t.encode() for t in p[2]] for p in partial])
-    return [
-        Fingerprint(term_counts=counts, title_terms=frozenset(titles), salient=salient,
-                    shingle_signature=shingle_sig, salient_signature=salient_sig,
-                    word_count=words)
-        for (counts, titles, salient, _sh, words), shingle_sig, salient_sig
-        in zip(partial, shingle_sigs, salient_sigs, strict=True)
-    ]
+    """Fingerprints of ``(title, text)`` pairs, all under the statistics as they are now."""
+    return [fingerprint_of(features, stats, signer, salient_limit)
+            for features in text_features(articles, signer, shingle_size, title_weight,
+                                          phrase_weight)]

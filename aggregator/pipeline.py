@@ -9,30 +9,28 @@ one source's failure from touching any other source.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
+import multiprocessing
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from . import fetch as fetching
-from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, decide
+from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, Vocabulary, decide
 from .config import ClusteringSettings, Config, Source
 from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
-from .fingerprint import (
-    Fingerprint,
-    Signer,
-    TermStatistics,
-    fingerprint_batch,
-    signature_bytes,
-)
+from .fingerprint import Signer, TermStatistics, TextFeatures, fingerprint_of, text_features
 from .normalize import (
     NormalizedArticle,
     canonical_url,
@@ -50,11 +48,17 @@ from .schedule import (
     next_check_at,
     random_jitter,
 )
-from .store import SourceRow, Store, to_iso, utcnow
+from .store import SourceRow, Store, pack_vector, to_iso, unpack_vector, utcnow
 
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
+# Batches smaller than this are prepared in the calling thread: a worker round trip would
+# cost more than it saves.
+WORKER_MIN_ENTRIES = 8
+# Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
+# recluster of a big store does not hold every article's features at once.
+PLACEMENT_CHUNK = 512
 # A feed with more entries than this is truncated: no real feed needs more in one document.
 MAX_ENTRIES_PER_FETCH = 10_000
 # Polite to servers: never more than this many requests to one host at once.
@@ -66,6 +70,56 @@ TEMPLATE_LINE_MEMORY = timedelta(days=30)
 PRUNE_EVERY = timedelta(hours=1)
 
 
+@dataclass(frozen=True)
+class PrepareSettings:
+    num_perm: int
+    shingle_size: int
+    title_weight: float
+    phrase_weight: float
+
+
+@dataclass
+class Prepared:
+    """Entries normalised, with the text features of those not already stored.
+
+    ``features[i]`` is None for an article that was known when it was prepared (the writer
+    checks again) or whose features are left to the writer.
+    """
+
+    articles: list[NormalizedArticle]
+    features: list[TextFeatures | None]
+
+
+_signers: dict[int, Signer] = {}
+
+
+def prepare_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: datetime,
+                    settings: PrepareSettings, known: frozenset[str] = frozenset(),
+                    signer: Signer | None = None) -> Prepared:
+    """Normalise entries and compute what does not depend on the store: pure, so it runs in
+    worker processes.  Articles whose identity keys are in ``known`` get no features."""
+    articles = [a for a in (normalize_entry(e, source, fetched) for e in entries)
+                if a.title or a.text]
+    return prepare_articles(articles, settings, known, signer)
+
+
+def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSettings,
+                     known: frozenset[str] = frozenset(),
+                     signer: Signer | None = None) -> Prepared:
+    if signer is None:
+        signer = _signers.get(settings.num_perm)
+        if signer is None:
+            signer = _signers[settings.num_perm] = Signer(settings.num_perm)
+    fresh = [i for i, a in enumerate(articles) if not known.intersection(a.identity_keys)]
+    computed = text_features([(articles[i].title, articles[i].text) for i in fresh], signer,
+                             settings.shingle_size, settings.title_weight,
+                             settings.phrase_weight)
+    features: list[TextFeatures | None] = [None] * len(articles)
+    for i, feature in zip(fresh, computed, strict=True):
+        features[i] = feature
+    return Prepared(articles, features)
+
+
 @dataclass
 class Fetched:
     """A source's fetch and parse, before anything is stored."""
@@ -74,10 +128,15 @@ class Fetched:
     clock: float
     result: fetching.FetchResult | None = None
     entries: tuple[ParsedEntry, ...] = ()
+    prepared: Prepared | None = None
     ttl_s: float | None = None
     skip_hours: frozenset[int] = frozenset()
     skip_days: frozenset[str] = frozenset()
     error: SourceError | None = None
+
+
+# (source id, source name, source priority, article, stored id or None for a new one)
+Placement = tuple[int, str, int, NormalizedArticle, int | None]
 
 
 @dataclass
@@ -126,28 +185,46 @@ def decision_record(decision: Decision, limit: int = 5) -> dict:
 def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
     """Rebuild the clustering index and statistics from stored signatures and counts.
 
-    The window is anchored at the newest stored article, not at the wall clock, so that a
-    store filled from dated archives restarts with the same live stories it had.
+    No text is read again: signatures and vectors come back as stored, in bulk.  The window
+    is anchored at the newest stored article, not at the wall clock, so that a store filled
+    from dated archives restarts with the same live stories it had.
     """
     stats = TermStatistics(settings.idf_prior_docs)
+    vocabulary = Vocabulary()
     documents, rows = store.term_statistics()
-    stats.restore(documents, rows)
-    clusterer = Clusterer(settings, stats)
+    for term_id, term, _frequency, _prior in rows:
+        vocabulary.restore(term_id, term)
+    stats.restore(documents, ((term, frequency, prior) for _id, term, frequency, prior in rows))
+    clusterer = Clusterer(settings, stats, vocabulary,
+                          shingle_loader=lambda ids: signer.from_bytes_many(
+                              store.shingle_signatures(ids)))
     newest = store.newest_published()
     if newest is None:
         return clusterer
-    since = newest - timedelta(days=settings.window_days)
-    for stored in store.window_articles(since):
-        fingerprint = Fingerprint(
-            term_counts={}, title_terms=frozenset(),
-            salient=stored.salient_terms,
-            shingle_signature=signer.from_bytes(stored.shingle_signature),
-            salient_signature=signer.from_bytes(stored.salient_signature),
-            word_count=stored.word_count)
-        clusterer.restore(ClusterArticle(stored.id, stored.source, stored.priority,
-                                         stored.published.timestamp(), stored.has_author,
-                                         fingerprint, stored.vector, stored.dated),
-                          stored.story_id, stored.canonical_id)
+    window = store.window_rows(newest - timedelta(days=settings.window_days))
+    if not window.ids:
+        return clusterer
+    articles = [ClusterArticle(article_id, source, priority, published, has_author, None,
+                               dated=bool(dated), word_count=words)
+                for article_id, source, priority, published, has_author, dated, words
+                in zip(window.ids, window.sources, window.priorities, window.published_ts,
+                       window.has_author, window.dated, window.word_counts, strict=True)]
+    term_ids = vocabulary.ids
+    salient = [[term_ids[t] for t in json.loads(terms)] for terms in window.salient_terms]
+    salient_ids = np.zeros((len(salient), max(map(len, salient), default=1) or 1), np.int32)
+    for row, ids in enumerate(salient):
+        salient_ids[row, :len(ids)] = ids
+    vectors = [unpack_vector(data) for data in window.term_vectors]
+    width = max((len(ids) for ids, _weights in vectors), default=1) or 1
+    vector_ids = np.zeros((len(vectors), width), np.int32)
+    vector_weights = np.zeros((len(vectors), width), np.float64)
+    for row, (ids, weights) in enumerate(vectors):
+        vector_ids[row, :len(ids)] = ids
+        vector_weights[row, :len(ids)] = weights
+    clusterer.restore_rows(articles, window.story_ids, window.canonical_ids,
+                           signer.from_bytes_many(window.shingle_signatures),
+                           signer.from_bytes_many(window.salient_signatures),
+                           vector_ids, vector_weights, salient_ids)
     return clusterer
 
 
@@ -175,6 +252,8 @@ class Aggregator:
         self._write_lock = threading.Lock()
         self._since_eviction = 0
         self._last_prune: datetime | None = None
+        self._workers: ProcessPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
 
     def reload(self, config: Config) -> list[str]:
         """Apply a changed configuration without a restart; returns what changed.
@@ -190,7 +269,8 @@ class Aggregator:
         changes += [f"removed {name}" for name in before if name not in after]
         changes += [f"changed {name}" for name in after
                     if name in before and before[name] != after[name]]
-        structural = ("num_perm", "shingle_size", "duplicate_threshold", "candidate_threshold")
+        structural = ("num_perm", "shingle_size", "duplicate_threshold", "candidate_threshold",
+                      "index_backend", "index_storage")
         settings = config.clustering
         if any(getattr(settings, key) != getattr(self.settings, key) for key in structural):
             log.warning("%s need a restart to change; kept as they were",
@@ -216,7 +296,61 @@ class Aggregator:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+        if self._workers is not None:
+            self._workers.shutdown(cancel_futures=True)
         self.store.close()
+
+    # -- preparation ------------------------------------------------------------------------
+
+    @property
+    def worker_count(self) -> int:
+        if self.config.workers >= 0:
+            return self.config.workers
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+    def _prepare_settings(self) -> PrepareSettings:
+        settings = self.settings
+        return PrepareSettings(settings.num_perm, settings.shingle_size, settings.title_weight,
+                               settings.phrase_weight)
+
+    def _worker_pool(self, size: int) -> ProcessPoolExecutor | None:
+        """The worker processes (started on first use), when the batch is worth one."""
+        if not self.worker_count or size < WORKER_MIN_ENTRIES:
+            return None
+        with self._workers_lock:
+            if self._workers is None:
+                # spawn, not fork: the daemon has threads, and a forked lock stays locked.
+                self._workers = ProcessPoolExecutor(
+                    self.worker_count, mp_context=multiprocessing.get_context("spawn"))
+            return self._workers
+
+    def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
+                      fetched: datetime) -> Future:
+        """Normalise and fingerprint entries ahead of ``ingest_entries``, in a worker
+        process when there are enough of them; else at once, in this thread."""
+        pool = self._worker_pool(len(entries))
+        if pool is not None:
+            return pool.submit(prepare_entries, entries, source, fetched,
+                               self._prepare_settings())
+        done: Future = Future()
+        done.set_result(prepare_entries(entries, source, fetched, self._prepare_settings(),
+                                        signer=self.signer))
+        return done
+
+    def _prepare_fetched(self, source: str, entries: tuple[ParsedEntry, ...],
+                         fetched: datetime) -> Prepared:
+        """In a fetch thread: normalise, then compute text features for the entries not
+        stored yet (in a worker process when there are many)."""
+        articles = [a for a in (normalize_entry(e, source, fetched) for e in entries)
+                    if a.title or a.text]
+        keys = [k for a in articles for k in a.identity_keys]
+        known = frozenset(self.store.known_keys(self._thread_reader(), keys))
+        fresh = sum(1 for a in articles if not known.intersection(a.identity_keys))
+        pool = self._worker_pool(fresh)
+        if pool is not None:
+            return pool.submit(prepare_articles, articles, self._prepare_settings(),
+                               known).result()
+        return prepare_articles(articles, self._prepare_settings(), known, self.signer)
 
     # -- one source --------------------------------------------------------------------------
 
@@ -243,6 +377,9 @@ class Aggregator:
                     fetched.entries = fetched.entries[:MAX_ENTRIES_PER_FETCH]
                 if source.full_text and fetched.entries:
                     fetched.entries = self._with_full_text(source, fetched.entries)
+                if fetched.entries:
+                    fetched.prepared = self._prepare_fetched(source.name, fetched.entries,
+                                                             fetched.started)
                 fetched.ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
                 fetched.skip_hours, fetched.skip_days = feed.skip_hours, feed.skip_days
         except SourceError as error:
@@ -334,7 +471,7 @@ class Aggregator:
         with self._write_lock, self.store.transaction() as conn:
             if entries:
                 self._ingest(conn, row.id, source.name, source.priority, entries, started,
-                             report)
+                             report, fetched.prepared)
             state: dict[str, object] = {
                 "last_status": result.status, "last_outcome": report.outcome,
                 "last_checked_at": started, "last_success_at": started,
@@ -401,45 +538,89 @@ class Aggregator:
     # -- entries -> stored, clustered articles -------------------------------------------------
 
     def ingest_entries(self, source: str, priority: int, entries: Iterable[ParsedEntry],
-                       fetched: datetime) -> RefreshReport:
-        """Store and cluster entries that did not come through a fetch (eval, imports)."""
+                       fetched: datetime, prepared: Prepared | None = None) -> RefreshReport:
+        """Store and cluster entries that did not come through a fetch (eval, imports).
+
+        ``prepared`` is what ``prepare_async`` made of the same entries, if the caller
+        prepared them ahead (to overlap preparation with the previous batch's writes).
+        """
         entries = tuple(entries)
         report = RefreshReport(source, "ok", None, len(entries))
         row = self.store.source(source)
         with self._write_lock, self.store.transaction() as conn:
-            self._ingest(conn, row.id, source, priority, entries, fetched, report)
+            self._ingest(conn, row.id, source, priority, entries, fetched, report, prepared)
         return report
 
     def _ingest(self, conn, source_id: int, source: str, priority: int,
-                entries: Iterable[ParsedEntry], fetched: datetime,
-                report: RefreshReport) -> None:
+                entries: tuple[ParsedEntry, ...], fetched: datetime, report: RefreshReport,
+                prepared: Prepared | None = None) -> None:
+        if prepared is None:
+            prepared = prepare_entries(entries, source, fetched, self._prepare_settings(),
+                                       signer=self.signer)
         fresh: list[NormalizedArticle] = []
+        features: list[TextFeatures | None] = []
         keys_in_batch: set[str] = set()
-        for entry in entries:
-            article = normalize_entry(entry, source, fetched)
-            if not article.title and not article.text:
-                continue
+        for article, feature in zip(prepared.articles, prepared.features, strict=True):
             if keys_in_batch.intersection(article.identity_keys) or \
                     self.store.find_existing(article.identity_keys) is not None:
                 report.repeats += 1
                 continue
             keys_in_batch.update(article.identity_keys)
             fresh.append(article)
+            features.append(feature)
         if not fresh:
             return
-        fresh = self._strip_template_lines(conn, source_id, fresh, fetched)
+        stripped = self._strip_template_lines(conn, source_id, fresh, fetched)
+        # Features of a text that lost template lines are computed again, by the writer.
+        features = [feature if after.text == before.text else None
+                    for before, after, feature in zip(fresh, stripped, features, strict=True)]
+        self._cluster_and_store(conn, [(source_id, source, priority, article, None)
+                                       for article in stripped], report, features=features)
+
+    def _cluster_and_store(self, conn, placements: list[Placement], report: RefreshReport,
+                           progress: Callable[[int, int], None] | None = None,
+                           features: list[TextFeatures | None] | None = None) -> None:
+        """Fingerprint, cluster and write articles in order, in chunks.
+
+        What does not depend on the statistics (tokens, counts, shingle signatures) comes
+        prepared in ``features`` or is computed for a whole chunk at once; the rest article
+        by article, each under the statistics that include every article before it.  The
+        term statistics are written once per chunk.
+        """
         settings = self.settings
+        features = features or [None] * len(placements)
         try:
-            for article in fresh:
-                [fingerprint] = fingerprint_batch(
-                    [(article.title, article.text)], self.clusterer.stats, self.signer,
-                    settings.shingle_size, settings.title_weight, settings.salient_terms,
-                    settings.phrase_weight)
-                self._place(conn, source_id, source, priority, article, fingerprint, report)
-        except Exception:
+            for start in range(0, len(placements), PLACEMENT_CHUNK):
+                chunk = placements[start:start + PLACEMENT_CHUNK]
+                chunk_features = features[start:start + PLACEMENT_CHUNK]
+                missing = [i for i, f in enumerate(chunk_features) if f is None]
+                computed = text_features([(chunk[i][3].title, chunk[i][3].text) for i in missing],
+                                         self.signer, settings.shingle_size,
+                                         settings.title_weight, settings.phrase_weight)
+                for i, feature in zip(missing, computed, strict=True):
+                    chunk_features[i] = feature
+                counted: dict[str, int] = {}
+                for done, (placement, feature) in enumerate(
+                        zip(chunk, chunk_features, strict=True), start + 1):
+                    article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
+                                                   settings.salient_terms)
+                    self._place(conn, *placement[:4], article_print, report,
+                                stored_id=placement[4])
+                    for term in article_print.term_counts:
+                        counted[term] = counted.get(term, 0) + 1
+                    if progress:
+                        progress(done, len(placements))
+                self._count_terms(conn, counted, len(chunk))
+        except BaseException:
             # The transaction rolls back; the in-memory index must forget what it saw too.
             self.clusterer = load_clusterer(self.store, settings, self.signer)
             raise
+
+    def _count_terms(self, conn, counted: dict[str, int], documents: int) -> None:
+        stats, vocabulary = self.clusterer.stats, self.clusterer.vocabulary
+        self.store.count_terms(conn, documents, [
+            (vocabulary.id(term), term, count, stats.prior(term))
+            for term, count in counted.items()])
 
     def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:
@@ -474,13 +655,14 @@ class Aggregator:
             decision = self.clusterer.propose(candidate)
         else:  # clustering off: repeats are still recognised, every article is its own story
             decision = decide([], [], self.settings)
-        stats = self.clusterer.stats
+        vector = self.clusterer.vector(candidate)
+        term_id = self.clusterer.vocabulary.id
         clustering_columns = dict(
-            fingerprint=fingerprint, vector=self.clusterer.vector(candidate),
-            shingle_bytes=signature_bytes(fingerprint.shingle_signature),
-            salient_bytes=signature_bytes(fingerprint.salient_signature),
-            decision=decision_record(decision),
-            priors={t: stats.prior(t) for t in fingerprint.term_counts})
+            fingerprint=fingerprint,
+            term_vector=pack_vector([term_id(t) for t in vector], list(vector.values())),
+            shingle_bytes=self.signer.to_bytes(fingerprint.shingle_signature),
+            salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
+            decision=decision_record(decision))
         if stored_id is None:
             article_id = self.store.insert_article(conn, source_id=source_id, article=article,
                                                    **clustering_columns)
@@ -514,19 +696,8 @@ class Aggregator:
             articles = self.store.detach_stories(conn, since)
             self.clusterer = load_clusterer(self.store, settings, self.signer)
             report = RefreshReport("recluster", "ok", entries=len(articles))
-            try:
-                for done, stored in enumerate(articles, 1):
-                    [fingerprint] = fingerprint_batch(
-                        [(stored.article.title, stored.article.text)], self.clusterer.stats,
-                        self.signer, settings.shingle_size, settings.title_weight,
-                        settings.salient_terms, settings.phrase_weight)
-                    self._place(conn, stored.source_id, stored.article.source, stored.priority,
-                                stored.article, fingerprint, report, stored_id=stored.id)
-                    if progress:
-                        progress(done, len(articles))
-            except BaseException:
-                self.clusterer = load_clusterer(self.store, settings, self.signer)
-                raise
+            self._cluster_and_store(conn, [(a.source_id, a.article.source, a.priority, a.article,
+                                            a.id) for a in articles], report, progress)
         self.clusterer = load_clusterer(self.store, settings, self.signer)
         return report.new_articles
 

@@ -11,10 +11,11 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import sqlite_utils
 
 from .errors import SchemaTooNewError, StoreError
@@ -287,11 +288,67 @@ def _m004_redirect_sightings(db: sqlite_utils.Database) -> None:
     """)
 
 
+def pack_vector(term_ids: list[int], weights: list[float]) -> bytes:
+    """A term vector as stored: int32 term ids (``term_stats.id``), then float64 weights."""
+    return (np.asarray(term_ids, dtype="<i4").tobytes()
+            + np.asarray(weights, dtype="<f8").tobytes())
+
+
+def unpack_vector(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    size = len(data) // 12
+    return (np.frombuffer(data, dtype="<i4", count=size),
+            np.frombuffer(data, dtype="<f8", offset=4 * size))
+
+
+def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:
+    """Terms get integer ids; an article's fingerprint moves to a narrow table of its own.
+
+    A restart reads the fingerprints of the window and nothing else: in ``articles`` they sat
+    behind the text, in overflow pages.  Vectors are stored as packed term ids and weights,
+    which a restart reads with one ``frombuffer`` instead of parsing JSON.
+    """
+    conn = db.conn
+    conn.execute("""CREATE TABLE term_stats_new (
+        id INTEGER PRIMARY KEY,
+        term TEXT NOT NULL UNIQUE,
+        document_frequency INTEGER NOT NULL,
+        prior_fraction REAL NOT NULL
+    )""")
+    conn.execute("INSERT INTO term_stats_new (term, document_frequency, prior_fraction) "
+                 "SELECT term, document_frequency, prior_fraction FROM term_stats ORDER BY term")
+    conn.execute("DROP TABLE term_stats")
+    conn.execute("ALTER TABLE term_stats_new RENAME TO term_stats")
+    conn.execute("""CREATE TABLE article_fingerprints (
+        article_id INTEGER PRIMARY KEY REFERENCES articles(id) ON DELETE CASCADE,
+        salient_terms TEXT NOT NULL,
+        term_vector BLOB NOT NULL,
+        shingle_signature BLOB NOT NULL,
+        salient_signature BLOB NOT NULL
+    )""")
+    ids = dict(conn.execute("SELECT term, id FROM term_stats"))
+    rows = conn.execute("SELECT id, vector, salient_terms, shingle_signature, "
+                        "salient_signature FROM articles").fetchall()
+    for article_id, text, salient, shingle, salient_signature in rows:
+        vector = json.loads(text)
+        for term in vector:
+            if term not in ids:  # counted out by a recluster: kept with no documents
+                ids[term] = conn.execute(
+                    "INSERT INTO term_stats (term, document_frequency, prior_fraction) "
+                    "VALUES (?, 0, 1e-7)", [term]).lastrowid
+        conn.execute("INSERT INTO article_fingerprints VALUES (?, ?, ?, ?, ?)",
+                     [article_id, salient,
+                      pack_vector([ids[t] for t in vector], list(vector.values())),
+                      shingle, salient_signature])
+    for column in ("vector", "salient_terms", "shingle_signature", "salient_signature"):
+        conn.execute(f"ALTER TABLE articles DROP COLUMN {column}")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
     ("003_dashboards", _m003_dashboards),
     ("004_redirect_sightings", _m004_redirect_sightings),
+    ("005_article_fingerprints", _m005_article_fingerprints),
 ]
 
 
@@ -313,23 +370,24 @@ class SourceRow:
     redirect_sightings: int = 0
 
 
-@dataclass(frozen=True)
-class StoredArticle:
-    """A stored article with what the clusterer needs to put it back in its index."""
+@dataclass
+class WindowRows:
+    """The stored articles of the live window, column by column, oldest first, with what
+    the clusterer needs to put them back in its index."""
 
-    id: int
-    source: str
-    priority: int
-    published: datetime
-    has_author: bool
-    word_count: int
-    story_id: int
-    canonical_id: int
-    vector: dict[str, float]
-    salient_terms: tuple[str, ...]
-    shingle_signature: bytes
-    salient_signature: bytes
-    dated: bool
+    ids: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
+    published_ts: list[float] = field(default_factory=list)
+    has_author: list[bool] = field(default_factory=list)
+    word_counts: list[int] = field(default_factory=list)
+    story_ids: list[int] = field(default_factory=list)
+    canonical_ids: list[int] = field(default_factory=list)
+    dated: list[bool] = field(default_factory=list)
+    salient_terms: list[str] = field(default_factory=list)
+    shingle_signatures: list[bytes] = field(default_factory=list)
+    salient_signatures: list[bytes] = field(default_factory=list)
+    term_vectors: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -544,24 +602,24 @@ class Store:
         return row[0] if row else None
 
     def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
-                       fingerprint, vector: dict[str, float], shingle_bytes: bytes,
-                       salient_bytes: bytes, decision: dict, priors: dict[str, float]) -> int:
+                       fingerprint, term_vector: bytes, shingle_bytes: bytes,
+                       salient_bytes: bytes, decision: dict) -> int:
         cursor = conn.execute(
             "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
             "author, published, published_from_feed, fetched, text, content_hash, word_count, "
-            "decision, term_counts, vector, salient_terms, shingle_signature, salient_signature) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "decision, term_counts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
              article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
              article.content_hash, fingerprint.word_count, json.dumps(decision),
-             json.dumps(fingerprint.term_counts, separators=(",", ":")),
-             json.dumps({t: round(w, 6) for t, w in vector.items()}, separators=(",", ":")),
-             json.dumps(list(fingerprint.salient)), shingle_bytes, salient_bytes])
+             json.dumps(fingerprint.term_counts, separators=(",", ":"))])
         article_id = cursor.lastrowid
+        conn.execute("INSERT INTO article_fingerprints (article_id, salient_terms, term_vector, "
+                     "shingle_signature, salient_signature) VALUES (?, ?, ?, ?, ?)",
+                     [article_id, json.dumps(list(fingerprint.salient)), term_vector,
+                      shingle_bytes, salient_bytes])
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
                          [(key, article_id) for key in article.identity_keys])
-        self._count_terms(conn, fingerprint.term_counts, priors)
         return article_id
 
     def create_story(self, conn: sqlite3.Connection, published: datetime, seen: datetime) -> int:
@@ -593,35 +651,40 @@ class Store:
                  last_seen = ?,
                  first_published = ?,
                  last_published = ?,
-                 article_count = (SELECT count(*) FROM articles WHERE story_id = stories.id),
-                 source_count = (SELECT count(DISTINCT source_id) FROM articles
-                                 WHERE story_id = stories.id)
+                 article_count = ?,
+                 source_count = ?
                WHERE id = ?""",
             [outcome.canonical_id, outcome.canonical_id, to_iso(seen),
              to_iso(datetime.fromtimestamp(outcome.first_ts, UTC)),
-             to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.story_id])
+             to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.article_count,
+             outcome.source_count, outcome.story_id])
 
     def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int, *,
-                                  fingerprint, vector: dict[str, float], shingle_bytes: bytes,
-                                  salient_bytes: bytes, decision: dict,
-                                  priors: dict[str, float]) -> None:
+                                  fingerprint, term_vector: bytes, shingle_bytes: bytes,
+                                  salient_bytes: bytes, decision: dict) -> None:
         """Replace a stored article's fingerprint and decision (``recluster``)."""
         conn.execute(
-            "UPDATE articles SET word_count = ?, decision = ?, term_counts = ?, vector = ?, "
-            "salient_terms = ?, shingle_signature = ?, salient_signature = ? WHERE id = ?",
+            "UPDATE articles SET word_count = ?, decision = ?, term_counts = ? WHERE id = ?",
             [fingerprint.word_count, json.dumps(decision),
-             json.dumps(fingerprint.term_counts, separators=(",", ":")),
-             json.dumps({t: round(w, 6) for t, w in vector.items()}, separators=(",", ":")),
-             json.dumps(list(fingerprint.salient)), shingle_bytes, salient_bytes, article_id])
-        self._count_terms(conn, fingerprint.term_counts, priors)
+             json.dumps(fingerprint.term_counts, separators=(",", ":")), article_id])
+        conn.execute(
+            "UPDATE article_fingerprints SET salient_terms = ?, term_vector = ?, "
+            "shingle_signature = ?, salient_signature = ? WHERE article_id = ?",
+            [json.dumps(list(fingerprint.salient)), term_vector, shingle_bytes, salient_bytes,
+             article_id])
 
-    def _count_terms(self, conn: sqlite3.Connection, terms, priors: dict[str, float]) -> None:
+    @staticmethod
+    def count_terms(conn: sqlite3.Connection, documents: int,
+                    terms: Iterable[tuple[int, str, int, float]]) -> None:
+        """Add a batch of articles to the term statistics: ``(id, term, documents with it,
+        prior)`` per term, one statement per term however many articles contain it."""
         conn.executemany(
-            "INSERT INTO term_stats (term, document_frequency, prior_fraction) VALUES (?, 1, ?) "
-            "ON CONFLICT(term) DO UPDATE SET document_frequency = document_frequency + 1",
-            [(term, priors[term]) for term in terms])
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-                     "WHERE key = 'documents'")
+            "INSERT INTO term_stats (id, term, document_frequency, prior_fraction) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(term) DO UPDATE SET "
+            "document_frequency = document_frequency + excluded.document_frequency",
+            terms)
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
+                     "WHERE key = 'documents'", [documents])
 
     def detach_stories(self, conn: sqlite3.Connection,
                        since: datetime | None) -> list[ReplayArticle]:
@@ -665,33 +728,53 @@ class Store:
 
     # -- state for the clusterer -------------------------------------------------------------
 
-    def term_statistics(self) -> tuple[int, list[tuple[str, int, float]]]:
+    def term_statistics(self) -> tuple[int, list[tuple[int, str, int, float]]]:
         documents = int(self.db.execute(
             "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
         rows = self.db.execute(
-            "SELECT term, document_frequency, prior_fraction FROM term_stats").fetchall()
+            "SELECT id, term, document_frequency, prior_fraction FROM term_stats").fetchall()
         return documents, rows
+
+    def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
+        """Stored shingle signatures of the articles, in the order given."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(article_ids), 500):
+            chunk = article_ids[start:start + 500]
+            found.update(self.db.execute(
+                "SELECT article_id, shingle_signature FROM article_fingerprints "
+                f"WHERE article_id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return [found[i] for i in article_ids]
 
     def newest_published(self) -> datetime | None:
         row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()
         return from_iso(row[0]) if row and row[0] else None
 
-    def window_articles(self, since: datetime) -> Iterator[StoredArticle]:
+    def window_rows(self, since: datetime) -> WindowRows:
         """Articles of stories still live at ``since``, oldest first, with their signatures."""
-        rows = self.db.execute(
+        window = WindowRows()
+        cursor = self.db.execute(
             """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
                       a.word_count, a.story_id, st.canonical_article_id,
-                      a.vector, a.salient_terms, a.shingle_signature, a.salient_signature,
-                      a.published_from_feed
+                      a.published_from_feed, f.salient_terms, f.shingle_signature,
+                      f.salient_signature, f.term_vector
                FROM stories st
                JOIN articles a ON a.story_id = st.id
+               JOIN article_fingerprints f ON f.article_id = a.id
                JOIN sources s ON s.id = a.source_id
                WHERE st.last_published >= ?
                ORDER BY a.id""", [to_iso(since)])
-        for row in rows:
-            yield StoredArticle(row[0], row[1], row[2], from_iso(row[3]), bool(row[4]), row[5],
-                                row[6], row[7], json.loads(row[8]), tuple(json.loads(row[9])),
-                                row[10], row[11], bool(row[12]))
+        columns = (window.ids, window.sources, window.priorities, window.published_ts,
+                   window.has_author, window.word_counts, window.story_ids,
+                   window.canonical_ids, window.dated, window.salient_terms,
+                   window.shingle_signatures, window.salient_signatures, window.term_vectors)
+        rows = cursor.fetchall()
+        if not rows:
+            return window
+        for column, values in zip(columns, zip(*rows, strict=True), strict=True):
+            column.extend(values)
+        parse = datetime.fromisoformat
+        window.published_ts[:] = [parse(p).timestamp() for p in window.published_ts]
+        return window
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 
@@ -748,6 +831,8 @@ class Store:
 
     def article(self, article_id: int) -> dict | None:
         rows = list(self.db.query(
-            "SELECT a.*, s.name AS source FROM articles a JOIN sources s ON s.id = a.source_id "
+            "SELECT a.*, s.name AS source, f.salient_terms FROM articles a "
+            "JOIN sources s ON s.id = a.source_id "
+            "LEFT JOIN article_fingerprints f ON f.article_id = a.id "
             "WHERE a.id = ?", [article_id]))
         return rows[0] if rows else None

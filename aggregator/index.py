@@ -1,0 +1,211 @@
+"""LSH indexes over MinHash signatures, keyed by small integer slots.
+
+Two backends answer the same questions:
+
+* ``BandIndex`` (default): datasketch's banding (the same ``b`` bands of ``r`` rows that
+  ``MinHashLSH`` picks for a threshold, by datasketch's own optimiser), kept in numpy arrays:
+  a sorted array of 64-bit band keys with the slot of each, plus a small dict of recent
+  insertions that is merged in when it grows.  About 12 bytes per band per article, where a
+  datasketch ``MinHashLSH`` in memory takes kilobytes.  Removal is lazy: a slot that has
+  left the window is skipped by the caller and purged at the next compaction.
+* ``DatasketchIndex``: datasketch's ``MinHashLSH`` itself, with its ``storage_config``, so
+  that several processes can share one index in Redis.
+
+Both return candidate slots for a query signature; the same signatures give the same
+candidates in both (two band keys are equal exactly when the band values are, up to a
+2^-64 chance of a 64-bit hash collision).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+from datasketch import LeanMinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
+
+from .fingerprint import MINHASH_SCHEME, MINHASH_SEED
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_FOLD = np.uint64(0x100000001B3)
+
+
+def _splitmix(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection on 64-bit values that spreads every input bit."""
+    values = values ^ (values >> np.uint64(30))
+    values = values * _MIX1
+    values = values ^ (values >> np.uint64(27))
+    values = values * _MIX2
+    return values ^ (values >> np.uint64(31))
+
+
+@lru_cache(maxsize=64)
+def lsh_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
+    """``(bands, rows)`` as datasketch's ``MinHashLSH`` chooses them (equal error weights)."""
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+class SlotIndex(Protocol):
+    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None: ...
+
+    def query(self, signature: np.ndarray) -> np.ndarray: ...
+
+    def remove(self, slots: np.ndarray) -> None: ...
+
+    def compact(self, alive: np.ndarray) -> None: ...
+
+    def nbytes(self) -> int: ...
+
+
+class BandIndex:
+    """MinHash LSH bands in sorted numpy arrays."""
+
+    def __init__(self, threshold: float, num_perm: int, merge_at: int = 65_536):
+        self.bands, self.rows = lsh_parameters(threshold, num_perm)
+        self._band_ids = (np.arange(self.bands, dtype=np.uint64) << np.uint64(56))
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._slots = np.empty(0, dtype=np.int32)
+        self._recent: dict[int, list[int]] = {}
+        self._recent_count = 0
+        self._merge_at = merge_at
+        self._dead = 0
+
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """One 64-bit key per band for each signature row: shape ``(n, bands)``."""
+        rows = signatures.shape[0]
+        values = signatures[:, :self.bands * self.rows].astype(np.uint64)
+        values = values.reshape(rows, self.bands, self.rows)
+        folded = values[:, :, 0]
+        for column in range(1, self.rows):
+            folded = _splitmix(folded * _FOLD ^ values[:, :, column])
+        # The band number goes into the top byte, so equal values in different bands differ.
+        return _splitmix(folded ^ self._band_ids)
+
+    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None:
+        keys = self.band_keys(np.atleast_2d(signatures))
+        if keys.size >= self._merge_at:  # a bulk load (start-up): straight into the arrays
+            self._merge_sorted(keys.ravel(), np.repeat(np.asarray(slots, dtype=np.int32),
+                                                       self.bands))
+            return
+        recent = self._recent
+        for slot, row in zip(np.asarray(slots).tolist(), keys.tolist(), strict=True):
+            for key in row:
+                bucket = recent.get(key)
+                if bucket is None:
+                    recent[key] = [slot]
+                else:
+                    bucket.append(slot)
+        self._recent_count += keys.size
+        if self._recent_count >= max(self._merge_at, self._keys.size // 8):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._recent:
+            return
+        sizes = [len(b) for b in self._recent.values()]
+        keys = np.repeat(np.fromiter(self._recent.keys(), dtype=np.uint64,
+                                     count=len(self._recent)), sizes)
+        slots = np.fromiter((s for b in self._recent.values() for s in b), dtype=np.int32,
+                            count=len(keys))
+        self._recent = {}
+        self._recent_count = 0
+        self._merge_sorted(keys, slots)
+
+    def _merge_sorted(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        keys, slots = keys[order], slots[order]
+        if not self._keys.size:
+            self._keys, self._slots = keys, slots
+            return
+        at = np.searchsorted(self._keys, keys, side="right")
+        self._keys = np.insert(self._keys, at, keys)
+        self._slots = np.insert(self._slots, at, slots)
+
+    def query(self, signature: np.ndarray) -> np.ndarray:
+        """Slots sharing at least one band with ``signature`` (repeats and dead slots
+        included: the caller filters with what it knows to be live)."""
+        keys = self.band_keys(signature[None, :])[0]
+        found = []
+        if self._keys.size:
+            starts = np.searchsorted(self._keys, keys, side="left")
+            ends = np.searchsorted(self._keys, keys, side="right")
+            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+                if end > start:
+                    found.append(self._slots[start:end])
+        recent = self._recent
+        for key in keys.tolist():
+            bucket = recent.get(key)
+            if bucket:
+                found.append(np.asarray(bucket, dtype=np.int32))
+        if not found:
+            return np.empty(0, dtype=np.int32)
+        return np.concatenate(found)
+
+    def remove(self, slots: np.ndarray) -> None:
+        self._dead += len(slots)
+
+    def compact(self, alive: np.ndarray) -> None:
+        """Drop the entries of slots that are no longer alive; they may then be reused."""
+        self._merge()
+        keep = alive[self._slots]
+        self._keys, self._slots = self._keys[keep], self._slots[keep]
+        self._dead = 0
+
+    @property
+    def dead(self) -> int:
+        return self._dead
+
+    def nbytes(self) -> int:
+        # A dict entry of the recent part costs about 100 bytes with its list.
+        return self._keys.nbytes + self._slots.nbytes + 100 * self._recent_count
+
+
+class DatasketchIndex:
+    """datasketch's ``MinHashLSH``, for an index shared through Redis (``storage_config``).
+
+    Its keys are the slots; removal is immediate.
+    """
+
+    def __init__(self, threshold: float, num_perm: int, storage_config: dict | None = None,
+                 prefix: str = ""):
+        options = {}
+        if storage_config:
+            options["storage_config"] = dict(storage_config)
+            options["prepickle"] = True
+            if prefix and "basename" not in options["storage_config"]:
+                options["storage_config"]["basename"] = prefix.encode()
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, **options)
+        self.dead = 0
+
+    @staticmethod
+    def _lean(signature: np.ndarray) -> LeanMinHash:
+        return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+
+    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None:
+        with self.lsh.insertion_session() as session:
+            for slot, signature in zip(np.asarray(slots).tolist(), np.atleast_2d(signatures),
+                                       strict=True):
+                session.insert(slot, self._lean(signature), check_duplication=False)
+
+    def query(self, signature: np.ndarray) -> np.ndarray:
+        return np.fromiter(self.lsh.query(self._lean(signature)), dtype=np.int32)
+
+    def remove(self, slots: np.ndarray) -> None:
+        for slot in np.asarray(slots).tolist():
+            if self.lsh.has_key(slot):
+                self.lsh.remove(slot)
+
+    def compact(self, alive: np.ndarray) -> None:
+        pass
+
+    def nbytes(self) -> int:
+        return 0
+
+
+def make_index(backend: str, threshold: float, num_perm: int,
+               storage_config: dict | None = None, prefix: str = "") -> SlotIndex:
+    if backend == "datasketch":
+        return DatasketchIndex(threshold, num_perm, storage_config, prefix)
+    return BandIndex(threshold, num_perm)

@@ -1,0 +1,199 @@
+"""Ingest: a synthetic stream through normalize -> fingerprint -> cluster -> store.
+
+The stream (``stream.py``, seeded) has stories with several write-ups and syndicated
+near-copies, 14,000 articles a simulated day, so the 7-day window holds about 100,000
+articles.  Articles arrive as feed passes do: grouped by source, one transaction per
+source.  Input is local; nothing goes over the network.
+
+At each size it reports the ingest rate of the last stretch, the process's peak RSS, the
+clustering index's bytes per article in the window, and the restart time (a fresh process
+rebuilding the index and statistics from the store).  In the same run a sample of the stream
+goes through the naive approach (per-token ``MinHash.update``, datasketch ``MinHashLSH`` in
+memory, one transaction per article) and through ours, each on a fresh store, for the
+speed ratio.
+
+    python benchmarks/ingest.py                    # 10k and 100k articles
+    python benchmarks/ingest.py --million          # and 1M (a 100k window streamed through)
+    python benchmarks/ingest.py --sizes 5000 --naive-sample 500
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream import SyntheticStream  # noqa: E402
+
+from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
+from aggregator.pipeline import Aggregator  # noqa: E402
+
+RESTART_SCRIPT = """
+import json, sys, time
+from aggregator.config import ClusteringSettings
+from aggregator.fingerprint import Signer
+from aggregator.pipeline import load_clusterer
+from aggregator.store import Store
+store = Store(sys.argv[1])
+settings = ClusteringSettings(index_backend=sys.argv[2])
+started = time.perf_counter()
+clusterer = load_clusterer(store, settings, Signer(settings.num_perm))
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "articles": len(clusterer.articles),
+                  "terms": len(clusterer.vocabulary)}))
+"""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
+                    settings: ClusteringSettings) -> Aggregator:
+    sources = tuple(Source(name=s, url=str(directory / "unused.xml"), interval_s=3600)
+                    for s in stream.sources)
+    config = Config(path=str(directory / f"{name}.toml"),
+                    database=str(directory / f"{name}.sqlite"), clustering=settings,
+                    sources=sources)
+    return Aggregator(config)
+
+
+def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
+    """Store articles as feed passes would: grouped by source, one transaction per source,
+    each source's entries prepared (in a worker process) while earlier ones are written.
+    ``one_by_one``: one transaction per article, prepared by the writer (the naive way)."""
+    by_source: dict[str, list] = {}
+    for article in articles:
+        by_source.setdefault(article.source, []).append(article.entry)
+    if one_by_one:
+        for source, entries in by_source.items():
+            for entry in entries:
+                aggregator.ingest_entries(source, 0, [entry], entry.published)
+        return
+    pending = [(source, entries, aggregator.prepare_async(source, tuple(entries),
+                                                          entries[-1].published))
+               for source, entries in by_source.items()]
+    for source, entries, prepared in pending:
+        aggregator.ingest_entries(source, 0, entries, entries[-1].published, prepared.result())
+
+
+def restart(database: str, backend: str = "compact") -> dict:
+    done = subprocess.run([sys.executable, "-c", RESTART_SCRIPT, database, backend],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def naive_comparison(sample_size: int, seed: int) -> dict:
+    """The same sample through ours and through the naive approach, each on a fresh store."""
+    from naive import naive_aggregator
+
+    results = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for name in ("ours", "naive"):
+            stream = SyntheticStream(seed=seed + 1)
+            sample = list(islice(stream, sample_size))
+            if name == "ours":
+                aggregator = make_aggregator(Path(directory), name, stream, ClusteringSettings())
+            else:
+                aggregator = naive_aggregator(make_aggregator, Path(directory), stream)
+            started = time.perf_counter()
+            for start in range(0, len(sample), 4000):
+                ingest(aggregator, sample[start:start + 4000], one_by_one=name == "naive")
+            results[name] = len(sample) / (time.perf_counter() - started)
+            aggregator.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000",
+                        help="comma-separated article counts to report at")
+    parser.add_argument("--million", action="store_true", help="also run to 1,000,000")
+    parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument("--chunk", type=int, default=4000,
+                        help="articles generated, then ingested, at a time")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | ({1_000_000} if args.million
+                                                             else set()))
+
+    print(f"naive comparison on {args.naive_sample} articles ...", flush=True)
+    comparison = naive_comparison(args.naive_sample, args.seed)
+    speedup = comparison["ours"] / comparison["naive"]
+    print(f"  ours {comparison['ours']:.0f} articles/s, naive {comparison['naive']:.0f} "
+          f"articles/s: {speedup:.1f}x")
+
+    stream = SyntheticStream(seed=args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
+        done, busy, since_report = 0, 0.0, 0
+        articles = iter(stream)
+        for size in sizes:
+            stretch_busy, stretch_done = 0.0, 0
+            while done < size:
+                batch = list(islice(articles, min(args.chunk, size - done)))
+                started = time.perf_counter()
+                ingest(aggregator, batch)
+                elapsed = time.perf_counter() - started
+                busy += elapsed
+                done += len(batch)
+                # The rate reported is that of the last tenth of the way to this size, so
+                # that it is measured with the window as full as it gets.
+                if done > size - max(args.chunk, (size - since_report) // 10):
+                    stretch_busy += elapsed
+                    stretch_done += len(batch)
+            since_report = size
+            clusterer = aggregator.clusterer
+            window = len(clusterer.articles)
+            back = restart(aggregator.store.path)
+            row = {
+                "articles": done,
+                "articles_per_s": round(stretch_done / stretch_busy, 1),
+                "mean_articles_per_s": round(done / busy, 1),
+                "window_articles": window,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "rss_mb": round(current_rss_mb(), 1),
+                "index_bytes_per_article": round(clusterer.index_bytes() / max(1, window)),
+                "terms": len(clusterer.vocabulary),
+                "restart_s": round(back["seconds"], 3),
+                "restart_articles_per_s": round(back["articles"] / back["seconds"]),
+            }
+            rows.append(row)
+            print(f"{done:>9,} articles: {row['articles_per_s']:,.0f}/s "
+                  f"(mean {row['mean_articles_per_s']:,.0f}/s), window {window:,}, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB (now {row['rss_mb']:.0f} MB), "
+                  f"index {row['index_bytes_per_article']} B/article, "
+                  f"restart {row['restart_s']:.2f} s "
+                  f"({row['restart_articles_per_s']:,}/s)", flush=True)
+        aggregator.close()
+
+    last = rows[-1]
+    print(json.dumps({
+        **last,
+        "naive_articles_per_s": round(comparison["naive"], 1),
+        "ours_sample_articles_per_s": round(comparison["ours"], 1),
+        "speedup_vs_naive": round(speedup, 1),
+        "sizes": rows,
+    }))
+
+
+if __name__ == "__main__":
+    main()

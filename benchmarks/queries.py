@@ -1,0 +1,183 @@
+"""Dashboard queries on a large store: median and p95 latency of each.
+
+The store is made with the daemon's own schema (all migrations, the FTS triggers included)
+and filled in bulk with synthetic articles: 200 sources, stories of one to eight articles
+over 70 days, short texts (the query plans, not the text length, decide these latencies).
+The queries are those the web pages, ``aggregator`` commands and the Datasette canned
+queries run.  Each runs ``--runs`` times with random parameters on a second, read-only
+connection, as a dashboard would.
+
+    python benchmarks/queries.py                     # 1,000,000 articles
+    python benchmarks/queries.py --articles 100000
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wordfreq import top_n_list  # noqa: E402
+
+from aggregator.store import Store, to_iso  # noqa: E402
+
+QUERIES = {
+    "latest stories (web /, `aggregator stories`)":
+        ("SELECT id, title, first_seen, last_seen, article_count, source_count, "
+         "canonical_article_id FROM stories WHERE last_seen >= :since "
+         "ORDER BY last_seen DESC, id DESC LIMIT 50", "since"),
+    "latest_stories view, newest 50 with sources":
+        ("SELECT * FROM latest_stories ORDER BY last_updated DESC LIMIT 50", None),
+    "canned stories_today (Datasette)":
+        ("SELECT story_id, title, canonical_source, source_count, article_count, sources, "
+         "last_updated FROM latest_stories WHERE last_updated >= :since "
+         "ORDER BY source_count DESC, last_updated DESC LIMIT 200", "day"),
+    "one story's members (canned story_versions, /story/ID)":
+        ("SELECT article_id, source, title, url, published, relation, similarity, "
+         "is_canonical FROM article_stories WHERE story_id = :story_id "
+         "ORDER BY is_canonical DESC, published", "story"),
+    "full-text search, stories by best match (`aggregator search`)":
+        ("SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles "
+         "FROM articles_fts f JOIN articles a ON a.id = f.rowid "
+         "WHERE articles_fts MATCH :query AND a.story_id IS NOT NULL "
+         "GROUP BY a.story_id ORDER BY rank LIMIT 20", "query"),
+    "source_health view (canned failing_sources, `aggregator sources`)":
+        ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
+         "FROM source_health ORDER BY name", None),
+}
+
+
+def build(path: str, articles: int, seed: int = 3) -> Store:
+    """A store of ``articles`` synthetic articles, written in bulk."""
+    rng = random.Random(seed)
+    words = [w for w in top_n_list("en", 20_000) if w.isalpha()]
+    store = Store(path)
+    db = store.db.conn
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    span = timedelta(days=70)
+    db.execute("DROP TRIGGER articles_fts_insert")  # the index is built once, at the end
+    with store.transaction():
+        db.executemany(
+            "INSERT INTO sources (id, name, config_url, url, created_at, last_checked_at, "
+            "last_success_at, consecutive_errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(i, f"outlet-{i:03d}", f"https://outlet-{i:03d}.example/feed",
+              f"https://outlet-{i:03d}.example/feed", to_iso(now), to_iso(now),
+              to_iso(now), int(i % 17 == 0)) for i in range(1, 201)])
+    article_id, story_id = 0, 0
+    started = time.perf_counter()
+    while article_id < articles:
+        story_rows, article_rows = [], []
+        while len(article_rows) < 20_000 and article_id < articles:
+            story_id += 1
+            size = min(8, 1 + int(rng.expovariate(0.7)))
+            published = now - span * (1 - article_id / articles)
+            title = " ".join(rng.choices(words[:8000], k=9))
+            sources = rng.sample(range(1, 201), size)
+            first = article_id + 1
+            for position, source in enumerate(sources):
+                article_id += 1
+                text = " ".join(rng.choices(words, k=40))
+                when = to_iso(published + timedelta(minutes=20 * position))
+                article_rows.append((
+                    article_id, source, f"urn:bench:{article_id}",
+                    f"https://outlet-{source:03d}.example/{article_id}", f"key:{article_id}",
+                    title, when, when, text, f"hash{article_id}", 40, story_id,
+                    "canonical" if position == 0 else "same_story",
+                    1.0 if position == 0 else 0.3))
+            story_rows.append((story_id, first, title, to_iso(published),
+                               to_iso(published + timedelta(minutes=20 * (size - 1))),
+                               size, size))
+        with store.transaction():
+            db.executemany(
+                "INSERT INTO stories (id, canonical_article_id, title, first_seen, last_seen, "
+                "first_published, last_published, article_count, source_count) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s, c, t, f, last, f, last, n, m) for s, c, t, f, last, n, m in story_rows])
+            db.executemany(
+                "INSERT INTO articles (id, source_id, guid, url, identity_key, title, "
+                "published, published_from_feed, fetched, text, content_hash, word_count, "
+                "story_id, relation, similarity, term_counts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, '{}')",
+                article_rows)
+            db.executemany("INSERT INTO article_keys (key, article_id) VALUES (?, ?)",
+                           [(row[4], row[0]) for row in article_rows])
+        print(f"  {article_id:,} articles written ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+    with store.transaction():
+        db.execute("INSERT INTO articles_fts(articles_fts) VALUES ('rebuild')")
+        db.execute("""CREATE TRIGGER articles_fts_insert AFTER INSERT ON articles BEGIN
+            INSERT INTO articles_fts(rowid, title, text) VALUES (new.id, new.title, new.text);
+        END""")
+    db.execute("ANALYZE")
+    print(f"  full-text index built ({time.perf_counter() - started:.0f} s)", flush=True)
+    return store
+
+
+def parameters(kind: str | None, rng: random.Random, stories: int, newest: str,
+               words: list[str]) -> dict:
+    if kind == "since":
+        return {"since": "0000"}
+    if kind == "day":
+        day = datetime.fromisoformat(newest) - timedelta(days=1)
+        return {"since": to_iso(day)}
+    if kind == "story":
+        return {"story_id": rng.randint(1, stories)}
+    if kind == "query":
+        return {"query": rng.choice(words)}
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--keep", help="build the store at this path and keep it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        path = args.keep or str(Path(directory) / "queries.sqlite")
+        if not Path(path).exists():
+            print(f"building a store of {args.articles:,} articles ...", flush=True)
+            build(path, args.articles).close()
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        articles = reader.execute("SELECT count(*) FROM articles").fetchone()[0]
+        stories = reader.execute("SELECT max(id) FROM stories").fetchone()[0]
+        newest = reader.execute("SELECT max(last_seen) FROM stories").fetchone()[0]
+        words = [w for w in top_n_list("en", 3000) if w.isalpha()][200:]
+        rng = random.Random(5)
+        results = {}
+        print(f"{articles:,} articles, {stories:,} stories; {args.runs} runs per query")
+        for name, (sql, kind) in QUERIES.items():
+            timings = []
+            for _ in range(args.runs):
+                bound = parameters(kind, rng, stories, newest, words)
+                started = time.perf_counter()
+                reader.execute(sql, bound).fetchall()
+                timings.append((time.perf_counter() - started) * 1000)
+            timings.sort()
+            median = statistics.median(timings)
+            p95 = timings[int(0.95 * (len(timings) - 1))]
+            results[name] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
+            plan = [row[3] for row in reader.execute(f"EXPLAIN QUERY PLAN {sql}",
+                                                      parameters(kind, rng, stories, newest,
+                                                                 words))]
+            print(f"{name}: median {median:.2f} ms, p95 {p95:.2f} ms")
+            for step in plan:
+                print(f"    {step}")
+        reader.close()
+    print(json.dumps({"articles": articles, "stories": stories,
+                      "worst_p95_ms": max(r["p95_ms"] for r in results.values()),
+                      "queries": results}))
+
+
+if __name__ == "__main__":
+    main()
