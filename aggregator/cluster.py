@@ -70,12 +70,13 @@ class ClusterArticle:
             self.word_count = self.fingerprint.word_count
 
 
-@dataclass
+@dataclass(slots=True)
 class StoryState:
+    """A live story: its members (article ids, and their rows) in order of arrival."""
+
     story_id: int
     members: list[int] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
-    sources: dict[str, int] = field(default_factory=dict)
     canonical_id: int | None = None
     first_ts: float = math.inf
     last_ts: float = -math.inf
@@ -388,7 +389,6 @@ class Clusterer:
         self.rows = ArticleRows(settings.num_perm, settings.vector_terms, settings.salient_terms,
                                 keep_shingles=shingle_loader is None)
         self.articles: dict[int, ClusterArticle] = {}
-        self.story_of: dict[int, int] = {}
         self.stories: dict[int, StoryState] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
 
@@ -599,10 +599,8 @@ class Clusterer:
         # From here on the arrays hold the signatures and the vector.
         article.slot, article.fingerprint, article.vector = slot, None, None
         self.articles[article.article_id] = article
-        self.story_of[article.article_id] = story.story_id
         story.members.append(article.article_id)
         story.slots.append(slot)
-        story.sources[article.source] = story.sources.get(article.source, 0) + 1
         story.first_ts = min(story.first_ts, article.published_ts)
         story.last_ts = max(story.last_ts, article.published_ts)
         if article.dated:
@@ -630,7 +628,7 @@ class Clusterer:
             first_ts=story.first_ts,
             last_ts=story.last_ts,
             article_count=len(story.members),
-            source_count=len(story.sources),
+            source_count=len({m.source for m in members}),
         )
 
     def _relations(self, canonical: ClusterArticle,
@@ -688,7 +686,6 @@ class Clusterer:
         for story in stale:
             for article_id in story.members:
                 self.articles.pop(article_id, None)
-                self.story_of.pop(article_id, None)
             released.extend(story.slots)
             del self.stories[story.story_id]
         if released:

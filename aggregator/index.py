@@ -98,7 +98,7 @@ class BandIndex:
                 else:
                     bucket.append(slot)
         self._recent_count += keys.size
-        if self._recent_count >= max(self._merge_at, self._keys.size // 8):
+        if self._recent_count >= self._merge_at:
             self._merge()
 
     def _merge(self) -> None:

@@ -16,11 +16,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import islice
 from urllib.parse import urlsplit
 
 import httpx
@@ -53,6 +55,8 @@ from .store import SourceRow, Store, pack_vector, to_iso, unpack_vector, utcnow
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
+# How many times max_concurrency sources may be fetched before the oldest of them is stored.
+FETCH_AHEAD = 8
 # Batches smaller than this are prepared in the calling thread: a worker round trip would
 # cost more than it saves.
 WORKER_MIN_ENTRIES = 8
@@ -735,7 +739,9 @@ class Aggregator:
         Up to ``max_concurrency`` sources are fetched and parsed at once (at most
         ``PER_HOST_CONCURRENCY`` per host) while this thread stores the ones already fetched,
         in configuration order, so that fetching never waits on clustering and the outcome
-        does not depend on which server answered first.
+        does not depend on which server answered first.  Fetching runs at most
+        ``FETCH_AHEAD`` x ``max_concurrency`` sources ahead of storing, which bounds the memory
+        that fetched, not yet stored sources hold.
         """
         now = utcnow()
         rows = self._source_rows()
@@ -744,15 +750,23 @@ class Aggregator:
         if any(not source.is_local for source in sources):
             _ = self.client  # built before the threads start, so none waits on the others
         reports = []
+        ahead = FETCH_AHEAD * self.config.max_concurrency
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency,
                                 thread_name_prefix="fetch") as pool:
-            pending = [(source, pool.submit(self._fetch_and_parse, source, rows[source.name]))
-                       for source in sources]
-            for source, future in pending:
+            pending: deque[tuple[Source, Future]] = deque()
+            upcoming = iter(sources)
+            for source in islice(upcoming, ahead):
+                pending.append((source, pool.submit(self._fetch_and_parse, source,
+                                                    rows[source.name])))
+            while pending:
                 if stopping is not None and stopping.is_set():
                     for _other, waiting in pending:
                         waiting.cancel()
                     break
+                source, future = pending.popleft()
+                for following in islice(upcoming, 1):
+                    pending.append((following, pool.submit(self._fetch_and_parse, following,
+                                                           rows[following.name])))
                 reports.append(self._store_one(source, rows[source.name], future))
         if len(reports) > 1 and all(r.unreachable for r in reports):
             self._forgive_outage(sources[:len(reports)], rows, now)

@@ -57,6 +57,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def worker_rss_mb() -> float:
+    """The largest peak RSS of a finished child process (workers, restarts, naive run)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def current_rss_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -87,11 +92,19 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
             for entry in entries:
                 aggregator.ingest_entries(source, 0, [entry], entry.published)
         return
-    pending = [(source, entries, aggregator.prepare_async(source, tuple(entries),
-                                                          entries[-1].published))
-               for source, entries in by_source.items()]
-    for source, entries, prepared in pending:
-        aggregator.ingest_entries(source, 0, entries, entries[-1].published, prepared.result())
+    groups = list(by_source.items())
+    # A few sources prepared ahead of the one being written, as fetch threads would.
+    ahead = 4
+    prepared = [aggregator.prepare_async(source, tuple(entries), entries[-1].published)
+                for source, entries in groups[:ahead]]
+    for index, (source, entries) in enumerate(groups):
+        if index + ahead < len(groups):
+            following, more = groups[index + ahead]
+            prepared.append(aggregator.prepare_async(following, tuple(more),
+                                                     more[-1].published))
+        aggregator.ingest_entries(source, 0, entries, entries[-1].published,
+                                  prepared[index].result())
+        prepared[index] = None
 
 
 def restart(database: str, backend: str = "compact") -> dict:
@@ -130,12 +143,20 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4000,
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.naive_only:
+        print(json.dumps(naive_comparison(args.naive_sample, args.seed)))
+        return
     sizes = sorted({int(s) for s in args.sizes.split(",")} | ({1_000_000} if args.million
                                                              else set()))
 
     print(f"naive comparison on {args.naive_sample} articles ...", flush=True)
-    comparison = naive_comparison(args.naive_sample, args.seed)
+    # In a process of its own, so that its memory does not count in this one's peak.
+    done = subprocess.run([sys.executable, __file__, "--naive-only", "--naive-sample",
+                           str(args.naive_sample), "--seed", str(args.seed)],
+                          capture_output=True, text=True, check=True)
+    comparison = json.loads(done.stdout.strip().splitlines()[-1])
     speedup = comparison["ours"] / comparison["naive"]
     print(f"  ours {comparison['ours']:.0f} articles/s, naive {comparison['naive']:.0f} "
           f"articles/s: {speedup:.1f}x")
