@@ -70,6 +70,11 @@ def check_store(store: Store, settings: ClusteringSettings,
         "ON a.id = k.article_id WHERE a.id IS NULL",
         lambda r: f"key {r[0]!r} points at missing article {r[1]}"))
     q(_query_violations(
+        store, "stored counts equal real counts",
+        "SELECT s.name, s.article_count, count(a.id) FROM sources s LEFT JOIN articles a "
+        "ON a.source_id = s.id GROUP BY s.id HAVING s.article_count != count(a.id)",
+        lambda r: f"source {r[0]!r}: stored {r[1]} articles, real {r[2]}"))
+    q(_query_violations(
         store, "every article has its fingerprint",
         "SELECT a.id FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "
         "WHERE f.article_id IS NULL",

@@ -194,7 +194,7 @@ class DatasketchIndex:
 
     def remove(self, slots: np.ndarray) -> None:
         for slot in np.asarray(slots).tolist():
-            if self.lsh.has_key(slot):
+            if slot in self.lsh:
                 self.lsh.remove(slot)
 
     def compact(self, alive: np.ndarray) -> None:

@@ -23,6 +23,7 @@ from .normalize import NormalizedArticle
 
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+SEARCH_ARTICLES = 500
 
 
 def to_iso(value: datetime | None) -> str | None:
@@ -343,12 +344,56 @@ def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:
         conn.execute(f"ALTER TABLE articles DROP COLUMN {column}")
 
 
+def _m006_source_article_counts(db: sqlite_utils.Database) -> None:
+    """``sources.article_count``, kept by triggers, so that ``source_health`` does not count
+    a million articles each time a dashboard asks."""
+    _run_script(db, """
+    ALTER TABLE sources ADD COLUMN article_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE sources SET article_count =
+        (SELECT count(*) FROM articles a WHERE a.source_id = sources.id);
+    CREATE TRIGGER articles_count_insert AFTER INSERT ON articles BEGIN
+        UPDATE sources SET article_count = article_count + 1 WHERE id = new.source_id;
+    END;
+    CREATE TRIGGER articles_count_delete AFTER DELETE ON articles BEGIN
+        UPDATE sources SET article_count = article_count - 1 WHERE id = old.source_id;
+    END;
+    DROP VIEW source_health;
+    CREATE VIEW source_health AS
+    SELECT
+        s.name,
+        s.url,
+        s.config_url,
+        s.enabled,
+        s.in_config,
+        CASE
+            WHEN s.disabled_reason IS NOT NULL THEN 'disabled'
+            WHEN NOT s.enabled THEN 'disabled in config'
+            WHEN s.last_checked_at IS NULL THEN 'never fetched'
+            WHEN s.cooldown_until > strftime('%Y-%m-%dT%H:%M:%SZ', 'now') THEN 'cooldown'
+            WHEN s.consecutive_errors > 0 THEN 'backoff'
+            ELSE 'ok'
+        END AS status,
+        s.last_status,
+        s.last_outcome,
+        s.last_checked_at,
+        s.last_success_at,
+        s.consecutive_errors,
+        s.last_error,
+        s.next_check_at,
+        s.cooldown_until,
+        s.disabled_reason,
+        s.article_count AS articles
+    FROM sources s;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
     ("003_dashboards", _m003_dashboards),
     ("004_redirect_sightings", _m004_redirect_sightings),
     ("005_article_fingerprints", _m005_article_fingerprints),
+    ("006_source_article_counts", _m006_source_article_counts),
 ]
 
 
@@ -813,11 +858,16 @@ class Store:
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Stories whose articles match an FTS5 query, best match first, one row per story."""
         try:
+            # The best SEARCH_ARTICLES matches only: a common word matches a good part of a
+            # large store, and ranking all of them would make a search slow.
             rows = list(self.db.query(
                 """SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles
-                   FROM articles_fts f JOIN articles a ON a.id = f.rowid
-                   WHERE articles_fts MATCH ? AND a.story_id IS NOT NULL
-                   GROUP BY a.story_id ORDER BY rank LIMIT ?""", [query, limit]))
+                   FROM (SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH ?
+                         ORDER BY rank LIMIT ?) f
+                   JOIN articles a ON a.id = f.rowid
+                   WHERE a.story_id IS NOT NULL
+                   GROUP BY a.story_id ORDER BY rank LIMIT ?""",
+                [query, SEARCH_ARTICLES, limit]))
         except sqlite3.OperationalError as exc:
             raise StoreError(f"invalid search query {query!r}: {exc}") from None
         stories = {row["story_id"]: row for row in rows}

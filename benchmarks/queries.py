@@ -48,9 +48,9 @@ QUERIES = {
          "ORDER BY is_canonical DESC, published", "story"),
     "full-text search, stories by best match (`aggregator search`)":
         ("SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles "
-         "FROM articles_fts f JOIN articles a ON a.id = f.rowid "
-         "WHERE articles_fts MATCH :query AND a.story_id IS NOT NULL "
-         "GROUP BY a.story_id ORDER BY rank LIMIT 20", "query"),
+         "FROM (SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH :query "
+         "ORDER BY rank LIMIT 500) f JOIN articles a ON a.id = f.rowid "
+         "WHERE a.story_id IS NOT NULL GROUP BY a.story_id ORDER BY rank LIMIT 20", "query"),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),

@@ -1,0 +1,264 @@
+"""The compact index against datasketch: same signatures, same candidates, same decisions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from aggregator.cluster import ClusterArticle, Clusterer
+from aggregator.config import ClusteringSettings
+from aggregator.fingerprint import (
+    MINHASH_SCHEME,
+    MINHASH_SEED,
+    SIGN_GROUP_ITEMS,
+    Signer,
+    fingerprint_batch,
+    text_features,
+)
+from aggregator.index import BandIndex, DatasketchIndex, lsh_parameters
+from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vector
+
+SIGNER = Signer(128)
+
+
+def datasketch_minhash(items: list[bytes]) -> MinHash:
+    minhash = MinHash(num_perm=128, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
+    for item in items or [b""]:
+        minhash.update(item)
+    return minhash
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [3, 0, 7], [SIGN_GROUP_ITEMS + 5, 2],
+                                   [500] * 40])
+def test_bulk_signatures_equal_datasketch_minhash_and_its_serialisation(sizes):
+    sets = [[f"{n}-{i}".encode() for i in range(n)] for n in sizes]
+    rows = SIGNER.sign(sets)
+    for items, row in zip(sets, rows, strict=True):
+        expected = datasketch_minhash(items)
+        assert (row == expected.hashvalues).all()
+        lean = LeanMinHash(expected)
+        buffer = bytearray(lean.bytesize())
+        lean.serialize(buffer)
+        assert SIGNER.to_bytes(row) == bytes(buffer)
+        assert (SIGNER.from_bytes(bytes(buffer)) == row).all()
+
+
+def test_a_signature_made_with_other_settings_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="other MinHash settings"):
+        Signer(64).from_bytes(SIGNER.to_bytes(SIGNER.sign([[b"a"]])[0]))
+
+
+@pytest.mark.parametrize(("threshold", "num_perm"), [(0.05, 128), (0.7, 128), (0.5, 64)])
+def test_band_parameters_are_datasketchs(threshold, num_perm):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    assert lsh_parameters(threshold, num_perm) == (lsh.b, lsh.r)
+
+
+def random_sets(rng: np.random.Generator, count: int) -> list[list[bytes]]:
+    # Sets drawn from a small vocabulary, so that many pairs overlap a little or a lot.
+    return [[f"w{w}".encode() for w in rng.choice(300, size=int(rng.integers(5, 40)),
+                                                  replace=False)] for _ in range(count)]
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7])
+def test_band_index_finds_exactly_what_minhashlsh_finds(threshold):
+    rng = np.random.default_rng(4)
+    signatures = SIGNER.sign(random_sets(rng, 600))
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    # A small merge size: most entries go through the sorted arrays, some stay recent.
+    index = BandIndex(threshold, 128, merge_at=500)
+    for slot, signature in enumerate(signatures[:500]):
+        lsh.insert(slot, SIGNER.lean(signature))
+        index.insert(np.asarray([slot]), signature[None, :])
+    for query in signatures[500:]:
+        assert set(index.query(query).tolist()) == set(lsh.query(SIGNER.lean(query)))
+
+
+def test_band_index_drops_dead_slots_at_compaction_and_bulk_loads_like_inserts():
+    rng = np.random.default_rng(5)
+    signatures = SIGNER.sign(random_sets(rng, 300))
+    one_by_one, bulk = BandIndex(0.05, 128, merge_at=64), BandIndex(0.05, 128, merge_at=64)
+    for slot, signature in enumerate(signatures):
+        one_by_one.insert(np.asarray([slot]), signature[None, :])
+    bulk.insert(np.arange(300), signatures)
+    alive = np.ones(300, dtype=bool)
+    alive[::2] = False
+    for index in (one_by_one, bulk):
+        index.compact(alive)
+    for query in signatures[:20]:
+        found = set(one_by_one.query(query).tolist())
+        assert found == set(bulk.query(query).tolist())
+        assert found and all(slot % 2 == 1 for slot in found)
+
+
+def stream_decisions(settings: ClusteringSettings) -> list[tuple[str, int | None]]:
+    clusterer = Clusterer(settings)
+    topics = ["glacier avalanche sherpa crampon icefall summit expedition oxygen",
+              "vineyard harvest grape fermentation cellar barrel sommelier vintage",
+              "parliament budget deficit minister vote coalition tax reform"]
+    decisions = []
+    for number in range(30):
+        topic = topics[number % 3].split()
+        words = [topic[(number * 7 + k) % len(topic)] for k in range(12)]
+        text = " ".join(words * 2) + f" item{number}"
+        [fingerprint] = fingerprint_batch([(" ".join(words[:4]), text)], clusterer.stats,
+                                          SIGNER, 3, 3.0, 24)
+        article = ClusterArticle(None, f"s{number % 4}", 0, number * 3600.0, True,
+                                 fingerprint)
+        decision = clusterer.propose(article)
+        article.article_id = number + 1
+        clusterer.commit(article, decision.story_id or 1000 + number)
+        decisions.append((decision.relation, decision.story_id))
+    return decisions
+
+
+def test_both_index_backends_make_the_same_decisions():
+    compact = stream_decisions(ClusteringSettings())
+    assert compact == stream_decisions(ClusteringSettings(index_backend="datasketch"))
+    assert {relation for relation, _story in compact} >= {"new_story", "same_story"}
+
+
+def test_datasketch_backend_removes_evicted_slots():
+    index = DatasketchIndex(0.5, 128)
+    [signature] = SIGNER.sign([[b"a", b"b", b"c"]])
+    index.insert(np.asarray([3]), signature[None, :])
+    assert index.query(signature).tolist() == [3]
+    index.remove(np.asarray([3]))
+    assert index.query(signature).tolist() == []
+
+
+def test_evicted_rows_are_reused_only_after_the_index_forgot_them():
+    settings = ClusteringSettings(window_days=1)
+    clusterer = Clusterer(settings)
+    day = 86400.0
+    for number in range(1100):
+        [fingerprint] = fingerprint_batch([(f"title {number}", f"text about item{number}")],
+                                          clusterer.stats, SIGNER, 3, 3.0, 24)
+        article = ClusterArticle(number + 1, "s", 0, number * 10.0, True, fingerprint)
+        clusterer.commit(article, number + 1)
+    clusterer.evict_before(2 * day)  # everything: the compaction runs, the rows come back
+    assert clusterer.rows.free and not clusterer.rows.released
+    [fingerprint] = fingerprint_batch([("title 5", "text about item5")], clusterer.stats,
+                                      SIGNER, 3, 3.0, 24)
+    late = ClusterArticle(None, "s", 0, 3 * day, True, fingerprint)
+    assert clusterer.propose(late).relation == "new_story"  # nothing stale is found
+
+
+def test_text_features_are_the_same_from_many_threads():
+    texts = [(f"Title {n}", " ".join(f"running{n % 7} cities' councils voted {n}" for _ in
+                                     range(30))) for n in range(40)]
+    expected = text_features(texts, SIGNER, 3, 3.0)
+    results: list = [None] * 4
+
+    def work(slot: int) -> None:
+        results[slot] = text_features(texts, SIGNER, 3, 3.0)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        assert [f.term_counts for f in result] == [f.term_counts for f in expected]
+        assert all((a.shingle_signature == b.shingle_signature).all()
+                   for a, b in zip(result, expected, strict=True))
+
+
+def test_vectors_pack_and_unpack_exactly():
+    ids, weights = unpack_vector(pack_vector([3, 1, 99], [0.5, 0.25, 1 / 3]))
+    assert ids.tolist() == [3, 1, 99] and weights.tolist() == [0.5, 0.25, 1 / 3]
+
+
+def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store.__new__(Store)
+    store.path = str(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    import sqlite_utils
+
+    store.db = sqlite_utils.Database(conn)
+    conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for name, migration in MIGRATIONS[:4]:
+        migration(store.db)
+        conn.execute("INSERT INTO _migrations VALUES (?, '2026-01-01T00:00:00Z')", [name])
+    conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                 "VALUES (1, 's', 'u', 'u', 'now')")
+    conn.execute("INSERT INTO stories (id, canonical_article_id, first_seen, last_seen, "
+                 "first_published, last_published) VALUES (1, 1, 'a', 'a', 'a', 'a')")
+    signature = SIGNER.to_bytes(SIGNER.sign([[b"x"]])[0])
+    conn.execute(
+        "INSERT INTO articles (id, source_id, identity_key, title, published, "
+        "published_from_feed, fetched, text, content_hash, word_count, story_id, relation, "
+        "term_counts, vector, salient_terms, shingle_signature, salient_signature) VALUES "
+        "(1, 1, 'k', 't', 'a', 1, 'a', 'x', 'h', 1, 1, 'canonical', '{\"alpha\":1,\"beta\":2}',"
+        " ?, '[\"alpha\"]', ?, ?)",
+        [json.dumps({"beta": 0.8, "alpha": 0.6}), signature, signature])
+    conn.executemany("INSERT INTO term_stats VALUES (?, 1, 0.001)", [("alpha",), ("beta",)])
+    conn.close()
+
+    migrated = Store(str(path))
+    assert "005_article_fingerprints" in migrated.applied_migrations()
+    ids = dict(migrated.db.execute("SELECT term, id FROM term_stats"))
+    salient, vector, shingle = migrated.db.execute(
+        "SELECT salient_terms, term_vector, shingle_signature FROM article_fingerprints "
+        "WHERE article_id = 1").fetchone()
+    term_ids, weights = unpack_vector(vector)
+    assert term_ids.tolist() == [ids["beta"], ids["alpha"]]
+    assert weights.tolist() == [0.8, 0.6]
+    assert json.loads(salient) == ["alpha"] and shingle == signature
+    columns = {row[1] for row in migrated.db.execute("PRAGMA table_info(articles)")}
+    assert "vector" not in columns and "shingle_signature" not in columns
+    migrated.close()
+
+
+def test_worker_processes_prepare_what_the_writer_would(tmp_path):
+    from aggregator.config import Config, Source
+    from aggregator.parse import ParsedEntry
+    from aggregator.pipeline import Aggregator, prepare_entries
+
+    config = Config(path=str(tmp_path / "c.toml"), database=str(tmp_path / "w.db"),
+                    workers=1, sources=(Source(name="s", url="x.xml", interval_s=60),))
+    aggregator = Aggregator(config)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    entries = tuple(ParsedEntry(guid=f"g{n}", link=f"https://e.example/{n}",
+                                title=f"Story {n}", published=start + timedelta(minutes=n),
+                                content=f"<p>Councils voted on budget {n} today.</p>")
+                    for n in range(12))
+    inline = prepare_entries(entries, "s", start, aggregator._prepare_settings())
+    try:
+        prepared = aggregator.prepare_async("s", entries, start).result(timeout=120)
+        assert aggregator._workers is not None  # it ran in a worker process
+        assert [a.identity_keys for a in prepared.articles] == \
+            [a.identity_keys for a in inline.articles]
+        assert [f.term_counts for f in prepared.features] == \
+            [f.term_counts for f in inline.features]
+        report = aggregator.ingest_entries("s", 0, entries, start, prepared)
+        assert report.new_articles == 12
+    finally:
+        aggregator.close()
+
+
+def test_clustering_settings_name_the_index_backend(tmp_path):
+    from aggregator.config import load_config
+    from aggregator.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text('database = "x.db"\n[clustering]\nindex_backend = "faiss"\n')
+    with pytest.raises(ConfigError, match="index_backend"):
+        load_config(path, environ={})
+    path.write_text('database = "x.db"\n[clustering]\nindex_storage = { type = "redis" }\n')
+    with pytest.raises(ConfigError, match="index_storage"):
+        load_config(path, environ={})
+    path.write_text('database = "x.db"\n[clustering]\nindex_backend = "datasketch"\n'
+                    'index_storage = { type = "dict" }\n')
+    settings = load_config(path, environ={}).clustering
+    assert settings.index_backend == "datasketch"
+    assert dict(settings.index_storage) == {"type": "dict"}
+    assert replace(settings, index_backend="compact").index_backend == "compact"
