@@ -24,9 +24,8 @@ How an article is placed:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -88,6 +87,14 @@ class StoryState:
         return self.dated_first_ts <= self.dated_last_ts
 
 
+class StoredFingerprints(Protocol):
+    """What the clusterer may ask the store for instead of holding it."""
+
+    def shingle_signatures(self, article_ids: list[int]) -> np.ndarray: ...
+
+    def salient_terms(self, article_ids: list[int]) -> list[tuple[str, ...]]: ...
+
+
 class Vocabulary:
     """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
 
@@ -119,15 +126,18 @@ class ArticleRows:
     """
 
     def __init__(self, num_perm: int, vector_width: int, salient_width: int,
-                 keep_shingles: bool = True):
+                 keep_stored: bool = True):
+        """``keep_stored``: also hold what the store can give when it is asked (the shingle
+        signatures and salient terms); without a store they must be held here."""
         self.capacity = 0
         self.num_perm = num_perm
-        self.keep_shingles = keep_shingles
-        self.shingle = np.zeros((0, num_perm if keep_shingles else 0), dtype=np.uint32)
+        self.keep_stored = keep_stored
+        self.shingle = np.zeros((0, num_perm if keep_stored else 0), dtype=np.uint32)
         self.salient = np.zeros((0, num_perm), dtype=np.uint32)
         self.vector_ids = np.zeros((0, max(1, vector_width)), dtype=np.int32)
         self.vector_weights = np.zeros((0, max(1, vector_width)), dtype=np.float32)
-        self.salient_ids = np.zeros((0, max(1, salient_width)), dtype=np.int32)
+        self.salient_ids = np.zeros((0, max(1, salient_width) if keep_stored else 0),
+                                    dtype=np.int32)
         self.article_id = np.zeros(0, dtype=np.int64)
         self.story_id = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
@@ -173,6 +183,8 @@ class ArticleRows:
         self.vector_weights[slot, :len(ids)] = weights
 
     def put_salient(self, slot: int, ids: list[int]) -> None:
+        if not self.keep_stored:
+            return
         self._widen("salient_ids", len(ids))
         self.salient_ids[slot] = 0
         self.salient_ids[slot, :len(ids)] = ids
@@ -373,12 +385,12 @@ class Clusterer:
 
     def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None,
                  vocabulary: Vocabulary | None = None,
-                 shingle_loader: Callable[[list[int]], np.ndarray] | None = None):
-        """``shingle_loader(article_ids)`` returns stored shingle signatures (one row per id,
-        in order); with it they are read when needed instead of being held in memory:
-        only near-copy candidates and a story's canonical changes need them."""
+                 stored: StoredFingerprints | None = None):
+        """With ``stored``, shingle signatures and salient terms are read from the store when
+        needed instead of being held in memory: only near-copy candidates, canonical changes
+        and the shared terms of the best candidates need them."""
         self.settings = settings
-        self.shingle_loader = shingle_loader
+        self.stored = stored
         self.stats = stats or TermStatistics(settings.idf_prior_docs)
         self.vocabulary = vocabulary or Vocabulary()
         options = dict(storage_config=dict(settings.index_storage) or None)
@@ -387,7 +399,7 @@ class Clusterer:
         self.candidate_index = make_index(settings.index_backend, settings.candidate_threshold,
                                           settings.num_perm, prefix="candidate", **options)
         self.rows = ArticleRows(settings.num_perm, settings.vector_terms, settings.salient_terms,
-                                keep_shingles=shingle_loader is None)
+                                keep_stored=stored is None)
         self.articles: dict[int, ClusterArticle] = {}
         self.stories: dict[int, StoryState] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
@@ -425,9 +437,9 @@ class Clusterer:
         return found
 
     def _shingles(self, slots: np.ndarray) -> np.ndarray:
-        if self.rows.keep_shingles:
+        if self.rows.keep_stored:
             return self.rows.shingle[slots]
-        return self.shingle_loader(self.rows.article_id[slots].tolist())
+        return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
 
     def _similarities(self, vector: dict[str, float], slots: np.ndarray) -> np.ndarray:
         """Cosine of ``vector`` (unit length) with the vectors of the article rows ``slots``.
@@ -486,8 +498,23 @@ class Clusterer:
             story = live[position]
             start = int(starts[position])
             own = similarities[start:start + len(story.slots)]
-            candidates.append(self._candidate(article, story, own, salient))
-        return candidates
+            candidates.append(self._candidate(article, story, own))
+        return self._with_shared_terms(candidates, salient)
+
+    def _with_shared_terms(self, candidates: list[Candidate],
+                           salient: set[str]) -> list[Candidate]:
+        """The salient terms each candidate's canonical shares with the article (for
+        ``explain``), read for all candidates at once."""
+        canonicals = [self.articles[self.stories[c.story_id].canonical_id] for c in candidates]
+        if self.rows.keep_stored:
+            terms = self.vocabulary.terms
+            found = [{terms[i] for i in self.rows.salient_ids[a.slot].tolist() if i}
+                     for a in canonicals]
+        else:
+            found = [set(t) for t in
+                     self.stored.salient_terms([a.article_id for a in canonicals])]
+        return [replace(candidate, shared_terms=tuple(sorted(salient & theirs)))
+                for candidate, theirs in zip(candidates, found, strict=True)]
 
     def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
                        means: np.ndarray) -> np.ndarray:
@@ -517,8 +544,8 @@ class Clusterer:
             factor = np.where(dated, np.exp(-(gap * gap) / (2.0 * sigma * sigma)), factor)
         return means * factor - threshold
 
-    def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
-                   salient: set[str]) -> Candidate:
+    def _candidate(self, article: ClusterArticle, story: StoryState,
+                   own: list[float]) -> Candidate:
         similarity = sum(own) / len(own)
         canonical = self.articles[story.canonical_id]
         # The length of the pair: a short text beside a long one scores like neither.
@@ -534,13 +561,8 @@ class Clusterer:
         # Support is only worth counting for a story the article would otherwise join.
         if similarity * factor >= threshold and not self._supported(own, threshold):
             similarity = 0.0
-        shared = tuple(sorted(salient & self._salient_terms(canonical.slot)))
         return Candidate(story.story_id, round(similarity * factor, 4), round(similarity, 4),
-                         round(factor, 4), round(threshold, 4), shared)
-
-    def _salient_terms(self, slot: int) -> set[str]:
-        terms = self.vocabulary.terms
-        return {terms[i] for i in self.rows.salient_ids[slot].tolist() if i}
+                         round(factor, 4), round(threshold, 4))
 
     def _supported(self, member_similarities: list[float], threshold: float) -> bool:
         """Whether more than half of the story's (latest) members resemble the article.
@@ -581,7 +603,7 @@ class Clusterer:
               shingle: np.ndarray, salient: np.ndarray, vector: dict[str, float],
               salient_terms: tuple[str, ...]) -> None:
         rows, vocabulary = self.rows, self.vocabulary
-        if rows.keep_shingles:
+        if rows.keep_stored:
             rows.shingle[slot] = shingle
         rows.salient[slot] = salient
         rows.put_vector(slot, [vocabulary.id(t) for t in vector], list(vector.values()))
@@ -596,16 +618,24 @@ class Clusterer:
         rows.article_id[slot] = article.article_id
         rows.story_id[slot] = story.story_id
         rows.alive[slot] = True
+        self._join(slot, article, story)
+
+    def _join(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
         # From here on the arrays hold the signatures and the vector.
         article.slot, article.fingerprint, article.vector = slot, None, None
         self.articles[article.article_id] = article
         story.members.append(article.article_id)
         story.slots.append(slot)
-        story.first_ts = min(story.first_ts, article.published_ts)
-        story.last_ts = max(story.last_ts, article.published_ts)
+        ts = article.published_ts
+        if ts < story.first_ts:
+            story.first_ts = ts
+        if ts > story.last_ts:
+            story.last_ts = ts
         if article.dated:
-            story.dated_first_ts = min(story.dated_first_ts, article.published_ts)
-            story.dated_last_ts = max(story.dated_last_ts, article.published_ts)
+            if ts < story.dated_first_ts:
+                story.dated_first_ts = ts
+            if ts > story.dated_last_ts:
+                story.dated_last_ts = ts
 
     def _elect(self, story: StoryState, newcomer: ClusterArticle) -> StoryOutcome:
         policy = self.settings.canonical_policy
@@ -651,30 +681,37 @@ class Clusterer:
     def restore_rows(self, articles: list[ClusterArticle], story_ids: list[int],
                      canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,
                      vector_ids: np.ndarray, vector_weights: np.ndarray,
-                     salient_ids: np.ndarray) -> None:
+                     salient_ids: np.ndarray | None = None) -> None:
         """Put back stored articles at start-up, many at once (statistics come separately).
 
-        The vectors and salient terms arrive as padded rows of term ids, as stored.
+        The vectors (and, without a store to ask, the salient terms) arrive as padded rows
+        of term ids.
         """
         if not articles:
             return
         rows = self.rows
         slots = rows.allocate(len(articles))
-        if rows.keep_shingles:
+        if rows.keep_stored:
             rows.shingle[slots] = shingles
         rows.salient[slots] = salients
-        for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights),
-                             ("salient_ids", salient_ids)):
+        restored = [("vector_ids", vector_ids), ("vector_weights", vector_weights)]
+        if rows.keep_stored and salient_ids is not None:
+            restored.append(("salient_ids", salient_ids))
+        for name, values in restored:
             rows._widen(name, values.shape[1])
             target = getattr(rows, name)
             target[slots] = 0
             target[slots, :values.shape[1]] = values
+        rows.article_id[slots] = [a.article_id for a in articles]
+        rows.story_id[slots] = story_ids
+        rows.alive[slots] = True
+        stories = self.stories
         for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
                                                          canonical_ids, strict=True):
-            story = self.stories.get(story_id)
+            story = stories.get(story_id)
             if story is None:
-                story = self.stories[story_id] = StoryState(story_id)
-            self._attach(slot, article, story)
+                story = stories[story_id] = StoryState(story_id)
+            self._join(slot, article, story)
             story.canonical_id = canonical_id
         self.duplicate_index.insert(slots, shingles)
         self.candidate_index.insert(slots, salients)

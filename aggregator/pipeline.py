@@ -9,7 +9,6 @@ one source's failure from touching any other source.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import multiprocessing
 import os
@@ -199,25 +198,19 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
     for term_id, term, _frequency, _prior in rows:
         vocabulary.restore(term_id, term)
     stats.restore(documents, ((term, frequency, prior) for _id, term, frequency, prior in rows))
-    clusterer = Clusterer(settings, stats, vocabulary,
-                          shingle_loader=lambda ids: signer.from_bytes_many(
-                              store.shingle_signatures(ids)))
+    clusterer = Clusterer(settings, stats, vocabulary, stored=StoreFingerprints(store, signer))
     newest = store.newest_published()
     if newest is None:
         return clusterer
     window = store.window_rows(newest - timedelta(days=settings.window_days))
     if not window.ids:
         return clusterer
-    articles = [ClusterArticle(article_id, source, priority, published, has_author, None,
+    sources = store.source_names()
+    articles = [ClusterArticle(article_id, *sources[source_id], published, has_author, None,
                                dated=bool(dated), word_count=words)
-                for article_id, source, priority, published, has_author, dated, words
-                in zip(window.ids, window.sources, window.priorities, window.published_ts,
+                for article_id, source_id, published, has_author, dated, words
+                in zip(window.ids, window.source_ids, window.published_ts,
                        window.has_author, window.dated, window.word_counts, strict=True)]
-    term_ids = vocabulary.ids
-    salient = [[term_ids[t] for t in json.loads(terms)] for terms in window.salient_terms]
-    salient_ids = np.zeros((len(salient), max(map(len, salient), default=1) or 1), np.int32)
-    for row, ids in enumerate(salient):
-        salient_ids[row, :len(ids)] = ids
     vectors = [unpack_vector(data) for data in window.term_vectors]
     width = max((len(ids) for ids, _weights in vectors), default=1) or 1
     vector_ids = np.zeros((len(vectors), width), np.int32)
@@ -228,8 +221,21 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
     clusterer.restore_rows(articles, window.story_ids, window.canonical_ids,
                            signer.from_bytes_many(window.shingle_signatures),
                            signer.from_bytes_many(window.salient_signatures),
-                           vector_ids, vector_weights, salient_ids)
+                           vector_ids, vector_weights)
     return clusterer
+
+
+class StoreFingerprints:
+    """The clusterer's view of ``article_fingerprints``: what it does not hold in memory."""
+
+    def __init__(self, store: Store, signer: Signer):
+        self.store, self.signer = store, signer
+
+    def shingle_signatures(self, article_ids: list[int]) -> np.ndarray:
+        return self.signer.from_bytes_many(self.store.shingle_signatures(article_ids))
+
+    def salient_terms(self, article_ids: list[int]) -> list[tuple[str, ...]]:
+        return self.store.salient_terms(article_ids)
 
 
 class Aggregator:

@@ -346,7 +346,7 @@ def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:
 
 def _m006_source_article_counts(db: sqlite_utils.Database) -> None:
     """``sources.article_count``, kept by triggers, so that ``source_health`` does not count
-    a million articles each time a dashboard asks."""
+    a million articles each time a dashboard asks; an index for the start-up's window query."""
     _run_script(db, """
     ALTER TABLE sources ADD COLUMN article_count INTEGER NOT NULL DEFAULT 0;
     UPDATE sources SET article_count =
@@ -357,6 +357,7 @@ def _m006_source_article_counts(db: sqlite_utils.Database) -> None:
     CREATE TRIGGER articles_count_delete AFTER DELETE ON articles BEGIN
         UPDATE sources SET article_count = article_count - 1 WHERE id = old.source_id;
     END;
+    CREATE INDEX stories_last_published ON stories(last_published);
     DROP VIEW source_health;
     CREATE VIEW source_health AS
     SELECT
@@ -421,15 +422,13 @@ class WindowRows:
     the clusterer needs to put them back in its index."""
 
     ids: list[int] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    priorities: list[int] = field(default_factory=list)
+    source_ids: list[int] = field(default_factory=list)
     published_ts: list[float] = field(default_factory=list)
     has_author: list[bool] = field(default_factory=list)
     word_counts: list[int] = field(default_factory=list)
     story_ids: list[int] = field(default_factory=list)
     canonical_ids: list[int] = field(default_factory=list)
     dated: list[bool] = field(default_factory=list)
-    salient_terms: list[str] = field(default_factory=list)
     shingle_signatures: list[bytes] = field(default_factory=list)
     salient_signatures: list[bytes] = field(default_factory=list)
     term_vectors: list[bytes] = field(default_factory=list)
@@ -790,6 +789,19 @@ class Store:
                 f"WHERE article_id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
         return [found[i] for i in article_ids]
 
+    def salient_terms(self, article_ids: list[int]) -> list[tuple[str, ...]]:
+        """Stored salient terms of the articles, in the order given."""
+        rows = dict(self.db.execute(
+            "SELECT article_id, salient_terms FROM article_fingerprints "
+            f"WHERE article_id IN ({','.join('?' * len(article_ids))})",
+            article_ids).fetchall()) if article_ids else {}
+        return [tuple(json.loads(rows[i])) for i in article_ids]
+
+    def source_names(self) -> dict[int, tuple[str, int]]:
+        """Source id -> (name, priority)."""
+        return {row[0]: (row[1], row[2])
+                for row in self.db.execute("SELECT id, name, priority FROM sources")}
+
     def newest_published(self) -> datetime | None:
         row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()
         return from_iso(row[0]) if row and row[0] else None
@@ -798,19 +810,18 @@ class Store:
         """Articles of stories still live at ``since``, oldest first, with their signatures."""
         window = WindowRows()
         cursor = self.db.execute(
-            """SELECT a.id, s.name, s.priority, a.published, a.author IS NOT NULL,
+            """SELECT a.id, a.source_id, a.published, a.author IS NOT NULL,
                       a.word_count, a.story_id, st.canonical_article_id,
-                      a.published_from_feed, f.salient_terms, f.shingle_signature,
+                      a.published_from_feed, f.shingle_signature,
                       f.salient_signature, f.term_vector
                FROM stories st
                JOIN articles a ON a.story_id = st.id
                JOIN article_fingerprints f ON f.article_id = a.id
-               JOIN sources s ON s.id = a.source_id
                WHERE st.last_published >= ?
                ORDER BY a.id""", [to_iso(since)])
-        columns = (window.ids, window.sources, window.priorities, window.published_ts,
+        columns = (window.ids, window.source_ids, window.published_ts,
                    window.has_author, window.word_counts, window.story_ids,
-                   window.canonical_ids, window.dated, window.salient_terms,
+                   window.canonical_ids, window.dated,
                    window.shingle_signatures, window.salient_signatures, window.term_vectors)
         rows = cursor.fetchall()
         if not rows:
