@@ -37,6 +37,8 @@ Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
 # Support is counted over a story's latest members only, to bound the cost for big stories.
 MAX_SUPPORT_MEMBERS = 16
+# Candidate articles whose salient signatures are compared in full, chosen by shared bands.
+CANDIDATE_SLOTS = 2000
 # Candidates scored exactly and kept with a decision (``aggregator explain`` shows them).
 REPORTED_CANDIDATES = 5
 # How far a rough (numpy) margin may be from the exact one.
@@ -418,9 +420,19 @@ class Clusterer:
     def _live(self, story: StoryState, ts: float) -> bool:
         return ts - story.last_ts <= self.settings.window_days * DAY_S
 
-    def _candidate_slots(self, index, signature: np.ndarray) -> np.ndarray:
-        slots = np.unique(index.query(signature))
-        return slots[self.rows.alive[slots]] if slots.size else slots
+    def _candidate_slots(self, index, signature: np.ndarray,
+                         limit: int | None = None) -> np.ndarray:
+        """Live slots sharing a band with ``signature``; with ``limit``, only that many of
+        those sharing the most bands (the band index returns a slot once per shared band)."""
+        slots, bands = np.unique(index.query(signature), return_counts=True)
+        if not slots.size:
+            return slots
+        alive = self.rows.alive[slots]
+        slots, bands = slots[alive], bands[alive]
+        if limit is not None and slots.size > limit:
+            # Stable, so that equal counts keep slot order and the choice is reproducible.
+            slots = slots[np.argsort(-bands, kind="stable")[:limit]]
+        return slots
 
     def near_copies(self, article: ClusterArticle) -> list[NearCopy]:
         signature = article.fingerprint.shingle_signature
@@ -462,7 +474,9 @@ class Clusterer:
     def candidate_stories(self, article: ClusterArticle,
                           vector: dict[str, float]) -> list[Candidate]:
         signature = article.fingerprint.salient_signature
-        slots = self._candidate_slots(self.candidate_index, signature)
+        # A common salient term can put a good part of a large window in the candidate set;
+        # the Jaccard estimate below is computed for the closest CANDIDATE_SLOTS only.
+        slots = self._candidate_slots(self.candidate_index, signature, CANDIDATE_SLOTS)
         if not slots.size:
             return []
         rows = self.rows

@@ -262,3 +262,20 @@ def test_clustering_settings_name_the_index_backend(tmp_path):
     assert settings.index_backend == "datasketch"
     assert dict(settings.index_storage) == {"type": "dict"}
     assert replace(settings, index_backend="compact").index_backend == "compact"
+
+
+def test_a_large_candidate_set_keeps_the_slots_sharing_the_most_bands():
+    clusterer = Clusterer(ClusteringSettings())
+    rng = np.random.default_rng(9)
+    base = SIGNER.sign([[f"w{w}".encode() for w in range(40)]])[0]
+    signatures = np.repeat(base[None, :], 50, axis=0)
+    # Slot k keeps the first k of the 32 band values of the query and loses the rest.
+    for slot in range(50):
+        signatures[slot, slot % 32:] = rng.integers(0, 2**32, size=128 - slot % 32,
+                                                    dtype=np.uint64).astype(np.uint32)
+    slots = clusterer.rows.allocate(50)
+    clusterer.rows.alive[slots] = True
+    clusterer.candidate_index.insert(slots, signatures)
+    kept = clusterer._candidate_slots(clusterer.candidate_index, base, limit=5)
+    assert sorted(kept.tolist()) == [27, 28, 29, 30, 31]
+    assert len(clusterer._candidate_slots(clusterer.candidate_index, base)) == 48
