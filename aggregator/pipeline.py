@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 EVICT_EVERY = 500
 # How many times max_concurrency sources may be fetched before the oldest of them is stored.
 FETCH_AHEAD = 8
+# At most this many 304 answers are recorded in one transaction.
+NOT_MODIFIED_GROUP = 64
 # Batches smaller than this are prepared in the calling thread: a worker round trip would
 # cost more than it saves.
 WORKER_MIN_ENTRIES = 8
@@ -140,6 +142,14 @@ class Fetched:
 
 # (source id, source name, source priority, article, stored id or None for a new one)
 Placement = tuple[int, str, int, NormalizedArticle, int | None]
+
+
+def _not_modified(future: Future) -> bool:
+    """A fetch that has finished with a 304 (without waiting for one that has not)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    fetched = future.result()
+    return fetched.error is None and fetched.result.outcome is fetching.Outcome.NOT_MODIFIED
 
 
 @dataclass
@@ -467,43 +477,61 @@ class Aggregator:
 
     def _store_fetched(self, source: Source, row: SourceRow, fetched: Fetched) -> RefreshReport:
         """The database half of a refresh: one transaction for everything the pass decided."""
-        started, clock, result, entries = (fetched.started, fetched.clock, fetched.result,
-                                           fetched.entries)
         if fetched.error is not None:
             poll = PollState(source.interval_s, row.consecutive_errors)
-            return self._record_failure(source, row, poll, started, clock, fetched.error)
+            return self._record_failure(source, row, poll, fetched.started, fetched.clock,
+                                        fetched.error)
+        with self._write_lock, self.store.transaction() as conn:
+            return self._write_fetched(conn, source, row, fetched)
+
+    def _store_not_modified(self, group: list[tuple[Source, SourceRow, Fetched]]
+                            ) -> list[RefreshReport]:
+        """Sources that answered 304, recorded in one transaction: nothing but their fetch
+        state changes, and a crash before the commit only means asking them again."""
+        try:
+            with self._write_lock, self.store.transaction() as conn:
+                return [self._write_fetched(conn, source, row, fetched)
+                        for source, row, fetched in group]
+        except (StoreError, sqlite3.Error) as exc:
+            message = f"database {self.store.path}: {exc}"
+            log.error("%d sources not stored: %s", len(group), message)
+            return [RefreshReport(source.name, "store_error", error=message)
+                    for source, _row, _fetched in group]
+
+    def _write_fetched(self, conn, source: Source, row: SourceRow,
+                       fetched: Fetched) -> RefreshReport:
+        started, clock, result, entries = (fetched.started, fetched.clock, fetched.result,
+                                           fetched.entries)
         ttl_s = fetched.ttl_s
         if result.outcome is fetching.Outcome.NOT_MODIFIED:
             report = RefreshReport(source.name, "not_modified", result.status)
         else:
             report = RefreshReport(source.name, "ok", result.status, len(entries))
-
-        with self._write_lock, self.store.transaction() as conn:
-            if entries:
-                self._ingest(conn, row.id, source.name, source.priority, entries, started,
-                             report, fetched.prepared)
-            state: dict[str, object] = {
-                "last_status": result.status, "last_outcome": report.outcome,
-                "last_checked_at": started, "last_success_at": started,
-                "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
-                "next_check_at": next_check_at(started,
-                                               PollState(self._interval(conn, source, row,
-                                                                        started)),
-                                               PollResponse(result.outcome, result.max_age_s,
-                                                            None, ttl_s, fetched.skip_hours,
-                                                            fetched.skip_days),
-                                               random_jitter()),
-            }
-            if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
-                state["etag"] = result.etag
-                state["last_modified"] = result.last_modified
-            state.update(redirect_state(row, result.permanent_redirect,
-                                        self.config.permanent_redirect_after))
-            self.store.record_fetch(
-                row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
-                url=result.url, status=result.status, outcome=report.outcome, error=None,
-                size=len(result.body), entries=report.entries,
-                new_articles=report.new_articles, state=state, conn=conn)
+        if entries:
+            self._ingest(conn, row.id, source.name, source.priority, entries, started,
+                         report, fetched.prepared)
+        state: dict[str, object] = {
+            "last_status": result.status, "last_outcome": report.outcome,
+            "last_checked_at": started, "last_success_at": started,
+            "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
+            "next_check_at": next_check_at(started,
+                                           PollState(self._interval(conn, source, row,
+                                                                    started)),
+                                           PollResponse(result.outcome, result.max_age_s,
+                                                        None, ttl_s, fetched.skip_hours,
+                                                        fetched.skip_days),
+                                           random_jitter()),
+        }
+        if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
+            state["etag"] = result.etag
+            state["last_modified"] = result.last_modified
+        state.update(redirect_state(row, result.permanent_redirect,
+                                    self.config.permanent_redirect_after))
+        self.store.record_fetch(
+            row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
+            url=result.url, status=result.status, outcome=report.outcome, error=None,
+            size=len(result.body), entries=report.entries,
+            new_articles=report.new_articles, state=state, conn=conn)
         return report
 
     def _interval(self, conn, source: Source, row: SourceRow, now: datetime) -> float:
@@ -773,6 +801,18 @@ class Aggregator:
                 for following in islice(upcoming, 1):
                     pending.append((following, pool.submit(self._fetch_and_parse, following,
                                                            rows[following.name])))
+                if _not_modified(future):
+                    # It and the 304s already fetched after it: one transaction for all.
+                    group = [(source, rows[source.name], future.result())]
+                    while pending and len(group) < NOT_MODIFIED_GROUP and \
+                            _not_modified(pending[0][1]):
+                        source, future = pending.popleft()
+                        group.append((source, rows[source.name], future.result()))
+                        for following in islice(upcoming, 1):
+                            pending.append((following, pool.submit(
+                                self._fetch_and_parse, following, rows[following.name])))
+                    reports.extend(self._store_not_modified(group))
+                    continue
                 reports.append(self._store_one(source, rows[source.name], future))
         if len(reports) > 1 and all(r.unreachable for r in reports):
             self._forgive_outage(sources[:len(reports)], rows, now)

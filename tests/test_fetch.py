@@ -48,6 +48,51 @@ def test_conditional_get_sends_etag_and_a_304_costs_no_parsing(tmp_path, feed_se
     assert state["last_status"] == 304 and state["last_success_at"] == state["last_checked_at"]
 
 
+def test_many_304s_are_recorded_together_and_a_write_failure_fails_them_all(
+        tmp_path, feed_server, monkeypatch):
+    import time as clock
+
+    import aggregator.pipeline as pipeline
+
+    paths = [f"/f{n}" for n in range(12)]
+    for path in paths:
+        feed_server.route(path, Reply(200, FEED.replace(b"<title>", f"<title>{path} ".encode(),
+                                                        1),
+                                      {"ETag": '"v1"', "Content-Type": "application/rss+xml"}))
+    aggregator = make_aggregator(tmp_path, feed_server, paths)
+    aggregator.run_pass(force=True)
+    transactions = []
+    original = aggregator.store.transaction
+
+    def counted():
+        transactions.append(1)
+        return original()
+
+    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    # The first fetch is slow, so that the others have all answered when it is stored.
+    slow = aggregator._fetch_and_parse
+
+    def fetch(source, row):
+        if source.name == "f0":
+            clock.sleep(0.5)
+        return slow(source, row)
+
+    monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
+    reports = aggregator.run_pass(force=True)
+    assert [r.outcome for r in reports] == ["not_modified"] * 12
+    assert [r.source for r in reports] == [p.strip("/") for p in paths]  # config order
+    assert len(transactions) < 12
+    assert aggregator.store.db.execute(
+        "SELECT count(*) FROM fetch_attempts WHERE outcome = 'not_modified'").fetchone() == (12,)
+
+    monkeypatch.setattr(pipeline.Store, "record_fetch", lambda *a, **k: (_ for _ in ()).throw(
+        pipeline.StoreError("disk full")))
+    reports = aggregator.run_pass(force=True)
+    assert {r.outcome for r in reports} == {"store_error"}
+    assert aggregator.store.db.execute(
+        "SELECT count(*) FROM fetch_attempts").fetchone() == (24,)  # nothing half-written
+
+
 def test_gzip_body_is_decoded(tmp_path, feed_server):
     feed_server.route("/gz", Reply(200, FEED, {"Content-Type": "application/rss+xml"},
                                    gzip=True))
