@@ -79,6 +79,13 @@ def check_store(store: Store, settings: ClusteringSettings,
         "SELECT a.id FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "
         "WHERE f.article_id IS NULL",
         lambda r: f"article {r[0]} has no row in article_fingerprints"))
+    q(_query_violations(
+        store, "every article has its fingerprint",
+        "SELECT a.id FROM articles a JOIN article_fingerprints f ON f.article_id = a.id "
+        "WHERE f.source_id != a.source_id OR f.published != a.published "
+        "OR f.word_count != a.word_count OR f.dated != a.published_from_feed "
+        "OR f.has_author != (a.author IS NOT NULL)",
+        lambda r: f"article {r[0]}: its fingerprint row disagrees with the article"))
     violations.extend(_check_statistics(store))
     if signatures:
         violations.extend(_check_signatures(store, settings))

@@ -321,23 +321,30 @@ def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:
     conn.execute("ALTER TABLE term_stats_new RENAME TO term_stats")
     conn.execute("""CREATE TABLE article_fingerprints (
         article_id INTEGER PRIMARY KEY REFERENCES articles(id) ON DELETE CASCADE,
+        source_id INTEGER NOT NULL,
+        published TEXT NOT NULL,
+        has_author INTEGER NOT NULL,
+        dated INTEGER NOT NULL,
+        word_count INTEGER NOT NULL,
         salient_terms TEXT NOT NULL,
         term_vector BLOB NOT NULL,
         shingle_signature BLOB NOT NULL,
         salient_signature BLOB NOT NULL
     )""")
     ids = dict(conn.execute("SELECT term, id FROM term_stats"))
-    rows = conn.execute("SELECT id, vector, salient_terms, shingle_signature, "
-                        "salient_signature FROM articles").fetchall()
-    for article_id, text, salient, shingle, salient_signature in rows:
+    rows = conn.execute("SELECT id, source_id, published, author IS NOT NULL, "
+                        "published_from_feed, word_count, vector, salient_terms, "
+                        "shingle_signature, salient_signature FROM articles").fetchall()
+    for (article_id, source_id, published, has_author, dated, words, text, salient, shingle,
+         salient_signature) in rows:
         vector = json.loads(text)
         for term in vector:
             if term not in ids:  # counted out by a recluster: kept with no documents
                 ids[term] = conn.execute(
                     "INSERT INTO term_stats (term, document_frequency, prior_fraction) "
                     "VALUES (?, 0, 1e-7)", [term]).lastrowid
-        conn.execute("INSERT INTO article_fingerprints VALUES (?, ?, ?, ?, ?)",
-                     [article_id, salient,
+        conn.execute("INSERT INTO article_fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [article_id, source_id, published, has_author, dated, words, salient,
                       pack_vector([ids[t] for t in vector], list(vector.values())),
                       shingle, salient_signature])
     for column in ("vector", "salient_terms", "shingle_signature", "salient_signature"):
@@ -658,10 +665,13 @@ class Store:
              article.content_hash, fingerprint.word_count, json.dumps(decision),
              json.dumps(fingerprint.term_counts, separators=(",", ":"))])
         article_id = cursor.lastrowid
-        conn.execute("INSERT INTO article_fingerprints (article_id, salient_terms, term_vector, "
-                     "shingle_signature, salient_signature) VALUES (?, ?, ?, ?, ?)",
-                     [article_id, json.dumps(list(fingerprint.salient)), term_vector,
-                      shingle_bytes, salient_bytes])
+        conn.execute("INSERT INTO article_fingerprints (article_id, source_id, published, "
+                     "has_author, dated, word_count, salient_terms, term_vector, "
+                     "shingle_signature, salient_signature) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                     [article_id, source_id, to_iso(article.published),
+                      int(article.author is not None), int(article.has_published),
+                      fingerprint.word_count, json.dumps(list(fingerprint.salient)),
+                      term_vector, shingle_bytes, salient_bytes])
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
                          [(key, article_id) for key in article.identity_keys])
         return article_id
@@ -712,10 +722,10 @@ class Store:
             [fingerprint.word_count, json.dumps(decision),
              json.dumps(fingerprint.term_counts, separators=(",", ":")), article_id])
         conn.execute(
-            "UPDATE article_fingerprints SET salient_terms = ?, term_vector = ?, "
+            "UPDATE article_fingerprints SET word_count = ?, salient_terms = ?, term_vector = ?, "
             "shingle_signature = ?, salient_signature = ? WHERE article_id = ?",
-            [json.dumps(list(fingerprint.salient)), term_vector, shingle_bytes, salient_bytes,
-             article_id])
+            [fingerprint.word_count, json.dumps(list(fingerprint.salient)), term_vector,
+             shingle_bytes, salient_bytes, article_id])
 
     @staticmethod
     def count_terms(conn: sqlite3.Connection, documents: int,
@@ -807,29 +817,34 @@ class Store:
         return from_iso(row[0]) if row and row[0] else None
 
     def window_rows(self, since: datetime) -> WindowRows:
-        """Articles of stories still live at ``since``, oldest first, with their signatures."""
+        """Articles of stories still live at ``since``, oldest first, with their signatures.
+
+        Two reads that never touch the (large) article rows: the members of the live stories
+        from the ``articles_story`` index, then their fingerprints from
+        ``article_fingerprints``, from the oldest member on.
+        """
         window = WindowRows()
-        cursor = self.db.execute(
-            """SELECT a.id, a.source_id, a.published, a.author IS NOT NULL,
-                      a.word_count, a.story_id, st.canonical_article_id,
-                      a.published_from_feed, f.shingle_signature,
-                      f.salient_signature, f.term_vector
-               FROM stories st
-               JOIN articles a ON a.story_id = st.id
-               JOIN article_fingerprints f ON f.article_id = a.id
+        members = self.db.execute(
+            """SELECT a.id, a.story_id, st.canonical_article_id
+               FROM stories st INDEXED BY stories_last_published
+               JOIN articles a INDEXED BY articles_story ON a.story_id = st.id
                WHERE st.last_published >= ?
-               ORDER BY a.id""", [to_iso(since)])
-        columns = (window.ids, window.source_ids, window.published_ts,
-                   window.has_author, window.word_counts, window.story_ids,
-                   window.canonical_ids, window.dated,
-                   window.shingle_signatures, window.salient_signatures, window.term_vectors)
-        rows = cursor.fetchall()
-        if not rows:
+               ORDER BY a.id""", [to_iso(since)]).fetchall()
+        if not members:
             return window
-        for column, values in zip(columns, zip(*rows, strict=True), strict=True):
-            column.extend(values)
+        story_of = {article_id: (story, canonical) for article_id, story, canonical in members}
+        rows = [row for row in self.db.execute(
+            """SELECT article_id, source_id, published, has_author, word_count, dated,
+                      shingle_signature, salient_signature, term_vector
+               FROM article_fingerprints WHERE article_id >= ? ORDER BY article_id""",
+            [members[0][0]]) if row[0] in story_of]
+        (window.ids, window.source_ids, window.published_ts, window.has_author,
+         window.word_counts, window.dated, window.shingle_signatures,
+         window.salient_signatures, window.term_vectors) = map(list, zip(*rows, strict=True))
+        window.story_ids = [story_of[i][0] for i in window.ids]
+        window.canonical_ids = [story_of[i][1] for i in window.ids]
         parse = datetime.fromisoformat
-        window.published_ts[:] = [parse(p).timestamp() for p in window.published_ts]
+        window.published_ts = [parse(p).timestamp() for p in window.published_ts]
         return window
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
