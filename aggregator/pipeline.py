@@ -9,6 +9,7 @@ one source's failure from touching any other source.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import logging
 import multiprocessing
 import os
@@ -201,7 +202,22 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
     No text is read again: signatures and vectors come back as stored, in bulk.  The window
     is anchored at the newest stored article, not at the wall clock, so that a store filled
     from dated archives restarts with the same live stories it had.
+
+    The cyclic garbage collector is paused meanwhile: the rebuild makes a few long-lived
+    objects per article, and the collector would scan them again and again as they are
+    made (a fifth of the time at 100,000 articles).  They are then frozen out of its scans.
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_clusterer(store, settings, signer)
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
+
+
+def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
     stats = TermStatistics(settings.idf_prior_docs)
     vocabulary = Vocabulary()
     documents, rows = store.term_statistics()
