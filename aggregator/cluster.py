@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .config import ClusteringSettings
-from .fingerprint import Fingerprint, TermStatistics, normalised, term_weights
+from .fingerprint import Fingerprint, TermStatistics, normalised
 from .index import make_index
 
 Relation = Literal["canonical", "duplicate", "same_story"]
@@ -121,11 +121,22 @@ class Vocabulary:
         return len(self.terms)
 
 
+def padded(rows: list, dtype) -> np.ndarray:
+    """Rows of different lengths as one array, each padded with zeros to the longest."""
+    matrix = np.zeros((len(rows), max(map(len, rows), default=0) or 1), dtype=dtype)
+    for number, row in enumerate(rows):
+        matrix[number, :len(row)] = row
+    return matrix
+
+
 class ArticleRows:
-    """Per-article arrays of the window, one row per slot; rows grow by doubling.
+    """Per-article arrays of the window, one row per slot; they grow by a quarter at a time.
 
     A slot freed by eviction is reused only after the LSH indexes have dropped it.
     """
+
+    ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "salient_ids",
+              "article_id", "story_id", "alive")
 
     def __init__(self, num_perm: int, vector_width: int, salient_width: int,
                  keep_stored: bool = True):
@@ -153,8 +164,7 @@ class ArticleRows:
             bigger[:len(array)] = array
             return bigger
 
-        for name in ("shingle", "salient", "vector_ids", "vector_weights", "salient_ids",
-                     "article_id", "story_id", "alive"):
+        for name in self.ARRAYS:
             setattr(self, name, grown(getattr(self, name)))
         self.capacity = capacity
 
@@ -176,20 +186,26 @@ class ArticleRows:
             self.used += needed
         return np.asarray(slots, dtype=np.int64)
 
-    def put_vector(self, slot: int, ids: list[int], weights: list[float]) -> None:
-        self._widen("vector_ids", len(ids))
-        self._widen("vector_weights", len(ids))
-        self.vector_ids[slot] = 0
-        self.vector_weights[slot] = 0.0
-        self.vector_ids[slot, :len(ids)] = ids
-        self.vector_weights[slot, :len(ids)] = weights
+    def put(self, slots: np.ndarray, *, article_ids: list[int], story_ids: list[int],
+            shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
+            vector_weights: np.ndarray, salient_ids: np.ndarray | None) -> None:
+        """Fill rows ``slots``; the term-id arrays come padded (see ``padded``)."""
+        if self.keep_stored:
+            self.shingle[slots] = shingles
+            if salient_ids is not None:
+                self._put_padded("salient_ids", slots, salient_ids)
+        self.salient[slots] = salients
+        self._put_padded("vector_ids", slots, vector_ids)
+        self._put_padded("vector_weights", slots, vector_weights)
+        self.article_id[slots] = article_ids
+        self.story_id[slots] = story_ids
+        self.alive[slots] = True
 
-    def put_salient(self, slot: int, ids: list[int]) -> None:
-        if not self.keep_stored:
-            return
-        self._widen("salient_ids", len(ids))
-        self.salient_ids[slot] = 0
-        self.salient_ids[slot, :len(ids)] = ids
+    def _put_padded(self, name: str, slots: np.ndarray, values: np.ndarray) -> None:
+        self._widen(name, values.shape[1])
+        target = getattr(self, name)
+        target[slots] = 0
+        target[slots, :values.shape[1]] = values
 
     def release(self, slots: list[int]) -> None:
         self.alive[slots] = False
@@ -201,9 +217,7 @@ class ArticleRows:
         self.released = []
 
     def nbytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in (
-            "shingle", "salient", "vector_ids", "vector_weights", "salient_ids", "article_id",
-            "story_id", "alive"))
+        return sum(getattr(self, name).nbytes for name in self.ARRAYS)
 
 
 @dataclass(frozen=True)
@@ -411,10 +425,7 @@ class Clusterer:
     def vector(self, article: ClusterArticle) -> dict[str, float]:
         """The article's vector, weighed with the statistics as they are now, once."""
         if article.vector is None:
-            fingerprint = article.fingerprint
-            weights = fingerprint.weights if fingerprint.weights is not None else \
-                term_weights(fingerprint.term_counts, self.stats)
-            article.vector = normalised(weights, self.settings.vector_terms)
+            article.vector = normalised(article.fingerprint.weights, self.settings.vector_terms)
         return article.vector
 
     def _live(self, story: StoryState, ts: float) -> bool:
@@ -454,17 +465,21 @@ class Clusterer:
         return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
 
     def _similarities(self, vector: dict[str, float], slots: np.ndarray) -> np.ndarray:
-        """Cosine of ``vector`` (unit length) with the vectors of the article rows ``slots``.
+        """Cosine of ``vector`` (unit length) with the vectors of the article rows ``slots``."""
+        term_id = self.vocabulary.id
+        return self._similarities_of([term_id(term) for term in vector],
+                                     list(vector.values()), slots)
+
+    def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
+        """The same for a vector given as term ids and weights (zero-padded or not).
 
         The vector is spread into a dense scratch array indexed by term id, so that one
         gather-multiply-sum covers every row at once.
         """
-        vocabulary = self.vocabulary
-        ids = [vocabulary.id(term) for term in vector]
-        if len(vocabulary) > len(self._dense):
-            self._dense = np.zeros(max(len(vocabulary), 2 * len(self._dense)))
+        if len(self.vocabulary) > len(self._dense):
+            self._dense = np.zeros(max(len(self.vocabulary), 2 * len(self._dense)))
         dense = self._dense
-        dense[ids] = list(vector.values())
+        dense[ids] = weights
         try:
             rows = self.rows
             return (dense[rows.vector_ids[slots]] * rows.vector_weights[slots]).sum(axis=1)
@@ -607,32 +622,27 @@ class Clusterer:
         if story is None:
             story = self.stories[story_id] = StoryState(story_id)
         fingerprint = article.fingerprint
-        [slot] = self.rows.allocate(1).tolist()
-        self._fill(slot, article, story, fingerprint.shingle_signature,
-                   fingerprint.salient_signature, vector, fingerprint.salient)
+        term_id = self.vocabulary.id
+        slots = self.rows.allocate(1)
+        self._add_rows(slots, [article.article_id], [story_id],
+                       fingerprint.shingle_signature[None, :],
+                       fingerprint.salient_signature[None, :],
+                       padded([[term_id(t) for t in vector]], np.int32),
+                       padded([list(vector.values())], np.float64),
+                       padded([[term_id(t) for t in fingerprint.salient]], np.int32))
         self.stats.add_document(fingerprint.term_counts)
+        self._join(int(slots[0]), article, story)
         return self._elect(story, article)
 
-    def _fill(self, slot: int, article: ClusterArticle, story: StoryState,
-              shingle: np.ndarray, salient: np.ndarray, vector: dict[str, float],
-              salient_terms: tuple[str, ...]) -> None:
-        rows, vocabulary = self.rows, self.vocabulary
-        if rows.keep_stored:
-            rows.shingle[slot] = shingle
-        rows.salient[slot] = salient
-        rows.put_vector(slot, [vocabulary.id(t) for t in vector], list(vector.values()))
-        rows.put_salient(slot, [vocabulary.id(t) for t in salient_terms])
-        self._attach(slot, article, story)
-        slots = np.asarray([slot])
-        self.duplicate_index.insert(slots, shingle[None, :])
-        self.candidate_index.insert(slots, salient[None, :])
-
-    def _attach(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
-        rows = self.rows
-        rows.article_id[slot] = article.article_id
-        rows.story_id[slot] = story.story_id
-        rows.alive[slot] = True
-        self._join(slot, article, story)
+    def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],
+                  shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
+                  vector_weights: np.ndarray, salient_ids: np.ndarray | None) -> None:
+        """Fill the rows of new members and put them in both LSH indexes."""
+        self.rows.put(slots, article_ids=article_ids, story_ids=story_ids, shingles=shingles,
+                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights,
+                      salient_ids=salient_ids)
+        self.duplicate_index.insert(slots, shingles)
+        self.candidate_index.insert(slots, salients)
 
     def _join(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
         # From here on the arrays hold the signatures and the vector.
@@ -682,11 +692,9 @@ class Clusterer:
         signatures = self._shingles(np.append(slots, canonical.slot))
         overlaps = (np.count_nonzero(signatures[:-1] == signatures[-1], axis=1)
                     / rows.num_perm).tolist()
-        width = np.count_nonzero(rows.vector_ids[canonical.slot])
-        canonical_vector = dict(zip(
-            [self.vocabulary.terms[i] for i in rows.vector_ids[canonical.slot, :width].tolist()],
-            rows.vector_weights[canonical.slot, :width].tolist(), strict=True))
-        similarities = self._similarities(canonical_vector, slots).tolist()
+        similarities = self._similarities_of(rows.vector_ids[canonical.slot],
+                                             rows.vector_weights[canonical.slot],
+                                             slots).tolist()
         return {member.article_id: relation_from(member.article_id == canonical.article_id,
                                                  overlap, similarity, self.settings)
                 for member, overlap, similarity in zip(members, overlaps, similarities,
@@ -703,22 +711,9 @@ class Clusterer:
         """
         if not articles:
             return
-        rows = self.rows
-        slots = rows.allocate(len(articles))
-        if rows.keep_stored:
-            rows.shingle[slots] = shingles
-        rows.salient[slots] = salients
-        restored = [("vector_ids", vector_ids), ("vector_weights", vector_weights)]
-        if rows.keep_stored and salient_ids is not None:
-            restored.append(("salient_ids", salient_ids))
-        for name, values in restored:
-            rows._widen(name, values.shape[1])
-            target = getattr(rows, name)
-            target[slots] = 0
-            target[slots, :values.shape[1]] = values
-        rows.article_id[slots] = [a.article_id for a in articles]
-        rows.story_id[slots] = story_ids
-        rows.alive[slots] = True
+        slots = self.rows.allocate(len(articles))
+        self._add_rows(slots, [a.article_id for a in articles], story_ids, shingles, salients,
+                       vector_ids, vector_weights, salient_ids)
         stories = self.stories
         for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
                                                          canonical_ids, strict=True):
@@ -727,8 +722,6 @@ class Clusterer:
                 story = stories[story_id] = StoryState(story_id)
             self._join(slot, article, story)
             story.canonical_id = canonical_id
-        self.duplicate_index.insert(slots, shingles)
-        self.candidate_index.insert(slots, salients)
 
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""

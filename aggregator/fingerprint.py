@@ -91,17 +91,6 @@ def term_of(token: str) -> str | None:
     return term
 
 
-def content_terms(title: str, text: str, title_weight: float,
-                  phrase_weight: float = 0.0) -> dict[str, float]:
-    """Stemmed content-term frequencies; title occurrences count ``title_weight`` times more.
-
-    With ``phrase_weight`` > 0, pairs of adjacent content words ("select committee",
-    "booster shot") count too, as terms of their own: a phrase names an event more
-    precisely than either of its words.
-    """
-    return _content_terms(tokenize(title), tokenize(text), title_weight, phrase_weight)
-
-
 def _content_terms(title_tokens: list[str], text_tokens: list[str], title_weight: float,
                    phrase_weight: float) -> dict[str, float]:
     counts: dict[str, float] = {}
@@ -121,10 +110,6 @@ def _content_terms(title_tokens: list[str], text_tokens: list[str], title_weight
                 counts[phrase] = counts.get(phrase, 0.0) + weight * phrase_weight
             previous = term
     return counts
-
-
-def title_terms(title: str) -> set[str]:
-    return {t for t in map(term_of, tokenize(title)) if t is not None}
 
 
 def shingles(text: str, size: int) -> set[bytes]:
@@ -182,15 +167,6 @@ class TermStatistics:
                 self.document_frequency[term] = frequency
             self._prior_fraction[term] = prior
 
-    def idf(self, term: str) -> float:
-        prior = self.prior(term)
-        df = self.document_frequency.get(term, 0)
-        return math.log((self.documents + self.prior_docs)
-                        / (df + self.prior_docs * prior + 0.5))
-
-    def learn_prior(self, surface_words: Iterable[str]) -> None:
-        self.learn_prior_of(first_surface_words(surface_words))
-
     def learn_prior_of(self, first_words: Iterable[tuple[str, str]]) -> None:
         """Learn from ``(term, the first surface word that gave it)`` pairs."""
         known = self._prior_fraction
@@ -201,16 +177,6 @@ class TermStatistics:
     def add_document(self, terms: Iterable[str]) -> None:
         self.documents += 1
         self.document_frequency.update(set(terms))
-
-    def remove_document(self, terms: Iterable[str]) -> None:
-        self.documents = max(0, self.documents - 1)
-        for term in set(terms):
-            left = self.document_frequency.get(term, 0) - 1
-            if left > 0:
-                self.document_frequency[term] = left
-            else:
-                self.document_frequency.pop(term, None)
-
 
 def first_surface_words(words: Iterable[str]) -> tuple[tuple[str, str], ...]:
     """Each content term with the first word (in text order) that stems to it: that word's
@@ -225,7 +191,7 @@ def first_surface_words(words: Iterable[str]) -> tuple[tuple[str, str], ...]:
 
 def term_weights(term_counts: Mapping[str, float], stats: TermStatistics) -> dict[str, float]:
     """Log-TF x IDF of each term, unnormalised; terms of no weight are left out."""
-    # ``stats.idf`` inlined: this runs for every term of every article.
+    # The class's idf formula, written out here: this runs for every term of every article.
     log, known_prior, frequency = math.log, stats._prior_fraction.get, \
         stats.document_frequency.get
     total, prior_docs, prior_of = stats.documents + stats.prior_docs, stats.prior_docs, \
@@ -251,35 +217,6 @@ def normalised(weights: Mapping[str, float], limit: int = 0) -> dict[str, float]
     return {t: w / norm for t, w in weights.items()} if norm else {}
 
 
-def tfidf_vector(term_counts: Mapping[str, float], stats: TermStatistics,
-                 limit: int = 0) -> dict[str, float]:
-    """Log-TF x IDF, L2-normalised; only the ``limit`` strongest terms when ``limit`` > 0.
-
-    Truncation keeps a long article's vector about what it is about: the long tail of a full
-    text is mostly words any article could use, and it dilutes the cosine between two
-    write-ups of one event.
-    """
-    return normalised(term_weights(term_counts, stats), limit)
-
-
-def unit_dot(a: Mapping[str, float], b: Mapping[str, float]) -> float:
-    """The cosine of two unit-length vectors."""
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(w * b.get(t, 0.0) for t, w in a.items())
-
-
-def cosine(a: Mapping[str, float], b: Mapping[str, float]) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    dot = sum(w * b.get(t, 0.0) for t, w in a.items())
-    if not dot:
-        return 0.0
-    norm_a = math.sqrt(sum(w * w for w in a.values()))
-    norm_b = math.sqrt(sum(w * w for w in b.values()))
-    return dot / (norm_a * norm_b) if norm_a and norm_b else 0.0
-
-
 def salient_terms(vector: Mapping[str, float], titles: set[str], limit: int) -> tuple[str, ...]:
     """Title terms plus the strongest TF-IDF terms, ``limit`` in all at most, sorted."""
     ranked = sorted(vector.items(), key=lambda item: (-item[1], item[0]))
@@ -298,7 +235,7 @@ class Signer:
     The values are exactly those of datasketch's ``MinHash`` (SHA-1 32-bit hashes, the
     ``affine32`` permutations of seed ``MINHASH_SEED``), computed for a whole batch of sets
     in one numpy pass instead of one ``MinHash`` object per set.  A signature is a row of
-    ``num_perm`` uint32 values; ``signature_bytes`` stores it in ``LeanMinHash``'s format.
+    ``num_perm`` uint32 values; ``to_bytes`` stores it in ``LeanMinHash``'s format.
     """
 
     def __init__(self, num_perm: int):
@@ -362,9 +299,11 @@ class Signer:
         matrix = np.frombuffer(joined, dtype=np.uint8).reshape(len(stored), size)
         return np.ascontiguousarray(matrix[:, len(self.header):]).view(np.uint32)
 
-    def lean(self, signature: np.ndarray) -> LeanMinHash:
-        """The signature as a datasketch ``LeanMinHash`` (for datasketch's own indexes)."""
-        return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+
+
+def lean_minhash(signature: np.ndarray) -> LeanMinHash:
+    """A signature as a datasketch ``LeanMinHash`` (for datasketch's own indexes)."""
+    return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
 
 _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
@@ -378,11 +317,6 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
     values = values ^ (values >> s2)
     values = values * m2
     return values ^ (values >> s1)
-
-
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """The Jaccard estimate of two signatures: the share of equal values."""
-    return float(np.count_nonzero(a == b)) / len(a)
 
 
 @dataclass(frozen=True)
@@ -401,12 +335,12 @@ class Fingerprint:
     """What clustering needs of an article, and what the store keeps to rebuild the index."""
 
     term_counts: dict[str, float]
-    title_terms: frozenset[str]
     salient: tuple[str, ...]
     shingle_signature: np.ndarray
     salient_signature: np.ndarray
     word_count: int
-    weights: dict[str, float] | None = None
+    # Log-TF x IDF of every term, under the statistics the fingerprint was made with.
+    weights: dict[str, float]
 
 
 def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size: int,
@@ -441,8 +375,8 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     weights = term_weights(features.term_counts, stats)
     salient = salient_terms(normalised(weights), set(features.title_terms), salient_limit)
     [salient_signature] = signer.sign([[t.encode() for t in salient]])
-    return Fingerprint(term_counts=features.term_counts, title_terms=features.title_terms,
-                       salient=salient, shingle_signature=features.shingle_signature,
+    return Fingerprint(term_counts=features.term_counts, salient=salient,
+                       shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
                        weights=weights)
 

@@ -22,10 +22,10 @@ from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
+from datasketch import MinHashLSH
 from datasketch.lsh import _optimal_param
 
-from .fingerprint import MINHASH_SCHEME, MINHASH_SEED
+from .fingerprint import lean_minhash
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -70,7 +70,6 @@ class BandIndex:
         self._recent: dict[int, list[int]] = {}
         self._recent_count = 0
         self._merge_at = merge_at
-        self._dead = 0
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band for each signature row: shape ``(n, bands)``."""
@@ -144,18 +143,13 @@ class BandIndex:
         return np.concatenate(found)
 
     def remove(self, slots: np.ndarray) -> None:
-        self._dead += len(slots)
+        """Nothing now: removed slots are skipped by the caller until ``compact``."""
 
     def compact(self, alive: np.ndarray) -> None:
         """Drop the entries of slots that are no longer alive; they may then be reused."""
         self._merge()
         keep = alive[self._slots]
         self._keys, self._slots = self._keys[keep], self._slots[keep]
-        self._dead = 0
-
-    @property
-    def dead(self) -> int:
-        return self._dead
 
     def nbytes(self) -> int:
         # A dict entry of the recent part costs about 100 bytes with its list.
@@ -177,20 +171,15 @@ class DatasketchIndex:
             if prefix and "basename" not in options["storage_config"]:
                 options["storage_config"]["basename"] = prefix.encode()
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, **options)
-        self.dead = 0
-
-    @staticmethod
-    def _lean(signature: np.ndarray) -> LeanMinHash:
-        return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
     def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None:
         with self.lsh.insertion_session() as session:
             for slot, signature in zip(np.asarray(slots).tolist(), np.atleast_2d(signatures),
                                        strict=True):
-                session.insert(slot, self._lean(signature), check_duplication=False)
+                session.insert(slot, lean_minhash(signature), check_duplication=False)
 
     def query(self, signature: np.ndarray) -> np.ndarray:
-        return np.fromiter(self.lsh.query(self._lean(signature)), dtype=np.int32)
+        return np.fromiter(self.lsh.query(lean_minhash(signature)), dtype=np.int32)
 
     def remove(self, slots: np.ndarray) -> None:
         for slot in np.asarray(slots).tolist():

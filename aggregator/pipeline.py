@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from . import fetch as fetching
-from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, Vocabulary, decide
+from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, Vocabulary, decide, padded
 from .config import ClusteringSettings, Config, Source
 from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
 from .fingerprint import Signer, TermStatistics, TextFeatures, fingerprint_of, text_features
@@ -104,9 +104,15 @@ def prepare_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: date
                     signer: Signer | None = None) -> Prepared:
     """Normalise entries and compute what does not depend on the store: pure, so it runs in
     worker processes.  Articles whose identity keys are in ``known`` get no features."""
-    articles = [a for a in (normalize_entry(e, source, fetched) for e in entries)
-                if a.title or a.text]
-    return prepare_articles(articles, settings, known, signer)
+    return prepare_articles(normalize_entries(entries, source, fetched), settings, known,
+                            signer)
+
+
+def normalize_entries(entries: tuple[ParsedEntry, ...], source: str,
+                      fetched: datetime) -> list[NormalizedArticle]:
+    """The entries as articles, without those that have neither a title nor a text."""
+    return [a for a in (normalize_entry(e, source, fetched) for e in entries)
+            if a.title or a.text]
 
 
 def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSettings,
@@ -238,16 +244,11 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
                 in zip(window.ids, window.source_ids, window.published_ts,
                        window.has_author, window.dated, window.word_counts, strict=True)]
     vectors = [unpack_vector(data) for data in window.term_vectors]
-    width = max((len(ids) for ids, _weights in vectors), default=1) or 1
-    vector_ids = np.zeros((len(vectors), width), np.int32)
-    vector_weights = np.zeros((len(vectors), width), np.float64)
-    for row, (ids, weights) in enumerate(vectors):
-        vector_ids[row, :len(ids)] = ids
-        vector_weights[row, :len(ids)] = weights
     clusterer.restore_rows(articles, window.story_ids, window.canonical_ids,
                            signer.from_bytes_many(window.shingle_signatures),
                            signer.from_bytes_many(window.salient_signatures),
-                           vector_ids, vector_weights)
+                           padded([ids for ids, _weights in vectors], np.int32),
+                           padded([weights for _ids, weights in vectors], np.float64))
     return clusterer
 
 
@@ -377,8 +378,7 @@ class Aggregator:
                          fetched: datetime) -> Prepared:
         """In a fetch thread: normalise, then compute text features for the entries not
         stored yet (in a worker process when there are many)."""
-        articles = [a for a in (normalize_entry(e, source, fetched) for e in entries)
-                    if a.title or a.text]
+        articles = normalize_entries(entries, source, fetched)
         keys = [k for a in articles for k in a.identity_keys]
         known = frozenset(self.store.known_keys(self._thread_reader(), keys))
         fresh = sum(1 for a in articles if not known.intersection(a.identity_keys))
@@ -613,13 +613,14 @@ class Aggregator:
                                        signer=self.signer)
         fresh: list[NormalizedArticle] = []
         features: list[TextFeatures | None] = []
-        keys_in_batch: set[str] = set()
+        # Keys stored before this batch, and those of the batch's own earlier entries.
+        seen = self.store.known_keys(conn, [k for a in prepared.articles
+                                            for k in a.identity_keys])
         for article, feature in zip(prepared.articles, prepared.features, strict=True):
-            if keys_in_batch.intersection(article.identity_keys) or \
-                    self.store.find_existing(article.identity_keys) is not None:
+            if seen.intersection(article.identity_keys):
                 report.repeats += 1
                 continue
-            keys_in_batch.update(article.identity_keys)
+            seen.update(article.identity_keys)
             fresh.append(article)
             features.append(feature)
         if not fresh:

@@ -643,15 +643,6 @@ class Store:
                 chunk))
         return known
 
-    def find_existing(self, keys: Iterable[str]) -> int | None:
-        keys = list(keys)
-        if not keys:
-            return None
-        row = self.db.execute(
-            f"SELECT article_id FROM article_keys WHERE key IN ({','.join('?' * len(keys))}) "
-            "LIMIT 1", keys).fetchone()
-        return row[0] if row else None
-
     def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
                        fingerprint, term_vector: bytes, shingle_bytes: bytes,
                        salient_bytes: bytes, decision: dict) -> int:

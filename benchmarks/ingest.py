@@ -57,10 +57,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_rss_mb() -> float:
-    """The largest peak RSS of a finished child process (workers, restarts, naive run)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
 
 def current_rss_mb() -> float:
     with open("/proc/self/status") as status:

@@ -20,6 +20,7 @@ from aggregator.fingerprint import (
     SIGN_GROUP_ITEMS,
     Signer,
     fingerprint_batch,
+    lean_minhash,
     text_features,
 )
 from aggregator.index import BandIndex, DatasketchIndex, lsh_parameters
@@ -75,10 +76,10 @@ def test_band_index_finds_exactly_what_minhashlsh_finds(threshold):
     # A small merge size: most entries go through the sorted arrays, some stay recent.
     index = BandIndex(threshold, 128, merge_at=500)
     for slot, signature in enumerate(signatures[:500]):
-        lsh.insert(slot, SIGNER.lean(signature))
+        lsh.insert(slot, lean_minhash(signature))
         index.insert(np.asarray([slot]), signature[None, :])
     for query in signatures[500:]:
-        assert set(index.query(query).tolist()) == set(lsh.query(SIGNER.lean(query)))
+        assert set(index.query(query).tolist()) == set(lsh.query(lean_minhash(query)))
 
 
 def test_band_index_drops_dead_slots_at_compaction_and_bulk_loads_like_inserts():
