@@ -455,11 +455,18 @@ def explain(config_path, article_id) -> None:
                    f"{copy['story_id']}, shingle Jaccard {copy['jaccard']:.3f}")
     if not decision["candidates"]:
         click.echo("  no same-story candidate found by LSH")
+    salient = set(json.loads(article["salient_terms"]))
+    canonicals = [c["canonical_article_id"] for c in decision["candidates"]
+                  if c.get("canonical_article_id") is not None]
+    their_terms = dict(zip(canonicals, store.salient_terms(canonicals), strict=True))
     for candidate in decision["candidates"]:
+        # Decisions stored by earlier versions carry the shared terms themselves.
+        shared = candidate.get("shared_terms") or sorted(
+            salient.intersection(their_terms.get(candidate.get("canonical_article_id"), ())))
         click.echo(f"  candidate story {candidate['story_id']}: score {candidate['score']:.3f} "
                    f"= cosine {candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
                    f"(threshold {candidate['threshold']:.3f}); shared salient terms: "
-                   f"{', '.join(candidate['shared_terms']) or '-'}")
+                   f"{', '.join(shared) or '-'}")
 
 
 def _since_date(value: str | None):

@@ -24,7 +24,7 @@ How an article is placed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -65,6 +65,9 @@ class ClusterArticle:
     dated: bool = True
     word_count: int = 0
     slot: int = -1
+    # Band keys of the signatures, when computed ahead (a batch at once) or already once.
+    shingle_keys: np.ndarray | None = None
+    salient_keys: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.fingerprint is not None:
@@ -93,8 +96,6 @@ class StoredFingerprints(Protocol):
     """What the clusterer may ask the store for instead of holding it."""
 
     def shingle_signatures(self, article_ids: list[int]) -> np.ndarray: ...
-
-    def salient_terms(self, article_ids: list[int]) -> list[tuple[str, ...]]: ...
 
 
 class Vocabulary:
@@ -135,13 +136,12 @@ class ArticleRows:
     A slot freed by eviction is reused only after the LSH indexes have dropped it.
     """
 
-    ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "salient_ids",
-              "article_id", "story_id", "alive")
+    ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "article_id", "story_id",
+              "alive")
 
-    def __init__(self, num_perm: int, vector_width: int, salient_width: int,
-                 keep_stored: bool = True):
+    def __init__(self, num_perm: int, vector_width: int, keep_stored: bool = True):
         """``keep_stored``: also hold what the store can give when it is asked (the shingle
-        signatures and salient terms); without a store they must be held here."""
+        signatures); without a store they must be held here."""
         self.capacity = 0
         self.num_perm = num_perm
         self.keep_stored = keep_stored
@@ -149,8 +149,6 @@ class ArticleRows:
         self.salient = np.zeros((0, num_perm), dtype=np.uint32)
         self.vector_ids = np.zeros((0, max(1, vector_width)), dtype=np.int32)
         self.vector_weights = np.zeros((0, max(1, vector_width)), dtype=np.float32)
-        self.salient_ids = np.zeros((0, max(1, salient_width) if keep_stored else 0),
-                                    dtype=np.int32)
         self.article_id = np.zeros(0, dtype=np.int64)
         self.story_id = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
@@ -175,6 +173,11 @@ class ArticleRows:
             wider[:, :array.shape[1]] = array
             setattr(self, name, wider)
 
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` more rows at once (a restart knows how many will come)."""
+        if self.used + count > self.capacity:
+            self._grow(self.used + count)
+
     def allocate(self, count: int = 1) -> np.ndarray:
         slots = [self.free.pop() for _ in range(min(count, len(self.free)))]
         needed = count - len(slots)
@@ -188,12 +191,10 @@ class ArticleRows:
 
     def put(self, slots: np.ndarray, *, article_ids: list[int], story_ids: list[int],
             shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-            vector_weights: np.ndarray, salient_ids: np.ndarray | None) -> None:
+            vector_weights: np.ndarray) -> None:
         """Fill rows ``slots``; the term-id arrays come padded (see ``padded``)."""
         if self.keep_stored:
             self.shingle[slots] = shingles
-            if salient_ids is not None:
-                self._put_padded("salient_ids", slots, salient_ids)
         self.salient[slots] = salients
         self._put_padded("vector_ids", slots, vector_ids)
         self._put_padded("vector_weights", slots, vector_weights)
@@ -227,7 +228,9 @@ class Candidate:
     cosine: float
     time_factor: float
     threshold: float
-    shared_terms: tuple[str, ...] = ()
+    # The story's canonical when the candidate was scored (``explain`` shows the salient
+    # terms they share).
+    canonical_id: int | None = None
 
     @property
     def margin(self) -> float:
@@ -402,9 +405,8 @@ class Clusterer:
     def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None,
                  vocabulary: Vocabulary | None = None,
                  stored: StoredFingerprints | None = None):
-        """With ``stored``, shingle signatures and salient terms are read from the store when
-        needed instead of being held in memory: only near-copy candidates, canonical changes
-        and the shared terms of the best candidates need them."""
+        """With ``stored``, shingle signatures are read from the store when needed instead
+        of being held in memory: only near-copy candidates and canonical changes need them."""
         self.settings = settings
         self.stored = stored
         self.stats = stats or TermStatistics(settings.idf_prior_docs)
@@ -414,7 +416,7 @@ class Clusterer:
                                           settings.num_perm, prefix="duplicate", **options)
         self.candidate_index = make_index(settings.index_backend, settings.candidate_threshold,
                                           settings.num_perm, prefix="candidate", **options)
-        self.rows = ArticleRows(settings.num_perm, settings.vector_terms, settings.salient_terms,
+        self.rows = ArticleRows(settings.num_perm, settings.vector_terms,
                                 keep_stored=stored is None)
         self.articles: dict[int, ClusterArticle] = {}
         self.stories: dict[int, StoryState] = {}
@@ -431,13 +433,14 @@ class Clusterer:
     def _live(self, story: StoryState, ts: float) -> bool:
         return ts - story.last_ts <= self.settings.window_days * DAY_S
 
-    def _candidate_slots(self, index, signature: np.ndarray,
-                         limit: int | None = None) -> np.ndarray:
+    def _candidate_slots(self, index, signature: np.ndarray, limit: int | None = None,
+                         keys: np.ndarray | None = None) -> np.ndarray:
         """Live slots sharing a band with ``signature``; with ``limit``, only that many of
         those sharing the most bands (the band index returns a slot once per shared band)."""
-        slots, bands = np.unique(index.query(signature), return_counts=True)
-        if not slots.size:
-            return slots
+        found = index.query(signature, keys)
+        if found.size < 2:
+            return found[self.rows.alive[found]] if found.size else found
+        slots, bands = np.unique(found, return_counts=True)
         alive = self.rows.alive[slots]
         slots, bands = slots[alive], bands[alive]
         if limit is not None and slots.size > limit:
@@ -447,7 +450,11 @@ class Clusterer:
 
     def near_copies(self, article: ClusterArticle) -> list[NearCopy]:
         signature = article.fingerprint.shingle_signature
-        slots = self._candidate_slots(self.duplicate_index, signature)
+        if article.shingle_keys is None:
+            article.shingle_keys = self.duplicate_index.band_keys(signature[None, :])
+        slots = self._candidate_slots(self.duplicate_index, signature,
+                                      keys=None if article.shingle_keys is None
+                                      else article.shingle_keys[0])
         if not slots.size:
             return []
         overlaps = np.count_nonzero(self._shingles(slots) == signature, axis=1) / len(signature)
@@ -491,15 +498,20 @@ class Clusterer:
         signature = article.fingerprint.salient_signature
         # A common salient term can put a good part of a large window in the candidate set;
         # the Jaccard estimate below is computed for the closest CANDIDATE_SLOTS only.
-        slots = self._candidate_slots(self.candidate_index, signature, CANDIDATE_SLOTS)
+        if article.salient_keys is None:
+            article.salient_keys = self.candidate_index.band_keys(signature[None, :])
+        slots = self._candidate_slots(self.candidate_index, signature, CANDIDATE_SLOTS,
+                                      None if article.salient_keys is None
+                                      else article.salient_keys[0])
         if not slots.size:
             return []
         rows = self.rows
         # Rank stories by the best salient-set Jaccard estimate of any member, so that the
-        # verification budget goes to the closest stories, not to the biggest.
-        estimates = (rows.salient[slots] == signature).mean(axis=1)
+        # verification budget goes to the closest stories, not to the biggest (the count of
+        # equal values orders them as the estimate does).
+        agreeing = np.count_nonzero(rows.salient[slots] == signature, axis=1)
         # Closest first; among equals the newest article first.
-        order = np.lexsort((-rows.article_id[slots], -estimates))
+        order = np.lexsort((-rows.article_id[slots], -agreeing))
         story_order = rows.story_id[slots[order]]
         _unique, first = np.unique(story_order, return_index=True)
         ranked = story_order[np.sort(first)][:self.settings.max_candidates].tolist()
@@ -517,7 +529,6 @@ class Clusterer:
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         rough = self._rough_margins(article, live, np.add.reduceat(similarities, starts) / sizes)
         similarities = similarities.tolist()
-        salient = set(article.fingerprint.salient)
         candidates: list[Candidate] = []
         for position in np.argsort(-rough, kind="stable").tolist():
             if len(candidates) >= REPORTED_CANDIDATES:
@@ -528,22 +539,7 @@ class Clusterer:
             start = int(starts[position])
             own = similarities[start:start + len(story.slots)]
             candidates.append(self._candidate(article, story, own))
-        return self._with_shared_terms(candidates, salient)
-
-    def _with_shared_terms(self, candidates: list[Candidate],
-                           salient: set[str]) -> list[Candidate]:
-        """The salient terms each candidate's canonical shares with the article (for
-        ``explain``), read for all candidates at once."""
-        canonicals = [self.articles[self.stories[c.story_id].canonical_id] for c in candidates]
-        if self.rows.keep_stored:
-            terms = self.vocabulary.terms
-            found = [{terms[i] for i in self.rows.salient_ids[a.slot].tolist() if i}
-                     for a in canonicals]
-        else:
-            found = [set(t) for t in
-                     self.stored.salient_terms([a.article_id for a in canonicals])]
-        return [replace(candidate, shared_terms=tuple(sorted(salient & theirs)))
-                for candidate, theirs in zip(candidates, found, strict=True)]
+        return candidates
 
     def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
                        means: np.ndarray) -> np.ndarray:
@@ -591,7 +587,7 @@ class Clusterer:
         if similarity * factor >= threshold and not self._supported(own, threshold):
             similarity = 0.0
         return Candidate(story.story_id, round(similarity * factor, 4), round(similarity, 4),
-                         round(factor, 4), round(threshold, 4))
+                         round(factor, 4), round(threshold, 4), story.canonical_id)
 
     def _supported(self, member_similarities: list[float], threshold: float) -> bool:
         """Whether more than half of the story's (latest) members resemble the article.
@@ -629,24 +625,25 @@ class Clusterer:
                        fingerprint.salient_signature[None, :],
                        padded([[term_id(t) for t in vector]], np.int32),
                        padded([list(vector.values())], np.float64),
-                       padded([[term_id(t) for t in fingerprint.salient]], np.int32))
+                       article.shingle_keys, article.salient_keys)
         self.stats.add_document(fingerprint.term_counts)
         self._join(int(slots[0]), article, story)
         return self._elect(story, article)
 
     def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],
                   shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-                  vector_weights: np.ndarray, salient_ids: np.ndarray | None) -> None:
+                  vector_weights: np.ndarray, shingle_keys: np.ndarray | None = None,
+                  salient_keys: np.ndarray | None = None) -> None:
         """Fill the rows of new members and put them in both LSH indexes."""
         self.rows.put(slots, article_ids=article_ids, story_ids=story_ids, shingles=shingles,
-                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights,
-                      salient_ids=salient_ids)
-        self.duplicate_index.insert(slots, shingles)
-        self.candidate_index.insert(slots, salients)
+                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights)
+        self.duplicate_index.insert(slots, shingles, shingle_keys)
+        self.candidate_index.insert(slots, salients, salient_keys)
 
     def _join(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
         # From here on the arrays hold the signatures and the vector.
         article.slot, article.fingerprint, article.vector = slot, None, None
+        article.shingle_keys = article.salient_keys = None
         self.articles[article.article_id] = article
         story.members.append(article.article_id)
         story.slots.append(slot)
@@ -702,18 +699,16 @@ class Clusterer:
 
     def restore_rows(self, articles: list[ClusterArticle], story_ids: list[int],
                      canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,
-                     vector_ids: np.ndarray, vector_weights: np.ndarray,
-                     salient_ids: np.ndarray | None = None) -> None:
+                     vector_ids: np.ndarray, vector_weights: np.ndarray) -> None:
         """Put back stored articles at start-up, many at once (statistics come separately).
 
-        The vectors (and, without a store to ask, the salient terms) arrive as padded rows
-        of term ids.
+        The vectors arrive as padded rows of term ids and weights.
         """
         if not articles:
             return
         slots = self.rows.allocate(len(articles))
         self._add_rows(slots, [a.article_id for a in articles], story_ids, shingles, salients,
-                       vector_ids, vector_weights, salient_ids)
+                       vector_ids, vector_weights)
         stories = self.stories
         for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
                                                          canonical_ids, strict=True):

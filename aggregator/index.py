@@ -48,9 +48,12 @@ def lsh_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 class SlotIndex(Protocol):
-    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None: ...
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray | None: ...
 
-    def query(self, signature: np.ndarray) -> np.ndarray: ...
+    def insert(self, slots: np.ndarray, signatures: np.ndarray,
+               keys: np.ndarray | None = None) -> None: ...
+
+    def query(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray: ...
 
     def remove(self, slots: np.ndarray) -> None: ...
 
@@ -62,7 +65,7 @@ class SlotIndex(Protocol):
 class BandIndex:
     """MinHash LSH bands in sorted numpy arrays."""
 
-    def __init__(self, threshold: float, num_perm: int, merge_at: int = 65_536):
+    def __init__(self, threshold: float, num_perm: int, merge_at: int = 16_384):
         self.bands, self.rows = lsh_parameters(threshold, num_perm)
         self._band_ids = (np.arange(self.bands, dtype=np.uint64) << np.uint64(56))
         self._keys = np.empty(0, dtype=np.uint64)
@@ -72,7 +75,11 @@ class BandIndex:
         self._merge_at = merge_at
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
-        """One 64-bit key per band for each signature row: shape ``(n, bands)``."""
+        """One 64-bit key per band for each signature row: shape ``(n, bands)``.
+
+        Computed for many rows at once where the caller can (a batch's shingle signatures):
+        for one row, the numpy calls' own overhead is most of the cost.
+        """
         rows = signatures.shape[0]
         values = signatures[:, :self.bands * self.rows].astype(np.uint64)
         values = values.reshape(rows, self.bands, self.rows)
@@ -82,8 +89,11 @@ class BandIndex:
         # The band number goes into the top byte, so equal values in different bands differ.
         return _splitmix(folded ^ self._band_ids)
 
-    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None:
-        keys = self.band_keys(np.atleast_2d(signatures))
+    def insert(self, slots: np.ndarray, signatures: np.ndarray,
+               keys: np.ndarray | None = None) -> None:
+        """Index the signature rows under ``slots``; ``keys``: their band keys, if known."""
+        if keys is None:
+            keys = self.band_keys(np.atleast_2d(signatures))
         if keys.size >= self._merge_at:  # a bulk load (start-up): straight into the arrays
             self._merge_sorted(keys.ravel(), np.repeat(np.asarray(slots, dtype=np.int32),
                                                        self.bands))
@@ -122,17 +132,21 @@ class BandIndex:
         self._keys = np.insert(self._keys, at, keys)
         self._slots = np.insert(self._slots, at, slots)
 
-    def query(self, signature: np.ndarray) -> np.ndarray:
+    def query(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Slots sharing at least one band with ``signature`` (repeats and dead slots
-        included: the caller filters with what it knows to be live)."""
-        keys = self.band_keys(signature[None, :])[0]
+        included: the caller filters with what it knows to be live); ``keys``: its band
+        keys, if known."""
+        if keys is None:
+            keys = self.band_keys(signature[None, :])[0]
         found = []
         if self._keys.size:
             starts = np.searchsorted(self._keys, keys, side="left")
-            ends = np.searchsorted(self._keys, keys, side="right")
-            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-                if end > start:
-                    found.append(self._slots[start:end])
+            lengths = np.searchsorted(self._keys, keys, side="right") - starts
+            total = int(lengths.sum())
+            if total:
+                # The positions of every matching run, gathered in one indexing operation.
+                offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                found.append(self._slots[offsets + np.arange(total)])
         recent = self._recent
         for key in keys.tolist():
             bucket = recent.get(key)
@@ -172,13 +186,18 @@ class DatasketchIndex:
                 options["storage_config"]["basename"] = prefix.encode()
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, **options)
 
-    def insert(self, slots: np.ndarray, signatures: np.ndarray) -> None:
+    def band_keys(self, signatures: np.ndarray) -> None:
+        """None: datasketch hashes the bands itself."""
+        return None
+
+    def insert(self, slots: np.ndarray, signatures: np.ndarray,
+               keys: np.ndarray | None = None) -> None:
         with self.lsh.insertion_session() as session:
             for slot, signature in zip(np.asarray(slots).tolist(), np.atleast_2d(signatures),
                                        strict=True):
                 session.insert(slot, lean_minhash(signature), check_duplication=False)
 
-    def query(self, signature: np.ndarray) -> np.ndarray:
+    def query(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         return np.fromiter(self.lsh.query(lean_minhash(signature)), dtype=np.int32)
 
     def remove(self, slots: np.ndarray) -> None:

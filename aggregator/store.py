@@ -24,6 +24,8 @@ from .normalize import NormalizedArticle
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 SEARCH_ARTICLES = 500
+# Articles read at a time when the window is rebuilt at start-up.
+WINDOW_CHUNK = 4096
 
 
 def to_iso(value: datetime | None) -> str | None:
@@ -299,6 +301,24 @@ def unpack_vector(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     size = len(data) // 12
     return (np.frombuffer(data, dtype="<i4", count=size),
             np.frombuffer(data, dtype="<f8", offset=4 * size))
+
+
+def unpack_vectors(stored: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Many stored vectors as two zero-padded matrices (term ids, weights), one row each.
+
+    The start-up path: one gather over the joined bytes instead of two arrays per vector.
+    """
+    lengths = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored)) // 12
+    width = max(1, int(lengths.max(initial=0)))
+    # Row by row, then column within the row: the order of the joined values below.
+    rows, columns = np.nonzero(np.arange(width)[None, :] < lengths[:, None])
+    ids = np.zeros((len(stored), width), dtype=np.int32)
+    weights = np.zeros((len(stored), width), dtype=np.float64)
+    ids[rows, columns] = np.frombuffer(
+        b"".join([data[:len(data) // 3] for data in stored]), dtype="<i4")
+    weights[rows, columns] = np.frombuffer(
+        b"".join([data[len(data) // 3:] for data in stored]), dtype="<f8")
+    return ids, weights
 
 
 def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:
@@ -807,14 +827,17 @@ class Store:
         row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()
         return from_iso(row[0]) if row and row[0] else None
 
-    def window_rows(self, since: datetime) -> WindowRows:
-        """Articles of stories still live at ``since``, oldest first, with their signatures.
+    def window_rows(self, since: datetime,
+                    chunk: int | None = None) -> tuple[int, Iterator[WindowRows]]:
+        """Articles of stories still live at ``since``, oldest first, with their signatures:
+        how many, and the rows in chunks of ``chunk`` articles.
 
         Two reads that never touch the (large) article rows: the members of the live stories
         from the ``articles_story`` index, then their fingerprints from
-        ``article_fingerprints``, from the oldest member on.
+        ``article_fingerprints``, from the oldest member on.  The chunks (``WINDOW_CHUNK``
+        unless given) bound the memory that the rows take on their way into the clusterer's
+        arrays.
         """
-        window = WindowRows()
         members = self.db.execute(
             """SELECT a.id, a.story_id, st.canonical_article_id
                FROM stories st INDEXED BY stories_last_published
@@ -822,21 +845,35 @@ class Store:
                WHERE st.last_published >= ?
                ORDER BY a.id""", [to_iso(since)]).fetchall()
         if not members:
-            return window
+            return 0, iter(())
         story_of = {article_id: (story, canonical) for article_id, story, canonical in members}
-        rows = [row for row in self.db.execute(
+        return len(members), self._window_chunks(members[0][0], story_of,
+                                                  chunk or WINDOW_CHUNK)
+
+    def _window_chunks(self, first_id: int, story_of: dict[int, tuple[int, int]],
+                       chunk: int) -> Iterator[WindowRows]:
+        cursor = self.db.execute(
             """SELECT article_id, source_id, published, has_author, word_count, dated,
                       shingle_signature, salient_signature, term_vector
                FROM article_fingerprints WHERE article_id >= ? ORDER BY article_id""",
-            [members[0][0]]) if row[0] in story_of]
-        (window.ids, window.source_ids, window.published_ts, window.has_author,
-         window.word_counts, window.dated, window.shingle_signatures,
-         window.salient_signatures, window.term_vectors) = map(list, zip(*rows, strict=True))
-        window.story_ids = [story_of[i][0] for i in window.ids]
-        window.canonical_ids = [story_of[i][1] for i in window.ids]
+            [first_id])
         parse = datetime.fromisoformat
-        window.published_ts = [parse(p).timestamp() for p in window.published_ts]
-        return window
+        while True:
+            fetched = cursor.fetchmany(chunk)
+            if not fetched:
+                return
+            rows = [row for row in fetched if row[0] in story_of]
+            if not rows:
+                continue
+            window = WindowRows()
+            (window.ids, window.source_ids, window.published_ts, window.has_author,
+             window.word_counts, window.dated, window.shingle_signatures,
+             window.salient_signatures, window.term_vectors) = map(list, zip(*rows,
+                                                                               strict=True))
+            window.story_ids = [story_of[i][0] for i in window.ids]
+            window.canonical_ids = [story_of[i][1] for i in window.ids]
+            window.published_ts = [parse(p).timestamp() for p in window.published_ts]
+            yield window
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 

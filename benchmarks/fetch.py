@@ -28,12 +28,12 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from farm import Farm, write_farm_config  # noqa: E402
+from timing import timed_calls  # noqa: E402
 
 import aggregator.pipeline as pipeline  # noqa: E402
 from aggregator.config import load_config  # noqa: E402
@@ -49,36 +49,12 @@ def serve_farm(feeds: int, entries: int, queue) -> None:
         time.sleep(3600)
 
 
-@contextmanager
-def timed_stages():
-    """Accumulate the time spent in each stage of our pipeline (threads included)."""
-    originals = {}
-
-    def wrap(owner, name, stage):
-        original = getattr(owner, name)
-        originals[(owner, name)] = original
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                STAGES[stage] += time.perf_counter() - started
-
-        setattr(owner, name, timed)
-
-    wrap(pipeline.fetching, "fetch", "fetch")
-    wrap(pipeline, "parse_feed", "parse")
-    wrap(Aggregator, "_prepare_fetched", "prepare")
-    wrap(pipeline, "fingerprint_of", "cluster")
-    wrap(pipeline.Clusterer, "propose", "cluster")
-    wrap(pipeline.Clusterer, "commit", "cluster")
-    wrap(Aggregator, "_store_fetched", "writer")
-    try:
-        yield
-    finally:
-        for (owner, name), original in originals.items():
-            setattr(owner, name, original)
+def stage_targets() -> list[tuple[object, str, str]]:
+    """The functions whose time makes up each stage of our pipeline."""
+    return [(pipeline.fetching, "fetch", "fetch"), (pipeline, "parse_feed", "parse"),
+            (Aggregator, "_prepare_fetched", "prepare"),
+            (pipeline, "fingerprint_of", "cluster"), (pipeline.Clusterer, "propose", "cluster"),
+            (pipeline.Clusterer, "commit", "cluster"), (Aggregator, "_store_fetched", "writer")]
 
 
 def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
@@ -88,7 +64,7 @@ def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
     config = replace(config, clustering=replace(config.clustering, enabled=cluster))
     aggregator = Aggregator(config)
     STAGES.clear()
-    with timed_stages():
+    with timed_calls(stage_targets(), STAGES):
         started = time.perf_counter()
         reports = aggregator.run_pass(force=True)
         first = time.perf_counter() - started

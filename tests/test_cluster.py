@@ -7,6 +7,7 @@ import shutil
 import pytest
 from conftest import SEED_FEEDS, write_config
 
+from aggregator import store as store_module
 from aggregator.cluster import (
     Candidate,
     ClusterArticle,
@@ -20,7 +21,8 @@ from aggregator.cluster import (
 )
 from aggregator.config import ClusteringSettings, load_config
 from aggregator.fingerprint import Signer, fingerprint_batch
-from aggregator.pipeline import Aggregator
+from aggregator.pipeline import Aggregator, load_clusterer
+from aggregator.store import Store
 
 SETTINGS = ClusteringSettings()
 DAY = 86400.0
@@ -191,6 +193,38 @@ def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     assert (second.clusterer.stats.documents,
             dict(second.clusterer.stats.document_frequency)) == straight_stats
     second.close()
+
+
+def test_the_window_comes_back_the_same_whatever_the_chunks_it_is_read_in(
+        seed_config, monkeypatch):
+    config = load_config(seed_config, environ={})
+    aggregator = Aggregator(config)
+    aggregator.run_pass()
+    aggregator.close()
+
+    def restored():
+        store = Store(config.database)
+        clusterer = load_clusterer(store, config.clustering, Signer(config.clustering.num_perm))
+        rows = clusterer.rows
+        signatures = rows.salient[:rows.used]
+        state = {
+            "articles": sorted(clusterer.articles),
+            "stories": {story_id: (story.members, story.canonical_id, story.first_ts,
+                                   story.last_ts)
+                        for story_id, story in clusterer.stories.items()},
+            "rows": [getattr(rows, name)[:rows.used].tolist() for name in rows.ARRAYS],
+            "candidates": [sorted(clusterer.candidate_index.query(s).tolist())
+                           for s in signatures],
+            "documents": clusterer.stats.documents,
+        }
+        store.close()
+        return state
+
+    whole = restored()
+    assert len(whole["articles"]) == 3
+    for chunk in (1, 2):
+        monkeypatch.setattr(store_module, "WINDOW_CHUNK", chunk)
+        assert restored() == whole
 
 
 def test_recluster_applies_new_settings_and_keeps_statistics(tmp_path, seed_config):

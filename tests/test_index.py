@@ -24,7 +24,7 @@ from aggregator.fingerprint import (
     text_features,
 )
 from aggregator.index import BandIndex, DatasketchIndex, lsh_parameters
-from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vector
+from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vector, unpack_vectors
 
 SIGNER = Signer(128)
 
@@ -175,6 +175,21 @@ def test_text_features_are_the_same_from_many_threads():
 def test_vectors_pack_and_unpack_exactly():
     ids, weights = unpack_vector(pack_vector([3, 1, 99], [0.5, 0.25, 1 / 3]))
     assert ids.tolist() == [3, 1, 99] and weights.tolist() == [0.5, 0.25, 1 / 3]
+
+
+def test_many_vectors_unpack_into_padded_rows_equal_to_one_by_one():
+    rng = np.random.default_rng(3)
+    vectors = [([], [])] + [(rng.integers(1, 50_000, size=n).tolist(), rng.random(n).tolist())
+                            for n in (1, 60, 7, 0, 33)]
+    ids, weights = unpack_vectors([pack_vector(i, w) for i, w in vectors])
+    assert ids.shape == weights.shape == (6, 60)
+    for row, (expected_ids, expected_weights) in enumerate(vectors):
+        width = len(expected_ids)
+        assert ids[row, :width].tolist() == expected_ids
+        assert weights[row, :width].tolist() == expected_weights
+        assert not ids[row, width:].any() and not weights[row, width:].any()
+    empty_ids, empty_weights = unpack_vectors([pack_vector([], [])])
+    assert empty_ids.shape == (1, 1) and not empty_ids.any() and not empty_weights.any()
 
 
 def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):

@@ -154,3 +154,37 @@ def test_lines_a_source_repeats_in_every_article_are_stripped(tmp_path):
     assert len(texts) == 4 and stories_count == 4
     assert all(template not in text for text in texts)
     assert all(len(text.split()) > 10 for text in texts)
+
+
+def test_explain_shows_the_candidates_and_the_salient_terms_they_share(seed_config):
+    run_once(seed_config)
+    rows = story_rows(load_config(seed_config).database)
+    joined = [r for r in rows if r["relation"] == "same_story"]
+    assert joined
+    for row in joined:
+        result = CliRunner().invoke(main, ["explain", str(row["article_id"]),
+                                           "--config", str(seed_config)])
+        assert result.exit_code == 0, result.output
+        assert f"matches story {row['story_id']}" in result.output
+        candidate = next(line for line in result.output.splitlines()
+                         if line.strip().startswith(f"candidate story {row['story_id']}:"))
+        shared = candidate.split("shared salient terms: ")[1].split(", ")
+        assert "lavrov" in shared and "ukrain" in shared
+
+
+def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
+    """Decisions stored by earlier versions list the shared terms themselves."""
+    run_once(seed_config)
+    database = load_config(seed_config).database
+    with sqlite3.connect(database) as conn:
+        article_id, decision = conn.execute(
+            "SELECT id, decision FROM articles WHERE relation = 'same_story' LIMIT 1").fetchone()
+        decision = json.loads(decision)
+        for candidate in decision["candidates"]:
+            del candidate["canonical_article_id"]
+            candidate["shared_terms"] = ["stored", "terms"]
+        conn.execute("UPDATE articles SET decision = ? WHERE id = ?",
+                     [json.dumps(decision), article_id])
+    result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
+    assert result.exit_code == 0, result.output
+    assert "shared salient terms: stored, terms" in result.output

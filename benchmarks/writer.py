@@ -1,0 +1,89 @@
+"""Where the writer's time goes: the farm's feeds stored and clustered without any HTTP.
+
+Every feed of a loopback farm (``farm.py``, the same generator as the fetching benchmark) is
+parsed and prepared first; then the writer stores each feed's entries as a pass would (one
+transaction per feed) while each of its steps is timed.  The figures are milliseconds per
+article, averaged over the whole run, so they grow with the window as a real pass does.
+
+    python benchmarks/writer.py --feeds 1000          # 20,000 articles
+    python benchmarks/writer.py --feeds 300 --off     # with clustering switched off
+
+Steps: ``propose`` (near-copy and candidate search, verification), ``commit`` (index
+insertion, canonical election), ``fingerprint`` (statistics-dependent weights, salient
+terms and their signature), ``insert_article`` (the row, its full-text index, its
+fingerprint row and identity keys), ``count_terms`` (term statistics, once per feed),
+``apply_story_outcome`` (membership, relations, the story row).  The last line is one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from farm import Farm, write_farm_config  # noqa: E402
+from timing import timed_calls  # noqa: E402
+
+import aggregator.pipeline as pipeline  # noqa: E402
+from aggregator.cluster import Clusterer  # noqa: E402
+from aggregator.config import load_config  # noqa: E402
+from aggregator.parse import parse_feed  # noqa: E402
+from aggregator.store import Store, utcnow  # noqa: E402
+
+SPENT: dict[str, float] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feeds", type=int, default=1000)
+    parser.add_argument("--entries", type=int, default=20)
+    parser.add_argument("--off", action="store_true", help="clustering switched off")
+    args = parser.parse_args()
+
+    farm = Farm(args.feeds, args.entries, seed=5)
+    bodies, urls = list(farm.bodies.values()), farm.urls()
+    farm.stop()
+    with tempfile.TemporaryDirectory() as directory:
+        config_path = Path(directory) / "farm.toml"
+        write_farm_config(config_path, urls, str(Path(directory) / "farm.sqlite"))
+        config = load_config(config_path)
+        config = replace(config, clustering=replace(config.clustering, enabled=not args.off))
+        aggregator = pipeline.Aggregator(config)
+        now = utcnow()
+        feeds = [parse_feed(body, source.name, "application/rss+xml").entries
+                 for body, source in zip(bodies, config.sources, strict=True)]
+        prepared = [pipeline.prepare_entries(entries, source.name, now,
+                                             aggregator._prepare_settings())
+                    for entries, source in zip(feeds, config.sources, strict=True)]
+        targets = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
+                   (pipeline, "fingerprint_of", "fingerprint"),
+                   (Store, "insert_article", "insert_article"),
+                   (pipeline.Aggregator, "_count_terms", "count_terms"),
+                   (Store, "apply_story_outcome", "apply_story_outcome")]
+        with timed_calls(targets, SPENT):
+            started, cpu = time.perf_counter(), time.process_time()
+            for entries, ready, source in zip(feeds, prepared, config.sources, strict=True):
+                aggregator.ingest_entries(source.name, source.priority, entries, now, ready)
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        articles = sum(len(entries) for entries in feeds)
+        aggregator.close()
+    stages = {label: round(spent / articles * 1000, 3)
+              for label, spent in sorted(SPENT.items(), key=lambda item: -item[1])}
+    print(f"{articles} articles, clustering {'off' if args.off else 'on'}: "
+          f"{wall / articles * 1000:.2f} ms per article ({cpu / articles * 1000:.2f} ms CPU)")
+    for label, spent in stages.items():
+        print(f"  {label:20s} {spent:.3f} ms")
+    print(json.dumps({"articles": articles, "clustering": not args.off,
+                      "ms_per_article": round(wall / articles * 1000, 3),
+                      "cpu_ms_per_article": round(cpu / articles * 1000, 3),
+                      "stages_ms_per_article": stages}))
+
+
+if __name__ == "__main__":
+    main()
