@@ -718,6 +718,12 @@ class Clusterer:
             self._join(slot, article, story)
             story.canonical_id = canonical_id
 
+    def finish_restore(self) -> None:
+        """After the last ``restore_rows``: the indexes take in what was loaded (now, so that
+        a restart's time includes it rather than the first query's)."""
+        for index in (self.duplicate_index, self.candidate_index):
+            index.merge_runs()
+
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
         stale = [s for s in self.stories.values() if s.last_ts < cutoff_ts]

@@ -59,6 +59,8 @@ class SlotIndex(Protocol):
 
     def compact(self, alive: np.ndarray) -> None: ...
 
+    def merge_runs(self) -> None: ...
+
     def nbytes(self) -> int: ...
 
 
@@ -73,6 +75,8 @@ class BandIndex:
         self._recent: dict[int, list[int]] = {}
         self._recent_count = 0
         self._merge_at = merge_at
+        # Bulk-loaded runs (a restart's chunks), each sorted, merged in one go at first use.
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band for each signature row: shape ``(n, bands)``.
@@ -94,9 +98,11 @@ class BandIndex:
         """Index the signature rows under ``slots``; ``keys``: their band keys, if known."""
         if keys is None:
             keys = self.band_keys(np.atleast_2d(signatures))
-        if keys.size >= self._merge_at:  # a bulk load (start-up): straight into the arrays
-            self._merge_sorted(keys.ravel(), np.repeat(np.asarray(slots, dtype=np.int32),
-                                                       self.bands))
+        if keys.size >= self._merge_at:  # a bulk load (start-up): a sorted run, merged later
+            keys = keys.ravel()
+            order = np.argsort(keys, kind="stable")
+            self._runs.append((keys[order], np.repeat(np.asarray(slots, dtype=np.int32),
+                                                      self.bands)[order]))
             return
         recent = self._recent
         for slot, row in zip(np.asarray(slots).tolist(), keys.tolist(), strict=True):
@@ -110,7 +116,18 @@ class BandIndex:
         if self._recent_count >= self._merge_at:
             self._merge()
 
+    def merge_runs(self) -> None:
+        """The bulk-loaded runs into the arrays: one stable sort of runs already sorted (a
+        merge of runs, for numpy's timsort) and one insertion, however many chunks came."""
+        if not self._runs:
+            return
+        keys = np.concatenate([keys for keys, _slots in self._runs])
+        slots = np.concatenate([slots for _keys, slots in self._runs])
+        self._runs = []
+        self._merge_sorted(keys, slots)
+
     def _merge(self) -> None:
+        self.merge_runs()
         if not self._recent:
             return
         sizes = [len(b) for b in self._recent.values()]
@@ -138,6 +155,7 @@ class BandIndex:
         keys, if known."""
         if keys is None:
             keys = self.band_keys(signature[None, :])[0]
+        self.merge_runs()
         found = []
         if self._keys.size:
             starts = np.searchsorted(self._keys, keys, side="left")
@@ -166,6 +184,7 @@ class BandIndex:
         self._keys, self._slots = self._keys[keep], self._slots[keep]
 
     def nbytes(self) -> int:
+        self.merge_runs()
         # A dict entry of the recent part costs about 100 bytes with its list.
         return self._keys.nbytes + self._slots.nbytes + 100 * self._recent_count
 
@@ -206,6 +225,9 @@ class DatasketchIndex:
                 self.lsh.remove(slot)
 
     def compact(self, alive: np.ndarray) -> None:
+        pass
+
+    def merge_runs(self) -> None:
         pass
 
     def nbytes(self) -> int:

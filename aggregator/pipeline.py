@@ -274,6 +274,7 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
                                signer.from_bytes_many(window.shingle_signatures),
                                signer.from_bytes_many(window.salient_signatures),
                                *unpack_vectors(window.term_vectors))
+    clusterer.finish_restore()
     return clusterer
 
 

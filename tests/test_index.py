@@ -88,7 +88,10 @@ def test_band_index_drops_dead_slots_at_compaction_and_bulk_loads_like_inserts()
     one_by_one, bulk = BandIndex(0.05, 128, merge_at=64), BandIndex(0.05, 128, merge_at=64)
     for slot, signature in enumerate(signatures):
         one_by_one.insert(np.asarray([slot]), signature[None, :])
-    bulk.insert(np.arange(300), signatures)
+    for start in (0, 100, 200):  # as a restart loads its chunks
+        bulk.insert(np.arange(start, start + 100), signatures[start:start + 100])
+    for query in signatures[:20]:
+        assert set(one_by_one.query(query).tolist()) == set(bulk.query(query).tolist())
     alive = np.ones(300, dtype=bool)
     alive[::2] = False
     for index in (one_by_one, bulk):
