@@ -16,6 +16,8 @@ a fresh store, for the speed ratio.
     python benchmarks/ingest.py                    # 10k and 100k articles
     python benchmarks/ingest.py --million          # and 1M (a 100k window streamed through)
     python benchmarks/ingest.py --sizes 5000 --naive-sample 500
+    python benchmarks/ingest.py --sizes 100000 --keep /tmp/stream      # keep the store, then
+    python benchmarks/ingest.py --restart-only /tmp/stream/stream.sqlite --runs 5
 
 The last line printed is one JSON object.
 """
@@ -39,7 +41,7 @@ from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
 from aggregator.pipeline import Aggregator  # noqa: E402
 
 RESTART_SCRIPT = """
-import json, sys, time
+import json, resource, sys, time
 from aggregator.config import ClusteringSettings
 from aggregator.fingerprint import Signer
 from aggregator.pipeline import load_clusterer
@@ -49,8 +51,12 @@ settings = ClusteringSettings(index_backend=sys.argv[2])
 started = time.perf_counter()
 clusterer = load_clusterer(store, settings, Signer(settings.num_perm))
 elapsed = time.perf_counter() - started
+rss = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
+           if line.startswith("VmRSS:"))
 print(json.dumps({"seconds": elapsed, "articles": len(clusterer.articles),
-                  "terms": len(clusterer.vocabulary)}))
+                  "terms": len(clusterer.vocabulary), "rss_mb": round(rss, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                       / 1024, 1)}))
 """
 
 
@@ -131,6 +137,23 @@ def naive_comparison(sample_size: int, seed: int) -> dict:
     return results
 
 
+def restarts_at_rest(database: str, runs: int) -> None:
+    """Restart times on a store that nothing is writing, each in a fresh process."""
+    results = []
+    for run in range(runs):
+        back = restart(database)
+        results.append(back)
+        print(f"restart {run + 1}: {back['seconds']:.2f} s for {back['articles']:,} articles "
+              f"({back['articles'] / back['seconds']:,.0f}/s), RSS {back['rss_mb']:.0f} MB, "
+              f"peak {back['peak_rss_mb']:.0f} MB", flush=True)
+    median = sorted(r["seconds"] for r in results)[len(results) // 2]
+    print(json.dumps({"articles": results[0]["articles"], "restart_s": round(median, 3),
+                      "restart_articles_per_s": round(results[0]["articles"] / median),
+                      "runs_s": [round(r["seconds"], 3) for r in results],
+                      "rss_mb": max(r["rss_mb"] for r in results),
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000",
@@ -140,10 +163,18 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4000,
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", metavar="DIRECTORY",
+                        help="write the stream's store here (stream.sqlite) and keep it")
+    parser.add_argument("--restart-only", metavar="DATABASE",
+                        help="only time restarts (fresh processes) on a store made with --keep")
+    parser.add_argument("--runs", type=int, default=5, help="restarts with --restart-only")
     parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_only:
         print(json.dumps(naive_comparison(args.naive_sample, args.seed)))
+        return
+    if args.restart_only:
+        restarts_at_rest(args.restart_only, args.runs)
         return
     sizes = sorted({int(s) for s in args.sizes.split(",")} | ({1_000_000} if args.million
                                                              else set()))
@@ -160,7 +191,9 @@ def main() -> None:
 
     stream = SyntheticStream(seed=args.seed)
     rows = []
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = args.keep or scratch
+        Path(directory).mkdir(parents=True, exist_ok=True)
         aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
         done, busy, since_report = 0, 0.0, 0
         articles = iter(stream)
