@@ -436,8 +436,9 @@ class Clusterer:
     def _candidate_slots(self, index, signature: np.ndarray, limit: int | None = None,
                          keys: np.ndarray | None = None) -> np.ndarray:
         """Live slots sharing a band with ``signature``; with ``limit``, only that many of
-        those sharing the most bands (the band index returns a slot once per shared band)."""
-        found = index.query(signature, keys)
+        those sharing the most bands (the band index returns a slot once per shared band).
+        ``keys``: the signature's band keys as ``band_keys`` gives them (one row), if known."""
+        found = index.query(signature, None if keys is None else keys[0])
         if found.size < 2:
             return found[self.rows.alive[found]] if found.size else found
         slots, bands = np.unique(found, return_counts=True)
@@ -453,8 +454,7 @@ class Clusterer:
         if article.shingle_keys is None:
             article.shingle_keys = self.duplicate_index.band_keys(signature[None, :])
         slots = self._candidate_slots(self.duplicate_index, signature,
-                                      keys=None if article.shingle_keys is None
-                                      else article.shingle_keys[0])
+                                      keys=article.shingle_keys)
         if not slots.size:
             return []
         overlaps = np.count_nonzero(self._shingles(slots) == signature, axis=1) / len(signature)
@@ -501,8 +501,7 @@ class Clusterer:
         if article.salient_keys is None:
             article.salient_keys = self.candidate_index.band_keys(signature[None, :])
         slots = self._candidate_slots(self.candidate_index, signature, CANDIDATE_SLOTS,
-                                      None if article.salient_keys is None
-                                      else article.salient_keys[0])
+                                      article.salient_keys)
         if not slots.size:
             return []
         rows = self.rows

@@ -680,18 +680,18 @@ class Aggregator:
                 counted: dict[str, int] = {}
                 shingle_keys = self.clusterer.duplicate_index.band_keys(
                     np.stack([f.shingle_signature for f in chunk_features]))
-                for done, (placement, feature) in enumerate(
-                        zip(chunk, chunk_features, strict=True), start + 1):
+                for offset, (placement, feature) in enumerate(
+                        zip(chunk, chunk_features, strict=True)):
                     article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
                                                    settings.salient_terms)
-                    keys = None if shingle_keys is None else \
-                        shingle_keys[done - start - 1:done - start]
                     self._place(conn, *placement[:4], article_print, report,
-                                stored_id=placement[4], shingle_keys=keys)
+                                stored_id=placement[4],
+                                shingle_keys=None if shingle_keys is None
+                                else shingle_keys[offset:offset + 1])
                     for term in article_print.term_counts:
                         counted[term] = counted.get(term, 0) + 1
                     if progress:
-                        progress(done, len(placements))
+                        progress(start + offset + 1, len(placements))
                 self._count_terms(conn, counted, len(chunk))
         except BaseException:
             # The transaction rolls back; the in-memory index must forget what it saw too.

@@ -297,12 +297,6 @@ def pack_vector(term_ids: list[int], weights: list[float]) -> bytes:
             + np.asarray(weights, dtype="<f8").tobytes())
 
 
-def unpack_vector(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    size = len(data) // 12
-    return (np.frombuffer(data, dtype="<i4", count=size),
-            np.frombuffer(data, dtype="<f8", offset=4 * size))
-
-
 def unpack_vectors(stored: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Many stored vectors as two zero-padded matrices (term ids, weights), one row each.
 

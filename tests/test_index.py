@@ -24,7 +24,7 @@ from aggregator.fingerprint import (
     text_features,
 )
 from aggregator.index import BandIndex, DatasketchIndex, lsh_parameters
-from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vector, unpack_vectors
+from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors
 
 SIGNER = Signer(128)
 
@@ -176,11 +176,11 @@ def test_text_features_are_the_same_from_many_threads():
 
 
 def test_vectors_pack_and_unpack_exactly():
-    ids, weights = unpack_vector(pack_vector([3, 1, 99], [0.5, 0.25, 1 / 3]))
+    [ids], [weights] = unpack_vectors([pack_vector([3, 1, 99], [0.5, 0.25, 1 / 3])])
     assert ids.tolist() == [3, 1, 99] and weights.tolist() == [0.5, 0.25, 1 / 3]
 
 
-def test_many_vectors_unpack_into_padded_rows_equal_to_one_by_one():
+def test_many_vectors_unpack_into_zero_padded_rows():
     rng = np.random.default_rng(3)
     vectors = [([], [])] + [(rng.integers(1, 50_000, size=n).tolist(), rng.random(n).tolist())
                             for n in (1, 60, 7, 0, 33)]
@@ -228,7 +228,7 @@ def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):
     salient, vector, shingle = migrated.db.execute(
         "SELECT salient_terms, term_vector, shingle_signature FROM article_fingerprints "
         "WHERE article_id = 1").fetchone()
-    term_ids, weights = unpack_vector(vector)
+    [term_ids], [weights] = unpack_vectors([vector])
     assert term_ids.tolist() == [ids["beta"], ids["alpha"]]
     assert weights.tolist() == [0.8, 0.6]
     assert json.loads(salient) == ["alpha"] and shingle == signature
