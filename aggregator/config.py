@@ -46,6 +46,7 @@ class ClusteringSettings:
 
     enabled: bool = True
     window_days: float = 7.0
+    story_span_days: float = 7.0
     time_sigma_days: float = 0.75
     long_text_time_sigma_days: float = 7.0
     undated_time_factor: float = 0.5
@@ -220,6 +221,7 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     return ClusteringSettings(
         enabled=reader.get("enabled", bool, True),
         window_days=reader.number("window_days", defaults.window_days, 0.01, 3650),
+        story_span_days=reader.number("story_span_days", defaults.story_span_days, 0.01, 3650),
         time_sigma_days=reader.number("time_sigma_days", defaults.time_sigma_days, 0.01, 3650),
         long_text_time_sigma_days=reader.number("long_text_time_sigma_days",
                                                 defaults.long_text_time_sigma_days, 0.01, 3650),

@@ -8,14 +8,19 @@ Two fingerprints per article serve the two kinds of "same" that text can show:
   the top TF-IDF terms) -> MinHash.  Different write-ups share a good part of it (0.25-0.33
   on the seeds), so a low-threshold LSH query over it finds same-story candidates.
 
-Signatures are built with ``MinHash.bulk`` (one permutation set shared by every call) under an
-explicit hashing scheme, so stored signatures stay comparable across versions of datasketch.
+Signatures are datasketch ``MinHash`` values under an explicit hashing scheme (``affine32``),
+so stored signatures stay comparable across versions of datasketch.  They are computed here in
+numpy for a whole batch at once; datasketch itself is imported only where its objects are
+needed (``lean_minhash``), because importing it loads scipy (about 53 MB of a process that
+otherwise needs about 50 MB).  Tests check every value and the serialised form against
+datasketch's own ``MinHash`` and ``LeanMinHash``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import struct
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -25,7 +30,6 @@ from hashlib import sha1
 
 import numpy as np
 import snowballstemmer
-from datasketch import LeanMinHash, MinHash
 from wordfreq import zipf_frequency
 
 MINHASH_SEED = 1
@@ -240,17 +244,11 @@ class Signer:
 
     def __init__(self, num_perm: int):
         self.num_perm = num_perm
-        template = LeanMinHash(MinHash(num_perm=num_perm, seed=MINHASH_SEED,
-                                       scheme=MINHASH_SCHEME))
-        a, b = MinHash(num_perm=num_perm, seed=MINHASH_SEED,
-                       scheme=MINHASH_SCHEME).permutations
+        a, b = affine32_permutations(num_perm, MINHASH_SEED)
         # Columns, so that one permutation's values over all items lie together in memory.
-        self._a = np.asarray(a, dtype=np.uint32)[:, None].copy()
-        self._b = np.asarray(b, dtype=np.uint32)[:, None].copy()
-        size = template.bytesize()
-        buffer = bytearray(size)
-        template.serialize(buffer)
-        self.header = bytes(buffer[:size - 4 * num_perm])
+        self._a = a[:, None].copy()
+        self._b = b[:, None].copy()
+        self.header = lean_minhash_header(num_perm, MINHASH_SEED)
 
     def sign(self, item_sets: list[Iterable[bytes]]) -> np.ndarray:
         """One signature row per set; an empty set is signed as the set of one empty item."""
@@ -301,8 +299,31 @@ class Signer:
 
 
 
-def lean_minhash(signature: np.ndarray) -> LeanMinHash:
+def affine32_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(a, b)`` of datasketch's ``affine32`` permutations ``h -> a * h + b mod 2^32``,
+    drawn as ``MinHash(num_perm, seed, scheme="affine32")`` draws them (``a`` odd)."""
+    generator = np.random.RandomState(seed)
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+# ``LeanMinHash.serialize``'s layout for the affine schemes: seed, negated length, scheme code
+# (1 for affine32), then the values, native byte order and alignment.
+_AFFINE32_CODE = 1
+
+
+def lean_minhash_header(num_perm: int, seed: int) -> bytes:
+    """What ``LeanMinHash.serialize`` writes before the values of an ``affine32`` signature."""
+    layout = f"@qiB{num_perm}I"
+    packed = struct.pack(layout, seed, -num_perm, _AFFINE32_CODE, *([0] * num_perm))
+    return packed[:len(packed) - 4 * num_perm]
+
+
+def lean_minhash(signature: np.ndarray):
     """A signature as a datasketch ``LeanMinHash`` (for datasketch's own indexes)."""
+    from datasketch import LeanMinHash  # only the datasketch backend needs its objects
+
     return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
 

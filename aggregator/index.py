@@ -3,7 +3,7 @@
 Two backends answer the same questions:
 
 * ``BandIndex`` (default): datasketch's banding (the same ``b`` bands of ``r`` rows that
-  ``MinHashLSH`` picks for a threshold, by datasketch's own optimiser), kept in numpy arrays:
+  ``MinHashLSH`` picks for a threshold, by the same optimisation), kept in numpy arrays:
   a sorted array of 64-bit band keys with the slot of each, plus a small dict of recent
   insertions that is merged in when it grows.  About 12 bytes per band per article, where a
   datasketch ``MinHashLSH`` in memory takes kilobytes.  Removal is lazy: a slot that has
@@ -22,10 +22,9 @@ from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
-from datasketch import MinHashLSH
-from datasketch.lsh import _optimal_param
 
 from .fingerprint import lean_minhash
+from .memory import release_free_memory
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -43,8 +42,26 @@ def _splitmix(values: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def lsh_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
-    """``(bands, rows)`` as datasketch's ``MinHashLSH`` chooses them (equal error weights)."""
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    """``(bands, rows)`` as datasketch's ``MinHashLSH`` chooses them (equal error weights).
+
+    datasketch minimises the false-positive plus false-negative area of each ``b x r <=
+    num_perm`` with scipy's ``quad``; importing it would load scipy for this one start-up
+    computation.  Both integrands are polynomials of degree ``b * r <= num_perm``, which
+    Gauss-Legendre quadrature with ``num_perm // 2 + 1`` nodes integrates exactly, so the
+    same minimum is found with numpy alone (tests compare with datasketch's choice).
+    """
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bands = np.array([b for b, _r in pairs], dtype=float)[:, None]
+    rows = np.array([r for _b, r in pairs], dtype=float)[:, None]
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def area(low: float, high: float, collide: bool) -> np.ndarray:
+        similarity = (high - low) / 2 * nodes + (high + low) / 2
+        missed = (1 - similarity ** rows) ** bands  # no band collides
+        return ((1 - missed) if collide else missed) @ weights * (high - low) / 2
+
+    error = 0.5 * area(0.0, threshold, True) + 0.5 * area(threshold, 1.0, False)
+    return pairs[int(np.argmin(error))]
 
 
 class SlotIndex(Protocol):
@@ -65,18 +82,31 @@ class SlotIndex(Protocol):
 
 
 class BandIndex:
-    """MinHash LSH bands in sorted numpy arrays."""
+    """MinHash LSH bands in sorted numpy arrays.
+
+    The arrays keep spare capacity and are merged into and compacted in place, a block at a
+    time: rebuilding them instead would hold a second copy of the index (about 55 MB at
+    100,000 articles) every few hundred articles.
+    """
+
+    # Elements moved per numpy call when merging or compacting in place.
+    BLOCK = 1 << 16
+    # A bulk load's keys are kept in this many parts by their top bits, so that sorting them
+    # holds one part at a time besides the index.
+    BULK_PARTS = 64
 
     def __init__(self, threshold: float, num_perm: int, merge_at: int = 16_384):
         self.bands, self.rows = lsh_parameters(threshold, num_perm)
         self._band_ids = (np.arange(self.bands, dtype=np.uint64) << np.uint64(56))
         self._keys = np.empty(0, dtype=np.uint64)
         self._slots = np.empty(0, dtype=np.int32)
+        self._size = 0
         self._recent: dict[int, list[int]] = {}
         self._recent_count = 0
         self._merge_at = merge_at
-        # Bulk-loaded runs (a restart's chunks), each sorted, merged in one go at first use.
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        # A bulk load (a restart's chunks): each chunk sorted and cut into BULK_PARTS parts
+        # by key range; the parts are merged in at first use.
+        self._bulk: list[list[tuple[np.ndarray, np.ndarray]]] = []
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band for each signature row: shape ``(n, bands)``.
@@ -98,11 +128,9 @@ class BandIndex:
         """Index the signature rows under ``slots``; ``keys``: their band keys, if known."""
         if keys is None:
             keys = self.band_keys(np.atleast_2d(signatures))
-        if keys.size >= self._merge_at:  # a bulk load (start-up): a sorted run, merged later
-            keys = keys.ravel()
-            order = np.argsort(keys, kind="stable")
-            self._runs.append((keys[order], np.repeat(np.asarray(slots, dtype=np.int32),
-                                                      self.bands)[order]))
+        if keys.size >= self._merge_at:  # a bulk load (start-up): merged at first use
+            self._add_bulk(keys.ravel(), np.repeat(np.asarray(slots, dtype=np.int32),
+                                                   self.bands))
             return
         recent = self._recent
         for slot, row in zip(np.asarray(slots).tolist(), keys.tolist(), strict=True):
@@ -116,15 +144,46 @@ class BandIndex:
         if self._recent_count >= self._merge_at:
             self._merge()
 
+    def _add_bulk(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        keys, slots = keys[order], slots[order]
+        bounds = np.concatenate(([0], np.searchsorted(keys, _part_starts(self.BULK_PARTS)),
+                                 [len(keys)]))
+        # Copies, not views, so that each part's memory goes as soon as it is merged.
+        self._bulk.append([(keys[low:high].copy(), slots[low:high].copy())
+                           for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(),
+                                                strict=True)])
+
     def merge_runs(self) -> None:
-        """The bulk-loaded runs into the arrays: one stable sort of runs already sorted (a
-        merge of runs, for numpy's timsort) and one insertion, however many chunks came."""
-        if not self._runs:
+        """The bulk-loaded chunks into the arrays, part by part: each part's pieces (one per
+        chunk, each sorted) are joined by one stable sort, so keys and their order are
+        those of one stable sort of everything, however many chunks came."""
+        if not self._bulk:
             return
-        keys = np.concatenate([keys for keys, _slots in self._runs])
-        slots = np.concatenate([slots for _keys, slots in self._runs])
-        self._runs = []
-        self._merge_sorted(keys, slots)
+        chunks, self._bulk = self._bulk, []
+        total = sum(len(keys) for chunk in chunks for keys, _slots in chunk)
+        # With room for a quarter more, as the article rows have: pages not yet written
+        # cost nothing, where growing at the first insertion would copy the index.
+        keys_out = np.empty(total + total // 4, dtype=np.uint64)
+        slots_out = np.empty(total + total // 4, dtype=np.int32)
+        at = 0
+        for part in range(self.BULK_PARTS):
+            pieces = [chunk[part] for chunk in chunks]
+            for chunk in chunks:
+                chunk[part] = None  # each part is freed as soon as it is placed
+            keys = np.concatenate([keys for keys, _slots in pieces])
+            order = np.argsort(keys, kind="stable")
+            keys_out[at:at + len(keys)] = keys[order]
+            slots_out[at:at + len(keys)] = np.concatenate([s for _k, s in pieces])[order]
+            at += len(keys)
+            if part % 16 == 15:
+                # The merged parts' memory is in the heap among live objects: without this
+                # the restart's peak holds it beside the merged arrays (35 MB at 100,000).
+                release_free_memory()
+        if not self._size:
+            self._keys, self._slots, self._size = keys_out, slots_out, total
+        else:
+            self._merge_sorted(keys_out[:total], slots_out[:total])
 
     def _merge(self) -> None:
         self.merge_runs()
@@ -137,17 +196,38 @@ class BandIndex:
                             count=len(keys))
         self._recent = {}
         self._recent_count = 0
-        self._merge_sorted(keys, slots)
+        order = np.argsort(keys, kind="stable")
+        self._merge_sorted(keys[order], slots[order])
+
+    def _reserve(self, size: int) -> None:
+        if size <= len(self._keys):
+            return
+        capacity = max(size, len(self._keys) + len(self._keys) // 4)
+        for name, dtype in (("_keys", np.uint64), ("_slots", np.int32)):
+            grown = np.empty(capacity, dtype=dtype)
+            grown[:self._size] = getattr(self, name)[:self._size]
+            setattr(self, name, grown)
 
     def _merge_sorted(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        order = np.argsort(keys, kind="stable")
-        keys, slots = keys[order], slots[order]
-        if not self._keys.size:
-            self._keys, self._slots = keys, slots
-            return
-        at = np.searchsorted(self._keys, keys, side="right")
-        self._keys = np.insert(self._keys, at, keys)
-        self._slots = np.insert(self._slots, at, slots)
+        """Merge sorted ``keys`` in place, after equal keys already there.
+
+        Old element ``j`` moves up by the number of new keys placed before it; moving the
+        blocks from the last one down never overwrites an element not yet moved.
+        """
+        size, added = self._size, len(keys)
+        self._reserve(size + added)
+        old_keys, old_slots = self._keys, self._slots
+        at = np.searchsorted(old_keys[:size], keys, side="right")
+        for start in range((size - 1) // self.BLOCK * self.BLOCK, -1, -self.BLOCK):
+            end = min(start + self.BLOCK, size)
+            positions = np.arange(start, end)
+            target = positions + np.searchsorted(at, positions, side="right")
+            old_keys[target] = old_keys[start:end].copy()
+            old_slots[target] = old_slots[start:end].copy()
+        placed = at + np.arange(added)
+        old_keys[placed] = keys
+        old_slots[placed] = slots
+        self._size = size + added
 
     def query(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Slots sharing at least one band with ``signature`` (repeats and dead slots
@@ -157,9 +237,10 @@ class BandIndex:
             keys = self.band_keys(signature[None, :])[0]
         self.merge_runs()
         found = []
-        if self._keys.size:
-            starts = np.searchsorted(self._keys, keys, side="left")
-            lengths = np.searchsorted(self._keys, keys, side="right") - starts
+        if self._size:
+            stored = self._keys[:self._size]
+            starts = np.searchsorted(stored, keys, side="left")
+            lengths = np.searchsorted(stored, keys, side="right") - starts
             total = int(lengths.sum())
             if total:
                 # The positions of every matching run, gathered in one indexing operation.
@@ -178,15 +259,31 @@ class BandIndex:
         """Nothing now: removed slots are skipped by the caller until ``compact``."""
 
     def compact(self, alive: np.ndarray) -> None:
-        """Drop the entries of slots that are no longer alive; they may then be reused."""
+        """Drop the entries of slots that are no longer alive (in place, front to back: an
+        element only ever moves down); the slots may then be reused."""
         self._merge()
-        keep = alive[self._slots]
-        self._keys, self._slots = self._keys[keep], self._slots[keep]
+        kept = 0
+        for start in range(0, self._size, self.BLOCK):
+            end = min(start + self.BLOCK, self._size)
+            keep = alive[self._slots[start:end]]
+            count = int(np.count_nonzero(keep))
+            self._keys[kept:kept + count] = self._keys[start:end][keep]
+            self._slots[kept:kept + count] = self._slots[start:end][keep]
+            kept += count
+        self._size = kept
 
     def nbytes(self) -> int:
+        """What the index holds, spare capacity included."""
         self.merge_runs()
         # A dict entry of the recent part costs about 100 bytes with its list.
         return self._keys.nbytes + self._slots.nbytes + 100 * self._recent_count
+
+
+def _part_starts(parts: int) -> np.ndarray:
+    """The first key value of each of ``parts`` equal parts of the 64-bit range but the
+    first."""
+    step = (1 << 64) // parts
+    return np.array([step * part for part in range(1, parts)], dtype=np.uint64)
 
 
 class DatasketchIndex:
@@ -197,6 +294,8 @@ class DatasketchIndex:
 
     def __init__(self, threshold: float, num_perm: int, storage_config: dict | None = None,
                  prefix: str = ""):
+        from datasketch import MinHashLSH  # imported here: it loads scipy
+
         options = {}
         if storage_config:
             options["storage_config"] = dict(storage_config)

@@ -8,7 +8,6 @@ one source's failure from touching any other source.
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import gc
 import logging
@@ -34,6 +33,7 @@ from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, Vocabulary, dec
 from .config import ClusteringSettings, Config, Source
 from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
 from .fingerprint import Signer, TermStatistics, TextFeatures, fingerprint_of, text_features
+from .memory import release_free_memory
 from .normalize import (
     NormalizedArticle,
     canonical_url,
@@ -223,29 +223,6 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
         if collecting:
             gc.enable()
         release_free_memory()
-
-
-def release_free_memory() -> None:
-    """Hand memory that was freed back to the operating system, where the C library can.
-
-    The rebuild reads the window's rows chunk by chunk; glibc keeps the freed chunks in its
-    heap, where the long-lived objects made meanwhile pin them: a fifth of the process's
-    memory after a 100,000-article restart.  ``malloc_trim`` returns them (Dask's workers
-    do the same).  Elsewhere (musl, macOS) this does nothing.
-    """
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-def _glibc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_libc = _glibc()
 
 
 def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:

@@ -163,6 +163,26 @@ def test_stale_stories_attract_nothing():
     assert 1 not in stream.clusterer.articles
 
 
+@pytest.mark.parametrize(("span_days", "joined_days"),
+                         [(14, [0, 2, 4, 6, 8, 10, 12, 14]), (5, [0, 2, 4]), (1000, None)])
+def test_a_story_stops_attracting_articles_once_it_spans_story_span_days(span_days,
+                                                                        joined_days):
+    # One follow-up every two days for four weeks: each is within the window of the last.
+    stream = Stream(ClusteringSettings(story_span_days=span_days))
+    words = ALPHA.split()
+    joined = []
+    for day in range(0, 30, 2):
+        decision, outcome = stream.add("Expedition reaches summit", " ".join(words),
+                                       ts=day * DAY)
+        if outcome.story_id == 101:
+            joined.append(day)
+        stream.clusterer.evict_before((day - SETTINGS.window_days) * DAY)
+    assert joined == (joined_days or list(range(0, 30, 2)))
+    # Bounded: what is held is the last story's members, not four weeks of them.
+    held = len(stream.clusterer.articles)
+    assert held == 15 if joined_days is None else held <= (30 - joined_days[-1]) // 2
+
+
 def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     names = list(SEED_FEEDS)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
 
 from aggregator.cluster import ClusterArticle, Clusterer
 from aggregator.config import ClusteringSettings
@@ -19,6 +22,7 @@ from aggregator.fingerprint import (
     MINHASH_SEED,
     SIGN_GROUP_ITEMS,
     Signer,
+    affine32_permutations,
     fingerprint_batch,
     lean_minhash,
     text_features,
@@ -62,6 +66,40 @@ def test_band_parameters_are_datasketchs(threshold, num_perm):
     assert lsh_parameters(threshold, num_perm) == (lsh.b, lsh.r)
 
 
+@pytest.mark.parametrize("num_perm", [16, 32, 64, 128, 256])
+def test_band_parameters_match_datasketchs_optimiser_at_every_threshold(num_perm):
+    thresholds = [round(0.05 * step, 2) for step in range(1, 20)]
+    ours = [lsh_parameters(threshold, num_perm) for threshold in thresholds]
+    assert ours == [_optimal_param(threshold, num_perm, 0.5, 0.5) for threshold in thresholds]
+
+
+@pytest.mark.parametrize(("num_perm", "seed"), [(128, 1), (64, 1), (256, 42)])
+def test_permutations_are_datasketchs(num_perm, seed):
+    a, b = affine32_permutations(num_perm, seed)
+    expected = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    assert (a == expected[0]).all() and (b == expected[1]).all()
+
+
+def test_the_daemon_runs_without_loading_datasketch_and_scipy(tmp_path):
+    # datasketch loads scipy (about 53 MB); only the datasketch backend needs it.
+    script = """
+import sys
+from aggregator.cli import main
+from aggregator.cluster import Clusterer
+from aggregator.config import ClusteringSettings
+from aggregator.fingerprint import Signer
+from aggregator.index import make_index
+from aggregator.pipeline import Aggregator
+Signer(128)
+Clusterer(ClusteringSettings())
+make_index("compact", 0.5, 128)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("datasketch", "scipy")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert done.stdout.strip() == "[]"
+
+
 def random_sets(rng: np.random.Generator, count: int) -> list[list[bytes]]:
     # Sets drawn from a small vocabulary, so that many pairs overlap a little or a lot.
     return [[f"w{w}".encode() for w in rng.choice(300, size=int(rng.integers(5, 40)),
@@ -100,6 +138,50 @@ def test_band_index_drops_dead_slots_at_compaction_and_bulk_loads_like_inserts()
         found = set(one_by_one.query(query).tolist())
         assert found == set(bulk.query(query).tolist())
         assert found and all(slot % 2 == 1 for slot in found)
+
+
+@pytest.mark.parametrize(("seed", "block", "distinct_keys"),
+                         [(1, 1, 5), (2, 7, 50), (3, 64, 2**40), (4, 1 << 16, 3), (5, 3, 2)])
+def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block, distinct_keys):
+    # Few distinct keys give long runs of equal keys, where order (oldest first) matters.
+    rng = np.random.default_rng(seed)
+    index = BandIndex(0.05, 128, merge_at=10**9)
+    index.BLOCK = block
+    keys = np.empty(0, dtype=np.uint64)
+    slots = np.empty(0, dtype=np.int32)
+    for _round in range(6):
+        new_keys = np.sort(rng.integers(0, distinct_keys, int(rng.integers(0, 300)))
+                           .astype(np.uint64) * np.uint64(2**63 // distinct_keys + 1))
+        new_slots = rng.integers(0, 1000, len(new_keys)).astype(np.int32)
+        at = np.searchsorted(keys, new_keys, side="right")
+        keys, slots = np.insert(keys, at, new_keys), np.insert(slots, at, new_slots)
+        index._merge_sorted(new_keys, new_slots)
+        assert (index._keys[:index._size] == keys).all()
+        assert (index._slots[:index._size] == slots).all()
+    alive = rng.random(1000) < 0.5
+    index.compact(alive)
+    assert (index._keys[:index._size] == keys[alive[slots]]).all()
+    assert (index._slots[:index._size] == slots[alive[slots]]).all()
+
+
+def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks():
+    rng = np.random.default_rng(9)
+    index = BandIndex(0.05, 128, merge_at=32)
+    chunks = [rng.integers(0, 2**64 - 1, (int(rng.integers(1, 40)), index.bands),
+                           dtype=np.uint64, endpoint=True) for _ in range(5)]
+    chunks.append(np.repeat(chunks[0][:1], 3, axis=0))  # equal keys in several chunks
+    first = 0
+    all_slots = []
+    for chunk in chunks:
+        chunk_slots = np.arange(first, first + len(chunk))
+        index.insert(chunk_slots, None, chunk)
+        all_slots.append(np.repeat(chunk_slots, index.bands))
+        first += len(chunk)
+    keys = np.concatenate([chunk.ravel() for chunk in chunks])
+    order = np.argsort(keys, kind="stable")
+    index.merge_runs()
+    assert (index._keys[:index._size] == keys[order]).all()
+    assert (index._slots[:index._size] == np.concatenate(all_slots)[order]).all()
 
 
 def stream_decisions(settings: ClusteringSettings) -> list[tuple[str, int | None]]:
