@@ -852,23 +852,33 @@ class Store:
     def _window_chunks(self, members: np.ndarray, chunk: int) -> Iterator[WindowRows]:
         """``members``: (article id, story id, canonical id) rows in article id order.
 
-        Their fingerprints are read by id, ``chunk`` at a time, so that the rows of articles
-        that are not in the window are never read: a live story that began long ago would
-        otherwise make the restart read the store from there on.
+        Their fingerprints are read ``chunk`` members at a time: by a range scan where the
+        members are most of their id range, else by id, so that a live story that began
+        long ago does not make the restart read the store from there on.
         """
         parse = datetime.fromisoformat
+        columns = """SELECT article_id, source_id, published, has_author, word_count, dated,
+                            shingle_signature, salient_signature, term_vector
+                     FROM article_fingerprints"""
         for first in range(0, len(members), chunk):
             part = members[first:first + chunk]
-            rows = self.db.execute(
-                """SELECT article_id, source_id, published, has_author, word_count, dated,
-                          shingle_signature, salient_signature, term_vector
-                   FROM article_fingerprints
-                   WHERE article_id IN (SELECT value FROM json_each(?))
-                   ORDER BY article_id""", [json.dumps(part[:, 0].tolist())]).fetchall()
-            if not rows:
-                continue
+            low, high = int(part[0, 0]), int(part[-1, 0])
+            if high - low < 2 * len(part):
+                # Members dense in their id range (the usual case): one range scan.
+                rows = self.db.execute(f"{columns} WHERE article_id BETWEEN ? AND ? "
+                                       "ORDER BY article_id", [low, high]).fetchall()
+            else:
+                rows = self.db.execute(
+                    f"{columns} WHERE article_id IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY article_id", [json.dumps(part[:, 0].tolist())]).fetchall()
             ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-            at = np.searchsorted(part[:, 0], ids)
+            at = np.minimum(np.searchsorted(part[:, 0], ids), len(part) - 1)
+            wanted = part[at, 0] == ids
+            if not wanted.any():
+                continue
+            if not wanted.all():
+                rows = [row for row, keep in zip(rows, wanted.tolist(), strict=True) if keep]
+                at = at[wanted]
             window = WindowRows()
             (window.ids, window.source_ids, window.published_ts, window.has_author,
              window.word_counts, window.dated, window.shingle_signatures,
