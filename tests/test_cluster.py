@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import SEED_FEEDS, write_config
@@ -19,8 +20,9 @@ from aggregator.cluster import (
     time_factor,
     time_sigma_days,
 )
-from aggregator.config import ClusteringSettings, load_config
+from aggregator.config import ClusteringSettings, Config, Source, load_config
 from aggregator.fingerprint import Signer, fingerprint_batch
+from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator, load_clusterer
 from aggregator.store import Store
 
@@ -245,6 +247,46 @@ def test_the_window_comes_back_the_same_whatever_the_chunks_it_is_read_in(
     for chunk in (1, 2):
         monkeypatch.setattr(store_module, "WINDOW_CHUNK", chunk)
         assert restored() == whole
+
+
+def test_a_restart_reads_only_the_window_when_a_live_story_began_long_ago(tmp_path,
+                                                                          monkeypatch):
+    # Article 1 and the last article tell one live story; the 28 stored between them are
+    # old stories that have left the window, so the live members are far apart by id.
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    config = Config(path=str(tmp_path / "c.toml"), database=str(tmp_path / "w.db"),
+                    sources=(Source(name="desk", url=str(tmp_path / "f.xml"),
+                                    interval_s=3600),))
+    aggregator = Aggregator(config)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def add(number, day, text):
+        entry = ParsedEntry(guid=f"g{number}", link=None, title=text.split(".")[0],
+                            published=start + timedelta(days=day), content=f"<p>{text}</p>")
+        aggregator.ingest_entries("desk", 0, [entry], start + timedelta(days=day))
+
+    story = ("Glacier expedition reaches the summit. " + ALPHA + " " + ALPHA) * 2
+    add(0, 10, story)
+    for number in range(1, 29):
+        topic = " ".join(words[(number * 5 + k) % len(words)] for k in range(12))
+        add(number, 0, f"Report {topic}. {topic} {topic}")
+    add(29, 10.5, story.replace("reaches", "has reached"))
+    aggregator.close()
+
+    def restored():
+        store = Store(config.database)
+        clusterer = load_clusterer(store, config.clustering, Signer(config.clustering.num_perm))
+        state = ({story_id: story.members for story_id, story in clusterer.stories.items()},
+                 clusterer.rows.article_id[:clusterer.rows.used].tolist())
+        store.close()
+        return state
+
+    stories, rows = restored()
+    assert list(stories.values()) == [[1, 30]]
+    assert rows == [1, 30]
+    for chunk in (1, 2, 3):  # by range scan (one member a chunk) and by id (both)
+        monkeypatch.setattr(store_module, "WINDOW_CHUNK", chunk)
+        assert restored() == (stories, rows)
 
 
 def test_recluster_applies_new_settings_and_keeps_statistics(tmp_path, seed_config):
