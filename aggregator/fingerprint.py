@@ -11,8 +11,8 @@ Two fingerprints per article serve the two kinds of "same" that text can show:
 Signatures are datasketch ``MinHash`` values under an explicit hashing scheme (``affine32``),
 so stored signatures stay comparable across versions of datasketch.  They are computed here in
 numpy for a whole batch at once; datasketch itself is imported only where its objects are
-needed (``lean_minhash``), because importing it loads scipy (about 53 MB of a process that
-otherwise needs about 50 MB).  Tests check every value and the serialised form against
+needed (``lean_minhash``), because importing it loads scipy (about 53 MB, where the daemon's
+own imports take about 60 MB).  Tests check every value and the serialised form against
 datasketch's own ``MinHash`` and ``LeanMinHash``.
 """
 

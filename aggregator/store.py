@@ -828,9 +828,8 @@ class Store:
 
         Two reads that never touch the (large) article rows: the members of the live stories
         from the ``articles_story`` index, then their fingerprints from
-        ``article_fingerprints``, by id.  The chunks (``WINDOW_CHUNK``
-        unless given) bound the memory that the rows take on their way into the clusterer's
-        arrays.
+        ``article_fingerprints`` (see ``_window_chunks``).  The chunks (``WINDOW_CHUNK`` unless
+        given) bound the memory that the rows take on their way into the clusterer's arrays.
         """
         cursor = self.db.execute(
             """SELECT a.id, a.story_id, coalesce(st.canonical_article_id, -1)
