@@ -99,7 +99,7 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
             return
         from .web import DaemonStatus
 
-        status = DaemonStatus(index_articles=lambda: len(aggregator.clusterer.articles),
+        status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
                               tick_s=tick_s)
         watcher = ConfigWatcher(config.path)
 

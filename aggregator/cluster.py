@@ -24,6 +24,7 @@ How an article is placed:
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -32,6 +33,7 @@ import numpy as np
 from .config import ClusteringSettings
 from .fingerprint import Fingerprint, TermStatistics, normalised
 from .index import make_index
+from .memory import enlarge, keep_large_arrays_movable
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
@@ -49,10 +51,11 @@ ROUGH_TOLERANCE = 1e-3
 class ClusterArticle:
     """An article as the clusterer sees it.
 
-    Before it is committed it carries its ``fingerprint`` and, once weighed, its TF-IDF
-    ``vector``; once committed they move into the clusterer's arrays (row ``slot``) and only
-    what the canonical policy reads stays here.  The vector is weighed once, when the article
-    arrives, and stored with it, so that a restart scores against exactly the same vectors.
+    It carries its ``fingerprint`` and, once weighed, its TF-IDF ``vector`` until it is
+    committed; then everything the clusterer keeps of it moves into the window's arrays (a
+    row of ``ArticleRows``), and the object itself is dropped.  The vector is weighed once,
+    when the article arrives, and stored with it, so that a restart scores against exactly
+    the same vectors.
     """
 
     article_id: int | None
@@ -64,7 +67,6 @@ class ClusterArticle:
     vector: dict[str, float] | None = None
     dated: bool = True
     word_count: int = 0
-    slot: int = -1
     # Band keys of the signatures, when computed ahead (a batch at once) or already once.
     shingle_keys: np.ndarray | None = None
     salient_keys: np.ndarray | None = None
@@ -76,12 +78,14 @@ class ClusterArticle:
 
 @dataclass(slots=True)
 class StoryState:
-    """A live story: its members (article ids, and their rows) in order of arrival."""
+    """A live story: the rows of its members in order of arrival (the article ids are in
+    the rows), and its canonical."""
 
     story_id: int
-    members: list[int] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
+    # An array of machine integers: a list would hold an int object per member.
+    slots: array = field(default_factory=lambda: array("q"))
     canonical_id: int | None = None
+    canonical_slot: int = -1
     first_ts: float = math.inf
     last_ts: float = -math.inf
     dated_first_ts: float = math.inf
@@ -137,7 +141,11 @@ class ArticleRows:
     """
 
     ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "article_id", "story_id",
-              "alive")
+              "alive", "source", "priority", "published_ts", "has_author", "dated",
+              "word_count")
+    # What the canonical policy and the scoring read of a member, 22 bytes a row (as
+    # ``ClusterArticle`` objects in a dict they took about 270).
+    METADATA = ("source", "priority", "published_ts", "has_author", "dated", "word_count")
 
     def __init__(self, num_perm: int, vector_width: int, keep_stored: bool = True):
         """``keep_stored``: also hold what the store can give when it is asked (the shingle
@@ -155,18 +163,19 @@ class ArticleRows:
         self.article_id = np.zeros(0, dtype=np.int64)
         self.story_id = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
+        self.source = np.zeros(0, dtype=np.int32)  # see ``Clusterer.source_code``
+        self.priority = np.zeros(0, dtype=np.int32)
+        self.published_ts = np.zeros(0, dtype=np.float64)
+        self.has_author = np.zeros(0, dtype=bool)
+        self.dated = np.zeros(0, dtype=bool)
+        self.word_count = np.zeros(0, dtype=np.int32)
         self.used = 0
         self.free: list[int] = []
         self.released: list[int] = []
 
     def _grow(self, capacity: int) -> None:
-        def grown(array: np.ndarray) -> np.ndarray:
-            bigger = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
-            bigger[:len(array)] = array
-            return bigger
-
         for name in self.ARRAYS:
-            setattr(self, name, grown(getattr(self, name)))
+            enlarge(self, name, capacity)
         self.capacity = capacity
 
     def _widen(self, name: str, width: int) -> None:
@@ -196,8 +205,11 @@ class ArticleRows:
 
     def put(self, slots: np.ndarray, *, article_ids: list[int], story_ids: list[int],
             shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-            vector_weights: np.ndarray) -> None:
-        """Fill rows ``slots``; the term-id arrays come padded (see ``padded``)."""
+            vector_weights: np.ndarray, metadata: dict[str, list]) -> None:
+        """Fill rows ``slots``; the term-id arrays come padded (see ``padded``);
+        ``metadata``: a column of values for each name of ``METADATA``."""
+        for name in self.METADATA:
+            getattr(self, name)[slots] = metadata[name]
         if self.keep_stored:
             self.shingle[slots] = shingles
         self.salient[slots] = salients.astype(np.uint16)  # the low 16 bits
@@ -346,17 +358,24 @@ def _completeness_bucket(word_count: int) -> int:
 
 def canonical_key(article: ClusterArticle, policy: tuple[str, ...]) -> tuple:
     """Sort key: the smallest key is the best version under the configured policy."""
+    return policy_key(policy, article.priority, article.word_count, article.published_ts,
+                      article.has_author, article.article_id)
+
+
+def policy_key(policy: tuple[str, ...], priority: int, word_count: int, published_ts: float,
+               has_author: bool, article_id: int | None) -> tuple:
+    """``canonical_key`` from the values themselves (the window holds them in arrays)."""
     parts: list[float] = []
     for criterion in policy:
         if criterion == "priority":
-            parts.append(-article.priority)
+            parts.append(-priority)
         elif criterion == "completeness":
-            parts.append(-_completeness_bucket(article.word_count))
+            parts.append(-_completeness_bucket(word_count))
         elif criterion == "earliest":
-            parts.append(article.published_ts)
+            parts.append(published_ts)
         elif criterion == "has_author":
-            parts.append(0 if article.has_author else 1)
-    parts.append(article.article_id or 0)
+            parts.append(0 if has_author else 1)
+    parts.append(article_id or 0)
     return tuple(parts)
 
 
@@ -412,6 +431,8 @@ class Clusterer:
                  stored: StoredFingerprints | None = None):
         """With ``stored``, shingle signatures are read from the store when needed instead
         of being held in memory: only near-copy candidates and canonical changes need them."""
+        # The window's arrays grow in place (``memory.enlarge``), which huge pages prevent.
+        keep_large_arrays_movable()
         self.settings = settings
         self.stored = stored
         self.stats = stats or TermStatistics(settings.idf_prior_docs)
@@ -423,8 +444,10 @@ class Clusterer:
                                           settings.num_perm, prefix="candidate", **options)
         self.rows = ArticleRows(settings.num_perm, settings.vector_terms,
                                 keep_stored=stored is None)
-        self.articles: dict[int, ClusterArticle] = {}
         self.stories: dict[int, StoryState] = {}
+        # Articles in the window (the rows of live stories).
+        self.window_size = 0
+        self._source_codes: dict[str, int] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
 
     # -- deciding ---------------------------------------------------------------------------
@@ -530,8 +553,8 @@ class Clusterer:
                 if self._live(self.stories[s], article.published_ts)]
         if not live:
             return []
-        member_slots = np.fromiter((slot for story in live for slot in story.slots),
-                                   dtype=np.int64)
+        member_slots = np.concatenate([np.frombuffer(story.slots, dtype=np.int64)
+                                       for story in live])
         similarities = self._similarities(vector, member_slots)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
@@ -557,8 +580,8 @@ class Clusterer:
         """Score minus threshold of each story, as ``_candidate`` computes it but with numpy
         arithmetic (equal to within rounding) and without the member support."""
         settings = self.settings
-        canonical_words = np.fromiter(
-            (self.articles[story.canonical_id].word_count for story in stories), dtype=float)
+        canonical_words = self.rows.word_count[
+            [story.canonical_slot for story in stories]].astype(float)
         words = np.floor(np.sqrt(max(1, article.word_count) * np.maximum(1, canonical_words)))
         low, high = settings.short_text_words, settings.long_text_words
         if high > low:
@@ -583,9 +606,9 @@ class Clusterer:
     def _candidate(self, article: ClusterArticle, story: StoryState,
                    own: list[float]) -> Candidate:
         similarity = sum(own) / len(own)
-        canonical = self.articles[story.canonical_id]
+        canonical_words = int(self.rows.word_count[story.canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
-        words = int(math.sqrt(max(1, article.word_count) * max(1, canonical.word_count)))
+        words = int(math.sqrt(max(1, article.word_count) * max(1, canonical_words)))
         if article.dated and story.dated:
             factor = time_factor(article.published_ts, story.dated_first_ts,
                                  story.dated_last_ts, time_sigma_days(words, self.settings))
@@ -636,77 +659,115 @@ class Clusterer:
                        fingerprint.salient_signature[None, :],
                        padded([[term_id(t) for t in vector]], np.int32),
                        padded([list(vector.values())], np.float64),
-                       article.shingle_keys, article.salient_keys)
+                       self._metadata([article]), article.shingle_keys,
+                       article.salient_keys)
         self.stats.add_document(fingerprint.term_counts)
-        self._join(int(slots[0]), article, story)
-        return self._elect(story, article)
+        slot = int(slots[0])
+        self._join(slot, article.published_ts, article.dated, story)
+        return self._elect(story, slot)
+
+    def source_code(self, source: str) -> int:
+        """A small integer for a source name: what the rows hold (only ever compared)."""
+        code = self._source_codes.get(source)
+        if code is None:
+            code = self._source_codes[source] = len(self._source_codes)
+        return code
+
+    def _metadata(self, articles: list[ClusterArticle]) -> dict[str, list]:
+        return {"source": [self.source_code(a.source) for a in articles],
+                "priority": [a.priority for a in articles],
+                "published_ts": [a.published_ts for a in articles],
+                "has_author": [a.has_author for a in articles],
+                "dated": [a.dated for a in articles],
+                "word_count": [a.word_count for a in articles]}
+
+    def member(self, slot: int) -> ClusterArticle:
+        """The committed article of row ``slot``, as the canonical policy reads it."""
+        rows = self.rows
+        return ClusterArticle(int(rows.article_id[slot]), "", int(rows.priority[slot]),
+                              float(rows.published_ts[slot]), bool(rows.has_author[slot]),
+                              None, dated=bool(rows.dated[slot]),
+                              word_count=int(rows.word_count[slot]))
+
+    def members(self, story_id: int) -> list[int]:
+        """The article ids of a live story, in order of arrival."""
+        return self.rows.article_id[np.frombuffer(self.stories[story_id].slots,
+                                                  dtype=np.int64)].tolist()
+
+    def window_article_ids(self) -> set[int]:
+        return set(self.rows.article_id[self.rows.alive].tolist())
 
     def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],
                   shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-                  vector_weights: np.ndarray, shingle_keys: np.ndarray | None = None,
+                  vector_weights: np.ndarray, metadata: dict[str, list],
+                  shingle_keys: np.ndarray | None = None,
                   salient_keys: np.ndarray | None = None) -> None:
         """Fill the rows of new members and put them in both LSH indexes."""
         self.rows.put(slots, article_ids=article_ids, story_ids=story_ids, shingles=shingles,
-                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights)
+                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights,
+                      metadata=metadata)
         self.duplicate_index.insert(slots, shingles, shingle_keys)
         self.candidate_index.insert(slots, salients, salient_keys)
 
-    def _join(self, slot: int, article: ClusterArticle, story: StoryState) -> None:
-        # From here on the arrays hold the signatures and the vector.
-        article.slot, article.fingerprint, article.vector = slot, None, None
-        article.shingle_keys = article.salient_keys = None
-        self.articles[article.article_id] = article
-        story.members.append(article.article_id)
+    def _join(self, slot: int, ts: float, dated: bool, story: StoryState) -> None:
         story.slots.append(slot)
-        ts = article.published_ts
+        self.window_size += 1
         if ts < story.first_ts:
             story.first_ts = ts
         if ts > story.last_ts:
             story.last_ts = ts
-        if article.dated:
+        if dated:
             if ts < story.dated_first_ts:
                 story.dated_first_ts = ts
             if ts > story.dated_last_ts:
                 story.dated_last_ts = ts
 
-    def _elect(self, story: StoryState, newcomer: ClusterArticle) -> StoryOutcome:
+    def _elect(self, story: StoryState, newcomer_slot: int) -> StoryOutcome:
         policy = self.settings.canonical_policy
-        members = sorted((self.articles[m] for m in story.members),
-                         key=lambda a: canonical_key(a, policy))
-        best = members[0]
+        rows = self.rows
+        slots = np.frombuffer(story.slots, dtype=np.int64).copy()
+        keys = [policy_key(policy, *values) for values in zip(
+            rows.priority[slots].tolist(), rows.word_count[slots].tolist(),
+            rows.published_ts[slots].tolist(), rows.has_author[slots].tolist(),
+            rows.article_id[slots].tolist(), strict=True)]
+        ranked = sorted(range(len(keys)), key=keys.__getitem__)
+        best_slot = int(slots[ranked[0]])
+        best_id = int(rows.article_id[best_slot])
         previous = story.canonical_id
-        changed = previous != best.article_id
-        story.canonical_id = best.article_id
+        changed = previous != best_id
+        story.canonical_id, story.canonical_slot = best_id, best_slot
+        reason = None
+        if changed:
+            runner_up = self.member(int(slots[ranked[1]])) if len(ranked) > 1 else None
+            reason = canonical_reason(self.member(best_slot), runner_up, policy)
         # Relations are relative to the canonical: all change with it, else only the newcomer's.
-        affected = members if changed else [newcomer]
-        relations = self._relations(best, affected)
+        affected = slots if changed else np.asarray([newcomer_slot], dtype=np.int64)
         return StoryOutcome(
             story_id=story.story_id,
-            canonical_id=best.article_id,
+            canonical_id=best_id,
             previous_canonical_id=previous,
-            canonical_reason=canonical_reason(best, members[1] if len(members) > 1 else None,
-                                              policy) if changed else None,
-            member_relations=relations,
+            canonical_reason=reason,
+            member_relations=self._relations(best_slot, affected),
             first_ts=story.first_ts,
             last_ts=story.last_ts,
-            article_count=len(story.members),
-            source_count=len({m.source for m in members}),
+            article_count=len(slots),
+            source_count=len(np.unique(rows.source[slots])),
         )
 
-    def _relations(self, canonical: ClusterArticle,
-                   members: list[ClusterArticle]) -> dict[int, tuple[Relation, float]]:
+    def _relations(self, canonical_slot: int,
+                   slots: np.ndarray) -> dict[int, tuple[Relation, float]]:
         rows = self.rows
-        slots = np.asarray([m.slot for m in members], dtype=np.int64)
-        signatures = self._shingles(np.append(slots, canonical.slot))
+        signatures = self._shingles(np.append(slots, canonical_slot))
         overlaps = (np.count_nonzero(signatures[:-1] == signatures[-1], axis=1)
                     / rows.num_perm).tolist()
-        similarities = self._similarities_of(rows.vector_ids[canonical.slot],
-                                             rows.vector_weights[canonical.slot],
+        similarities = self._similarities_of(rows.vector_ids[canonical_slot],
+                                             rows.vector_weights[canonical_slot],
                                              slots).tolist()
-        return {member.article_id: relation_from(member.article_id == canonical.article_id,
-                                                 overlap, similarity, self.settings)
-                for member, overlap, similarity in zip(members, overlaps, similarities,
-                                                       strict=True)}
+        return {article_id: relation_from(slot == canonical_slot, overlap, similarity,
+                                          self.settings)
+                for slot, article_id, overlap, similarity in zip(
+                    slots.tolist(), rows.article_id[slots].tolist(), overlaps, similarities,
+                    strict=True)}
 
     def restore_rows(self, articles: list[ClusterArticle], story_ids: list[int],
                      canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,
@@ -719,19 +780,32 @@ class Clusterer:
             return
         slots = self.rows.allocate(len(articles))
         self._add_rows(slots, [a.article_id for a in articles], story_ids, shingles, salients,
-                       vector_ids, vector_weights)
+                       vector_ids, vector_weights, self._metadata(articles))
         stories = self.stories
         for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
                                                          canonical_ids, strict=True):
             story = stories.get(story_id)
             if story is None:
                 story = stories[story_id] = StoryState(story_id)
-            self._join(slot, article, story)
+            self._join(slot, article.published_ts, article.dated, story)
             story.canonical_id = canonical_id
 
     def finish_restore(self) -> None:
-        """After the last ``restore_rows``: the indexes take in what was loaded (now, so that
-        a restart's time includes it rather than the first query's)."""
+        """After the last ``restore_rows``: each story finds its canonical's row, and the
+        indexes take in what was loaded (now, so that a restart's time includes it rather
+        than the first query's)."""
+        rows = self.rows
+        live = np.flatnonzero(rows.alive[:rows.used])
+        order = np.argsort(rows.article_id[live])
+        ids = rows.article_id[live][order]
+        stories = list(self.stories.values())
+        wanted = np.asarray([story.canonical_id for story in stories], dtype=np.int64)
+        at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+        for story, position, found in zip(stories, at.tolist(),
+                                           (ids[at] == wanted).tolist(), strict=True):
+            # A canonical outside the window (a store written by hand) gives way to the
+            # first member until the next election.
+            story.canonical_slot = int(live[order[position]]) if found else story.slots[0]
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
 
@@ -740,10 +814,9 @@ class Clusterer:
         stale = [s for s in self.stories.values() if s.last_ts < cutoff_ts]
         released: list[int] = []
         for story in stale:
-            for article_id in story.members:
-                self.articles.pop(article_id, None)
             released.extend(story.slots)
             del self.stories[story.story_id]
+        self.window_size -= len(released)
         if released:
             self.rows.release(released)
             slots = np.asarray(released, dtype=np.int64)
@@ -754,7 +827,7 @@ class Clusterer:
 
     def _compact_when_worth_it(self) -> None:
         """Purge released slots from the indexes once they are a quarter of the window."""
-        if len(self.rows.released) * 4 < max(1024, len(self.articles)):
+        if len(self.rows.released) * 4 < max(1024, self.window_size):
             return
         for index in (self.duplicate_index, self.candidate_index):
             index.compact(self.rows.alive)

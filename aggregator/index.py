@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .fingerprint import lean_minhash
-from .memory import release_free_memory
+from .memory import enlarge, release_free_memory
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -203,10 +203,8 @@ class BandIndex:
         if size <= len(self._keys):
             return
         capacity = max(size, len(self._keys) + len(self._keys) // 4)
-        for name, dtype in (("_keys", np.uint64), ("_slots", np.int32)):
-            grown = np.empty(capacity, dtype=dtype)
-            grown[:self._size] = getattr(self, name)[:self._size]
-            setattr(self, name, grown)
+        enlarge(self, "_keys", capacity)
+        enlarge(self, "_slots", capacity)
 
     def _merge_sorted(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Merge sorted ``keys`` in place, after equal keys already there.

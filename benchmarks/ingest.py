@@ -53,7 +53,7 @@ clusterer = load_clusterer(store, settings, Signer(settings.num_perm))
 elapsed = time.perf_counter() - started
 rss = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
            if line.startswith("VmRSS:"))
-print(json.dumps({"seconds": elapsed, "articles": len(clusterer.articles),
+print(json.dumps({"seconds": elapsed, "articles": clusterer.window_size,
                   "terms": len(clusterer.vocabulary), "rss_mb": round(rss, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                        / 1024, 1)}))
@@ -213,7 +213,7 @@ def main() -> None:
                     stretch_done += len(batch)
             since_report = size
             clusterer = aggregator.clusterer
-            window = len(clusterer.articles)
+            window = clusterer.window_size
             index_bytes = clusterer.index_bytes()
             terms = len(clusterer.vocabulary)
             rss_now = current_rss_mb()

@@ -162,7 +162,8 @@ def test_stale_stories_attract_nothing():
     late, _ = stream.add("Expedition reaches summit", " ".join(words), ts=3 * DAY)
     assert late.relation == "new_story"
     assert stream.clusterer.evict_before(1 * DAY) == 1
-    assert 1 not in stream.clusterer.articles
+    assert 1 not in stream.clusterer.window_article_ids()
+    assert stream.clusterer.window_size == 1
 
 
 @pytest.mark.parametrize(("span_days", "joined_days"),
@@ -181,7 +182,8 @@ def test_a_story_stops_attracting_articles_once_it_spans_story_span_days(span_da
         stream.clusterer.evict_before((day - SETTINGS.window_days) * DAY)
     assert joined == (joined_days or list(range(0, 30, 2)))
     # Bounded: what is held is the last story's members, not four weeks of them.
-    held = len(stream.clusterer.articles)
+    held = stream.clusterer.window_size
+    assert held == len(stream.clusterer.window_article_ids())
     assert held == 15 if joined_days is None else held <= (30 - joined_days[-1]) // 2
 
 
@@ -207,7 +209,7 @@ def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     first.run_pass()
     first.close()
     second = Aggregator(config_for("restart", names))
-    assert len(second.clusterer.articles) == 2
+    assert second.clusterer.window_size == 2
     [report] = second.run_pass()
     got = report.decisions[0][1]
     assert got.relation == expected.relation == "same_story"
@@ -229,10 +231,12 @@ def test_the_window_comes_back_the_same_whatever_the_chunks_it_is_read_in(
         clusterer = load_clusterer(store, config.clustering, Signer(config.clustering.num_perm))
         rows = clusterer.rows
         signatures = rows.salient[:rows.used]
+        for story in clusterer.stories.values():  # each story knows its canonical's row
+            assert rows.article_id[story.canonical_slot] == story.canonical_id
         state = {
-            "articles": sorted(clusterer.articles),
-            "stories": {story_id: (story.members, story.canonical_id, story.first_ts,
-                                   story.last_ts)
+            "articles": sorted(clusterer.window_article_ids()),
+            "stories": {story_id: (clusterer.members(story_id), story.canonical_id,
+                                   story.canonical_slot, story.first_ts, story.last_ts)
                         for story_id, story in clusterer.stories.items()},
             "rows": [getattr(rows, name)[:rows.used].tolist() for name in rows.ARRAYS],
             "candidates": [sorted(clusterer.candidate_index.query(s).tolist())
@@ -276,7 +280,7 @@ def test_a_restart_reads_only_the_window_when_a_live_story_began_long_ago(tmp_pa
     def restored():
         store = Store(config.database)
         clusterer = load_clusterer(store, config.clustering, Signer(config.clustering.num_perm))
-        state = ({story_id: story.members for story_id, story in clusterer.stories.items()},
+        state = ({story_id: clusterer.members(story_id) for story_id in clusterer.stories},
                  clusterer.rows.article_id[:clusterer.rows.used].tolist())
         store.close()
         return state

@@ -1,0 +1,66 @@
+"""Arrays of the window grow in place where they can, and keep their contents either way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.memory import enlarge
+
+
+class Holder:
+    pass
+
+
+@pytest.mark.parametrize(("shape", "rows", "hold_view"), [
+    ((0,), 5, False),
+    ((4,), 9, False),
+    ((4,), 9, True),
+    ((3, 7), 8, False),
+    ((3, 7), 8, True),
+    ((200_000, 4), 250_000, False),
+])
+def test_enlarge_keeps_rows_and_zeroes_the_new_ones(shape, rows, hold_view):
+    holder = Holder()
+    holder.values = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape) + 1
+    expected = holder.values.copy()
+    view = holder.values[:2] if hold_view else None
+    enlarge(holder, "values", rows)
+    assert holder.values.shape == (rows, *shape[1:])
+    assert np.array_equal(holder.values[:shape[0]], expected)
+    assert not holder.values[shape[0]:].any()
+    if view is not None:  # a view keeps what it saw: the array was copied, not moved
+        assert np.array_equal(view, expected[:2])
+
+
+def _huge_pages_always() -> bool:
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+GROW_256_MB = """
+import resource, numpy as np
+from aggregator.memory import enlarge, keep_large_arrays_movable
+keep_large_arrays_movable()
+class Holder: pass
+holder = Holder()
+holder.values = np.ones((1 << 25, 8), dtype=np.uint8)  # 256 MB, every page written
+enlarge(holder, "values", (1 << 25) + (1 << 23))      # + 64 MB
+assert holder.values[: 1 << 25].all() and not holder.values[1 << 25:].any()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _huge_pages_always(),
+                    reason="glibc's remapping realloc, without system-wide huge pages")
+def test_a_large_array_grows_without_a_second_copy():
+    """Growing 256 MB by 64 MB peaks near 320 MB: a copy would hold 576 MB at once."""
+    peak_mb = int(subprocess.run([sys.executable, "-c", GROW_256_MB], check=True,
+                                 capture_output=True, text=True).stdout)
+    assert peak_mb < 256 + 64 + 120  # the interpreter and numpy take about 40 MB
