@@ -526,7 +526,9 @@ def recluster(config_path, since) -> None:
 
 @main.command(name="eval")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@CONFIG_OPTION
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Take the clustering settings from this configuration file "
+                   "[default: the built-in defaults].")
 @click.option("--assignments", type=click.Path(dir_okay=False),
               help="Write id<TAB>story_id lines here (one file; with several inputs, the "
                    "input's name is added before the suffix).")
@@ -539,7 +541,7 @@ def evaluate(files, config_path, assignments, overrides, as_json) -> None:
     """Measure story clustering on labelled JSONL files (B-cubed and pairwise scores).
 
     Each file is streamed through the daemon's own pipeline into a temporary store, with the
-    clustering settings of the configuration (defaults when there is none).
+    built-in clustering defaults, or the settings of the file given with --config.
 
     \b
     Examples:

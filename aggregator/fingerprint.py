@@ -30,7 +30,7 @@ from hashlib import sha1
 
 import numpy as np
 import snowballstemmer
-from wordfreq import zipf_frequency
+import wordfreq
 
 MINHASH_SEED = 1
 SIGN_GROUP_ITEMS = 8192
@@ -127,14 +127,83 @@ def _shingles(tokens: list[str], size: int) -> set[bytes]:
     return {" ".join(tokens[i:i + size]).encode() for i in range(len(tokens) - size + 1)}
 
 
-@lru_cache(maxsize=200_000)
+class EnglishFrequencies:
+    """wordfreq's English word frequencies, held in 3 MB instead of 33.
+
+    ``zipf(word)`` is ``wordfreq.zipf_frequency(word, "en")``, computed the way wordfreq
+    computes it (its tokeniser, digit handling and rounding, through its own functions),
+    but its word list is held as sorted 64-bit string hashes with each word's centibel
+    bucket: wordfreq's cached dictionary of 321,180 strings takes 33 MB of a daemon that
+    needs the list only to look up the words it has not seen before.
+    """
+
+    def __init__(self) -> None:
+        pack = wordfreq.read_cBpack(wordfreq.available_languages("best")["en"])
+        hashes = np.fromiter((_key(word) for bucket in pack for word in bucket),
+                             dtype=np.int64, count=sum(map(len, pack)))
+        buckets = np.repeat(np.arange(len(pack), dtype=np.uint16), [len(b) for b in pack])
+        order = np.argsort(hashes, kind="stable")
+        self._hashes, self._buckets = hashes[order], buckets[order]
+        self._bucket_frequency = [wordfreq.cB_to_freq(-index) for index in range(len(pack))]
+        self._minimum = wordfreq.zipf_to_freq(0.0)
+
+    def _frequency(self, token: str) -> float | None:
+        key = _key(token)
+        # The last of equal keys: a word listed twice has its later (rarer) bucket, as in
+        # wordfreq's dictionary, where the later entry overwrites the earlier.
+        at = int(np.searchsorted(self._hashes, key, side="right")) - 1
+        if at < 0 or self._hashes[at] != key:
+            return None
+        return self._bucket_frequency[self._buckets[at]]
+
+    def zipf(self, word: str) -> float:
+        minimum = self._minimum
+        one_over = 0.0
+        tokens = wordfreq.lossy_tokenize(word, "en")
+        for token in tokens:
+            smashed = wordfreq.smash_numbers(token)
+            frequency = self._frequency(smashed)
+            if frequency is None:
+                one_over = 0.0
+                break
+            if smashed != token:
+                frequency *= wordfreq.digit_freq(token)
+            one_over += 1.0 / frequency
+        frequency = max(1.0 / one_over, minimum) if one_over else minimum
+        frequency = round(frequency, math.floor(-math.log(frequency, 10)) + 3)
+        return round(wordfreq.freq_to_zipf(frequency), 2)
+
+
+def _key(word: str) -> int:
+    # Of the UTF-8 bytes: ``hash(str)`` hashes the internal buffer, so "kp" (two Latin-1
+    # bytes) and "火" (one two-byte code unit) hash alike, and 16 of wordfreq's words collide.
+    return hash(word.encode())
+
+
+_english: EnglishFrequencies | None = None
+_english_lock = threading.Lock()
+
+
+def english_zipf(word: str) -> float:
+    """``wordfreq.zipf_frequency(word, "en")`` from the compact list (loaded on first use)."""
+    global _english
+    if _english is None:
+        with _english_lock:
+            if _english is None:
+                _english = EnglishFrequencies()
+    return _english.zipf(word)
+
+
+# Bounded small: a term's prior is kept by ``TermStatistics`` once it is learned, so the
+# words asked for again are few (the parts of phrases whose stems were not seen alone).
+@lru_cache(maxsize=20_000)
 def prior_document_fraction(term: str) -> float:
     """Share of news articles expected to contain ``term`` before we have seen any.
 
     From the word's frequency in general English (wordfreq): a word of frequency ``f`` per
     token appears at least once in an article of ~400 tokens with probability 1-exp(-400 f).
     """
-    zipf = zipf_frequency(term, "en")
+    zipf = english_zipf(term)
     per_token = 10 ** (zipf - 9) if zipf > 0 else 1e-8
     return max(1e-7, 1.0 - math.exp(-400.0 * per_token))
 

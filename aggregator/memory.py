@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import mmap
 
 import numpy as np
 
@@ -53,6 +54,7 @@ def enlarge(owner: object, name: str, rows: int) -> None:
         # quarter more rows than it loads); ``resize`` would write every new byte.
         setattr(owner, name, np.zeros(shape, dtype=getattr(owner, name).dtype))
         return
+    kept_bytes = getattr(owner, name).nbytes
     try:
         getattr(owner, name).resize(shape, refcheck=True)
     except ValueError:
@@ -61,6 +63,28 @@ def enlarge(owner: object, name: str, rows: int) -> None:
         kept = min(len(old), rows)
         bigger[:kept] = old[:kept]
         setattr(owner, name, bigger)
+        return
+    array = getattr(owner, name)
+    _forget_zero_pages(array.ctypes.data + kept_bytes, array.nbytes - kept_bytes)
+
+
+def _forget_zero_pages(address: int, size: int) -> None:
+    """Hand back the whole pages of a range that holds only zeros.
+
+    ``resize`` zeroes the rows it adds by writing them, which makes them resident: a
+    quarter of an array's size, long before they are used.  ``MADV_DONTNEED`` drops the
+    pages; private anonymous memory reads as zeros again when next touched.
+    """
+    if _libc is None or size <= 0:
+        return
+    start = -(-address // PAGE) * PAGE
+    end = (address + size) // PAGE * PAGE
+    if end > start:
+        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+MADV_DONTNEED = 4
+PAGE = mmap.PAGESIZE
 
 
 def _glibc():

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import wordfreq
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
@@ -21,6 +22,7 @@ from aggregator.fingerprint import (
     MINHASH_SCHEME,
     MINHASH_SEED,
     SIGN_GROUP_ITEMS,
+    EnglishFrequencies,
     Signer,
     affine32_permutations,
     fingerprint_batch,
@@ -98,6 +100,35 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("datasketch", "scipy"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, cwd=tmp_path)
     assert done.stdout.strip() == "[]"
+
+
+# Digits, years, apostrophes, hyphens, casing, non-Latin scripts, several tokens, nothing;
+# "kp" and "火" have one ``hash(str)`` (the same two bytes inside CPython).
+TRICKY_WORDS = ["2026", "1990s", "don't", "aren’t", "NATO", "café", "straße", "İstanbul",
+                "ﬁne", "Ｆｕｌｌ", "e-mail", "co-op", "9/11", "3.14", "100,000", "$5", "2nd",
+                "covid19", "x1000", "the cat", "lavrov", "moscow", "qwzxv", "", "kp", "火",
+                "に", "日本"]
+
+
+def test_english_frequencies_are_wordfreqs_to_the_hundredth():
+    english = EnglishFrequencies()
+    listed = sorted(wordfreq.get_frequency_dict("en"))[::20]
+    for word in TRICKY_WORDS + listed:
+        assert english.zipf(word) == wordfreq.zipf_frequency(word, "en"), word
+
+
+def test_a_pass_does_not_keep_wordfreqs_dictionary(tmp_path, seed_config):
+    # wordfreq's cached English dictionary takes 33 MB; the compact list is enough.
+    script = f"""
+import wordfreq
+from aggregator.config import load_config
+from aggregator.pipeline import Aggregator
+Aggregator(load_config({str(seed_config)!r}, environ={{}})).run_pass()
+print(wordfreq.get_frequency_dict.cache_info().currsize)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert done.stdout.strip() == "0"
 
 
 def random_sets(rng: np.random.Generator, count: int) -> list[list[bytes]]:
