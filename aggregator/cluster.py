@@ -769,25 +769,29 @@ class Clusterer:
                     slots.tolist(), rows.article_id[slots].tolist(), overlaps, similarities,
                     strict=True)}
 
-    def restore_rows(self, articles: list[ClusterArticle], story_ids: list[int],
+    def restore_rows(self, article_ids: list[int], story_ids: list[int],
                      canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,
-                     vector_ids: np.ndarray, vector_weights: np.ndarray) -> None:
-        """Put back stored articles at start-up, many at once (statistics come separately).
-
-        The vectors arrive as padded rows of term ids and weights.
-        """
-        if not articles:
+                     vector_ids: np.ndarray, vector_weights: np.ndarray, *,
+                     sources: list[str], priorities: list[int], published_ts: list[float],
+                     has_author: list[bool], dated: list[bool], word_counts: list[int]) -> None:
+        """Put back stored articles at start-up, many at once, column by column (statistics
+        come separately).  The vectors arrive as padded rows of term ids and weights."""
+        if not article_ids:
             return
-        slots = self.rows.allocate(len(articles))
-        self._add_rows(slots, [a.article_id for a in articles], story_ids, shingles, salients,
-                       vector_ids, vector_weights, self._metadata(articles))
+        code = self.source_code
+        metadata = {"source": [code(source) for source in sources], "priority": priorities,
+                    "published_ts": published_ts, "has_author": has_author, "dated": dated,
+                    "word_count": word_counts}
+        slots = self.rows.allocate(len(article_ids))
+        self._add_rows(slots, article_ids, story_ids, shingles, salients, vector_ids,
+                       vector_weights, metadata)
         stories = self.stories
-        for slot, article, story_id, canonical_id in zip(slots.tolist(), articles, story_ids,
-                                                         canonical_ids, strict=True):
+        for slot, story_id, canonical_id, ts, is_dated in zip(
+                slots.tolist(), story_ids, canonical_ids, published_ts, dated, strict=True):
             story = stories.get(story_id)
             if story is None:
                 story = stories[story_id] = StoryState(story_id)
-            self._join(slot, article.published_ts, article.dated, story)
+            self._join(slot, ts, is_dated, story)
             story.canonical_id = canonical_id
 
     def finish_restore(self) -> None:

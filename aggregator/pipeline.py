@@ -242,15 +242,17 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
     clusterer.rows.reserve(count)
     sources = store.source_names()
     for window in chunks:
-        articles = [ClusterArticle(article_id, *sources[source_id], published, has_author,
-                                   None, dated=bool(dated), word_count=words)
-                    for article_id, source_id, published, has_author, dated, words
-                    in zip(window.ids, window.source_ids, window.published_ts,
-                           window.has_author, window.dated, window.word_counts, strict=True)]
-        clusterer.restore_rows(articles, window.story_ids, window.canonical_ids,
+        named = [sources[source_id] for source_id in window.source_ids]
+        clusterer.restore_rows(window.ids, window.story_ids, window.canonical_ids,
                                signer.from_bytes_many(window.shingle_signatures),
                                signer.from_bytes_many(window.salient_signatures),
-                               *unpack_vectors(window.term_vectors))
+                               *unpack_vectors(window.term_vectors),
+                               sources=[name for name, _priority in named],
+                               priorities=[priority for _name, priority in named],
+                               published_ts=window.published_ts,
+                               has_author=[bool(flag) for flag in window.has_author],
+                               dated=[bool(flag) for flag in window.dated],
+                               word_counts=window.word_counts)
     clusterer.finish_restore()
     return clusterer
 
