@@ -659,8 +659,7 @@ class Clusterer:
                        fingerprint.salient_signature[None, :],
                        padded([[term_id(t) for t in vector]], np.int32),
                        padded([list(vector.values())], np.float64),
-                       self._metadata([article]), article.shingle_keys,
-                       article.salient_keys)
+                       self._metadata(article), article.shingle_keys, article.salient_keys)
         self.stats.add_document(fingerprint.term_counts)
         slot = int(slots[0])
         self._join(slot, article.published_ts, article.dated, story)
@@ -673,16 +672,15 @@ class Clusterer:
             code = self._source_codes[source] = len(self._source_codes)
         return code
 
-    def _metadata(self, articles: list[ClusterArticle]) -> dict[str, list]:
-        return {"source": [self.source_code(a.source) for a in articles],
-                "priority": [a.priority for a in articles],
-                "published_ts": [a.published_ts for a in articles],
-                "has_author": [a.has_author for a in articles],
-                "dated": [a.dated for a in articles],
-                "word_count": [a.word_count for a in articles]}
+    def _metadata(self, article: ClusterArticle) -> dict[str, list]:
+        """An article's ``ArticleRows.METADATA`` columns, as one-row columns."""
+        return {"source": [self.source_code(article.source)], "priority": [article.priority],
+                "published_ts": [article.published_ts], "has_author": [article.has_author],
+                "dated": [article.dated], "word_count": [article.word_count]}
 
     def member(self, slot: int) -> ClusterArticle:
-        """The committed article of row ``slot``, as the canonical policy reads it."""
+        """The committed article of row ``slot``, as the canonical policy reads it (its
+        source name is not kept, only a code)."""
         rows = self.rows
         return ClusterArticle(int(rows.article_id[slot]), "", int(rows.priority[slot]),
                               float(rows.published_ts[slot]), bool(rows.has_author[slot]),
@@ -695,6 +693,7 @@ class Clusterer:
                                                   dtype=np.int64)].tolist()
 
     def window_article_ids(self) -> set[int]:
+        """The ids of the articles in the window (``window_size`` of them)."""
         return set(self.rows.article_id[self.rows.alive].tolist())
 
     def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],

@@ -1,4 +1,4 @@
-"""Handing freed memory back to the operating system."""
+"""The process's memory: arrays that grow in place, and freed memory handed back to the OS."""
 
 from __future__ import annotations
 
