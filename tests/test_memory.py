@@ -69,3 +69,27 @@ def test_a_large_array_grows_without_a_second_copy():
     # The interpreter and numpy take about 40 MB.
     assert peak_mb < 256 + 64 + 100
     assert rss_mb < 256 + 50
+
+
+FREE_AFTER_A_LARGER_ONE = """
+import numpy as np
+from aggregator.memory import keep_large_arrays_movable
+keep_large_arrays_movable()
+def rss():
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status")
+                if line.startswith("VmRSS:"))
+larger = np.ones(24 << 20, dtype=np.uint8)  # 24 MB: glibc raises its threshold to this
+del larger
+array = np.ones(1 << 24, dtype=np.uint8)   # 16 MB
+held = rss()
+del array
+print(held - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_freed_array_goes_back_to_the_system_even_after_a_larger_one():
+    """Without a fixed threshold the 16 MB would come from the heap and stay there."""
+    returned_mb = int(subprocess.run([sys.executable, "-c", FREE_AFTER_A_LARGER_ONE],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert returned_mb >= 15
