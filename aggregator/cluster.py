@@ -45,6 +45,10 @@ CANDIDATE_SLOTS = 2000
 REPORTED_CANDIDATES = 5
 # How far a rough (numpy) margin may be from the exact one.
 ROUGH_TOLERANCE = 1e-3
+# Evicted rows stay resident (and in the band indexes) until a compaction lets new articles
+# reuse them: at this share of the window.  A compaction of a 100,000-article window takes
+# about 20 ms; at a quarter, dead rows held up to 30 MB more than at a tenth.
+COMPACT_AT_DEAD_SHARE = 0.1
 
 
 @dataclass(slots=True)
@@ -829,8 +833,9 @@ class Clusterer:
         return len(stale)
 
     def _compact_when_worth_it(self) -> None:
-        """Purge released slots from the indexes once they are a quarter of the window."""
-        if len(self.rows.released) * 4 < max(1024, self.window_size):
+        """Purge released slots from the indexes once they are ``COMPACT_AT_DEAD_SHARE``
+        of the window."""
+        if len(self.rows.released) < max(1024, COMPACT_AT_DEAD_SHARE * self.window_size):
             return
         for index in (self.duplicate_index, self.candidate_index):
             index.compact(self.rows.alive)
