@@ -41,7 +41,7 @@ from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
 from aggregator.pipeline import Aggregator  # noqa: E402
 
 RESTART_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from aggregator.config import ClusteringSettings
 from aggregator.fingerprint import Signer
 from aggregator.pipeline import load_clusterer
@@ -51,12 +51,12 @@ settings = ClusteringSettings(index_backend=sys.argv[2])
 started = time.perf_counter()
 clusterer = load_clusterer(store, settings, Signer(settings.num_perm))
 elapsed = time.perf_counter() - started
-rss = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
-           if line.startswith("VmRSS:"))
+# VmHWM, not ru_maxrss, which keeps the high-water mark of the parent forked before exec.
+status = {line.split(":")[0]: int(line.split()[1]) / 1024
+          for line in open("/proc/self/status") if line.startswith(("VmHWM:", "VmRSS:"))}
 print(json.dumps({"seconds": elapsed, "articles": clusterer.window_size,
-                  "terms": len(clusterer.vocabulary), "rss_mb": round(rss, 1),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                       / 1024, 1)}))
+                  "terms": len(clusterer.vocabulary), "rss_mb": round(status["VmRSS"], 1),
+                  "peak_rss_mb": round(status["VmHWM"], 1)}))
 """
 
 
