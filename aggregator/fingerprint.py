@@ -132,9 +132,9 @@ class EnglishFrequencies:
 
     ``zipf(word)`` is ``wordfreq.zipf_frequency(word, "en")``, computed the way wordfreq
     computes it (its tokeniser, digit handling and rounding, through its own functions),
-    but its word list is held as sorted 64-bit string hashes with each word's centibel
-    bucket: wordfreq's cached dictionary of 321,180 strings takes 33 MB of a daemon that
-    needs the list only to look up the words it has not seen before.
+    but its word list is held as sorted 64-bit hashes of the words' UTF-8 bytes, each with
+    its centibel bucket: wordfreq's cached dictionary of 321,180 strings takes 33 MB of a
+    daemon that needs the list only to look up the words it has not seen before.
     """
 
     def __init__(self) -> None:
