@@ -806,12 +806,14 @@ class Clusterer:
         order = np.argsort(rows.article_id[live])
         ids = rows.article_id[live][order]
         stories = list(self.stories.values())
-        wanted = np.asarray([story.canonical_id for story in stories], dtype=np.int64)
+        # A story stored without a canonical (None) matches no row.
+        wanted = np.asarray([-1 if story.canonical_id is None else story.canonical_id
+                             for story in stories], dtype=np.int64)
         at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
         for story, position, found in zip(stories, at.tolist(),
                                            (ids[at] == wanted).tolist(), strict=True):
-            # A canonical outside the window (a store written by hand) gives way to the
-            # first member until the next election.
+            # A canonical outside the window or missing (a store written by hand) gives way
+            # to the first member until the next election.
             story.canonical_slot = int(live[order[position]]) if found else story.slots[0]
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
