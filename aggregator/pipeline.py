@@ -289,6 +289,7 @@ class Aggregator:
         self._host_slots_lock = threading.Lock()
         self._readers = threading.local()
         self._write_lock = threading.Lock()
+        self._clusterer_uncommitted = False
         self._since_eviction = 0
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
@@ -499,7 +500,7 @@ class Aggregator:
             poll = PollState(source.interval_s, row.consecutive_errors)
             return self._record_failure(source, row, poll, fetched.started, fetched.clock,
                                         fetched.error)
-        with self._write_lock, self.store.transaction() as conn:
+        with self._writing() as conn:
             return self._write_fetched(conn, source, row, fetched)
 
     def _store_not_modified(self, group: list[tuple[Source, SourceRow, Fetched]]
@@ -507,7 +508,7 @@ class Aggregator:
         """Sources that answered 304, recorded in one transaction: nothing but their fetch
         state changes, and a crash before the commit only means asking them again."""
         try:
-            with self._write_lock, self.store.transaction() as conn:
+            with self._writing() as conn:
                 return [self._write_fetched(conn, source, row, fetched)
                         for source, row, fetched in group]
         except (StoreError, sqlite3.Error) as exc:
@@ -591,6 +592,32 @@ class Aggregator:
                              error=error.message,
                              unreachable=isinstance(error, FetchError) and error.unreachable)
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The write lock and one transaction.
+
+        If the transaction changed the clusterer and then failed (in the middle, or at the
+        commit itself: a full disk), the clusterer is rebuilt after the rollback, from what
+        the store kept.  Rebuilt before it, it would read the uncommitted rows and keep
+        articles, and story ids, that the store no longer has.  A rebuild that fails in turn
+        is tried again before the next write.
+        """
+        with self._write_lock:
+            if self._clusterer_uncommitted:
+                self._reload_clusterer()
+            try:
+                with self.store.transaction() as conn:
+                    yield conn
+            except BaseException:
+                if self._clusterer_uncommitted:
+                    self._reload_clusterer()
+                raise
+            self._clusterer_uncommitted = False
+
+    def _reload_clusterer(self) -> None:
+        self.clusterer = load_clusterer(self.store, self.settings, self.signer)
+        self._clusterer_uncommitted = False
+
     # -- entries -> stored, clustered articles -------------------------------------------------
 
     def ingest_entries(self, source: str, priority: int, entries: Iterable[ParsedEntry],
@@ -603,7 +630,7 @@ class Aggregator:
         entries = tuple(entries)
         report = RefreshReport(source, "ok", None, len(entries))
         row = self.store.source(source)
-        with self._write_lock, self.store.transaction() as conn:
+        with self._writing() as conn:
             self._ingest(conn, row.id, source, priority, entries, fetched, report, prepared)
         return report
 
@@ -646,36 +673,33 @@ class Aggregator:
         """
         settings = self.settings
         features = features or [None] * len(placements)
-        try:
-            for start in range(0, len(placements), PLACEMENT_CHUNK):
-                chunk = placements[start:start + PLACEMENT_CHUNK]
-                chunk_features = features[start:start + PLACEMENT_CHUNK]
-                missing = [i for i, f in enumerate(chunk_features) if f is None]
-                computed = text_features([(chunk[i][3].title, chunk[i][3].text) for i in missing],
-                                         self.signer, settings.shingle_size,
-                                         settings.title_weight, settings.phrase_weight)
-                for i, feature in zip(missing, computed, strict=True):
-                    chunk_features[i] = feature
-                counted: dict[str, int] = {}
-                shingle_keys = self.clusterer.duplicate_index.band_keys(
-                    np.stack([f.shingle_signature for f in chunk_features]))
-                for offset, (placement, feature) in enumerate(
-                        zip(chunk, chunk_features, strict=True)):
-                    article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
-                                                   settings.salient_terms)
-                    self._place(conn, *placement[:4], article_print, report,
-                                stored_id=placement[4],
-                                shingle_keys=None if shingle_keys is None
-                                else shingle_keys[offset:offset + 1])
-                    for term in article_print.term_counts:
-                        counted[term] = counted.get(term, 0) + 1
-                    if progress:
-                        progress(start + offset + 1, len(placements))
-                self._count_terms(conn, counted, len(chunk))
-        except BaseException:
-            # The transaction rolls back; the in-memory index must forget what it saw too.
-            self.clusterer = load_clusterer(self.store, settings, self.signer)
-            raise
+        # From here until the commit, the clusterer is ahead of the store (see _writing).
+        self._clusterer_uncommitted = True
+        for start in range(0, len(placements), PLACEMENT_CHUNK):
+            chunk = placements[start:start + PLACEMENT_CHUNK]
+            chunk_features = features[start:start + PLACEMENT_CHUNK]
+            missing = [i for i, f in enumerate(chunk_features) if f is None]
+            computed = text_features([(chunk[i][3].title, chunk[i][3].text) for i in missing],
+                                     self.signer, settings.shingle_size,
+                                     settings.title_weight, settings.phrase_weight)
+            for i, feature in zip(missing, computed, strict=True):
+                chunk_features[i] = feature
+            counted: dict[str, int] = {}
+            shingle_keys = self.clusterer.duplicate_index.band_keys(
+                np.stack([f.shingle_signature for f in chunk_features]))
+            for offset, (placement, feature) in enumerate(
+                    zip(chunk, chunk_features, strict=True)):
+                article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
+                                               settings.salient_terms)
+                self._place(conn, *placement[:4], article_print, report,
+                            stored_id=placement[4],
+                            shingle_keys=None if shingle_keys is None
+                            else shingle_keys[offset:offset + 1])
+                for term in article_print.term_counts:
+                    counted[term] = counted.get(term, 0) + 1
+                if progress:
+                    progress(start + offset + 1, len(placements))
+            self._count_terms(conn, counted, len(chunk))
 
     def _count_terms(self, conn, counted: dict[str, int], documents: int) -> None:
         stats, vocabulary = self.clusterer.stats, self.clusterer.vocabulary
@@ -756,8 +780,9 @@ class Aggregator:
         again, oldest first, in one transaction: readers see the old stories or the new ones.
         """
         settings = self.settings
-        with self._write_lock, self.store.transaction() as conn:
+        with self._writing() as conn:
             articles = self.store.detach_stories(conn, since)
+            self._clusterer_uncommitted = True
             self.clusterer = load_clusterer(self.store, settings, self.signer)
             report = RefreshReport("recluster", "ok", entries=len(articles))
             self._cluster_and_store(conn, [(a.source_id, a.article.source, a.priority, a.article,

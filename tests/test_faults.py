@@ -7,12 +7,16 @@ import os
 import sqlite3
 import sys
 import threading
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from conftest import DATA, ROOT, SEED_FEEDS, write_config
 
 import aggregator.store as store_module
 from aggregator.check import check_store
-from aggregator.config import load_config
+from aggregator.config import Config, Source, load_config
+from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -95,4 +99,68 @@ def test_long_reader_does_not_block_the_writer_and_the_wal_shrinks_after(
     aggregator.store.checkpoint()
     aggregator.recluster()
     assert os.path.getsize(database + "-wal") <= max(64 * 1024, grown // 2)
+    aggregator.close()
+
+
+def _desk(tmp_path, name):
+    config = Config(path=str(tmp_path / f"{name}.toml"), database=str(tmp_path / f"{name}.db"),
+                    sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),))
+    return Aggregator(config)
+
+
+def _entries(numbers):
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    topics = ["glacier summit expedition", "harbour strike dockers", "orchard frost harvest"]
+    return [ParsedEntry(guid=f"g{n}", link=None, title=f"{topics[n % 3].title()} report {n}",
+                        published=start + timedelta(hours=n),
+                        content="<p>" + f"The {topics[n % 3]} story goes on. " * 12 + "</p>")
+            for n in numbers]
+
+
+def _fail_second_write(aggregator, monkeypatch):
+    written = aggregator.store.apply_story_outcome
+    calls = []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return written(*args)
+    monkeypatch.setattr(aggregator.store, "apply_story_outcome", flaky)
+
+
+def _fail_commit(aggregator, monkeypatch):
+    transaction = aggregator.store.transaction
+
+    @contextmanager
+    def failing_commit():
+        with transaction() as conn:
+            yield conn
+            raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(aggregator.store, "transaction", failing_commit)
+
+
+@pytest.mark.parametrize("fail", [_fail_second_write, _fail_commit])
+def test_a_failed_write_leaves_the_clusterer_as_the_store_is(tmp_path, monkeypatch, fail):
+    straight = _desk(tmp_path, "straight")
+    straight.ingest_entries("desk", 0, _entries(range(6)), datetime(2026, 3, 1, tzinfo=UTC))
+    expected = straight.store.db.execute(
+        "SELECT guid, story_id, relation FROM articles ORDER BY id").fetchall()
+    straight.close()
+
+    aggregator = _desk(tmp_path, "failing")
+    aggregator.ingest_entries("desk", 0, _entries(range(3)), datetime(2026, 3, 1, tzinfo=UTC))
+    with monkeypatch.context() as patch:
+        fail(aggregator, patch)
+        with pytest.raises(sqlite3.OperationalError):
+            aggregator.ingest_entries("desk", 0, _entries(range(3, 6)),
+                                      datetime(2026, 3, 1, tzinfo=UTC))
+    # The rolled-back articles are gone from the index and the statistics too...
+    assert sorted(aggregator.clusterer.window_article_ids()) == [1, 2, 3]
+    assert aggregator.clusterer.stats.documents == 3
+    # ...so that the same entries, written again, cluster as in an uninterrupted run.
+    aggregator.ingest_entries("desk", 0, _entries(range(3, 6)), datetime(2026, 3, 1, tzinfo=UTC))
+    assert aggregator.store.db.execute(
+        "SELECT guid, story_id, relation FROM articles ORDER BY id").fetchall() == expected
+    assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
