@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +28,8 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 SEARCH_ARTICLES = 500
 # Articles read at a time when the window is rebuilt at start-up.
 WINDOW_CHUNK = 4096
+# Connections reading the window's fingerprints at a restart (see _fingerprint_rows).
+WINDOW_READERS = 4
 
 
 def to_iso(value: datetime | None) -> str | None:
@@ -856,20 +860,8 @@ class Store:
         long ago does not make the restart read the store from there on.
         """
         parse = datetime.fromisoformat
-        columns = """SELECT article_id, source_id, published, has_author, word_count, dated,
-                            shingle_signature, salient_signature, term_vector
-                     FROM article_fingerprints"""
-        for first in range(0, len(members), chunk):
-            part = members[first:first + chunk]
-            low, high = int(part[0, 0]), int(part[-1, 0])
-            if high - low < 2 * len(part):
-                # Members dense in their id range (the usual case): one range scan.
-                rows = self.db.execute(f"{columns} WHERE article_id BETWEEN ? AND ? "
-                                       "ORDER BY article_id", [low, high]).fetchall()
-            else:
-                rows = self.db.execute(
-                    f"{columns} WHERE article_id IN (SELECT value FROM json_each(?)) "
-                    "ORDER BY article_id", [json.dumps(part[:, 0].tolist())]).fetchall()
+        parts = [members[first:first + chunk] for first in range(0, len(members), chunk)]
+        for part, rows in zip(parts, self._fingerprint_rows(parts), strict=True):
             ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
             at = np.minimum(np.searchsorted(part[:, 0], ids), len(part) - 1)
             wanted = part[at, 0] == ids
@@ -887,6 +879,62 @@ class Store:
             window.canonical_ids = [c if c >= 0 else None for c in part[at, 2].tolist()]
             window.published_ts = [parse(p).timestamp() for p in window.published_ts]
             yield window
+
+    def _fingerprint_rows(self, parts: list[np.ndarray]) -> Iterator[list[tuple]]:
+        """The fingerprint rows of each part of the window, in order.
+
+        In a long-lived store the window's fingerprint pages lie scattered among the
+        article and full-text pages written at the same time, so a restart with a cold
+        page cache waits on one small read after another.  So ``WINDOW_READERS`` read-only
+        connections read the next part, a slice each, while this one is being restored:
+        the disk has several reads to serve at once, and no more than two parts' rows are
+        in memory.  Inside a transaction (``recluster``) the writer's own connection reads,
+        sequentially: only it sees the uncommitted rows.
+        """
+        if self.db.conn.in_transaction or self.path == ":memory:" or len(parts) < 2:
+            for part in parts:
+                yield self._read_fingerprints(self.db.conn, part)
+            return
+        readers: list[sqlite3.Connection] = []
+        local = threading.local()
+
+        def read(part: np.ndarray) -> list[tuple]:
+            if not hasattr(local, "conn"):
+                local.conn = self.reader()
+                # A range scan reads each page once: a page cache would only hold memory.
+                local.conn.execute("PRAGMA cache_size = 16")
+                readers.append(local.conn)
+            return self._read_fingerprints(local.conn, part)
+
+        try:
+            with ThreadPoolExecutor(WINDOW_READERS, thread_name_prefix="window") as pool:
+                def submit(part: np.ndarray) -> list[Future]:
+                    return [pool.submit(read, piece)
+                            for piece in np.array_split(part, WINDOW_READERS) if len(piece)]
+
+                pending = submit(parts[0])
+                for following in parts[1:]:
+                    rows = [row for future in pending for row in future.result()]
+                    pending = submit(following)
+                    yield rows
+                yield [row for future in pending for row in future.result()]
+        finally:
+            for conn in readers:
+                conn.close()
+
+    @staticmethod
+    def _read_fingerprints(conn: sqlite3.Connection, part: np.ndarray) -> list[tuple]:
+        columns = """SELECT article_id, source_id, published, has_author, word_count, dated,
+                            shingle_signature, salient_signature, term_vector
+                     FROM article_fingerprints"""
+        low, high = int(part[0, 0]), int(part[-1, 0])
+        if high - low < 2 * len(part):
+            # Members dense in their id range (the usual case): one range scan.
+            return conn.execute(f"{columns} WHERE article_id BETWEEN ? AND ? "
+                                "ORDER BY article_id", [low, high]).fetchall()
+        return conn.execute(
+            f"{columns} WHERE article_id IN (SELECT value FROM json_each(?)) "
+            "ORDER BY article_id", [json.dumps(part[:, 0].tolist())]).fetchall()
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 

@@ -289,8 +289,10 @@ def test_a_restart_reads_only_the_window_when_a_live_story_began_long_ago(tmp_pa
     assert list(stories.values()) == [[1, 30]]
     assert rows == [1, 30]
     for chunk in (1, 2, 3):  # by range scan (one member a chunk) and by id (both)
-        monkeypatch.setattr(store_module, "WINDOW_CHUNK", chunk)
-        assert restored() == (stories, rows)
+        for readers in (1, 3):  # a part read whole, and in slices by parallel readers
+            monkeypatch.setattr(store_module, "WINDOW_CHUNK", chunk)
+            monkeypatch.setattr(store_module, "WINDOW_READERS", readers)
+            assert restored() == (stories, rows)
 
 
 def test_recluster_applies_new_settings_and_keeps_statistics(tmp_path, seed_config):
