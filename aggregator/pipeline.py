@@ -17,11 +17,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import islice
 from urllib.parse import urlsplit
 
@@ -60,6 +61,10 @@ EVICT_EVERY = 500
 FETCH_AHEAD = 8
 # At most this many 304 answers are recorded in one transaction.
 NOT_MODIFIED_GROUP = 64
+# Sources already fetched when the writer gets to them are written together, in one
+# transaction of at most this many sources and (about) this many entries.
+WRITE_GROUP_SOURCES = 32
+WRITE_GROUP_ENTRIES = 1000
 # Batches smaller than this are prepared in the calling thread: a worker round trip would
 # cost more than it saves.
 WORKER_MIN_ENTRIES = 8
@@ -158,6 +163,14 @@ def _not_modified(future: Future) -> bool:
         return False
     fetched = future.result()
     return fetched.error is None and fetched.result.outcome is fetching.Outcome.NOT_MODIFIED
+
+
+def _fetched_entries(future: Future) -> bool:
+    """A fetch that has finished with a feed to store (without waiting for one that has not)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    fetched = future.result()
+    return fetched.error is None and fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED
 
 
 @dataclass
@@ -290,6 +303,8 @@ class Aggregator:
         self._readers = threading.local()
         self._write_lock = threading.Lock()
         self._clusterer_uncommitted = False
+        # Counts the transactions' changes to the clusterer (see _write_each).
+        self._clusterer_changes = 0
         self._since_eviction = 0
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
@@ -634,6 +649,71 @@ class Aggregator:
             self._ingest(conn, row.id, source, priority, entries, fetched, report, prepared)
         return report
 
+    def ingest_group(self, batches: Sequence[tuple[str, int, Sequence[ParsedEntry], datetime,
+                                                  Prepared | None]]) -> list[RefreshReport]:
+        """``ingest_entries`` for several sources' ``(source, priority, entries, fetched,
+        prepared)`` at once, in one transaction, each under its own savepoint (see
+        ``_write_each``): a source that fails is reported, not raised."""
+        def write(source: str, priority: int, entries: Sequence[ParsedEntry],
+                  fetched: datetime, prepared: Prepared | None, conn) -> RefreshReport:
+            report = RefreshReport(source, "ok", None, len(entries))
+            self._ingest(conn, self.store.source(source).id, source, priority, tuple(entries),
+                         fetched, report, prepared)
+            return report
+
+        return self._write_group([batch[0] for batch in batches],
+                                 [partial(write, *batch) for batch in batches])
+
+    def _write_group(self, names: list[str],
+                     writes: list[Callable[..., RefreshReport]]) -> list[RefreshReport]:
+        try:
+            with self._writing() as conn:
+                return self._write_each(conn, names, writes)
+        except Exception as exc:  # the commit, or SQLite gave up the whole transaction
+            return [self._failed_report(name, exc) for name in names]
+
+    def _write_each(self, conn, names: list[str],
+                    writes: list[Callable[..., RefreshReport]]) -> list[RefreshReport]:
+        """Run each source's write (called with ``conn``) under a savepoint of its own.
+
+        One transaction for several sources costs one commit and one flush of the full-text
+        index instead of one each.  A source whose write fails is rolled back to its
+        savepoint alone and reported; the others are kept.  If that source had changed the
+        clusterer, it is rebuilt at once from the writer's connection, which still sees the
+        sources written before it.  Some errors (a full disk, an I/O error) make SQLite
+        roll back the whole transaction: then the group fails as one.
+        """
+        reports = []
+        for name, write in zip(names, writes, strict=True):
+            changes = self._clusterer_changes
+            conn.execute("SAVEPOINT source")
+            try:
+                report = write(conn)
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO source")
+                conn.execute("RELEASE source")
+                if self._clusterer_changes != changes:
+                    self._reload_clusterer()
+                    self._clusterer_uncommitted = True  # the earlier sources' articles
+                report = self._failed_report(name, exc)
+            else:
+                conn.execute("RELEASE source")
+            reports.append(report)
+        return reports
+
+    def _failed_report(self, source: str, exc: Exception) -> RefreshReport:
+        if isinstance(exc, StoreError | sqlite3.Error):
+            # Disk full, a read-only file, a lock held too long: nothing of this source's
+            # pass was committed; it is fetched again next time.
+            message = f"database {self.store.path}: {exc}"
+            log.error("source %r not stored: %s", source, message)
+            return RefreshReport(source, "store_error", error=message)
+        # One source's bug never stops the others.
+        log.error("source %r failed unexpectedly", source, exc_info=exc)
+        return RefreshReport(source, "error", error=repr(exc))
+
     def _ingest(self, conn, source_id: int, source: str, priority: int,
                 entries: tuple[ParsedEntry, ...], fetched: datetime, report: RefreshReport,
                 prepared: Prepared | None = None) -> None:
@@ -675,6 +755,7 @@ class Aggregator:
         features = features or [None] * len(placements)
         # From here until the commit, the clusterer is ahead of the store (see _writing).
         self._clusterer_uncommitted = True
+        self._clusterer_changes += 1
         for start in range(0, len(placements), PLACEMENT_CHUNK):
             chunk = placements[start:start + PLACEMENT_CHUNK]
             chunk_features = features[start:start + PLACEMENT_CHUNK]
@@ -864,6 +945,20 @@ class Aggregator:
                                 self._fetch_and_parse, following, rows[following.name])))
                     reports.extend(self._store_not_modified(group))
                     continue
+                if _fetched_entries(future):
+                    # It and the feeds already fetched after it: one transaction for all.
+                    group = [(source, rows[source.name], future.result())]
+                    entries = len(group[0][2].entries)
+                    while pending and len(group) < WRITE_GROUP_SOURCES and \
+                            entries < WRITE_GROUP_ENTRIES and _fetched_entries(pending[0][1]):
+                        source, future = pending.popleft()
+                        group.append((source, rows[source.name], future.result()))
+                        entries += len(group[-1][2].entries)
+                        for following in islice(upcoming, 1):
+                            pending.append((following, pool.submit(
+                                self._fetch_and_parse, following, rows[following.name])))
+                    reports.extend(self._store_group(group))
+                    continue
                 reports.append(self._store_one(source, rows[source.name], future))
         if len(reports) > 1 and all(r.unreachable for r in reports):
             self._forgive_outage(sources[:len(reports)], rows, now)
@@ -896,15 +991,17 @@ class Aggregator:
     def _store_one(self, source: Source, row: SourceRow, future: Future) -> RefreshReport:
         try:
             return self._store_fetched(source, row, future.result())
-        except (StoreError, sqlite3.Error) as exc:
-                # Disk full, a read-only file, a lock held too long: nothing of this source's
-            # pass was committed; it is fetched again next time.
-            message = f"database {self.store.path}: {exc}"
-            log.error("source %r not stored: %s", source.name, message)
-            return RefreshReport(source.name, "store_error", error=message)
-        except Exception as exc:  # one source's bug never stops the others
-            log.exception("source %r failed unexpectedly", source.name)
-            return RefreshReport(source.name, "error", error=repr(exc))
+        except Exception as exc:
+            return self._failed_report(source.name, exc)
+
+    def _store_group(self, group: list[tuple[Source, SourceRow, Fetched]]
+                     ) -> list[RefreshReport]:
+        """Sources fetched with entries, written in one transaction (see ``_write_each``)."""
+        def write(source: Source, row: SourceRow, fetched: Fetched, conn) -> RefreshReport:
+            return self._write_fetched(conn, source, row, fetched)
+
+        return self._write_group([source.name for source, _row, _fetched in group],
+                                 [partial(write, *member) for member in group])
 
     def _prune_template_lines(self, now: datetime) -> None:
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:

@@ -538,10 +538,16 @@ class Store:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            # After some errors (a full disk, an I/O error) SQLite has rolled back already.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        else:
+        try:
             conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     # -- sources ----------------------------------------------------------------------------
 

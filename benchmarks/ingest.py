@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from itertools import islice
 from pathlib import Path
 
@@ -38,7 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream import SyntheticStream  # noqa: E402
 
 from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
-from aggregator.pipeline import Aggregator  # noqa: E402
+from aggregator.pipeline import (  # noqa: E402
+    WRITE_GROUP_ENTRIES,
+    WRITE_GROUP_SOURCES,
+    Aggregator,
+)
 
 RESTART_SCRIPT = """
 import json, sys, time
@@ -84,8 +89,9 @@ def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
 
 
 def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
-    """Store articles as feed passes would: grouped by source, one transaction per source,
-    each source's entries prepared (in a worker process) while earlier ones are written.
+    """Store articles as feed passes would: grouped by source, each source's entries
+    prepared (in a worker process) while earlier ones are written, and the sources already
+    prepared when the writer gets to them written in one transaction, as ``run_pass`` does.
     ``one_by_one``: one transaction per article, prepared by the writer (the naive way)."""
     by_source: dict[str, list] = {}
     for article in articles:
@@ -95,19 +101,30 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
             for entry in entries:
                 aggregator.ingest_entries(source, 0, [entry], entry.published)
         return
-    groups = list(by_source.items())
-    # A few sources prepared ahead of the one being written, as fetch threads would.
-    ahead = 4
-    prepared = [aggregator.prepare_async(source, tuple(entries), entries[-1].published)
-                for source, entries in groups[:ahead]]
-    for index, (source, entries) in enumerate(groups):
-        if index + ahead < len(groups):
-            following, more = groups[index + ahead]
-            prepared.append(aggregator.prepare_async(following, tuple(more),
-                                                     more[-1].published))
-        aggregator.ingest_entries(source, 0, entries, entries[-1].published,
-                                  prepared[index].result())
-        prepared[index] = None
+    upcoming = iter(by_source.items())
+    pending: deque = deque()
+
+    def prepare_next(count: int) -> None:
+        # Sources prepared ahead of the writer, as fetch threads would have them ready.
+        for source, entries in islice(upcoming, count):
+            pending.append((source, entries, aggregator.prepare_async(
+                source, tuple(entries), entries[-1].published)))
+
+    prepare_next(2 * WRITE_GROUP_SOURCES)
+    while pending:
+        group = [pending.popleft()]
+        size = len(group[0][1])
+        while pending and len(group) < WRITE_GROUP_SOURCES and size < WRITE_GROUP_ENTRIES \
+                and pending[0][2].done():
+            group.append(pending.popleft())
+            size += len(group[-1][1])
+        prepare_next(len(group))
+        reports = aggregator.ingest_group([(source, 0, entries, entries[-1].published,
+                                            prepared.result())
+                                           for source, entries, prepared in group])
+        failed = [report for report in reports if report.outcome != "ok"]
+        if failed:
+            raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
 
 
 def restart(database: str, backend: str = "compact") -> dict:

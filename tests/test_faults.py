@@ -102,28 +102,30 @@ def test_long_reader_does_not_block_the_writer_and_the_wal_shrinks_after(
     aggregator.close()
 
 
-def _desk(tmp_path, name):
+def _desk(tmp_path, name, sources=("desk",)):
     config = Config(path=str(tmp_path / f"{name}.toml"), database=str(tmp_path / f"{name}.db"),
-                    sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),))
+                    sources=tuple(Source(name=source, url=str(tmp_path / "f.xml"),
+                                         interval_s=3600) for source in sources))
     return Aggregator(config)
 
 
-def _entries(numbers):
+def _entries(numbers, prefix="g"):
     start = datetime(2026, 3, 1, tzinfo=UTC)
     topics = ["glacier summit expedition", "harbour strike dockers", "orchard frost harvest"]
-    return [ParsedEntry(guid=f"g{n}", link=None, title=f"{topics[n % 3].title()} report {n}",
+    return [ParsedEntry(guid=f"{prefix}{n}", link=None,
+                        title=f"{topics[n % 3].title()} report {n}",
                         published=start + timedelta(hours=n),
                         content="<p>" + f"The {topics[n % 3]} story goes on. " * 12 + "</p>")
             for n in numbers]
 
 
-def _fail_second_write(aggregator, monkeypatch):
+def _fail_second_write(aggregator, monkeypatch, at=2):
     written = aggregator.store.apply_story_outcome
     calls = []
 
     def flaky(*args):
         calls.append(args)
-        if len(calls) == 2:
+        if len(calls) == at:
             raise sqlite3.OperationalError("disk I/O error")
         return written(*args)
     monkeypatch.setattr(aggregator.store, "apply_story_outcome", flaky)
@@ -163,4 +165,53 @@ def test_a_failed_write_leaves_the_clusterer_as_the_store_is(tmp_path, monkeypat
     assert aggregator.store.db.execute(
         "SELECT guid, story_id, relation FROM articles ORDER BY id").fetchall() == expected
     assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def _articles(aggregator):
+    return aggregator.store.db.execute(
+        "SELECT guid, story_id, relation FROM articles ORDER BY guid").fetchall()
+
+
+def _window_is_the_store(aggregator):
+    stored = [row[0] for row in aggregator.store.db.execute(
+        "SELECT id FROM articles WHERE story_id IS NOT NULL ORDER BY id")]
+    return sorted(aggregator.clusterer.window_article_ids()) == stored
+
+
+def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
+    fetched = datetime(2026, 3, 1, tzinfo=UTC)
+    sources = ("first", "second", "third")
+    batches = [(name, 0, _entries(range(i * 3, i * 3 + 3), name), fetched, None)
+               for i, name in enumerate(sources)]
+    without_second = _desk(tmp_path, "straight", sources)
+    without_second.ingest_group([batches[0], batches[2]])
+    expected = _articles(without_second)
+    without_second.close()
+
+    aggregator = _desk(tmp_path, "grouped", sources)
+    # The second source's second article: after the first of its articles was placed.
+    _fail_second_write(aggregator, monkeypatch, at=5)
+    reports = aggregator.ingest_group(batches)
+    assert [r.outcome for r in reports] == ["ok", "store_error", "ok"]
+    assert "disk I/O error" in reports[1].error
+    assert _articles(aggregator) == expected
+    assert _window_is_the_store(aggregator)
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch):
+    fetched = datetime(2026, 3, 1, tzinfo=UTC)
+    aggregator = _desk(tmp_path, "grouped", ("first", "second"))
+    aggregator.ingest_group([("first", 0, _entries(range(3), "first"), fetched, None)])
+    before = _articles(aggregator)
+    with monkeypatch.context() as patch:
+        _fail_commit(aggregator, patch)
+        reports = aggregator.ingest_group([
+            ("first", 0, _entries(range(3, 6), "first"), fetched, None),
+            ("second", 0, _entries(range(6, 9), "second"), fetched, None)])
+    assert [r.outcome for r in reports] == ["store_error", "store_error"]
+    assert _articles(aggregator) == before
+    assert _window_is_the_store(aggregator)
     aggregator.close()
