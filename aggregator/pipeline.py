@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -933,6 +933,8 @@ class Aggregator:
                 for following in islice(upcoming, 1):
                     pending.append((following, pool.submit(self._fetch_and_parse, following,
                                                            rows[following.name])))
+                # Stored next whatever it brings; meanwhile the following ones may finish.
+                wait([future])
                 if _not_modified(future):
                     # It and the 304s already fetched after it: one transaction for all.
                     group = [(source, rows[source.name], future.result())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -91,6 +92,69 @@ def test_many_304s_are_recorded_together_and_a_write_failure_fails_them_all(
     assert {r.outcome for r in reports} == {"store_error"}
     assert aggregator.store.db.execute(
         "SELECT count(*) FROM fetch_attempts").fetchone() == (24,)  # nothing half-written
+
+
+def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
+        tmp_path, feed_server, monkeypatch):
+    import aggregator.pipeline as pipeline
+
+    paths = [f"/f{n}" for n in range(6)]
+    topics = ["glacier", "harbour", "orchard", "comet", "vineyard", "railway"]
+    for n, path in enumerate(paths):
+        items = "".join(
+            f"<item><title>{topics[n]} report {k}</title><guid>{path}/{k}</guid>"
+            f"<link>http://example.org{path}/{k}</link><description>"
+            + f"The {topics[n]} news number {k} from {path}. " * 8 + "</description></item>"
+            for k in range(2))
+        body = (f"<?xml version='1.0'?><rss version='2.0'><channel><title>{path}</title>"
+                f"{items}</channel></rss>").encode()
+        feed_server.route(path, Reply(200, body, {"Content-Type": "application/rss+xml"}))
+    aggregator = make_aggregator(tmp_path, feed_server, paths)
+    transactions = []
+    original = aggregator.store.transaction
+
+    def counted():
+        transactions.append(1)
+        return original()
+
+    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    # The first fetch ends after all the others, so that they are all ready when it is.
+    real_fetch, others_done, done = aggregator._fetch_and_parse, threading.Event(), []
+
+    def fetch(source, row):
+        if source.name == "f0":
+            others_done.wait(timeout=30)
+            return real_fetch(source, row)
+        fetched = real_fetch(source, row)
+        done.append(source.name)
+        if len(done) == len(paths) - 1:
+            others_done.set()
+        return fetched
+
+    monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
+    record = pipeline.Store.record_fetch
+
+    def failing_for_f3(store, source_id, **kwargs):
+        if source_id == aggregator.store.source("f3").id:
+            raise pipeline.StoreError("disk I/O error")
+        return record(store, source_id, **kwargs)
+
+    monkeypatch.setattr(pipeline.Store, "record_fetch", failing_for_f3)
+    reports = aggregator.run_pass(force=True)
+    assert [r.source for r in reports] == [p.strip("/") for p in paths]  # config order
+    assert [r.outcome for r in reports] == ["ok"] * 3 + ["store_error"] + ["ok"] * 2
+    # One transaction for the six feeds, and one for the pass's housekeeping.
+    assert len(transactions) == 2
+    stored = aggregator.store.db.execute(
+        "SELECT s.name, count(*) FROM articles a JOIN sources s ON s.id = a.source_id "
+        "GROUP BY s.name ORDER BY s.name").fetchall()
+    assert stored == [(f"f{n}", 2) for n in (0, 1, 2, 4, 5)]
+    assert sorted(aggregator.clusterer.window_article_ids()) == [
+        row[0] for row in aggregator.store.db.execute("SELECT id FROM articles ORDER BY id")]
+
+    monkeypatch.setattr(pipeline.Store, "record_fetch", record)
+    reports = aggregator.run_pass(force=True)
+    assert [r.new_articles for r in reports] == [0, 0, 0, 2, 0, 0]
 
 
 def test_gzip_body_is_decoded(tmp_path, feed_server):
