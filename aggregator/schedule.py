@@ -102,27 +102,35 @@ class Daemon:
 
     Each pass polls the sources that are due; the pass runs in the scheduler's single worker
     thread, so passes never overlap.  A signal handler calls ``stop``: the pass in progress
-    finishes its current write and the scheduler shuts down.
+    finishes its current write and stops, and ``start`` returns only then, so that the
+    caller never closes the store under a write.
     """
 
     def __init__(self, run_pass: Callable[[threading.Event], None], tick_s: float = 30.0):
         self.run_pass = run_pass
         self.stopping = threading.Event()
+        self._passing = threading.Lock()
         self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": None})
         self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick_s), id="poll",
                                next_run_time=datetime.now().astimezone())
 
     def _tick(self) -> None:
-        if self.stopping.is_set():
-            return
-        try:
-            self.run_pass(self.stopping)
-        except Exception:  # a pass must never kill the daemon
-            log.exception("pass failed; the daemon goes on")
+        with self._passing:
+            if self.stopping.is_set():
+                return
+            try:
+                self.run_pass(self.stopping)
+            except Exception:  # a pass must never kill the daemon
+                log.exception("pass failed; the daemon goes on")
 
     def start(self) -> None:
+        """Run passes until ``stop``; return once the pass in progress has finished."""
         self.scheduler.start()
+        # The scheduler stops without waiting for its worker thread (``stop`` runs in a
+        # signal handler, which must not block); the pass is waited for here instead.
+        with self._passing:
+            pass
 
     def stop(self) -> None:
         self.stopping.set()

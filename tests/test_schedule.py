@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -98,3 +100,21 @@ def test_adaptive_source_is_scheduled_by_its_publishing_rate(tmp_path):
     # 28 entries in the week: every 6 hours, plus up to 10% jitter.
     assert timedelta(hours=6) <= delay <= timedelta(hours=6.7)
     aggregator.close()
+
+
+def test_the_daemon_returns_only_once_the_pass_in_progress_has_finished():
+    from aggregator.schedule import Daemon
+
+    entered, finished = threading.Event(), []
+
+    def slow_pass(stopping):
+        entered.set()
+        time.sleep(0.3)  # a write that must not have the store closed under it
+        finished.append(stopping.is_set())
+
+    daemon = Daemon(slow_pass, tick_s=3600)
+    stopper = threading.Thread(target=lambda: (entered.wait(10), daemon.stop()))
+    stopper.start()
+    daemon.start()
+    stopper.join()
+    assert finished == [True]
