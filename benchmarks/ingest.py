@@ -2,8 +2,9 @@
 
 The stream (``stream.py``, seeded) has stories with several write-ups and syndicated
 near-copies, 14,000 articles a simulated day, so the 7-day window holds about 100,000
-articles.  Articles arrive as feed passes do: grouped by source, one transaction per
-source.  Input is local; nothing goes over the network.
+articles (115,000 once stories that go on for days keep their members).  Articles arrive as
+feed passes do: grouped by source, the sources ready together written in one transaction.
+Input is local; nothing goes over the network.
 
 At each size it reports the ingest rate of the last stretch, the process's peak RSS, the
 clustering index's bytes per article in the window, and the restart time: the process

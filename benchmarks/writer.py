@@ -3,8 +3,8 @@
 Every feed of a loopback farm (``farm.py``, the same generator as the fetching benchmark) is
 parsed and prepared first; then the writer stores the feeds as a pass does when they are
 fetched ahead of it (32 feeds to a transaction, a savepoint each) while each of its steps is
-timed.  The figures are milliseconds per
-article, averaged over the whole run, so they grow with the window as a real pass does.
+timed.  The figures are milliseconds per article, averaged over the whole run, so they grow
+with the window as a real pass does.
 
     python benchmarks/writer.py --feeds 1000          # 20,000 articles
     python benchmarks/writer.py --feeds 300 --off     # with clustering switched off
