@@ -54,7 +54,8 @@ def stage_targets() -> list[tuple[object, str, str]]:
     return [(pipeline.fetching, "fetch", "fetch"), (pipeline, "parse_feed", "parse"),
             (Aggregator, "_prepare_fetched", "prepare"),
             (pipeline, "fingerprint_of", "cluster"), (pipeline.Clusterer, "propose", "cluster"),
-            (pipeline.Clusterer, "commit", "cluster"), (Aggregator, "_store_fetched", "writer")]
+            (pipeline.Clusterer, "commit", "cluster"), (Aggregator, "_store_fetched", "writer"),
+            (Aggregator, "_write_group", "writer")]
 
 
 def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
