@@ -25,6 +25,19 @@ def make_aggregator(tmp_path, server, paths, extra="") -> Aggregator:
     return Aggregator(load_config(config, environ={}))
 
 
+def count_transactions(aggregator, monkeypatch) -> list[int]:
+    """A list that grows by one at each write transaction the aggregator opens."""
+    transactions = []
+    original = aggregator.store.transaction
+
+    def counted():
+        transactions.append(1)
+        return original()
+
+    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    return transactions
+
+
 def source_state(aggregator, name):
     return {row["name"]: row for row in aggregator.store.sources_overview()}[name]
 
@@ -62,14 +75,7 @@ def test_many_304s_are_recorded_together_and_a_write_failure_fails_them_all(
                                       {"ETag": '"v1"', "Content-Type": "application/rss+xml"}))
     aggregator = make_aggregator(tmp_path, feed_server, paths)
     aggregator.run_pass(force=True)
-    transactions = []
-    original = aggregator.store.transaction
-
-    def counted():
-        transactions.append(1)
-        return original()
-
-    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    transactions = count_transactions(aggregator, monkeypatch)
     # The first fetch is slow, so that the others have all answered when it is stored.
     slow = aggregator._fetch_and_parse
 
@@ -110,14 +116,7 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
                 f"{items}</channel></rss>").encode()
         feed_server.route(path, Reply(200, body, {"Content-Type": "application/rss+xml"}))
     aggregator = make_aggregator(tmp_path, feed_server, paths)
-    transactions = []
-    original = aggregator.store.transaction
-
-    def counted():
-        transactions.append(1)
-        return original()
-
-    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    transactions = count_transactions(aggregator, monkeypatch)
     # The first fetch ends after all the others, so that they are all ready when it is.
     real_fetch, others_done, done = aggregator._fetch_and_parse, threading.Event(), []
 
