@@ -157,20 +157,28 @@ class Fetched:
 Placement = tuple[int, str, int, NormalizedArticle, int | None]
 
 
-def _not_modified(future: Future) -> bool:
-    """A fetch that has finished with a 304 (without waiting for one that has not)."""
+def _finished(future: Future) -> Fetched | None:
+    """The fetch, if it has finished without an error (without waiting for one that has not)."""
     if not future.done() or future.cancelled() or future.exception() is not None:
-        return False
+        return None
     fetched = future.result()
-    return fetched.error is None and fetched.result.outcome is fetching.Outcome.NOT_MODIFIED
+    return fetched if fetched.error is None else None
+
+
+def _not_modified(future: Future) -> bool:
+    fetched = _finished(future)
+    return fetched is not None and fetched.result.outcome is fetching.Outcome.NOT_MODIFIED
 
 
 def _fetched_entries(future: Future) -> bool:
-    """A fetch that has finished with a feed to store (without waiting for one that has not)."""
-    if not future.done() or future.cancelled() or future.exception() is not None:
-        return False
-    fetched = future.result()
-    return fetched.error is None and fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED
+    """A fetch that has finished with a feed to store."""
+    fetched = _finished(future)
+    return fetched is not None and fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED
+
+
+def _write_group_full(group: list[tuple[Source, SourceRow, Fetched]]) -> bool:
+    return len(group) >= WRITE_GROUP_SOURCES or \
+        sum(len(fetched.entries) for _source, _row, fetched in group) >= WRITE_GROUP_ENTRIES
 
 
 @dataclass
@@ -302,9 +310,10 @@ class Aggregator:
         self._host_slots_lock = threading.Lock()
         self._readers = threading.local()
         self._write_lock = threading.Lock()
-        self._clusterer_uncommitted = False
-        # Counts the transactions' changes to the clusterer (see _write_each).
+        # Writes that changed the clusterer, and how many of them were committed (or undone
+        # by a rebuild): while they differ, the clusterer is ahead of the store.
         self._clusterer_changes = 0
+        self._clusterer_settled = 0
         self._since_eviction = 0
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
@@ -618,20 +627,24 @@ class Aggregator:
         is tried again before the next write.
         """
         with self._write_lock:
-            if self._clusterer_uncommitted:
+            if self._clusterer_ahead:
                 self._reload_clusterer()
             try:
                 with self.store.transaction() as conn:
                     yield conn
             except BaseException:
-                if self._clusterer_uncommitted:
+                if self._clusterer_ahead:
                     self._reload_clusterer()
                 raise
-            self._clusterer_uncommitted = False
+            self._clusterer_settled = self._clusterer_changes
+
+    @property
+    def _clusterer_ahead(self) -> bool:
+        return self._clusterer_changes != self._clusterer_settled
 
     def _reload_clusterer(self) -> None:
         self.clusterer = load_clusterer(self.store, self.settings, self.signer)
-        self._clusterer_uncommitted = False
+        self._clusterer_settled = self._clusterer_changes
 
     # -- entries -> stored, clustered articles -------------------------------------------------
 
@@ -695,8 +708,8 @@ class Aggregator:
                 conn.execute("ROLLBACK TO source")
                 conn.execute("RELEASE source")
                 if self._clusterer_changes != changes:
-                    self._reload_clusterer()
-                    self._clusterer_uncommitted = True  # the earlier sources' articles
+                    # Still ahead of the store: it holds the earlier sources' articles.
+                    self.clusterer = load_clusterer(self.store, self.settings, self.signer)
                 report = self._failed_report(name, exc)
             else:
                 conn.execute("RELEASE source")
@@ -754,7 +767,6 @@ class Aggregator:
         settings = self.settings
         features = features or [None] * len(placements)
         # From here until the commit, the clusterer is ahead of the store (see _writing).
-        self._clusterer_uncommitted = True
         self._clusterer_changes += 1
         for start in range(0, len(placements), PLACEMENT_CHUNK):
             chunk = placements[start:start + PLACEMENT_CHUNK]
@@ -863,7 +875,7 @@ class Aggregator:
         settings = self.settings
         with self._writing() as conn:
             articles = self.store.detach_stories(conn, since)
-            self._clusterer_uncommitted = True
+            self._clusterer_changes += 1
             self.clusterer = load_clusterer(self.store, settings, self.signer)
             report = RefreshReport("recluster", "ok", entries=len(articles))
             self._cluster_and_store(conn, [(a.source_id, a.article.source, a.priority, a.article,
@@ -921,47 +933,44 @@ class Aggregator:
                                 thread_name_prefix="fetch") as pool:
             pending: deque[tuple[Source, Future]] = deque()
             upcoming = iter(sources)
-            for source in islice(upcoming, ahead):
-                pending.append((source, pool.submit(self._fetch_and_parse, source,
-                                                    rows[source.name])))
+
+            def submit(count: int) -> None:
+                for following in islice(upcoming, count):
+                    pending.append((following, pool.submit(self._fetch_and_parse, following,
+                                                           rows[following.name])))
+
+            def with_ready_behind(first: tuple[Source, SourceRow, Fetched],
+                                  same_kind: Callable[[Future], bool],
+                                  full: Callable[[list], bool]) -> list:
+                """``first`` and the sources behind it already fetched with the same kind
+                of answer: they are written in one transaction."""
+                group = [first]
+                while pending and not full(group) and same_kind(pending[0][1]):
+                    source, future = pending.popleft()
+                    group.append((source, rows[source.name], future.result()))
+                    submit(1)
+                return group
+
+            submit(ahead)
             while pending:
                 if stopping is not None and stopping.is_set():
                     for _other, waiting in pending:
                         waiting.cancel()
                     break
                 source, future = pending.popleft()
-                for following in islice(upcoming, 1):
-                    pending.append((following, pool.submit(self._fetch_and_parse, following,
-                                                           rows[following.name])))
+                submit(1)
                 # Stored next whatever it brings; meanwhile the following ones may finish.
                 wait([future])
                 if _not_modified(future):
-                    # It and the 304s already fetched after it: one transaction for all.
-                    group = [(source, rows[source.name], future.result())]
-                    while pending and len(group) < NOT_MODIFIED_GROUP and \
-                            _not_modified(pending[0][1]):
-                        source, future = pending.popleft()
-                        group.append((source, rows[source.name], future.result()))
-                        for following in islice(upcoming, 1):
-                            pending.append((following, pool.submit(
-                                self._fetch_and_parse, following, rows[following.name])))
-                    reports.extend(self._store_not_modified(group))
-                    continue
-                if _fetched_entries(future):
-                    # It and the feeds already fetched after it: one transaction for all.
-                    group = [(source, rows[source.name], future.result())]
-                    entries = len(group[0][2].entries)
-                    while pending and len(group) < WRITE_GROUP_SOURCES and \
-                            entries < WRITE_GROUP_ENTRIES and _fetched_entries(pending[0][1]):
-                        source, future = pending.popleft()
-                        group.append((source, rows[source.name], future.result()))
-                        entries += len(group[-1][2].entries)
-                        for following in islice(upcoming, 1):
-                            pending.append((following, pool.submit(
-                                self._fetch_and_parse, following, rows[following.name])))
-                    reports.extend(self._store_group(group))
-                    continue
-                reports.append(self._store_one(source, rows[source.name], future))
+                    reports.extend(self._store_not_modified(with_ready_behind(
+                        (source, rows[source.name], future.result()), _not_modified,
+                        lambda group: len(group) >= NOT_MODIFIED_GROUP)))
+                elif _fetched_entries(future):
+                    reports.extend(self._store_group(with_ready_behind(
+                        (source, rows[source.name], future.result()), _fetched_entries,
+                        _write_group_full)))
+                else:
+                    reports.append(self._store_one(source, rows[source.name], future))
         if len(reports) > 1 and all(r.unreachable for r in reports):
             self._forgive_outage(sources[:len(reports)], rows, now)
         try:

@@ -537,14 +537,10 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            # After some errors (a full disk, an I/O error) SQLite has rolled back already.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        try:
             conn.execute("COMMIT")
         except BaseException:
+            # After some errors (a full disk, an I/O error) SQLite has rolled back already;
+            # a failed COMMIT leaves the transaction open.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
