@@ -449,13 +449,15 @@ def explain(config_path, article_id) -> None:
     click.echo(f"story {article['story_id']}, relation now {article['relation']} "
                f"(similarity to the canonical {article['similarity']:.3f})")
     click.echo(f"decision when it arrived: {decision['reason']}")
-    click.echo(f"salient terms: {', '.join(json.loads(article['salient_terms']))}")
+    # No fingerprint: stored while clustering was off, and not reclustered since.
+    salient_terms = json.loads(article["salient_terms"] or "[]")
+    click.echo(f"salient terms: {', '.join(salient_terms) or '-'}")
     for copy in decision["near_copies"]:
         click.echo(f"  near-copy candidate: article {copy['article_id']} in story "
                    f"{copy['story_id']}, shingle Jaccard {copy['jaccard']:.3f}")
     if not decision["candidates"]:
         click.echo("  no same-story candidate found by LSH")
-    salient = set(json.loads(article["salient_terms"]))
+    salient = set(salient_terms)
     canonicals = [c["canonical_article_id"] for c in decision["candidates"]
                   if c.get("canonical_article_id") is not None]
     their_terms = dict(zip(canonicals, store.salient_terms(canonicals), strict=True))

@@ -383,11 +383,14 @@ def policy_key(policy: tuple[str, ...], priority: int, word_count: int, publishe
     return tuple(parts)
 
 
+FIRST_VERSION = "first version of the story"
+
+
 def canonical_reason(best: ClusterArticle, runner_up: ClusterArticle | None,
                      policy: tuple[str, ...]) -> str:
     """The first policy criterion on which the canonical beats the next-best version."""
     if runner_up is None:
-        return "first version of the story"
+        return FIRST_VERSION
     best_key = canonical_key(best, policy)
     other_key = canonical_key(runner_up, policy)
     for criterion, mine, theirs in zip(policy, best_key, other_key, strict=False):

@@ -50,6 +50,10 @@ class SourceError(AggregatorError):
         self.message = message
         super().__init__(f"source {source!r}: {message}")
 
+    def __reduce__(self):
+        # Raised in worker processes too: it must cross back, attributes and all.
+        return type(self).__new__, (type(self), *self.args), self.__dict__
+
 
 class FetchError(SourceError):
     """The source could not be fetched (network, timeout, HTTP error status, limits)."""

@@ -74,6 +74,11 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+def count_words(text: str) -> int:
+    """How many tokens ``tokenize`` finds in the text, without making them."""
+    return len(_WORD.findall(text))
+
+
 def _is_content_word(token: str) -> bool:
     if token in STOPWORDS or len(token) < 2:
         return False

@@ -19,21 +19,44 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import islice
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
 from . import fetch as fetching
-from .cluster import DAY_S, ClusterArticle, Clusterer, Decision, Vocabulary, decide
+from .cluster import (
+    DAY_S,
+    FIRST_VERSION,
+    ClusterArticle,
+    Clusterer,
+    Decision,
+    Vocabulary,
+)
 from .config import ClusteringSettings, Config, Source
-from .errors import FetchError, ParseError, SourceError, SourceGoneError, StoreError
-from .fingerprint import Signer, TermStatistics, TextFeatures, fingerprint_of, text_features
+from .errors import (
+    AggregatorError,
+    FetchError,
+    ParseError,
+    SourceError,
+    SourceGoneError,
+    StoreError,
+)
+from .fingerprint import (
+    Signer,
+    TermStatistics,
+    TextFeatures,
+    count_words,
+    fingerprint_of,
+    text_features,
+)
 from .memory import release_free_memory
 from .normalize import (
     NormalizedArticle,
@@ -52,7 +75,15 @@ from .schedule import (
     next_check_at,
     random_jitter,
 )
-from .store import SourceRow, Store, pack_vector, to_iso, unpack_vectors, utcnow
+from .store import (
+    SourceRow,
+    Store,
+    pack_vector,
+    read_only_connection,
+    to_iso,
+    unpack_vectors,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +96,10 @@ NOT_MODIFIED_GROUP = 64
 # transaction of at most this many sources and (about) this many entries.
 WRITE_GROUP_SOURCES = 32
 WRITE_GROUP_ENTRIES = 1000
-# Batches smaller than this are prepared in the calling thread: a worker round trip would
-# cost more than it saves.
+# Batches smaller than this, and documents shorter than this, are prepared in the calling
+# thread: a worker round trip would cost more than it saves.
 WORKER_MIN_ENTRIES = 8
+WORKER_MIN_BYTES = 4096
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
 PLACEMENT_CHUNK = 512
@@ -88,6 +120,9 @@ class PrepareSettings:
     shingle_size: int
     title_weight: float
     phrase_weight: float
+    # False with clustering off: the writer needs no text features then.
+    features: bool = True
+    max_entries: int = MAX_ENTRIES_PER_FETCH
 
 
 @dataclass
@@ -124,6 +159,8 @@ def normalize_entries(entries: tuple[ParsedEntry, ...], source: str,
 def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSettings,
                      known: frozenset[str] = frozenset(),
                      signer: Signer | None = None) -> Prepared:
+    if not settings.features:
+        return Prepared(articles, [None] * len(articles))
     if signer is None:
         signer = _signers.get(settings.num_perm)
         if signer is None:
@@ -139,13 +176,67 @@ def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSetting
 
 
 @dataclass
+class PreparedDocument:
+    """A fetched document parsed and prepared (in a worker process, or a fetch thread)."""
+
+    entries_in_feed: int
+    prepared: Prepared
+    ttl_minutes: int | None
+    skip_hours: frozenset[int]
+    skip_days: frozenset[str]
+    # Seconds spent parsing, and normalising and computing features (for benchmarks: the
+    # worker's time is not visible from the daemon's process).
+    parse_s: float = 0.0
+    prepare_s: float = 0.0
+
+
+def prepare_document(body: bytes, content_type: str | None, source: str, fetched: datetime,
+                     settings: PrepareSettings, database: str) -> PreparedDocument:
+    """Parse a feed document and prepare its first ``settings.max_entries`` entries;
+    ``database`` is read for the entries already stored, which need no features."""
+    started = time.perf_counter()
+    feed = parse_feed(body, source, content_type)
+    parsed = time.perf_counter()
+    prepared = prepare_new_entries(feed.entries[:settings.max_entries], source, fetched,
+                                   settings, database)
+    return PreparedDocument(len(feed.entries), prepared, feed.ttl_minutes, feed.skip_hours,
+                            feed.skip_days, parse_s=parsed - started,
+                            prepare_s=time.perf_counter() - parsed)
+
+
+def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: datetime,
+                        settings: PrepareSettings, database: str) -> Prepared:
+    """``prepare_articles`` with the articles already in ``database`` known."""
+    articles = normalize_entries(entries, source, fetched)
+    if not settings.features or not articles:
+        return Prepared(articles, [None] * len(articles))
+    known = frozenset(Store.known_keys(thread_reader(database),
+                                       [k for a in articles for k in a.identity_keys]))
+    return prepare_articles(articles, settings, known)
+
+
+_thread_readers = threading.local()
+
+
+def thread_reader(database: str) -> sqlite3.Connection:
+    """This thread's read-only connection to ``database`` (one per thread and process)."""
+    readers = getattr(_thread_readers, "by_path", None)
+    if readers is None:
+        readers = _thread_readers.by_path = {}
+    reader = readers.get(database)
+    if reader is None:
+        reader = readers[database] = read_only_connection(database)
+    return reader
+
+
+@dataclass
 class Fetched:
     """A source's fetch and parse, before anything is stored."""
 
     started: datetime
     clock: float
     result: fetching.FetchResult | None = None
-    entries: tuple[ParsedEntry, ...] = ()
+    entry_count: int = 0
     prepared: Prepared | None = None
     ttl_s: float | None = None
     skip_hours: frozenset[int] = frozenset()
@@ -178,7 +269,7 @@ def _fetched_entries(future: Future) -> bool:
 
 def _write_group_full(group: list[tuple[Source, SourceRow, Fetched]]) -> bool:
     return len(group) >= WRITE_GROUP_SOURCES or \
-        sum(len(fetched.entries) for _source, _row, fetched in group) >= WRITE_GROUP_ENTRIES
+        sum(fetched.entry_count for _source, _row, fetched in group) >= WRITE_GROUP_ENTRIES
 
 
 @dataclass
@@ -206,6 +297,10 @@ def redirect_state(row: SourceRow, target: str | None, needed: int) -> dict[str,
     return {"redirect_target": target, "redirect_sightings": sightings}
 
 
+# What an article stored with clustering off was told: no candidate was looked for.
+UNCLUSTERED = Decision("new_story", None, 0.0, 0.0)
+
+
 def decision_record(decision: Decision, limit: int = 5) -> dict:
     """The stored form of a decision, which ``aggregator explain`` reads back."""
     return {
@@ -222,6 +317,11 @@ def decision_record(decision: Decision, limit: int = 5) -> dict:
                         "canonical_article_id": c.canonical_id}
                        for c in decision.candidates[:limit]],
     }
+
+
+UNCLUSTERED_DECISION = {**decision_record(UNCLUSTERED),
+                        "reason": "stored while clustering was off: a story of its own until "
+                                  "`aggregator recluster` places it"}
 
 
 def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
@@ -295,9 +395,12 @@ class Aggregator:
         self.config = config
         self.settings = config.clustering
         self.store = store or Store(config.database)
+        # Fetch threads and worker processes open their own read-only connections to it.
+        self._database = str(Path(self.store.path).resolve())
         self.store.sync_sources(config.sources)
         self.signer = Signer(self.settings.num_perm)
         self.clusterer = load_clusterer(self.store, self.settings, self.signer)
+        self._warn_of_unclustered()
         self.limits = fetching.FetchLimits(
             user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
             read_timeout_s=config.read_timeout_s, total_timeout_s=config.total_timeout_s,
@@ -308,7 +411,6 @@ class Aggregator:
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._host_next_start: dict[str, float] = {}
         self._host_slots_lock = threading.Lock()
-        self._readers = threading.local()
         self._write_lock = threading.Lock()
         # Writes that changed the clusterer, and how many of them were committed (or undone
         # by a rebuild): while they differ, the clusterer is ahead of the store.
@@ -318,6 +420,17 @@ class Aggregator:
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
         self._workers_lock = threading.Lock()
+
+    def _warn_of_unclustered(self) -> None:
+        newest = self.store.newest_published()
+        if not self.settings.enabled or newest is None:
+            return
+        since = newest - timedelta(days=self.settings.window_days)
+        count = self.store.unclustered_since(since)
+        if count:
+            log.warning("%d articles of the window were stored while clustering was off and "
+                        "belong to no shared story; `aggregator recluster --since %s` places "
+                        "them", count, since.date().isoformat())
 
     def reload(self, config: Config) -> list[str]:
         """Apply a changed configuration without a restart; returns what changed.
@@ -375,11 +488,12 @@ class Aggregator:
     def _prepare_settings(self) -> PrepareSettings:
         settings = self.settings
         return PrepareSettings(settings.num_perm, settings.shingle_size, settings.title_weight,
-                               settings.phrase_weight)
+                               settings.phrase_weight, features=settings.enabled,
+                               max_entries=MAX_ENTRIES_PER_FETCH)
 
-    def _worker_pool(self, size: int) -> ProcessPoolExecutor | None:
-        """The worker processes (started on first use), when the batch is worth one."""
-        if not self.worker_count or size < WORKER_MIN_ENTRIES:
+    def _worker_pool(self) -> ProcessPoolExecutor | None:
+        """The worker processes (started on first use), if the configuration has any."""
+        if not self.worker_count:
             return None
         with self._workers_lock:
             if self._workers is None:
@@ -392,7 +506,7 @@ class Aggregator:
                       fetched: datetime) -> Future:
         """Normalise and fingerprint entries ahead of ``ingest_entries``, in a worker
         process when there are enough of them; else at once, in this thread."""
-        pool = self._worker_pool(len(entries))
+        pool = self._worker_pool() if len(entries) >= WORKER_MIN_ENTRIES else None
         if pool is not None:
             return pool.submit(prepare_entries, entries, source, fetched,
                                self._prepare_settings())
@@ -401,19 +515,37 @@ class Aggregator:
                                         signer=self.signer))
         return done
 
-    def _prepare_fetched(self, source: str, entries: tuple[ParsedEntry, ...],
+    def _in_worker(self, source: str, worth_it: bool, function: Callable, *args):
+        """``function(*args)`` in a worker process when there is one and the work is
+        ``worth_it`` (a round trip costs more than a small batch); else in this thread.
+
+        A worker that dies (killed, out of memory) fails the sources it was preparing, not
+        the daemon: the pool is replaced for the next ones.
+        """
+        pool = self._worker_pool() if worth_it else None
+        if pool is None:
+            return function(*args)
+        try:
+            return pool.submit(function, *args).result()
+        except BrokenProcessPool:
+            with self._workers_lock:
+                if self._workers is pool:
+                    self._workers = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+            raise ParseError(source, "the worker process preparing this feed stopped; "
+                                     "it is tried again at the next check") from None
+
+    def _prepare_document(self, source: str, result: fetching.FetchResult,
+                          fetched: datetime) -> PreparedDocument:
+        return self._in_worker(source, len(result.body) >= WORKER_MIN_BYTES,
+                               prepare_document, result.body, result.content_type, source,
+                               fetched, self._prepare_settings(), self._database)
+
+    def _prepare_entries(self, source: str, entries: tuple[ParsedEntry, ...],
                          fetched: datetime) -> Prepared:
-        """In a fetch thread: normalise, then compute text features for the entries not
-        stored yet (in a worker process when there are many)."""
-        articles = normalize_entries(entries, source, fetched)
-        keys = [k for a in articles for k in a.identity_keys]
-        known = frozenset(self.store.known_keys(self._thread_reader(), keys))
-        fresh = sum(1 for a in articles if not known.intersection(a.identity_keys))
-        pool = self._worker_pool(fresh)
-        if pool is not None:
-            return pool.submit(prepare_articles, articles, self._prepare_settings(),
-                               known).result()
-        return prepare_articles(articles, self._prepare_settings(), known, self.signer)
+        return self._in_worker(source, len(entries) >= WORKER_MIN_ENTRIES, prepare_new_entries,
+                               entries, source, fetched, self._prepare_settings(),
+                               self._database)
 
     # -- one source --------------------------------------------------------------------------
 
@@ -431,23 +563,33 @@ class Aggregator:
                                                 source.name, row.url, row.etag,
                                                 row.last_modified, self.limits)
             if fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED:
-                feed = parse_feed(fetched.result.body, source.name,
-                                  fetched.result.content_type)
-                fetched.entries = feed.entries
-                if len(fetched.entries) > MAX_ENTRIES_PER_FETCH:
+                document = self._parsed_and_prepared(source, fetched.result, fetched.started)
+                if document.entries_in_feed > MAX_ENTRIES_PER_FETCH:
                     log.warning("source %r: %d entries, only the first %d are read",
-                                source.name, len(fetched.entries), MAX_ENTRIES_PER_FETCH)
-                    fetched.entries = fetched.entries[:MAX_ENTRIES_PER_FETCH]
-                if source.full_text and fetched.entries:
-                    fetched.entries = self._with_full_text(source, fetched.entries)
-                if fetched.entries:
-                    fetched.prepared = self._prepare_fetched(source.name, fetched.entries,
-                                                             fetched.started)
-                fetched.ttl_s = feed.ttl_minutes * 60.0 if feed.ttl_minutes else None
-                fetched.skip_hours, fetched.skip_days = feed.skip_hours, feed.skip_days
+                                source.name, document.entries_in_feed, MAX_ENTRIES_PER_FETCH)
+                fetched.prepared = document.prepared
+                fetched.entry_count = min(document.entries_in_feed, MAX_ENTRIES_PER_FETCH)
+                fetched.ttl_s = document.ttl_minutes * 60.0 if document.ttl_minutes else None
+                fetched.skip_hours, fetched.skip_days = document.skip_hours, document.skip_days
         except SourceError as error:
             fetched.error = error
         return fetched
+
+    def _parsed_and_prepared(self, source: Source, result: fetching.FetchResult,
+                             started: datetime) -> PreparedDocument:
+        """Parsing and preparing go to a worker process in one trip; a full-text source's
+        entries come back to this thread first, for their pages to be fetched."""
+        if not source.full_text:
+            return self._prepare_document(source.name, result, started)
+        clock = time.perf_counter()
+        feed = parse_feed(result.body, source.name, result.content_type)
+        parse_s = time.perf_counter() - clock
+        entries = self._with_full_text(source, feed.entries[:MAX_ENTRIES_PER_FETCH])
+        clock = time.perf_counter()
+        prepared = self._prepare_entries(source.name, entries, started)
+        return PreparedDocument(len(feed.entries), prepared, feed.ttl_minutes,
+                                feed.skip_hours, feed.skip_days, parse_s=parse_s,
+                                prepare_s=time.perf_counter() - clock)
 
     def _with_full_text(self, source: Source,
                         entries: tuple[ParsedEntry, ...]) -> tuple[ParsedEntry, ...]:
@@ -459,8 +601,8 @@ class Aggregator:
         keyed = [(entry, identity_keys(source.name, (entry.guid or "").strip() or None,
                                        canonical_url(entry.link), "")[:-1])
                  for entry in entries]
-        reader = self._thread_reader()
-        known = self.store.known_keys(reader, [k for _entry, keys in keyed for k in keys])
+        known = self.store.known_keys(thread_reader(self._database),
+                                      [k for _entry, keys in keyed for k in keys])
         result = []
         for entry, keys in keyed:
             if (entry.link and entry.link.startswith(("http://", "https://"))
@@ -485,12 +627,6 @@ class Aggregator:
         if not extracted or len(extracted) <= len(given):
             return entry
         return replace(entry, content=text_as_html(extracted))
-
-    def _thread_reader(self):
-        reader = getattr(self._readers, "conn", None)
-        if reader is None:
-            reader = self._readers.conn = self.store.reader()
-        return reader
 
     def host_key(self, url: str) -> str:
         """The politeness unit of a URL: its service group if one matches, else its host."""
@@ -543,16 +679,15 @@ class Aggregator:
 
     def _write_fetched(self, conn, source: Source, row: SourceRow,
                        fetched: Fetched) -> RefreshReport:
-        started, clock, result, entries = (fetched.started, fetched.clock, fetched.result,
-                                           fetched.entries)
+        started, clock, result = fetched.started, fetched.clock, fetched.result
         ttl_s = fetched.ttl_s
         if result.outcome is fetching.Outcome.NOT_MODIFIED:
             report = RefreshReport(source.name, "not_modified", result.status)
         else:
-            report = RefreshReport(source.name, "ok", result.status, len(entries))
-        if entries:
-            self._ingest(conn, row.id, source.name, source.priority, entries, started,
-                         report, fetched.prepared)
+            report = RefreshReport(source.name, "ok", result.status, fetched.entry_count)
+        if fetched.prepared is not None and fetched.prepared.articles:
+            self._ingest(conn, row.id, source.name, source.priority, fetched.prepared,
+                         started, report)
         state: dict[str, object] = {
             "last_status": result.status, "last_outcome": report.outcome,
             "last_checked_at": started, "last_success_at": started,
@@ -658,8 +793,10 @@ class Aggregator:
         entries = tuple(entries)
         report = RefreshReport(source, "ok", None, len(entries))
         row = self.store.source(source)
+        prepared = prepared or prepare_entries(entries, source, fetched,
+                                               self._prepare_settings(), signer=self.signer)
         with self._writing() as conn:
-            self._ingest(conn, row.id, source, priority, entries, fetched, report, prepared)
+            self._ingest(conn, row.id, source, priority, prepared, fetched, report)
         return report
 
     def ingest_group(self, batches: Sequence[tuple[str, int, Sequence[ParsedEntry], datetime,
@@ -670,8 +807,10 @@ class Aggregator:
         def write(source: str, priority: int, entries: Sequence[ParsedEntry],
                   fetched: datetime, prepared: Prepared | None, conn) -> RefreshReport:
             report = RefreshReport(source, "ok", None, len(entries))
-            self._ingest(conn, self.store.source(source).id, source, priority, tuple(entries),
-                         fetched, report, prepared)
+            prepared = prepared or prepare_entries(tuple(entries), source, fetched,
+                                                   self._prepare_settings(), signer=self.signer)
+            self._ingest(conn, self.store.source(source).id, source, priority, prepared,
+                         fetched, report)
             return report
 
         return self._write_group([batch[0] for batch in batches],
@@ -727,12 +866,8 @@ class Aggregator:
         log.error("source %r failed unexpectedly", source, exc_info=exc)
         return RefreshReport(source, "error", error=repr(exc))
 
-    def _ingest(self, conn, source_id: int, source: str, priority: int,
-                entries: tuple[ParsedEntry, ...], fetched: datetime, report: RefreshReport,
-                prepared: Prepared | None = None) -> None:
-        if prepared is None:
-            prepared = prepare_entries(entries, source, fetched, self._prepare_settings(),
-                                       signer=self.signer)
+    def _ingest(self, conn, source_id: int, source: str, priority: int, prepared: Prepared,
+                fetched: datetime, report: RefreshReport) -> None:
         fresh: list[NormalizedArticle] = []
         features: list[TextFeatures | None] = []
         # Keys stored before this batch, and those of the batch's own earlier entries.
@@ -751,8 +886,21 @@ class Aggregator:
         # Features of a text that lost template lines are computed again, by the writer.
         features = [feature if after.text == before.text else None
                     for before, after, feature in zip(fresh, stripped, features, strict=True)]
+        if not self.settings.enabled:
+            self._store_unclustered(conn, source_id, stripped, report)
+            return
         self._cluster_and_store(conn, [(source_id, source, priority, article, None)
                                        for article in stripped], report, features=features)
+
+    def _store_unclustered(self, conn, source_id: int, articles: list[NormalizedArticle],
+                           report: RefreshReport) -> None:
+        """Clustering off: each article is a story of its own, stored without a fingerprint
+        and left out of the index and the statistics (``recluster`` places it later)."""
+        article_ids = self.store.insert_solo_articles(
+            conn, source_id, articles, [count_words(a.text) for a in articles],
+            UNCLUSTERED_DECISION, FIRST_VERSION)
+        report.new_articles += len(article_ids)
+        report.decisions.extend((article_id, UNCLUSTERED) for article_id in article_ids)
 
     def _cluster_and_store(self, conn, placements: list[Placement], report: RefreshReport,
                            progress: Callable[[int, int], None] | None = None,
@@ -829,10 +977,7 @@ class Aggregator:
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
                                    article.author is not None, fingerprint,
                                    dated=article.has_published, shingle_keys=shingle_keys)
-        if self.settings.enabled:
-            decision = self.clusterer.propose(candidate)
-        else:  # clustering off: repeats are still recognised, every article is its own story
-            decision = decide([], [], self.settings)
+        decision = self.clusterer.propose(candidate)
         vector = self.clusterer.vector(candidate)
         term_id = self.clusterer.vocabulary.id
         clustering_columns = dict(
@@ -843,10 +988,12 @@ class Aggregator:
             decision=decision_record(decision))
         if stored_id is None:
             article_id = self.store.insert_article(conn, source_id=source_id, article=article,
+                                                   word_count=fingerprint.word_count,
                                                    **clustering_columns)
         else:
             article_id = stored_id
-            self.store.update_clustering_columns(conn, article_id, **clustering_columns)
+            self.store.update_clustering_columns(conn, article_id, source_id, article,
+                                                 **clustering_columns)
         candidate.article_id = article_id
         story_id = decision.story_id
         if story_id is None:
@@ -873,6 +1020,9 @@ class Aggregator:
         again, oldest first, in one transaction: readers see the old stories or the new ones.
         """
         settings = self.settings
+        if not settings.enabled:
+            raise AggregatorError("clustering is off ([clustering] enabled = false): turn it "
+                                  "on to recluster")
         with self._writing() as conn:
             articles = self.store.detach_stories(conn, since)
             self._clusterer_changes += 1
@@ -880,6 +1030,8 @@ class Aggregator:
             report = RefreshReport("recluster", "ok", entries=len(articles))
             self._cluster_and_store(conn, [(a.source_id, a.article.source, a.priority, a.article,
                                             a.id) for a in articles], report, progress)
+            if since is None:
+                self.store.forget_unclustered(conn)
         self.clusterer = load_clusterer(self.store, settings, self.signer)
         return report.new_articles
 

@@ -469,6 +469,17 @@ class ReplayArticle:
     article: NormalizedArticle
 
 
+# Present in ``meta`` once an article has been stored while clustering was off.
+UNCLUSTERED_MARK = "articles_without_fingerprints"
+
+
+def read_only_connection(path: str) -> sqlite3.Connection:
+    """A connection that cannot write, for readers beside the writer (threads, processes)."""
+    uri = f"file:{Path(path).resolve()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+
+
 class Store:
     def __init__(self, path: str):
         self.path = path
@@ -649,9 +660,7 @@ class Store:
 
     def reader(self) -> sqlite3.Connection:
         """A separate read-only connection, for threads other than the writer's."""
-        uri = f"file:{Path(self.path).resolve()}?mode=ro"
-        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                               check_same_thread=False)
+        return read_only_connection(self.path)
 
     @staticmethod
     def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
@@ -664,8 +673,12 @@ class Store:
         return known
 
     def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
-                       fingerprint, term_vector: bytes, shingle_bytes: bytes,
-                       salient_bytes: bytes, decision: dict) -> int:
+                       decision: dict, word_count: int, fingerprint=None,
+                       term_vector: bytes = b"", shingle_bytes: bytes = b"",
+                       salient_bytes: bytes = b"") -> int:
+        """Store a new article; with no ``fingerprint`` (clustering off) it gets no row in
+        ``article_fingerprints`` and counts in no term statistics until a recluster."""
+        term_counts = fingerprint.term_counts if fingerprint is not None else {}
         cursor = conn.execute(
             "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
             "author, published, published_from_feed, fetched, text, content_hash, word_count, "
@@ -673,19 +686,73 @@ class Store:
             [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
              article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
-             article.content_hash, fingerprint.word_count, json.dumps(decision),
-             json.dumps(fingerprint.term_counts, separators=(",", ":"))])
+             article.content_hash, word_count, json.dumps(decision),
+             json.dumps(term_counts, separators=(",", ":"))])
         article_id = cursor.lastrowid
-        conn.execute("INSERT INTO article_fingerprints (article_id, source_id, published, "
-                     "has_author, dated, word_count, salient_terms, term_vector, "
+        if fingerprint is not None:
+            self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
+                                        term_vector, shingle_bytes, salient_bytes)
+        conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
+                         [(key, article_id) for key in article.identity_keys])
+        return article_id
+
+    @staticmethod
+    def _write_fingerprint_row(conn: sqlite3.Connection, article_id: int, source_id: int,
+                               article, fingerprint, term_vector: bytes, shingle_bytes: bytes,
+                               salient_bytes: bytes) -> None:
+        conn.execute("INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, "
+                     "published, has_author, dated, word_count, salient_terms, term_vector, "
                      "shingle_signature, salient_signature) VALUES (?,?,?,?,?,?,?,?,?,?)",
                      [article_id, source_id, to_iso(article.published),
                       int(article.author is not None), int(article.has_published),
                       fingerprint.word_count, json.dumps(list(fingerprint.salient)),
                       term_vector, shingle_bytes, salient_bytes])
+
+    def insert_solo_articles(self, conn: sqlite3.Connection, source_id: int, articles: list,
+                             word_counts: list[int], decision: dict,
+                             canonical_reason: str) -> list[int]:
+        """Store articles as stories of one member each, without fingerprints (clustering
+        off): what ``insert_article``, ``create_story`` and ``apply_story_outcome`` would
+        write, in a few statements for the whole batch instead of several per article.
+
+        The ids are the ones SQLite would give (one more than the largest), chosen here so
+        that each row is written once, complete: only the writer inserts, inside this
+        transaction.
+        """
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '1')",
+                     [UNCLUSTERED_MARK])
+        first_article = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM articles").fetchone()[0]
+        first_story = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
+        article_ids = list(range(first_article, first_article + len(articles)))
+        story_ids = list(range(first_story, first_story + len(articles)))
+        decision_json = json.dumps(decision)
+        conn.executemany(
+            "INSERT INTO stories (id, canonical_article_id, title, first_seen, last_seen, "
+            "first_published, last_published, article_count, source_count) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1)",
+            [(story_id, article_id, a.title, to_iso(a.fetched), to_iso(a.fetched),
+              to_iso(a.published), to_iso(a.published))
+             for story_id, article_id, a in zip(story_ids, article_ids, articles, strict=True)])
+        conn.executemany(
+            "INSERT INTO articles (id, source_id, guid, url, canonical_url, identity_key, title, "
+            "author, published, published_from_feed, fetched, text, content_hash, word_count, "
+            "story_id, relation, similarity, decision, term_counts) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'canonical',1.0,?,'{}')",
+            [(article_id, source_id, a.guid, a.url, a.canonical_url, a.identity_key, a.title,
+              a.author, to_iso(a.published), int(a.has_published), to_iso(a.fetched), a.text,
+              a.content_hash, words, story_id, decision_json)
+             for article_id, story_id, a, words
+             in zip(article_ids, story_ids, articles, word_counts, strict=True)])
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
-                         [(key, article_id) for key in article.identity_keys])
-        return article_id
+                         [(key, article_id) for article_id, a in zip(article_ids, articles,
+                                                                     strict=True)
+                          for key in a.identity_keys])
+        conn.executemany(
+            "INSERT INTO canonical_history (story_id, article_id, previous_article_id, reason, "
+            "changed_at) VALUES (?, ?, NULL, ?, ?)",
+            [(story_id, article_id, canonical_reason, to_iso(a.fetched))
+             for story_id, article_id, a in zip(story_ids, article_ids, articles, strict=True)])
+        return article_ids
 
     def create_story(self, conn: sqlite3.Connection, published: datetime, seen: datetime) -> int:
         cursor = conn.execute(
@@ -724,19 +791,18 @@ class Store:
              to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.article_count,
              outcome.source_count, outcome.story_id])
 
-    def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int, *,
-                                  fingerprint, term_vector: bytes, shingle_bytes: bytes,
-                                  salient_bytes: bytes, decision: dict) -> None:
-        """Replace a stored article's fingerprint and decision (``recluster``)."""
+    def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int,
+                                  source_id: int, article, *, fingerprint, term_vector: bytes,
+                                  shingle_bytes: bytes, salient_bytes: bytes,
+                                  decision: dict) -> None:
+        """Replace a stored article's fingerprint and decision, or give it its first
+        (``recluster``)."""
         conn.execute(
             "UPDATE articles SET word_count = ?, decision = ?, term_counts = ? WHERE id = ?",
             [fingerprint.word_count, json.dumps(decision),
              json.dumps(fingerprint.term_counts, separators=(",", ":")), article_id])
-        conn.execute(
-            "UPDATE article_fingerprints SET word_count = ?, salient_terms = ?, term_vector = ?, "
-            "shingle_signature = ?, salient_signature = ? WHERE article_id = ?",
-            [fingerprint.word_count, json.dumps(list(fingerprint.salient)), term_vector,
-             shingle_bytes, salient_bytes, article_id])
+        self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
+                                    term_vector, shingle_bytes, salient_bytes)
 
     @staticmethod
     def count_terms(conn: sqlite3.Connection, documents: int,
@@ -766,8 +832,10 @@ class Store:
         rows = conn.execute(
             """SELECT a.id, a.source_id, s.name, s.priority, a.guid, a.url, a.canonical_url,
                       a.identity_key, a.title, a.author, a.published, a.published_from_feed,
-                      a.fetched, a.text, a.content_hash, a.term_counts
+                      a.fetched, a.text, a.content_hash, a.term_counts,
+                      f.article_id IS NOT NULL
                FROM articles a JOIN sources s ON s.id = a.source_id
+               LEFT JOIN article_fingerprints f ON f.article_id = a.id
                WHERE a.story_id IN (SELECT story_id FROM temp.detached)
                   OR a.story_id IS NULL
                ORDER BY a.published, a.id""").fetchall()
@@ -778,13 +846,15 @@ class Store:
         conn.execute("DELETE FROM stories WHERE id IN (SELECT story_id FROM temp.detached)")
         conn.execute("DROP TABLE temp.detached")
         removed: dict[str, int] = {}
-        for row in rows:
+        # Articles stored with clustering off (no fingerprint) were never counted.
+        counted = [row for row in rows if row[16]]
+        for row in counted:
             for term in json.loads(row[15]):
                 removed[term] = removed.get(term, 0) + 1
         conn.executemany("UPDATE term_stats SET document_frequency = document_frequency - ? "
                          "WHERE term = ?", [(count, term) for term, count in removed.items()])
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) - ? "
-                     "WHERE key = 'documents'", [len(rows)])
+                     "WHERE key = 'documents'", [len(counted)])
         return [ReplayArticle(row[0], row[1], row[3], NormalizedArticle(
             source=row[2], guid=row[4], url=row[5], canonical_url=row[6], title=row[8],
             author=row[9], published=from_iso(row[10]), has_published=bool(row[11]),
@@ -822,6 +892,22 @@ class Store:
         """Source id -> (name, priority)."""
         return {row[0]: (row[1], row[2])
                 for row in self.db.execute("SELECT id, name, priority FROM sources")}
+
+    def unclustered_since(self, since: datetime | None) -> int:
+        """Articles published since ``since`` (ever, when None) that have no fingerprint:
+        stored while clustering was off.  Counted only if any ever were (they scan)."""
+        if self.db.execute("SELECT 1 FROM meta WHERE key = ?", [UNCLUSTERED_MARK]).fetchone() \
+                is None:
+            return 0
+        return self.db.execute(
+            "SELECT count(*) FROM articles a WHERE a.published >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM article_fingerprints f WHERE f.article_id = a.id)",
+            [to_iso(since) if since else "0000"]).fetchone()[0]
+
+    @staticmethod
+    def forget_unclustered(conn: sqlite3.Connection) -> None:
+        """Every article has its fingerprint again (after a full recluster)."""
+        conn.execute("DELETE FROM meta WHERE key = ?", [UNCLUSTERED_MARK])
 
     def newest_published(self) -> datetime | None:
         row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()

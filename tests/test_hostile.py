@@ -153,3 +153,37 @@ def test_refuse_private_address(url):
 
 def test_public_address_passes():
     refuse_private_address("s", "http://93.184.215.14/")
+
+
+def test_a_worker_process_that_dies_fails_its_sources_not_the_daemon(tmp_path, feed_server):
+    """Feeds are parsed in worker processes: one killed (out of memory, by an operator) costs
+    the feeds it was preparing one failed check, and the next pass has workers again."""
+    paths = [f"/w{n}" for n in range(3)]
+    for n, path in enumerate(paths):
+        items = "".join(f"<item><title>Report {n}-{i} on harbour cranes and tide tables</title>"
+                        f"<link>https://w{n}.example/{i}</link><description>"
+                        f"{'Cranes lift containers at the harbour. ' * 20}</description></item>"
+                        for i in range(6))
+        body = f"<rss version='2.0'><channel><title>w</title>{items}</channel></rss>".encode()
+        assert len(body) >= pipeline.WORKER_MIN_BYTES  # so that it goes to a worker
+        feed_server.route(path, Reply(200, body))
+    aggregator = make_aggregator(tmp_path, feed_server, paths, extra="workers = 1")
+    assert {r.outcome for r in aggregator.run_pass()} == {"ok"}
+    pool = aggregator._workers
+    for process in list(pool._processes.values()):
+        process.kill()
+        process.join()
+    reports = aggregator.run_pass(force=True)
+    # The feeds sent to the dead pool failed; a new pool prepared those that came after.
+    failed = [r.source for r in reports if r.outcome != "ok"]
+    assert failed
+    for report in reports:
+        if report.source in failed:
+            assert report.outcome == "parse_error" and "worker process" in report.error
+            assert aggregator.store.source(report.source).consecutive_errors == 1
+    assert aggregator._workers is not pool
+    again = aggregator.run_pass(force=True)
+    assert {r.outcome for r in again} == {"ok"}
+    assert {aggregator.store.source(f"w{n}").consecutive_errors for n in range(3)} == {0}
+    assert aggregator.store.db.execute("SELECT count(*) FROM articles").fetchone()[0] == 18
+    aggregator.close()

@@ -188,3 +188,45 @@ def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
     result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
     assert result.exit_code == 0, result.output
     assert "shared salient terms: stored, terms" in result.output
+
+
+def test_clustering_off_keeps_stories_apart_until_a_recluster(tmp_path, seed_dir, caplog):
+    sources = [{"name": name, "url": str(seed_dir / file)} for name, file in SEED_FEEDS.items()]
+    off = write_config(tmp_path / "off.toml", sources, database=str(tmp_path / "s.db"),
+                       extra="[clustering]\nenabled = false")
+    run_once(off)
+    rows = story_rows(tmp_path / "s.db")
+    assert len({r["story_id"] for r in rows}) == 3
+    assert {r["relation"] for r in rows} == {"canonical"}
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT count(*) FROM article_fingerprints").fetchone()[0] == 0
+        assert conn.execute("SELECT value FROM meta WHERE key = 'documents'").fetchone()[0] == "0"
+        assert conn.execute("SELECT count(*) FROM canonical_history").fetchone()[0] == 3
+    for command in (["check"], ["explain", str(rows[0]["article_id"])]):
+        result = CliRunner().invoke(main, [*command, "--config", str(off)])
+        assert result.exit_code == 0, result.output
+    assert "while clustering was off" in result.output
+    refused = CliRunner().invoke(main, ["recluster", "--config", str(off)])
+    assert refused.exit_code != 0 and "clustering is off" in refused.output
+
+    on = write_config(tmp_path / "on.toml", sources, database=str(tmp_path / "s.db"))
+    with caplog.at_level("WARNING"):
+        Aggregator(load_config(on)).close()
+    assert "3 articles of the window were stored while clustering was off" in caplog.text
+    result = CliRunner().invoke(main, ["recluster", "--config", str(on)])
+    assert result.exit_code == 0, result.output
+    rows = story_rows(tmp_path / "s.db")
+    assert len({r["story_id"] for r in rows}) == 1
+    assert sorted(r["relation"] for r in rows) == ["canonical", "same_story", "same_story"]
+    result = CliRunner().invoke(main, ["check", "--config", str(on)])
+    assert result.exit_code == 0, result.output
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Aggregator(load_config(on)).close()
+    assert "clustering was off" not in caplog.text
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # a member of a shared story must have one
+        conn.execute("DELETE FROM article_fingerprints WHERE article_id = ?",
+                     [rows[1]["article_id"]])
+    result = CliRunner().invoke(main, ["check", "--config", str(on), "--no-signatures"])
+    assert result.exit_code != 0
+    assert f"article {rows[1]['article_id']} has no row in article_fingerprints" in result.output
