@@ -963,8 +963,7 @@ class Aggregator:
         stored = self.store.line_counts(source_id, batch_counts)
         template = {key for key, count in batch_counts.items()
                     if count + stored.get(key, 0) >= TEMPLATE_LINE_MIN_ARTICLES}
-        for keys in keys_per_article:
-            self.store.count_lines(conn, source_id, keys, seen)
+        self.store.count_lines(conn, source_id, batch_counts, seen)
         if not template:
             return articles
         return [replace(a, text=strip_lines(a.text, template)) for a in articles]

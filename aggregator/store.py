@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -638,13 +638,15 @@ class Store:
                 f"IN ({','.join('?' * len(chunk))})", [source_id, *chunk]).fetchall())
         return counts
 
-    def count_lines(self, conn: sqlite3.Connection, source_id: int, keys: Iterable[str],
-                    seen: datetime) -> None:
+    def count_lines(self, conn: sqlite3.Connection, source_id: int,
+                    articles_per_key: Mapping[str, int], seen: datetime) -> None:
+        """Add new articles' lines: ``articles_per_key`` says in how many each line is."""
+        seen_iso = to_iso(seen)
         conn.executemany(
             "INSERT INTO source_lines (source_id, line_key, articles, last_seen) "
-            "VALUES (?, ?, 1, ?) ON CONFLICT(source_id, line_key) DO UPDATE SET "
-            "articles = articles + 1, last_seen = excluded.last_seen",
-            [(source_id, key, to_iso(seen)) for key in keys])
+            "VALUES (?, ?, ?, ?) ON CONFLICT(source_id, line_key) DO UPDATE SET "
+            "articles = articles + excluded.articles, last_seen = excluded.last_seen",
+            [(source_id, key, count, seen_iso) for key, count in articles_per_key.items()])
 
     def prune_lines(self, conn: sqlite3.Connection, before: datetime) -> int:
         """Forget lines seen in only one article and not since ``before``."""
