@@ -92,9 +92,19 @@ def html_to_text(html: str | None) -> str:
     return _tidy_lines(root.text_content())
 
 
+_BLANKS = re.compile(r"[ \t\u00a0\u200b]+")
+
+
+def _collapse_blanks(line: str) -> str:
+    # Most lines have only single spaces: the substitution would rewrite each for nothing.
+    if "  " in line or "\t" in line or "\u00a0" in line or "\u200b" in line:
+        line = _BLANKS.sub(" ", line)
+    return line.strip()
+
+
 def _tidy_lines(text: str) -> str:
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = (re.sub(r"[ \t\u00a0\u200b]+", " ", line).strip() for line in text.split("\n"))
+    lines = (_collapse_blanks(line) for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
@@ -155,9 +165,12 @@ def strip_boilerplate(text: str) -> str:
             if seen > total / 3:
                 break
             continue
-        if (_RESIDUE_LINE.match(stripped) or _CAPTION.search(stripped)
+        # The searches scan the whole line; a caption needs a ")" or a ":", an embedded post
+        # a "/", so most lines of prose skip them.
+        if (_RESIDUE_LINE.match(stripped)
+                or ((")" in stripped or ":" in stripped) and _CAPTION.search(stripped))
                 or _CAPTION_TAIL.match(stripped) or _DATELINE.match(stripped)
-                or _EMBEDDED_POST.search(stripped)):
+                or ("/" in stripped and _EMBEDDED_POST.search(stripped))):
             continue
         kept.append(stripped)
     return "\n".join(line for line in kept if line)
