@@ -456,11 +456,14 @@ class Aggregator:
                                             for key in structural})
         if settings != self.settings:
             changes.append("clustering settings")
+        turned_on = settings.enabled and not self.settings.enabled
         with self._write_lock:
             self.store.sync_sources(config.sources)
             self.config = replace(config, clustering=settings)
             self.settings = settings
             self.clusterer.settings = settings
+        if turned_on:
+            self._warn_of_unclustered()
         return changes
 
     @property

@@ -210,9 +210,16 @@ def test_clustering_off_keeps_stories_apart_until_a_recluster(tmp_path, seed_dir
     assert refused.exit_code != 0 and "clustering is off" in refused.output
 
     on = write_config(tmp_path / "on.toml", sources, database=str(tmp_path / "s.db"))
-    with caplog.at_level("WARNING"):
-        Aggregator(load_config(on)).close()
-    assert "3 articles of the window were stored while clustering was off" in caplog.text
+    for turn_on in ("by a reload", "at start-up"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            if turn_on == "by a reload":
+                aggregator = Aggregator(load_config(off))
+                aggregator.reload(load_config(on))
+            else:
+                aggregator = Aggregator(load_config(on))
+            aggregator.close()
+        assert "3 articles of the window were stored while clustering was off" in caplog.text
     result = CliRunner().invoke(main, ["recluster", "--config", str(on)])
     assert result.exit_code == 0, result.output
     rows = story_rows(tmp_path / "s.db")
