@@ -666,20 +666,6 @@ class Aggregator:
         with self._writing() as conn:
             return self._write_fetched(conn, source, row, fetched)
 
-    def _store_not_modified(self, group: list[tuple[Source, SourceRow, Fetched]]
-                            ) -> list[RefreshReport]:
-        """Sources that answered 304, recorded in one transaction: nothing but their fetch
-        state changes, and a crash before the commit only means asking them again."""
-        try:
-            with self._writing() as conn:
-                return [self._write_fetched(conn, source, row, fetched)
-                        for source, row, fetched in group]
-        except (StoreError, sqlite3.Error) as exc:
-            message = f"database {self.store.path}: {exc}"
-            log.error("%d sources not stored: %s", len(group), message)
-            return [RefreshReport(source.name, "store_error", error=message)
-                    for source, _row, _fetched in group]
-
     def _write_fetched(self, conn, source: Source, row: SourceRow,
                        fetched: Fetched) -> RefreshReport:
         started, clock, result = fetched.started, fetched.clock, fetched.result
@@ -1116,7 +1102,7 @@ class Aggregator:
                 # Stored next whatever it brings; meanwhile the following ones may finish.
                 wait([future])
                 if _not_modified(future):
-                    reports.extend(self._store_not_modified(with_ready_behind(
+                    reports.extend(self._store_group(with_ready_behind(
                         (source, rows[source.name], future.result()), _not_modified,
                         lambda group: len(group) >= NOT_MODIFIED_GROUP)))
                 elif _fetched_entries(future):
@@ -1161,7 +1147,8 @@ class Aggregator:
 
     def _store_group(self, group: list[tuple[Source, SourceRow, Fetched]]
                      ) -> list[RefreshReport]:
-        """Sources fetched with entries, written in one transaction (see ``_write_each``)."""
+        """Sources already fetched, written in one transaction (see ``_write_each``): those
+        with entries, or those that answered 304, whose fetch state alone changes."""
         def write(source: Source, row: SourceRow, fetched: Fetched, conn) -> RefreshReport:
             return self._write_fetched(conn, source, row, fetched)
 

@@ -11,9 +11,10 @@ from conftest import DATA, write_config
 from feed_server import Reply
 
 from aggregator.config import load_config
+from aggregator.errors import StoreError
 from aggregator.fetch import FetchLimits, Outcome, classify_status, fetch_http, parse_retry_after
 from aggregator.pipeline import Aggregator
-from aggregator.store import from_iso
+from aggregator.store import Store, from_iso
 
 FEED = (DATA / "other_topics.rss.xml").read_bytes()
 
@@ -23,6 +24,18 @@ def make_aggregator(tmp_path, server, paths, extra="") -> Aggregator:
                for path in paths]
     config = write_config(tmp_path / "http.toml", sources, extra=extra)
     return Aggregator(load_config(config, environ={}))
+
+
+def fail_to_record(aggregator, source: str, error: str, monkeypatch) -> None:
+    """Make writing the fetch of ``source`` raise a ``StoreError``."""
+    record_fetch = Store.record_fetch
+
+    def failing(store, source_id, **kwargs):
+        if source_id == aggregator.store.source(source).id:
+            raise StoreError(error)
+        return record_fetch(store, source_id, **kwargs)
+
+    monkeypatch.setattr(Store, "record_fetch", failing)
 
 
 def count_transactions(aggregator, monkeypatch) -> list[int]:
@@ -62,11 +75,10 @@ def test_conditional_get_sends_etag_and_a_304_costs_no_parsing(tmp_path, feed_se
     assert state["last_status"] == 304 and state["last_success_at"] == state["last_checked_at"]
 
 
-def test_many_304s_are_recorded_together_and_a_write_failure_fails_them_all(
+def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
         tmp_path, feed_server, monkeypatch):
     import time as clock
 
-    import aggregator.pipeline as pipeline
 
     paths = [f"/f{n}" for n in range(12)]
     for path in paths:
@@ -92,18 +104,21 @@ def test_many_304s_are_recorded_together_and_a_write_failure_fails_them_all(
     assert aggregator.store.db.execute(
         "SELECT count(*) FROM fetch_attempts WHERE outcome = 'not_modified'").fetchone() == (12,)
 
-    monkeypatch.setattr(pipeline.Store, "record_fetch", lambda *a, **k: (_ for _ in ()).throw(
-        pipeline.StoreError("disk full")))
+    fail_to_record(aggregator, "f3", "disk full", monkeypatch)
+    transactions.clear()
     reports = aggregator.run_pass(force=True)
-    assert {r.outcome for r in reports} == {"store_error"}
+    assert [r.outcome for r in reports] == ["not_modified"] * 3 + ["store_error"] + \
+        ["not_modified"] * 8
+    assert len(transactions) < 12
     assert aggregator.store.db.execute(
-        "SELECT count(*) FROM fetch_attempts").fetchone() == (24,)  # nothing half-written
+        "SELECT count(*) FROM fetch_attempts").fetchone() == (24 + 11,)
+    assert aggregator.store.db.execute(  # nothing of f3's failed write is left
+        "SELECT count(*) FROM fetch_attempts a JOIN sources s ON s.id = a.source_id "
+        "WHERE s.name = 'f3'").fetchone() == (2,)
 
 
 def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
         tmp_path, feed_server, monkeypatch):
-    import aggregator.pipeline as pipeline
-
     paths = [f"/f{n}" for n in range(6)]
     topics = ["glacier", "harbour", "orchard", "comet", "vineyard", "railway"]
     for n, path in enumerate(paths):
@@ -131,14 +146,8 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
         return fetched
 
     monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
-    record = pipeline.Store.record_fetch
-
-    def failing_for_f3(store, source_id, **kwargs):
-        if source_id == aggregator.store.source("f3").id:
-            raise pipeline.StoreError("disk I/O error")
-        return record(store, source_id, **kwargs)
-
-    monkeypatch.setattr(pipeline.Store, "record_fetch", failing_for_f3)
+    record = Store.record_fetch
+    fail_to_record(aggregator, "f3", "disk I/O error", monkeypatch)
     reports = aggregator.run_pass(force=True)
     assert [r.source for r in reports] == [p.strip("/") for p in paths]  # config order
     assert [r.outcome for r in reports] == ["ok"] * 3 + ["store_error"] + ["ok"] * 2
@@ -151,7 +160,7 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
     assert sorted(aggregator.clusterer.window_article_ids()) == [
         row[0] for row in aggregator.store.db.execute("SELECT id FROM articles ORDER BY id")]
 
-    monkeypatch.setattr(pipeline.Store, "record_fetch", record)
+    monkeypatch.setattr(Store, "record_fetch", record)
     reports = aggregator.run_pass(force=True)
     assert [r.new_articles for r in reports] == [0, 0, 0, 2, 0, 0]
 
