@@ -223,21 +223,11 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         raise SourceGoneError(source, f"{final_url} answered 410 Gone", status)
     if outcome in (Outcome.THROTTLED, Outcome.ERROR):
         raise FetchError(source, f"{final_url} answered HTTP {status}", status, retry_after)
-    body = b""
-    if outcome is Outcome.OK:
-        chunks = []
-        size = 0
-        for chunk in response.iter_bytes():
-            # A server trickling bytes never trips the read timeout; the deadline stops it.
-            if time.monotonic() > deadline:
-                raise FetchError(source, f"{final_url}: no complete answer within "
-                                 f"{limits.total_timeout_s:.0f} s", status)
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise FetchError(source, f"{final_url}: body over the {limits.max_body_bytes}"
-                                 "-byte limit (after decompression)", status)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+    body = _limited_body(response, source, final_url, limits, deadline)
+    if outcome is Outcome.NOT_MODIFIED:
+        # Read all the same (it should be empty): an unread response closes its connection,
+        # and a pass of 304s would open a new one for every feed.
+        body = b""
     return FetchResult(
         outcome=outcome,
         url=final_url,
@@ -252,6 +242,23 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         retry_after_s=retry_after,
         permanent_redirect=final_url if final_url != url and permanent else None,
     )
+
+
+def _limited_body(response: httpx.Response, source: str, final_url: str, limits: FetchLimits,
+                  deadline: float) -> bytes:
+    chunks = []
+    size = 0
+    for chunk in response.iter_bytes():
+        # A server trickling bytes never trips the read timeout; the deadline stops it.
+        if time.monotonic() > deadline:
+            raise FetchError(source, f"{final_url}: no complete answer within "
+                             f"{limits.total_timeout_s:.0f} s", response.status_code)
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            raise FetchError(source, f"{final_url}: body over the {limits.max_body_bytes}"
+                             "-byte limit (after decompression)", response.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def fetch(client: httpx.Client | None, source: str, url: str, etag: str | None,

@@ -28,6 +28,7 @@ class Request:
     path: str
     headers: dict[str, str]
     at: float = 0.0
+    client: tuple[str, int] | None = None  # its address: one per connection
 
 
 class FeedServer:
@@ -67,7 +68,7 @@ class FeedServer:
             def _get(self):
                 with server._lock:
                     server.requests.append(Request(self.path, dict(self.headers),
-                                                   time.monotonic()))
+                                                   time.monotonic(), self.client_address))
                     replies = server.routes.get(self.path)
                     if not replies:
                         reply = Reply(404, b"not found")

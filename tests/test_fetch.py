@@ -12,7 +12,14 @@ from feed_server import Reply
 
 from aggregator.config import load_config
 from aggregator.errors import StoreError
-from aggregator.fetch import FetchLimits, Outcome, classify_status, fetch_http, parse_retry_after
+from aggregator.fetch import (
+    FetchLimits,
+    Outcome,
+    classify_status,
+    fetch_http,
+    make_client,
+    parse_retry_after,
+)
 from aggregator.pipeline import Aggregator
 from aggregator.store import Store, from_iso
 
@@ -75,10 +82,21 @@ def test_conditional_get_sends_etag_and_a_304_costs_no_parsing(tmp_path, feed_se
     assert state["last_status"] == 304 and state["last_success_at"] == state["last_checked_at"]
 
 
+def test_304_answers_keep_the_connection_for_the_next_request(feed_server):
+    """An unread response closes its connection: a pass of 304s must not open one a feed."""
+    feed_server.route("/feed", Reply(200, FEED, {"ETag": '"v1"'}))
+    limits = FetchLimits(user_agent="test")
+    with make_client(limits) as client:
+        first = fetch_http(client, "s", feed_server.url("/feed"), None, None, limits)
+        for _ in range(3):
+            again = fetch_http(client, "s", feed_server.url("/feed"), first.etag, None, limits)
+            assert again.outcome is Outcome.NOT_MODIFIED and again.body == b""
+    assert len({r.client for r in feed_server.requests_to("/feed")}) == 1
+
+
 def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
         tmp_path, feed_server, monkeypatch):
     import time as clock
-
 
     paths = [f"/f{n}" for n in range(12)]
     for path in paths:
