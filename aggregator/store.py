@@ -413,6 +413,12 @@ def _m006_source_article_counts(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m007_no_content_hash_index(db: sqlite_utils.Database) -> None:
+    """No query looks articles up by ``content_hash`` (a repeated text is found through its
+    key in ``article_keys``), and keeping the index cost a tenth of each article's insert."""
+    _run_script(db, "DROP INDEX IF EXISTS articles_content_hash;")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -420,6 +426,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("004_redirect_sightings", _m004_redirect_sightings),
     ("005_article_fingerprints", _m005_article_fingerprints),
     ("006_source_article_counts", _m006_source_article_counts),
+    ("007_no_content_hash_index", _m007_no_content_hash_index),
 ]
 
 

@@ -17,6 +17,9 @@ def test_migrations_are_recorded_and_running_them_again_does_nothing(tmp_path):
     again = Store(path)
     assert again.migrate() == []
     assert "article_stories" in again.db.view_names()
+    indexes = {row[0] for row in again.db.execute("SELECT name FROM sqlite_master "
+                                                  "WHERE type = 'index'")}
+    assert "articles_published" in indexes and "articles_content_hash" not in indexes
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
 
