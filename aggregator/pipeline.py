@@ -184,8 +184,8 @@ class PreparedDocument:
     ttl_minutes: int | None
     skip_hours: frozenset[int]
     skip_days: frozenset[str]
-    # Seconds spent parsing, and normalising and computing features (for benchmarks: the
-    # worker's time is not visible from the daemon's process).
+    # Seconds spent parsing, and normalising and computing features, by prepare_document
+    # (for benchmarks: a worker's time is not visible from the daemon's process).
     parse_s: float = 0.0
     prepare_s: float = 0.0
 
@@ -584,15 +584,11 @@ class Aggregator:
         entries come back to this thread first, for their pages to be fetched."""
         if not source.full_text:
             return self._prepare_document(source.name, result, started)
-        clock = time.perf_counter()
         feed = parse_feed(result.body, source.name, result.content_type)
-        parse_s = time.perf_counter() - clock
         entries = self._with_full_text(source, feed.entries[:MAX_ENTRIES_PER_FETCH])
-        clock = time.perf_counter()
-        prepared = self._prepare_entries(source.name, entries, started)
-        return PreparedDocument(len(feed.entries), prepared, feed.ttl_minutes,
-                                feed.skip_hours, feed.skip_days, parse_s=parse_s,
-                                prepare_s=time.perf_counter() - clock)
+        return PreparedDocument(len(feed.entries),
+                                self._prepare_entries(source.name, entries, started),
+                                feed.ttl_minutes, feed.skip_hours, feed.skip_days)
 
     def _with_full_text(self, source: Source,
                         entries: tuple[ParsedEntry, ...]) -> tuple[ParsedEntry, ...]:
