@@ -13,8 +13,9 @@ Steps: ``propose`` (near-copy and candidate search, verification), ``commit`` (i
 insertion, canonical election), ``fingerprint`` (statistics-dependent weights, salient
 terms and their signature), ``insert_article`` (the row, its full-text index, its
 fingerprint row and identity keys), ``count_terms`` (term statistics, once per feed),
-``apply_story_outcome`` (membership, relations, the story row).  The last line is one JSON
-object.
+``apply_story_outcome`` (membership, relations, the story row); with clustering off,
+``insert_solo_articles`` (a batch of articles, each its own story, without fingerprints).
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main() -> None:
                    (pipeline, "fingerprint_of", "fingerprint"),
                    (Store, "insert_article", "insert_article"),
                    (pipeline.Aggregator, "_count_terms", "count_terms"),
-                   (Store, "apply_story_outcome", "apply_story_outcome")]
+                   (Store, "apply_story_outcome", "apply_story_outcome"),
+                   (Store, "insert_solo_articles", "insert_solo_articles")]
         with timed_calls(targets, SPENT):
             started, cpu = time.perf_counter(), time.process_time()
             # Written as the daemon writes sources fetched ahead: several in one transaction.
