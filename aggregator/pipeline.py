@@ -215,6 +215,25 @@ def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: 
     return prepare_articles(articles, settings, known)
 
 
+# How often a worker process looks whether the daemon is still there.
+PARENT_CHECK_S = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker process: exit once ``parent`` (the daemon) is gone.
+
+    A daemon killed outright (SIGKILL, out of memory) cannot stop its workers, and they
+    would wait on their task queue for ever: each worker holds that queue's writing end
+    too, so it never reads an end of file.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 _thread_readers = threading.local()
 
 
@@ -502,7 +521,8 @@ class Aggregator:
             if self._workers is None:
                 # spawn, not fork: the daemon has threads, and a forked lock stays locked.
                 self._workers = ProcessPoolExecutor(
-                    self.worker_count, mp_context=multiprocessing.get_context("spawn"))
+                    self.worker_count, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=exit_with_parent, initargs=(os.getpid(),))
             return self._workers
 
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from aggregator.config import load_config
 
 
@@ -111,3 +113,41 @@ def test_config_changes_are_applied_without_a_restart(tmp_path, seed_dir, caplog
     watcher.request()                     # ...SIGHUP still reloads
     assert f"added {names[0]}" in watcher.reload_if_changed(aggregator)
     aggregator.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_worker_processes_exit_when_the_daemon_is_killed(seed_config):
+    """SIGKILL (or the kernel's out-of-memory killer) gives the daemon no chance to stop its
+    workers; they must not wait for work for ever."""
+    script = ("import sys\n"
+              "from aggregator.config import load_config\n"
+              "from aggregator.pipeline import Aggregator\n"
+              "aggregator = Aggregator(load_config(sys.argv[1], environ={}))\n"
+              "pool = aggregator._worker_pool()\n"
+              "pool.submit(int, 1).result()\n"
+              "print(' '.join(str(pid) for pid in pool._processes), flush=True)\n"
+              "sys.stdin.read()\n")
+    config = seed_config.read_text(encoding="utf-8").replace(
+        "\n", "\nworkers = 2\n", 1)  # the first line is the database: top-level keys follow
+    seed_config.write_text(config, encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-c", script, str(seed_config)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        assert workers and all(_running(pid) for pid in workers)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
