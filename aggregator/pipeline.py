@@ -141,12 +141,11 @@ _signers: dict[int, Signer] = {}
 
 
 def prepare_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: datetime,
-                    settings: PrepareSettings, known: frozenset[str] = frozenset(),
-                    signer: Signer | None = None) -> Prepared:
+                    settings: PrepareSettings, signer: Signer | None = None) -> Prepared:
     """Normalise entries and compute what does not depend on the store: pure, so it runs in
-    worker processes.  Articles whose identity keys are in ``known`` get no features."""
-    return prepare_articles(normalize_entries(entries, source, fetched), settings, known,
-                            signer)
+    worker processes."""
+    return prepare_articles(normalize_entries(entries, source, fetched), settings,
+                            signer=signer)
 
 
 def normalize_entries(entries: tuple[ParsedEntry, ...], source: str,
@@ -534,9 +533,13 @@ class Aggregator:
             return pool.submit(prepare_entries, entries, source, fetched,
                                self._prepare_settings())
         done: Future = Future()
-        done.set_result(prepare_entries(entries, source, fetched, self._prepare_settings(),
-                                        signer=self.signer))
+        done.set_result(self._prepare_here(entries, source, fetched))
         return done
+
+    def _prepare_here(self, entries: Sequence[ParsedEntry], source: str,
+                      fetched: datetime) -> Prepared:
+        return prepare_entries(tuple(entries), source, fetched, self._prepare_settings(),
+                               signer=self.signer)
 
     def _in_worker(self, source: str, worth_it: bool, function: Callable, *args):
         """``function(*args)`` in a worker process when there is one and the work is
@@ -798,8 +801,7 @@ class Aggregator:
         entries = tuple(entries)
         report = RefreshReport(source, "ok", None, len(entries))
         row = self.store.source(source)
-        prepared = prepared or prepare_entries(entries, source, fetched,
-                                               self._prepare_settings(), signer=self.signer)
+        prepared = prepared or self._prepare_here(entries, source, fetched)
         with self._writing() as conn:
             self._ingest(conn, row.id, source, priority, prepared, fetched, report)
         return report
@@ -812,8 +814,7 @@ class Aggregator:
         def write(source: str, priority: int, entries: Sequence[ParsedEntry],
                   fetched: datetime, prepared: Prepared | None, conn) -> RefreshReport:
             report = RefreshReport(source, "ok", None, len(entries))
-            prepared = prepared or prepare_entries(tuple(entries), source, fetched,
-                                                   self._prepare_settings(), signer=self.signer)
+            prepared = prepared or self._prepare_here(entries, source, fetched)
             self._ingest(conn, self.store.source(source).id, source, priority, prepared,
                          fetched, report)
             return report
@@ -992,7 +993,6 @@ class Aggregator:
             decision=decision_record(decision))
         if stored_id is None:
             article_id = self.store.insert_article(conn, source_id=source_id, article=article,
-                                                   word_count=fingerprint.word_count,
                                                    **clustering_columns)
         else:
             article_id = stored_id

@@ -682,12 +682,10 @@ class Store:
         return known
 
     def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
-                       decision: dict, word_count: int, fingerprint=None,
-                       term_vector: bytes = b"", shingle_bytes: bytes = b"",
-                       salient_bytes: bytes = b"") -> int:
-        """Store a new article; with no ``fingerprint`` (clustering off) it gets no row in
-        ``article_fingerprints`` and counts in no term statistics until a recluster."""
-        term_counts = fingerprint.term_counts if fingerprint is not None else {}
+                       fingerprint, term_vector: bytes, shingle_bytes: bytes,
+                       salient_bytes: bytes, decision: dict) -> int:
+        """Store a new article with its fingerprint (``insert_solo_articles`` stores those
+        that have none)."""
         cursor = conn.execute(
             "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
             "author, published, published_from_feed, fetched, text, content_hash, word_count, "
@@ -695,12 +693,11 @@ class Store:
             [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
              article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
-             article.content_hash, word_count, json.dumps(decision),
-             json.dumps(term_counts, separators=(",", ":"))])
+             article.content_hash, fingerprint.word_count, json.dumps(decision),
+             json.dumps(fingerprint.term_counts, separators=(",", ":"))])
         article_id = cursor.lastrowid
-        if fingerprint is not None:
-            self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
-                                        term_vector, shingle_bytes, salient_bytes)
+        self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
+                                    term_vector, shingle_bytes, salient_bytes)
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
                          [(key, article_id) for key in article.identity_keys])
         return article_id
