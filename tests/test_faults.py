@@ -17,7 +17,7 @@ import aggregator.store as store_module
 from aggregator.check import check_store
 from aggregator.config import Config, Source, load_config
 from aggregator.parse import ParsedEntry
-from aggregator.pipeline import Aggregator
+from aggregator.pipeline import Aggregator, load_clusterer
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -198,6 +198,10 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     assert _articles(aggregator) == expected
     assert _window_is_the_store(aggregator)
     assert check_store(aggregator.store, aggregator.settings) == []
+    # The clusterer rebuilt after the failure kept the first source's term statistics.
+    stored = load_clusterer(aggregator.store, aggregator.settings, aggregator.signer).stats
+    assert aggregator.clusterer.stats.documents == stored.documents == 6
+    assert aggregator.clusterer.stats.document_frequency == stored.document_frequency
     aggregator.close()
 
 
