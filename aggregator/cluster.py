@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Literal, Protocol
 
 import numpy as np
@@ -128,6 +129,19 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.terms)
+
+
+def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many columns of each row of ``rows`` equal ``values``.
+
+    ``count_nonzero(rows == values, axis=1)``, four times faster: numpy counts along an axis
+    by converting to integers and summing, where einsum adds the bytes of the booleans
+    directly (exact while a row has fewer than 256 columns).
+    """
+    equal = rows == values
+    if rows.shape[1] < 256:
+        return np.einsum("ij->i", equal.view(np.uint8))
+    return np.count_nonzero(equal, axis=1)
 
 
 def padded(rows: list, dtype) -> np.ndarray:
@@ -499,7 +513,7 @@ class Clusterer:
                                       keys=article.shingle_keys)
         if not slots.size:
             return []
-        overlaps = np.count_nonzero(self._shingles(slots) == signature, axis=1) / len(signature)
+        overlaps = equal_values(self._shingles(slots), signature) / len(signature)
         found = []
         for slot, overlap in zip(slots.tolist(), overlaps.tolist(), strict=True):
             story = self.stories[int(self.rows.story_id[slot])]
@@ -531,7 +545,9 @@ class Clusterer:
         dense[ids] = weights
         try:
             rows = self.rows
-            return (dense[rows.vector_ids[slots]] * rows.vector_weights[slots]).sum(axis=1)
+            # ``take`` gathers rows as indexing does, in half the time.
+            return (dense.take(rows.vector_ids.take(slots, axis=0))
+                    * rows.vector_weights.take(slots, axis=0)).sum(axis=1)
         finally:
             dense[ids] = 0.0
 
@@ -550,18 +566,20 @@ class Clusterer:
         # Rank stories by the best salient-set Jaccard estimate of any member, so that the
         # verification budget goes to the closest stories, not to the biggest (the count of
         # equal values orders them as the estimate does).
-        agreeing = np.count_nonzero(rows.salient[slots] == signature.astype(np.uint16), axis=1)
-        # Closest first; among equals the newest article first.
-        order = np.lexsort((-rows.article_id[slots], -agreeing))
-        story_order = rows.story_id[slots[order]]
-        _unique, first = np.unique(story_order, return_index=True)
-        ranked = story_order[np.sort(first)][:self.settings.max_candidates].tolist()
+        agreeing = equal_values(rows.salient.take(slots, axis=0), signature.astype(np.uint16))
+        # Closest first; among equals the newest article first (one key: ids are below 2^52,
+        # counts below 2^11).
+        closeness = (agreeing.astype(np.int64) << 52) | rows.article_id[slots]
+        story_order = rows.story_id[slots[np.argsort(-closeness)]].tolist()
+        ranked = list(islice(dict.fromkeys(story_order), self.settings.max_candidates))
         live = [self.stories[s] for s in ranked
                 if self._live(self.stories[s], article.published_ts)]
         if not live:
             return []
-        member_slots = np.concatenate([np.frombuffer(story.slots, dtype=np.int64)
-                                       for story in live])
+        joined = array("q")
+        for story in live:
+            joined.extend(story.slots)
+        member_slots = np.frombuffer(joined, dtype=np.int64)
         similarities = self._similarities(vector, member_slots)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
@@ -764,8 +782,7 @@ class Clusterer:
                    slots: np.ndarray) -> dict[int, tuple[Relation, float]]:
         rows = self.rows
         signatures = self._shingles(np.append(slots, canonical_slot))
-        overlaps = (np.count_nonzero(signatures[:-1] == signatures[-1], axis=1)
-                    / rows.num_perm).tolist()
+        overlaps = (equal_values(signatures[:-1], signatures[-1]) / rows.num_perm).tolist()
         similarities = self._similarities_of(rows.vector_ids[canonical_slot],
                                              rows.vector_weights[canonical_slot],
                                              slots).tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from conftest import SEED_FEEDS, write_config
 
@@ -16,6 +17,7 @@ from aggregator.cluster import (
     NearCopy,
     canonical_key,
     decide,
+    equal_values,
     same_story_threshold,
     time_factor,
     time_sigma_days,
@@ -319,3 +321,15 @@ def test_recluster_applies_new_settings_and_keeps_statistics(tmp_path, seed_conf
     assert rows == (1, 2)
     assert sorted(aggregator.store.term_statistics()[1]) == sorted(documents_before[1])
     aggregator.close()
+
+
+@pytest.mark.parametrize("width", [16, 128, 255, 256, 1024])
+def test_equal_values_counts_as_count_nonzero_does(width):
+    generator = np.random.default_rng(width)
+    rows = generator.integers(0, 3, (40, width), dtype=np.uint16)
+    values = generator.integers(0, 3, width, dtype=np.uint16)
+    rows[0] = values  # every column equal: the count that a byte could not hold from 256
+    rows[1] = values + 1  # none equal
+    expected = np.count_nonzero(rows == values, axis=1)
+    assert equal_values(rows, values).tolist() == expected.tolist()
+    assert expected[0] == width and expected[1] == 0
