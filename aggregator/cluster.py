@@ -781,6 +781,10 @@ class Clusterer:
     def _relations(self, canonical_slot: int,
                    slots: np.ndarray) -> dict[int, tuple[Relation, float]]:
         rows = self.rows
+        if len(slots) == 1 and slots[0] == canonical_slot:
+            # A new story's only member: nothing to compare it with.
+            return {int(rows.article_id[canonical_slot]): relation_from(
+                True, 1.0, 1.0, self.settings)}
         signatures = self._shingles(np.append(slots, canonical_slot))
         overlaps = (equal_values(signatures[:-1], signatures[-1]) / rows.num_perm).tolist()
         similarities = self._similarities_of(rows.vector_ids[canonical_slot],

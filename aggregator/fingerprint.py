@@ -18,6 +18,7 @@ datasketch's own ``MinHash`` and ``LeanMinHash``.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import struct
@@ -249,9 +250,13 @@ class TermStatistics:
         """Learn from ``first_surface_words``: each term with the first word that gave it."""
         known = self._prior_fraction
         pairs = first_words.split(" ") if first_words else []
-        for term, word in zip(pairs[::2], pairs[1::2], strict=True):
-            if term not in known:
-                known[term] = prior_document_fraction(word)
+        terms = pairs[::2]
+        # Most of an article's terms are known: find the new ones without a Python loop.
+        new = set(terms).difference(known)
+        if new:
+            words = dict(zip(terms, pairs[1::2], strict=True))
+            for term in new:
+                known[term] = prior_document_fraction(words[term])
 
     def add_document(self, terms: Iterable[str]) -> None:
         self.documents += 1
@@ -303,8 +308,10 @@ def normalised(weights: Mapping[str, float], limit: int = 0) -> dict[str, float]
 
 def salient_terms(vector: Mapping[str, float], titles: set[str], limit: int) -> tuple[str, ...]:
     """Title terms plus the strongest TF-IDF terms, ``limit`` in all at most, sorted."""
-    ranked = sorted(vector.items(), key=lambda item: (-item[1], item[0]))
     chosen = [t for t in titles if t in vector][:limit]
+    # Only the strongest terms can be chosen: as ``sorted(...)[:n]``, in less time.
+    ranked = heapq.nsmallest(limit + len(chosen), vector.items(),
+                             key=lambda item: (-item[1], item[0]))
     for term, _weight in ranked:
         if len(chosen) >= limit:
             break
@@ -345,6 +352,15 @@ class Signer:
             rows[start:end] = self._sign_group(sets[start:end])
             start = end
         return rows
+
+    def sign_one(self, items: list[bytes]) -> np.ndarray:
+        """``sign([items])[0]``, without the grouping that a batch needs (the salient set
+        of each article is signed alone, when the statistics have chosen its terms)."""
+        digests = b"".join([sha1(item).digest()[:4] for item in items or [b""]])
+        hashed = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))
+        permuted = self._a * hashed[None, :]
+        permuted += self._b
+        return permuted.min(axis=1)
 
     def _sign_group(self, sets: list[list[bytes]]) -> np.ndarray:
         sizes = np.fromiter((len(items) for items in sets), dtype=np.int64, count=len(sets))
@@ -495,7 +511,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     term_counts = features.term_counts
     weights = term_weights(term_counts, stats)
     salient = salient_terms(normalised(weights), set(features.title_terms), salient_limit)
-    [salient_signature] = signer.sign([[t.encode() for t in salient]])
+    salient_signature = signer.sign_one([t.encode() for t in salient])
     return Fingerprint(term_counts=term_counts, salient=salient,
                        shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
