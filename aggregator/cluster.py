@@ -570,8 +570,8 @@ class Clusterer:
         # Closest first; among equals the newest article first (one key: ids are below 2^52,
         # counts below 2^11).
         closeness = (agreeing.astype(np.int64) << 52) | rows.article_id[slots]
-        story_order = rows.story_id[slots[np.argsort(-closeness)]].tolist()
-        ranked = list(islice(dict.fromkeys(story_order), self.settings.max_candidates))
+        story_order = rows.story_id[slots[np.argsort(-closeness)]]
+        ranked = self._first_stories(story_order, self.settings.max_candidates)
         live = [self.stories[s] for s in ranked
                 if self._live(self.stories[s], article.published_ts)]
         if not live:
@@ -599,6 +599,19 @@ class Clusterer:
             own = similarities[start:start + len(story.slots)]
             candidates.append(self._candidate(article, story, own))
         return candidates
+
+    @staticmethod
+    def _first_stories(story_order: np.ndarray, count: int) -> list[int]:
+        """The first ``count`` distinct story ids of ``story_order``, in that order.
+
+        The closest few hundred slots usually hold enough stories: the rest (thousands of
+        slots in a large window) is only read when they do not.
+        """
+        head = story_order[:8 * count].tolist()
+        first = dict.fromkeys(head)
+        if len(first) < count and len(head) < len(story_order):
+            first = dict.fromkeys(story_order.tolist())
+        return list(islice(first, count))
 
     def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
                        means: np.ndarray) -> np.ndarray:

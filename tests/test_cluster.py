@@ -333,3 +333,15 @@ def test_equal_values_counts_as_count_nonzero_does(width):
     expected = np.count_nonzero(rows == values, axis=1)
     assert equal_values(rows, values).tolist() == expected.tolist()
     assert expected[0] == width and expected[1] == 0
+
+
+@pytest.mark.parametrize(("slots", "count", "stories"), [
+    (0, 5, 3),  # no candidates
+    (10, 50, 20),  # fewer stories than wanted
+    (2000, 50, 40),  # enough stories only beyond the closest slots
+    (2000, 50, 2000),  # enough among the closest slots
+])
+def test_first_stories_are_the_first_distinct_ids_in_order(slots, count, stories):
+    story_order = np.random.default_rng(slots + stories).integers(0, stories, slots)
+    expected = list(dict.fromkeys(story_order.tolist()))[:count]
+    assert Clusterer._first_stories(story_order, count) == expected
