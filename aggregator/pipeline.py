@@ -435,10 +435,11 @@ class Aggregator:
         self._clusterer_changes = 0
         self._clusterer_settled = 0
         self._since_eviction = 0
-        # Term statistics of the articles placed in the open transaction, one tally for each
-        # ``_cluster_and_store`` call, written when the transaction ends: a write group's
-        # sources share most terms, so one statement per term for the group instead of one
-        # per term of each source (a fifth of the rows in the synthetic stream).
+        # Term statistics of the articles placed in the open transaction, written when it
+        # ends: a write group's sources share most terms, so one statement per term for the
+        # group instead of one per term of each source (a fifth of the rows in the synthetic
+        # stream).  One tally for each ``_cluster_and_store`` call, folded into the first
+        # once its source is released (see ``_write_each``).
         self._uncounted: list[tuple[Counter[str], int]] = []
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
@@ -868,6 +869,7 @@ class Aggregator:
                 report = self._failed_report(name, exc)
             else:
                 conn.execute("RELEASE source")
+                self._merge_tallies()
             reports.append(report)
         return reports
 
@@ -957,19 +959,30 @@ class Aggregator:
                 if progress:
                     progress(start + offset + 1, len(placements))
 
+    def _merge_tallies(self) -> None:
+        """Fold the tallies of ``_uncounted`` into one, once the sources they count can no
+        longer be rolled back alone: a tally for each source of a group, kept to the end of
+        the transaction, held a few megabytes that the heap kept after they were freed."""
+        if len(self._uncounted) > 1:
+            counted, documents = self._uncounted[0]
+            for more, more_documents in self._uncounted[1:]:
+                counted.update(more)
+                documents += more_documents
+            self._uncounted = [(counted, documents)]
+
     def _count_terms(self, conn) -> None:
         """Write the tallies of ``_uncounted`` to the term statistics."""
         if not self._uncounted:
             return
-        tallies, self._uncounted = self._uncounted, []
-        counted, documents = tallies[0]
-        for more, more_documents in tallies[1:]:
-            counted.update(more)
-            documents += more_documents
+        self._merge_tallies()
+        [(counted, documents)] = self._uncounted
+        self._uncounted = []
         stats, vocabulary = self.clusterer.stats, self.clusterer.vocabulary
-        self.store.count_terms(conn, documents, [
+        # A generator, not a list: a group's terms as rows of Python objects at once took
+        # several megabytes, which the heap kept after they were freed.
+        self.store.count_terms(conn, documents, (
             (vocabulary.id(term), term, count, stats.prior(term))
-            for term, count in counted.items()])
+            for term, count in counted.items()))
 
     def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:
