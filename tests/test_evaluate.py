@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from aggregator.cli import main
 from aggregator.evaluate import score_clustering
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from offline_baseline import greedy_centroid  # noqa: E402
 
 
 @pytest.mark.parametrize(("gold", "predicted", "bcubed_f1", "pairwise_f1"), [
@@ -54,3 +60,44 @@ def test_eval_names_the_bad_line(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(path)])
     assert result.exit_code == 1
     assert f"{path}:2" in result.output
+
+
+def _explicit_greedy_centroid(vectors: np.ndarray, threshold: float) -> list[int]:
+    """The baseline as its description reads: centroids summed and compared directly."""
+    centroids: list[np.ndarray] = []
+    clusters = []
+    for vector in vectors:
+        cosines = [float(c @ vector / np.linalg.norm(c)) for c in centroids]
+        if cosines and max(cosines) >= threshold:
+            best = int(np.argmax(cosines))
+            centroids[best] = centroids[best] + vector
+            clusters.append(best)
+        else:
+            clusters.append(len(centroids))
+            centroids.append(vector.copy())
+    return clusters
+
+
+@pytest.mark.parametrize(("vectors", "threshold", "clusters"), [
+    # Each alone: no two vectors share a dimension.
+    ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], 0.1, [0, 1, 2]),
+    # b is 0.8 from a: alone at 0.9; c is 0.96 from b and joins it.
+    ([[1, 0], [0.8, 0.6], [0.6, 0.8]], 0.9, [0, 1, 1]),
+    # At 0.7 b joins a, and c is 0.82 from their centroid (not 0.6 from a alone).
+    ([[1, 0], [0.8, 0.6], [0.6, 0.8]], 0.7, [0, 0, 0]),
+])
+def test_offline_baseline_clusters_by_centroid(vectors, threshold, clusters):
+    rows = np.array(vectors, dtype=float)
+    assert greedy_centroid(rows @ rows.T, threshold) == clusters
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.4, 0.6])
+def test_offline_baseline_matches_explicit_centroids(threshold):
+    """The baseline never builds a centroid; it must choose as if it did."""
+    generator = np.random.default_rng(3)
+    topics = generator.normal(size=(5, 40))
+    rows = np.array([topics[i % 5] + generator.normal(size=40) for i in range(60)])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    expected = _explicit_greedy_centroid(rows, threshold)
+    assert greedy_centroid(rows @ rows.T, threshold) == expected
+    assert 1 < len(set(expected)) < len(rows)
