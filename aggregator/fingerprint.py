@@ -33,6 +33,8 @@ import numpy as np
 import snowballstemmer
 import wordfreq
 
+from .normalize import ascii_folded
+
 MINHASH_SEED = 1
 SIGN_GROUP_ITEMS = 8192
 MINHASH_SCHEME = "affine32"
@@ -75,9 +77,26 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+# For counting ``_WORD``'s tokens in ASCII text: a letter or digit becomes "a", an apostrophe
+# stays, everything else (the underscore too) becomes a space.
+_WORD_BYTES = bytes(ord("a") if c < 128 and chr(c).isalnum() else c if chr(c) == "'" else ord(" ")
+                    for c in range(256))
+
+
 def count_words(text: str) -> int:
     """How many tokens ``tokenize`` finds in the text, without making them."""
-    return len(_WORD.findall(text))
+    data = ascii_folded(text)
+    if data is None:
+        return len(_WORD.findall(text))
+    # A token is a run of letters and digits, joined to the next run by one apostrophe
+    # between them: tokens = runs - joins. Counted with bytes.count, because the regular
+    # expression makes a string of every token (a fifth of the daemon's own time per article
+    # with clustering off). None of the patterns counted can overlap itself.
+    marks = data.translate(_WORD_BYTES)
+    runs = marks.count(b" a") + marks.count(b"'a") + marks.startswith(b"a")
+    joins = (marks.count(b"'a") - marks.count(b" 'a") - marks.count(b"''a")
+             - marks.startswith(b"'a"))
+    return runs - joins
 
 
 def _is_content_word(token: str) -> bool:

@@ -219,9 +219,42 @@ def effective_published(published: datetime | None, fetched: datetime) -> dateti
     return published
 
 
+# Typographic punctuation that keeps most English news text from being pure ASCII: the
+# right single quote (an apostrophe to ``fingerprint._WORD``) becomes "'", the rest a space.
+# Every one of them is a non-word character (``\W``), so folding them changes no hash and no
+# word count, and the folded text can take the byte-table paths below.
+_TYPOGRAPHY = (("\u2019", "'"), ("\u2018", " "), ("\u201c", " "), ("\u201d", " "),
+               ("\u2014", " "), ("\u2013", " "), ("\u2026", " "), ("\xa0", " "))
+
+
+def ascii_folded(text: str) -> bytes | None:
+    """``text`` as ASCII bytes with its typographic punctuation folded, or None when other
+    non-ASCII characters remain (those take the regular-expression paths)."""
+    if not text.isascii():
+        for typographic, plain in _TYPOGRAPHY:
+            if typographic in text:
+                text = text.replace(typographic, plain)
+        if not text.isascii():
+            return None
+    return text.encode("ascii")
+
+
+# ASCII word characters (``\w``: letters, digits, underscore) kept, everything else a space.
+_HASHED_BYTES = bytes(c if c < 128 and (chr(c).isalnum() or c == ord("_")) else ord(" ")
+                      for c in range(256))
+
+
 def content_hash(title: str, text: str) -> str:
-    folded = re.sub(r"\W+", " ", f"{title}\n{text}".casefold()).strip()
-    return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+    """SHA-256 of the lower-cased words of title and text, one space apart."""
+    joined = f"{title}\n{text}"
+    data = ascii_folded(joined)
+    if data is None:
+        folded = re.sub(r"\W+", " ", joined.casefold()).strip().encode("utf-8")
+    else:
+        # The same bytes as the regular expression gives, about four times faster: text
+        # hashing is a share of what a worker does for every entry of every feed.
+        folded = b" ".join(data.lower().translate(_HASHED_BYTES).split())
+    return hashlib.sha256(folded).hexdigest()
 
 
 # A GUID shared by two feeds names one entry only when it is globally unique by construction.

@@ -33,9 +33,15 @@ WINDOW_READERS = 4
 
 
 def to_iso(value: datetime | None) -> str | None:
+    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, the form every time in the store has."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    value = value.astimezone(UTC)
+    if value.year < 1000:
+        # strftime writes such a year without leading zeros (glibc); kept as it was.
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is a third faster than strftime, and a row of an article holds several times.
+    return value.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def from_iso(value: str | None) -> datetime | None:

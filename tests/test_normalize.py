@@ -1,17 +1,25 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import SEEDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from aggregator.fingerprint import _WORD, count_words
 from aggregator.normalize import (
+    ascii_folded,
     canonical_url,
+    content_hash,
     effective_published,
     html_to_text,
     identity_keys,
     strip_boilerplate,
 )
+from aggregator.store import to_iso
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -79,3 +87,68 @@ def test_identity_keys(guid, url, expected_first):
     keys = identity_keys("feed", guid, url, "abc")
     assert keys[0] == expected_first
     assert keys[-1] == "hash:feed:abc"
+
+
+# The byte-table fast paths must give exactly what the regular expressions give: a stored
+# content hash that changed would make every stored entry look new.
+def reference_content_hash(title: str, text: str) -> str:
+    folded = re.sub(r"\W+", " ", f"{title}\n{text}".casefold()).strip()
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+
+
+def reference_word_count(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def reference_iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+WORDY = [
+    "", " ", "'", "''", "a", "_", "__init__ x_y", "Russia’s top diplomat’s", "don''t", "'quoted'",
+    "a'b'c", "a' b", "'a", "a'", "‘Shadow Diplomacy’ — “deal” … end", "3.5 million, 1,000",
+    "\u00a0non\u00a0breaking\u00a0", "café naïve", "Kelvin \u212a", "tab\tnew\nline\r\x0b\x0c",
+    "ﬁ ligature", "ǅ title-case", "x’’y", "’s", "it’s—‘so’",
+]
+
+
+@pytest.mark.parametrize("text", WORDY)
+def test_word_count_and_hash_fast_paths_match_the_regular_expressions(text):
+    assert count_words(text) == reference_word_count(text)
+    assert content_hash(text, text[::-1]) == reference_content_hash(text, text[::-1])
+
+
+def test_typographic_punctuation_is_folded_and_other_text_is_not():
+    assert ascii_folded("It’s “here” — now…") == b"It's  here    now "
+    assert ascii_folded("café") is None
+    assert ascii_folded("plain") == b"plain"
+
+
+news_text = st.text(alphabet=st.sampled_from(
+    list("abcXYZ09_ '’‘“”—–…\u00a0\t\n.,-") + ["é", "ß", "\u212a", "ǅ"]), max_size=60)
+
+
+@given(news_text, st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_fast_paths_match_the_regular_expressions_on_any_text(text, other):
+    for sample in (text, other, text + other):
+        assert count_words(sample) == reference_word_count(sample)
+    assert content_hash(text, other) == reference_content_hash(text, other)
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    datetime(1, 1, 1, tzinfo=UTC), datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(1000, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+])
+def test_iso_times_are_written_as_strftime_writes_them(value):
+    assert to_iso(value) == reference_iso(value)
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-9, minutes=-30)),
+                                               timezone(timedelta(hours=14))])))
+@settings(max_examples=300, deadline=None)
+def test_iso_times_match_strftime_for_any_time(value):
+    assert to_iso(value) == reference_iso(value)
