@@ -40,7 +40,7 @@ def to_iso(value: datetime | None) -> str | None:
     if value.year < 1000:
         # strftime writes such a year without leading zeros (glibc); kept as it was.
         return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    # isoformat is a third faster than strftime, and a row of an article holds several times.
+    # isoformat is a third faster than strftime, and an article's rows hold several times.
     return value.isoformat(timespec="seconds")[:19] + "Z"
 
 
