@@ -314,6 +314,25 @@ def time_factor(article_ts: float, first_ts: float, last_ts: float, sigma_days: 
     return math.exp(-(gap * gap) / (2.0 * sigma_days * sigma_days))
 
 
+def capacity_cutoff(last_ts: np.ndarray, sizes: np.ndarray, max_articles: int,
+                    cutoff_ts: float) -> float:
+    """The eviction cutoff that leaves at most ``max_articles`` articles in the window.
+
+    ``last_ts`` and ``sizes``: each story's newest member time and member count.  Stories
+    whose newest member is older than the cutoff leave, so the newest stories stay: ``cutoff_ts``
+    itself when what it keeps fits (or ``max_articles`` is 0, no limit), else a whole second
+    just past the newest story that does not fit.  Whole seconds because the store keeps times
+    to the second: a restart that reads the stories at or after the cutoff then finds exactly
+    the stories that stayed.
+    """
+    if max_articles <= 0 or int(sizes[last_ts >= cutoff_ts].sum()) <= max_articles:
+        return cutoff_ts
+    order = np.argsort(-last_ts, kind="stable")
+    kept = np.cumsum(sizes[order])
+    first_left_out = int(np.searchsorted(kept, max_articles, side="right"))
+    return max(cutoff_ts, math.floor(float(last_ts[order[first_left_out]])) + 1.0)
+
+
 def _long_text_share(words: int, settings: ClusteringSettings) -> float:
     """0 at ``short_text_words`` or fewer, 1 at ``long_text_words`` or more, log-linear between."""
     low, high = settings.short_text_words, settings.long_text_words
@@ -468,6 +487,9 @@ class Clusterer:
         self.stories: dict[int, StoryState] = {}
         # Articles in the window (the rows of live stories).
         self.window_size = 0
+        # Stories whose newest member is older than this have been evicted to keep the window
+        # within its article limit (``window_articles``); stored with the store's "window_floor".
+        self.floor_ts = -math.inf
         self._source_codes: dict[str, int] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
 
@@ -854,6 +876,15 @@ class Clusterer:
             story.canonical_slot = int(live[order[position]]) if found else story.slots[0]
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
+
+    def capacity_cutoff(self, cutoff_ts: float, max_articles: int) -> float:
+        """``capacity_cutoff`` over the stories of the window."""
+        stories = self.stories.values()
+        last_ts = np.fromiter((s.last_ts for s in stories), dtype=np.float64,
+                              count=len(stories))
+        sizes = np.fromiter((len(s.slots) for s in stories), dtype=np.int64,
+                            count=len(stories))
+        return capacity_cutoff(last_ts, sizes, max_articles, cutoff_ts)
 
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""

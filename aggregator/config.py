@@ -47,6 +47,8 @@ class ClusteringSettings:
     enabled: bool = True
     window_days: float = 7.0
     story_span_days: float = 7.0
+    # At most this many articles in the window (0: no limit): the oldest stories leave first.
+    window_articles: int = 100_000
     time_sigma_days: float = 0.75
     long_text_time_sigma_days: float = 7.0
     undated_time_factor: float = 0.5
@@ -206,6 +208,18 @@ def _check_url(reader: _Reader, base: Path, url: str) -> str:
     raise reader.fail("url", f"{url!r} is not an http(s) URL, a file: URL or a local path")
 
 
+# A smaller window limit would evict stories within hours in any busy setup.
+MIN_WINDOW_ARTICLES = 1000
+
+
+def _window_articles(reader: _Reader, default: int) -> int:
+    value = reader.get("window_articles", int, default)
+    if value != 0 and not MIN_WINDOW_ARTICLES <= value <= 100_000_000:
+        raise reader.fail("window_articles", f"must be 0 (no limit) or between "
+                          f"{MIN_WINDOW_ARTICLES} and 100000000, got {value}")
+    return value
+
+
 def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key="clustering")
@@ -222,6 +236,7 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
         enabled=reader.get("enabled", bool, True),
         window_days=reader.number("window_days", defaults.window_days, 0.01, 3650),
         story_span_days=reader.number("story_span_days", defaults.story_span_days, 0.01, 3650),
+        window_articles=_window_articles(reader, defaults.window_articles),
         time_sigma_days=reader.number("time_sigma_days", defaults.time_sigma_days, 0.01, 3650),
         long_text_time_sigma_days=reader.number("long_text_time_sigma_days",
                                                 defaults.long_text_time_sigma_days, 0.01, 3650),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import sqlite3
@@ -22,7 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -88,6 +89,8 @@ from .store import (
 log = logging.getLogger(__name__)
 
 EVICT_EVERY = 500
+# The warning that the article limit is cutting the window short, at most this often.
+WINDOW_LIMIT_WARNING_S = 3600.0
 # How many times max_concurrency sources may be fetched before the oldest of them is stored.
 FETCH_AHEAD = 8
 # At most this many 304 answers are recorded in one transaction.
@@ -372,10 +375,13 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
         vocabulary.restore(term_id, term)
     stats.restore(documents, ((term, frequency, prior) for _id, term, frequency, prior in rows))
     clusterer = Clusterer(settings, stats, vocabulary, stored=StoreFingerprints(store, signer))
-    newest = store.newest_published()
-    if newest is None:
+    floor = store.window_floor()
+    if floor is not None:
+        clusterer.floor_ts = floor.timestamp()
+    since = window_start(store, settings)
+    if since is None:
         return clusterer
-    count, chunks = store.window_rows(newest - timedelta(days=settings.window_days))
+    count, chunks = store.window_rows(since)
     if not count:
         return clusterer
     clusterer.rows.reserve(count)
@@ -394,6 +400,17 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
                                word_counts=window.word_counts)
     clusterer.finish_restore()
     return clusterer
+
+
+def window_start(store: Store, settings: ClusteringSettings) -> datetime | None:
+    """The oldest newest-member time of a story in the window: ``window_days`` before the
+    newest stored article, or later where the article limit has cut the window short."""
+    newest = store.newest_published()
+    if newest is None:
+        return None
+    since = newest - timedelta(days=settings.window_days)
+    floor = store.window_floor()
+    return since if floor is None else max(since, floor)
 
 
 class StoreFingerprints:
@@ -435,6 +452,7 @@ class Aggregator:
         self._clusterer_changes = 0
         self._clusterer_settled = 0
         self._since_eviction = 0
+        self._window_limit_warned = -math.inf
         # Term statistics of the articles placed in the open transaction, written when it
         # ends: a write group's sources share most terms, so one statement per term for the
         # group instead of one per term of each source (a fifth of the rows in the synthetic
@@ -446,10 +464,9 @@ class Aggregator:
         self._workers_lock = threading.Lock()
 
     def _warn_of_unclustered(self) -> None:
-        newest = self.store.newest_published()
-        if not self.settings.enabled or newest is None:
+        since = window_start(self.store, self.settings)
+        if not self.settings.enabled or since is None:
             return
-        since = newest - timedelta(days=self.settings.window_days)
         count = self.store.unclustered_since(since)
         if count:
             log.warning("%d articles of the window were stored while clustering was off and "
@@ -1039,11 +1056,35 @@ class Aggregator:
         self._since_eviction += 1
         if self._since_eviction >= EVICT_EVERY:
             self._since_eviction = 0
-            newest = max(s.last_ts for s in self.clusterer.stories.values())
-            self.clusterer.evict_before(newest - self.settings.window_days * DAY_S)
+            self._evict(conn)
             # What the last articles' transient objects freed, back to the OS: else the
             # heap keeps the high-water mark of every batch (a tenth of RSS at 40,000).
             release_free_memory()
+
+    def _evict(self, conn: sqlite3.Connection) -> None:
+        """Drop the stories that left the window: by time, and the oldest beyond the
+        window's article limit.  A cutoff raised by the limit is stored in the same
+        transaction, so that a restart rebuilds the same window."""
+        clusterer = self.clusterer
+        newest = max(s.last_ts for s in clusterer.stories.values())
+        by_time = max(newest - self.settings.window_days * DAY_S, clusterer.floor_ts)
+        cutoff = clusterer.capacity_cutoff(by_time, self.settings.window_articles)
+        if cutoff > by_time:
+            clusterer.floor_ts = cutoff
+            self.store.raise_window_floor(conn, datetime.fromtimestamp(cutoff, UTC))
+            self._warn_of_window_limit(cutoff, newest)
+        clusterer.evict_before(cutoff)
+
+    def _warn_of_window_limit(self, cutoff_ts: float, newest_ts: float) -> None:
+        now = time.monotonic()
+        if now - self._window_limit_warned < WINDOW_LIMIT_WARNING_S:
+            return
+        self._window_limit_warned = now
+        log.warning("the story window is at its limit of %d articles (window_articles): it "
+                    "spans %.1f days instead of %g (window_days); raise the limit for a "
+                    "longer window, at about 2 KB of memory per article",
+                    self.settings.window_articles, (newest_ts - cutoff_ts) / DAY_S,
+                    self.settings.window_days)
 
     def recluster(self, since: datetime | None = None,
                   progress: Callable[[int, int], None] | None = None) -> int:

@@ -484,6 +484,8 @@ class ReplayArticle:
 
 # Present in ``meta`` once an article has been stored while clustering was off.
 UNCLUSTERED_MARK = "articles_without_fingerprints"
+# In ``meta``: the cutoff that the window's article limit (``window_articles``) last set.
+WINDOW_FLOOR = "window_floor"
 
 
 def read_only_connection(path: str) -> sqlite3.Connection:
@@ -924,6 +926,18 @@ class Store:
     def newest_published(self) -> datetime | None:
         row = self.db.execute("SELECT max(last_published) FROM stories").fetchone()
         return from_iso(row[0]) if row and row[0] else None
+
+    def window_floor(self) -> datetime | None:
+        """Stories whose newest article is older than this have left the window to keep it
+        within its article limit; None if the limit has never been reached."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [WINDOW_FLOOR]).fetchone()
+        return from_iso(row[0]) if row else None
+
+    @staticmethod
+    def raise_window_floor(conn: sqlite3.Connection, floor: datetime) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                     [WINDOW_FLOOR, to_iso(floor)])
 
     def window_rows(self, since: datetime,
                     chunk: int | None = None) -> tuple[int, Iterator[WindowRows]]:

@@ -2,7 +2,8 @@
 
 The stream (``stream.py``, seeded) has stories with several write-ups and syndicated
 near-copies, 14,000 articles a simulated day, so the 7-day window holds about 100,000
-articles (115,000 once stories that go on for days keep their members).  Articles arrive as
+articles; stories that go on for days would keep it at 115,000, and the window's article
+limit (``window_articles``, 100,000 by default) keeps it at 100,000.  Articles arrive as
 feed passes do: grouped by source, the sources ready together written in one transaction.
 Input is local; nothing goes over the network.
 
@@ -17,6 +18,7 @@ a fresh store, for the speed ratio.
     python benchmarks/ingest.py                    # 10k and 100k articles
     python benchmarks/ingest.py --million          # and 1M (a 100k window streamed through)
     python benchmarks/ingest.py --sizes 5000 --naive-sample 500
+    python benchmarks/ingest.py --sizes 250000 --window-articles 0   # no article limit
     python benchmarks/ingest.py --sizes 100000 --keep /tmp/stream      # keep the store, then
     python benchmarks/ingest.py --restart-only /tmp/stream/stream.sqlite --runs 5
 
@@ -178,6 +180,9 @@ def main() -> None:
                         help="comma-separated article counts to report at")
     parser.add_argument("--million", action="store_true", help="also run to 1,000,000")
     parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument("--window-articles", type=int,
+                        default=ClusteringSettings().window_articles,
+                        help="the window's article limit (0: none, time alone bounds it)")
     parser.add_argument("--chunk", type=int, default=4000,
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
@@ -208,11 +213,12 @@ def main() -> None:
           f"articles/s: {speedup:.1f}x")
 
     stream = SyntheticStream(seed=args.seed)
+    settings = ClusteringSettings(window_articles=args.window_articles)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         directory = args.keep or scratch
         Path(directory).mkdir(parents=True, exist_ok=True)
-        aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
+        aggregator = make_aggregator(Path(directory), "stream", stream, settings)
         done, busy, since_report = 0, 0.0, 0
         articles = iter(stream)
         for size in sizes:
@@ -239,8 +245,7 @@ def main() -> None:
             aggregator.close()
             aggregator = None  # gone before its successor is built, as in a real restart
             back = restart(str(Path(directory) / "stream.sqlite"))
-            aggregator = make_aggregator(Path(directory), "stream", stream,
-                                         ClusteringSettings())
+            aggregator = make_aggregator(Path(directory), "stream", stream, settings)
             row = {
                 "articles": done,
                 "articles_per_s": round(stretch_done / stretch_busy, 1),
@@ -268,6 +273,7 @@ def main() -> None:
         "naive_articles_per_s": round(comparison["naive"], 1),
         "ours_sample_articles_per_s": round(comparison["ours"], 1),
         "speedup_vs_naive": round(speedup, 1),
+        "window_limit": settings.window_articles,
         "sizes": rows,
     }))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import SEED_FEEDS, write_config
 
+from aggregator import pipeline as pipeline_module
 from aggregator import store as store_module
 from aggregator.cluster import (
     Candidate,
@@ -16,6 +17,7 @@ from aggregator.cluster import (
     Clusterer,
     NearCopy,
     canonical_key,
+    capacity_cutoff,
     decide,
     equal_values,
     same_story_threshold,
@@ -187,6 +189,75 @@ def test_a_story_stops_attracting_articles_once_it_spans_story_span_days(span_da
     held = stream.clusterer.window_size
     assert held == len(stream.clusterer.window_article_ids())
     assert held == 15 if joined_days is None else held <= (30 - joined_days[-1]) // 2
+
+
+@pytest.mark.parametrize(("last_ts", "sizes", "limit", "by_time", "expected"), [
+    pytest.param([10, 20, 30], [2, 2, 2], 0, 5, 5, id="no-limit"),
+    pytest.param([10, 20, 30], [2, 2, 2], 6, 5, 5, id="fits-exactly"),
+    pytest.param([10, 20, 30], [2, 2, 2], 5, 5, 11, id="oldest-story-leaves"),
+    pytest.param([10, 20, 30], [2, 2, 2], 3, 5, 21, id="two-leave"),
+    pytest.param([30, 10, 20], [2, 2, 2], 3, 5, 21, id="any-order"),
+    # The stories that the time cutoff drops anyway do not count.
+    pytest.param([10, 20, 30], [50, 2, 2], 4, 15, 15, id="stale-not-counted"),
+    # Whole seconds: the store keeps times to the second.
+    pytest.param([10.25, 20.5, 30.75], [2, 2, 2], 4, 0, 11, id="next-whole-second"),
+    # Stories in the same second go together, even if the later one would fit.
+    pytest.param([10.2, 10.7, 30], [2, 1, 2], 3, 0, 11, id="same-second"),
+    pytest.param([10, 20, 30], [2, 2, 9], 5, 0, 31, id="newest-too-big-for-the-limit"),
+    pytest.param([], [], 5, 7, 7, id="empty-window"),
+])
+def test_capacity_cutoff(last_ts, sizes, limit, by_time, expected):
+    cutoff = capacity_cutoff(np.array(last_ts, dtype=np.float64), np.array(sizes, dtype=np.int64),
+                             limit, by_time)
+    assert cutoff == expected
+    kept = sum(size for ts, size in zip(last_ts, sizes, strict=True) if ts >= cutoff)
+    assert kept <= limit or limit == 0
+
+
+def test_the_window_keeps_to_its_article_limit_across_a_restart(tmp_path, monkeypatch):
+    # Ten stories a day apart, a limit of four articles, eviction after every article:
+    # the window keeps the newest four stories, a restart rebuilds the same four, and an
+    # article that arrives late and retells an evicted story starts a new one, which leaves
+    # the window too, live and after a restart; without the limit it joins.
+    monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    topics = [" ".join(words[n * 6:n * 6 + 6]) for n in range(10)]  # no word in common
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def aggregator_for(name, limit):
+        return Aggregator(Config(
+            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
+            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
+            clustering=ClusteringSettings(window_days=30, window_articles=limit)))
+
+    def add(aggregator, number, day, topic, lead="Report"):
+        entry = ParsedEntry(guid=f"g{number}", link=None, title=f"{lead} {topic}",
+                            published=start + timedelta(days=day),
+                            content=f"<p>{lead}: {topic} {topic}. {topic}.</p>")
+        report = aggregator.ingest_entries("desk", 0, [entry], start + timedelta(days=day))
+        return report.decisions[0][1]
+
+    outcomes = {}
+    for limit in (4, 0):
+        aggregator = aggregator_for(f"limit{limit}", limit)
+        for number, topic in enumerate(topics):
+            add(aggregator, number, number, topic)
+        live = aggregator.clusterer.window_article_ids()
+        floor = aggregator.store.window_floor()
+        aggregator.close()
+        # Reopened with room for more: what left the window stays out of it.
+        aggregator = aggregator_for(f"limit{limit}", limit and limit + 2)
+        assert aggregator.clusterer.window_article_ids() == live
+        relation = add(aggregator, 10, 1.5, topics[1], "Update").relation
+        after = aggregator.clusterer.window_article_ids()
+        aggregator.close()
+        aggregator = aggregator_for(f"limit{limit}", limit and limit + 2)
+        assert aggregator.clusterer.window_article_ids() == after
+        aggregator.close()
+        outcomes[limit] = (live, floor, relation)
+    assert outcomes[4] == ({7, 8, 9, 10}, start + timedelta(days=5, seconds=1), "new_story")
+    assert outcomes[0][:2] == (set(range(1, 11)), None)
+    assert outcomes[0][2] in ("same_story", "duplicate")
 
 
 def test_restart_restores_statistics_and_index(tmp_path, seed_dir):

@@ -33,6 +33,11 @@ BROKEN = [
                  ["clustering.same_story_threshold", "between"], id="out-of-range"),
     pytest.param("[clustering]\ncanonical_policy = [\"loudest\"]\n",
                  ["clustering.canonical_policy", "loudest"], id="unknown-criterion"),
+    pytest.param("[clustering]\nwindow_articles = 10\n",
+                 ["clustering.window_articles", "0 (no limit)", "got 10"],
+                 id="window-limit-too-small"),
+    pytest.param("[clustering]\nwindow_articles = 5e4\n",
+                 ["clustering.window_articles", "an integer"], id="window-limit-not-integer"),
     pytest.param("database = \n", ["invalid TOML"], id="invalid-toml"),
 ]
 
