@@ -40,6 +40,7 @@ class DaemonStatus:
     last_pass_finished: float | None = None
     last_pass_seconds: float | None = None
     index_articles: Callable[[], int] | None = None
+    index_article_limit: Callable[[], int] | None = None
     tick_s: float = 30.0
 
 
@@ -338,6 +339,11 @@ class StoreCollector:
                 yield GaugeMetricFamily("aggregator_index_articles",
                                         "Articles in the in-memory clustering index",
                                         value=self.status.index_articles())
+            if self.status.index_article_limit is not None:
+                yield GaugeMetricFamily("aggregator_index_article_limit",
+                                        "The clustering index's article limit "
+                                        "(window_articles; 0: none)",
+                                        value=self.status.index_article_limit())
 
 
 async def metrics(request: Request) -> Response:

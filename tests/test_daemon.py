@@ -63,7 +63,9 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
         while httpx.get(f"{base}/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the daemon never became ready"
             time.sleep(0.2)
-        assert "aggregator_index_articles 3.0" in httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "aggregator_index_articles 3.0" in metrics
+        assert "aggregator_index_article_limit 100000.0" in metrics
         assert "Also covered by" in httpx.get(f"{base}/").text
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
