@@ -488,7 +488,7 @@ class Clusterer:
         # Articles in the window (the rows of live stories).
         self.window_size = 0
         # Stories whose newest member is older than this have been evicted to keep the window
-        # within its article limit (``window_articles``); stored with the store's "window_floor".
+        # within its article limit (``window_articles``); the store keeps it in ``meta``.
         self.floor_ts = -math.inf
         self._source_codes: dict[str, int] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
@@ -879,6 +879,8 @@ class Clusterer:
 
     def capacity_cutoff(self, cutoff_ts: float, max_articles: int) -> float:
         """``capacity_cutoff`` over the stories of the window."""
+        if max_articles <= 0 or self.window_size <= max_articles:
+            return cutoff_ts
         stories = self.stories.values()
         last_ts = np.fromiter((s.last_ts for s in stories), dtype=np.float64,
                               count=len(stories))
