@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from aggregator.errors import SchemaTooNewError, StoreError
-from aggregator.store import MIGRATIONS, Store
+from aggregator.store import MIGRATIONS, PAGE_SIZE, Store
 
 
 def test_migrations_are_recorded_and_running_them_again_does_nothing(tmp_path):
@@ -22,6 +22,27 @@ def test_migrations_are_recorded_and_running_them_again_does_nothing(tmp_path):
     assert "articles_published" in indexes and "articles_content_hash" not in indexes
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
+
+
+def test_a_new_store_has_large_pages_and_an_old_one_keeps_its_own(tmp_path, monkeypatch):
+    new = Store(str(tmp_path / "new.db"))
+    assert new.db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+    new.close()
+    # A store made before with SQLite's default pages opens, reads and writes as it was.
+    monkeypatch.setattr("aggregator.store.PAGE_SIZE", 4096)
+    old = Store(str(tmp_path / "old.db"))
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('probe', 'kept')")
+    old.close()
+    monkeypatch.undo()
+    reopened = Store(str(tmp_path / "old.db"))
+    assert reopened.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    with reopened.transaction() as conn:
+        conn.execute("UPDATE meta SET value = 'written' WHERE key = 'probe'")
+    assert reopened.db.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone()[0] \
+        == "written"
+    assert reopened.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reopened.close()
 
 
 def test_a_database_from_a_newer_version_is_refused(tmp_path):
