@@ -41,9 +41,10 @@ def test_full_disk_is_a_clear_error_and_the_next_pass_recovers(seed_config):
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     reports = aggregator.run_pass()
-    # A short article may still fit in the empty pages every table starts with.
+    # Articles may still fit in the empty room of the pages every table starts with (two of
+    # the three seeds do with 16 KB pages); the one that needs a new page finds none.
     failed = [r for r in reports if r.outcome == "store_error"]
-    assert len(failed) >= 2
+    assert len(failed) >= 1
     assert all("full" in r.error for r in failed)
     assert conn.execute("SELECT count(*) FROM articles").fetchone() == (3 - len(failed),)
     conn.execute("PRAGMA max_page_count = 1073741823")
