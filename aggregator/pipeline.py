@@ -378,7 +378,7 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
     floor = store.window_floor()
     if floor is not None:
         clusterer.floor_ts = floor.timestamp()
-    since = window_start(store, settings)
+    since = window_start(store.newest_published(), floor, settings.window_days)
     if since is None:
         return clusterer
     count, chunks = store.window_rows(since)
@@ -402,14 +402,14 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
     return clusterer
 
 
-def window_start(store: Store, settings: ClusteringSettings) -> datetime | None:
+def window_start(newest: datetime | None, floor: datetime | None,
+                 window_days: float) -> datetime | None:
     """The oldest newest-member time of a story in the window: ``window_days`` before the
-    newest stored article, or later where the article limit has cut the window short."""
-    newest = store.newest_published()
+    newest stored article, or the stored ``floor`` where the article limit has cut the window
+    short; None for an empty store."""
     if newest is None:
         return None
-    since = newest - timedelta(days=settings.window_days)
-    floor = store.window_floor()
+    since = newest - timedelta(days=window_days)
     return since if floor is None else max(since, floor)
 
 
@@ -464,7 +464,8 @@ class Aggregator:
         self._workers_lock = threading.Lock()
 
     def _warn_of_unclustered(self) -> None:
-        since = window_start(self.store, self.settings)
+        since = window_start(self.store.newest_published(), self.store.window_floor(),
+                             self.settings.window_days)
         if not self.settings.enabled or since is None:
             return
         count = self.store.unclustered_since(since)
