@@ -110,7 +110,11 @@ def repair_utf8(body: bytes, content_type: str | None) -> bytes:
 def _parse_xml_feed(body: bytes, source: str, content_type: str | None) -> ParsedFeed:
     body = repair_utf8(body, content_type)
     headers = {"content-type": content_type} if content_type else None
-    result = feedparser.parse(body, response_headers=headers)
+    # Markup in entries is only ever turned into plain text (``normalize.html_to_text``, which
+    # drops scripts and styles), so feedparser's own HTML sanitizing and link rewriting would
+    # be work thrown away: a fifth of its parsing time.
+    result = feedparser.parse(body, response_headers=headers, sanitize_html=False,
+                              resolve_relative_uris=False)
     if not result.get("version") and not result.entries:
         reason = result.get("bozo_exception")
         detail = f": {reason}" if reason else ""
