@@ -89,6 +89,16 @@ def check_store(store: Store, settings: ClusteringSettings,
         "OR f.word_count != a.word_count OR f.dated != a.published_from_feed "
         "OR f.has_author != (a.author IS NOT NULL)",
         lambda r: f"article {r[0]}: its fingerprint row disagrees with the article"))
+    q(_query_violations(
+        store, "the full-text index holds every article and nothing else",
+        "SELECT a.id FROM articles a LEFT JOIN articles_fts_docsize d ON d.id = a.id "
+        "WHERE d.id IS NULL",
+        lambda r: f"article {r[0]} is not in the full-text index (articles_fts)"))
+    q(_query_violations(
+        store, "the full-text index holds every article and nothing else",
+        "SELECT d.id FROM articles_fts_docsize d LEFT JOIN articles a ON a.id = d.id "
+        "WHERE a.id IS NULL",
+        lambda r: f"the full-text index (articles_fts) holds missing article {r[0]}"))
     violations.extend(_check_statistics(store))
     if signatures:
         violations.extend(_check_signatures(store, settings))

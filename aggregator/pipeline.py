@@ -870,14 +870,12 @@ class Aggregator:
         reports = []
         for name, write in zip(names, writes, strict=True):
             changes, tallies = self._clusterer_changes, len(self._uncounted)
-            conn.execute("SAVEPOINT source")
             try:
-                report = write(conn)
+                with self.store.savepoint(conn):
+                    report = write(conn)
             except Exception as exc:
                 if not conn.in_transaction:
                     raise
-                conn.execute("ROLLBACK TO source")
-                conn.execute("RELEASE source")
                 del self._uncounted[tallies:]
                 if self._clusterer_changes != changes:
                     # Still ahead of the store: it holds the earlier sources' articles,
@@ -886,7 +884,6 @@ class Aggregator:
                     self.clusterer = load_clusterer(self.store, self.settings, self.signer)
                 report = self._failed_report(name, exc)
             else:
-                conn.execute("RELEASE source")
                 self._merge_tallies()
             reports.append(report)
         return reports

@@ -180,6 +180,15 @@ def _window_is_the_store(aggregator):
     return sorted(aggregator.clusterer.window_article_ids()) == stored
 
 
+def _search_index_is_the_articles(aggregator):
+    """The full-text index holds exactly the stored articles' titles and texts: FTS5's
+    integrity check with rank 1 compares it with the content table, token by token."""
+    db = aggregator.store.db
+    db.execute("INSERT INTO articles_fts (articles_fts, rank) VALUES ('integrity-check', 1)")
+    indexed = [row[0] for row in db.execute("SELECT id FROM articles_fts_docsize ORDER BY id")]
+    return indexed == [row[0] for row in db.execute("SELECT id FROM articles ORDER BY id")]
+
+
 def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     fetched = datetime(2026, 3, 1, tzinfo=UTC)
     sources = ("first", "second", "third")
@@ -198,6 +207,10 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     assert "disk I/O error" in reports[1].error
     assert _articles(aggregator) == expected
     assert _window_is_the_store(aggregator)
+    # The failed source's first article was held for the full-text index, which is written
+    # at the commit: it was dropped with the rollback, and its id, given again to the
+    # third source's first article, is indexed with that article's text.
+    assert _search_index_is_the_articles(aggregator)
     assert check_store(aggregator.store, aggregator.settings) == []
     # The clusterer rebuilt after the failure kept the first source's term statistics.
     stored = load_clusterer(aggregator.store, aggregator.settings, aggregator.signer).stats
@@ -219,4 +232,9 @@ def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch):
     assert [r.outcome for r in reports] == ["store_error", "store_error"]
     assert _articles(aggregator) == before
     assert _window_is_the_store(aggregator)
+    assert _search_index_is_the_articles(aggregator)
+    # Nothing of the failed group is held over for the next transaction's index rows.
+    aggregator.ingest_group([("second", 0, _entries(range(6, 9), "second"), fetched, None)])
+    assert _search_index_is_the_articles(aggregator)
+    assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()

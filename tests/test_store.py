@@ -82,3 +82,73 @@ def test_article_stories_view_has_the_documented_columns(tmp_path):
     for column in ["article_id", "guid", "url", "source", "title", "published", "story_id",
                    "is_canonical", "relation", "similarity"]:
         assert column in columns
+
+
+def _article(number: int, title: str, text: str):
+    from datetime import UTC, datetime
+
+    from aggregator.normalize import NormalizedArticle
+
+    when = datetime(2026, 3, 1, number, tzinfo=UTC)
+    return NormalizedArticle(
+        source="desk", guid=f"g{number}", url=f"https://desk.example/{number}",
+        canonical_url=f"https://desk.example/{number}", title=title, author=None,
+        published=when, has_published=True, fetched=when, text=text,
+        content_hash=f"h{number}", identity_keys=(f"guid:g{number}",))
+
+
+def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_path,
+                                                                             monkeypatch):
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    path = str(tmp_path / "a.db")
+    monkeypatch.setattr("aggregator.store.MIGRATIONS", MIGRATIONS[:7])
+    old = Store(path)
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                     "VALUES (1, 'desk', 'u', 'u', 'now')")
+        # Indexed by the trigger that older stores have.
+        conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
+                     "published_from_feed, fetched, text, content_hash, word_count, term_counts) VALUES "
+                     "(1, 1, 'guid:g1', 'Harbour bridge reopens', 'a', 1, 'a', 'Cables.', "
+                     "'h1', 1, '{}')")
+    old.close()
+    monkeypatch.undo()
+
+    store = Store(path)
+    triggers = {row[0] for row in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "articles_fts_insert" not in triggers and "articles_fts_delete" in triggers
+    with store.transaction() as conn:
+        store.insert_solo_articles(conn, 1, [_article(2, "Ferries run again", "Strike over.")],
+                                   [2], {}, "first")
+        with pytest.raises(RuntimeError), store.savepoint(conn):
+            store.insert_solo_articles(conn, 1, [_article(3, "Trams halted", "Rolledback.")],
+                                       [1], {}, "first")
+            raise RuntimeError("this source fails")
+        # The id of the rolled-back article is given again, to an article of its own text.
+        [third] = store.insert_solo_articles(
+            conn, 1, [_article(4, "Airport expands", "A new runway.")], [3], {}, "first")
+    assert third == 3
+
+    def found(query: str) -> list[int]:
+        return [row[0] for row in store.db.execute(
+            "SELECT rowid FROM articles_fts WHERE articles_fts MATCH ? ORDER BY rowid",
+            [query])]
+
+    assert found("harbour") == [1] and found("ferries") == [2] and found("runway") == [3]
+    assert found("rolledback") == [] and found("trams") == []
+    store.db.execute("INSERT INTO articles_fts (articles_fts, rank) "
+                     "VALUES ('integrity-check', 1)")
+
+    def index_violations() -> list[str]:
+        return [v.detail for v in check_store(store, ClusteringSettings(), signatures=False)
+                if "full-text index" in v.invariant]
+
+    assert index_violations() == []
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO articles_fts (articles_fts, rowid, title, text) "
+                     "VALUES ('delete', 2, 'Ferries run again', 'Strike over.')")
+    assert index_violations() == ["article 2 is not in the full-text index (articles_fts)"]
+    store.close()
