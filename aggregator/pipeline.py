@@ -133,11 +133,13 @@ class Prepared:
     """Entries normalised, with the text features of those not already stored.
 
     ``features[i]`` is None for an article that was known when it was prepared (the writer
-    checks again) or whose features are left to the writer.
+    checks again) or whose features are left to the writer.  With clustering off there are
+    no features, and ``word_counts`` holds each text's word count instead.
     """
 
     articles: list[NormalizedArticle]
     features: list[TextFeatures | None]
+    word_counts: list[int] | None = None
 
 
 _signers: dict[int, Signer] = {}
@@ -162,7 +164,7 @@ def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSetting
                      known: frozenset[str] = frozenset(),
                      signer: Signer | None = None) -> Prepared:
     if not settings.features:
-        return Prepared(articles, [None] * len(articles))
+        return _without_features(articles)
     if signer is None:
         signer = _signers.get(settings.num_perm)
         if signer is None:
@@ -175,6 +177,12 @@ def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSetting
     for i, feature in zip(fresh, computed, strict=True):
         features[i] = feature
     return Prepared(articles, features)
+
+
+def _without_features(articles: list[NormalizedArticle]) -> Prepared:
+    # Counted here, in a worker process: with clustering off the writer's own work is
+    # little more than SQLite's, and counting took a twentieth of its process's time.
+    return Prepared(articles, [None] * len(articles), [count_words(a.text) for a in articles])
 
 
 @dataclass
@@ -211,7 +219,7 @@ def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: 
     """``prepare_articles`` with the articles already in ``database`` known."""
     articles = normalize_entries(entries, source, fetched)
     if not settings.features or not articles:
-        return Prepared(articles, [None] * len(articles))
+        return _without_features(articles)
     known = frozenset(Store.known_keys(thread_reader(database),
                                        [k for a in articles for k in a.identity_keys]))
     return prepare_articles(articles, settings, known)
@@ -903,35 +911,42 @@ class Aggregator:
                 fetched: datetime, report: RefreshReport) -> None:
         fresh: list[NormalizedArticle] = []
         features: list[TextFeatures | None] = []
+        word_counts: list[int | None] = []
         # Keys stored before this batch, and those of the batch's own earlier entries.
         seen = self.store.known_keys(conn, [k for a in prepared.articles
                                             for k in a.identity_keys])
-        for article, feature in zip(prepared.articles, prepared.features, strict=True):
+        for number, (article, feature) in enumerate(zip(prepared.articles, prepared.features,
+                                                        strict=True)):
             if seen.intersection(article.identity_keys):
                 report.repeats += 1
                 continue
             seen.update(article.identity_keys)
             fresh.append(article)
             features.append(feature)
+            word_counts.append(prepared.word_counts[number] if prepared.word_counts else None)
         if not fresh:
             return
         stripped = self._strip_template_lines(conn, source_id, fresh, fetched)
-        # Features of a text that lost template lines are computed again, by the writer.
-        features = [feature if after.text == before.text else None
-                    for before, after, feature in zip(fresh, stripped, features, strict=True)]
+        # What was computed of a text that lost template lines is computed again, here.
+        changed = [after.text != before.text for before, after in zip(fresh, stripped,
+                                                                      strict=True)]
         if not self.settings.enabled:
-            self._store_unclustered(conn, source_id, stripped, report)
+            self._store_unclustered(conn, source_id, stripped, [
+                count_words(article.text) if count is None or text_changed else count
+                for article, count, text_changed in zip(stripped, word_counts, changed,
+                                                        strict=True)], report)
             return
+        features = [None if text_changed else feature
+                    for feature, text_changed in zip(features, changed, strict=True)]
         self._cluster_and_store(conn, [(source_id, source, priority, article, None)
                                        for article in stripped], report, features=features)
 
     def _store_unclustered(self, conn, source_id: int, articles: list[NormalizedArticle],
-                           report: RefreshReport) -> None:
+                           word_counts: list[int], report: RefreshReport) -> None:
         """Clustering off: each article is a story of its own, stored without a fingerprint
         and left out of the index and the statistics (``recluster`` places it later)."""
         article_ids = self.store.insert_solo_articles(
-            conn, source_id, articles, [count_words(a.text) for a in articles],
-            UNCLUSTERED_DECISION, FIRST_VERSION)
+            conn, source_id, articles, word_counts, UNCLUSTERED_DECISION, FIRST_VERSION)
         report.new_articles += len(article_ids)
         report.decisions.extend((article_id, UNCLUSTERED) for article_id in article_ids)
 

@@ -7,11 +7,13 @@ import shutil
 import sqlite3
 import threading
 
+import pytest
 from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
 
 from aggregator.cli import main
 from aggregator.config import load_config
+from aggregator.fingerprint import count_words
 from aggregator.pipeline import Aggregator
 
 
@@ -126,7 +128,8 @@ def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch):
     assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_lines_a_source_repeats_in_every_article_are_stripped(tmp_path):
+@pytest.mark.parametrize("clustering", ["on", "off"])
+def test_lines_a_source_repeats_in_every_article_are_stripped(tmp_path, clustering):
     from html import escape
 
     template = "Follow our live coverage and get the morning briefing in your inbox every day"
@@ -146,14 +149,17 @@ def test_lines_a_source_repeats_in_every_article_are_stripped(tmp_path):
         f"</description></item>" for n, (title, body) in enumerate(stories))
     feed = tmp_path / "local.xml"
     feed.write_text(f"<rss version='2.0'><channel><title>Local</title>{items}</channel></rss>")
-    config = write_config(tmp_path / "local.toml", [{"name": "Local", "url": str(feed)}])
+    config = write_config(tmp_path / "local.toml", [{"name": "Local", "url": str(feed)}],
+                          extra="" if clustering == "on" else "[clustering]\nenabled = false")
     run_once(config)
     with sqlite3.connect(load_config(config).database) as conn:
-        texts = [row[0] for row in conn.execute("SELECT text FROM articles")]
+        rows = conn.execute("SELECT text, word_count FROM articles").fetchall()
         stories_count = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
-    assert len(texts) == 4 and stories_count == 4
-    assert all(template not in text for text in texts)
-    assert all(len(text.split()) > 10 for text in texts)
+    assert len(rows) == 4 and stories_count == 4
+    assert all(template not in text for text, _words in rows)
+    assert all(len(text.split()) > 10 for text, _words in rows)
+    # Counted on the text as stored, without the template line.
+    assert [words for _text, words in rows] == [count_words(text) for text, _words in rows]
 
 
 def test_explain_shows_the_candidates_and_the_salient_terms_they_share(seed_config):
