@@ -70,6 +70,8 @@ class ClusterArticle:
     has_author: bool
     fingerprint: Fingerprint | None
     vector: dict[str, float] | None = None
+    # The vector's terms as vocabulary ids, in the vector's order, once looked up.
+    vector_ids: list[int] | None = None
     dated: bool = True
     word_count: int = 0
     # Band keys of the signatures, when computed ahead (a batch at once) or already once.
@@ -501,6 +503,14 @@ class Clusterer:
             article.vector = normalised(article.fingerprint.weights, self.settings.vector_terms)
         return article.vector
 
+    def vector_ids(self, article: ClusterArticle) -> list[int]:
+        """The vocabulary ids of the vector's terms (scoring, the window's rows and the
+        stored vector all need them)."""
+        if article.vector_ids is None:
+            term_id = self.vocabulary.id
+            article.vector_ids = [term_id(term) for term in self.vector(article)]
+        return article.vector_ids
+
     def _live(self, story: StoryState, ts: float) -> bool:
         """Whether ``story`` may still take an article of time ``ts``: its newest member is
         within the window, and it began at most ``story_span_days`` earlier.  The second
@@ -549,11 +559,11 @@ class Clusterer:
             return self.rows.shingle[slots]
         return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
 
-    def _similarities(self, vector: dict[str, float], slots: np.ndarray) -> np.ndarray:
-        """Cosine of ``vector`` (unit length) with the vectors of the article rows ``slots``."""
-        term_id = self.vocabulary.id
-        return self._similarities_of([term_id(term) for term in vector],
-                                     list(vector.values()), slots)
+    def _similarities(self, article: ClusterArticle, slots: np.ndarray) -> np.ndarray:
+        """Cosine of the article's vector (unit length) with the vectors of the article rows
+        ``slots``."""
+        return self._similarities_of(self.vector_ids(article),
+                                     list(self.vector(article).values()), slots)
 
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
         """The same for a vector given as term ids and weights (zero-padded or not).
@@ -573,8 +583,7 @@ class Clusterer:
         finally:
             dense[ids] = 0.0
 
-    def candidate_stories(self, article: ClusterArticle,
-                          vector: dict[str, float]) -> list[Candidate]:
+    def candidate_stories(self, article: ClusterArticle) -> list[Candidate]:
         signature = article.fingerprint.salient_signature
         # A common salient term can put a good part of a large window in the candidate set;
         # the Jaccard estimate below is computed for the closest CANDIDATE_SLOTS only.
@@ -602,7 +611,7 @@ class Clusterer:
         for story in live:
             joined.extend(story.slots)
         member_slots = np.frombuffer(joined, dtype=np.int64)
-        similarities = self._similarities(vector, member_slots)
+        similarities = self._similarities(article, member_slots)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
@@ -698,8 +707,7 @@ class Clusterer:
         return support * 2 > len(latest)
 
     def propose(self, article: ClusterArticle) -> Decision:
-        vector = self.vector(article)
-        return decide(self.near_copies(article), self.candidate_stories(article, vector),
+        return decide(self.near_copies(article), self.candidate_stories(article),
                       self.settings)
 
     # -- committing -------------------------------------------------------------------------
@@ -712,12 +720,11 @@ class Clusterer:
         if story is None:
             story = self.stories[story_id] = StoryState(story_id)
         fingerprint = article.fingerprint
-        term_id = self.vocabulary.id
         slots = self.rows.allocate(1)
         self._add_rows(slots, [article.article_id], [story_id],
                        fingerprint.shingle_signature[None, :],
                        fingerprint.salient_signature[None, :],
-                       padded([[term_id(t) for t in vector]], np.int32),
+                       padded([self.vector_ids(article)], np.int32),
                        padded([list(vector.values())], np.float64),
                        self._metadata(article), article.shingle_keys, article.salient_keys)
         self.stats.add_document(fingerprint.term_counts)

@@ -1044,10 +1044,9 @@ class Aggregator:
                                    dated=article.has_published, shingle_keys=shingle_keys)
         decision = self.clusterer.propose(candidate)
         vector = self.clusterer.vector(candidate)
-        term_id = self.clusterer.vocabulary.id
         clustering_columns = dict(
             fingerprint=fingerprint,
-            term_vector=pack_vector([term_id(t) for t in vector], list(vector.values())),
+            term_vector=pack_vector(self.clusterer.vector_ids(candidate), list(vector.values())),
             shingle_bytes=self.signer.to_bytes(fingerprint.shingle_signature),
             salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
             decision=decision_record(decision))
