@@ -110,9 +110,9 @@ def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_
                      "VALUES (1, 'desk', 'u', 'u', 'now')")
         # Indexed by the trigger that older stores have.
         conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
-                     "published_from_feed, fetched, text, content_hash, word_count, term_counts) VALUES "
-                     "(1, 1, 'guid:g1', 'Harbour bridge reopens', 'a', 1, 'a', 'Cables.', "
-                     "'h1', 1, '{}')")
+                     "published_from_feed, fetched, text, content_hash, word_count, "
+                     "term_counts) VALUES (1, 1, 'guid:g1', 'Harbour bridge reopens', 'a', 1, "
+                     "'a', 'Cables.', 'h1', 1, '{}')")
     old.close()
     monkeypatch.undo()
 
@@ -151,4 +151,27 @@ def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_
         conn.execute("INSERT INTO articles_fts (articles_fts, rowid, title, text) "
                      "VALUES ('delete', 2, 'Ferries run again', 'Strike over.')")
     assert index_violations() == ["article 2 is not in the full-text index (articles_fts)"]
+    store.close()
+
+
+def test_the_dashboard_benchmark_builds_a_searchable_store(tmp_path):
+    """``benchmarks/queries.py`` fills its store in bulk, past the writer: its full-text index
+    must still hold every article, or its search latencies would time an empty index."""
+    import sys
+
+    from conftest import ROOT
+
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from queries import build
+
+    store = build(str(tmp_path / "queries.db"), 300)
+    title, article_id = store.db.execute("SELECT title, id FROM articles LIMIT 1").fetchone()
+    matches = [row[0] for row in store.db.execute(
+        "SELECT rowid FROM articles_fts WHERE articles_fts MATCH ?", [f'"{title}"'])]
+    assert article_id in matches
+    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "full-text index" in v.invariant] == []
     store.close()
