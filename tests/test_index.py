@@ -62,6 +62,22 @@ def test_a_signature_made_with_other_settings_is_refused_with_the_reason():
         Signer(64).from_bytes(SIGNER.to_bytes(SIGNER.sign([[b"a"]])[0]))
 
 
+@pytest.mark.parametrize("bad_at", [0, 2, 4])
+@pytest.mark.parametrize("bad", ["other settings", "short", "header altered"])
+def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(bad, bad_at):
+    rows = SIGNER.sign([[f"{n}".encode()] for n in range(5)])
+    stored = [SIGNER.to_bytes(row) for row in rows]
+    assert (SIGNER.from_bytes_many(stored) == rows).all()
+    if bad == "other settings":
+        stored[bad_at] = Signer(64).to_bytes(Signer(64).sign([[b"a"]])[0])
+    elif bad == "short":
+        stored[bad_at] = stored[bad_at][:-4]
+    else:
+        stored[bad_at] = bytes([stored[bad_at][0] ^ 1]) + stored[bad_at][1:]
+    with pytest.raises(ValueError, match="other MinHash settings"):
+        SIGNER.from_bytes_many(stored)
+
+
 @pytest.mark.parametrize(("threshold", "num_perm"), [(0.05, 128), (0.7, 128), (0.5, 64)])
 def test_band_parameters_are_datasketchs(threshold, num_perm):
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
