@@ -43,6 +43,30 @@ def test_seeds_become_one_story_with_one_canonical(seed_config):
     assert {r["source"] for r in rows} == set(SEED_FEEDS)
 
 
+def test_check_finds_each_signature_that_no_longer_matches_its_article(seed_config):
+    run_once(seed_config)
+    database = load_config(seed_config).database
+    result = CliRunner().invoke(main, ["check", "--config", str(seed_config)])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(database) as conn:
+        first, second, third = [r[0] for r in conn.execute("SELECT id FROM articles ORDER BY id")]
+        conn.execute("UPDATE articles SET text = 'The harbour bridge reopened on Monday "
+                     "after repairs to its cables.' WHERE id = ?", [second])
+        signature = conn.execute("SELECT salient_signature FROM article_fingerprints "
+                                 "WHERE article_id = ?", [third]).fetchone()[0]
+        conn.execute("UPDATE article_fingerprints SET salient_signature = ? "
+                     "WHERE article_id = ?", [signature[:-1] + bytes([signature[-1] ^ 1]), third])
+    result = CliRunner().invoke(main, ["check", "--config", str(seed_config)])
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if "signature" in line] == [
+        f"violation: every stored signature matches its article: article {article}: "
+        "signature differs "
+        "from its text" for article in (second, third)]
+    result = CliRunner().invoke(main, ["check", "--config", str(seed_config),
+                                       "--no-signatures"])
+    assert result.exit_code == 0, result.output
+
+
 def test_stories_command_shows_the_story_with_three_sources(seed_config):
     run_once(seed_config)
     result = CliRunner().invoke(main, ["stories", "--config", str(seed_config), "--json"])
