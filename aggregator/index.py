@@ -91,8 +91,8 @@ class BandIndex:
 
     # Elements moved per numpy call when merging or compacting in place.
     BLOCK = 1 << 16
-    # A bulk load's keys are kept in this many parts by their top bits, so that sorting them
-    # holds one part at a time besides the index.
+    # A bulk load's keys are kept in this many parts by their top bits (a power of two, at
+    # most 256), so that sorting them holds one part at a time besides the index.
     BULK_PARTS = 64
 
     def __init__(self, threshold: float, num_perm: int, merge_at: int = 16_384):
@@ -145,10 +145,13 @@ class BandIndex:
             self._merge()
 
     def _add_bulk(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        order = np.argsort(keys, kind="stable")
+        # Only split by part here, in the chunk's order (a stable sort of one byte is a radix
+        # sort): each key is then sorted once, in merge_runs, not once here and again there.
+        part_of = (keys >> np.uint64(65 - self.BULK_PARTS.bit_length())).astype(np.uint8)
+        order = np.argsort(part_of, kind="stable")
         keys, slots = keys[order], slots[order]
-        bounds = np.concatenate(([0], np.searchsorted(keys, _part_starts(self.BULK_PARTS)),
-                                 [len(keys)]))
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(part_of,
+                                                            minlength=self.BULK_PARTS))))
         # Copies, not views, so that each part's memory goes as soon as it is merged.
         self._bulk.append([(keys[low:high].copy(), slots[low:high].copy())
                            for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(),
@@ -156,8 +159,9 @@ class BandIndex:
 
     def merge_runs(self) -> None:
         """The bulk-loaded chunks into the arrays, part by part: each part's pieces (one per
-        chunk, each sorted) are joined by one stable sort, so keys and their order are
-        those of one stable sort of everything, however many chunks came."""
+        chunk, in the order of the chunks and of the keys within them) are sorted by one
+        stable sort, so keys and their order are those of one stable sort of everything,
+        however many chunks came."""
         if not self._bulk:
             return
         chunks, self._bulk = self._bulk, []
@@ -275,13 +279,6 @@ class BandIndex:
         self.merge_runs()
         # A dict entry of the recent part costs about 100 bytes with its list.
         return self._keys.nbytes + self._slots.nbytes + 100 * self._recent_count
-
-
-def _part_starts(parts: int) -> np.ndarray:
-    """The first key value of each of ``parts`` equal parts of the 64-bit range but the
-    first."""
-    step = (1 << 64) // parts
-    return np.array([step * part for part in range(1, parts)], dtype=np.uint64)
 
 
 class DatasketchIndex:
