@@ -91,9 +91,11 @@ class BandIndex:
 
     # Elements moved per numpy call when merging or compacting in place.
     BLOCK = 1 << 16
-    # A bulk load's keys are kept in this many parts by their top bits (a power of two, at
-    # most 256), so that sorting them holds one part at a time besides the index.
-    BULK_PARTS = 64
+    # A bulk load's keys are kept in parts by their top BULK_PART_BITS bits (at most 8: a
+    # part number is one byte), so that sorting them holds one part at a time besides the
+    # index.
+    BULK_PART_BITS = 6
+    BULK_PARTS = 1 << BULK_PART_BITS
 
     def __init__(self, threshold: float, num_perm: int, merge_at: int = 16_384):
         self.bands, self.rows = lsh_parameters(threshold, num_perm)
@@ -147,7 +149,7 @@ class BandIndex:
     def _add_bulk(self, keys: np.ndarray, slots: np.ndarray) -> None:
         # Only split by part here, in the chunk's order (a stable sort of one byte is a radix
         # sort): each key is then sorted once, in merge_runs, not once here and again there.
-        part_of = (keys >> np.uint64(65 - self.BULK_PARTS.bit_length())).astype(np.uint8)
+        part_of = (keys >> np.uint64(64 - self.BULK_PART_BITS)).astype(np.uint8)
         order = np.argsort(part_of, kind="stable")
         keys, slots = keys[order], slots[order]
         bounds = np.concatenate(([0], np.cumsum(np.bincount(part_of,

@@ -49,7 +49,8 @@ def test_check_finds_each_signature_that_no_longer_matches_its_article(seed_conf
     result = CliRunner().invoke(main, ["check", "--config", str(seed_config)])
     assert result.exit_code == 0, result.output
     with sqlite3.connect(database) as conn:
-        first, second, third = [r[0] for r in conn.execute("SELECT id FROM articles ORDER BY id")]
+        _first, second, third = [r[0] for r in conn.execute("SELECT id FROM articles "
+                                                            "ORDER BY id")]
         conn.execute("UPDATE articles SET text = 'The harbour bridge reopened on Monday "
                      "after repairs to its cables.' WHERE id = ?", [second])
         signature = conn.execute("SELECT salient_signature FROM article_fingerprints "
@@ -60,8 +61,7 @@ def test_check_finds_each_signature_that_no_longer_matches_its_article(seed_conf
     assert result.exit_code == 1
     assert [line for line in result.output.splitlines() if "signature" in line] == [
         f"violation: every stored signature matches its article: article {article}: "
-        "signature differs "
-        "from its text" for article in (second, third)]
+        "signature differs from its text" for article in (second, third)]
     result = CliRunner().invoke(main, ["check", "--config", str(seed_config),
                                        "--no-signatures"])
     assert result.exit_code == 0, result.output
