@@ -20,7 +20,7 @@ from aggregator.fetch import (
     make_client,
     parse_retry_after,
 )
-from aggregator.pipeline import Aggregator
+from aggregator.pipeline import Aggregator, worker_count
 from aggregator.store import Store, from_iso
 
 FEED = (DATA / "other_topics.rss.xml").read_bytes()
@@ -338,6 +338,44 @@ def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, fee
     assert all(r.new_articles == 5 for r in reports)
     assert feed_server.max_in_flight["127.0.0.1"] == feed_server.max_in_flight["localhost"] == 2
     assert feed_server.max_in_flight["*"] == 4
+
+
+def test_sources_fetched_a_moment_apart_are_written_in_one_transaction(tmp_path, feed_server,
+                                                                       monkeypatch):
+    """A writer that keeps up would commit every source alone; it waits a moment for the
+    ones behind (WRITE_GROUP_LINGER_S), and no longer than that for a slow one."""
+    delays = {"/first": 0.0, "/moment": 0.05, "/slow": 1.5}
+    for path, delay in delays.items():
+        feed_server.route(path, Reply(200, FEED.replace(b"test-wire.example",
+                                                        path[1:].encode() + b".example"),
+                                      delay_s=delay))
+    aggregator = make_aggregator(tmp_path, feed_server, list(delays))
+    groups = []
+    write_group = Aggregator._write_group
+
+    def recorded(self, names, writes):
+        groups.append(list(names))
+        return write_group(self, names, writes)
+
+    monkeypatch.setattr(Aggregator, "_write_group", recorded)
+    reports = aggregator.run_pass()
+    assert [r.new_articles for r in reports] == [5, 5, 5]
+    assert groups == [["first", "moment"], ["slow"]]
+
+
+@pytest.mark.parametrize(("configured", "cpus", "clustering", "expected"), [
+    (-1, 2, True, 1),    # the writer clusters on one core, a worker parses on the other
+    (-1, 2, False, 2),   # the writer hardly works: parsing takes every core
+    (-1, 1, True, 0),    # one core: a worker would only add a process to switch to
+    (-1, 1, False, 0),
+    (-1, 16, True, 4),   # at most 4 by default
+    (-1, 16, False, 4),
+    (3, 2, True, 3),     # configured: as given
+    (0, 8, False, 0),
+])
+def test_worker_processes_by_default_leave_the_writer_a_core_only_when_it_clusters(
+        configured, cpus, clustering, expected):
+    assert worker_count(configured, cpus, clustering) == expected
 
 
 def closed_port() -> int:
