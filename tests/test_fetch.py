@@ -378,6 +378,24 @@ def test_worker_processes_by_default_leave_the_writer_a_core_only_when_it_cluste
     assert worker_count(configured, cpus, clustering) == expected
 
 
+def test_a_reloaded_worker_count_replaces_the_pool(tmp_path):
+    sources = [{"name": "wire", "url": "http://127.0.0.1:9/feed"}]
+    one = load_config(write_config(tmp_path / "one.toml", sources, extra="workers = 1"),
+                      environ={})
+    two = load_config(write_config(tmp_path / "two.toml", sources, extra="workers = 2"),
+                      environ={})
+    aggregator = Aggregator(one)
+    try:
+        pool = aggregator._worker_pool()
+        assert aggregator.reload(one) == []
+        assert aggregator._worker_pool() is pool
+        assert aggregator.reload(two) == ["2 worker processes"]
+        replaced = aggregator._worker_pool()
+        assert replaced is not pool and replaced._max_workers == 2
+    finally:
+        aggregator.close()
+
+
 def closed_port() -> int:
     import socket
 
