@@ -10,7 +10,8 @@ The farm runs in its own process (ETag and If-None-Match honoured).  Measured, i
 our first pass (every feed 200: fetch, parse, cluster, store), the same with clustering off,
 our forced second pass (every feed requested again, all 304), and ``reader`` (PyPI; it needs
 ``sgmllib3k`` beside it) doing its first update and a forced second one with parallel workers.
-The all-304 passes, ours and ``reader``'s, are each the median of three in a row.
+The all-304 passes, ours and ``reader``'s, are each the median of three in a row.  It also
+counts the transactions our first passes wrote their sources in (``write_groups``).
 
     pip install reader sgmllib3k
     python benchmarks/fetch.py --feeds 2000 --entries 20     # the issue's size
@@ -78,10 +79,20 @@ def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
         return document
 
     aggregator._parsed_and_prepared = prepared_and_timed
+    # How many transactions the first pass wrote its sources in (fewer, larger ones cost the
+    # writer less: each commit rewrites the pages it touched).
+    groups = []
+
+    def counted_group(names, writes):
+        groups.append(len(names))
+        return Aggregator._write_group(aggregator, names, writes)  # as timed_calls made it
+
+    aggregator._write_group = counted_group
     with timed_calls(stage_targets(), STAGES):
         started = time.perf_counter()
         reports = aggregator.run_pass(force=True)
         first = time.perf_counter() - started
+    del aggregator._write_group
     stages = dict(STAGES)
     seconds = []
     for _ in range(NOT_MODIFIED_PASSES):
@@ -91,7 +102,7 @@ def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
     entries = sum(r.new_articles for r in reports)
     aggregator.close()
     return {"first": first, "second": statistics.median(seconds), "entries": entries,
-            "stages": stages,
+            "stages": stages, "write_groups": len(groups),
             "not_modified": sum(r.outcome == "not_modified" for r in second_reports)}
 
 
@@ -135,6 +146,8 @@ def main() -> None:
             print(f"ours, all-304 pass: {ours['second']:.2f} s ({ours['not_modified']} x 304)")
             plain = our_passes(urls, workdir, cluster=False)
             print(f"ours without clustering, first pass: {plain['first']:.1f} s")
+            print(f"write transactions of the first passes: {ours['write_groups']} with "
+                  f"clustering, {plain['write_groups']} without")
             theirs = reader_passes(urls, workdir, args.workers)
             print(f"reader ({args.workers} workers): first {theirs['first']:.1f} s for "
                   f"{theirs['entries']} entries, second {theirs['second']:.2f} s")
@@ -160,6 +173,8 @@ def main() -> None:
             "clustering": round(cluster / ours["first"], 3),
             "storing": round(max(0.0, writer - cluster) / ours["first"], 3),
         },
+        "write_groups": ours["write_groups"],
+        "write_groups_no_cluster": plain["write_groups"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result))
