@@ -535,7 +535,7 @@ class Aggregator:
             self.settings = settings
             self.clusterer.settings = settings
         if self.worker_count != workers_before:
-            changes.append(f"{self.worker_count} worker processes")
+            changes.append(f"worker processes: {self.worker_count}")
             with self._workers_lock:
                 # Fetches waiting on the old pool finish there; the next ones start the new.
                 if self._workers is not None:

@@ -389,7 +389,7 @@ def test_a_reloaded_worker_count_replaces_the_pool(tmp_path):
         pool = aggregator._worker_pool()
         assert aggregator.reload(one) == []
         assert aggregator._worker_pool() is pool
-        assert aggregator.reload(two) == ["2 worker processes"]
+        assert aggregator.reload(two) == ["worker processes: 2"]
         replaced = aggregator._worker_pool()
         assert replaced is not pool and replaced._max_workers == 2
     finally:
