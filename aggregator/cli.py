@@ -65,7 +65,8 @@ def main(verbose: int) -> None:
 @CONFIG_OPTION
 @click.option("--once", is_flag=True, help="Run one pass over the sources that are due, then exit.")
 @click.option("--all", "force_all", is_flag=True,
-              help="With --once: fetch every enabled source, due or not.")
+              help="With --once: fetch every enabled source, due or not (a source disabled "
+                   "by a 410 Gone is enabled again if it answers).")
 @click.option("--tick", default="30s", show_default=True,
               help="How often the daemon looks for due sources.")
 @handle_errors

@@ -759,6 +759,9 @@ class Aggregator:
             "last_status": result.status, "last_outcome": report.outcome,
             "last_checked_at": started, "last_success_at": started,
             "consecutive_errors": 0, "last_error": None, "cooldown_until": None,
+            # Only a forced pass requests a disabled source (an operator checking whether a
+            # gone feed is back): one that answers is enabled again.
+            "disabled_reason": None,
             "next_check_at": next_check_at(started,
                                            PollState(self._interval(conn, source, row,
                                                                     started)),

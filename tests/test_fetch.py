@@ -278,6 +278,25 @@ def test_gone_feed_is_disabled_with_a_reason(tmp_path, feed_server):
     assert aggregator.due_sources(datetime.now(UTC) + timedelta(days=30)) == []
 
 
+def test_a_gone_feed_is_requested_only_by_a_forced_pass_and_enabled_again_if_it_answers(
+        tmp_path, feed_server):
+    feed_server.route("/gone", Reply(410, b""), Reply(410, b""), Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/gone"])
+    assert [r.outcome for r in aggregator.run_pass()] == ["gone"]
+    assert aggregator.run_pass() == []  # not due, and never again on its own
+    assert len(feed_server.requests_to("/gone")) == 1
+    # An operator's forced pass (run --once --all) checks it: still gone, still disabled.
+    assert [r.outcome for r in aggregator.run_pass(force=True)] == ["gone"]
+    assert "410" in source_state(aggregator, "gone")["disabled_reason"]
+    # Back: enabled again, and scheduled like any other feed.
+    assert [r.new_articles for r in aggregator.run_pass(force=True)] == [5]
+    state = source_state(aggregator, "gone")
+    assert state["disabled_reason"] is None and state["consecutive_errors"] == 0
+    later = datetime.now(UTC) + timedelta(days=1)
+    assert [s.name for s in aggregator.due_sources(later)] == ["gone"]
+    assert len(feed_server.requests_to("/gone")) == 3
+
+
 def test_redirect_loop_is_an_error_for_that_source_only(tmp_path, feed_server):
     feed_server.route("/a", Reply(302, b"", {"Location": "/b"}))
     feed_server.route("/b", Reply(302, b"", {"Location": "/a"}))
