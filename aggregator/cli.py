@@ -346,8 +346,9 @@ def sources(config_path, as_json) -> None:
         click.echo(f"  last check {row['last_checked_at'] or 'never'}: "
                    f"{row['last_outcome'] or '-'} (HTTP {row['last_status'] or '-'}), "
                    f"last success {row['last_success_at'] or 'never'}")
-        click.echo(f"  errors in a row {row['consecutive_errors']}, next check "
-                   f"{row['next_check_at'] or 'now'}"
+        next_check = "only by run --once --all" if row["disabled_reason"] else \
+            row["next_check_at"] or "now"
+        click.echo(f"  errors in a row {row['consecutive_errors']}, next check {next_check}"
                    + (f", cooling down until {row['cooldown_until']}"
                       if row["cooldown_until"] else "")
                    + f", {row['articles']} articles")

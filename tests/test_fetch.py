@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from conftest import DATA, write_config
 from feed_server import Reply
 
+from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.errors import StoreError
 from aggregator.fetch import (
@@ -295,6 +297,38 @@ def test_a_gone_feed_is_requested_only_by_a_forced_pass_and_enabled_again_if_it_
     later = datetime.now(UTC) + timedelta(days=1)
     assert [s.name for s in aggregator.due_sources(later)] == ["gone"]
     assert len(feed_server.requests_to("/gone")) == 3
+
+
+def test_sources_command_shows_backoff_cooldown_a_move_and_a_gone_feed(tmp_path, feed_server):
+    feed_server.route("/failing", Reply(500))
+    feed_server.route("/throttled", Reply(429, headers={"Retry-After": "3600"}))
+    feed_server.route("/old", Reply(301, headers={"Location": feed_server.url("/new")}))
+    feed_server.route("/new", Reply(200, FEED))
+    feed_server.route("/gone", Reply(410))
+    sources = [{"name": name, "url": feed_server.url(path), "interval": "10m"}
+               for name, path in [("backing-off", "/failing"), ("cooling", "/throttled"),
+                                  ("moving", "/old"), ("gone", "/gone")]]
+    config = write_config(tmp_path / "states.toml", sources, database=str(tmp_path / "s.db"))
+    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator.run_pass()
+    aggregator.run_pass(force=True)  # the same 301 twice moves the feed
+    aggregator.close()
+    result = CliRunner().invoke(main, ["sources", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    blocks: dict[str, str] = {}
+    for line in result.output.splitlines():
+        if not line.startswith(" "):
+            name = line.split(" (")[0]
+            blocks[name] = ""
+        blocks[name] += line + "\n"
+    assert "error (HTTP 500)" in blocks["backing-off"]
+    assert "errors in a row 2" in blocks["backing-off"]
+    assert "throttled (HTTP 429)" in blocks["cooling"]
+    assert "cooling down until" in blocks["cooling"]
+    assert (f"url {feed_server.url('/new')} (config: {feed_server.url('/old')})"
+            in blocks["moving"])
+    assert blocks["gone"].startswith("gone (disabled: ") and "410 Gone" in blocks["gone"]
+    assert "next check only by run --once --all" in blocks["gone"]
 
 
 def test_redirect_loop_is_an_error_for_that_source_only(tmp_path, feed_server):
