@@ -174,12 +174,21 @@ def restarts_at_rest(database: str, runs: int) -> None:
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}))
 
 
+def positive(text: str) -> int:
+    """An argument of at least 1 (a rate over no articles divides by zero)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000",
                         help="comma-separated article counts to report at")
     parser.add_argument("--million", action="store_true", help="also run to 1,000,000")
-    parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument("--naive-sample", type=positive, default=2000,
+                        help="articles pushed through both ours and the naive approach")
     parser.add_argument("--window-articles", type=int,
                         default=ClusteringSettings().window_articles,
                         help="the window's article limit (0: none, time alone bounds it)")
