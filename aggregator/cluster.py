@@ -554,10 +554,22 @@ class Clusterer:
                                       round(overlap, 4)))
         return found
 
-    def _shingles(self, slots: np.ndarray) -> np.ndarray:
+    def _shingles(self, slots: np.ndarray, newcomer_slot: int = -1,
+                  newcomer: np.ndarray | None = None) -> np.ndarray:
+        """The shingle signatures of the rows ``slots``; ``newcomer``: the signature of the
+        row ``newcomer_slot``, an article committed here before the store has its row."""
         if self.rows.keep_stored:
             return self.rows.shingle[slots]
-        return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
+        if newcomer is None:
+            return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
+        signatures = np.empty((len(slots), self.rows.num_perm), dtype=newcomer.dtype)
+        is_newcomer = slots == newcomer_slot
+        signatures[is_newcomer] = newcomer
+        others = slots[~is_newcomer]
+        if others.size:
+            signatures[~is_newcomer] = self.stored.shingle_signatures(
+                self.rows.article_id[others].tolist())
+        return signatures
 
     def _similarities(self, article: ClusterArticle, slots: np.ndarray) -> np.ndarray:
         """Cosine of the article's vector (unit length) with the vectors of the article rows
@@ -713,7 +725,11 @@ class Clusterer:
     # -- committing -------------------------------------------------------------------------
 
     def commit(self, article: ClusterArticle, story_id: int) -> StoryOutcome:
-        """Record a stored article as a member of ``story_id`` (new or existing)."""
+        """Record an article as a member of ``story_id`` (new or existing).
+
+        The store may not have the article's row yet: the outcome gives the relation that row
+        is written with, so that it is written once, complete.
+        """
         assert article.article_id is not None
         vector = self.vector(article)
         story = self.stories.get(story_id)
@@ -730,7 +746,7 @@ class Clusterer:
         self.stats.add_document(fingerprint.term_counts)
         slot = int(slots[0])
         self._join(slot, article.published_ts, article.dated, story)
-        return self._elect(story, slot)
+        return self._elect(story, slot, fingerprint.shingle_signature)
 
     def source_code(self, source: str) -> int:
         """A small integer for a source name: what the rows hold (only ever compared)."""
@@ -788,7 +804,8 @@ class Clusterer:
             if ts > story.dated_last_ts:
                 story.dated_last_ts = ts
 
-    def _elect(self, story: StoryState, newcomer_slot: int) -> StoryOutcome:
+    def _elect(self, story: StoryState, newcomer_slot: int,
+               newcomer_shingles: np.ndarray) -> StoryOutcome:
         policy = self.settings.canonical_policy
         rows = self.rows
         slots = np.frombuffer(story.slots, dtype=np.int64).copy()
@@ -813,21 +830,23 @@ class Clusterer:
             canonical_id=best_id,
             previous_canonical_id=previous,
             canonical_reason=reason,
-            member_relations=self._relations(best_slot, affected),
+            member_relations=self._relations(best_slot, affected, newcomer_slot,
+                                             newcomer_shingles),
             first_ts=story.first_ts,
             last_ts=story.last_ts,
             article_count=len(slots),
             source_count=len(np.unique(rows.source[slots])),
         )
 
-    def _relations(self, canonical_slot: int,
-                   slots: np.ndarray) -> dict[int, tuple[Relation, float]]:
+    def _relations(self, canonical_slot: int, slots: np.ndarray, newcomer_slot: int,
+                   newcomer_shingles: np.ndarray) -> dict[int, tuple[Relation, float]]:
         rows = self.rows
         if len(slots) == 1 and slots[0] == canonical_slot:
             # A new story's only member: nothing to compare it with.
             return {int(rows.article_id[canonical_slot]): relation_from(
                 True, 1.0, 1.0, self.settings)}
-        signatures = self._shingles(np.append(slots, canonical_slot))
+        signatures = self._shingles(np.append(slots, canonical_slot), newcomer_slot,
+                                    newcomer_shingles)
         overlaps = (equal_values(signatures[:-1], signatures[-1]) / rows.num_perm).tolist()
         similarities = self._similarities_of(rows.vector_ids[canonical_slot],
                                              rows.vector_weights[canonical_slot],

@@ -1073,25 +1073,29 @@ class Aggregator:
                                    article.author is not None, fingerprint,
                                    dated=article.has_published, shingle_keys=shingle_keys)
         decision = self.clusterer.propose(candidate)
+        story_id = decision.story_id
+        if story_id is None:
+            story_id = self.store.create_story(conn, article.published, article.fetched)
+        # Committed to the clusterer first (it is ahead of the store until the transaction
+        # ends anyway, see _writing), so that the row is written once, with its relation.
+        article_id = self.store.next_article_id(conn) if stored_id is None else stored_id
+        candidate.article_id = article_id
+        outcome = self.clusterer.commit(candidate, story_id)
+        relation, similarity = outcome.member_relations[article_id]
         vector = self.clusterer.vector(candidate)
-        clustering_columns = dict(
+        columns = dict(
+            story_id=story_id, relation=relation, similarity=similarity,
             fingerprint=fingerprint,
             term_vector=pack_vector(self.clusterer.vector_ids(candidate), list(vector.values())),
             shingle_bytes=self.signer.to_bytes(fingerprint.shingle_signature),
             salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
             decision=decision_record(decision))
         if stored_id is None:
-            article_id = self.store.insert_article(conn, source_id=source_id, article=article,
-                                                   **clustering_columns)
+            self.store.insert_article(conn, article_id=article_id, source_id=source_id,
+                                      article=article, **columns)
         else:
-            article_id = stored_id
             self.store.update_clustering_columns(conn, article_id, source_id, article,
-                                                 **clustering_columns)
-        candidate.article_id = article_id
-        story_id = decision.story_id
-        if story_id is None:
-            story_id = self.store.create_story(conn, article.published, article.fetched)
-        outcome = self.clusterer.commit(candidate, story_id)
+                                                 **columns)
         self.store.apply_story_outcome(conn, article_id, outcome, article.fetched)
         report.new_articles += 1
         report.decisions.append((article_id, decision))

@@ -734,27 +734,34 @@ class Store:
                 chunk))
         return known
 
-    def insert_article(self, conn: sqlite3.Connection, *, source_id: int, article,
+    @staticmethod
+    def next_article_id(conn: sqlite3.Connection) -> int:
+        """The id SQLite would give the next article (one more than the largest): the writer
+        clusters an article under it before the row exists, so that the row is written once,
+        complete.  Only the writer inserts, inside its transaction."""
+        return conn.execute("SELECT coalesce(max(id), 0) + 1 FROM articles").fetchone()[0]
+
+    def insert_article(self, conn: sqlite3.Connection, *, article_id: int, source_id: int,
+                       article, story_id: int, relation: str, similarity: float,
                        fingerprint, term_vector: bytes, shingle_bytes: bytes,
-                       salient_bytes: bytes, decision: dict) -> int:
-        """Store a new article with its fingerprint (``insert_solo_articles`` stores those
-        that have none)."""
-        cursor = conn.execute(
-            "INSERT INTO articles (source_id, guid, url, canonical_url, identity_key, title, "
+                       salient_bytes: bytes, decision: dict) -> None:
+        """Store a new article, placed in its story, with its fingerprint
+        (``insert_solo_articles`` stores those that have none)."""
+        conn.execute(
+            "INSERT INTO articles (id, source_id, guid, url, canonical_url, identity_key, title, "
             "author, published, published_from_feed, fetched, text, content_hash, word_count, "
-            "decision, term_counts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [source_id, article.guid, article.url, article.canonical_url, article.identity_key,
-             article.title, article.author, to_iso(article.published),
+            "story_id, relation, similarity, decision, term_counts) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [article_id, source_id, article.guid, article.url, article.canonical_url,
+             article.identity_key, article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
-             article.content_hash, fingerprint.word_count, json.dumps(decision),
-             json.dumps(fingerprint.term_counts, separators=(",", ":"))])
-        article_id = cursor.lastrowid
+             article.content_hash, fingerprint.word_count, story_id, relation, similarity,
+             json.dumps(decision), json.dumps(fingerprint.term_counts, separators=(",", ":"))])
         self._unindexed.append((article_id, article.title, article.text))
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
                          [(key, article_id) for key in article.identity_keys])
-        return article_id
 
     @staticmethod
     def _write_fingerprint_row(conn: sqlite3.Connection, article_id: int, source_id: int,
@@ -829,13 +836,13 @@ class Store:
 
     def apply_story_outcome(self, conn: sqlite3.Connection, article_id: int, outcome,
                             seen: datetime) -> None:
-        """Write the clusterer's outcome: membership, relations, canonical and counts."""
-        conn.execute("UPDATE articles SET story_id = ? WHERE id = ?",
-                     [outcome.story_id, article_id])
+        """Write the clusterer's outcome for the other members: their relations (when the
+        canonical changed), the canonical's history and the story's row.  The article's own
+        row was written with its story and relation (``insert_article``)."""
         conn.executemany("UPDATE articles SET relation = ?, similarity = ? WHERE id = ?",
                          [(relation, similarity, member)
                           for member, (relation, similarity)
-                          in outcome.member_relations.items()])
+                          in outcome.member_relations.items() if member != article_id])
         if outcome.canonical_reason is not None:
             conn.execute(
                 "INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
@@ -858,14 +865,16 @@ class Store:
              outcome.source_count, outcome.story_id])
 
     def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int,
-                                  source_id: int, article, *, fingerprint, term_vector: bytes,
+                                  source_id: int, article, *, story_id: int, relation: str,
+                                  similarity: float, fingerprint, term_vector: bytes,
                                   shingle_bytes: bytes, salient_bytes: bytes,
                                   decision: dict) -> None:
-        """Replace a stored article's fingerprint and decision, or give it its first
-        (``recluster``)."""
+        """Place a stored article in its new story, and replace its fingerprint and decision
+        or give it its first (``recluster``)."""
         conn.execute(
-            "UPDATE articles SET word_count = ?, decision = ?, term_counts = ? WHERE id = ?",
-            [fingerprint.word_count, json.dumps(decision),
+            "UPDATE articles SET story_id = ?, relation = ?, similarity = ?, word_count = ?, "
+            "decision = ?, term_counts = ? WHERE id = ?",
+            [story_id, relation, similarity, fingerprint.word_count, json.dumps(decision),
              json.dumps(fingerprint.term_counts, separators=(",", ":")), article_id])
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)

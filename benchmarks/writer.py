@@ -11,9 +11,10 @@ with the window as a real pass does.
 
 Steps: ``propose`` (near-copy and candidate search, verification), ``commit`` (index
 insertion, canonical election), ``fingerprint`` (statistics-dependent weights, salient
-terms and their signature), ``insert_article`` (the row, its full-text index, its
-fingerprint row and identity keys), ``count_terms`` (term statistics, once per feed),
-``apply_story_outcome`` (membership, relations, the story row); with clustering off,
+terms and their signature), ``insert_article`` (the row, placed in its story, its
+full-text index, its fingerprint row and identity keys), ``count_terms`` (term statistics,
+once per write group), ``apply_story_outcome`` (the other members' relations when the
+canonical changed, the story row); with clustering off,
 ``insert_solo_articles`` (a batch of articles, each its own story, without fingerprints).
 The last line is one JSON object.
 """

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -175,3 +176,43 @@ def test_the_dashboard_benchmark_builds_a_searchable_store(tmp_path):
     assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
             if "full-text index" in v.invariant] == []
     store.close()
+
+
+def test_a_clustered_article_row_is_written_once_with_its_story_and_relation(tmp_path):
+    """The clusterer places an article under the id its row will have before the row is
+    inserted, so the row is written once, complete: no UPDATE of the articles table when the
+    canonical stays, and the check finds the store consistent."""
+    from datetime import UTC, datetime, timedelta
+
+    from aggregator.check import check_store
+    from aggregator.config import Config, Source
+    from aggregator.parse import ParsedEntry
+    from aggregator.pipeline import Aggregator
+
+    config = Config(path=str(tmp_path / "a.toml"), database=str(tmp_path / "a.db"),
+                    sources=tuple(Source(name=name, url=str(tmp_path / f"{name}.xml"),
+                                         interval_s=3600) for name in ("desk", "wire")))
+    aggregator = Aggregator(config)
+    published = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    text = "<p>" + "Dockers walked out at dawn and the harbour stood still by noon. " * 15 + "</p>"
+    aggregator.ingest_entries("desk", 0, [ParsedEntry(
+        guid="first", link=None, title="Harbour strike closes the docks", published=published,
+        content=text)], published)
+    statements: list[str] = []
+    aggregator.store.db.conn.set_trace_callback(statements.append)
+    report = aggregator.ingest_entries("wire", 0, [ParsedEntry(
+        guid="copy", link=None, title="Harbour strike closes docks",
+        published=published + timedelta(hours=1), content=text)], published)
+    aggregator.store.db.conn.set_trace_callback(None)
+
+    assert report.new_articles == 1
+    rows = aggregator.store.db.execute(
+        "SELECT guid, story_id, relation, similarity >= 0.7 FROM articles ORDER BY id").fetchall()
+    assert rows == [("first", 1, "canonical", 1), ("copy", 1, "duplicate", 1)]
+    written = [found.group(1).upper() for found in (
+        re.match(r"\s*(INSERT INTO|UPDATE) articles[\s(]", s, re.IGNORECASE)
+        for s in statements) if found]
+    # A statement that fires triggers is traced once for each of them.
+    assert set(written) == {"INSERT INTO"}
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
