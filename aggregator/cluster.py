@@ -500,7 +500,9 @@ class Clusterer:
     def vector(self, article: ClusterArticle) -> dict[str, float]:
         """The article's vector, weighed with the statistics as they are now, once."""
         if article.vector is None:
-            article.vector = normalised(article.fingerprint.weights, self.settings.vector_terms)
+            fingerprint = article.fingerprint
+            article.vector = normalised(fingerprint.weighted_terms, fingerprint.weights,
+                                        self.settings.vector_terms)
         return article.vector
 
     def vector_ids(self, article: ClusterArticle) -> list[int]:

@@ -18,16 +18,17 @@ datasketch's own ``MinHash`` and ``LeanMinHash``.
 
 from __future__ import annotations
 
-import heapq
 import math
+import operator
 import re
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
+from itertools import repeat
 
 import numpy as np
 import snowballstemmer
@@ -297,45 +298,83 @@ def first_surface_words(words: Iterable[str]) -> str:
     return " ".join(f"{term} {word}" for term, word in first.items())
 
 
-def term_weights(term_counts: Mapping[str, float], stats: TermStatistics) -> dict[str, float]:
-    """Log-TF x IDF of each term, unnormalised; terms of no weight are left out."""
-    # The class's idf formula, written out here: this runs for every term of every article.
-    log, known_prior, frequency = math.log, stats._prior_fraction.get, \
-        stats.document_frequency.get
-    total, prior_docs, prior_of = stats.documents + stats.prior_docs, stats.prior_docs, \
-        stats.prior
-    weights = {}
-    for term, count in term_counts.items():
-        if count > 0:
-            prior = known_prior(term)
-            if prior is None:
-                prior = prior_of(term)
-            weight = (1.0 + log(count)) * log(total / (frequency(term, 0)
-                                                       + prior_docs * prior + 0.5))
-            if weight > 0:
-                weights[term] = weight
-    return weights
+def term_weights(terms: list[str], counts: np.ndarray,
+                 stats: TermStatistics) -> tuple[list[str], np.ndarray]:
+    """Log-TF x IDF of each term, unnormalised: ``(terms, weights)`` in the order given, terms
+    of no weight left out.
+
+    The class's idf formula, written out for a whole article at once: this runs for every
+    article.  The logarithms are ``math.log``'s, so that a weight is the same to the last bit
+    whichever way it is computed (ties between terms are broken by name, and must stay ties).
+    """
+    positive = counts > 0
+    if not positive.all():
+        terms = [term for term, keep in zip(terms, positive.tolist(), strict=True) if keep]
+        counts = counts[positive]
+    if not terms:
+        return [], np.zeros(0)
+    priors = list(map(stats._prior_fraction.get, terms))
+    if None in priors:
+        priors = [stats.prior(term) if prior is None else prior
+                  for term, prior in zip(terms, priors, strict=True)]
+    frequency = np.fromiter(map(stats.document_frequency.get, terms, repeat(0)),
+                            dtype=np.float64, count=len(terms))
+    ratio = (stats.documents + stats.prior_docs) / (
+        frequency + stats.prior_docs * np.asarray(priors) + 0.5)
+    log = math.log
+    weights = (1.0 + np.fromiter(map(log, counts.tolist()), dtype=np.float64,
+                                 count=len(terms))) * np.fromiter(
+        map(log, ratio.tolist()), dtype=np.float64, count=len(terms))
+    weighty = weights > 0
+    if weighty.all():
+        return terms, weights
+    return ([term for term, keep in zip(terms, weighty.tolist(), strict=True) if keep],
+            weights[weighty])
 
 
-def normalised(weights: Mapping[str, float], limit: int = 0) -> dict[str, float]:
-    """L2-normalised weights; only the ``limit`` strongest terms when ``limit`` > 0."""
+def strongest(terms: list[str], values: np.ndarray, limit: int) -> list[int]:
+    """The positions of the ``limit`` largest values, largest first, equal values in order of
+    their terms: ``sorted`` by ``(-value, term)``, cut at ``limit``, but only the few values
+    that can make the cut are sorted."""
+    if limit < len(values):
+        cut = np.partition(values, len(values) - limit)[len(values) - limit]
+        contenders = np.flatnonzero(values >= cut).tolist()
+    else:
+        contenders = range(len(values))
+    ranked = values.tolist()
+    return sorted(contenders, key=lambda i: (-ranked[i], terms[i]))[:limit]
+
+
+def normalised(terms: list[str], weights: np.ndarray, limit: int = 0) -> dict[str, float]:
+    """The terms with L2-normalised weights; only the ``limit`` strongest (strongest first)
+    when ``limit`` > 0, else all in the order given."""
     if 0 < limit < len(weights):
-        weights = dict(sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:limit])
-    norm = math.sqrt(sum(w * w for w in weights.values()))
-    return {t: w / norm for t, w in weights.items()} if norm else {}
+        chosen = strongest(terms, weights, limit)
+        terms, kept = [terms[i] for i in chosen], weights[chosen].tolist()
+    else:
+        kept = weights.tolist()
+    # Summed in Python, in this order, as the stored vectors always were.
+    norm = math.sqrt(sum(map(operator.mul, kept, kept)))
+    return {t: w / norm for t, w in zip(terms, kept, strict=True)} if norm else {}
 
 
-def salient_terms(vector: Mapping[str, float], titles: set[str], limit: int) -> tuple[str, ...]:
+def salient_terms(terms: list[str], weights: np.ndarray, titles: Iterable[str],
+                  limit: int) -> tuple[str, ...]:
     """Title terms plus the strongest TF-IDF terms, ``limit`` in all at most, sorted."""
-    chosen = [t for t in titles if t in vector][:limit]
-    # Only the strongest terms can be chosen: as ``sorted(...)[:n]``, in less time.
-    ranked = heapq.nsmallest(limit + len(chosen), vector.items(),
-                             key=lambda item: (-item[1], item[0]))
-    for term, _weight in ranked:
+    weighted = set(terms)
+    chosen = [t for t in titles if t in weighted][:limit]
+    if not len(weights):
+        return tuple(sorted(chosen))
+    # Ranked by the normalised weights, as the vector ranks them (a division can make two
+    # weights equal).
+    kept = weights.tolist()
+    norm = math.sqrt(sum(map(operator.mul, kept, kept)))
+    values = weights / norm if norm else weights
+    for position in strongest(terms, values, limit + len(chosen)):
         if len(chosen) >= limit:
             break
-        if term not in chosen:
-            chosen.append(term)
+        if terms[position] not in chosen:
+            chosen.append(terms[position])
     return tuple(sorted(chosen))
 
 
@@ -494,8 +533,10 @@ class Fingerprint:
     shingle_signature: np.ndarray
     salient_signature: np.ndarray
     word_count: int
-    # Log-TF x IDF of every term, under the statistics the fingerprint was made with.
-    weights: dict[str, float]
+    # Log-TF x IDF of every term of some weight, under the statistics the fingerprint was
+    # made with (``term_weights``).
+    weighted_terms: list[str]
+    weights: np.ndarray
 
 
 def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size: int,
@@ -527,14 +568,14 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     chosen by the weights that follow.
     """
     stats.learn_prior_of(features.first_words)
-    term_counts = features.term_counts
-    weights = term_weights(term_counts, stats)
-    salient = salient_terms(normalised(weights), set(features.title_terms), salient_limit)
+    terms = features.terms.split(" ") if features.terms else []
+    weighted, weights = term_weights(terms, features.counts, stats)
+    salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
     salient_signature = signer.sign_one([t.encode() for t in salient])
-    return Fingerprint(term_counts=term_counts, salient=salient,
-                       shingle_signature=features.shingle_signature,
+    return Fingerprint(term_counts=dict(zip(terms, features.counts.tolist(), strict=True)),
+                       salient=salient, shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
-                       weights=weights)
+                       weighted_terms=weighted, weights=weights)
 
 
 def fingerprint_batch(articles: list[tuple[str, str]], stats: TermStatistics, signer: Signer,

@@ -1,15 +1,24 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from conftest import SEEDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator.fingerprint import _WORD, count_words
+from aggregator.fingerprint import (
+    _WORD,
+    TermStatistics,
+    count_words,
+    normalised,
+    salient_terms,
+    term_weights,
+)
 from aggregator.normalize import (
     ascii_folded,
     canonical_url,
@@ -152,3 +161,83 @@ def test_iso_times_are_written_as_strftime_writes_them(value):
 @settings(max_examples=300, deadline=None)
 def test_iso_times_match_strftime_for_any_time(value):
     assert to_iso(value) == reference_iso(value)
+
+
+def reference_weights(term_counts: dict[str, float], stats: TermStatistics) -> dict[str, float]:
+    """Log-TF x IDF as ``TermStatistics`` defines it, term by term."""
+    weights = {}
+    for term, count in term_counts.items():
+        if count > 0:
+            idf = math.log((stats.documents + stats.prior_docs) / (
+                stats.document_frequency.get(term, 0) + stats.prior_docs * stats.prior(term)
+                + 0.5))
+            weight = (1.0 + math.log(count)) * idf
+            if weight > 0:
+                weights[term] = weight
+    return weights
+
+
+def reference_vector(weights: dict[str, float], limit: int) -> dict[str, float]:
+    if 0 < limit < len(weights):
+        weights = dict(sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:limit])
+    norm = math.sqrt(sum(w * w for w in weights.values()))
+    return {t: w / norm for t, w in weights.items()} if norm else {}
+
+
+def reference_salient(weights: dict[str, float], titles: list[str], limit: int):
+    vector = reference_vector(weights, 0)
+    chosen = [t for t in titles if t in vector][:limit]
+    for term, _ in sorted(vector.items(), key=lambda item: (-item[1], item[0])):
+        if len(chosen) >= limit:
+            break
+        if term not in chosen:
+            chosen.append(term)
+    return tuple(sorted(chosen))
+
+
+def weigh(term_counts: dict[str, float], stats: TermStatistics):
+    return term_weights(list(term_counts), np.array(list(term_counts.values()), dtype=float),
+                        stats)
+
+
+def test_equal_weights_are_ranked_by_term_and_title_terms_come_first():
+    stats = TermStatistics(prior_docs=10)
+    stats.restore(100, [("common", 60, 0.5), ("rare", 1, 0.001), ("rarer", 1, 0.001),
+                        ("zeta", 1, 0.001), ("alpha", 1, 0.001), ("ubiquitous", 200, 0.9)])
+    counts = {"zeta": 2.0, "common": 3.0, "rare": 1.0, "alpha": 2.0, "rarer": 1.0,
+              "ubiquitous": 5.0, "never": 0.0}
+    terms, weights = weigh(counts, stats)
+    # No weight: seen in more documents than there are, or never counted in the article.
+    assert terms == ["zeta", "common", "rare", "alpha", "rarer"]
+    assert list(normalised(terms, weights, 3)) == ["alpha", "zeta", "rare"]
+    assert list(normalised(terms, weights)) == terms
+    assert math.isclose(sum(w * w for w in normalised(terms, weights, 3).values()), 1.0)
+    assert salient_terms(terms, weights, ["common"], 3) == ("alpha", "common", "zeta")
+    assert salient_terms(terms, weights, ["never", "rarer"], 2) == ("alpha", "rarer")
+    assert salient_terms([], np.zeros(0), ["common"], 3) == ()
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h", "ab", "ba"]),
+                       st.sampled_from([0.0, 1.0, 2.0, 3.0, 4.0, 6.0]), max_size=10),
+       st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e", "ab"]),
+                       st.integers(0, 30), max_size=6),
+       st.lists(st.sampled_from(["a", "c", "h", "zz"]), max_size=4, unique=True),
+       st.integers(0, 12), st.integers(1, 8))
+@settings(max_examples=300, deadline=None)
+def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequencies, titles,
+                                                                   vector_limit, salient_limit):
+    """Computed for a whole article at once, to the last bit of what the definitions give
+    term by term: equal weights (the many terms seen as often) must stay equal, for their
+    names to break the tie."""
+    stats = TermStatistics(prior_docs=20)
+    stats.restore(25, [(term, frequency, 0.01 if term < "c" else 0.2)
+                       for term, frequency in frequencies.items()])
+    terms, weights = weigh(counts, stats)
+    expected = reference_weights(counts, stats)
+    assert dict(zip(terms, weights.tolist(), strict=True)) == expected
+    assert terms == list(expected)
+    vector = normalised(terms, weights, vector_limit)
+    assert vector == reference_vector(expected, vector_limit)
+    assert list(vector) == list(reference_vector(expected, vector_limit))
+    assert salient_terms(terms, weights, titles, salient_limit) == reference_salient(
+        expected, titles, salient_limit)
