@@ -113,6 +113,7 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
             status.last_pass_finished = time.time()
 
         daemon = Daemon(one_pass, tick_s=tick_s)
+        aggregator.start_workers()
         server = start_web_server(config, status) if config.http.enabled else None
 
         def stop(signum, _frame):

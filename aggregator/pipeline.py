@@ -583,6 +583,16 @@ class Aggregator:
                     initializer=exit_with_parent, initargs=(os.getpid(),))
             return self._workers
 
+    def start_workers(self) -> list[Future]:
+        """Start the worker processes now instead of on first use; returns a future for each
+        that is done once it runs.  Each imports the project first, about a second of CPU:
+        the daemon starts them with itself, so that its first pass does not wait for that."""
+        pool = self._worker_pool()
+        if pool is None:
+            return []
+        # A pool starts a process for a task that finds none idle: one task each.
+        return [pool.submit(os.getpid) for _ in range(self.worker_count)]
+
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
                       fetched: datetime) -> Future:
         """Normalise and fingerprint entries ahead of ``ingest_entries``, in a worker

@@ -449,6 +449,30 @@ def test_a_reloaded_worker_count_replaces_the_pool(tmp_path):
         aggregator.close()
 
 
+def test_workers_started_ahead_are_all_running_before_the_first_pass(tmp_path):
+    import multiprocessing
+    from concurrent.futures import wait
+
+    sources = [{"name": "wire", "url": "http://127.0.0.1:9/feed"}]
+    config = load_config(write_config(tmp_path / "two.toml", sources, extra="workers = 2"),
+                         environ={})
+    aggregator = Aggregator(config)
+    before = set(multiprocessing.active_children())
+    try:
+        started = aggregator.start_workers()
+        assert len(started) == 2
+        wait(started, timeout=60)
+        assert all(future.done() for future in started)
+        assert len(set(multiprocessing.active_children()) - before) == 2
+    finally:
+        aggregator.close()
+    one_cpu = load_config(write_config(tmp_path / "none.toml", sources, extra="workers = 0"),
+                          environ={})
+    without = Aggregator(one_cpu)
+    assert without.start_workers() == []
+    without.close()
+
+
 def closed_port() -> int:
     import socket
 
