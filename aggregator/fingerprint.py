@@ -365,8 +365,8 @@ def salient_terms(terms: list[str], weights: np.ndarray, titles: Iterable[str],
     chosen = [t for t in titles if t in weighted][:limit]
     if not len(weights):
         return tuple(sorted(chosen))
-    # Ranked by the normalised weights, as the vector ranks them (a division can make two
-    # weights equal).
+    # Ranked by the weights normalised over every term, as salient sets always were (the
+    # division can make two weights equal, and then the name decides).
     kept = weights.tolist()
     norm = math.sqrt(sum(map(operator.mul, kept, kept)))
     values = weights / norm if norm else weights

@@ -590,8 +590,13 @@ class Aggregator:
         pool = self._worker_pool()
         if pool is None:
             return []
-        # A pool starts a process for a task that finds none idle: one task each.
-        return [pool.submit(os.getpid) for _ in range(self.worker_count)]
+        try:
+            # A pool starts a process for a task that finds none idle: one task each.
+            return [pool.submit(os.getpid) for _ in range(self.worker_count)]
+        except Exception as exc:  # e.g. no more processes allowed: the daemon goes on
+            log.warning("worker processes not started ahead (%s); each source that needs "
+                        "one reports the error", exc)
+            return []
 
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
                       fetched: datetime) -> Future:

@@ -473,6 +473,23 @@ def test_workers_started_ahead_are_all_running_before_the_first_pass(tmp_path):
     without.close()
 
 
+def test_workers_that_cannot_start_ahead_do_not_stop_the_daemon(tmp_path, monkeypatch,
+                                                                caplog):
+    class NoProcesses:
+        def submit(self, *args):
+            raise OSError(11, "Resource temporarily unavailable")
+
+    sources = [{"name": "wire", "url": "http://127.0.0.1:9/feed"}]
+    config = load_config(write_config(tmp_path / "two.toml", sources, extra="workers = 2"),
+                         environ={})
+    aggregator = Aggregator(config)
+    monkeypatch.setattr(aggregator, "_worker_pool", NoProcesses)
+    assert aggregator.start_workers() == []
+    assert "worker processes not started ahead" in caplog.text
+    assert "Resource temporarily unavailable" in caplog.text
+    aggregator.close()
+
+
 def closed_port() -> int:
     import socket
 
