@@ -568,12 +568,12 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     chosen by the weights that follow.
     """
     stats.learn_prior_of(features.first_words)
-    terms = features.terms.split(" ") if features.terms else []
-    weighted, weights = term_weights(terms, features.counts, stats)
+    term_counts = features.term_counts
+    weighted, weights = term_weights(list(term_counts), features.counts, stats)
     salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
     salient_signature = signer.sign_one([t.encode() for t in salient])
-    return Fingerprint(term_counts=dict(zip(terms, features.counts.tolist(), strict=True)),
-                       salient=salient, shingle_signature=features.shingle_signature,
+    return Fingerprint(term_counts=term_counts, salient=salient,
+                       shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
                        weighted_terms=weighted, weights=weights)
 

@@ -788,7 +788,7 @@ class Store:
         """
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '1')",
                      [UNCLUSTERED_MARK])
-        first_article = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM articles").fetchone()[0]
+        first_article = self.next_article_id(conn)
         first_story = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
         article_ids = list(range(first_article, first_article + len(articles)))
         story_ids = list(range(first_story, first_story + len(articles)))
