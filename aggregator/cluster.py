@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import attrgetter
 from typing import Literal, Protocol
 
 import numpy as np
@@ -103,6 +105,11 @@ class StoryState:
         return self.dated_first_ts <= self.dated_last_ts
 
 
+_CANONICAL_SLOT = attrgetter("canonical_slot")
+_DATED_FIRST_TS = attrgetter("dated_first_ts")
+_DATED_LAST_TS = attrgetter("dated_last_ts")
+
+
 class StoredFingerprints(Protocol):
     """What the clusterer may ask the store for instead of holding it."""
 
@@ -144,6 +151,35 @@ def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     if rows.shape[1] < 256:
         return np.einsum("ij->i", equal.view(np.uint8))
     return np.count_nonzero(equal, axis=1)
+
+
+def most_shared(slots: np.ndarray, bands: np.ndarray, limit: int) -> np.ndarray:
+    """The ``limit`` of ``slots`` (in ascending order) with the largest ``bands``, equal
+    counts taken in slot order: the slots that a stable sort by descending count would put
+    first (in ascending order, not in that one), in linear time instead of a sort's."""
+    if slots.size <= limit:
+        return slots
+    cut = np.partition(bands, bands.size - limit)[bands.size - limit]
+    keep = bands > cut
+    keep[np.flatnonzero(bands == cut)[:limit - int(np.count_nonzero(keep))]] = True
+    return slots[keep]
+
+
+def closest_stories(closeness: np.ndarray, story_ids: np.ndarray, count: int) -> list[int]:
+    """The first ``count`` distinct ``story_ids`` in order of descending ``closeness`` (whose
+    values are all different, so that the order is one).
+
+    The closest few hundred slots usually hold enough stories: only they are sorted, and
+    the rest (thousands of slots in a large window) only when they do not.
+    """
+    head = 8 * count
+    if 0 < head < closeness.size:
+        top = np.argpartition(-closeness, head - 1)[:head]
+        first = dict.fromkeys(story_ids[top[np.argsort(-closeness[top])]].tolist())
+        if len(first) >= count:
+            return list(islice(first, count))
+    first = dict.fromkeys(story_ids[np.argsort(-closeness)].tolist())
+    return list(islice(first, count))
 
 
 def padded(rows: list, dtype) -> np.ndarray:
@@ -513,15 +549,16 @@ class Clusterer:
             article.vector_ids = [term_id(term) for term in self.vector(article)]
         return article.vector_ids
 
-    def _live(self, story: StoryState, ts: float) -> bool:
-        """Whether ``story`` may still take an article of time ``ts``: its newest member is
-        within the window, and it began at most ``story_span_days`` earlier.  The second
-        rule bounds the window: without it a story that keeps attracting articles keeps
-        every member in memory, however old (in a long synthetic stream such stories held
-        a third of the window after three weeks)."""
-        settings = self.settings
-        return (ts - story.last_ts <= settings.window_days * DAY_S
-                and ts - story.first_ts <= settings.story_span_days * DAY_S)
+    def _live_stories(self, story_ids: Iterable[int], ts: float) -> list[StoryState]:
+        """The stories of ``story_ids`` (in that order) that may still take an article of
+        time ``ts``: the newest member is within the window, and the story began at most
+        ``story_span_days`` earlier.  The second rule bounds the window: without it a story
+        that keeps attracting articles keeps every member in memory, however old (in a long
+        synthetic stream such stories held a third of the window after three weeks)."""
+        window = self.settings.window_days * DAY_S
+        span = self.settings.story_span_days * DAY_S
+        return [story for story in map(self.stories.__getitem__, story_ids)
+                if ts - story.last_ts <= window and ts - story.first_ts <= span]
 
     def _candidate_slots(self, index, signature: np.ndarray, limit: int | None = None,
                          keys: np.ndarray | None = None) -> np.ndarray:
@@ -534,9 +571,8 @@ class Clusterer:
         slots, bands = np.unique(found, return_counts=True)
         alive = self.rows.alive[slots]
         slots, bands = slots[alive], bands[alive]
-        if limit is not None and slots.size > limit:
-            # Stable, so that equal counts keep slot order and the choice is reproducible.
-            slots = slots[np.argsort(-bands, kind="stable")[:limit]]
+        if limit is not None:
+            slots = most_shared(slots, bands, limit)
         return slots
 
     def near_copies(self, article: ClusterArticle) -> list[NearCopy]:
@@ -548,13 +584,14 @@ class Clusterer:
         if not slots.size:
             return []
         overlaps = equal_values(self._shingles(slots), signature) / len(signature)
-        found = []
-        for slot, overlap in zip(slots.tolist(), overlaps.tolist(), strict=True):
-            story = self.stories[int(self.rows.story_id[slot])]
-            if self._live(story, article.published_ts):
-                found.append(NearCopy(int(self.rows.article_id[slot]), story.story_id,
-                                      round(overlap, 4)))
-        return found
+        story_ids = self.rows.story_id[slots].tolist()
+        live = {story.story_id
+                for story in self._live_stories(set(story_ids), article.published_ts)}
+        return [NearCopy(article_id, story_id, round(overlap, 4))
+                for article_id, story_id, overlap in zip(
+                    self.rows.article_id[slots].tolist(), story_ids, overlaps.tolist(),
+                    strict=True)
+                if story_id in live]
 
     def _shingles(self, slots: np.ndarray, newcomer_slot: int = -1,
                   newcomer: np.ndarray | None = None) -> np.ndarray:
@@ -615,10 +652,8 @@ class Clusterer:
         # Closest first; among equals the newest article first (one key: ids are below 2^52,
         # counts below 2^11).
         closeness = (agreeing.astype(np.int64) << 52) | rows.article_id[slots]
-        story_order = rows.story_id[slots[np.argsort(-closeness)]]
-        ranked = self._first_stories(story_order, self.settings.max_candidates)
-        live = [self.stories[s] for s in ranked
-                if self._live(self.stories[s], article.published_ts)]
+        ranked = closest_stories(closeness, rows.story_id[slots], self.settings.max_candidates)
+        live = self._live_stories(ranked, article.published_ts)
         if not live:
             return []
         joined = array("q")
@@ -645,26 +680,14 @@ class Clusterer:
             candidates.append(self._candidate(article, story, own))
         return candidates
 
-    @staticmethod
-    def _first_stories(story_order: np.ndarray, count: int) -> list[int]:
-        """The first ``count`` distinct story ids of ``story_order``, in that order.
-
-        The closest few hundred slots usually hold enough stories: the rest (thousands of
-        slots in a large window) is only read when they do not.
-        """
-        head = story_order[:8 * count].tolist()
-        first = dict.fromkeys(head)
-        if len(first) < count and len(head) < len(story_order):
-            first = dict.fromkeys(story_order.tolist())
-        return list(islice(first, count))
-
     def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
                        means: np.ndarray) -> np.ndarray:
         """Score minus threshold of each story, as ``_candidate`` computes it but with numpy
         arithmetic (equal to within rounding) and without the member support."""
         settings = self.settings
-        canonical_words = self.rows.word_count[
-            [story.canonical_slot for story in stories]].astype(float)
+        count = len(stories)
+        canonical_words = self.rows.word_count[np.fromiter(
+            map(_CANONICAL_SLOT, stories), dtype=np.int64, count=count)].astype(float)
         words = np.floor(np.sqrt(max(1, article.word_count) * np.maximum(1, canonical_words)))
         low, high = settings.short_text_words, settings.long_text_words
         if high > low:
@@ -673,11 +696,11 @@ class Clusterer:
             share = np.zeros_like(words)
         threshold = settings.same_story_threshold + share * (
             settings.long_text_threshold - settings.same_story_threshold)
-        factor = np.full(len(stories), settings.undated_time_factor)
+        factor = np.full(count, settings.undated_time_factor)
         if article.dated:
-            dated = np.fromiter((story.dated for story in stories), dtype=bool)
-            first = np.fromiter((story.dated_first_ts for story in stories), dtype=float)
-            last = np.fromiter((story.dated_last_ts for story in stories), dtype=float)
+            first = np.fromiter(map(_DATED_FIRST_TS, stories), dtype=float, count=count)
+            last = np.fromiter(map(_DATED_LAST_TS, stories), dtype=float, count=count)
+            dated = first <= last  # as ``StoryState.dated``
             ts = article.published_ts
             with np.errstate(invalid="ignore"):
                 gap = np.maximum(0.0, np.maximum(first - ts, ts - last)) / DAY_S
@@ -837,7 +860,7 @@ class Clusterer:
             first_ts=story.first_ts,
             last_ts=story.last_ts,
             article_count=len(slots),
-            source_count=len(np.unique(rows.source[slots])),
+            source_count=len(set(rows.source[slots].tolist())),
         )
 
     def _relations(self, canonical_slot: int, slots: np.ndarray, newcomer_slot: int,

@@ -250,11 +250,13 @@ class BandIndex:
                 # The positions of every matching run, gathered in one indexing operation.
                 offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
                 found.append(self._slots[offsets + np.arange(total)])
-        recent = self._recent
-        for key in keys.tolist():
-            bucket = recent.get(key)
+        # The recent part's buckets joined first: one array instead of one per bucket.
+        in_recent: list[int] = []
+        for bucket in map(self._recent.get, keys.tolist()):
             if bucket:
-                found.append(np.asarray(bucket, dtype=np.int32))
+                in_recent += bucket
+        if in_recent:
+            found.append(np.asarray(in_recent, dtype=np.int32))
         if not found:
             return np.empty(0, dtype=np.int32)
         return np.concatenate(found)

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,14 @@ WINDOW_CHUNK = 4096
 WINDOW_READERS = 4
 
 
+# What ``json.dumps(value, separators=(",", ":"))`` writes, without making an encoder for
+# every call (one for each article's term counts).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+# An article's rows hold its times several times, and a pass's articles share their fetch
+# time: each time is formatted once.
+@lru_cache(maxsize=4096)
 def to_iso(value: datetime | None) -> str | None:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, the form every time in the store has."""
     if value is None:
@@ -756,7 +765,7 @@ class Store:
              article.identity_key, article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
              article.content_hash, fingerprint.word_count, story_id, relation, similarity,
-             json.dumps(decision), json.dumps(fingerprint.term_counts, separators=(",", ":"))])
+             json.dumps(decision), compact_json(fingerprint.term_counts)])
         self._unindexed.append((article_id, article.title, article.text))
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)
@@ -875,7 +884,7 @@ class Store:
             "UPDATE articles SET story_id = ?, relation = ?, similarity = ?, word_count = ?, "
             "decision = ?, term_counts = ? WHERE id = ?",
             [story_id, relation, similarity, fingerprint.word_count, json.dumps(decision),
-             json.dumps(fingerprint.term_counts, separators=(",", ":")), article_id])
+             compact_json(fingerprint.term_counts), article_id])
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)
 

@@ -18,8 +18,10 @@ from aggregator.cluster import (
     NearCopy,
     canonical_key,
     capacity_cutoff,
+    closest_stories,
     decide,
     equal_values,
+    most_shared,
     same_story_threshold,
     time_factor,
     time_sigma_days,
@@ -411,8 +413,32 @@ def test_equal_values_counts_as_count_nonzero_does(width):
     (10, 50, 20),  # fewer stories than wanted
     (2000, 50, 40),  # enough stories only beyond the closest slots
     (2000, 50, 2000),  # enough among the closest slots
+    (400, 50, 2000),  # exactly as many slots as the closest part holds
+    (401, 50, 2000),
+    (3, 0, 2),  # none wanted
 ])
-def test_first_stories_are_the_first_distinct_ids_in_order(slots, count, stories):
-    story_order = np.random.default_rng(slots + stories).integers(0, stories, slots)
-    expected = list(dict.fromkeys(story_order.tolist()))[:count]
-    assert Clusterer._first_stories(story_order, count) == expected
+def test_closest_stories_are_the_first_distinct_ids_by_closeness(slots, count, stories):
+    generator = np.random.default_rng(slots + stories)
+    closeness = generator.permutation(10 * slots + 1)[:slots].astype(np.int64)
+    story_ids = generator.integers(0, stories, slots)
+    in_order = story_ids[np.argsort(-closeness, kind="stable")].tolist()
+    expected = list(dict.fromkeys(in_order))[:count]
+    assert closest_stories(closeness, story_ids, count) == expected
+
+
+@pytest.mark.parametrize(("slots", "limit", "counts"), [
+    (0, 5, 1),
+    (5, 5, 3),  # no more than the limit
+    (6, 5, 1),  # all equal: the first five slots
+    (50, 5, 32),
+    (2000, 100, 3),  # many ties at the cut
+    (2000, 1999, 32),
+    (13000, 2000, 32),
+])
+def test_most_shared_keeps_what_a_stable_sort_by_count_puts_first(slots, limit, counts):
+    generator = np.random.default_rng(slots + limit)
+    slot_numbers = np.sort(generator.choice(10 * slots + 1, slots, replace=False))
+    bands = generator.integers(1, counts + 1, slots)
+    expected = slot_numbers[np.argsort(-bands, kind="stable")[:limit]]
+    kept = most_shared(slot_numbers, bands, limit)
+    assert kept.tolist() == sorted(expected.tolist())
