@@ -266,21 +266,60 @@ class TermStatistics:
                 self.document_frequency[term] = frequency
             self._prior_fraction[term] = prior
 
-    def learn_prior_of(self, first_words: str) -> None:
-        """Learn from ``first_surface_words``: each term with the first word that gave it."""
+    def learn_prior_of(self, first_words: str, given_at: np.ndarray | None = None,
+                       given: np.ndarray | None = None) -> None:
+        """Learn from ``first_surface_words``: each term with the first word that gave it.
+
+        ``given``: the priors of the terms at positions ``given_at`` (``given_priors``),
+        worked out ahead; the others are worked out here.
+        """
         known = self._prior_fraction
         pairs = first_words.split(" ") if first_words else []
         terms = pairs[::2]
         # Most of an article's terms are known: find the new ones without a Python loop.
         new = set(terms).difference(known)
-        if new:
-            words = dict(zip(terms, pairs[1::2], strict=True))
-            for term in new:
-                known[term] = prior_document_fraction(words[term])
+        if not new:
+            return
+        ahead = ({} if given_at is None or not len(given_at) else
+                 dict(zip(map(terms.__getitem__, given_at.tolist()), given.tolist(),
+                          strict=True)))
+        words = None
+        for term in new:
+            prior = ahead.get(term)
+            if prior is None:
+                if words is None:
+                    words = dict(zip(terms, pairs[1::2], strict=True))
+                prior = prior_document_fraction(words[term])
+            known[term] = prior
 
     def add_document(self, terms: Iterable[str]) -> None:
         self.documents += 1
         self.document_frequency.update(set(terms))
+
+# The terms whose prior this process has already given with an article (``given_priors``).
+_priors_given: set[str] = set()
+PRIORS_GIVEN_LIMIT = 200_000
+
+
+def given_priors(first_words: str) -> tuple[np.ndarray, np.ndarray]:
+    """The priors of an article's terms, as ``TermStatistics.learn_prior_of`` works them out
+    from each term's first word, for the terms this process has not given before:
+    ``(positions in first_words' terms, priors)``.
+
+    Worked out where the article is prepared (a worker process), so that the writer looks
+    up in general English only the new terms it was not given; an English lookup costs tens
+    of microseconds, and a stream's new names keep coming.  A term given with an article
+    that the writer never learns from (a repeat) is worked out there when it comes again.
+    """
+    pairs = first_words.split(" ") if first_words else []
+    given = _priors_given
+    if len(given) > PRIORS_GIVEN_LIMIT:
+        given.clear()
+    positions = [number for number, term in enumerate(pairs[::2]) if term not in given]
+    given.update(pairs[2 * number] for number in positions)
+    priors = [prior_document_fraction(pairs[2 * number + 1]) for number in positions]
+    return np.asarray(positions, dtype=np.int32), np.asarray(priors, dtype=np.float64)
+
 
 def first_surface_words(words: Iterable[str]) -> str:
     """Each content term with the first word (in text order) that stems to it: that word's
@@ -509,13 +548,16 @@ class TextFeatures:
     title_terms: frozenset[str]
     shingle_signature: np.ndarray
     word_count: int
+    # Priors given ahead (``given_priors``): positions in first_words' terms, and values.
+    prior_positions: np.ndarray
+    priors: np.ndarray
 
     @classmethod
     def of(cls, first_words: str, term_counts: dict[str, float], title_terms: frozenset[str],
            shingle_signature: np.ndarray, word_count: int) -> TextFeatures:
         return cls(first_words, " ".join(term_counts),
                    np.fromiter(term_counts.values(), dtype=np.float64, count=len(term_counts)),
-                   title_terms, shingle_signature, word_count)
+                   title_terms, shingle_signature, word_count, *given_priors(first_words))
 
     @property
     def term_counts(self) -> dict[str, float]:
@@ -567,7 +609,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     The statistics learn the prior of the article's new words first; the salient terms are
     chosen by the weights that follow.
     """
-    stats.learn_prior_of(features.first_words)
+    stats.learn_prior_of(features.first_words, features.prior_positions, features.priors)
     term_counts = features.term_counts
     weighted, weights = term_weights(list(term_counts), features.counts, stats)
     salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)

@@ -11,13 +11,18 @@ from conftest import SEEDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aggregator import fingerprint as fingerprint_module
 from aggregator.fingerprint import (
     _WORD,
     TermStatistics,
     count_words,
+    first_surface_words,
+    given_priors,
     normalised,
+    prior_document_fraction,
     salient_terms,
     term_weights,
+    tokenize,
 )
 from aggregator.normalize import (
     ascii_folded,
@@ -241,3 +246,30 @@ def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequ
     assert list(vector) == list(reference_vector(expected, vector_limit))
     assert salient_terms(terms, weights, titles, salient_limit) == reference_salient(
         expected, titles, salient_limit)
+
+
+def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkeypatch):
+    monkeypatch.setattr(fingerprint_module, "_priors_given", set())
+    first = first_surface_words(tokenize("Lavrov said the talks in Geneva were useful"))
+    second = first_surface_words(tokenize("Geneva talks: Lavrov's aides and Blinken's aides"))
+    positions, priors = given_priors(first)
+    terms = first.split(" ")[::2]
+    assert positions.tolist() == list(range(len(terms)))  # nothing given before
+    words = dict(zip(terms, first.split(" ")[1::2], strict=True))
+    assert priors.tolist() == [prior_document_fraction(words[t]) for t in terms]
+    # The second article's terms that the first gave are not given again.
+    again, again_priors = given_priors(second)
+    second_terms = second.split(" ")[::2]
+    assert [second_terms[i] for i in again.tolist()] == [
+        t for t in second_terms if t not in terms]
+
+    with_given, alone = TermStatistics(prior_docs=10), TermStatistics(prior_docs=10)
+    with_given.learn_prior_of(first, positions, priors)
+    alone.learn_prior_of(first)
+    # Only some given (a process that gave the rest with an article the writer skipped),
+    # and a prior given for a term the statistics know already: neither changes anything.
+    with_given.learn_prior_of(second, again[:1], again_priors[:1])
+    alone.learn_prior_of(second)
+    with_given.learn_prior_of(first, positions, np.full(len(positions), 0.25))
+    assert with_given._prior_fraction == alone._prior_fraction
+    assert len(alone._prior_fraction) == len(set(terms) | set(second_terms))
