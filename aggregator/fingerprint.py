@@ -296,21 +296,34 @@ class TermStatistics:
         self.documents += 1
         self.document_frequency.update(set(terms))
 
-# The terms whose prior this process has already given with an article (``given_priors``).
+# Whether this process gives priors ahead (a worker process, ``give_priors_ahead``), and
+# the terms whose prior it has given with an article (``given_priors``).
+_giving_priors = False
 _priors_given: set[str] = set()
 PRIORS_GIVEN_LIMIT = 200_000
+_NONE_GIVEN = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float64))
+
+
+def give_priors_ahead() -> None:
+    """Make this process (a worker) give priors with the articles it prepares.  The writer's
+    own process does not: it works them out itself when it learns them, and the terms it
+    gave would only be held twice."""
+    global _giving_priors
+    _giving_priors = True
 
 
 def given_priors(first_words: str) -> tuple[np.ndarray, np.ndarray]:
     """The priors of an article's terms, as ``TermStatistics.learn_prior_of`` works them out
     from each term's first word, for the terms this process has not given before:
-    ``(positions in first_words' terms, priors)``.
+    ``(positions in first_words' terms, priors)``; none outside worker processes.
 
     Worked out where the article is prepared (a worker process), so that the writer looks
     up in general English only the new terms it was not given; an English lookup costs tens
     of microseconds, and a stream's new names keep coming.  A term given with an article
     that the writer never learns from (a repeat) is worked out there when it comes again.
     """
+    if not _giving_priors:
+        return _NONE_GIVEN
     pairs = first_words.split(" ") if first_words else []
     given = _priors_given
     if len(given) > PRIORS_GIVEN_LIMIT:

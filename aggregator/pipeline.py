@@ -56,6 +56,7 @@ from .fingerprint import (
     TextFeatures,
     count_words,
     fingerprint_of,
+    give_priors_ahead,
     text_features,
 )
 from .memory import release_free_memory
@@ -247,6 +248,13 @@ def exit_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def start_worker(parent: int) -> None:
+    """A worker process's start: it exits with the daemon (``exit_with_parent``) and gives
+    the priors of new terms with the articles it prepares (``give_priors_ahead``)."""
+    exit_with_parent(parent)
+    give_priors_ahead()
 
 
 _thread_readers = threading.local()
@@ -580,7 +588,7 @@ class Aggregator:
                 # spawn, not fork: the daemon has threads, and a forked lock stays locked.
                 self._workers = ProcessPoolExecutor(
                     self.worker_count, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=exit_with_parent, initargs=(os.getpid(),))
+                    initializer=start_worker, initargs=(os.getpid(),))
             return self._workers
 
     def start_workers(self) -> list[Future]:

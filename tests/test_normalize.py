@@ -252,6 +252,10 @@ def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkey
     monkeypatch.setattr(fingerprint_module, "_priors_given", set())
     first = first_surface_words(tokenize("Lavrov said the talks in Geneva were useful"))
     second = first_surface_words(tokenize("Geneva talks: Lavrov's aides and Blinken's aides"))
+    # Outside a worker process nothing is given: the writer works priors out itself.
+    monkeypatch.setattr(fingerprint_module, "_giving_priors", False)
+    assert [len(part) for part in given_priors(first)] == [0, 0]
+    monkeypatch.setattr(fingerprint_module, "_giving_priors", True)
     positions, priors = given_priors(first)
     terms = first.split(" ")[::2]
     assert positions.tolist() == list(range(len(terms)))  # nothing given before
