@@ -296,6 +296,7 @@ class TermStatistics:
         self.documents += 1
         self.document_frequency.update(set(terms))
 
+
 # Whether this process gives priors ahead (a worker process, ``give_priors_ahead``), and
 # the terms whose prior it has given with an article (``given_priors``).
 _giving_priors = False
