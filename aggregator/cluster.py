@@ -159,6 +159,8 @@ def most_shared(slots: np.ndarray, bands: np.ndarray, limit: int) -> np.ndarray:
     first (in ascending order, not in that one), in linear time instead of a sort's."""
     if slots.size <= limit:
         return slots
+    if limit <= 0:
+        return slots[:0]
     cut = np.partition(bands, bands.size - limit)[bands.size - limit]
     keep = bands > cut
     keep[np.flatnonzero(bands == cut)[:limit - int(np.count_nonzero(keep))]] = True

@@ -430,6 +430,7 @@ def test_closest_stories_are_the_first_distinct_ids_by_closeness(slots, count, s
     (0, 5, 1),
     (5, 5, 3),  # no more than the limit
     (6, 5, 1),  # all equal: the first five slots
+    (6, 0, 3),  # none wanted
     (50, 5, 32),
     (2000, 100, 3),  # many ties at the cut
     (2000, 1999, 32),
