@@ -398,6 +398,12 @@ def strongest(terms: list[str], values: np.ndarray, limit: int) -> list[int]:
     return sorted(contenders, key=lambda i: (-ranked[i], terms[i]))[:limit]
 
 
+def l2_norm(values: list[float]) -> float:
+    """The Euclidean length of ``values``, summed in Python in the order given, as stored
+    vectors and salient sets always were (numpy's pairwise sum can differ in the last bit)."""
+    return math.sqrt(sum(map(operator.mul, values, values)))
+
+
 def normalised(terms: list[str], weights: np.ndarray, limit: int = 0) -> dict[str, float]:
     """The terms with L2-normalised weights; only the ``limit`` strongest (strongest first)
     when ``limit`` > 0, else all in the order given."""
@@ -406,8 +412,7 @@ def normalised(terms: list[str], weights: np.ndarray, limit: int = 0) -> dict[st
         terms, kept = [terms[i] for i in chosen], weights[chosen].tolist()
     else:
         kept = weights.tolist()
-    # Summed in Python, in this order, as the stored vectors always were.
-    norm = math.sqrt(sum(map(operator.mul, kept, kept)))
+    norm = l2_norm(kept)
     return {t: w / norm for t, w in zip(terms, kept, strict=True)} if norm else {}
 
 
@@ -420,8 +425,7 @@ def salient_terms(terms: list[str], weights: np.ndarray, titles: Iterable[str],
         return tuple(sorted(chosen))
     # Ranked by the weights normalised over every term, as salient sets always were (the
     # division can make two weights equal, and then the name decides).
-    kept = weights.tolist()
-    norm = math.sqrt(sum(map(operator.mul, kept, kept)))
+    norm = l2_norm(weights.tolist())
     values = weights / norm if norm else weights
     for position in strongest(terms, values, limit + len(chosen)):
         if len(chosen) >= limit:
