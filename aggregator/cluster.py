@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .config import ClusteringSettings
-from .fingerprint import Fingerprint, TermStatistics, normalised
+from .fingerprint import Fingerprint, TermStatistics, Vocabulary, normalised
 from .index import make_index
 from .memory import enlarge, keep_large_arrays_movable
 
@@ -114,30 +114,6 @@ class StoredFingerprints(Protocol):
     """What the clusterer may ask the store for instead of holding it."""
 
     def shingle_signatures(self, article_ids: list[int]) -> np.ndarray: ...
-
-
-class Vocabulary:
-    """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.terms: list[str] = [""]
-
-    def id(self, term: str) -> int:
-        found = self.ids.get(term)
-        if found is None:
-            found = self.ids[term] = len(self.terms)
-            self.terms.append(term)
-        return found
-
-    def restore(self, term_id: int, term: str) -> None:
-        while len(self.terms) <= term_id:
-            self.terms.append("")
-        self.terms[term_id] = term
-        self.ids[term] = term_id
-
-    def __len__(self) -> int:
-        return len(self.terms)
 
 
 def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -507,7 +483,6 @@ class Clusterer:
     """The in-memory clustering index of the time window."""
 
     def __init__(self, settings: ClusteringSettings, stats: TermStatistics | None = None,
-                 vocabulary: Vocabulary | None = None,
                  stored: StoredFingerprints | None = None):
         """With ``stored``, shingle signatures are read from the store when needed instead
         of being held in memory: only near-copy candidates and canonical changes need them."""
@@ -516,7 +491,7 @@ class Clusterer:
         self.settings = settings
         self.stored = stored
         self.stats = stats or TermStatistics(settings.idf_prior_docs)
-        self.vocabulary = vocabulary or Vocabulary()
+        self.vocabulary: Vocabulary = self.stats.vocabulary
         options = dict(storage_config=dict(settings.index_storage) or None)
         self.duplicate_index = make_index(settings.index_backend, settings.duplicate_threshold,
                                           settings.num_perm, prefix="duplicate", **options)
@@ -770,7 +745,7 @@ class Clusterer:
                        padded([self.vector_ids(article)], np.int32),
                        padded([list(vector.values())], np.float64),
                        self._metadata(article), article.shingle_keys, article.salient_keys)
-        self.stats.add_document(fingerprint.term_counts)
+        self.stats.add_document(fingerprint.term_ids)
         slot = int(slots[0])
         self._join(slot, article.published_ts, article.dated, story)
         return self._elect(story, slot, fingerprint.shingle_signature)

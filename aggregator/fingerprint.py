@@ -23,7 +23,7 @@ import operator
 import re
 import struct
 import threading
-from collections import Counter
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +34,7 @@ import numpy as np
 import snowballstemmer
 import wordfreq
 
+from .memory import enlarge
 from .normalize import ascii_folded
 
 MINHASH_SEED = 1
@@ -234,6 +235,39 @@ def prior_document_fraction(term: str) -> float:
     return max(1e-7, 1.0 - math.exp(-400.0 * per_token))
 
 
+class Vocabulary:
+    """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.terms: list[str] = [""]
+
+    def id(self, term: str) -> int:
+        found = self.ids.get(term)
+        if found is None:
+            found = self.ids[term] = len(self.terms)
+            self.terms.append(term)
+        return found
+
+    def ids_of(self, terms: list[str]) -> np.ndarray:
+        """The ids of ``terms`` (``id`` of each, in order, new terms numbered as they come)."""
+        found = list(map(self.ids.get, terms))
+        if None in found:
+            term_id = self.id
+            found = [term_id(term) if number is None else number
+                     for term, number in zip(terms, found, strict=True)]
+        return np.array(found, dtype=np.int32)
+
+    def restore(self, term_id: int, term: str) -> None:
+        while len(self.terms) <= term_id:
+            self.terms.append("")
+        self.terms[term_id] = term
+        self.ids[term] = term_id
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+
 class TermStatistics:
     """Online document frequencies with a prior from general English.
 
@@ -241,60 +275,112 @@ class TermStatistics:
     documents containing ``t`` and ``N0`` how many documents the prior is worth.  With an
     empty store it is the prior alone; after ``N >> N0`` articles the observed counts rule.
     Counts are kept per stem; the prior is looked up on the surface word the stem came from.
+
+    Both are arrays indexed by the vocabulary's term ids: an article's terms are looked up
+    by name once (``Vocabulary.ids_of``), and learning, weighing and counting them are then
+    array operations, where dictionaries keyed by name took a lookup each time, for every
+    term of every article (a tenth of the writer's time), and several times the memory.
     """
 
-    def __init__(self, prior_docs: float):
+    # In ``_prior``: no prior learned for the term yet (a prior is never 0: see
+    # ``prior_document_fraction``).
+    UNKNOWN = 0.0
+
+    def __init__(self, prior_docs: float, vocabulary: Vocabulary | None = None):
         self.prior_docs = prior_docs
         self.documents = 0
-        self.document_frequency: Counter[str] = Counter()
-        self._prior_fraction: dict[str, float] = {}
+        self.vocabulary = vocabulary or Vocabulary()
+        self._frequency = np.zeros(0, dtype=np.int32)
+        self._prior = np.zeros(0, dtype=np.float64)
+        self._fit(len(self.vocabulary))
+
+    def _fit(self, size: int) -> None:
+        """Room in the arrays for term ids below ``size``."""
+        if size > len(self._frequency):
+            capacity = max(size, 1024, len(self._frequency) + len(self._frequency) // 4)
+            enlarge(self, "_frequency", capacity)
+            enlarge(self, "_prior", capacity)
+
+    def ids_of(self, terms: list[str]) -> np.ndarray:
+        """The term ids of ``terms``; terms not seen before get ids (and no counts yet)."""
+        ids = self.vocabulary.ids_of(terms)
+        self._fit(len(self.vocabulary))
+        return ids
 
     def prior(self, term: str) -> float:
-        prior = self._prior_fraction.get(term)
-        if prior is not None:
-            return prior
+        term_id = self.vocabulary.ids.get(term)
+        if term_id is not None and term_id < len(self._prior):
+            learned = float(self._prior[term_id])
+            if learned != self.UNKNOWN:
+                return learned
         if "_" in term:
             # A phrase is about as rare as its rarer word, and rarer still.
             return min(self.prior(word) for word in term.split("_")) * 0.1
         return prior_document_fraction(term)
 
-    def restore(self, documents: int, rows: Iterable[tuple[str, int, float]]) -> None:
-        """Load persisted ``(term, document_frequency, prior)`` rows."""
-        self.documents = documents
-        for term, frequency, prior in rows:
-            if frequency:
-                self.document_frequency[term] = frequency
-            self._prior_fraction[term] = prior
+    def priors_of(self, ids: np.ndarray, terms: list[str]) -> np.ndarray:
+        """The priors of the terms ``terms`` (of ids ``ids``), learned or not."""
+        priors = self._prior[ids]
+        unknown = np.flatnonzero(priors == self.UNKNOWN)
+        for position in unknown.tolist():
+            priors[position] = self.prior(terms[position])
+        return priors
 
-    def learn_prior_of(self, first_words: str, given_at: np.ndarray | None = None,
-                       given: np.ndarray | None = None) -> None:
-        """Learn from ``first_surface_words``: each term with the first word that gave it.
+    def frequency(self, term: str) -> int:
+        """How many documents counted contain ``term``."""
+        term_id = self.vocabulary.ids.get(term)
+        return int(self._frequency[term_id]) if term_id is not None else 0
+
+    def frequencies_of(self, ids: np.ndarray) -> np.ndarray:
+        return self._frequency[ids]
+
+    def frequencies(self) -> dict[str, int]:
+        """Every counted term's document frequency (for checks and tests)."""
+        counted = np.flatnonzero(self._frequency[:len(self.vocabulary)])
+        terms = self.vocabulary.terms
+        return {terms[term_id]: int(self._frequency[term_id]) for term_id in counted.tolist()}
+
+    def restore(self, documents: int, rows: Iterable[tuple[int, str, int, float]]) -> None:
+        """Load persisted ``(id, term, document_frequency, prior)`` rows."""
+        self.documents = documents
+        ids, frequencies, priors = array("q"), array("q"), array("d")
+        restore_term = self.vocabulary.restore
+        for term_id, term, frequency, prior in rows:
+            restore_term(term_id, term)
+            ids.append(term_id)
+            frequencies.append(frequency)
+            priors.append(prior)
+        self._fit(len(self.vocabulary))
+        at = np.frombuffer(ids, dtype=np.int64)
+        self._frequency[at] = np.frombuffer(frequencies, dtype=np.int64)
+        self._prior[at] = np.frombuffer(priors, dtype=np.float64)
+
+    def learn_priors(self, ids: np.ndarray, first_words: str,
+                     given_at: np.ndarray | None = None, given: np.ndarray | None = None) -> None:
+        """Learn the prior of each term of ``ids`` not learned before, from the first word
+        that gave it (``first_words``, one per term, as ``TextFeatures`` has them).
 
         ``given``: the priors of the terms at positions ``given_at`` (``given_priors``),
-        worked out ahead; the others are worked out here.
+        worked out ahead; the others are worked out here.  A phrase has no word of its own:
+        its prior follows its words' (``prior``).
         """
-        known = self._prior_fraction
-        pairs = first_words.split(" ") if first_words else []
-        terms = pairs[::2]
-        # Most of an article's terms are known: find the new ones without a Python loop.
-        new = set(terms).difference(known)
-        if not new:
+        new = np.flatnonzero(self._prior[ids] == self.UNKNOWN)
+        if not new.size:
             return
         ahead = ({} if given_at is None or not len(given_at) else
-                 dict(zip(map(terms.__getitem__, given_at.tolist()), given.tolist(),
-                          strict=True)))
-        words = None
-        for term in new:
-            prior = ahead.get(term)
-            if prior is None:
-                if words is None:
-                    words = dict(zip(terms, pairs[1::2], strict=True))
-                prior = prior_document_fraction(words[term])
-            known[term] = prior
+                 dict(zip(given_at.tolist(), given.tolist(), strict=True)))
+        words = first_words.split(" ")
+        for position in new.tolist():
+            word = words[position]
+            if word:
+                prior = ahead.get(position)
+                self._prior[ids[position]] = (prior_document_fraction(word) if prior is None
+                                              else prior)
 
-    def add_document(self, terms: Iterable[str]) -> None:
+    def add_document(self, ids: np.ndarray) -> None:
+        """Count one document with the terms ``ids`` (each once)."""
         self.documents += 1
-        self.document_frequency.update(set(terms))
+        self._frequency[ids] += 1
 
 
 # Whether this process gives priors ahead (a worker process, ``give_priors_ahead``), and
@@ -313,67 +399,60 @@ def give_priors_ahead() -> None:
     _giving_priors = True
 
 
-def given_priors(first_words: str) -> tuple[np.ndarray, np.ndarray]:
-    """The priors of an article's terms, as ``TermStatistics.learn_prior_of`` works them out
-    from each term's first word, for the terms this process has not given before:
-    ``(positions in first_words' terms, priors)``; none outside worker processes.
+def given_priors(terms: str, first_words: str) -> tuple[np.ndarray, np.ndarray]:
+    """The priors of an article's terms (``TextFeatures.terms``, with their first words),
+    as ``TermStatistics.learn_priors`` works them out, for the terms this process has not
+    given before: ``(positions in terms, priors)``; none outside worker processes.
 
     Worked out where the article is prepared (a worker process), so that the writer looks
     up in general English only the new terms it was not given; an English lookup costs tens
     of microseconds, and a stream's new names keep coming.  A term given with an article
     that the writer never learns from (a repeat) is worked out there when it comes again.
     """
-    if not _giving_priors:
+    if not _giving_priors or not terms:
         return _NONE_GIVEN
-    pairs = first_words.split(" ") if first_words else []
+    names, words = terms.split(" "), first_words.split(" ")
     given = _priors_given
     if len(given) > PRIORS_GIVEN_LIMIT:
         given.clear()
-    positions = [number for number, term in enumerate(pairs[::2]) if term not in given]
-    given.update(pairs[2 * number] for number in positions)
-    priors = [prior_document_fraction(pairs[2 * number + 1]) for number in positions]
+    positions = [number for number, (term, word) in enumerate(zip(names, words, strict=True))
+                 if word and term not in given]
+    given.update(names[number] for number in positions)
+    priors = [prior_document_fraction(words[number]) for number in positions]
     return np.asarray(positions, dtype=np.int32), np.asarray(priors, dtype=np.float64)
 
 
-def first_surface_words(words: Iterable[str]) -> str:
+def first_surface_words(words: Iterable[str]) -> dict[str, str]:
     """Each content term with the first word (in text order) that stems to it: that word's
-    frequency in general English gives the term's prior.
-
-    As one string, ``"term word term word ..."`` (neither has blanks): a prepared article
-    waits in memory until the writer places it, and a few hundred pairs of small strings
-    cost ten times as much as their text.
-    """
+    frequency in general English gives the term's prior."""
     first: dict[str, str] = {}
     for word in dict.fromkeys(words):
         term = term_of(word)
         if term is not None and term not in first:
             first[term] = word
-    return " ".join(f"{term} {word}" for term, word in first.items())
+    return first
 
 
-def term_weights(terms: list[str], counts: np.ndarray,
-                 stats: TermStatistics) -> tuple[list[str], np.ndarray]:
+def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
+                 ids: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
     """Log-TF x IDF of each term, unnormalised: ``(terms, weights)`` in the order given, terms
-    of no weight left out.
+    of no weight left out.  ``ids``: the terms' ids in the statistics, if known.
 
     The class's idf formula, written out for a whole article at once: this runs for every
     article.  The logarithms are ``math.log``'s, so that a weight is the same to the last bit
     whichever way it is computed (ties between terms are broken by name, and must stay ties).
     """
+    if ids is None:
+        ids = stats.ids_of(terms)
     positive = counts > 0
     if not positive.all():
         terms = [term for term, keep in zip(terms, positive.tolist(), strict=True) if keep]
-        counts = counts[positive]
+        counts, ids = counts[positive], ids[positive]
     if not terms:
         return [], np.zeros(0)
-    priors = list(map(stats._prior_fraction.get, terms))
-    if None in priors:
-        priors = [stats.prior(term) if prior is None else prior
-                  for term, prior in zip(terms, priors, strict=True)]
-    frequency = np.fromiter(map(stats.document_frequency.get, terms, repeat(0)),
-                            dtype=np.float64, count=len(terms))
+    frequency = stats.frequencies_of(ids).astype(np.float64)
     ratio = (stats.documents + stats.prior_docs) / (
-        frequency + stats.prior_docs * np.asarray(priors) + 0.5)
+        frequency + stats.prior_docs * stats.priors_of(ids, terms) + 0.5)
     log = math.log
     weights = (1.0 + np.fromiter(map(log, counts.tolist()), dtype=np.float64,
                                  count=len(terms))) * np.fromiter(
@@ -560,35 +639,44 @@ class TextFeatures:
     of the memory of a dictionary of strings and floats.
     """
 
-    first_words: str  # see first_surface_words
     terms: str  # the content terms, separated by single spaces, in the order counted
+    # The first word (in text order) that gave each term, in the order of ``terms``; none
+    # (an empty string) for a phrase.  Its frequency in general English gives the prior.
+    first_words: str
     counts: np.ndarray  # their weighted counts
     title_terms: frozenset[str]
     shingle_signature: np.ndarray
     word_count: int
-    # Priors given ahead (``given_priors``): positions in first_words' terms, and values.
+    # Priors given ahead (``given_priors``): positions in terms, and values.
     prior_positions: np.ndarray
     priors: np.ndarray
 
     @classmethod
-    def of(cls, first_words: str, term_counts: dict[str, float], title_terms: frozenset[str],
-           shingle_signature: np.ndarray, word_count: int) -> TextFeatures:
-        return cls(first_words, " ".join(term_counts),
+    def of(cls, first_words: dict[str, str], term_counts: dict[str, float],
+           title_terms: frozenset[str], shingle_signature: np.ndarray,
+           word_count: int) -> TextFeatures:
+        terms = " ".join(term_counts)
+        words = " ".join(map(first_words.get, term_counts, repeat("")))
+        return cls(terms, words,
                    np.fromiter(term_counts.values(), dtype=np.float64, count=len(term_counts)),
-                   title_terms, shingle_signature, word_count, *given_priors(first_words))
+                   title_terms, shingle_signature, word_count, *given_priors(terms, words))
+
+    @property
+    def term_list(self) -> list[str]:
+        return self.terms.split(" ") if self.terms else []
 
     @property
     def term_counts(self) -> dict[str, float]:
-        if not self.terms:
-            return {}
-        return dict(zip(self.terms.split(" "), self.counts.tolist(), strict=True))
+        return dict(zip(self.term_list, self.counts.tolist(), strict=True))
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     """What clustering needs of an article, and what the store keeps to rebuild the index."""
 
-    term_counts: dict[str, float]
+    terms: list[str]  # every term of the article, in the order counted
+    counts: np.ndarray  # their weighted counts
+    term_ids: np.ndarray  # their vocabulary ids
     salient: tuple[str, ...]
     shingle_signature: np.ndarray
     salient_signature: np.ndarray
@@ -597,6 +685,10 @@ class Fingerprint:
     # made with (``term_weights``).
     weighted_terms: list[str]
     weights: np.ndarray
+
+    @property
+    def term_counts(self) -> dict[str, float]:
+        return dict(zip(self.terms, self.counts.tolist(), strict=True))
 
 
 def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size: int,
@@ -621,18 +713,19 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
 
 
 def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer,
-                salient_limit: int) -> Fingerprint:
+                   salient_limit: int) -> Fingerprint:
     """The fingerprint of one article under the statistics as they are now.
 
     The statistics learn the prior of the article's new words first; the salient terms are
     chosen by the weights that follow.
     """
-    stats.learn_prior_of(features.first_words, features.prior_positions, features.priors)
-    term_counts = features.term_counts
-    weighted, weights = term_weights(list(term_counts), features.counts, stats)
+    terms = features.term_list
+    ids = stats.ids_of(terms)
+    stats.learn_priors(ids, features.first_words, features.prior_positions, features.priors)
+    weighted, weights = term_weights(terms, features.counts, stats, ids)
     salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
     salient_signature = signer.sign_one([t.encode() for t in salient])
-    return Fingerprint(term_counts=term_counts, salient=salient,
+    return Fingerprint(terms=terms, counts=features.counts, term_ids=ids, salient=salient,
                        shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
                        weighted_terms=weighted, weights=weights)

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -39,7 +39,6 @@ from .cluster import (
     ClusterArticle,
     Clusterer,
     Decision,
-    Vocabulary,
 )
 from .config import ClusteringSettings, Config, Source
 from .errors import (
@@ -406,12 +405,8 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
 
 def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
     stats = TermStatistics(settings.idf_prior_docs)
-    vocabulary = Vocabulary()
-    documents, rows = store.term_statistics()
-    for term_id, term, _frequency, _prior in rows:
-        vocabulary.restore(term_id, term)
-    stats.restore(documents, ((term, frequency, prior) for _id, term, frequency, prior in rows))
-    clusterer = Clusterer(settings, stats, vocabulary, stored=StoreFingerprints(store, signer))
+    stats.restore(*store.term_statistics())
+    clusterer = Clusterer(settings, stats, stored=StoreFingerprints(store, signer))
     floor = store.window_floor()
     if floor is not None:
         clusterer.floor_ts = floor.timestamp()
@@ -494,8 +489,8 @@ class Aggregator:
         # ends: a write group's sources share most terms, so one statement per term for the
         # group instead of one per term of each source (a fifth of the rows in the synthetic
         # stream).  One tally for each ``_cluster_and_store`` call, folded into the first
-        # once its source is released (see ``_write_each``).
-        self._uncounted: list[tuple[Counter[str], int]] = []
+        # once its source is released (see ``_write_each``): the term ids of each article.
+        self._uncounted: list[tuple[list[np.ndarray], int]] = []
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
         self._workers_lock = threading.Lock()
@@ -1017,7 +1012,7 @@ class Aggregator:
         features = features or [None] * len(placements)
         # From here until the commit, the clusterer is ahead of the store (see _writing).
         self._clusterer_changes += 1
-        counted: Counter[str] = Counter()
+        counted: list[np.ndarray] = []
         self._uncounted.append((counted, len(placements)))
         for start in range(0, len(placements), PLACEMENT_CHUNK):
             chunk = placements[start:start + PLACEMENT_CHUNK]
@@ -1038,20 +1033,17 @@ class Aggregator:
                             stored_id=placement[4],
                             shingle_keys=None if shingle_keys is None
                             else shingle_keys[offset:offset + 1])
-                counted.update(article_print.term_counts.keys())
+                counted.append(article_print.term_ids)
                 if progress:
                     progress(start + offset + 1, len(placements))
 
     def _merge_tallies(self) -> None:
         """Fold the tallies of ``_uncounted`` into one, once the sources they count can no
-        longer be rolled back alone: a tally for each source of a group, kept to the end of
-        the transaction, held a few megabytes that the heap kept after they were freed."""
+        longer be rolled back alone."""
         if len(self._uncounted) > 1:
-            counted, documents = self._uncounted[0]
-            for more, more_documents in self._uncounted[1:]:
-                counted.update(more)
-                documents += more_documents
-            self._uncounted = [(counted, documents)]
+            every = [ids for counted, _documents in self._uncounted for ids in counted]
+            self._uncounted = [([np.concatenate(every)] if every else [],
+                                sum(documents for _counted, documents in self._uncounted))]
 
     def _count_terms(self, conn) -> None:
         """Write the tallies of ``_uncounted`` to the term statistics."""
@@ -1060,12 +1052,15 @@ class Aggregator:
         self._merge_tallies()
         [(counted, documents)] = self._uncounted
         self._uncounted = []
-        stats, vocabulary = self.clusterer.stats, self.clusterer.vocabulary
+        stats, terms = self.clusterer.stats, self.clusterer.vocabulary.terms
+        articles_with = np.bincount(np.concatenate(counted)) if counted else np.zeros(0)
+        present = np.flatnonzero(articles_with)
         # A generator, not a list: a group's terms as rows of Python objects at once took
         # several megabytes, which the heap kept after they were freed.
         self.store.count_terms(conn, documents, (
-            (vocabulary.id(term), term, count, stats.prior(term))
-            for term, count in counted.items()))
+            (term_id, terms[term_id], count, stats.prior(terms[term_id]))
+            for term_id, count in zip(present.tolist(), articles_with[present].tolist(),
+                                      strict=True)))
 
     def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:

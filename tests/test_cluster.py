@@ -275,7 +275,7 @@ def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     straight_reports = straight.run_pass()
     expected = straight_reports[2].decisions[0][1]
     straight_stats = (straight.clusterer.stats.documents,
-                      dict(straight.clusterer.stats.document_frequency))
+                      straight.clusterer.stats.frequencies())
     straight.close()
 
     # Interrupted: two seeds, a restart, then the third.
@@ -290,7 +290,7 @@ def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     assert got.relation == expected.relation == "same_story"
     assert got.candidates[0].score == pytest.approx(expected.candidates[0].score, abs=1e-4)
     assert (second.clusterer.stats.documents,
-            dict(second.clusterer.stats.document_frequency)) == straight_stats
+            second.clusterer.stats.frequencies()) == straight_stats
     second.close()
 
 

@@ -215,7 +215,7 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     # The clusterer rebuilt after the failure kept the first source's term statistics.
     stored = load_clusterer(aggregator.store, aggregator.settings, aggregator.signer).stats
     assert aggregator.clusterer.stats.documents == stored.documents == 6
-    assert aggregator.clusterer.stats.document_frequency == stored.document_frequency
+    assert aggregator.clusterer.stats.frequencies() == stored.frequencies()
     aggregator.close()
 
 

@@ -174,7 +174,7 @@ def reference_weights(term_counts: dict[str, float], stats: TermStatistics) -> d
     for term, count in term_counts.items():
         if count > 0:
             idf = math.log((stats.documents + stats.prior_docs) / (
-                stats.document_frequency.get(term, 0) + stats.prior_docs * stats.prior(term)
+                stats.frequency(term) + stats.prior_docs * stats.prior(term)
                 + 0.5))
             weight = (1.0 + math.log(count)) * idf
             if weight > 0:
@@ -207,8 +207,9 @@ def weigh(term_counts: dict[str, float], stats: TermStatistics):
 
 def test_equal_weights_are_ranked_by_term_and_title_terms_come_first():
     stats = TermStatistics(prior_docs=10)
-    stats.restore(100, [("common", 60, 0.5), ("rare", 1, 0.001), ("rarer", 1, 0.001),
-                        ("zeta", 1, 0.001), ("alpha", 1, 0.001), ("ubiquitous", 200, 0.9)])
+    stats.restore(100, [(1, "common", 60, 0.5), (2, "rare", 1, 0.001), (3, "rarer", 1, 0.001),
+                        (4, "zeta", 1, 0.001), (5, "alpha", 1, 0.001),
+                        (6, "ubiquitous", 200, 0.9)])
     counts = {"zeta": 2.0, "common": 3.0, "rare": 1.0, "alpha": 2.0, "rarer": 1.0,
               "ubiquitous": 5.0, "never": 0.0}
     terms, weights = weigh(counts, stats)
@@ -235,8 +236,8 @@ def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequ
     term by term: equal weights (the many terms seen as often) must stay equal, for their
     names to break the tie."""
     stats = TermStatistics(prior_docs=20)
-    stats.restore(25, [(term, frequency, 0.01 if term < "c" else 0.2)
-                       for term, frequency in frequencies.items()])
+    stats.restore(25, [(term_id, term, frequency, 0.01 if term < "c" else 0.2)
+                       for term_id, (term, frequency) in enumerate(frequencies.items(), 1)])
     terms, weights = weigh(counts, stats)
     expected = reference_weights(counts, stats)
     assert dict(zip(terms, weights.tolist(), strict=True)) == expected
@@ -248,32 +249,49 @@ def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequ
         expected, titles, salient_limit)
 
 
+def terms_and_first_words(text: str, phrases: tuple[str, ...] = ()) -> tuple[str, str]:
+    """``TextFeatures``' terms and first words of a text (phrases have no first word)."""
+    first = first_surface_words(tokenize(text))
+    return " ".join([*first, *phrases]), " ".join([*first.values(), *([""] * len(phrases))])
+
+
 def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkeypatch):
     monkeypatch.setattr(fingerprint_module, "_priors_given", set())
-    first = first_surface_words(tokenize("Lavrov said the talks in Geneva were useful"))
-    second = first_surface_words(tokenize("Geneva talks: Lavrov's aides and Blinken's aides"))
+    first = terms_and_first_words("Lavrov said the talks in Geneva were useful",
+                                  ("lavrov_talk",))
+    second = terms_and_first_words("Geneva talks: Lavrov's aides and Blinken's aides")
     # Outside a worker process nothing is given: the writer works priors out itself.
     monkeypatch.setattr(fingerprint_module, "_giving_priors", False)
-    assert [len(part) for part in given_priors(first)] == [0, 0]
+    assert [len(part) for part in given_priors(*first)] == [0, 0]
     monkeypatch.setattr(fingerprint_module, "_giving_priors", True)
-    positions, priors = given_priors(first)
-    terms = first.split(" ")[::2]
-    assert positions.tolist() == list(range(len(terms)))  # nothing given before
-    words = dict(zip(terms, first.split(" ")[1::2], strict=True))
-    assert priors.tolist() == [prior_document_fraction(words[t]) for t in terms]
+    positions, priors = given_priors(*first)
+    terms, words = first[0].split(" "), first[1].split(" ")
+    # Nothing given before; a phrase is never given: its prior follows its words'.
+    assert positions.tolist() == list(range(len(terms) - 1))
+    assert priors.tolist() == [prior_document_fraction(w) for w in words[:-1]]
     # The second article's terms that the first gave are not given again.
-    again, again_priors = given_priors(second)
-    second_terms = second.split(" ")[::2]
+    again, again_priors = given_priors(*second)
+    second_terms = second[0].split(" ")
     assert [second_terms[i] for i in again.tolist()] == [
         t for t in second_terms if t not in terms]
 
     with_given, alone = TermStatistics(prior_docs=10), TermStatistics(prior_docs=10)
-    with_given.learn_prior_of(first, positions, priors)
-    alone.learn_prior_of(first)
+
+    def learn(stats, features, given_at=None, given=None):
+        stats.learn_priors(stats.ids_of(features[0].split(" ")), features[1], given_at, given)
+
+    learn(with_given, first, positions, priors)
+    learn(alone, first)
     # Only some given (a process that gave the rest with an article the writer skipped),
     # and a prior given for a term the statistics know already: neither changes anything.
-    with_given.learn_prior_of(second, again[:1], again_priors[:1])
-    alone.learn_prior_of(second)
-    with_given.learn_prior_of(first, positions, np.full(len(positions), 0.25))
-    assert with_given._prior_fraction == alone._prior_fraction
-    assert len(alone._prior_fraction) == len(set(terms) | set(second_terms))
+    learn(with_given, second, again[:1], again_priors[:1])
+    learn(alone, second)
+    learn(with_given, first, positions, np.full(len(positions), 0.25))
+    everything = [*terms, *second_terms]
+    assert [with_given.prior(t) for t in everything] == [alone.prior(t) for t in everything]
+    assert alone.prior("lavrov") == prior_document_fraction("Lavrov")
+    assert alone.prior("lavrov_talk") == 0.1 * min(alone.prior("lavrov"), alone.prior("talk"))
+    # A wrong value given is learned as given: the comparison above can fail.
+    wrong = TermStatistics(prior_docs=10)
+    learn(wrong, first, positions, np.full(len(positions), 0.25))
+    assert wrong.prior("lavrov") == 0.25
