@@ -231,6 +231,44 @@ def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks():
     assert (index._slots[:index._size] == np.concatenate(all_slots)[order]).all()
 
 
+@pytest.mark.parametrize(("seed", "merge_at"), [(1, 40), (2, 100), (3, 1000)])
+def test_recent_middle_and_main_runs_answer_as_one_list_of_insertions(seed, merge_at):
+    """Insertions pass from the recent dict to the middle run to the main run; whichever
+    part holds them, a query finds every live insertion of its keys, once each, and a
+    compaction leaves the main run as one stable sort of the live insertions."""
+    rng = np.random.default_rng(seed)
+    index = BandIndex(0.05, 128, merge_at=merge_at)
+    inserted_keys, inserted_slots = [], []
+    alive = np.ones(600, dtype=bool)
+    queried_all_parts = 0
+    for slot in range(600):
+        # Few distinct values: many equal keys, in every part at once.
+        keys = rng.integers(0, 50, (1, index.bands)).astype(np.uint64)
+        index.insert(np.asarray([slot]), None, keys)
+        inserted_keys.append(keys[0])
+        inserted_slots.append(np.full(index.bands, slot, dtype=np.int32))
+        if slot % 150 == 149:
+            alive[rng.integers(0, slot, 40)] = False
+            index.compact(alive)
+            every_key = np.concatenate(inserted_keys)
+            every_slot = np.concatenate(inserted_slots)
+            live = alive[every_slot]
+            order = np.argsort(every_key[live], kind="stable")
+            assert (index._keys[:index._size] == every_key[live][order]).all()
+            assert (index._slots[:index._size] == every_slot[live][order]).all()
+        if slot % 7 == 0:
+            query = keys[0] if slot % 2 else rng.integers(0, 50, index.bands).astype(np.uint64)
+            every_key = np.concatenate(inserted_keys)
+            every_slot = np.concatenate(inserted_slots)
+            expected = np.concatenate([every_slot[every_key == key] for key in query])
+            queried_all_parts += bool(index._size and len(index._middle_keys))
+            found = index.query(None, query)
+            found = found[alive[found]]
+            assert sorted(found.tolist()) == sorted(expected[alive[expected]].tolist())
+    # Queries met the main and the middle run at once (with the smaller merge sizes).
+    assert queried_all_parts > 0 or merge_at == 1000
+
+
 def stream_decisions(settings: ClusteringSettings) -> list[tuple[str, int | None]]:
     clusterer = Clusterer(settings)
     topics = ["glacier avalanche sherpa crampon icefall summit expedition oxygen",
