@@ -278,8 +278,8 @@ class TermStatistics:
 
     Both are arrays indexed by the vocabulary's term ids: an article's terms are looked up
     by name once (``Vocabulary.ids_of``), and learning, weighing and counting them are then
-    array operations, where dictionaries keyed by name took a lookup each time, for every
-    term of every article (a tenth of the writer's time), and several times the memory.
+    array operations, where dictionaries keyed by name took five lookups a term of every
+    article.
     """
 
     # In ``_prior``: no prior learned for the term yet (a prior is never 0: see
@@ -329,7 +329,9 @@ class TermStatistics:
     def frequency(self, term: str) -> int:
         """How many documents counted contain ``term``."""
         term_id = self.vocabulary.ids.get(term)
-        return int(self._frequency[term_id]) if term_id is not None else 0
+        if term_id is None or term_id >= len(self._frequency):
+            return 0
+        return int(self._frequency[term_id])
 
     def frequencies_of(self, ids: np.ndarray) -> np.ndarray:
         return self._frequency[ids]

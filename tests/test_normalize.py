@@ -15,6 +15,7 @@ from aggregator import fingerprint as fingerprint_module
 from aggregator.fingerprint import (
     _WORD,
     TermStatistics,
+    Vocabulary,
     count_words,
     first_surface_words,
     given_priors,
@@ -295,3 +296,16 @@ def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkey
     wrong = TermStatistics(prior_docs=10)
     learn(wrong, first, positions, np.full(len(positions), 0.25))
     assert wrong.prior("lavrov") == 0.25
+
+
+def test_a_term_named_before_it_is_counted_has_no_frequency_yet():
+    vocabulary = Vocabulary()
+    for number in range(2000):
+        vocabulary.id(f"t{number}")
+    stats = TermStatistics(10, vocabulary)
+    vocabulary.id("later")  # beyond the arrays: named (a vector's term) but never counted
+    assert stats.frequency("later") == 0 and stats.frequency("never") == 0
+    stats.add_document(stats.ids_of(["later", "t5"]))
+    stats.add_document(stats.ids_of(["t5"]))
+    assert stats.frequency("later") == 1 and stats.frequencies() == {"later": 1, "t5": 2}
+    assert stats.documents == 2
