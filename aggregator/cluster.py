@@ -99,6 +99,10 @@ class StoryState:
     last_ts: float = -math.inf
     dated_first_ts: float = math.inf
     dated_last_ts: float = -math.inf
+    # The canonical policy under which the canonical was last elected among all members;
+    # None when it came from the store (elected under another policy, perhaps, or other
+    # source priorities).
+    elected_under: tuple[str, ...] | None = None
 
     @property
     def dated(self) -> bool:
@@ -811,19 +815,15 @@ class Clusterer:
         policy = self.settings.canonical_policy
         rows = self.rows
         slots = np.frombuffer(story.slots, dtype=np.int64).copy()
-        keys = [policy_key(policy, *values) for values in zip(
-            rows.priority[slots].tolist(), rows.word_count[slots].tolist(),
-            rows.published_ts[slots].tolist(), rows.has_author[slots].tolist(),
-            rows.article_id[slots].tolist(), strict=True)]
-        ranked = sorted(range(len(keys)), key=keys.__getitem__)
-        best_slot = int(slots[ranked[0]])
+        best_slot, runner_up_slot = self._best_two(story, newcomer_slot, slots, policy)
         best_id = int(rows.article_id[best_slot])
         previous = story.canonical_id
         changed = previous != best_id
         story.canonical_id, story.canonical_slot = best_id, best_slot
+        story.elected_under = policy
         reason = None
         if changed:
-            runner_up = self.member(int(slots[ranked[1]])) if len(ranked) > 1 else None
+            runner_up = None if runner_up_slot is None else self.member(runner_up_slot)
             reason = canonical_reason(self.member(best_slot), runner_up, policy)
         # Relations are relative to the canonical: all change with it, else only the newcomer's.
         affected = slots if changed else np.asarray([newcomer_slot], dtype=np.int64)
@@ -839,6 +839,34 @@ class Clusterer:
             article_count=len(slots),
             source_count=len(set(rows.source[slots].tolist())),
         )
+
+    def _best_two(self, story: StoryState, newcomer_slot: int, slots: np.ndarray,
+                  policy: tuple[str, ...]) -> tuple[int, int | None]:
+        """The best member under ``policy`` and the next best (None for a story of one).
+
+        A member's key never changes in the window, so when the canonical was elected under
+        this policy it is the best of the members before the newcomer: the best is the
+        better of the two, and if that is the newcomer, the canonical comes next.  Only a
+        story restored from the store, or after the policy changed, ranks every member.
+        """
+        rows = self.rows
+        if story.elected_under == policy and len(slots) > 1:
+            def key(slot: int) -> tuple:
+                return policy_key(policy, rows.priority[slot].item(),
+                                  rows.word_count[slot].item(),
+                                  rows.published_ts[slot].item(),
+                                  rows.has_author[slot].item(), rows.article_id[slot].item())
+
+            canonical_slot = story.canonical_slot
+            if key(newcomer_slot) < key(canonical_slot):
+                return newcomer_slot, canonical_slot
+            return canonical_slot, None
+        keys = [policy_key(policy, *values) for values in zip(
+            rows.priority[slots].tolist(), rows.word_count[slots].tolist(),
+            rows.published_ts[slots].tolist(), rows.has_author[slots].tolist(),
+            rows.article_id[slots].tolist(), strict=True)]
+        ranked = sorted(range(len(keys)), key=keys.__getitem__)
+        return int(slots[ranked[0]]), int(slots[ranked[1]]) if len(ranked) > 1 else None
 
     def _relations(self, canonical_slot: int, slots: np.ndarray, newcomer_slot: int,
                    newcomer_shingles: np.ndarray) -> dict[int, tuple[Relation, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -17,6 +18,7 @@ from aggregator.cluster import (
     Clusterer,
     NearCopy,
     canonical_key,
+    canonical_reason,
     capacity_cutoff,
     closest_stories,
     decide,
@@ -144,6 +146,39 @@ def test_canonical_is_re_elected_when_a_better_version_arrives():
     assert "priority" in outcome.canonical_reason
     assert outcome.member_relations[1][0] in ("duplicate", "same_story")
     assert outcome.member_relations[2] == ("canonical", 1.0)
+
+
+@pytest.mark.parametrize(("seed", "policies"), [
+    (1, [("priority", "completeness", "earliest", "has_author")]),
+    (2, [("earliest",), ("completeness", "has_author", "earliest")]),
+    (3, [("has_author", "priority"), ("has_author", "priority"), ("priority",)]),
+    (4, [()]),
+])
+def test_the_canonical_is_always_the_best_member_under_the_policy_in_force(seed, policies):
+    """Elected after each join from the canonical and the newcomer alone while the policy
+    holds: the same as ranking every member, as after a policy change or a restore."""
+    rng = np.random.default_rng(seed)
+    clusterer = Clusterer(SETTINGS)
+    [base] = fingerprint_batch([("t", "a b c d e")], clusterer.stats, Signer(128), 3, 3.0, 24)
+    members: list[ClusterArticle] = []
+    for number in range(1, 61):
+        stage = (number - 1) * len(policies) // 60
+        policy = policies[stage]
+        clusterer.settings = replace(SETTINGS, canonical_policy=policy)
+        if number == 45:
+            # As after a restart: the stored canonical was elected under other priorities.
+            story = clusterer.stories[1]
+            story.canonical_slot, story.canonical_id = story.slots[-1], members[-1].article_id
+            story.elected_under = None
+        article = ClusterArticle(number, f"s{number % 3}", int(rng.integers(0, 3)),
+                                 float(rng.choice([0.0, 60.0, 120.0])), bool(rng.random() < 0.5),
+                                 replace(base, word_count=int(rng.choice([40, 45, 200, 900]))))
+        members.append(article)
+        outcome = clusterer.commit(article, 1)
+        ranked = sorted(members, key=lambda a, p=policy: canonical_key(a, p))
+        assert outcome.canonical_id == ranked[0].article_id
+        if outcome.canonical_reason is not None and number > 1:
+            assert outcome.canonical_reason == canonical_reason(ranked[0], ranked[1], policy)
 
 
 def test_canonical_policy_order_is_configurable():
