@@ -849,24 +849,24 @@ class Clusterer:
         better of the two, and if that is the newcomer, the canonical comes next.  Only a
         story restored from the store, or after the policy changed, ranks every member.
         """
-        rows = self.rows
         if story.elected_under == policy and len(slots) > 1:
-            def key(slot: int) -> tuple:
-                return policy_key(policy, rows.priority[slot].item(),
-                                  rows.word_count[slot].item(),
-                                  rows.published_ts[slot].item(),
-                                  rows.has_author[slot].item(), rows.article_id[slot].item())
-
             canonical_slot = story.canonical_slot
-            if key(newcomer_slot) < key(canonical_slot):
+            newcomer_key, canonical_key = self._policy_keys([newcomer_slot, canonical_slot],
+                                                            policy)
+            if newcomer_key < canonical_key:
                 return newcomer_slot, canonical_slot
             return canonical_slot, None
-        keys = [policy_key(policy, *values) for values in zip(
+        keys = self._policy_keys(slots, policy)
+        ranked = sorted(range(len(keys)), key=keys.__getitem__)
+        return int(slots[ranked[0]]), int(slots[ranked[1]]) if len(ranked) > 1 else None
+
+    def _policy_keys(self, slots, policy: tuple[str, ...]) -> list[tuple]:
+        """``policy_key`` of each row of ``slots``."""
+        rows = self.rows
+        return [policy_key(policy, *values) for values in zip(
             rows.priority[slots].tolist(), rows.word_count[slots].tolist(),
             rows.published_ts[slots].tolist(), rows.has_author[slots].tolist(),
             rows.article_id[slots].tolist(), strict=True)]
-        ranked = sorted(range(len(keys)), key=keys.__getitem__)
-        return int(slots[ranked[0]]), int(slots[ranked[1]]) if len(ranked) > 1 else None
 
     def _relations(self, canonical_slot: int, slots: np.ndarray, newcomer_slot: int,
                    newcomer_shingles: np.ndarray) -> dict[int, tuple[Relation, float]]:

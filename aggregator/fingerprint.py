@@ -401,8 +401,8 @@ def give_priors_ahead() -> None:
     _giving_priors = True
 
 
-def given_priors(terms: str, first_words: str) -> tuple[np.ndarray, np.ndarray]:
-    """The priors of an article's terms (``TextFeatures.terms``, with their first words),
+def given_priors(terms: list[str], first_words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The priors of an article's terms (with the first word of each, as ``TextFeatures``),
     as ``TermStatistics.learn_priors`` works them out, for the terms this process has not
     given before: ``(positions in terms, priors)``; none outside worker processes.
 
@@ -413,14 +413,14 @@ def given_priors(terms: str, first_words: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if not _giving_priors or not terms:
         return _NONE_GIVEN
-    names, words = terms.split(" "), first_words.split(" ")
     given = _priors_given
     if len(given) > PRIORS_GIVEN_LIMIT:
         given.clear()
-    positions = [number for number, (term, word) in enumerate(zip(names, words, strict=True))
+    positions = [number for number, (term, word) in enumerate(zip(terms, first_words,
+                                                                  strict=True))
                  if word and term not in given]
-    given.update(names[number] for number in positions)
-    priors = [prior_document_fraction(words[number]) for number in positions]
+    given.update(terms[number] for number in positions)
+    priors = [prior_document_fraction(first_words[number]) for number in positions]
     return np.asarray(positions, dtype=np.int32), np.asarray(priors, dtype=np.float64)
 
 
@@ -657,10 +657,10 @@ class TextFeatures:
     def of(cls, first_words: dict[str, str], term_counts: dict[str, float],
            title_terms: frozenset[str], shingle_signature: np.ndarray,
            word_count: int) -> TextFeatures:
-        terms = " ".join(term_counts)
-        words = " ".join(map(first_words.get, term_counts, repeat("")))
-        return cls(terms, words,
-                   np.fromiter(term_counts.values(), dtype=np.float64, count=len(term_counts)),
+        terms = list(term_counts)
+        words = list(map(first_words.get, terms, repeat("")))
+        return cls(" ".join(terms), " ".join(words),
+                   np.fromiter(term_counts.values(), dtype=np.float64, count=len(terms)),
                    title_terms, shingle_signature, word_count, *given_priors(terms, words))
 
     @property

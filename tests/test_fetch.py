@@ -467,9 +467,10 @@ def test_workers_started_ahead_are_all_running_before_the_first_pass(tmp_path):
         assert len(set(multiprocessing.active_children()) - before) == 2
         # Workers give the priors of the terms they prepare; this, the writer's process,
         # works them out itself.
-        positions, priors = aggregator._worker_pool().submit(given_priors, "talk", "talks").result()
+        positions, priors = aggregator._worker_pool().submit(
+            given_priors, ["talk"], ["talks"]).result()
         assert positions.tolist() == [0] and priors.tolist() == [prior_document_fraction("talks")]
-        assert given_priors("talk", "talks")[0].tolist() == []
+        assert given_priors(["talk"], ["talks"])[0].tolist() == []
     finally:
         aggregator.close()
     one_cpu = load_config(write_config(tmp_path / "none.toml", sources, extra="workers = 0"),

@@ -256,6 +256,10 @@ def terms_and_first_words(text: str, phrases: tuple[str, ...] = ()) -> tuple[str
     return " ".join([*first, *phrases]), " ".join([*first.values(), *([""] * len(phrases))])
 
 
+def split(features: tuple[str, str]) -> tuple[list[str], list[str]]:
+    return features[0].split(" "), features[1].split(" ")
+
+
 def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkeypatch):
     monkeypatch.setattr(fingerprint_module, "_priors_given", set())
     first = terms_and_first_words("Lavrov said the talks in Geneva were useful",
@@ -263,15 +267,15 @@ def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkey
     second = terms_and_first_words("Geneva talks: Lavrov's aides and Blinken's aides")
     # Outside a worker process nothing is given: the writer works priors out itself.
     monkeypatch.setattr(fingerprint_module, "_giving_priors", False)
-    assert [len(part) for part in given_priors(*first)] == [0, 0]
+    assert [len(part) for part in given_priors(*split(first))] == [0, 0]
     monkeypatch.setattr(fingerprint_module, "_giving_priors", True)
-    positions, priors = given_priors(*first)
+    positions, priors = given_priors(*split(first))
     terms, words = first[0].split(" "), first[1].split(" ")
     # Nothing given before; a phrase is never given: its prior follows its words'.
     assert positions.tolist() == list(range(len(terms) - 1))
     assert priors.tolist() == [prior_document_fraction(w) for w in words[:-1]]
     # The second article's terms that the first gave are not given again.
-    again, again_priors = given_priors(*second)
+    again, again_priors = given_priors(*split(second))
     second_terms = second[0].split(" ")
     assert [second_terms[i] for i in again.tolist()] == [
         t for t in second_terms if t not in terms]
