@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .config import ClusteringSettings
-from .fingerprint import Fingerprint, TermStatistics, Vocabulary, normalised
+from .fingerprint import Fingerprint, TermStatistics, Vocabulary, normalised_positions
 from .index import make_index
 from .memory import enlarge, keep_large_arrays_movable
 
@@ -71,9 +71,9 @@ class ClusterArticle:
     published_ts: float
     has_author: bool
     fingerprint: Fingerprint | None
-    vector: dict[str, float] | None = None
-    # The vector's terms as vocabulary ids, in the vector's order, once looked up.
+    # The vector, once weighed: its terms' vocabulary ids and their weights, strongest first.
     vector_ids: list[int] | None = None
+    vector_weights: list[float] | None = None
     dated: bool = True
     word_count: int = 0
     # Band keys of the signatures, when computed ahead (a batch at once) or already once.
@@ -514,21 +514,16 @@ class Clusterer:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def vector(self, article: ClusterArticle) -> dict[str, float]:
-        """The article's vector, weighed with the statistics as they are now, once."""
-        if article.vector is None:
-            fingerprint = article.fingerprint
-            article.vector = normalised(fingerprint.weighted_terms, fingerprint.weights,
-                                        self.settings.vector_terms)
-        return article.vector
-
-    def vector_ids(self, article: ClusterArticle) -> list[int]:
-        """The vocabulary ids of the vector's terms (scoring, the window's rows and the
-        stored vector all need them)."""
+    def vector(self, article: ClusterArticle) -> tuple[list[int], list[float]]:
+        """The article's vector, weighed with the statistics as they are now, once: the
+        vocabulary ids of its terms and their unit-length weights, strongest first (scoring,
+        the window's rows and the stored vector all take it so)."""
         if article.vector_ids is None:
-            term_id = self.vocabulary.id
-            article.vector_ids = [term_id(term) for term in self.vector(article)]
-        return article.vector_ids
+            fingerprint = article.fingerprint
+            positions, article.vector_weights = normalised_positions(
+                fingerprint.weighted_terms, fingerprint.weights, self.settings.vector_terms)
+            article.vector_ids = fingerprint.weighted_ids[positions].tolist()
+        return article.vector_ids, article.vector_weights
 
     def _live_stories(self, story_ids: Iterable[int], ts: float) -> list[StoryState]:
         """The stories of ``story_ids`` (in that order) that may still take an article of
@@ -594,8 +589,7 @@ class Clusterer:
     def _similarities(self, article: ClusterArticle, slots: np.ndarray) -> np.ndarray:
         """Cosine of the article's vector (unit length) with the vectors of the article rows
         ``slots``."""
-        return self._similarities_of(self.vector_ids(article),
-                                     list(self.vector(article).values()), slots)
+        return self._similarities_of(*self.vector(article), slots)
 
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
         """The same for a vector given as term ids and weights (zero-padded or not).
@@ -737,7 +731,7 @@ class Clusterer:
         is written with, so that it is written once, complete.
         """
         assert article.article_id is not None
-        vector = self.vector(article)
+        vector_ids, vector_weights = self.vector(article)
         story = self.stories.get(story_id)
         if story is None:
             story = self.stories[story_id] = StoryState(story_id)
@@ -746,8 +740,7 @@ class Clusterer:
         self._add_rows(slots, [article.article_id], [story_id],
                        fingerprint.shingle_signature[None, :],
                        fingerprint.salient_signature[None, :],
-                       padded([self.vector_ids(article)], np.int32),
-                       padded([list(vector.values())], np.float64),
+                       padded([vector_ids], np.int32), padded([vector_weights], np.float64),
                        self._metadata(article), article.shingle_keys, article.salient_keys)
         self.stats.add_document(fingerprint.term_ids)
         slot = int(slots[0])

@@ -111,6 +111,8 @@ WORKER_MIN_BYTES = 4096
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
 PLACEMENT_CHUNK = 512
+# Terms written to the statistics per step of ``_count_terms``.
+COUNT_TERMS_CHUNK = 4096
 # A feed with more entries than this is truncated: no real feed needs more in one document.
 MAX_ENTRIES_PER_FETCH = 10_000
 # Polite to servers: never more than this many requests to one host at once.
@@ -1055,12 +1057,17 @@ class Aggregator:
         stats, terms = self.clusterer.stats, self.clusterer.vocabulary.terms
         articles_with = np.bincount(np.concatenate(counted)) if counted else np.zeros(0)
         present = np.flatnonzero(articles_with)
-        # A generator, not a list: a group's terms as rows of Python objects at once took
-        # several megabytes, which the heap kept after they were freed.
-        self.store.count_terms(conn, documents, (
-            (term_id, terms[term_id], count, stats.prior(terms[term_id]))
-            for term_id, count in zip(present.tolist(), articles_with[present].tolist(),
-                                      strict=True)))
+
+        def rows() -> Iterator[tuple[int, str, int, float]]:
+            # A few thousand at a time: a group's terms as rows of Python objects at once
+            # took several megabytes, which the heap kept after they were freed.
+            for start in range(0, len(present), COUNT_TERMS_CHUNK):
+                ids = present[start:start + COUNT_TERMS_CHUNK]
+                names = [terms[term_id] for term_id in ids.tolist()]
+                yield from zip(ids.tolist(), names, articles_with[ids].tolist(),
+                               stats.priors_of(ids, names).tolist(), strict=True)
+
+        self.store.count_terms(conn, documents, rows())
 
     def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:
@@ -1100,11 +1107,11 @@ class Aggregator:
         candidate.article_id = article_id
         outcome = self.clusterer.commit(candidate, story_id)
         relation, similarity = outcome.member_relations[article_id]
-        vector = self.clusterer.vector(candidate)
+        vector_ids, vector_weights = self.clusterer.vector(candidate)
         columns = dict(
             story_id=story_id, relation=relation, similarity=similarity,
             fingerprint=fingerprint,
-            term_vector=pack_vector(self.clusterer.vector_ids(candidate), list(vector.values())),
+            term_vector=pack_vector(vector_ids, vector_weights),
             shingle_bytes=self.signer.to_bytes(fingerprint.shingle_signature),
             salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
             decision=decision_record(decision))

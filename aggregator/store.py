@@ -39,11 +39,6 @@ WINDOW_CHUNK = 4096
 WINDOW_READERS = 4
 
 
-# What ``json.dumps(value, separators=(",", ":"))`` writes, without making an encoder for
-# every call (one for each article's term counts).
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
 # An article's rows hold its times several times, and a pass's articles share their fetch
 # time: each time is formatted once.
 @lru_cache(maxsize=4096)
@@ -765,7 +760,7 @@ class Store:
              article.identity_key, article.title, article.author, to_iso(article.published),
              int(article.has_published), to_iso(article.fetched), article.text,
              article.content_hash, fingerprint.word_count, story_id, relation, similarity,
-             json.dumps(decision), compact_json(fingerprint.term_counts)])
+             json.dumps(decision), fingerprint.counts_json])
         self._unindexed.append((article_id, article.title, article.text))
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)
@@ -884,7 +879,7 @@ class Store:
             "UPDATE articles SET story_id = ?, relation = ?, similarity = ?, word_count = ?, "
             "decision = ?, term_counts = ? WHERE id = ?",
             [story_id, relation, similarity, fingerprint.word_count, json.dumps(decision),
-             compact_json(fingerprint.term_counts), article_id])
+             fingerprint.counts_json, article_id])
         self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
                                     term_vector, shingle_bytes, salient_bytes)
 

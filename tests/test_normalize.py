@@ -202,8 +202,10 @@ def reference_salient(weights: dict[str, float], titles: list[str], limit: int):
 
 
 def weigh(term_counts: dict[str, float], stats: TermStatistics):
-    return term_weights(list(term_counts), np.array(list(term_counts.values()), dtype=float),
-                        stats)
+    terms, weights, ids = term_weights(list(term_counts),
+                                       np.array(list(term_counts.values()), dtype=float), stats)
+    assert ids.tolist() == [stats.vocabulary.ids[term] for term in terms]
+    return terms, weights
 
 
 def test_equal_weights_are_ranked_by_term_and_title_terms_come_first():
