@@ -593,13 +593,14 @@ class Signer:
     def from_bytes_many(self, stored: list[bytes]) -> np.ndarray:
         """Stored signatures as the rows of one array (the start-up path)."""
         size = len(self.header) + 4 * self.num_perm
-        if any(len(data) != size or not data.startswith(self.header) for data in stored):
-            bad = next(d for d in stored if len(d) != size or not d.startswith(self.header))
-            self.from_bytes(bad)  # raises with the explanation
+        if set(map(len, stored)) - {size}:
+            self.from_bytes(next(data for data in stored if len(data) != size))  # raises
         joined = b"".join(stored)
         matrix = np.frombuffer(joined, dtype=np.uint8).reshape(len(stored), size)
+        headers = matrix[:, :len(self.header)]
+        if not (headers == np.frombuffer(self.header, dtype=np.uint8)).all():
+            self.from_bytes(next(data for data in stored if not data.startswith(self.header)))
         return np.ascontiguousarray(matrix[:, len(self.header):]).view(np.uint32)
-
 
 
 def affine32_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

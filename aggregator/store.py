@@ -320,19 +320,26 @@ def pack_vector(term_ids: list[int], weights: list[float]) -> bytes:
 def unpack_vectors(stored: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Many stored vectors as two zero-padded matrices (term ids, weights), one row each.
 
-    The start-up path: one gather over the joined bytes instead of two arrays per vector.
+    The start-up path: one scatter of the joined bytes into the flat matrices instead of
+    two arrays per vector, and none when every vector has the full width (most do).
     """
-    lengths = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored)) // 12
+    count = len(stored)
+    lengths = np.fromiter(map(len, stored), dtype=np.int64, count=count) // 12
     width = max(1, int(lengths.max(initial=0)))
-    # Row by row, then column within the row: the order of the joined values below.
-    rows, columns = np.nonzero(np.arange(width)[None, :] < lengths[:, None])
-    ids = np.zeros((len(stored), width), dtype=np.int32)
-    weights = np.zeros((len(stored), width), dtype=np.float64)
-    ids[rows, columns] = np.frombuffer(
-        b"".join([data[:len(data) // 3] for data in stored]), dtype="<i4")
-    weights[rows, columns] = np.frombuffer(
-        b"".join([data[len(data) // 3:] for data in stored]), dtype="<f8")
-    return ids, weights
+    term_ids = np.frombuffer(b"".join([data[:len(data) // 3] for data in stored]), dtype="<i4")
+    weights = np.frombuffer(b"".join([data[len(data) // 3:] for data in stored]), dtype="<f8")
+    if count and len(term_ids) == count * width:
+        return (term_ids.astype(np.int32).reshape(count, width),
+                weights.astype(np.float64).reshape(count, width))
+    ids_out = np.zeros((count, width), dtype=np.int32)
+    weights_out = np.zeros((count, width), dtype=np.float64)
+    # Each row's values go after the row's start in the flat matrices, in order.
+    ends = np.cumsum(lengths)
+    flat = np.repeat(np.arange(count) * width - (ends - lengths), lengths) + np.arange(
+        len(term_ids))
+    ids_out.ravel()[flat] = term_ids
+    weights_out.ravel()[flat] = weights
+    return ids_out, weights_out
 
 
 def _m005_article_fingerprints(db: sqlite_utils.Database) -> None:

@@ -360,6 +360,12 @@ def test_many_vectors_unpack_into_zero_padded_rows():
         assert not ids[row, width:].any() and not weights[row, width:].any()
     empty_ids, empty_weights = unpack_vectors([pack_vector([], [])])
     assert empty_ids.shape == (1, 1) and not empty_ids.any() and not empty_weights.any()
+    # Every vector of one width (the usual case) takes a shorter path to the same rows.
+    full = vectors[2:3] * 3
+    ids, weights = unpack_vectors([pack_vector(i, w) for i, w in full])
+    assert ids.tolist() == [full[0][0]] * 3 and weights.tolist() == [full[0][1]] * 3
+    assert ids.dtype == np.int32 and weights.dtype == np.float64 and ids.flags.writeable
+    assert unpack_vectors([])[0].shape == (0, 1)
 
 
 def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):
