@@ -488,8 +488,9 @@ def l2_norm(values: list[float]) -> float:
 
 def normalised_positions(terms: list[str], weights: np.ndarray,
                          limit: int = 0) -> tuple[Sequence[int], list[float]]:
-    """The positions of the terms that ``normalised`` keeps, in its order, with their
-    L2-normalised weights (nothing when every weight is 0)."""
+    """The terms of an article's vector, as positions in ``terms``, with their L2-normalised
+    weights: only the ``limit`` strongest (strongest first) when ``limit`` > 0, else all in
+    the order given; nothing when every weight is 0."""
     if 0 < limit < len(weights):
         chosen: Sequence[int] = strongest(terms, weights, limit)
         kept = weights[chosen].tolist()
@@ -499,13 +500,6 @@ def normalised_positions(terms: list[str], weights: np.ndarray,
     if not norm:
         return [], []
     return chosen, [weight / norm for weight in kept]
-
-
-def normalised(terms: list[str], weights: np.ndarray, limit: int = 0) -> dict[str, float]:
-    """The terms with L2-normalised weights; only the ``limit`` strongest (strongest first)
-    when ``limit`` > 0, else all in the order given."""
-    chosen, values = normalised_positions(terms, weights, limit)
-    return {terms[position]: value for position, value in zip(chosen, values, strict=True)}
 
 
 def salient_terms(terms: list[str], weights: np.ndarray, titles: Iterable[str],
@@ -709,10 +703,6 @@ class Fingerprint:
     weighted_terms: list[str]
     weights: np.ndarray
     weighted_ids: np.ndarray
-
-    @property
-    def term_counts(self) -> dict[str, float]:
-        return dict(zip(self.terms, self.counts.tolist(), strict=True))
 
 
 def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size: int,

@@ -8,6 +8,13 @@ with the window as a real pass does.
 
     python benchmarks/writer.py --feeds 1000          # 20,000 articles
     python benchmarks/writer.py --feeds 300 --off     # with clustering switched off
+    python benchmarks/writer.py --stream 62000 --measure-last 12000
+
+With ``--stream N``, the articles are the first N of the ingest benchmark's synthetic stream
+(``stream.py``, realistic lengths and stories), written as ``ingest.py`` writes them
+(prepared in a worker process while earlier ones are written); only the last
+``--measure-last`` (rounded up to whole chunks of 4,000) are timed, so the figures are
+those of a full window, not an average over its growth.
 
 Steps: ``propose`` (near-copy and candidate search, verification), ``commit`` (index
 insertion, canonical election), ``fingerprint`` (statistics-dependent weights, salient
@@ -26,20 +33,97 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import wait
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from farm import Farm, write_farm_config  # noqa: E402
+from ingest import ingest, make_aggregator  # noqa: E402
+from stream import SyntheticStream  # noqa: E402
 from timing import timed_calls  # noqa: E402
 
 import aggregator.pipeline as pipeline  # noqa: E402
 from aggregator.cluster import Clusterer  # noqa: E402
-from aggregator.config import load_config  # noqa: E402
+from aggregator.config import ClusteringSettings, load_config  # noqa: E402
 from aggregator.parse import parse_feed  # noqa: E402
 from aggregator.store import Store, utcnow  # noqa: E402
 
 SPENT: dict[str, float] = {}
+# Articles handed to ``ingest`` at a time, as ``ingest.py`` does.
+INGEST_CHUNK = 4000
+
+
+TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
+           (pipeline, "fingerprint_of", "fingerprint"),
+           (Store, "insert_article", "insert_article"),
+           (pipeline.Aggregator, "_count_terms", "count_terms"),
+           (Store, "apply_story_outcome", "apply_story_outcome"),
+           (Store, "insert_solo_articles", "insert_solo_articles")]
+
+
+def write_farm(args: argparse.Namespace, directory: Path) -> tuple[int, float, float]:
+    """The farm's feeds, parsed and prepared first, then written with each step timed."""
+    farm = Farm(args.feeds, args.entries, seed=5)
+    bodies, urls = list(farm.bodies.values()), farm.urls()
+    farm.stop()
+    config_path = directory / "farm.toml"
+    write_farm_config(config_path, urls, str(directory / "farm.sqlite"))
+    config = load_config(config_path)
+    config = replace(config, clustering=replace(config.clustering, enabled=not args.off))
+    aggregator = pipeline.Aggregator(config)
+    now = utcnow()
+    feeds = [parse_feed(body, source.name, "application/rss+xml").entries
+             for body, source in zip(bodies, config.sources, strict=True)]
+    prepared = [pipeline.prepare_entries(entries, source.name, now,
+                                         aggregator._prepare_settings())
+                for entries, source in zip(feeds, config.sources, strict=True)]
+    with timed_calls(TARGETS, SPENT):
+        started, cpu = time.perf_counter(), time.process_time()
+        # Written as the daemon writes sources fetched ahead: several in one transaction.
+        batches = [(source.name, source.priority, entries, now, ready)
+                   for entries, ready, source in zip(feeds, prepared, config.sources,
+                                                     strict=True)]
+        for first in range(0, len(batches), pipeline.WRITE_GROUP_SOURCES):
+            reports = aggregator.ingest_group(
+                batches[first:first + pipeline.WRITE_GROUP_SOURCES])
+            failed = [report for report in reports if report.outcome != "ok"]
+            if failed:
+                raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    aggregator.close()
+    return sum(len(entries) for entries in feeds), wall, cpu
+
+
+def write_stream(args: argparse.Namespace, directory: Path) -> tuple[int, float, float]:
+    """The synthetic stream as ``ingest.py`` writes it; only the last articles timed."""
+    stream = SyntheticStream(seed=3)
+    settings = replace(ClusteringSettings(), enabled=not args.off)
+    aggregator = make_aggregator(directory, "stream", stream, settings)
+    wait(aggregator.start_workers())
+    articles = iter(stream)
+    # Whole chunks are timed: a source with few entries in a chunk is prepared by the
+    # writer itself (``WORKER_MIN_ENTRIES``), which a partial chunk would time.
+    timed_chunks = max(1, -(-args.measure_last // INGEST_CHUNK))
+    unmeasured = max(0, args.stream - timed_chunks * INGEST_CHUNK)
+    streamed = 0
+    while streamed < unmeasured:
+        chunk = list(islice(articles, min(INGEST_CHUNK, unmeasured - streamed)))
+        ingest(aggregator, chunk)
+        streamed += len(chunk)
+    measured = 0
+    with timed_calls(TARGETS, SPENT):
+        started, cpu = time.perf_counter(), time.process_time()
+        for _chunk in range(timed_chunks):
+            chunk = list(islice(articles, INGEST_CHUNK))
+            ingest(aggregator, chunk)
+            measured += len(chunk)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"the last {measured:,} of {streamed + measured:,} stream articles timed; "
+          f"window {aggregator.clusterer.window_size:,} articles")
+    aggregator.close()
+    return measured, wall, cpu
 
 
 def main() -> None:
@@ -47,44 +131,14 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=20)
     parser.add_argument("--off", action="store_true", help="clustering switched off")
+    parser.add_argument("--stream", type=int, default=0, metavar="N",
+                        help="the first N articles of the synthetic stream instead of the farm")
+    parser.add_argument("--measure-last", type=int, default=10_000, metavar="M",
+                        help="with --stream: time only the last M articles")
     args = parser.parse_args()
-
-    farm = Farm(args.feeds, args.entries, seed=5)
-    bodies, urls = list(farm.bodies.values()), farm.urls()
-    farm.stop()
     with tempfile.TemporaryDirectory() as directory:
-        config_path = Path(directory) / "farm.toml"
-        write_farm_config(config_path, urls, str(Path(directory) / "farm.sqlite"))
-        config = load_config(config_path)
-        config = replace(config, clustering=replace(config.clustering, enabled=not args.off))
-        aggregator = pipeline.Aggregator(config)
-        now = utcnow()
-        feeds = [parse_feed(body, source.name, "application/rss+xml").entries
-                 for body, source in zip(bodies, config.sources, strict=True)]
-        prepared = [pipeline.prepare_entries(entries, source.name, now,
-                                             aggregator._prepare_settings())
-                    for entries, source in zip(feeds, config.sources, strict=True)]
-        targets = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
-                   (pipeline, "fingerprint_of", "fingerprint"),
-                   (Store, "insert_article", "insert_article"),
-                   (pipeline.Aggregator, "_count_terms", "count_terms"),
-                   (Store, "apply_story_outcome", "apply_story_outcome"),
-                   (Store, "insert_solo_articles", "insert_solo_articles")]
-        with timed_calls(targets, SPENT):
-            started, cpu = time.perf_counter(), time.process_time()
-            # Written as the daemon writes sources fetched ahead: several in one transaction.
-            batches = [(source.name, source.priority, entries, now, ready)
-                       for entries, ready, source in zip(feeds, prepared, config.sources,
-                                                         strict=True)]
-            for first in range(0, len(batches), pipeline.WRITE_GROUP_SOURCES):
-                reports = aggregator.ingest_group(
-                    batches[first:first + pipeline.WRITE_GROUP_SOURCES])
-                failed = [report for report in reports if report.outcome != "ok"]
-                if failed:
-                    raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
-            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-        articles = sum(len(entries) for entries in feeds)
-        aggregator.close()
+        write = write_stream if args.stream else write_farm
+        articles, wall, cpu = write(args, Path(directory))
     stages = {label: round(spent / articles * 1000, 3)
               for label, spent in sorted(SPENT.items(), key=lambda item: -item[1])}
     print(f"{articles} articles, clustering {'off' if args.off else 'on'}: "
@@ -92,6 +146,8 @@ def main() -> None:
     for label, spent in stages.items():
         print(f"  {label:20s} {spent:.3f} ms")
     print(json.dumps({"articles": articles, "clustering": not args.off,
+                      "source": f"stream {args.stream}" if args.stream else
+                      f"farm {args.feeds}x{args.entries}",
                       "ms_per_article": round(wall / articles * 1000, 3),
                       "cpu_ms_per_article": round(cpu / articles * 1000, 3),
                       "stages_ms_per_article": stages}))

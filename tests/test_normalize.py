@@ -19,7 +19,7 @@ from aggregator.fingerprint import (
     count_words,
     first_surface_words,
     given_priors,
-    normalised,
+    normalised_positions,
     prior_document_fraction,
     salient_terms,
     term_weights,
@@ -199,6 +199,12 @@ def reference_salient(weights: dict[str, float], titles: list[str], limit: int):
         if term not in chosen:
             chosen.append(term)
     return tuple(sorted(chosen))
+
+
+def normalised(terms: list[str], weights: np.ndarray, limit: int = 0) -> dict[str, float]:
+    """The vector that ``normalised_positions`` chooses, by name."""
+    chosen, values = normalised_positions(terms, weights, limit)
+    return {terms[position]: value for position, value in zip(chosen, values, strict=True)}
 
 
 def weigh(term_counts: dict[str, float], stats: TermStatistics):
