@@ -1063,8 +1063,9 @@ class Aggregator:
             # took several megabytes, which the heap kept after they were freed.
             for start in range(0, len(present), COUNT_TERMS_CHUNK):
                 ids = present[start:start + COUNT_TERMS_CHUNK]
-                names = [terms[term_id] for term_id in ids.tolist()]
-                yield from zip(ids.tolist(), names, articles_with[ids].tolist(),
+                id_list = ids.tolist()
+                names = [terms[term_id] for term_id in id_list]
+                yield from zip(id_list, names, articles_with[ids].tolist(),
                                stats.priors_of(ids, names).tolist(), strict=True)
 
         self.store.count_terms(conn, documents, rows())

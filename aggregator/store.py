@@ -321,7 +321,7 @@ def unpack_vectors(stored: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Many stored vectors as two zero-padded matrices (term ids, weights), one row each.
 
     The start-up path: one scatter of the joined bytes into the flat matrices instead of
-    two arrays per vector, and none when every vector has the full width (most do).
+    two arrays per vector, and none when every vector has the same width.
     """
     count = len(stored)
     lengths = np.fromiter(map(len, stored), dtype=np.int64, count=count) // 12

@@ -360,7 +360,7 @@ def test_many_vectors_unpack_into_zero_padded_rows():
         assert not ids[row, width:].any() and not weights[row, width:].any()
     empty_ids, empty_weights = unpack_vectors([pack_vector([], [])])
     assert empty_ids.shape == (1, 1) and not empty_ids.any() and not empty_weights.any()
-    # Every vector of one width (the usual case) takes a shorter path to the same rows.
+    # Vectors all of one width take a shorter path to the same rows.
     full = vectors[2:3] * 3
     ids, weights = unpack_vectors([pack_vector(i, w) for i, w in full])
     assert ids.tolist() == [full[0][0]] * 3 and weights.tolist() == [full[0][1]] * 3
