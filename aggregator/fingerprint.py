@@ -690,10 +690,10 @@ class TextFeatures:
 class Fingerprint:
     """What clustering needs of an article, and what the store keeps to rebuild the index."""
 
-    terms: list[str]  # every term of the article, in the order counted
-    counts: np.ndarray  # their weighted counts
-    counts_json: str  # the same as ``articles.term_counts`` holds them
-    term_ids: np.ndarray  # their vocabulary ids
+    # The article's term counts as ``articles.term_counts`` holds them, and the vocabulary
+    # ids of its terms (in the order counted).
+    counts_json: str
+    term_ids: np.ndarray
     salient: tuple[str, ...]
     shingle_signature: np.ndarray
     salient_signature: np.ndarray
@@ -739,8 +739,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids)
     salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
     salient_signature = signer.sign_one([t.encode() for t in salient])
-    return Fingerprint(terms=terms, counts=features.counts, counts_json=features.counts_json,
-                       term_ids=ids, salient=salient,
+    return Fingerprint(counts_json=features.counts_json, term_ids=ids, salient=salient,
                        shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
                        weighted_terms=weighted, weights=weights, weighted_ids=weighted_ids)
