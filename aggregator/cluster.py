@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress, islice
 from operator import attrgetter
 from typing import Literal, Protocol
 
@@ -85,33 +84,94 @@ class ClusterArticle:
             self.word_count = self.fingerprint.word_count
 
 
+class StoryColumns:
+    """What scoring reads of each live story, in arrays indexed by the story's row: an
+    article's candidate stories (50 by default) are then filtered and scored by gathers,
+    where reading each story's attributes in Python took about a twentieth of the writer.
+
+    A row freed by an evicted story is handed to the next new story.
+    """
+
+    FLOATS = ("first_ts", "last_ts", "dated_first_ts", "dated_last_ts")
+    ARRAYS = (*FLOATS, "canonical_slot", "size")
+
+    def __init__(self) -> None:
+        self.first_ts = np.zeros(0, dtype=np.float64)
+        self.last_ts = np.zeros(0, dtype=np.float64)
+        # Dated members only (the article's date came from its feed); inf and -inf: none.
+        self.dated_first_ts = np.zeros(0, dtype=np.float64)
+        self.dated_last_ts = np.zeros(0, dtype=np.float64)
+        self.canonical_slot = np.zeros(0, dtype=np.int64)
+        self.size = np.zeros(0, dtype=np.int64)
+        self.used = 0
+        self.free: list[int] = []
+
+    def allocate(self) -> int:
+        if self.free:
+            row = self.free.pop()
+        else:
+            row = self.used
+            self.used += 1
+            if row >= len(self.size):
+                capacity = max(1024, len(self.size) + len(self.size) // 4)
+                for name in self.ARRAYS:
+                    enlarge(self, name, capacity)
+        self.first_ts[row] = self.dated_first_ts[row] = math.inf
+        self.last_ts[row] = self.dated_last_ts[row] = -math.inf
+        self.canonical_slot[row] = -1
+        self.size[row] = 0
+        return row
+
+    def release(self, rows: list[int]) -> None:
+        self.size[rows] = 0
+        self.free.extend(rows)
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self.ARRAYS)
+
+
+_ROW = attrgetter("row")
+
+
+def _column(name: str) -> property:
+    """A ``StoryState`` attribute kept in ``StoryColumns``' array of that name."""
+    convert = float if name in StoryColumns.FLOATS else int
+
+    def get(story: StoryState):
+        return convert(getattr(story.columns, name)[story.row])
+
+    def set_(story: StoryState, value) -> None:
+        getattr(story.columns, name)[story.row] = value
+
+    return property(get, set_)
+
+
 @dataclass(slots=True)
 class StoryState:
     """A live story: the rows of its members in order of arrival (the article ids are in
-    the rows), and its canonical."""
+    the rows), and its canonical.  Its times, size and canonical's row are in its row of
+    ``columns``."""
 
     story_id: int
+    columns: StoryColumns
+    row: int
     # An array of machine integers: a list would hold an int object per member.
     slots: array = field(default_factory=lambda: array("q"))
     canonical_id: int | None = None
-    canonical_slot: int = -1
-    first_ts: float = math.inf
-    last_ts: float = -math.inf
-    dated_first_ts: float = math.inf
-    dated_last_ts: float = -math.inf
     # The canonical policy under which the canonical was last elected among all members;
     # None when it came from the store (elected under another policy, perhaps, or other
     # source priorities).
     elected_under: tuple[str, ...] | None = None
 
+    first_ts = _column("first_ts")
+    last_ts = _column("last_ts")
+    dated_first_ts = _column("dated_first_ts")
+    dated_last_ts = _column("dated_last_ts")
+    canonical_slot = _column("canonical_slot")
+
     @property
     def dated(self) -> bool:
         return self.dated_first_ts <= self.dated_last_ts
-
-
-_CANONICAL_SLOT = attrgetter("canonical_slot")
-_DATED_FIRST_TS = attrgetter("dated_first_ts")
-_DATED_LAST_TS = attrgetter("dated_last_ts")
 
 
 class StoredFingerprints(Protocol):
@@ -179,7 +239,7 @@ class ArticleRows:
     """
 
     ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "article_id", "story_id",
-              "alive", "source", "priority", "published_ts", "has_author", "dated",
+              "story_row", "alive", "source", "priority", "published_ts", "has_author", "dated",
               "word_count")
     # What the canonical policy and the scoring read of a member, 22 bytes a row (as
     # ``ClusterArticle`` objects in a dict they took about 270).
@@ -200,6 +260,7 @@ class ArticleRows:
         self.vector_weights = np.zeros((0, max(1, vector_width)), dtype=np.float32)
         self.article_id = np.zeros(0, dtype=np.int64)
         self.story_id = np.zeros(0, dtype=np.int64)
+        self.story_row = np.zeros(0, dtype=np.int32)  # the story's row of ``StoryColumns``
         self.alive = np.zeros(0, dtype=bool)
         self.source = np.zeros(0, dtype=np.int32)  # see ``Clusterer.source_code``
         self.priority = np.zeros(0, dtype=np.int32)
@@ -242,8 +303,8 @@ class ArticleRows:
         return np.asarray(slots, dtype=np.int64)
 
     def put(self, slots: np.ndarray, *, article_ids: list[int], story_ids: list[int],
-            shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-            vector_weights: np.ndarray, metadata: dict[str, list]) -> None:
+            story_rows: list[int] | np.ndarray, shingles: np.ndarray, salients: np.ndarray,
+            vector_ids: np.ndarray, vector_weights: np.ndarray, metadata: dict[str, list]) -> None:
         """Fill rows ``slots``; the term-id arrays come padded (see ``padded``);
         ``metadata``: a column of values for each name of ``METADATA``."""
         for name in self.METADATA:
@@ -255,6 +316,7 @@ class ArticleRows:
         self._put_padded("vector_weights", slots, vector_weights)
         self.article_id[slots] = article_ids
         self.story_id[slots] = story_ids
+        self.story_row[slots] = story_rows
         self.alive[slots] = True
 
     def _put_padded(self, name: str, slots: np.ndarray, values: np.ndarray) -> None:
@@ -504,6 +566,8 @@ class Clusterer:
         self.rows = ArticleRows(settings.num_perm, settings.vector_terms,
                                 keep_stored=stored is None)
         self.stories: dict[int, StoryState] = {}
+        self.story_columns = StoryColumns()
+        self._story_at: list[StoryState | None] = []  # by row of ``story_columns``
         # Articles in the window (the rows of live stories).
         self.window_size = 0
         # Stories whose newest member is older than this have been evicted to keep the window
@@ -525,16 +589,24 @@ class Clusterer:
             article.vector_ids = fingerprint.weighted_ids[positions].tolist()
         return article.vector_ids, article.vector_weights
 
-    def _live_stories(self, story_ids: Iterable[int], ts: float) -> list[StoryState]:
-        """The stories of ``story_ids`` (in that order) that may still take an article of
-        time ``ts``: the newest member is within the window, and the story began at most
+    def _new_story(self, story_id: int) -> StoryState:
+        row = self.story_columns.allocate()
+        story = self.stories[story_id] = StoryState(story_id, self.story_columns, row)
+        if row == len(self._story_at):
+            self._story_at.append(story)
+        else:
+            self._story_at[row] = story
+        return story
+
+    def _live(self, story_rows: np.ndarray, ts: float) -> np.ndarray:
+        """Which of the stories of ``story_rows`` may still take an article of time ``ts``:
+        the newest member is within the window, and the story began at most
         ``story_span_days`` earlier.  The second rule bounds the window: without it a story
         that keeps attracting articles keeps every member in memory, however old (in a long
         synthetic stream such stories held a third of the window after three weeks)."""
-        window = self.settings.window_days * DAY_S
-        span = self.settings.story_span_days * DAY_S
-        return [story for story in map(self.stories.__getitem__, story_ids)
-                if ts - story.last_ts <= window and ts - story.first_ts <= span]
+        columns = self.story_columns
+        return ((ts - columns.last_ts[story_rows] <= self.settings.window_days * DAY_S)
+                & (ts - columns.first_ts[story_rows] <= self.settings.story_span_days * DAY_S))
 
     def _candidate_slots(self, index, signature: np.ndarray, limit: int | None = None,
                          keys: np.ndarray | None = None) -> np.ndarray:
@@ -560,14 +632,12 @@ class Clusterer:
         if not slots.size:
             return []
         overlaps = equal_values(self._shingles(slots), signature) / len(signature)
-        story_ids = self.rows.story_id[slots].tolist()
-        live = {story.story_id
-                for story in self._live_stories(set(story_ids), article.published_ts)}
+        live = self._live(self.rows.story_row[slots], article.published_ts)
+        slots, overlaps = slots[live], overlaps[live]
         return [NearCopy(article_id, story_id, round(overlap, 4))
                 for article_id, story_id, overlap in zip(
-                    self.rows.article_id[slots].tolist(), story_ids, overlaps.tolist(),
-                    strict=True)
-                if story_id in live]
+                    self.rows.article_id[slots].tolist(), self.rows.story_id[slots].tolist(),
+                    overlaps.tolist(), strict=True)]
 
     def _shingles(self, slots: np.ndarray, newcomer_slot: int = -1,
                   newcomer: np.ndarray | None = None) -> np.ndarray:
@@ -627,10 +697,12 @@ class Clusterer:
         # Closest first; among equals the newest article first (one key: ids are below 2^52,
         # counts below 2^11).
         closeness = (agreeing.astype(np.int64) << 52) | rows.article_id[slots]
-        ranked = closest_stories(closeness, rows.story_id[slots], self.settings.max_candidates)
-        live = self._live_stories(ranked, article.published_ts)
-        if not live:
+        ranked = np.asarray(closest_stories(closeness, rows.story_row[slots],
+                                            self.settings.max_candidates), dtype=np.int64)
+        live_rows = ranked[self._live(ranked, article.published_ts)]
+        if not live_rows.size:
             return []
+        live = list(map(self._story_at.__getitem__, live_rows.tolist()))
         joined = array("q")
         for story in live:
             joined.extend(story.slots)
@@ -639,10 +711,15 @@ class Clusterer:
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
-        sizes = np.fromiter((len(story.slots) for story in live), dtype=np.int64)
+        sizes = self.story_columns.size[live_rows]
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        rough = self._rough_margins(article, live, np.add.reduceat(similarities, starts) / sizes)
+        rough = self._rough_margins(article, live_rows,
+                                    np.add.reduceat(similarities, starts) / sizes)
         similarities = similarities.tolist()
+        columns = self.story_columns
+        canonical_slots = columns.canonical_slot[live_rows].tolist()
+        dated_first = columns.dated_first_ts[live_rows].tolist()
+        dated_last = columns.dated_last_ts[live_rows].tolist()
         candidates: list[Candidate] = []
         for position in np.argsort(-rough, kind="stable").tolist():
             if len(candidates) >= REPORTED_CANDIDATES:
@@ -652,17 +729,19 @@ class Clusterer:
             story = live[position]
             start = int(starts[position])
             own = similarities[start:start + len(story.slots)]
-            candidates.append(self._candidate(article, story, own))
+            candidates.append(self._candidate(
+                article, story, own, canonical_slots[position], dated_first[position],
+                dated_last[position]))
         return candidates
 
-    def _rough_margins(self, article: ClusterArticle, stories: list[StoryState],
+    def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
                        means: np.ndarray) -> np.ndarray:
-        """Score minus threshold of each story, as ``_candidate`` computes it but with numpy
-        arithmetic (equal to within rounding) and without the member support."""
+        """Score minus threshold of each story (of ``story_rows``), as ``_candidate`` computes
+        it but with numpy arithmetic (equal to within rounding) and without the member
+        support."""
         settings = self.settings
-        count = len(stories)
-        canonical_words = self.rows.word_count[np.fromiter(
-            map(_CANONICAL_SLOT, stories), dtype=np.int64, count=count)].astype(float)
+        columns = self.story_columns
+        canonical_words = self.rows.word_count[columns.canonical_slot[story_rows]].astype(float)
         words = np.floor(np.sqrt(max(1, article.word_count) * np.maximum(1, canonical_words)))
         low, high = settings.short_text_words, settings.long_text_words
         if high > low:
@@ -671,10 +750,10 @@ class Clusterer:
             share = np.zeros_like(words)
         threshold = settings.same_story_threshold + share * (
             settings.long_text_threshold - settings.same_story_threshold)
-        factor = np.full(count, settings.undated_time_factor)
+        factor = np.full(len(story_rows), settings.undated_time_factor)
         if article.dated:
-            first = np.fromiter(map(_DATED_FIRST_TS, stories), dtype=float, count=count)
-            last = np.fromiter(map(_DATED_LAST_TS, stories), dtype=float, count=count)
+            first = columns.dated_first_ts[story_rows]
+            last = columns.dated_last_ts[story_rows]
             dated = first <= last  # as ``StoryState.dated``
             ts = article.published_ts
             with np.errstate(invalid="ignore"):
@@ -684,15 +763,18 @@ class Clusterer:
             factor = np.where(dated, np.exp(-(gap * gap) / (2.0 * sigma * sigma)), factor)
         return means * factor - threshold
 
-    def _candidate(self, article: ClusterArticle, story: StoryState,
-                   own: list[float]) -> Candidate:
+    def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
+                   canonical_slot: int, dated_first_ts: float,
+                   dated_last_ts: float) -> Candidate:
+        """The exact score of ``story``; ``own``: the cosines of its members, and the story's
+        columns that it reads, taken for all candidates at once."""
         similarity = sum(own) / len(own)
-        canonical_words = int(self.rows.word_count[story.canonical_slot])
+        canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
         words = int(math.sqrt(max(1, article.word_count) * max(1, canonical_words)))
-        if article.dated and story.dated:
-            factor = time_factor(article.published_ts, story.dated_first_ts,
-                                 story.dated_last_ts, time_sigma_days(words, self.settings))
+        if article.dated and dated_first_ts <= dated_last_ts:  # as ``StoryState.dated``
+            factor = time_factor(article.published_ts, dated_first_ts, dated_last_ts,
+                                 time_sigma_days(words, self.settings))
         else:
             # A fetch time stands in for a missing date; it is no evidence that two
             # articles were written together, so it earns no "same moment" credit.
@@ -734,10 +816,10 @@ class Clusterer:
         vector_ids, vector_weights = self.vector(article)
         story = self.stories.get(story_id)
         if story is None:
-            story = self.stories[story_id] = StoryState(story_id)
+            story = self._new_story(story_id)
         fingerprint = article.fingerprint
         slots = self.rows.allocate(1)
-        self._add_rows(slots, [article.article_id], [story_id],
+        self._add_rows(slots, [article.article_id], [story_id], [story.row],
                        fingerprint.shingle_signature[None, :],
                        fingerprint.salient_signature[None, :],
                        padded([vector_ids], np.int32), padded([vector_weights], np.float64),
@@ -779,12 +861,14 @@ class Clusterer:
         return set(self.rows.article_id[self.rows.alive].tolist())
 
     def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],
-                  shingles: np.ndarray, salients: np.ndarray, vector_ids: np.ndarray,
-                  vector_weights: np.ndarray, metadata: dict[str, list],
+                  story_rows: list[int] | np.ndarray, shingles: np.ndarray,
+                  salients: np.ndarray, vector_ids: np.ndarray, vector_weights: np.ndarray,
+                  metadata: dict[str, list],
                   shingle_keys: np.ndarray | None = None,
                   salient_keys: np.ndarray | None = None) -> None:
         """Fill the rows of new members and put them in both LSH indexes."""
-        self.rows.put(slots, article_ids=article_ids, story_ids=story_ids, shingles=shingles,
+        self.rows.put(slots, article_ids=article_ids, story_ids=story_ids,
+                      story_rows=story_rows, shingles=shingles,
                       salients=salients, vector_ids=vector_ids, vector_weights=vector_weights,
                       metadata=metadata)
         self.duplicate_index.insert(slots, shingles, shingle_keys)
@@ -793,15 +877,17 @@ class Clusterer:
     def _join(self, slot: int, ts: float, dated: bool, story: StoryState) -> None:
         story.slots.append(slot)
         self.window_size += 1
-        if ts < story.first_ts:
-            story.first_ts = ts
-        if ts > story.last_ts:
-            story.last_ts = ts
+        columns, row = self.story_columns, story.row
+        columns.size[row] += 1
+        if ts < columns.first_ts[row]:
+            columns.first_ts[row] = ts
+        if ts > columns.last_ts[row]:
+            columns.last_ts[row] = ts
         if dated:
-            if ts < story.dated_first_ts:
-                story.dated_first_ts = ts
-            if ts > story.dated_last_ts:
-                story.dated_last_ts = ts
+            if ts < columns.dated_first_ts[row]:
+                columns.dated_first_ts[row] = ts
+            if ts > columns.dated_last_ts[row]:
+                columns.dated_last_ts[row] = ts
 
     def _elect(self, story: StoryState, newcomer_slot: int,
                newcomer_shingles: np.ndarray) -> StoryOutcome:
@@ -894,16 +980,32 @@ class Clusterer:
                     "published_ts": published_ts, "has_author": has_author, "dated": dated,
                     "word_count": word_counts}
         slots = self.rows.allocate(len(article_ids))
-        self._add_rows(slots, article_ids, story_ids, shingles, salients, vector_ids,
-                       vector_weights, metadata)
-        stories = self.stories
-        for slot, story_id, canonical_id, ts, is_dated in zip(
-                slots.tolist(), story_ids, canonical_ids, published_ts, dated, strict=True):
+        stories, members = self.stories, []
+        for slot, story_id, canonical_id in zip(slots.tolist(), story_ids, canonical_ids,
+                                                strict=True):
             story = stories.get(story_id)
             if story is None:
-                story = stories[story_id] = StoryState(story_id)
-            self._join(slot, ts, is_dated, story)
+                story = self._new_story(story_id)
+            story.slots.append(slot)
             story.canonical_id = canonical_id
+            members.append(story)
+        story_rows = self._rows_of(members)
+        self._add_rows(slots, article_ids, story_ids, story_rows, shingles, salients,
+                       vector_ids, vector_weights, metadata)
+        # What ``_join`` does member by member, for all of them.
+        self.window_size += len(article_ids)
+        columns = self.story_columns
+        np.add.at(columns.size, story_rows, 1)
+        times = np.asarray(published_ts, dtype=np.float64)
+        np.minimum.at(columns.first_ts, story_rows, times)
+        np.maximum.at(columns.last_ts, story_rows, times)
+        is_dated = np.asarray(dated, dtype=bool)
+        np.minimum.at(columns.dated_first_ts, story_rows[is_dated], times[is_dated])
+        np.maximum.at(columns.dated_last_ts, story_rows[is_dated], times[is_dated])
+
+    @staticmethod
+    def _rows_of(stories: list[StoryState]) -> np.ndarray:
+        return np.fromiter(map(_ROW, stories), dtype=np.int64, count=len(stories))
 
     def finish_restore(self) -> None:
         """After the last ``restore_rows``: each story finds its canonical's row, and the
@@ -918,11 +1020,13 @@ class Clusterer:
         wanted = np.asarray([-1 if story.canonical_id is None else story.canonical_id
                              for story in stories], dtype=np.int64)
         at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
-        for story, position, found in zip(stories, at.tolist(),
-                                           (ids[at] == wanted).tolist(), strict=True):
-            # A canonical outside the window or missing (a store written by hand) gives way
-            # to the first member until the next election.
-            story.canonical_slot = int(live[order[position]]) if found else story.slots[0]
+        found = ids[at] == wanted
+        # A canonical outside the window or missing (a store written by hand) gives way to
+        # the first member until the next election.
+        first_members = np.fromiter((story.slots[0] for story in stories), dtype=np.int64,
+                                    count=len(stories))
+        self.story_columns.canonical_slot[self._rows_of(stories)] = np.where(
+            found, live[order[at]] if len(live) else -1, first_members)
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
 
@@ -930,20 +1034,22 @@ class Clusterer:
         """``capacity_cutoff`` over the stories of the window."""
         if max_articles <= 0 or self.window_size <= max_articles:
             return cutoff_ts
-        stories = self.stories.values()
-        last_ts = np.fromiter((s.last_ts for s in stories), dtype=np.float64,
-                              count=len(stories))
-        sizes = np.fromiter((len(s.slots) for s in stories), dtype=np.int64,
-                            count=len(stories))
-        return capacity_cutoff(last_ts, sizes, max_articles, cutoff_ts)
+        story_rows = self._rows_of(list(self.stories.values()))
+        columns = self.story_columns
+        return capacity_cutoff(columns.last_ts[story_rows], columns.size[story_rows],
+                               max_articles, cutoff_ts)
 
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
-        stale = [s for s in self.stories.values() if s.last_ts < cutoff_ts]
+        stories = list(self.stories.values())
+        old = self.story_columns.last_ts[self._rows_of(stories)] < cutoff_ts
+        stale = list(compress(stories, old.tolist()))
         released: list[int] = []
         for story in stale:
             released.extend(story.slots)
             del self.stories[story.story_id]
+            self._story_at[story.row] = None
+        self.story_columns.release([story.row for story in stale])
         self.window_size -= len(released)
         if released:
             self.rows.release(released)
@@ -964,5 +1070,5 @@ class Clusterer:
 
     def index_bytes(self) -> int:
         """Bytes held by the window's arrays and the LSH indexes (not Python objects)."""
-        return (self.rows.nbytes() + self.duplicate_index.nbytes()
-                + self.candidate_index.nbytes())
+        return (self.rows.nbytes() + self.story_columns.nbytes()
+                + self.duplicate_index.nbytes() + self.candidate_index.nbytes())

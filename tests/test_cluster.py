@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -226,6 +227,47 @@ def test_a_story_stops_attracting_articles_once_it_spans_story_span_days(span_da
     held = stream.clusterer.window_size
     assert held == len(stream.clusterer.window_article_ids())
     assert held == 15 if joined_days is None else held <= (30 - joined_days[-1]) // 2
+
+
+def test_the_story_columns_agree_with_the_members_through_joins_and_evictions():
+    """What scoring gathers from ``StoryColumns`` is what the members' rows say, and the row
+    of an evicted story goes to a new one."""
+    rng = np.random.default_rng(5)
+    clusterer = Clusterer(ClusteringSettings(window_days=2, story_span_days=2))
+    signer = Signer(SETTINGS.num_perm)
+    topics = [ALPHA.split(), OMEGA.split(), "parliament ballot coalition minister vote".split()]
+    most_rows = 0
+    for number in range(1, 121):
+        words = list(rng.choice(topics[int(rng.integers(0, 3))], size=8))
+        [fingerprint] = fingerprint_batch([("t", " ".join(words))], clusterer.stats, signer,
+                                          3, 3.0, 24)
+        ts = number * 3600.0 + float(rng.integers(-7200, 7200))
+        article = ClusterArticle(None, f"s{number % 4}", 0, ts, True, fingerprint,
+                                 dated=bool(rng.random() < 0.7))
+        story_id = clusterer.propose(article).story_id or 1000 + number
+        article.article_id = number
+        clusterer.commit(article, story_id)
+        if number % 10 == 0:
+            clusterer.evict_before(ts - 1.5 * DAY)
+        columns, rows = clusterer.story_columns, clusterer.rows
+        for story in clusterer.stories.values():
+            slots = np.array(story.slots, dtype=np.int64)
+            times = rows.published_ts[slots]
+            dated = times[rows.dated[slots]]
+            assert columns.size[story.row] == len(slots)
+            assert (story.first_ts, story.last_ts) == (times.min(), times.max())
+            assert (story.dated_first_ts, story.dated_last_ts) == (
+                (dated.min(), dated.max()) if dated.size else (math.inf, -math.inf))
+            assert rows.article_id[story.canonical_slot] == story.canonical_id
+            assert (rows.story_row[slots] == story.row).all()
+        live_rows = [story.row for story in clusterer.stories.values()]
+        assert len(set(live_rows)) == len(live_rows)
+        most_rows = max(most_rows, len(live_rows))
+        for ts_now in (ts, ts + 2.5 * DAY):
+            expected = [ts_now - story.last_ts <= 2 * DAY and ts_now - story.first_ts <= 2 * DAY
+                        for story in clusterer.stories.values()]
+            assert clusterer._live(np.asarray(live_rows), ts_now).tolist() == expected
+    assert clusterer.story_columns.used == most_rows < 120
 
 
 @pytest.mark.parametrize(("last_ts", "sizes", "limit", "by_time", "expected"), [
