@@ -106,21 +106,23 @@ class StoryColumns:
         self.used = 0
         self.free: list[int] = []
 
-    def allocate(self) -> int:
-        if self.free:
-            row = self.free.pop()
-        else:
-            row = self.used
-            self.used += 1
-            if row >= len(self.size):
-                capacity = max(1024, len(self.size) + len(self.size) // 4)
+    def allocate(self, count: int) -> list[int]:
+        """Rows for ``count`` new stories (freed ones first), with no member yet."""
+        rows = [self.free.pop() for _ in range(min(count, len(self.free)))]
+        needed = count - len(rows)
+        if needed:
+            if self.used + needed > len(self.size):
+                capacity = max(1024, len(self.size) + len(self.size) // 4,
+                               self.used + needed)
                 for name in self.ARRAYS:
                     enlarge(self, name, capacity)
-        self.first_ts[row] = self.dated_first_ts[row] = math.inf
-        self.last_ts[row] = self.dated_last_ts[row] = -math.inf
-        self.canonical_slot[row] = -1
-        self.size[row] = 0
-        return row
+            rows.extend(range(self.used, self.used + needed))
+            self.used += needed
+        self.first_ts[rows] = self.dated_first_ts[rows] = math.inf
+        self.last_ts[rows] = self.dated_last_ts[rows] = -math.inf
+        self.canonical_slot[rows] = -1
+        self.size[rows] = 0
+        return rows
 
     def release(self, rows: list[int]) -> None:
         self.size[rows] = 0
@@ -589,14 +591,16 @@ class Clusterer:
             article.vector_ids = fingerprint.weighted_ids[positions].tolist()
         return article.vector_ids, article.vector_weights
 
-    def _new_story(self, story_id: int) -> StoryState:
-        row = self.story_columns.allocate()
-        story = self.stories[story_id] = StoryState(story_id, self.story_columns, row)
-        if row == len(self._story_at):
-            self._story_at.append(story)
-        else:
-            self._story_at[row] = story
-        return story
+    def _new_stories(self, story_ids: list[int]) -> list[StoryState]:
+        rows = self.story_columns.allocate(len(story_ids))
+        at, columns = self._story_at, self.story_columns
+        if len(at) < columns.used:
+            at.extend([None] * (columns.used - len(at)))
+        made = []
+        for story_id, row in zip(story_ids, rows, strict=True):
+            story = self.stories[story_id] = at[row] = StoryState(story_id, columns, row)
+            made.append(story)
+        return made
 
     def _live(self, story_rows: np.ndarray, ts: float) -> np.ndarray:
         """Which of the stories of ``story_rows`` may still take an article of time ``ts``:
@@ -816,7 +820,7 @@ class Clusterer:
         vector_ids, vector_weights = self.vector(article)
         story = self.stories.get(story_id)
         if story is None:
-            story = self._new_story(story_id)
+            [story] = self._new_stories([story_id])
         fingerprint = article.fingerprint
         slots = self.rows.allocate(1)
         self._add_rows(slots, [article.article_id], [story_id], [story.row],
@@ -980,15 +984,14 @@ class Clusterer:
                     "published_ts": published_ts, "has_author": has_author, "dated": dated,
                     "word_count": word_counts}
         slots = self.rows.allocate(len(article_ids))
-        stories, members = self.stories, []
-        for slot, story_id, canonical_id in zip(slots.tolist(), story_ids, canonical_ids,
-                                                strict=True):
-            story = stories.get(story_id)
-            if story is None:
-                story = self._new_story(story_id)
+        stories = self.stories
+        self._new_stories([story_id for story_id in dict.fromkeys(story_ids)
+                           if story_id not in stories])
+        members = list(map(stories.__getitem__, story_ids))
+        for slot, story, canonical_id in zip(slots.tolist(), members, canonical_ids,
+                                             strict=True):
             story.slots.append(slot)
             story.canonical_id = canonical_id
-            members.append(story)
         story_rows = self._rows_of(members)
         self._add_rows(slots, article_ids, story_ids, story_rows, shingles, salients,
                        vector_ids, vector_weights, metadata)
