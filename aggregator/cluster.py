@@ -1029,7 +1029,7 @@ class Clusterer:
         first_members = np.fromiter((story.slots[0] for story in stories), dtype=np.int64,
                                     count=len(stories))
         self.story_columns.canonical_slot[self._rows_of(stories)] = np.where(
-            found, live[order[at]] if len(live) else -1, first_members)
+            found, live[order[at]], first_members)
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
 
