@@ -50,6 +50,9 @@ from aggregator.pipeline import (  # noqa: E402
     Aggregator,
 )
 
+# Stream articles generated, then ingested, at a time (the writer benchmark writes them so too).
+INGEST_CHUNK = 4000
+
 RESTART_SCRIPT = """
 import json, sys, time
 from aggregator.config import ClusteringSettings
@@ -155,8 +158,8 @@ def naive_comparison(sample_size: int, seed: int) -> dict:
             else:
                 aggregator = naive_aggregator(make_aggregator, Path(directory), stream)
             started = time.perf_counter()
-            for start in range(0, len(sample), 4000):
-                ingest(aggregator, sample[start:start + 4000], one_by_one=name == "naive")
+            for start in range(0, len(sample), INGEST_CHUNK):
+                ingest(aggregator, sample[start:start + INGEST_CHUNK], one_by_one=name == "naive")
             results[name] = len(sample) / (time.perf_counter() - started)
             aggregator.close()
     return results
@@ -197,7 +200,7 @@ def main() -> None:
     parser.add_argument("--window-articles", type=int,
                         default=ClusteringSettings().window_articles,
                         help="the window's article limit (0: none, time alone bounds it)")
-    parser.add_argument("--chunk", type=int, default=4000,
+    parser.add_argument("--chunk", type=int, default=INGEST_CHUNK,
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", metavar="DIRECTORY",

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from farm import Farm, write_farm_config  # noqa: E402
-from ingest import ingest, make_aggregator  # noqa: E402
+from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 from timing import timed_calls  # noqa: E402
 
@@ -51,8 +51,6 @@ from aggregator.parse import parse_feed  # noqa: E402
 from aggregator.store import Store, utcnow  # noqa: E402
 
 SPENT: dict[str, float] = {}
-# Articles handed to ``ingest`` at a time, as ``ingest.py`` does.
-INGEST_CHUNK = 4000
 
 
 TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
