@@ -104,9 +104,8 @@ WRITE_GROUP_ENTRIES = 1000
 # each commit rewrites every page it touched and flushes the full-text index: on 2,000 farm
 # feeds that was 12 s of the writer's CPU instead of 6, taken from the workers it waited on.
 WRITE_GROUP_LINGER_S = 0.25
-# Batches smaller than this, and documents shorter than this, are prepared in the calling
-# thread: a worker round trip would cost more than it saves.
-WORKER_MIN_ENTRIES = 8
+# Documents, and batches of entries whose text is, shorter than this are prepared in the
+# calling thread: a worker round trip would cost more than it saves.
 WORKER_MIN_BYTES = 4096
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
@@ -234,6 +233,14 @@ def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: 
 
 # How often a worker process looks whether the daemon is still there.
 PARENT_CHECK_S = 1.0
+
+
+def text_size(entries: Sequence[ParsedEntry]) -> int:
+    """The length of the entries' titles and texts: what preparing them costs goes with it
+    (a few entries of full articles are worth a worker's round trip; a dozen of headlines
+    are not)."""
+    return sum(len(entry.title) + len(entry.content or entry.summary or "")
+               for entry in entries)
 
 
 def exit_with_parent(parent: int) -> None:
@@ -606,8 +613,9 @@ class Aggregator:
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
                       fetched: datetime) -> Future:
         """Normalise and fingerprint entries ahead of ``ingest_entries``, in a worker
-        process when there are enough of them; else at once, in this thread."""
-        pool = self._worker_pool() if len(entries) >= WORKER_MIN_ENTRIES else None
+        process when their text is as long as a document the daemon sends to one; else at
+        once, in this thread."""
+        pool = self._worker_pool() if text_size(entries) >= WORKER_MIN_BYTES else None
         if pool is not None:
             return pool.submit(prepare_entries, entries, source, fetched,
                                self._prepare_settings())
@@ -648,7 +656,7 @@ class Aggregator:
 
     def _prepare_entries(self, source: str, entries: tuple[ParsedEntry, ...],
                          fetched: datetime) -> Prepared:
-        return self._in_worker(source, len(entries) >= WORKER_MIN_ENTRIES, prepare_new_entries,
+        return self._in_worker(source, text_size(entries) >= WORKER_MIN_BYTES, prepare_new_entries,
                                entries, source, fetched, self._prepare_settings(),
                                self._database)
 

@@ -101,8 +101,8 @@ def write_stream(args: argparse.Namespace, directory: Path) -> tuple[int, float,
     aggregator = make_aggregator(directory, "stream", stream, settings)
     wait(aggregator.start_workers())
     articles = iter(stream)
-    # Whole chunks are timed: a source with few entries in a chunk is prepared by the
-    # writer itself (``WORKER_MIN_ENTRIES``), which a partial chunk would time.
+    # Whole chunks are timed: a source with little text in a chunk is prepared by the
+    # writer itself (``WORKER_MIN_BYTES``), which a partial chunk would time.
     timed_chunks = max(1, -(-args.measure_last // INGEST_CHUNK))
     unmeasured = max(0, args.stream - timed_chunks * INGEST_CHUNK)
     streamed = 0

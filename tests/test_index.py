@@ -413,7 +413,7 @@ def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):
 def test_worker_processes_prepare_what_the_writer_would(tmp_path):
     from aggregator.config import Config, Source
     from aggregator.parse import ParsedEntry
-    from aggregator.pipeline import Aggregator, prepare_entries
+    from aggregator.pipeline import WORKER_MIN_BYTES, Aggregator, prepare_entries, text_size
 
     config = Config(path=str(tmp_path / "c.toml"), database=str(tmp_path / "w.db"),
                     workers=1, sources=(Source(name="s", url="x.xml", interval_s=60),))
@@ -421,10 +421,15 @@ def test_worker_processes_prepare_what_the_writer_would(tmp_path):
     start = datetime(2026, 1, 1, tzinfo=UTC)
     entries = tuple(ParsedEntry(guid=f"g{n}", link=f"https://e.example/{n}",
                                 title=f"Story {n}", published=start + timedelta(minutes=n),
-                                content=f"<p>Councils voted on budget {n} today.</p>")
+                                content=f"<p>Councils voted on budget {n} today.</p>" * 10)
                     for n in range(12))
     inline = prepare_entries(entries, "s", start, aggregator._prepare_settings())
     try:
+        # A batch of little text is prepared at once, here: no worker is started for it.
+        headline = (replace(entries[0], content=None),)
+        assert text_size(headline) < WORKER_MIN_BYTES <= text_size(entries)
+        aggregator.prepare_async("s", headline, start).result(timeout=0)
+        assert aggregator._workers is None
         prepared = aggregator.prepare_async("s", entries, start).result(timeout=120)
         assert aggregator._workers is not None  # it ran in a worker process
         assert [a.identity_keys for a in prepared.articles] == \
