@@ -104,8 +104,8 @@ WRITE_GROUP_ENTRIES = 1000
 # each commit rewrites every page it touched and flushes the full-text index: on 2,000 farm
 # feeds that was 12 s of the writer's CPU instead of 6, taken from the workers it waited on.
 WRITE_GROUP_LINGER_S = 0.25
-# Documents, and batches of entries whose text is, shorter than this are prepared in the
-# calling thread: a worker round trip would cost more than it saves.
+# A document shorter than this, or a batch of entries whose text is (``text_size``), is
+# prepared in the calling thread: a worker round trip would cost more than it saves.
 WORKER_MIN_BYTES = 4096
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
@@ -238,7 +238,8 @@ PARENT_CHECK_S = 1.0
 def text_size(entries: Sequence[ParsedEntry]) -> int:
     """The length of the entries' titles and texts: what preparing them costs goes with it
     (a few entries of full articles are worth a worker's round trip; a dozen of headlines
-    are not)."""
+    are not).  In characters, which is near enough to bytes for comparing with
+    ``WORKER_MIN_BYTES``."""
     return sum(len(entry.title) + len(entry.content or entry.summary or "")
                for entry in entries)
 
