@@ -135,6 +135,12 @@ class StoryColumns:
 _ROW = attrgetter("row")
 
 
+def has_dated_span(dated_first_ts, dated_last_ts):
+    """Whether a story has a member dated by its feed (its dated span is not empty, see
+    ``StoryColumns``); for single times or for arrays of them."""
+    return dated_first_ts <= dated_last_ts
+
+
 def _column(name: str) -> property:
     """A ``StoryState`` attribute kept in ``StoryColumns``' array of that name."""
     convert = float if name in StoryColumns.FLOATS else int
@@ -173,7 +179,7 @@ class StoryState:
 
     @property
     def dated(self) -> bool:
-        return self.dated_first_ts <= self.dated_last_ts
+        return has_dated_span(self.dated_first_ts, self.dated_last_ts)
 
 
 class StoredFingerprints(Protocol):
@@ -758,7 +764,7 @@ class Clusterer:
         if article.dated:
             first = columns.dated_first_ts[story_rows]
             last = columns.dated_last_ts[story_rows]
-            dated = first <= last  # as ``StoryState.dated``
+            dated = has_dated_span(first, last)
             ts = article.published_ts
             with np.errstate(invalid="ignore"):
                 gap = np.maximum(0.0, np.maximum(first - ts, ts - last)) / DAY_S
@@ -776,7 +782,7 @@ class Clusterer:
         canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
         words = int(math.sqrt(max(1, article.word_count) * max(1, canonical_words)))
-        if article.dated and dated_first_ts <= dated_last_ts:  # as ``StoryState.dated``
+        if article.dated and has_dated_span(dated_first_ts, dated_last_ts):
             factor = time_factor(article.published_ts, dated_first_ts, dated_last_ts,
                                  time_sigma_days(words, self.settings))
         else:
@@ -1045,14 +1051,15 @@ class Clusterer:
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
         stories = list(self.stories.values())
-        old = self.story_columns.last_ts[self._rows_of(stories)] < cutoff_ts
+        story_rows = self._rows_of(stories)
+        old = self.story_columns.last_ts[story_rows] < cutoff_ts
         stale = list(compress(stories, old.tolist()))
         released: list[int] = []
         for story in stale:
             released.extend(story.slots)
             del self.stories[story.story_id]
             self._story_at[story.row] = None
-        self.story_columns.release([story.row for story in stale])
+        self.story_columns.release(story_rows[old].tolist())
         self.window_size -= len(released)
         if released:
             self.rows.release(released)
