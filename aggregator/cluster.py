@@ -834,7 +834,7 @@ class Clusterer:
                        fingerprint.salient_signature[None, :],
                        padded([vector_ids], np.int32), padded([vector_weights], np.float64),
                        self._metadata(article), article.shingle_keys, article.salient_keys)
-        self.stats.add_document(fingerprint.term_ids)
+        self.stats.add_document(fingerprint.term_ids, article.article_id)
         slot = int(slots[0])
         self._join(slot, article.published_ts, article.dated, story)
         return self._elect(story, slot, fingerprint.shingle_signature)

@@ -25,7 +25,7 @@ import re
 import struct
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
@@ -240,6 +240,10 @@ def prior_document_fraction(term: str) -> float:
     return max(1e-7, 1.0 - math.exp(-400.0 * per_token))
 
 
+# A term as ``term_stats`` keeps it: (id, term, document frequency, prior, last article id).
+TermRow = tuple[int, str, int, float, int]
+
+
 class Vocabulary:
     """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
 
@@ -264,13 +268,33 @@ class Vocabulary:
         return np.array(found, dtype=np.int32)
 
     def restore(self, term_id: int, term: str) -> None:
-        while len(self.terms) <= term_id:
-            self.terms.append("")
+        self.reserve(term_id + 1)
         self.terms[term_id] = term
         self.ids[term] = term_id
 
+    def reserve(self, size: int) -> None:
+        """Ids below ``size`` are taken (by terms restored later, or forgotten): new terms
+        are numbered from ``size`` on."""
+        if len(self.terms) < size:
+            self.terms.extend([""] * (size - len(self.terms)))
+
+    def forget(self, term_ids: list[int]) -> int:
+        """Drop the names of ``term_ids`` (the ids stay taken); how many there were."""
+        terms, ids = self.terms, self.ids
+        before = len(ids)
+        for term_id in term_ids:
+            term = terms[term_id]
+            if term:
+                del ids[term]
+                terms[term_id] = ""
+        return before - len(ids)
+
     def __len__(self) -> int:
         return len(self.terms)
+
+
+# ``TermStatistics._last_article`` of a term no longer in memory.
+FORGOTTEN = np.iinfo(np.int64).max
 
 
 class TermStatistics:
@@ -297,6 +321,15 @@ class TermStatistics:
         self.vocabulary = vocabulary or Vocabulary()
         self._frequency = np.zeros(0, dtype=np.int32)
         self._prior = np.zeros(0, dtype=np.float64)
+        # The id of the newest article counted with each term (``add_document``).
+        self._last_article = np.zeros(0, dtype=np.int64)
+        # Where terms that are not in memory are looked up by name (``recall``): set when
+        # some were left in the store (``forget_unseen_since``, or a restart that read only
+        # the window's terms).
+        self.recall: Callable[[list[str]], list[TermRow]] | None = None
+        self.incomplete = False
+        # The largest article id counted (``add_document``) or restored.
+        self.newest_article = 0
         self._fit(len(self.vocabulary))
 
     def _fit(self, size: int) -> None:
@@ -305,11 +338,23 @@ class TermStatistics:
             capacity = max(size, 1024, len(self._frequency) + len(self._frequency) // 4)
             enlarge(self, "_frequency", capacity)
             enlarge(self, "_prior", capacity)
+            enlarge(self, "_last_article", capacity)
 
     def ids_of(self, terms: list[str]) -> np.ndarray:
-        """The term ids of ``terms``; terms not seen before get ids (and no counts yet)."""
-        ids = self.vocabulary.ids_of(terms)
-        self._fit(len(self.vocabulary))
+        """The term ids of ``terms``; terms not seen before get ids (and no counts yet).
+
+        A term that is not in memory but in the store (forgotten, or not read at a restart)
+        comes back with its stored id, counts and prior first, so that it weighs exactly
+        what it would have weighed had it never left.
+        """
+        vocabulary = self.vocabulary
+        if self.incomplete and self.recall is not None:
+            known = vocabulary.ids
+            missing = [term for term in dict.fromkeys(terms) if term not in known]
+            if missing:
+                self._restore_rows(self.recall(missing))
+        ids = vocabulary.ids_of(terms)
+        self._fit(len(vocabulary))
         return ids
 
     def prior(self, term: str) -> float:
@@ -342,25 +387,67 @@ class TermStatistics:
         return self._frequency[ids]
 
     def frequencies(self) -> dict[str, int]:
-        """Every counted term's document frequency (for checks and tests)."""
+        """The document frequency of every counted term in memory (for checks and tests)."""
         counted = np.flatnonzero(self._frequency[:len(self.vocabulary)])
         terms = self.vocabulary.terms
-        return {terms[term_id]: int(self._frequency[term_id]) for term_id in counted.tolist()}
+        return {terms[term_id]: int(self._frequency[term_id]) for term_id in counted.tolist()
+                if terms[term_id]}
 
     def restore(self, documents: int, rows: Iterable[tuple[int, str, int, float]]) -> None:
-        """Load persisted ``(id, term, document_frequency, prior)`` rows."""
+        """Load persisted ``(id, term, document_frequency, prior)`` rows: every term."""
         self.documents = documents
-        ids, frequencies, priors = array("q"), array("q"), array("d")
+        self._restore_rows((*row, 0) for row in rows)
+
+    def restore_recent(self, documents: int, next_id: int, rows: Iterable[TermRow],
+                       complete: bool) -> None:
+        """Load persisted ``(id, term, document_frequency, prior, last article id)`` rows:
+        some of the stored terms, or all of them (``complete``); the others are recalled
+        when they are used (``recall``).  Stored ids go up to ``next_id`` (excluded)."""
+        self.documents = documents
+        self.vocabulary.reserve(next_id)
+        self._restore_rows(rows)
+        self.incomplete = self.incomplete or not complete
+
+    def _restore_rows(self, rows: Iterable[TermRow]) -> None:
+        ids, frequencies, priors, last = array("q"), array("q"), array("d"), array("q")
         restore_term = self.vocabulary.restore
-        for term_id, term, frequency, prior in rows:
+        for term_id, term, frequency, prior, last_article in rows:
             restore_term(term_id, term)
             ids.append(term_id)
             frequencies.append(frequency)
             priors.append(prior)
+            last.append(last_article)
         self._fit(len(self.vocabulary))
         at = np.frombuffer(ids, dtype=np.int64)
         self._frequency[at] = np.frombuffer(frequencies, dtype=np.int64)
         self._prior[at] = np.frombuffer(priors, dtype=np.float64)
+        self._last_article[at] = np.frombuffer(last, dtype=np.int64)
+        if len(last):
+            self.newest_article = max(self.newest_article, max(last))
+
+    def last_articles_of(self, ids: np.ndarray) -> np.ndarray:
+        return self._last_article[ids]
+
+    def forget_unseen_since(self, article_id: int) -> int:
+        """Drop from memory the terms counted in no article from ``article_id`` on (they stay
+        in the store, and ``ids_of`` brings one back when an article uses it again); how
+        many were dropped.
+
+        A stream's vocabulary keeps growing (names, places, rare words): kept whole in memory
+        it grows without end, where the window's own vocabulary does not.  Their counts
+        must be in the store already: call this between transactions, after counting.
+        """
+        if self.recall is None:
+            return 0
+        size = len(self.vocabulary)
+        unseen = np.flatnonzero(self._last_article[:size] < article_id)
+        # Marked as never unseen, so that the next call does not go through them again
+        # (``_restore_rows`` sets the true value when one comes back).
+        self._last_article[unseen] = FORGOTTEN
+        forgotten = self.vocabulary.forget(unseen.tolist())
+        if forgotten:
+            self.incomplete = True
+        return forgotten
 
     def learn_priors(self, ids: np.ndarray, first_words: str,
                      given_at: np.ndarray | None = None, given: np.ndarray | None = None) -> None:
@@ -384,10 +471,14 @@ class TermStatistics:
                 self._prior[ids[position]] = (prior_document_fraction(word) if prior is None
                                               else prior)
 
-    def add_document(self, ids: np.ndarray) -> None:
-        """Count one document with the terms ``ids`` (each once)."""
+    def add_document(self, ids: np.ndarray, article_id: int = 0) -> None:
+        """Count one document (the article ``article_id``) with the terms ``ids`` (each
+        once)."""
         self.documents += 1
         self._frequency[ids] += 1
+        # The largest, not the latest: ``recluster`` counts older articles again.
+        self._last_article[ids] = np.maximum(self._last_article[ids], article_id)
+        self.newest_article = max(self.newest_article, article_id)
 
 
 # Whether this process gives priors ahead (a worker process, ``give_priors_ahead``), and

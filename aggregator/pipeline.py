@@ -112,6 +112,9 @@ WORKER_MIN_BYTES = 4096
 PLACEMENT_CHUNK = 512
 # Terms written to the statistics per step of ``_count_terms``.
 COUNT_TERMS_CHUNK = 4096
+# Terms that the latest articles did not use leave memory when the vocabulary has grown by as
+# many terms as it kept, and by at least this many (a small store keeps every term).
+FORGET_TERMS_MIN = 50_000
 # A feed with more entries than this is truncated: no real feed needs more in one document.
 MAX_ENTRIES_PER_FETCH = 10_000
 # Polite to servers: never more than this many requests to one host at once.
@@ -415,15 +418,18 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
 
 def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
     stats = TermStatistics(settings.idf_prior_docs)
-    stats.restore(*store.term_statistics())
-    clusterer = Clusterer(settings, stats, stored=StoreFingerprints(store, signer))
+    stats.recall = store.recall_terms
     floor = store.window_floor()
+    since = window_start(store.newest_published(), floor, settings.window_days)
+    count, chunks = store.window_rows(since) if since is not None else (0, iter(()))
+    # The terms of as many of the latest articles as the window holds, as the running
+    # writer keeps (``_forget_unseen_terms``): the others come back from the store when
+    # an article uses them again.
+    stats.restore_recent(*store.recent_term_statistics(
+        store.next_article_id(store.db.conn) - count))
+    clusterer = Clusterer(settings, stats, stored=StoreFingerprints(store, signer))
     if floor is not None:
         clusterer.floor_ts = floor.timestamp()
-    since = window_start(store.newest_published(), floor, settings.window_days)
-    if since is None:
-        return clusterer
-    count, chunks = store.window_rows(since)
     if not count:
         return clusterer
     clusterer.rows.reserve(count)
@@ -501,6 +507,8 @@ class Aggregator:
         # stream).  One tally for each ``_cluster_and_store`` call, folded into the first
         # once its source is released (see ``_write_each``): the term ids of each article.
         self._uncounted: list[tuple[list[np.ndarray], int]] = []
+        # Terms in memory after the last ``_forget_unseen_terms``.
+        self._terms_kept = 0
         self._last_prune: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
         self._workers_lock = threading.Lock()
@@ -868,6 +876,7 @@ class Aggregator:
                     self._uncounted.clear()  # left by a transaction that failed
                     yield conn
                     self._count_terms(conn)
+                    self._forget_unseen_terms()
             except BaseException:
                 if self._clusterer_ahead:
                     self._reload_clusterer()
@@ -1075,9 +1084,23 @@ class Aggregator:
                 id_list = ids.tolist()
                 names = [terms[term_id] for term_id in id_list]
                 yield from zip(id_list, names, articles_with[ids].tolist(),
-                               stats.priors_of(ids, names).tolist(), strict=True)
+                               stats.priors_of(ids, names).tolist(),
+                               stats.last_articles_of(ids).tolist(), strict=True)
 
         self.store.count_terms(conn, documents, rows())
+
+    def _forget_unseen_terms(self) -> None:
+        """Drop from memory the terms that none of the latest articles used (as many
+        articles as the window holds), once the vocabulary has doubled since the last time:
+        they stay in the store (``TermStatistics.recall``)."""
+        stats = self.clusterer.stats
+        if len(stats.vocabulary.ids) < self._terms_kept + max(self._terms_kept,
+                                                              FORGET_TERMS_MIN):
+            return
+        forgotten = stats.forget_unseen_since(
+            stats.newest_article - self.clusterer.window_size + 1)
+        self._terms_kept = len(stats.vocabulary.ids)
+        log.debug("%d terms left memory; %d kept", forgotten, self._terms_kept)
 
     def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:

@@ -450,6 +450,17 @@ def _m008_search_rows_at_commit(db: sqlite_utils.Database) -> None:
     _run_script(db, "DROP TRIGGER IF EXISTS articles_fts_insert;")
 
 
+def _m009_term_last_article(db: sqlite_utils.Database) -> None:
+    """Each term keeps the id of the newest article counted with it, so that a restart reads
+    the terms of the latest articles only, not every term the store has ever seen.  Terms
+    counted before this are taken as seen in the newest stored article: the next restart
+    reads them all, and later ones leave out those that no newer article used."""
+    conn = db.conn
+    conn.execute("ALTER TABLE term_stats ADD COLUMN last_article_id INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE term_stats SET last_article_id = "
+                 "(SELECT coalesce(max(id), 0) FROM articles)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -459,6 +470,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("006_source_article_counts", _m006_source_article_counts),
     ("007_no_content_hash_index", _m007_no_content_hash_index),
     ("008_search_rows_at_commit", _m008_search_rows_at_commit),
+    ("009_term_last_article", _m009_term_last_article),
 ]
 
 
@@ -892,13 +904,15 @@ class Store:
 
     @staticmethod
     def count_terms(conn: sqlite3.Connection, documents: int,
-                    terms: Iterable[tuple[int, str, int, float]]) -> None:
+                    terms: Iterable[tuple[int, str, int, float, int]]) -> None:
         """Add a batch of articles to the term statistics: ``(id, term, documents with it,
-        prior)`` per term, one statement per term however many articles contain it."""
+        prior, newest article with it)`` per term, one statement per term however many
+        articles contain it."""
         conn.executemany(
-            "INSERT INTO term_stats (id, term, document_frequency, prior_fraction) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT(term) DO UPDATE SET "
-            "document_frequency = document_frequency + excluded.document_frequency",
+            "INSERT INTO term_stats (id, term, document_frequency, prior_fraction, "
+            "last_article_id) VALUES (?, ?, ?, ?, ?) ON CONFLICT(term) DO UPDATE SET "
+            "document_frequency = document_frequency + excluded.document_frequency, "
+            "last_article_id = max(last_article_id, excluded.last_article_id)",
             terms)
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
                      "WHERE key = 'documents'", [documents])
@@ -955,6 +969,35 @@ class Store:
         rows = self.db.execute(
             "SELECT id, term, document_frequency, prior_fraction FROM term_stats").fetchall()
         return documents, rows
+
+    def recent_term_statistics(self, first_article_id: int) -> tuple[
+            int, int, Iterator[tuple[int, str, int, float, int]], bool]:
+        """The term statistics a restart reads: the number of documents, the next free term
+        id, the rows ``(id, term, document frequency, prior, last article id)`` of the terms
+        counted in an article from ``first_article_id`` on, and whether those are all the
+        stored terms."""
+        documents = int(self.db.execute(
+            "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
+        top = self.db.execute("SELECT coalesce(max(id), 0) FROM term_stats").fetchone()[0]
+        old = self.db.execute("SELECT count(*) FROM term_stats WHERE last_article_id < ?",
+                              [first_article_id]).fetchone()[0]
+        rows = self.db.execute(
+            "SELECT id, term, document_frequency, prior_fraction, last_article_id "
+            "FROM term_stats WHERE last_article_id >= ?", [first_article_id])
+        return documents, top + 1, rows, not old
+
+    def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:
+        """The stored rows of those of ``terms`` that the store has (see
+        ``recent_term_statistics``), through the writer's connection: its own uncommitted
+        counts included."""
+        found = []
+        for start in range(0, len(terms), 500):
+            chunk = terms[start:start + 500]
+            found += self.db.execute(
+                "SELECT id, term, document_frequency, prior_fraction, last_article_id "
+                f"FROM term_stats WHERE term IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+        return found
 
     def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
         """Stored shingle signatures of the articles, in the order given."""

@@ -339,6 +339,62 @@ def test_the_window_keeps_to_its_article_limit_across_a_restart(tmp_path, monkey
     assert outcomes[0][2] in ("same_story", "duplicate")
 
 
+def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
+    # Each story has words of its own and the window holds four articles, so the terms of
+    # older stories leave memory; late articles retell two of them.  Every row stored is
+    # what a writer that kept every term in memory stores, with or without a restart.
+    monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    topics = [" ".join(words[n * 6:n * 6 + 6]) for n in range(10)]
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def run(name, forget_min, restart_after=None):
+        monkeypatch.setattr(pipeline_module, "FORGET_TERMS_MIN", forget_min)
+        config = Config(
+            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
+            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
+            clustering=ClusteringSettings(window_days=30, window_articles=4))
+        aggregator = Aggregator(config)
+        late = [(10, 9.5, topics[1], "Update"), (11, 9.6, topics[8], "Update"),
+                (12, 9.7, topics[2], "Update")]
+        for number, day, topic, lead in [(n, n, t, "Report") for n, t in enumerate(topics)] + late:
+            entry = ParsedEntry(guid=f"g{number}", link=None, title=f"{lead} {topic}",
+                                published=start + timedelta(days=day),
+                                content=f"<p>{lead}: {topic} {topic}. {topic}.</p>")
+            aggregator.ingest_entries("desk", 0, [entry], start + timedelta(days=day))
+            if number == restart_after:
+                aggregator.close()
+                aggregator = Aggregator(config)
+        in_memory = len(aggregator.clusterer.vocabulary.ids)
+        db = aggregator.store.db
+        rows = {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                for table in ("term_stats", "article_fingerprints", "stories")}
+        rows["articles"] = db.execute("SELECT id, story_id, relation, similarity, decision "
+                                      "FROM articles ORDER BY id").fetchall()
+        aggregator.close()
+        return rows, in_memory
+
+    recalled: list[str] = []
+    recall_terms = Store.recall_terms
+
+    def recording(store, terms):
+        found = recall_terms(store, terms)
+        recalled.extend(row[1] for row in found)
+        return found
+
+    monkeypatch.setattr(Store, "recall_terms", recording)
+    every_term, kept = run("every-term", 10**9)
+    assert kept == len(every_term["term_stats"]) == 62  # 60 topic words, "report", "updat"
+    assert recalled == []
+    for name, restart_after in (("forgetting", None), ("restarted", 6)):
+        rows, in_memory = run(name, 0, restart_after)
+        assert rows == every_term, name
+        assert in_memory < kept, name
+        # The late articles' words came back from the store.
+        assert set(topics[1].split()) <= set(recalled), name
+        recalled.clear()
+
+
 def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     names = list(SEED_FEEDS)
 

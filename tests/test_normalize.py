@@ -334,3 +334,40 @@ def test_a_term_named_before_it_is_counted_has_no_frequency_yet():
     stats.add_document(stats.ids_of(["t5"]))
     assert stats.frequency("later") == 1 and stats.frequencies() == {"later": 1, "t5": 2}
     assert stats.documents == 2
+
+
+def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
+    stored = {"alpha": (1, "alpha", 5, 0.01, 10), "beta": (2, "beta", 1, 0.002, 3),
+              "gamma": (3, "gamma", 2, 0.003, 4)}
+    asked: list[list[str]] = []
+
+    def recall(terms):
+        asked.append(terms)
+        return [stored[term] for term in terms if term in stored]
+
+    stats = TermStatistics(prior_docs=10)
+    stats.recall = recall
+    # A restart that read the terms of article 4 on: beta stays in the store, id 3 is the
+    # highest stored.
+    stats.restore_recent(12, 4, [stored["alpha"], stored["gamma"]], complete=False)
+    assert set(stats.vocabulary.ids) == {"alpha", "gamma"}
+    ids = stats.ids_of(["beta", "delta", "alpha"])
+    assert ids.tolist() == [2, 4, 1]  # beta as stored, delta new after every stored id
+    assert asked == [["beta", "delta"]]
+    assert stats.frequency("beta") == 1 and stats.prior("beta") == 0.002
+    stats.add_document(stats.ids_of(["delta", "alpha"]), article_id=11)
+    assert asked == [["beta", "delta"]]  # both in memory now
+    # Not counted in article 5 or later: beta (3) and gamma (4) leave memory.
+    assert stats.forget_unseen_since(5) == 2
+    assert set(stats.vocabulary.ids) == {"alpha", "delta"}
+    assert stats.forget_unseen_since(5) == 0  # no term is forgotten twice
+    assert stats.ids_of(["gamma"]).tolist() == [3]
+    assert stats.frequencies() == {"alpha": 6, "gamma": 2, "delta": 1}
+
+
+def test_statistics_loaded_whole_never_ask_the_store():
+    stats = TermStatistics(prior_docs=10)
+    stats.recall = lambda terms: pytest.fail(f"asked for {terms}")
+    stats.restore_recent(3, 3, [(1, "alpha", 2, 0.01, 2), (2, "beta", 1, 0.01, 1)],
+                         complete=True)
+    assert stats.ids_of(["alpha", "new"]).tolist() == [1, 3]

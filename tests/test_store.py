@@ -216,3 +216,30 @@ def test_a_clustered_article_row_is_written_once_with_its_story_and_relation(tmp
     assert set(written) == {"INSERT INTO"}
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
+
+
+def test_terms_counted_before_their_last_article_was_kept_count_as_seen_in_the_newest(
+        tmp_path, seed_config):
+    from aggregator.config import load_config
+    from aggregator.pipeline import Aggregator
+
+    config = load_config(seed_config, environ={})
+    aggregator = Aggregator(config)
+    aggregator.run_pass()
+    aggregator.close()
+    # The store as the version before kept it.
+    with sqlite3.connect(config.database) as conn:
+        conn.execute("ALTER TABLE term_stats DROP COLUMN last_article_id")
+        conn.execute("DELETE FROM _migrations WHERE name = '009_term_last_article'")
+    store = Store(config.database)
+    assert "009_term_last_article" in store.applied_migrations()
+    newest = store.db.execute("SELECT max(id) FROM articles").fetchone()[0]
+    assert newest == 3
+    last = [row[0] for row in store.db.execute("SELECT last_article_id FROM term_stats")]
+    assert set(last) == {newest}
+    store.close()
+    # The next restart reads every one of them.
+    reopened = Aggregator(config)
+    assert not reopened.clusterer.stats.incomplete
+    assert len(reopened.clusterer.vocabulary.ids) == len(last)
+    reopened.close()
