@@ -112,9 +112,9 @@ WORKER_MIN_BYTES = 4096
 PLACEMENT_CHUNK = 512
 # Terms written to the statistics per step of ``_count_terms``.
 COUNT_TERMS_CHUNK = 4096
-# Terms that the latest articles did not use leave memory when the vocabulary has grown by as
-# many terms as it kept, and by at least this many (a small store keeps every term).
-FORGET_TERMS_MIN = 50_000
+# Terms that the latest articles did not use leave memory when the vocabulary has grown by a
+# quarter of the terms it kept, and by at least this many (a small store keeps every term).
+FORGET_TERMS_MIN = 20_000
 # A feed with more entries than this is truncated: no real feed needs more in one document.
 MAX_ENTRIES_PER_FETCH = 10_000
 # Polite to servers: never more than this many requests to one host at once.
@@ -1091,10 +1091,10 @@ class Aggregator:
 
     def _forget_unseen_terms(self) -> None:
         """Drop from memory the terms that none of the latest articles used (as many
-        articles as the window holds), once the vocabulary has doubled since the last time:
-        they stay in the store (``TermStatistics.recall``)."""
+        articles as the window holds), once the vocabulary has grown enough since the last
+        time (``FORGET_TERMS_MIN``): they stay in the store (``TermStatistics.recall``)."""
         stats = self.clusterer.stats
-        if len(stats.vocabulary.ids) < self._terms_kept + max(self._terms_kept,
+        if len(stats.vocabulary.ids) < self._terms_kept + max(self._terms_kept // 4,
                                                               FORGET_TERMS_MIN):
             return
         forgotten = stats.forget_unseen_since(
