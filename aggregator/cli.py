@@ -102,6 +102,7 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
 
         status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
                               index_article_limit=lambda: aggregator.settings.window_articles,
+                              vocabulary_terms=aggregator.vocabulary_terms,
                               tick_s=tick_s)
         watcher = ConfigWatcher(config.path)
 

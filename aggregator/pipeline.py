@@ -1089,6 +1089,11 @@ class Aggregator:
 
         self.store.count_terms(conn, documents, rows())
 
+    def vocabulary_terms(self) -> tuple[int, int]:
+        """The terms seen since the store began, and those whose names are in memory."""
+        vocabulary = self.clusterer.vocabulary
+        return len(vocabulary) - 1, len(vocabulary.ids)  # id 0 pads, it names no term
+
     def _forget_unseen_terms(self) -> None:
         """Drop from memory the terms that none of the latest articles used (as many
         articles as the window holds), once the vocabulary has grown enough since the last

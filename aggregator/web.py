@@ -41,6 +41,8 @@ class DaemonStatus:
     last_pass_seconds: float | None = None
     index_articles: Callable[[], int] | None = None
     index_article_limit: Callable[[], int] | None = None
+    # (every term ever seen, the terms whose names are in memory)
+    vocabulary_terms: Callable[[], tuple[int, int]] | None = None
     tick_s: float = 30.0
 
 
@@ -344,6 +346,15 @@ class StoreCollector:
                                         "The clustering index's article limit "
                                         "(window_articles; 0: none)",
                                         value=self.status.index_article_limit())
+            if self.status.vocabulary_terms is not None:
+                seen, in_memory = self.status.vocabulary_terms()
+                yield GaugeMetricFamily("aggregator_vocabulary_terms",
+                                        "Distinct terms seen since the store began",
+                                        value=seen)
+                yield GaugeMetricFamily("aggregator_vocabulary_terms_in_memory",
+                                        "Terms whose names the writer keeps in memory (the "
+                                        "others are read back from the store when used)",
+                                        value=in_memory)
 
 
 async def metrics(request: Request) -> Response:

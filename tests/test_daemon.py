@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -66,6 +67,10 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
         metrics = httpx.get(f"{base}/metrics").text
         assert "aggregator_index_articles 3.0" in metrics
         assert "aggregator_index_article_limit 100000.0" in metrics
+        terms = re.search(r"^aggregator_vocabulary_terms (\S+)$", metrics, re.M)
+        in_memory = re.search(r"^aggregator_vocabulary_terms_in_memory (\S+)$", metrics, re.M)
+        # The seeds' vocabulary is far below the size at which names leave memory.
+        assert float(terms.group(1)) == float(in_memory.group(1)) > 100
         assert "Also covered by" in httpx.get(f"{base}/").text
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)

@@ -151,7 +151,8 @@ def test_json_feed_is_valid_json_feed_1_1(filled):
 def test_metrics_parse_with_the_prometheus_parser(filled):
     _config, database = filled
     status = DaemonStatus(last_pass_finished=time.time(), last_pass_seconds=0.5,
-                          index_articles=lambda: 9, index_article_limit=lambda: 100_000)
+                          index_articles=lambda: 9, index_article_limit=lambda: 100_000,
+                          vocabulary_terms=lambda: (50_000, 31_000))
     client = TestClient(create_app(database, status))
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -163,6 +164,8 @@ def test_metrics_parse_with_the_prometheus_parser(filled):
     assert samples["aggregator_story_size_count{}"] == 7
     assert samples["aggregator_index_articles{}"] == 9
     assert samples["aggregator_index_article_limit{}"] == 100_000
+    assert samples["aggregator_vocabulary_terms{}"] == 50_000
+    assert samples["aggregator_vocabulary_terms_in_memory{}"] == 31_000
     assert samples["aggregator_pass_duration_seconds{}"] == 0.5
     assert "aggregator_sources_due" in families
 
