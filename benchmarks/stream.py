@@ -7,7 +7,7 @@ Text lengths are log-normal around 350 words, like feed summaries and full texts
 The vocabulary keeps growing, as a real stream's does: a story's names are drawn from an
 endless list by a Zipf law (exponent ``NAME_ZIPF``), so a few names come back again and
 again and new ones keep coming (about 55,000 distinct terms at 100,000 articles, 113,000 at
-300,000).
+300,000, 290,000 at a million).
 
 Time advances so that ``per_day`` articles arrive a day: at 14,000 a day a 7-day window holds
 about 100,000 articles.
