@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -526,6 +526,17 @@ UNCLUSTERED_MARK = "articles_without_fingerprints"
 WINDOW_FLOOR = "window_floor"
 
 
+def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
+    """The rows of ``sql`` whose ``{}`` becomes the placeholders of ``values`` (after
+    ``params``), asked 500 values at a time: SQLite caps the parameters of a statement."""
+    rows: list[tuple] = []
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        rows += conn.execute(sql.format(",".join("?" * len(chunk))),
+                             [*params, *chunk]).fetchall()
+    return rows
+
+
 def read_only_connection(path: str) -> sqlite3.Connection:
     """A connection that cannot write, for readers beside the writer (threads, processes)."""
     uri = f"file:{Path(path).resolve()}?mode=ro"
@@ -712,14 +723,9 @@ class Store:
 
     def line_counts(self, source_id: int, keys: Iterable[str]) -> dict[str, int]:
         """How many stored articles of the source contain each line key."""
-        keys = list(keys)
-        counts: dict[str, int] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            counts.update(self.db.execute(
-                f"SELECT line_key, articles FROM source_lines WHERE source_id = ? AND line_key "
-                f"IN ({','.join('?' * len(chunk))})", [source_id, *chunk]).fetchall())
-        return counts
+        return dict(select_in(
+            self.db.conn, "SELECT line_key, articles FROM source_lines WHERE source_id = ? "
+            "AND line_key IN ({})", list(keys), [source_id]))
 
     def count_lines(self, conn: sqlite3.Connection, source_id: int,
                     articles_per_key: Mapping[str, int], seen: datetime) -> None:
@@ -749,13 +755,8 @@ class Store:
 
     @staticmethod
     def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
-        known: set[str] = set()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            known.update(row[0] for row in conn.execute(
-                f"SELECT key FROM article_keys WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk))
-        return known
+        return {row[0] for row in select_in(
+            conn, "SELECT key FROM article_keys WHERE key IN ({})", keys)}
 
     @staticmethod
     def next_article_id(conn: sqlite3.Connection) -> int:
@@ -979,8 +980,8 @@ class Store:
         documents = int(self.db.execute(
             "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
         top = self.db.execute("SELECT coalesce(max(id), 0) FROM term_stats").fetchone()[0]
-        old = self.db.execute("SELECT count(*) FROM term_stats WHERE last_article_id < ?",
-                              [first_article_id]).fetchone()[0]
+        old = self.db.execute("SELECT EXISTS (SELECT 1 FROM term_stats WHERE "
+                              "last_article_id < ?)", [first_article_id]).fetchone()[0]
         rows = self.db.execute(
             "SELECT id, term, document_frequency, prior_fraction, last_article_id "
             "FROM term_stats WHERE last_article_id >= ?", [first_article_id])
@@ -990,23 +991,13 @@ class Store:
         """The stored rows of those of ``terms`` that the store has (see
         ``recent_term_statistics``), through the writer's connection: its own uncommitted
         counts included."""
-        found = []
-        for start in range(0, len(terms), 500):
-            chunk = terms[start:start + 500]
-            found += self.db.execute(
-                "SELECT id, term, document_frequency, prior_fraction, last_article_id "
-                f"FROM term_stats WHERE term IN ({','.join('?' * len(chunk))})",
-                chunk).fetchall()
-        return found
+        return select_in(self.db.conn, "SELECT id, term, document_frequency, prior_fraction, "
+                         "last_article_id FROM term_stats WHERE term IN ({})", terms)
 
     def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
         """Stored shingle signatures of the articles, in the order given."""
-        found: dict[int, bytes] = {}
-        for start in range(0, len(article_ids), 500):
-            chunk = article_ids[start:start + 500]
-            found.update(self.db.execute(
-                "SELECT article_id, shingle_signature FROM article_fingerprints "
-                f"WHERE article_id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        found = dict(select_in(self.db.conn, "SELECT article_id, shingle_signature FROM "
+                               "article_fingerprints WHERE article_id IN ({})", article_ids))
         return [found[i] for i in article_ids]
 
     def salient_terms(self, article_ids: list[int]) -> list[tuple[str, ...]]:
