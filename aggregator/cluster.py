@@ -205,17 +205,28 @@ def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.count_nonzero(equal, axis=1)
 
 
-def most_shared(slots: np.ndarray, bands: np.ndarray, limit: int) -> np.ndarray:
+def most_shared(slots: np.ndarray, bands: np.ndarray, limit: int,
+                newest: np.ndarray) -> np.ndarray:
     """The ``limit`` of ``slots`` (in ascending order) with the largest ``bands``, equal
-    counts taken in slot order: the slots that a stable sort by descending count would put
-    first (in ascending order, not in that one), in linear time instead of a sort's."""
+    counts taken by the largest ``newest`` (the slots' article ids, all different): the
+    slots that a sort by descending count, then descending id, would put first (in
+    ascending order, not in that one), in linear time instead of a sort's.
+
+    Ties go by article, not by slot, because a slot number says nothing of the article: an
+    evicted article's slot is handed to a later one, at a moment that depends on when the
+    indexes were last compacted, and the candidates (so the decisions) must not.
+    """
     if slots.size <= limit:
         return slots
     if limit <= 0:
         return slots[:0]
     cut = np.partition(bands, bands.size - limit)[bands.size - limit]
     keep = bands > cut
-    keep[np.flatnonzero(bands == cut)[:limit - int(np.count_nonzero(keep))]] = True
+    tied = np.flatnonzero(bands == cut)
+    wanted = limit - int(np.count_nonzero(keep))
+    if wanted < tied.size:
+        tied = tied[np.argpartition(-newest[tied], wanted - 1)[:wanted]]
+    keep[tied] = True
     return slots[keep]
 
 
@@ -634,7 +645,7 @@ class Clusterer:
         alive = self.rows.alive[slots]
         slots, bands = slots[alive], bands[alive]
         if limit is not None:
-            slots = most_shared(slots, bands, limit)
+            slots = most_shared(slots, bands, limit, self.rows.article_id[slots])
         return slots
 
     def near_copies(self, article: ClusterArticle) -> list[NearCopy]:

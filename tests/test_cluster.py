@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import SEED_FEEDS, write_config
 
+from aggregator import cluster as cluster_module
 from aggregator import pipeline as pipeline_module
 from aggregator import store as store_module
 from aggregator.cluster import (
@@ -395,6 +396,41 @@ def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
         recalled.clear()
 
 
+def test_decisions_do_not_depend_on_when_the_indexes_are_compacted(tmp_path, monkeypatch):
+    # Every title begins with the same two words, so that more articles share bands with
+    # each one than the candidate limit (two here) lets through, with ties at the cut; evicted articles' slots are handed to later ones only after a compaction, so slot
+    # order and article order part ways at a moment compaction picks.  Which candidates are
+    # scored, so every decision and what it records, must not depend on that moment.
+    monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+    monkeypatch.setattr(cluster_module, "CANDIDATE_SLOTS", 2)
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def run(name, compact_at):
+        monkeypatch.setattr(cluster_module, "COMPACT_AT_DEAD_MIN", compact_at)
+        aggregator = Aggregator(Config(
+            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
+            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
+            clustering=ClusteringSettings(window_days=30, window_articles=5)))
+        for number in range(20):
+            own = " ".join(words[number * 3:number * 3 + 3])
+            entry = ParsedEntry(guid=f"g{number}", link=None, title=f"Minister summit {own}",
+                                published=start + timedelta(hours=number),
+                                content=f"<p>Minister summit: {own}. {own}. {own}.</p>")
+            aggregator.ingest_entries("desk", 0, [entry], start + timedelta(hours=number))
+        slots = aggregator.clusterer.rows.used
+        rows = aggregator.store.db.execute(
+            "SELECT id, story_id, relation, similarity, decision FROM articles "
+            "ORDER BY id").fetchall()
+        aggregator.close()
+        return rows, slots
+
+    never, slots_never = run("never-compacted", 10**9)
+    always, slots_always = run("compacted-at-each-eviction", 0)
+    assert slots_always < slots_never  # slots were reused in one run and not in the other
+    assert always == never
+
+
 def test_restart_restores_statistics_and_index(tmp_path, seed_dir):
     names = list(SEED_FEEDS)
 
@@ -562,17 +598,19 @@ def test_closest_stories_are_the_first_distinct_ids_by_closeness(slots, count, s
 @pytest.mark.parametrize(("slots", "limit", "counts"), [
     (0, 5, 1),
     (5, 5, 3),  # no more than the limit
-    (6, 5, 1),  # all equal: the first five slots
+    (6, 5, 1),  # all equal: the five newest articles
     (6, 0, 3),  # none wanted
     (50, 5, 32),
     (2000, 100, 3),  # many ties at the cut
     (2000, 1999, 32),
     (13000, 2000, 32),
 ])
-def test_most_shared_keeps_what_a_stable_sort_by_count_puts_first(slots, limit, counts):
+def test_most_shared_keeps_the_most_shared_and_among_equals_the_newest(slots, limit, counts):
     generator = np.random.default_rng(slots + limit)
     slot_numbers = np.sort(generator.choice(10 * slots + 1, slots, replace=False))
+    # Slots are reused, so their order is not the articles' order.
+    article_ids = generator.permutation(slots).astype(np.int64) + 1
     bands = generator.integers(1, counts + 1, slots)
-    expected = slot_numbers[np.argsort(-bands, kind="stable")[:limit]]
-    kept = most_shared(slot_numbers, bands, limit)
+    expected = slot_numbers[np.lexsort((-article_ids, -bands))[:limit]]
+    kept = most_shared(slot_numbers, bands, limit, article_ids)
     assert kept.tolist() == sorted(expected.tolist())
