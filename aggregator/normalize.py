@@ -203,11 +203,17 @@ def strip_lines(text: str, keys: set[str]) -> str:
 
 
 def _utc(value: datetime | None) -> datetime | None:
+    """``value`` in UTC, to the whole second.
+
+    Whole seconds because the store keeps times so: a time that the clusterer used to the
+    microsecond (a JSON feed's, say) would come back different after a restart, and so would
+    the time factors of the decisions that follow.
+    """
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=0)
 
 
 def effective_published(published: datetime | None, fetched: datetime) -> datetime:

@@ -398,7 +398,8 @@ def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
 
 def test_decisions_do_not_depend_on_when_the_indexes_are_compacted(tmp_path, monkeypatch):
     # Every title begins with the same two words, so that more articles share bands with
-    # each one than the candidate limit (two here) lets through, with ties at the cut; evicted articles' slots are handed to later ones only after a compaction, so slot
+    # each one than the candidate limit (two here) lets through, with ties at the cut;
+    # evicted articles' slots are handed to later ones only after a compaction, so slot
     # order and article order part ways at a moment compaction picks.  Which candidates are
     # scored, so every decision and what it records, must not depend on that moment.
     monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
@@ -429,6 +430,43 @@ def test_decisions_do_not_depend_on_when_the_indexes_are_compacted(tmp_path, mon
     always, slots_always = run("compacted-at-each-eviction", 0)
     assert slots_always < slots_never  # slots were reused in one run and not in the other
     assert always == never
+
+
+def test_a_restart_gives_back_the_times_the_clusterer_used(tmp_path):
+    # A JSON feed can date entries to the microsecond; the store keeps whole seconds.  The
+    # times the clusterer scores with must be those it has again after a restart, or the
+    # time factors of every later decision change.
+    config = Config(path=str(tmp_path / "c.toml"), database=str(tmp_path / "t.db"),
+                    sources=(Source(name="desk", url=str(tmp_path / "f.xml"),
+                                    interval_s=3600),))
+    start = datetime(2026, 3, 1, 8, 0, 0, 437_512, tzinfo=UTC)
+    aggregator = Aggregator(config)
+    for number, (hours, topic) in enumerate([(0, "harbour strike ends after dockers vote"),
+                                             (5.3, "dockers vote ends harbour strike"),
+                                             (9.7, "glacier survey begins in the north")]):
+        published = start + timedelta(hours=hours, microseconds=number * 123_457)
+        entry = ParsedEntry(guid=f"g{number}", link=None, title=topic.title(),
+                            published=published, content=f"<p>{topic}, said officials.</p>")
+        aggregator.ingest_entries("desk", 0, [entry], published + timedelta(minutes=1))
+
+    def story_times(clusterer):
+        columns = clusterer.story_columns
+        return {story_id: tuple(float(getattr(columns, name)[story.row]) for name in
+                                ("first_ts", "last_ts", "dated_first_ts", "dated_last_ts"))
+                for story_id, story in clusterer.stories.items()}
+
+    def article_times(clusterer):
+        rows = clusterer.rows
+        return sorted(zip(rows.article_id[rows.alive].tolist(),
+                          rows.published_ts[rows.alive].tolist(), strict=True))
+
+    live = story_times(aggregator.clusterer), article_times(aggregator.clusterer)
+    aggregator.close()
+    aggregator = Aggregator(config)
+    assert (story_times(aggregator.clusterer), article_times(aggregator.clusterer)) == live
+    assert all(ts == int(ts) for _id, ts in live[1])
+    assert sorted(len(story.slots) for story in aggregator.clusterer.stories.values()) == [1, 2]
+    aggregator.close()
 
 
 def test_restart_restores_statistics_and_index(tmp_path, seed_dir):

@@ -33,8 +33,10 @@ from aggregator.normalize import (
     effective_published,
     html_to_text,
     identity_keys,
+    normalize_entry,
     strip_boilerplate,
 )
+from aggregator.parse import ParsedEntry
 from aggregator.store import to_iso
 
 
@@ -90,6 +92,23 @@ def test_future_dates_are_clamped_to_fetch_time():
     assert effective_published(past, fetched) == past
     naive = datetime(2026, 1, 29, 5)
     assert effective_published(naive, fetched) == naive.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("published", "fetched", "expected"), [
+    # The store keeps whole seconds, so the clusterer must see whole seconds too.
+    (datetime(2026, 1, 29, 5, 0, 12, 999999, tzinfo=UTC), datetime(2026, 1, 30, tzinfo=UTC),
+     datetime(2026, 1, 29, 5, 0, 12, tzinfo=UTC)),
+    (datetime(2026, 1, 29, 7, 0, 12, 500000, tzinfo=timezone(timedelta(hours=2))),
+     datetime(2026, 1, 30, tzinfo=UTC), datetime(2026, 1, 29, 5, 0, 12, tzinfo=UTC)),
+    (None, datetime(2026, 1, 30, 0, 0, 1, 250000, tzinfo=UTC),
+     datetime(2026, 1, 30, 0, 0, 1, tzinfo=UTC)),
+])
+def test_an_article_is_dated_to_the_whole_second_as_stored(published, fetched, expected):
+    entry = ParsedEntry(guid="g", link=None, title="A title", published=published,
+                        content="<p>Some text.</p>")
+    article = normalize_entry(entry, "desk", fetched)
+    assert article.published == expected
+    assert article.fetched == fetched.replace(microsecond=0)
 
 
 @pytest.mark.parametrize(("guid", "url", "expected_first"), [
