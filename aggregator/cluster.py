@@ -55,6 +55,8 @@ ROUGH_TOLERANCE = 1e-3
 COMPACT_AT_DEAD_SHARE = 0.03
 # ... and at least this many, so that a small window is not compacted at every eviction.
 COMPACT_AT_DEAD_MIN = 1024
+# Rows of the window read at a time by ``terms_held``.
+HELD_BLOCK_ROWS = 8192
 
 
 @dataclass(slots=True)
@@ -880,6 +882,18 @@ class Clusterer:
         """The article ids of a live story, in order of arrival."""
         return self.rows.article_id[np.frombuffer(self.stories[story_id].slots,
                                                   dtype=np.int64)].tolist()
+
+    def terms_held(self) -> np.ndarray:
+        """Which term numbers the window's vectors hold (by number: a term can only leave
+        memory, and its number go to another, once no vector of the window holds it)."""
+        rows = self.rows
+        held = np.zeros(len(self.vocabulary), dtype=bool)
+        # A block of rows at a time: the whole window's vectors at once would be a copy of
+        # tens of megabytes.
+        for start in range(0, rows.used, HELD_BLOCK_ROWS):
+            end = min(start + HELD_BLOCK_ROWS, rows.used)
+            held[rows.vector_ids[start:end][rows.alive[start:end]].ravel()] = True
+        return held
 
     def window_article_ids(self) -> set[int]:
         """The ids of the articles in the window (``window_size`` of them)."""

@@ -19,6 +19,7 @@ datasketch's own ``MinHash`` and ``LeanMinHash``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import operator
 import re
@@ -37,6 +38,8 @@ import wordfreq
 
 from .memory import enlarge
 from .normalize import ascii_folded
+
+log = logging.getLogger(__name__)
 
 MINHASH_SEED = 1
 SIGN_GROUP_ITEMS = 8192
@@ -245,21 +248,48 @@ TermRow = tuple[int, str, int, float, int]
 
 
 class Vocabulary:
-    """Term <-> integer id; id 0 pads short rows.  The ids are those of ``term_stats.id``."""
+    """Term <-> number, for the terms in memory; number 0 pads short rows.
+
+    The numbers index the statistics' arrays and the window's vectors.  They are not the
+    terms' ids in the store (``term_stats.id``, given once and kept for good): a number is
+    handed to another term once its term has left memory (``forget``), so that what memory
+    holds per term follows the terms in memory, not every term the stream ever used.
+    ``stored`` gives each number's store id.
+    """
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
         self.terms: list[str] = [""]
+        self.stored = np.zeros(1024, dtype=np.int64)
+        # Numbers given back by ``forget``, handed out again before new ones.
+        self._free: list[int] = []
+        # The store id of the next term never seen before (0 pads, as number 0 does).
+        self.next_stored = 1
 
     def id(self, term: str) -> int:
+        """The number of ``term``; a term never seen before gets one, and a store id."""
         found = self.ids.get(term)
         if found is None:
-            found = self.ids[term] = len(self.terms)
-            self.terms.append(term)
+            found = self._place(term, self.next_stored)
+            self.next_stored += 1
         return found
 
+    def _place(self, term: str, stored_id: int) -> int:
+        if self._free:
+            number = self._free.pop()
+            self.terms[number] = term
+        else:
+            number = len(self.terms)
+            self.terms.append(term)
+            if number >= len(self.stored):
+                enlarge(self, "stored", max(1024, number + number // 4 + 1))
+        self.stored[number] = stored_id
+        self.ids[term] = number
+        return number
+
     def ids_of(self, terms: list[str]) -> np.ndarray:
-        """The ids of ``terms`` (``id`` of each, in order, new terms numbered as they come)."""
+        """The numbers of ``terms`` (``id`` of each, in order, new terms numbered as they
+        come)."""
         found = list(map(self.ids.get, terms))
         if None in found:
             term_id = self.id
@@ -267,34 +297,55 @@ class Vocabulary:
                      for term, number in zip(terms, found, strict=True)]
         return np.array(found, dtype=np.int32)
 
-    def restore(self, term_id: int, term: str) -> None:
-        self.reserve(term_id + 1)
-        self.terms[term_id] = term
-        self.ids[term] = term_id
+    def restore(self, stored_id: int, term: str) -> int:
+        """Bring back a stored term (id ``stored_id``); its number."""
+        found = self.ids.get(term)
+        if found is not None:
+            return found
+        self.reserve(stored_id + 1)
+        return self._place(term, stored_id)
 
-    def reserve(self, size: int) -> None:
-        """Ids below ``size`` are taken (by terms restored later, or forgotten): new terms
-        are numbered from ``size`` on."""
-        if len(self.terms) < size:
-            self.terms.extend([""] * (size - len(self.terms)))
+    def reserve(self, next_stored: int) -> None:
+        """Store ids below ``next_stored`` are taken (by terms restored later, or left in
+        the store): new terms get ids from ``next_stored`` on."""
+        self.next_stored = max(self.next_stored, next_stored)
 
-    def forget(self, term_ids: list[int]) -> int:
-        """Drop the names of ``term_ids`` (the ids stay taken); how many there were."""
+    def forget(self, numbers: list[int]) -> list[int]:
+        """Drop the terms of ``numbers`` from memory (their store ids stay taken) and give
+        their numbers back; those that named a term (the others were free already)."""
         terms, ids = self.terms, self.ids
-        before = len(ids)
-        for term_id in term_ids:
-            term = terms[term_id]
+        dropped = []
+        for number in numbers:
+            term = terms[number]
             if term:
                 del ids[term]
-                terms[term_id] = ""
-        return before - len(ids)
+                terms[number] = ""
+                dropped.append(number)
+        self.stored[dropped] = 0
+        self._free.extend(dropped)
+        return dropped
+
+    def stored_ids(self, numbers: np.ndarray | list[int]) -> np.ndarray:
+        """The store ids of the terms numbered ``numbers`` (0 for 0, the padding)."""
+        return self.stored[numbers]
+
+    def numbers_by_stored(self, size: int) -> np.ndarray:
+        """A table of the terms' numbers by store id, at least ``size`` long: -1 for a term
+        not in memory, 0 for 0 (the padding)."""
+        numbered = np.flatnonzero(self.stored[:len(self.terms)])
+        table = np.full(max(size, self.next_stored), -1, dtype=np.int64)
+        table[self.stored[numbered]] = numbered
+        table[0] = 0
+        return table
+
+    @property
+    def seen(self) -> int:
+        """How many terms have had a store id since the store began."""
+        return self.next_stored - 1
 
     def __len__(self) -> int:
+        """How far the numbers go (the statistics' arrays are at least that long)."""
         return len(self.terms)
-
-
-# ``TermStatistics._last_article`` of a term no longer in memory.
-FORGOTTEN = np.iinfo(np.int64).max
 
 
 class TermStatistics:
@@ -327,6 +378,8 @@ class TermStatistics:
         # some were left in the store (``forget_unseen_since``, or a restart that read only
         # the window's terms).
         self.recall: Callable[[list[str]], list[TermRow]] | None = None
+        # The same by store id (a restart's window vectors name their terms by store id).
+        self.recall_ids: Callable[[list[int]], list[TermRow]] | None = None
         self.incomplete = False
         # The largest article id counted (``add_document``) or restored.
         self.newest_article = 0
@@ -408,12 +461,15 @@ class TermStatistics:
         self._restore_rows(rows)
         self.incomplete = self.incomplete or not complete
 
+    def restore_terms(self, rows: Iterable[TermRow]) -> None:
+        """Bring back stored terms (``TermRow``s) that are not in memory."""
+        self._restore_rows(rows)
+
     def _restore_rows(self, rows: Iterable[TermRow]) -> None:
         ids, frequencies, priors, last = array("q"), array("q"), array("d"), array("q")
         restore_term = self.vocabulary.restore
         for term_id, term, frequency, prior, last_article in rows:
-            restore_term(term_id, term)
-            ids.append(term_id)
+            ids.append(restore_term(term_id, term))
             frequencies.append(frequency)
             priors.append(prior)
             last.append(last_article)
@@ -428,10 +484,11 @@ class TermStatistics:
     def last_articles_of(self, ids: np.ndarray) -> np.ndarray:
         return self._last_article[ids]
 
-    def forget_unseen_since(self, article_id: int) -> int:
+    def forget_unseen_since(self, article_id: int, held: np.ndarray | None = None) -> int:
         """Drop from memory the terms counted in no article from ``article_id`` on (they stay
-        in the store, and ``ids_of`` brings one back when an article uses it again); how
-        many were dropped.
+        in the store, and ``ids_of`` brings one back when an article uses it again), except
+        those that ``held`` marks (by number: the terms of the window's vectors, which hold
+        numbers, not names); how many were dropped.
 
         A stream's vocabulary keeps growing (names, places, rare words): kept whole in memory
         it grows without end, where the window's own vocabulary does not.  Their counts
@@ -440,14 +497,35 @@ class TermStatistics:
         if self.recall is None:
             return 0
         size = len(self.vocabulary)
-        unseen = np.flatnonzero(self._last_article[:size] < article_id)
-        # Marked as never unseen, so that the next call does not go through them again
-        # (``_restore_rows`` sets the true value when one comes back).
-        self._last_article[unseen] = FORGOTTEN
-        forgotten = self.vocabulary.forget(unseen.tolist())
-        if forgotten:
+        unseen = self._last_article[:size] < article_id
+        if held is not None:
+            reach = min(size, len(held))
+            unseen[:reach] &= ~held[:reach]
+        dropped = self.vocabulary.forget(np.flatnonzero(unseen).tolist())
+        # Their numbers go to new terms, which start uncounted.
+        self._frequency[dropped] = 0
+        self._prior[dropped] = self.UNKNOWN
+        self._last_article[dropped] = 0
+        if dropped:
             self.incomplete = True
-        return forgotten
+        return len(dropped)
+
+    def numbers_of_stored(self, stored_ids: np.ndarray) -> np.ndarray:
+        """``stored_ids`` (store ids, 0 for padding, any shape) as the numbers of their
+        terms in memory, terms not in memory brought back by id (``recall_ids``) first.  A
+        store id that the store does not have (a store edited by hand) becomes padding."""
+        size = int(stored_ids.max(initial=0)) + 1
+        numbers = self.vocabulary.numbers_by_stored(size)[stored_ids]
+        absent = numbers < 0
+        if absent.any() and self.recall_ids is not None:
+            self._restore_rows(self.recall_ids(np.unique(stored_ids[absent]).tolist()))
+            numbers = self.vocabulary.numbers_by_stored(size)[stored_ids]
+            absent = numbers < 0
+        if absent.any():
+            log.warning("%d terms of stored vectors are missing from term_stats; they count "
+                        "as absent", len(np.unique(stored_ids[absent])))
+            numbers[absent] = 0
+        return numbers.astype(stored_ids.dtype)
 
     def learn_priors(self, ids: np.ndarray, first_words: str,
                      given_at: np.ndarray | None = None, given: np.ndarray | None = None) -> None:

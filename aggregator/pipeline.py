@@ -419,6 +419,7 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
 def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
     stats = TermStatistics(settings.idf_prior_docs)
     stats.recall = store.recall_terms
+    stats.recall_ids = store.recall_term_ids
     floor = store.window_floor()
     since = window_start(store.newest_published(), floor, settings.window_days)
     count, chunks = store.window_rows(since) if since is not None else (0, iter(()))
@@ -439,7 +440,7 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
         clusterer.restore_rows(window.ids, window.story_ids, window.canonical_ids,
                                signer.from_bytes_many(window.shingle_signatures),
                                signer.from_bytes_many(window.salient_signatures),
-                               *unpack_vectors(window.term_vectors),
+                               *numbered_vectors(stats, window.term_vectors),
                                sources=[name for name, _priority in named],
                                priorities=[priority for _name, priority in named],
                                published_ts=window.published_ts,
@@ -448,6 +449,13 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
                                word_counts=window.word_counts)
     clusterer.finish_restore()
     return clusterer
+
+
+def numbered_vectors(stats: TermStatistics, stored: list[bytes]) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """Stored vectors (``unpack_vectors``), their terms' store ids made numbers in memory."""
+    ids, weights = unpack_vectors(stored)
+    return stats.numbers_of_stored(ids), weights
 
 
 def window_start(newest: datetime | None, floor: datetime | None,
@@ -1073,6 +1081,7 @@ class Aggregator:
         [(counted, documents)] = self._uncounted
         self._uncounted = []
         stats, terms = self.clusterer.stats, self.clusterer.vocabulary.terms
+        stored_ids = self.clusterer.vocabulary.stored_ids
         articles_with = np.bincount(np.concatenate(counted)) if counted else np.zeros(0)
         present = np.flatnonzero(articles_with)
 
@@ -1081,9 +1090,8 @@ class Aggregator:
             # took several megabytes, which the heap kept after they were freed.
             for start in range(0, len(present), COUNT_TERMS_CHUNK):
                 ids = present[start:start + COUNT_TERMS_CHUNK]
-                id_list = ids.tolist()
-                names = [terms[term_id] for term_id in id_list]
-                yield from zip(id_list, names, articles_with[ids].tolist(),
+                names = [terms[term_id] for term_id in ids.tolist()]
+                yield from zip(stored_ids(ids).tolist(), names, articles_with[ids].tolist(),
                                stats.priors_of(ids, names).tolist(),
                                stats.last_articles_of(ids).tolist(), strict=True)
 
@@ -1092,7 +1100,7 @@ class Aggregator:
     def vocabulary_terms(self) -> tuple[int, int]:
         """The terms seen since the store began, and those whose names are in memory."""
         vocabulary = self.clusterer.vocabulary
-        return len(vocabulary) - 1, len(vocabulary.ids)  # id 0 pads, it names no term
+        return vocabulary.seen, len(vocabulary.ids)
 
     def _forget_unseen_terms(self) -> None:
         """Drop from memory the terms that none of the latest articles used (as many
@@ -1103,7 +1111,7 @@ class Aggregator:
                                                               FORGET_TERMS_MIN):
             return
         forgotten = stats.forget_unseen_since(
-            stats.newest_article - self.clusterer.window_size + 1)
+            stats.newest_article - self.clusterer.window_size + 1, self.clusterer.terms_held())
         self._terms_kept = len(stats.vocabulary.ids)
         log.debug("%d terms left memory; %d kept", forgotten, self._terms_kept)
 
@@ -1149,7 +1157,8 @@ class Aggregator:
         columns = dict(
             story_id=story_id, relation=relation, similarity=similarity,
             fingerprint=fingerprint,
-            term_vector=pack_vector(vector_ids, vector_weights),
+            term_vector=pack_vector(self.clusterer.vocabulary.stored_ids(vector_ids).tolist(),
+                                    vector_weights),
             shingle_bytes=self.signer.to_bytes(fingerprint.shingle_signature),
             salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
             decision=decision_record(decision))

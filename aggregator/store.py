@@ -994,6 +994,11 @@ class Store:
         return select_in(self.db.conn, "SELECT id, term, document_frequency, prior_fraction, "
                          "last_article_id FROM term_stats WHERE term IN ({})", terms)
 
+    def recall_term_ids(self, term_ids: list[int]) -> list[tuple[int, str, int, float, int]]:
+        """The same as ``recall_terms``, by id."""
+        return select_in(self.db.conn, "SELECT id, term, document_frequency, prior_fraction, "
+                         "last_article_id FROM term_stats WHERE id IN ({})", term_ids)
+
     def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
         """Stored shingle signatures of the articles, in the order given."""
         found = dict(select_in(self.db.conn, "SELECT article_id, shingle_signature FROM "

@@ -68,8 +68,9 @@ elapsed = time.perf_counter() - started
 status = {line.split(":")[0]: int(line.split()[1]) / 1024
           for line in open("/proc/self/status") if line.startswith(("VmHWM:", "VmRSS:"))}
 print(json.dumps({"seconds": elapsed, "articles": clusterer.window_size,
-                  "terms": len(clusterer.vocabulary),
+                  "terms": clusterer.vocabulary.seen,
                   "terms_in_memory": len(clusterer.vocabulary.ids),
+                  "term_numbers": len(clusterer.vocabulary),
                   "rss_mb": round(status["VmRSS"], 1),
                   "peak_rss_mb": round(status["VmHWM"], 1)}))
 """
@@ -181,6 +182,7 @@ def restarts_at_rest(database: str, runs: int) -> None:
                       "restart_articles_per_s": round(results[0]["articles"] / median),
                       "runs_s": [round(r["seconds"], 3) for r in results],
                       "terms_in_memory": results[0]["terms_in_memory"],
+                      "term_numbers": results[0]["term_numbers"],
                       "rss_mb": max(r["rss_mb"] for r in results),
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}))
 
@@ -259,8 +261,9 @@ def main() -> None:
             clusterer = aggregator.clusterer
             window = clusterer.window_size
             index_bytes = clusterer.index_bytes()
-            terms = len(clusterer.vocabulary)
+            terms = clusterer.vocabulary.seen
             terms_in_memory = len(clusterer.vocabulary.ids)
+            term_numbers = len(clusterer.vocabulary)
             rss_now = current_rss_mb()
             del clusterer
             aggregator.close()
@@ -277,6 +280,7 @@ def main() -> None:
                 "index_bytes_per_article": round(index_bytes / max(1, window)),
                 "terms": terms,
                 "terms_in_memory": terms_in_memory,
+                "term_numbers": term_numbers,
                 "restart_s": round(back["seconds"], 3),
                 "restart_articles_per_s": round(back["articles"] / back["seconds"]),
             }

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -370,18 +371,57 @@ def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
     # highest stored.
     stats.restore_recent(12, 4, [stored["alpha"], stored["gamma"]], complete=False)
     assert set(stats.vocabulary.ids) == {"alpha", "gamma"}
+    vocabulary = stats.vocabulary
     ids = stats.ids_of(["beta", "delta", "alpha"])
-    assert ids.tolist() == [2, 4, 1]  # beta as stored, delta new after every stored id
+    # beta as stored, delta new after every stored id
+    assert vocabulary.stored_ids(ids).tolist() == [2, 4, 1]
     assert asked == [["beta", "delta"]]
     assert stats.frequency("beta") == 1 and stats.prior("beta") == 0.002
     stats.add_document(stats.ids_of(["delta", "alpha"]), article_id=11)
     assert asked == [["beta", "delta"]]  # both in memory now
     # Not counted in article 5 or later: beta (3) and gamma (4) leave memory.
+    numbers = len(vocabulary)
     assert stats.forget_unseen_since(5) == 2
-    assert set(stats.vocabulary.ids) == {"alpha", "delta"}
+    assert set(vocabulary.ids) == {"alpha", "delta"}
     assert stats.forget_unseen_since(5) == 0  # no term is forgotten twice
-    assert stats.ids_of(["gamma"]).tolist() == [3]
+    # Numbers given back go to the terms that come next, recalled or new.
+    assert vocabulary.stored_ids(stats.ids_of(["gamma"])).tolist() == [3]
     assert stats.frequencies() == {"alpha": 6, "gamma": 2, "delta": 1}
+    epsilon = stats.ids_of(["epsilon"])
+    assert vocabulary.stored_ids(epsilon).tolist() == [5]  # a store id of its own
+    assert stats.frequency("epsilon") == 0 and stats.last_articles_of(epsilon).tolist() == [0]
+    assert len(vocabulary) == numbers and vocabulary.seen == 5
+    # A term that the window's vectors hold stays, however long unseen.
+    held = np.zeros(len(vocabulary), dtype=bool)
+    held[vocabulary.ids["gamma"]] = True
+    assert stats.forget_unseen_since(5, held) == 1  # epsilon, never counted
+    assert set(vocabulary.ids) == {"alpha", "delta", "gamma"}
+
+
+def test_stored_vectors_are_numbered_as_their_terms_are_in_memory(caplog):
+    # A restart reads the vectors of the window, which name terms by store id: terms not
+    # in memory (unseen by the latest articles, but in an older member of a live story)
+    # come back by id; an id the store lacks becomes padding, with a warning.
+    stored = {7: (7, "alpha", 3, 0.01, 40), 9: (9, "beta", 1, 0.002, 12)}
+    asked: list[list[int]] = []
+
+    def recall_ids(ids):
+        asked.append(ids)
+        return [stored[term_id] for term_id in ids if term_id in stored]
+
+    stats = TermStatistics(prior_docs=10)
+    stats.recall_ids = recall_ids
+    stats.restore_recent(50, 12, [stored[7]], complete=False)
+    vectors = np.array([[7, 9, 0], [9, 11, 7]], dtype=np.int32)
+    with caplog.at_level(logging.WARNING, logger="aggregator.fingerprint"):
+        numbers = stats.numbers_of_stored(vectors)
+    assert asked == [[9, 11]]
+    vocabulary = stats.vocabulary
+    assert numbers.dtype == vectors.dtype
+    assert vocabulary.stored_ids(numbers).tolist() == [[7, 9, 0], [9, 0, 7]]
+    assert numbers[0, 2] == 0 and numbers[1, 1] == 0
+    assert stats.frequency("beta") == 1 and stats.prior("beta") == 0.002
+    assert "1 terms of stored vectors are missing" in caplog.text
 
 
 def test_statistics_loaded_whole_never_ask_the_store():
