@@ -461,10 +461,6 @@ class TermStatistics:
         self._restore_rows(rows)
         self.incomplete = self.incomplete or not complete
 
-    def restore_terms(self, rows: Iterable[TermRow]) -> None:
-        """Bring back stored terms (``TermRow``s) that are not in memory."""
-        self._restore_rows(rows)
-
     def _restore_rows(self, rows: Iterable[TermRow]) -> None:
         ids, frequencies, priors, last = array("q"), array("q"), array("d"), array("q")
         restore_term = self.vocabulary.restore

@@ -356,15 +356,21 @@ def test_a_term_named_before_it_is_counted_has_no_frequency_yet():
     assert stats.documents == 2
 
 
+def recording_store(stored: dict) -> tuple:
+    """A store's recall of term rows by key (name or id), and the keys it was asked for."""
+    asked: list[list] = []
+
+    def recall(keys):
+        asked.append(keys)
+        return [stored[key] for key in keys if key in stored]
+
+    return recall, asked
+
+
 def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
     stored = {"alpha": (1, "alpha", 5, 0.01, 10), "beta": (2, "beta", 1, 0.002, 3),
               "gamma": (3, "gamma", 2, 0.003, 4)}
-    asked: list[list[str]] = []
-
-    def recall(terms):
-        asked.append(terms)
-        return [stored[term] for term in terms if term in stored]
-
+    recall, asked = recording_store(stored)
     stats = TermStatistics(prior_docs=10)
     stats.recall = recall
     # A restart that read the terms of article 4 on: beta stays in the store, id 3 is the
@@ -403,12 +409,7 @@ def test_stored_vectors_are_numbered_as_their_terms_are_in_memory(caplog):
     # in memory (unseen by the latest articles, but in an older member of a live story)
     # come back by id; an id the store lacks becomes padding, with a warning.
     stored = {7: (7, "alpha", 3, 0.01, 40), 9: (9, "beta", 1, 0.002, 12)}
-    asked: list[list[int]] = []
-
-    def recall_ids(ids):
-        asked.append(ids)
-        return [stored[term_id] for term_id in ids if term_id in stored]
-
+    recall_ids, asked = recording_store(stored)
     stats = TermStatistics(prior_docs=10)
     stats.recall_ids = recall_ids
     stats.restore_recent(50, 12, [stored[7]], complete=False)
