@@ -396,6 +396,65 @@ def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
         recalled.clear()
 
 
+def test_a_term_that_a_window_vector_holds_keeps_its_number(tmp_path, monkeypatch):
+    # Story A's first article has two words that no later article uses until the last one;
+    # a follow-up keeps the story, so that first article stays in the window while the
+    # latest articles (as many as the window holds) do not use those words.  Unused by the
+    # latest articles, they could leave memory, and a new term take their number; the first
+    # article's vector holds that number, so it must not.  Every row must be what a writer
+    # that never forgets stores.
+    monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+    forget = Aggregator._forget_unseen_terms
+
+    def after_every_transaction(aggregator):
+        aggregator._terms_kept = -10**9
+        forget(aggregator)
+
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    story_a, rest = words[:6], words[6:]
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    articles = [(0, " ".join(story_a))]
+    articles += [(hour, " ".join(rest[hour * 6:hour * 6 + 6])) for hour in (1, 2, 3)]
+    articles += [(4, " ".join(story_a[:4])),          # A goes on, without the last two words
+                 (4.5, " ".join(rest[24:30])),        # new terms, which take free numbers
+                 (4.6, " ".join(story_a[:2] + story_a[4:] + rest[30:32]))]  # A again
+
+    def run(name, forgetting, restart_after=None):
+        if forgetting:
+            monkeypatch.setattr(Aggregator, "_forget_unseen_terms", after_every_transaction)
+        else:
+            monkeypatch.setattr(pipeline_module, "FORGET_TERMS_MIN", 10**9)
+        config = Config(
+            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
+            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
+            clustering=ClusteringSettings(window_days=30, window_articles=4))
+        aggregator = Aggregator(config)
+        for number, (hour, topic) in enumerate(articles):
+            entry = ParsedEntry(guid=f"g{number}", link=None, title=f"Report {topic}",
+                                published=start + timedelta(hours=hour),
+                                content=f"<p>Report: {topic} {topic}. {topic}.</p>")
+            aggregator.ingest_entries("desk", 0, [entry], start + timedelta(hours=hour))
+            if number == restart_after:
+                aggregator.close()
+                aggregator = Aggregator(config)
+        vocabulary = aggregator.clusterer.vocabulary
+        rows = aggregator.store.db.execute(
+            "SELECT id, story_id, relation, similarity, decision FROM articles "
+            "ORDER BY id").fetchall()
+        numbers = len(vocabulary), vocabulary.seen
+        aggregator.close()
+        monkeypatch.undo()
+        monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+        return rows, numbers
+
+    never, _ = run("never", forgetting=False)
+    assert [row[1] for row in never] == [1, 2, 3, 4, 1, 5, 1]  # A keeps its articles
+    for name, restart_after in (("forgetting", None), ("restarted", 4)):
+        rows, (numbers, seen) = run(name, forgetting=True, restart_after=restart_after)
+        assert rows == never, name
+        assert numbers <= seen, name  # numbers were given back and taken again
+
+
 def test_decisions_do_not_depend_on_when_the_indexes_are_compacted(tmp_path, monkeypatch):
     # Every title begins with the same two words, so that more articles share bands with
     # each one than the candidate limit (two here) lets through, with ties at the cut;
