@@ -524,6 +524,8 @@ class ReplayArticle:
 UNCLUSTERED_MARK = "articles_without_fingerprints"
 # In ``meta``: the cutoff that the window's article limit (``window_articles``) last set.
 WINDOW_FLOOR = "window_floor"
+# The columns of ``term_stats`` that a restart and a recall read, as ``fingerprint.TermRow``.
+TERM_ROW = "id, term, document_frequency, prior_fraction, last_article_id"
 
 
 def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
@@ -983,21 +985,21 @@ class Store:
         old = self.db.execute("SELECT EXISTS (SELECT 1 FROM term_stats WHERE "
                               "last_article_id < ?)", [first_article_id]).fetchone()[0]
         rows = self.db.execute(
-            "SELECT id, term, document_frequency, prior_fraction, last_article_id "
-            "FROM term_stats WHERE last_article_id >= ?", [first_article_id])
+            f"SELECT {TERM_ROW} FROM term_stats WHERE last_article_id >= ?",
+            [first_article_id])
         return documents, top + 1, rows, not old
 
     def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:
         """The stored rows of those of ``terms`` that the store has (see
         ``recent_term_statistics``), through the writer's connection: its own uncommitted
         counts included."""
-        return select_in(self.db.conn, "SELECT id, term, document_frequency, prior_fraction, "
-                         "last_article_id FROM term_stats WHERE term IN ({})", terms)
+        return select_in(self.db.conn, f"SELECT {TERM_ROW} FROM term_stats WHERE term IN "
+                         "({})", terms)
 
     def recall_term_ids(self, term_ids: list[int]) -> list[tuple[int, str, int, float, int]]:
         """The same as ``recall_terms``, by id."""
-        return select_in(self.db.conn, "SELECT id, term, document_frequency, prior_fraction, "
-                         "last_article_id FROM term_stats WHERE id IN ({})", term_ids)
+        return select_in(self.db.conn, f"SELECT {TERM_ROW} FROM term_stats WHERE id IN ({{}})",
+                         term_ids)
 
     def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
         """Stored shingle signatures of the articles, in the order given."""

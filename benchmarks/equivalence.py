@@ -95,6 +95,10 @@ def main() -> None:
                         help="the varied run lets unused terms leave memory after every "
                              "transaction")
     args = parser.parse_args()
+    if args.restart_at is not None and (args.restart_at % CHUNK
+                                        or not 0 < args.restart_at < args.articles):
+        parser.error(f"--restart-at: a multiple of {CHUNK} below --articles, not "
+                     f"{args.restart_at}")
     with tempfile.TemporaryDirectory() as scratch:
         plain = store_stream(Path(scratch) / "plain", args, varied=False)
         varied = store_stream(Path(scratch) / "varied", args, varied=True)

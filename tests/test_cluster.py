@@ -294,6 +294,25 @@ def test_capacity_cutoff(last_ts, sizes, limit, by_time, expected):
     assert kept <= limit or limit == 0
 
 
+def desk_config(tmp_path, name: str, window_articles: int) -> Config:
+    """One source, a 30-day window of at most ``window_articles`` articles: the small
+    streams below."""
+    return Config(
+        path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
+        sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
+        clustering=ClusteringSettings(window_days=30, window_articles=window_articles))
+
+
+def add_report(aggregator: Aggregator, number: int, published: datetime, topic: str,
+               lead: str = "Report"):
+    """A short article on ``topic`` (its words three times), published and fetched at
+    ``published``; its decision."""
+    entry = ParsedEntry(guid=f"g{number}", link=None, title=f"{lead} {topic}",
+                        published=published,
+                        content=f"<p>{lead}: {topic} {topic}. {topic}.</p>")
+    return aggregator.ingest_entries("desk", 0, [entry], published).decisions[0][1]
+
+
 def test_the_window_keeps_to_its_article_limit_across_a_restart(tmp_path, monkeypatch):
     # Ten stories a day apart, a limit of four articles, eviction after every article:
     # the window keeps the newest four stories, a restart rebuilds the same four, and an
@@ -305,17 +324,10 @@ def test_the_window_keeps_to_its_article_limit_across_a_restart(tmp_path, monkey
     start = datetime(2026, 3, 1, tzinfo=UTC)
 
     def aggregator_for(name, limit):
-        return Aggregator(Config(
-            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
-            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
-            clustering=ClusteringSettings(window_days=30, window_articles=limit)))
+        return Aggregator(desk_config(tmp_path, name, limit))
 
     def add(aggregator, number, day, topic, lead="Report"):
-        entry = ParsedEntry(guid=f"g{number}", link=None, title=f"{lead} {topic}",
-                            published=start + timedelta(days=day),
-                            content=f"<p>{lead}: {topic} {topic}. {topic}.</p>")
-        report = aggregator.ingest_entries("desk", 0, [entry], start + timedelta(days=day))
-        return report.decisions[0][1]
+        return add_report(aggregator, number, start + timedelta(days=day), topic, lead)
 
     outcomes = {}
     for limit in (4, 0):
@@ -351,18 +363,12 @@ def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
 
     def run(name, forget_min, restart_after=None):
         monkeypatch.setattr(pipeline_module, "FORGET_TERMS_MIN", forget_min)
-        config = Config(
-            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
-            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
-            clustering=ClusteringSettings(window_days=30, window_articles=4))
+        config = desk_config(tmp_path, name, 4)
         aggregator = Aggregator(config)
         late = [(10, 9.5, topics[1], "Update"), (11, 9.6, topics[8], "Update"),
                 (12, 9.7, topics[2], "Update")]
         for number, day, topic, lead in [(n, n, t, "Report") for n, t in enumerate(topics)] + late:
-            entry = ParsedEntry(guid=f"g{number}", link=None, title=f"{lead} {topic}",
-                                published=start + timedelta(days=day),
-                                content=f"<p>{lead}: {topic} {topic}. {topic}.</p>")
-            aggregator.ingest_entries("desk", 0, [entry], start + timedelta(days=day))
+            add_report(aggregator, number, start + timedelta(days=day), topic, lead)
             if number == restart_after:
                 aggregator.close()
                 aggregator = Aggregator(config)
@@ -424,16 +430,10 @@ def test_a_term_that_a_window_vector_holds_keeps_its_number(tmp_path, monkeypatc
             monkeypatch.setattr(Aggregator, "_forget_unseen_terms", after_every_transaction)
         else:
             monkeypatch.setattr(pipeline_module, "FORGET_TERMS_MIN", 10**9)
-        config = Config(
-            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
-            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
-            clustering=ClusteringSettings(window_days=30, window_articles=4))
+        config = desk_config(tmp_path, name, 4)
         aggregator = Aggregator(config)
         for number, (hour, topic) in enumerate(articles):
-            entry = ParsedEntry(guid=f"g{number}", link=None, title=f"Report {topic}",
-                                published=start + timedelta(hours=hour),
-                                content=f"<p>Report: {topic} {topic}. {topic}.</p>")
-            aggregator.ingest_entries("desk", 0, [entry], start + timedelta(hours=hour))
+            add_report(aggregator, number, start + timedelta(hours=hour), topic)
             if number == restart_after:
                 aggregator.close()
                 aggregator = Aggregator(config)
@@ -468,10 +468,7 @@ def test_decisions_do_not_depend_on_when_the_indexes_are_compacted(tmp_path, mon
 
     def run(name, compact_at):
         monkeypatch.setattr(cluster_module, "COMPACT_AT_DEAD_MIN", compact_at)
-        aggregator = Aggregator(Config(
-            path=str(tmp_path / "c.toml"), database=str(tmp_path / f"{name}.db"),
-            sources=(Source(name="desk", url=str(tmp_path / "f.xml"), interval_s=3600),),
-            clustering=ClusteringSettings(window_days=30, window_articles=5)))
+        aggregator = Aggregator(desk_config(tmp_path, name, 5))
         for number in range(20):
             own = " ".join(words[number * 3:number * 3 + 3])
             entry = ParsedEntry(guid=f"g{number}", link=None, title=f"Minister summit {own}",
