@@ -261,6 +261,10 @@ class Vocabulary:
         self.ids: dict[str, int] = {}
         self.terms: list[str] = [""]
         self.stored = np.zeros(1024, dtype=np.int64)
+        # Each numbered term's MinHash item hash (``item_hashes``), worked out once while it
+        # has its number (``hashes_of``): salient sets are signed from these.
+        self.hashes = np.zeros(1024, dtype=np.uint32)
+        self.hashed = np.zeros(1024, dtype=bool)
         # Numbers given back by ``forget``, handed out again before new ones.
         self._free: list[int] = []
         # The store id of the next term never seen before (0 pads, as number 0 does).
@@ -282,15 +286,19 @@ class Vocabulary:
             number = len(self.terms)
             self.terms.append(term)
             if number >= len(self.stored):
-                enlarge(self, "stored", max(1024, number + number // 4 + 1))
+                capacity = max(1024, number + number // 4 + 1)
+                for name in ("stored", "hashes", "hashed"):
+                    enlarge(self, name, capacity)
         self.stored[number] = stored_id
+        self.hashed[number] = False
         self.ids[term] = number
         return number
 
-    def ids_of(self, terms: list[str]) -> np.ndarray:
+    def ids_of(self, terms: list[str], found: list[int | None] | None = None) -> np.ndarray:
         """The numbers of ``terms`` (``id`` of each, in order, new terms numbered as they
-        come)."""
-        found = list(map(self.ids.get, terms))
+        come); ``found``: what ``ids.get`` gave for each, if the caller looked them up."""
+        if found is None:
+            found = list(map(self.ids.get, terms))
         if None in found:
             term_id = self.id
             found = [term_id(term) if number is None else number
@@ -324,6 +332,18 @@ class Vocabulary:
         self.stored[dropped] = 0
         self._free.extend(dropped)
         return dropped
+
+    def hashes_of(self, numbers: list[int]) -> np.ndarray:
+        """The item hashes of the terms numbered ``numbers``: each term is hashed (SHA-1)
+        the first time it is asked for, not in every article that names it."""
+        at = np.asarray(numbers, dtype=np.int64)
+        fresh = at[~self.hashed[at]]
+        if fresh.size:
+            terms = self.terms
+            self.hashes[fresh] = item_hashes([terms[number].encode()
+                                              for number in fresh.tolist()])
+            self.hashed[fresh] = True
+        return self.hashes[at]
 
     def stored_ids(self, numbers: np.ndarray | list[int]) -> np.ndarray:
         """The store ids of the terms numbered ``numbers`` (0 for 0, the padding)."""
@@ -401,12 +421,13 @@ class TermStatistics:
         what it would have weighed had it never left.
         """
         vocabulary = self.vocabulary
-        if self.incomplete and self.recall is not None:
-            known = vocabulary.ids
-            missing = [term for term in dict.fromkeys(terms) if term not in known]
-            if missing:
-                self._restore_rows(self.recall(missing))
-        ids = vocabulary.ids_of(terms)
+        found = list(map(vocabulary.ids.get, terms))
+        if None in found and self.incomplete and self.recall is not None:
+            missing = [term for term, number in zip(terms, found, strict=True)
+                       if number is None]
+            self._restore_rows(self.recall(list(dict.fromkeys(missing))))
+            found = list(map(vocabulary.ids.get, terms))
+        ids = vocabulary.ids_of(terms, found)
         self._fit(len(vocabulary))
         return ids
 
@@ -724,18 +745,20 @@ class Signer:
         return rows
 
     def sign_one(self, items: list[bytes]) -> np.ndarray:
-        """``sign([items])[0]``, without the grouping that a batch needs (the salient set
-        of each article is signed alone, when the statistics have chosen its terms)."""
-        digests = b"".join([sha1(item).digest()[:4] for item in items or [b""]])
-        hashed = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))
+        """``sign([items])[0]``, without the grouping that a batch needs."""
+        return self.sign_hashes(item_hashes(items or [b""]))
+
+    def sign_hashes(self, hashed: np.ndarray) -> np.ndarray:
+        """The signature of one set given by its items' hashes (``item_hashes``, at least
+        one): the salient set of each article is signed alone, when the statistics have
+        chosen its terms, from hashes its terms keep (``Vocabulary.hashes_of``)."""
         permuted = self._a * hashed[None, :]
         permuted += self._b
         return permuted.min(axis=1)
 
     def _sign_group(self, sets: list[list[bytes]]) -> np.ndarray:
         sizes = np.fromiter((len(items) for items in sets), dtype=np.int64, count=len(sets))
-        digests = b"".join([sha1(item).digest()[:4] for items in sets for item in items])
-        hashed = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))
+        hashed = item_hashes([item for items in sets for item in items])
         permuted = self._a * hashed[None, :]  # wraps modulo 2^32, as datasketch's does
         permuted += self._b
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
@@ -792,6 +815,13 @@ def lean_minhash(signature: np.ndarray):
     from datasketch import LeanMinHash  # only the datasketch backend needs its objects
 
     return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+
+
+def item_hashes(items: list[bytes]) -> np.ndarray:
+    """The 32-bit hash that datasketch's ``MinHash`` gives each item (the first four bytes
+    of its SHA-1, little-endian) after the ``affine32`` scheme's finalizer."""
+    digests = b"".join([sha1(item).digest()[:4] for item in items])
+    return _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))
 
 
 _FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
@@ -907,7 +937,12 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     stats.learn_priors(ids, features.first_words, features.prior_positions, features.priors)
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids)
     salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
-    salient_signature = signer.sign_one([t.encode() for t in salient])
+    if salient:
+        vocabulary = stats.vocabulary
+        salient_signature = signer.sign_hashes(vocabulary.hashes_of(
+            list(map(vocabulary.ids.__getitem__, salient))))
+    else:
+        salient_signature = signer.sign_one([])
     return Fingerprint(counts_json=features.counts_json, term_ids=ids, salient=salient,
                        shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,

@@ -24,6 +24,7 @@ from aggregator.fingerprint import (
     SIGN_GROUP_ITEMS,
     EnglishFrequencies,
     Signer,
+    TermStatistics,
     affine32_permutations,
     fingerprint_batch,
     lean_minhash,
@@ -55,6 +56,33 @@ def test_bulk_signatures_equal_datasketch_minhash_and_its_serialisation(sizes):
         lean.serialize(buffer)
         assert SIGNER.to_bytes(row) == bytes(buffer)
         assert (SIGNER.from_bytes(bytes(buffer)) == row).all()
+
+
+def test_salient_signatures_from_the_hashes_terms_keep_equal_datasketch_minhash():
+    # A salient set is signed from hashes kept per term number; a number given back by a
+    # forgotten term and handed to another must not sign the new term with the old hash.
+    stats = TermStatistics(prior_docs=10)
+    stats.recall = lambda terms: []  # terms may leave memory
+    articles = [("Lavrov talks", "lavrov said the talks in geneva went well"),
+                ("Geneva talks", "diplomats met in geneva for talks on the ceasefire")]
+    first = fingerprint_batch(articles, stats, SIGNER, 3, 3.0, salient_limit=8)
+    for print_ in first:
+        stats.add_document(print_.term_ids, article_id=1)
+    assert stats.forget_unseen_since(2) > 0  # every term leaves; its number is free
+    later = [("Ceasefire holds", "the ceasefire holds in the north, officials said")]
+    for print_ in first + fingerprint_batch(later, stats, SIGNER, 3, 3.0, salient_limit=8):
+        assert print_.salient
+        expected = datasketch_minhash([term.encode() for term in print_.salient])
+        assert (print_.salient_signature == expected.hashvalues).all()
+    vocabulary = stats.vocabulary
+    reused = [vocabulary.ids[term] for term in vocabulary.ids]
+    assert vocabulary.hashed[reused].all()
+    # What a fresh statistics object signs for the same text: the same values.
+    fresh = fingerprint_batch(later, TermStatistics(prior_docs=10), SIGNER, 3, 3.0,
+                              salient_limit=8)[0]
+    assert SIGNER.sign_one([]).tolist() == datasketch_minhash([]).hashvalues.tolist()
+    assert fresh.salient_signature.tolist() == datasketch_minhash(
+        [term.encode() for term in fresh.salient]).hashvalues.tolist()
 
 
 def test_a_signature_made_with_other_settings_is_refused_with_the_reason():
