@@ -621,11 +621,7 @@ class Store:
         self._unindexed.clear()
         try:
             yield conn
-            if self._unindexed:
-                conn.executemany("INSERT INTO articles_fts (rowid, title, text) "
-                                 "VALUES (?, ?, ?)", self._unindexed)
-                self._unindexed.clear()
-            conn.execute("COMMIT")
+            self.index_and_commit(conn)
         except BaseException:
             self._unindexed.clear()
             # After some errors (a full disk, an I/O error) SQLite has rolled back already;
@@ -633,6 +629,15 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def index_and_commit(self, conn: sqlite3.Connection) -> None:
+        """The end of a ``transaction``: its new articles into the full-text index, then the
+        commit."""
+        if self._unindexed:
+            conn.executemany("INSERT INTO articles_fts (rowid, title, text) "
+                             "VALUES (?, ?, ?)", self._unindexed)
+            self._unindexed.clear()
+        conn.execute("COMMIT")
 
     @contextmanager
     def savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:

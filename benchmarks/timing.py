@@ -16,7 +16,9 @@ def timed_calls(targets: Iterable[tuple[object, str, str]],
 
     def wrap(owner, name: str, label: str) -> None:
         original = getattr(owner, name)
-        originals[(owner, name)] = original
+        # A static method stays one (set on the class, a plain function would be bound).
+        raw = vars(owner).get(name) if isinstance(owner, type) else None
+        originals[(owner, name)] = raw if isinstance(raw, staticmethod) else original
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
@@ -25,7 +27,7 @@ def timed_calls(targets: Iterable[tuple[object, str, str]],
             finally:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - started
 
-        setattr(owner, name, timed)
+        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
 
     for owner, name, label in targets:
         wrap(owner, name, label)

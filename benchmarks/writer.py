@@ -23,6 +23,9 @@ full-text index, its fingerprint row and identity keys), ``count_terms`` (term s
 once per write group), ``apply_story_outcome`` (the other members' relations when the
 canonical changed, the story row); with clustering off,
 ``insert_solo_articles`` (a batch of articles, each its own story, without fingerprints).
+``--detail`` times the parts of those steps as well (each part is also in its step's
+figure), and what the transaction does around them: template lines, identity keys,
+eviction, the full-text index and the commit.
 The last line is one JSON object.
 """
 
@@ -44,9 +47,11 @@ from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 from timing import timed_calls  # noqa: E402
 
+import aggregator.fingerprint as fingerprint  # noqa: E402
 import aggregator.pipeline as pipeline  # noqa: E402
 from aggregator.cluster import Clusterer  # noqa: E402
 from aggregator.config import ClusteringSettings, load_config  # noqa: E402
+from aggregator.fingerprint import TermStatistics  # noqa: E402
 from aggregator.parse import parse_feed  # noqa: E402
 from aggregator.store import Store, utcnow  # noqa: E402
 
@@ -59,6 +64,28 @@ TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
            (pipeline.Aggregator, "_count_terms", "count_terms"),
            (Store, "apply_story_outcome", "apply_story_outcome"),
            (Store, "insert_solo_articles", "insert_solo_articles")]
+
+# With --detail: the parts of the steps above, and the rest of a transaction's work.
+DETAIL_TARGETS = [
+    (Clusterer, "near_copies", "propose: near_copies"),
+    (Clusterer, "candidate_stories", "propose: candidate_stories"),
+    (Clusterer, "_candidate_slots", "propose: band index look-ups"),
+    (Clusterer, "_similarities_of", "propose/commit: cosines"),
+    (Clusterer, "_add_rows", "commit: rows and index insertion"),
+    (Clusterer, "_elect", "commit: canonical election"),
+    (pipeline.StoreFingerprints, "shingle_signatures", "stored shingle signatures read"),
+    (TermStatistics, "ids_of", "fingerprint: term numbers"),
+    (TermStatistics, "learn_priors", "fingerprint: priors"),
+    (fingerprint, "term_weights", "fingerprint: weights"),
+    (fingerprint, "salient_terms", "fingerprint: salient terms"),
+    (pipeline, "decision_record", "decision record"),
+    (pipeline.Aggregator, "_strip_template_lines", "template lines"),
+    (Store, "known_keys", "identity keys look-up"),
+    (Store, "create_story", "create_story"),
+    (pipeline.Aggregator, "_evict", "eviction"),
+    (pipeline.Aggregator, "_forget_unseen_terms", "terms leaving memory"),
+    (Store, "index_and_commit", "full-text index and commit"),
+]
 
 
 def write_farm(args: argparse.Namespace, directory: Path) -> tuple[int, float, float]:
@@ -77,7 +104,7 @@ def write_farm(args: argparse.Namespace, directory: Path) -> tuple[int, float, f
     prepared = [pipeline.prepare_entries(entries, source.name, now,
                                          aggregator._prepare_settings())
                 for entries, source in zip(feeds, config.sources, strict=True)]
-    with timed_calls(TARGETS, SPENT):
+    with timed_calls(TARGETS + (DETAIL_TARGETS if args.detail else []), SPENT):
         started, cpu = time.perf_counter(), time.process_time()
         # Written as the daemon writes sources fetched ahead: several in one transaction.
         batches = [(source.name, source.priority, entries, now, ready)
@@ -111,7 +138,7 @@ def write_stream(args: argparse.Namespace, directory: Path) -> tuple[int, float,
         ingest(aggregator, chunk)
         streamed += len(chunk)
     measured, wall, cpu = 0, 0.0, 0.0
-    with timed_calls(TARGETS, SPENT):
+    with timed_calls(TARGETS + (DETAIL_TARGETS if args.detail else []), SPENT):
         for _chunk in range(timed_chunks):
             # Generated before the clock starts: the stream costs a few tenths of a
             # millisecond an article itself.
@@ -136,6 +163,8 @@ def main() -> None:
                         help="the first N articles of the synthetic stream instead of the farm")
     parser.add_argument("--measure-last", type=int, default=10_000, metavar="M",
                         help="with --stream: time only the last M articles")
+    parser.add_argument("--detail", action="store_true",
+                        help="time the parts of each step too (see above)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         write = write_stream if args.stream else write_farm
@@ -145,7 +174,7 @@ def main() -> None:
     print(f"{articles} articles, clustering {'off' if args.off else 'on'}: "
           f"{wall / articles * 1000:.2f} ms per article ({cpu / articles * 1000:.2f} ms CPU)")
     for label, spent in stages.items():
-        print(f"  {label:20s} {spent:.3f} ms")
+        print(f"  {label:36s} {spent:.3f} ms")
     print(json.dumps({"articles": articles, "clustering": not args.off,
                       "source": f"stream {args.stream}" if args.stream else
                       f"farm {args.feeds}x{args.entries}",

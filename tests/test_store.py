@@ -178,6 +178,29 @@ def test_the_dashboard_benchmark_builds_a_searchable_store(tmp_path):
     store.close()
 
 
+def test_the_writer_benchmark_times_static_methods_as_static_methods(tmp_path):
+    """``benchmarks/writer.py --detail`` times ``Store.known_keys`` and other static
+    methods: wrapped, they must still be called without an instance, and be put back."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from timing import timed_calls
+
+    store = Store(str(tmp_path / "timed.db"))
+    original = vars(Store)["known_keys"]
+    spent: dict[str, float] = {}
+    with timed_calls([(Store, "known_keys", "keys"), (Store, "checkpoint", "checkpoint")],
+                     spent):
+        with store.transaction() as conn:
+            assert store.known_keys(conn, ["nothing"]) == set()
+        store.checkpoint()
+    assert set(spent) == {"keys", "checkpoint"}
+    assert vars(Store)["known_keys"] is original and "checkpoint" not in vars(store)
+    store.close()
+
+
 def test_a_clustered_article_row_is_written_once_with_its_story_and_relation(tmp_path):
     """The clusterer places an article under the id its row will have before the row is
     inserted, so the row is written once, complete: no UPDATE of the articles table when the
