@@ -6,8 +6,12 @@ after every transaction), then the stored tables compared row for row.
     python benchmarks/equivalence.py --articles 30000 --compact-share 0.1
     python benchmarks/equivalence.py --articles 10000 --per-day 3000 --window-articles 3000 \
         --seed 3 --forget-always --restart-at 6000
+    python benchmarks/equivalence.py --articles 30000 --keep /tmp/before   # on one commit
+    python benchmarks/equivalence.py --articles 30000 --against /tmp/before/plain/stream.sqlite
 
-Each variation applies to the second run only; the first keeps the defaults.  The last
+``--against`` compares one plain run with a database stored earlier with the same stream
+options (by another version of the code: a change meant only to be faster must store the
+same rows).  Each variation applies to the second run only; the first keeps the defaults.  The last
 line printed is one JSON object: rows differing per table, and the first
 article whose row differs (null when none).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -94,15 +99,31 @@ def main() -> None:
     parser.add_argument("--forget-always", action="store_true",
                         help="the varied run lets unused terms leave memory after every "
                              "transaction")
+    parser.add_argument("--against", type=Path, default=None, metavar="DATABASE",
+                        help="compare the plain run with this stored database instead of "
+                             "with a varied run")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep the stored databases under DIR (which must not exist)")
     args = parser.parse_args()
+    if args.against is not None and not args.against.is_file():
+        parser.error(f"--against: no database at {args.against}")
+    if args.against is not None and (args.restart_at is not None or args.forget_always
+                                     or args.compact_share is not None):
+        parser.error("--against compares a plain run: no variation goes with it")
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep: {args.keep} exists")
     if args.restart_at is not None and (args.restart_at % CHUNK
                                         or not 0 < args.restart_at < args.articles):
         parser.error(f"--restart-at: a multiple of {CHUNK} below --articles, not "
                      f"{args.restart_at}")
     with tempfile.TemporaryDirectory() as scratch:
         plain = store_stream(Path(scratch) / "plain", args, varied=False)
-        varied = store_stream(Path(scratch) / "varied", args, varied=True)
-        result = compare(plain, varied)
+        if args.against is not None:
+            result = compare(plain, args.against)
+        else:
+            result = compare(plain, store_stream(Path(scratch) / "varied", args, varied=True))
+        if args.keep is not None:
+            shutil.copytree(scratch, args.keep)
     for table, count in result["differing_rows"].items():
         print(f"{table:22s} {count} rows differ")
     print(json.dumps(result))
