@@ -101,3 +101,33 @@ def test_offline_baseline_matches_explicit_centroids(threshold):
     expected = _explicit_greedy_centroid(rows, threshold)
     assert greedy_centroid(rows @ rows.T, threshold) == expected
     assert 1 < len(set(expected)) < len(rows)
+
+
+def test_the_stream_quality_benchmark_finds_every_stored_article_in_the_replayed_stream(
+        tmp_path, capsys, monkeypatch):
+    """``benchmarks/stream_quality.py`` scores a stored synthetic stream against the stories
+    its generator wrote: every stored article must be found again by its GUID, and a store
+    of another stream is refused, not scored."""
+    from itertools import islice
+
+    from ingest import ingest, make_aggregator
+    from stream import SyntheticStream
+    from stream_quality import main as stream_quality
+
+    from aggregator.config import ClusteringSettings
+
+    stream = SyntheticStream(seed=5, per_day=2000)
+    aggregator = make_aggregator(tmp_path, "stream", stream, ClusteringSettings())
+    ingest(aggregator, list(islice(stream, 400)))
+    aggregator.close()
+    database = str(tmp_path / "stream.sqlite")
+    monkeypatch.setattr(sys, "argv", ["stream_quality.py", database, "--seed", "5",
+                                      "--per-day", "2000"])
+    stream_quality()
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["articles"] == 400 and len(result["bcubed_f1_by_tenth"]) == 10
+    assert result["stories_found"] <= 400 and 0.5 < result["bcubed_f1"] <= 1.0
+    monkeypatch.setattr(sys, "argv", ["stream_quality.py", database, "--seed", "6",
+                                      "--per-day", "2000"])
+    with pytest.raises(SystemExit, match="not in the stream of seed 6"):
+        stream_quality()
