@@ -470,8 +470,11 @@ def explain(config_path, article_id) -> None:
         # Decisions stored by earlier versions carry the shared terms themselves.
         shared = candidate.get("shared_terms") or sorted(
             salient.intersection(their_terms.get(candidate.get("canonical_article_id"), ())))
-        click.echo(f"  candidate story {candidate['story_id']}: score {candidate['score']:.3f} "
-                   f"= cosine {candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
+        held_back = candidate.get("held_back")
+        score = (f"held back: {held_back}; cosine" if held_back else
+                 f"score {candidate['score']:.3f} = cosine")
+        click.echo(f"  candidate story {candidate['story_id']}: {score} "
+                   f"{candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
                    f"(threshold {candidate['threshold']:.3f}); shared salient terms: "
                    f"{', '.join(shared) or '-'}")
 

@@ -45,6 +45,10 @@ MAX_SUPPORT_MEMBERS = 16
 CANDIDATE_SLOTS = 2000
 # Candidates scored exactly and kept with a decision (``aggregator explain`` shows them).
 REPORTED_CANDIDATES = 5
+# Why a candidate story above its threshold is held back (``Candidate.held_back``).
+HELD_BACK_UNSUPPORTED = ("at most half of the story's latest members resemble the article "
+                         "(member_anchor)")
+HELD_BACK_ONE_TERM = "the score rests on one shared term (evidence_beyond_one_term)"
 # How far a rough (numpy) margin may be from the exact one.
 ROUGH_TOLERANCE = 1e-3
 # Evicted rows stay resident (and in the band indexes) until a compaction lets new articles
@@ -373,6 +377,10 @@ class Candidate:
     # The story's canonical when the candidate was scored (``explain`` shows the salient
     # terms they share).
     canonical_id: int | None = None
+    # Why a story whose cosine x time factor reached its threshold was not joined (its
+    # score is then 0, its cosine the one measured): HELD_BACK_UNSUPPORTED or
+    # HELD_BACK_ONE_TERM.
+    held_back: str | None = None
 
     @property
     def margin(self) -> float:
@@ -683,16 +691,17 @@ class Clusterer:
                 self.rows.article_id[others].tolist())
         return signatures
 
-    def _similarities(self, article: ClusterArticle, slots: np.ndarray) -> np.ndarray:
-        """Cosine of the article's vector (unit length) with the vectors of the article rows
-        ``slots``."""
-        return self._similarities_of(*self.vector(article), slots)
-
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
-        """The same for a vector given as term ids and weights (zero-padded or not).
+        """The same for a vector given as term ids and weights (zero-padded or not)."""
+        return self._term_products(ids, weights, slots).sum(axis=1)
+
+    def _term_products(self, ids, weights, slots: np.ndarray) -> np.ndarray:
+        """What each term of the rows ``slots`` adds to their cosine with a vector given as
+        term ids and weights: one row per slot, one column per term of the row's vector
+        (the cosine is the row's sum).
 
         The vector is spread into a dense scratch array indexed by term id, so that one
-        gather-multiply-sum covers every row at once.
+        gather-multiply covers every row at once.
         """
         if len(self.vocabulary) > len(self._dense):
             self._dense = np.zeros(max(len(self.vocabulary), 2 * len(self._dense)))
@@ -702,7 +711,7 @@ class Clusterer:
             rows = self.rows
             # ``take`` gathers rows as indexing does, in half the time.
             return (dense.take(rows.vector_ids.take(slots, axis=0))
-                    * rows.vector_weights.take(slots, axis=0)).sum(axis=1)
+                    * rows.vector_weights.take(slots, axis=0))
         finally:
             dense[ids] = 0.0
 
@@ -734,7 +743,10 @@ class Clusterer:
         for story in live:
             joined.extend(story.slots)
         member_slots = np.frombuffer(joined, dtype=np.int64)
-        similarities = self._similarities(article, member_slots)
+        products = self._term_products(*self.vector(article), member_slots)
+        similarities = products.sum(axis=1)
+        # The cosines less each member's strongest shared term (see _candidate).
+        beyond_one_term = (similarities - products.max(axis=1, initial=0.0)).tolist()
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
@@ -755,10 +767,10 @@ class Clusterer:
                     break
             story = live[position]
             start = int(starts[position])
-            own = similarities[start:start + len(story.slots)]
+            end = start + len(story.slots)
             candidates.append(self._candidate(
-                article, story, own, canonical_slots[position], dated_first[position],
-                dated_last[position]))
+                article, story, similarities[start:end], beyond_one_term[start:end],
+                canonical_slots[position], dated_first[position], dated_last[position]))
         return candidates
 
     def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
@@ -791,9 +803,10 @@ class Clusterer:
         return means * factor - threshold
 
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
-                   canonical_slot: int, dated_first_ts: float,
+                   beyond_one_term: list[float], canonical_slot: int, dated_first_ts: float,
                    dated_last_ts: float) -> Candidate:
-        """The exact score of ``story``; ``own``: the cosines of its members, and the story's
+        """The exact score of ``story``; ``own``: the cosines of its members,
+        ``beyond_one_term``: the same less each one's strongest shared term, and the story's
         columns that it reads, taken for all candidates at once."""
         similarity = sum(own) / len(own)
         canonical_words = int(self.rows.word_count[canonical_slot])
@@ -807,11 +820,17 @@ class Clusterer:
             # articles were written together, so it earns no "same moment" credit.
             factor = self.settings.undated_time_factor
         threshold = same_story_threshold(words, self.settings)
-        # Support is only worth counting for a story the article would otherwise join.
-        if similarity * factor >= threshold and not self._supported(own, threshold):
-            similarity = 0.0
-        return Candidate(story.story_id, round(similarity * factor, 4), round(similarity, 4),
-                         round(factor, 4), round(threshold, 4), story.canonical_id)
+        # Support and breadth are only worth checking for a story the article would
+        # otherwise join.
+        held_back = None
+        if similarity * factor >= threshold:
+            if not self._supported(own, threshold):
+                held_back = HELD_BACK_UNSUPPORTED
+            elif not self._broad(beyond_one_term, factor, threshold):
+                held_back = HELD_BACK_ONE_TERM
+        score = 0.0 if held_back else similarity * factor
+        return Candidate(story.story_id, round(score, 4), round(similarity, 4),
+                         round(factor, 4), round(threshold, 4), story.canonical_id, held_back)
 
     def _supported(self, member_similarities: list[float], threshold: float) -> bool:
         """Whether more than half of the story's (latest) members resemble the article.
@@ -826,6 +845,19 @@ class Clusterer:
         floor = self.settings.member_anchor * threshold
         support = sum(1 for similarity in latest if similarity >= floor)
         return support * 2 > len(latest)
+
+    def _broad(self, beyond_one_term: list[float], factor: float, threshold: float) -> bool:
+        """Whether the story's score rests on more than one term: its mean cosine without
+        each member's strongest shared term, times the time factor, reaches
+        ``evidence_beyond_one_term`` x the threshold.
+
+        In a long text one strong term (a name) can carry the cosine over the long-text
+        threshold on its own; in a large window every frequent name then gathers the
+        stories that mention it into one.
+        """
+        required = self.settings.evidence_beyond_one_term * threshold
+        return not required or (sum(beyond_one_term) / len(beyond_one_term) * factor
+                                >= required)
 
     def propose(self, article: ClusterArticle) -> Decision:
         return decide(self.near_copies(article), self.candidate_stories(article),

@@ -53,6 +53,7 @@ class ClusteringSettings:
     long_text_time_sigma_days: float = 7.0
     undated_time_factor: float = 0.5
     member_anchor: float = 0.5
+    evidence_beyond_one_term: float = 0.2
     num_perm: int = 128
     shingle_size: int = 3
     duplicate_threshold: float = 0.7
@@ -243,6 +244,8 @@ def _load_clustering(path: str, table: Any) -> ClusteringSettings:
         undated_time_factor=reader.number("undated_time_factor",
                                           defaults.undated_time_factor, 0.0, 1.0),
         member_anchor=reader.number("member_anchor", defaults.member_anchor, 0.0, 1.0),
+        evidence_beyond_one_term=reader.number(
+            "evidence_beyond_one_term", defaults.evidence_beyond_one_term, 0.0, 1.0),
         num_perm=num_perm,
         shingle_size=int(reader.number("shingle_size", defaults.shingle_size, 1, 10)),
         duplicate_threshold=reader.number("duplicate_threshold", defaults.duplicate_threshold,

@@ -384,7 +384,8 @@ def decision_record(decision: Decision, limit: int = 5) -> dict:
                          "jaccard": c.jaccard} for c in decision.near_copies[:limit]],
         "candidates": [{"story_id": c.story_id, "score": c.score, "cosine": c.cosine,
                         "time_factor": c.time_factor, "threshold": c.threshold,
-                        "canonical_article_id": c.canonical_id}
+                        "canonical_article_id": c.canonical_id,
+                        **({"held_back": c.held_back} if c.held_back else {})}
                        for c in decision.candidates[:limit]],
     }
 

@@ -15,6 +15,8 @@ from aggregator import cluster as cluster_module
 from aggregator import pipeline as pipeline_module
 from aggregator import store as store_module
 from aggregator.cluster import (
+    HELD_BACK_ONE_TERM,
+    HELD_BACK_UNSUPPORTED,
     Candidate,
     ClusterArticle,
     Clusterer,
@@ -118,7 +120,58 @@ def test_no_chaining_through_a_member_that_resembles_both():
     assert first.relation == "new_story"
     assert bridge.relation == "same_story"  # B resembles A
     assert third.relation == "new_story"    # C resembles B only: it must not join through B
-    assert third.candidates and third.candidates[0].cosine < SETTINGS.same_story_threshold
+    [candidate] = third.candidates  # its mean cosine with A and B is above the threshold
+    assert candidate.cosine >= SETTINGS.same_story_threshold and candidate.score == 0.0
+    assert candidate.held_back == HELD_BACK_UNSUPPORTED
+
+
+def pseudo_words(prefix: str, count: int) -> list[str]:
+    """``count`` distinct invented words (no English prior, no shared stems)."""
+    syllables = ("ka", "lo", "mi", "ren", "tor", "va", "shi", "ban", "dre", "zel")
+    return [prefix + "".join(syllables[number // 10 ** digit % 10] for digit in range(3))
+            for number in range(count)]
+
+
+NAME = "velnikor"
+
+
+def long_text(prefix: str, shared: list[str]) -> str:
+    """A long text (over ``long_text_words``) of its own words, naming NAME a dozen times."""
+    return " ".join(pseudo_words(prefix, 420) + [NAME] * 12 + shared)
+
+
+@pytest.mark.parametrize(("evidence", "name_alone_joins"), [(0.0, True), (0.2, False)])
+def test_one_shared_name_does_not_make_long_texts_one_story(evidence, name_alone_joins):
+    # Two long texts whose only common term is a name they both repeat: its weight alone
+    # takes the cosine (0.17) over the long-text threshold (0.08). Two that share a topic
+    # too join whatever the setting.
+    stream = Stream(replace(SETTINGS, evidence_beyond_one_term=evidence, salient_terms=3))
+    stream.add(NAME, long_text("qu", []), ts=0)
+    other, _ = stream.add(NAME, long_text("gu", []), ts=60)
+    [candidate] = other.candidates
+    assert candidate.threshold == SETTINGS.long_text_threshold
+    assert candidate.cosine >= candidate.threshold
+    assert (other.relation == "same_story") is name_alone_joins
+    assert candidate.held_back == (None if name_alone_joins else HELD_BACK_ONE_TERM)
+    topic = pseudo_words("pa", 30) * 2
+    stream.add(NAME, long_text("fu", topic), ts=120)  # article 3: story 103 if alone
+    again, _ = stream.add(NAME, long_text("hu", topic), ts=180)
+    assert again.relation == "same_story"
+    assert again.story_id == (101 if name_alone_joins else 103)
+
+
+@pytest.mark.parametrize(("evidence", "beyond_one_term", "factor", "threshold", "broad"), [
+    (0.0, [0.0, 0.0], 1.0, 0.08, True),      # the rule off
+    (0.2, [0.02, 0.0], 1.0, 0.08, False),    # mean 0.01 < 0.016
+    (0.2, [0.02, 0.02], 1.0, 0.08, True),    # mean 0.02 >= 0.016
+    (0.2, [0.02, 0.02], 0.5, 0.08, False),   # the time factor counts: 0.01
+    (0.2, [0.04], 1.0, 0.18, True),          # short texts: 0.04 >= 0.036
+    (1.0, [0.17], 1.0, 0.18, False),
+])
+def test_a_story_is_joined_on_more_than_one_term(evidence, beyond_one_term, factor,
+                                                 threshold, broad):
+    clusterer = Clusterer(replace(SETTINGS, evidence_beyond_one_term=evidence))
+    assert clusterer._broad(beyond_one_term, factor, threshold) is broad
 
 
 def test_near_copy_is_a_duplicate_and_unrelated_text_is_a_new_story():

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
 
 from aggregator.cli import main
+from aggregator.cluster import HELD_BACK_ONE_TERM
 from aggregator.config import load_config
 from aggregator.fingerprint import count_words
 from aggregator.pipeline import Aggregator
@@ -218,6 +219,24 @@ def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
     result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
     assert result.exit_code == 0, result.output
     assert "shared salient terms: stored, terms" in result.output
+
+
+def test_explain_says_why_a_story_above_its_threshold_was_held_back(seed_config):
+    run_once(seed_config)
+    database = load_config(seed_config).database
+    with sqlite3.connect(database) as conn:
+        article_id, decision = conn.execute(
+            "SELECT id, decision FROM articles WHERE relation = 'same_story' LIMIT 1").fetchone()
+        decision = json.loads(decision)
+        held = decision["candidates"][0]
+        held.update(score=0.0, cosine=0.171, time_factor=1.0, threshold=0.08,
+                    held_back=HELD_BACK_ONE_TERM)
+        conn.execute("UPDATE articles SET decision = ? WHERE id = ?",
+                     [json.dumps(decision), article_id])
+    result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
+    assert result.exit_code == 0, result.output
+    assert (f"candidate story {held['story_id']}: held back: {HELD_BACK_ONE_TERM}; cosine "
+            "0.171 x time 1.000 (threshold 0.080)") in result.output
 
 
 def test_clustering_off_keeps_stories_apart_until_a_recluster(tmp_path, seed_dir, caplog):
