@@ -203,40 +203,43 @@ def test_explain_shows_the_candidates_and_the_salient_terms_they_share(seed_conf
         assert "lavrov" in shared and "ukrain" in shared
 
 
-def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
-    """Decisions stored by earlier versions list the shared terms themselves."""
+def explain_with_decision(seed_config, edit) -> tuple[dict, str]:
+    """``explain`` of a joined seed article after ``edit`` changed its stored decision (as
+    an earlier version, or another outcome, would have stored it); the decision and the
+    output."""
     run_once(seed_config)
     database = load_config(seed_config).database
     with sqlite3.connect(database) as conn:
         article_id, decision = conn.execute(
             "SELECT id, decision FROM articles WHERE relation = 'same_story' LIMIT 1").fetchone()
         decision = json.loads(decision)
+        edit(decision)
+        conn.execute("UPDATE articles SET decision = ? WHERE id = ?",
+                     [json.dumps(decision), article_id])
+    result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
+    assert result.exit_code == 0, result.output
+    return decision, result.output
+
+
+def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
+    """Decisions stored by earlier versions list the shared terms themselves."""
+    def as_stored_before(decision):
         for candidate in decision["candidates"]:
             del candidate["canonical_article_id"]
             candidate["shared_terms"] = ["stored", "terms"]
-        conn.execute("UPDATE articles SET decision = ? WHERE id = ?",
-                     [json.dumps(decision), article_id])
-    result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
-    assert result.exit_code == 0, result.output
-    assert "shared salient terms: stored, terms" in result.output
+
+    _decision, output = explain_with_decision(seed_config, as_stored_before)
+    assert "shared salient terms: stored, terms" in output
 
 
 def test_explain_says_why_a_story_above_its_threshold_was_held_back(seed_config):
-    run_once(seed_config)
-    database = load_config(seed_config).database
-    with sqlite3.connect(database) as conn:
-        article_id, decision = conn.execute(
-            "SELECT id, decision FROM articles WHERE relation = 'same_story' LIMIT 1").fetchone()
-        decision = json.loads(decision)
-        held = decision["candidates"][0]
-        held.update(score=0.0, cosine=0.171, time_factor=1.0, threshold=0.08,
-                    held_back=HELD_BACK_ONE_TERM)
-        conn.execute("UPDATE articles SET decision = ? WHERE id = ?",
-                     [json.dumps(decision), article_id])
-    result = CliRunner().invoke(main, ["explain", str(article_id), "--config", str(seed_config)])
-    assert result.exit_code == 0, result.output
-    assert (f"candidate story {held['story_id']}: held back: {HELD_BACK_ONE_TERM}; cosine "
-            "0.171 x time 1.000 (threshold 0.080)") in result.output
+    def held_back(decision):
+        decision["candidates"][0].update(score=0.0, cosine=0.171, time_factor=1.0,
+                                         threshold=0.08, held_back=HELD_BACK_ONE_TERM)
+
+    decision, output = explain_with_decision(seed_config, held_back)
+    assert (f"candidate story {decision['candidates'][0]['story_id']}: held back: "
+            f"{HELD_BACK_ONE_TERM}; cosine 0.171 x time 1.000 (threshold 0.080)") in output
 
 
 def test_clustering_off_keeps_stories_apart_until_a_recluster(tmp_path, seed_dir, caplog):
