@@ -692,7 +692,8 @@ class Clusterer:
         return signatures
 
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
-        """The same for a vector given as term ids and weights (zero-padded or not)."""
+        """Cosine of a unit-length vector given as term ids and weights (zero-padded or not)
+        with the vectors of the article rows ``slots``."""
         return self._term_products(ids, weights, slots).sum(axis=1)
 
     def _term_products(self, ids, weights, slots: np.ndarray) -> np.ndarray:
