@@ -253,6 +253,12 @@ def closest_stories(closeness: np.ndarray, story_ids: np.ndarray, count: int) ->
     return list(islice(first, count))
 
 
+def beyond_one_term(cosines: np.ndarray, term_products: np.ndarray) -> list[float]:
+    """Each row's cosine less its strongest term (``term_products``: one row of per-term
+    products a member, whose sums are ``cosines``)."""
+    return (cosines - term_products.max(axis=1, initial=0.0)).tolist()
+
+
 def padded(rows: list, dtype) -> np.ndarray:
     """Rows of different lengths as one array, each padded with zeros to the longest."""
     matrix = np.zeros((len(rows), max(map(len, rows), default=0) or 1), dtype=dtype)
@@ -744,18 +750,18 @@ class Clusterer:
         for story in live:
             joined.extend(story.slots)
         member_slots = np.frombuffer(joined, dtype=np.int64)
+        # Each member's cosine term by term: the sum is the cosine, the largest its
+        # strongest shared term (_broad reads it for a story the article would join).
         products = self._term_products(*self.vector(article), member_slots)
-        similarities = products.sum(axis=1)
-        # The cosines less each member's strongest shared term (see _candidate).
-        beyond_one_term = (similarities - products.max(axis=1, initial=0.0)).tolist()
+        cosines = products.sum(axis=1)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
         sizes = self.story_columns.size[live_rows]
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         rough = self._rough_margins(article, live_rows,
-                                    np.add.reduceat(similarities, starts) / sizes)
-        similarities = similarities.tolist()
+                                    np.add.reduceat(cosines, starts) / sizes)
+        similarities = cosines.tolist()
         columns = self.story_columns
         canonical_slots = columns.canonical_slot[live_rows].tolist()
         dated_first = columns.dated_first_ts[live_rows].tolist()
@@ -770,8 +776,9 @@ class Clusterer:
             start = int(starts[position])
             end = start + len(story.slots)
             candidates.append(self._candidate(
-                article, story, similarities[start:end], beyond_one_term[start:end],
-                canonical_slots[position], dated_first[position], dated_last[position]))
+                article, story, similarities[start:end],
+                (cosines[start:end], products[start:end]), canonical_slots[position],
+                dated_first[position], dated_last[position]))
         return candidates
 
     def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
@@ -804,11 +811,11 @@ class Clusterer:
         return means * factor - threshold
 
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
-                   beyond_one_term: list[float], canonical_slot: int, dated_first_ts: float,
-                   dated_last_ts: float) -> Candidate:
+                   term_products: tuple[np.ndarray, np.ndarray], canonical_slot: int,
+                   dated_first_ts: float, dated_last_ts: float) -> Candidate:
         """The exact score of ``story``; ``own``: the cosines of its members,
-        ``beyond_one_term``: the same less each one's strongest shared term, and the story's
-        columns that it reads, taken for all candidates at once."""
+        ``term_products``: the same as an array and term by term (``_term_products``), and
+        the story's columns that it reads, taken for all candidates at once."""
         similarity = sum(own) / len(own)
         canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
@@ -827,7 +834,7 @@ class Clusterer:
         if similarity * factor >= threshold:
             if not self._supported(own, threshold):
                 held_back = HELD_BACK_UNSUPPORTED
-            elif not self._broad(beyond_one_term, factor, threshold):
+            elif not self._broad(beyond_one_term(*term_products), factor, threshold):
                 held_back = HELD_BACK_ONE_TERM
         score = 0.0 if held_back else similarity * factor
         return Candidate(story.story_id, round(score, 4), round(similarity, 4),
