@@ -253,10 +253,10 @@ def closest_stories(closeness: np.ndarray, story_ids: np.ndarray, count: int) ->
     return list(islice(first, count))
 
 
-def beyond_one_term(cosines: np.ndarray, term_products: np.ndarray) -> list[float]:
+def beyond_one_term(cosines: list[float], term_products: np.ndarray) -> list[float]:
     """Each row's cosine less its strongest term (``term_products``: one row of per-term
     products a member, whose sums are ``cosines``)."""
-    return (cosines - term_products.max(axis=1, initial=0.0)).tolist()
+    return (np.asarray(cosines) - term_products.max(axis=1, initial=0.0)).tolist()
 
 
 def padded(rows: list, dtype) -> np.ndarray:
@@ -776,9 +776,8 @@ class Clusterer:
             start = int(starts[position])
             end = start + len(story.slots)
             candidates.append(self._candidate(
-                article, story, similarities[start:end],
-                (cosines[start:end], products[start:end]), canonical_slots[position],
-                dated_first[position], dated_last[position]))
+                article, story, similarities[start:end], products[start:end],
+                canonical_slots[position], dated_first[position], dated_last[position]))
         return candidates
 
     def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
@@ -811,11 +810,11 @@ class Clusterer:
         return means * factor - threshold
 
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
-                   term_products: tuple[np.ndarray, np.ndarray], canonical_slot: int,
+                   term_products: np.ndarray, canonical_slot: int,
                    dated_first_ts: float, dated_last_ts: float) -> Candidate:
         """The exact score of ``story``; ``own``: the cosines of its members,
-        ``term_products``: the same as an array and term by term (``_term_products``), and
-        the story's columns that it reads, taken for all candidates at once."""
+        ``term_products``: the same term by term (``_term_products``), and the story's
+        columns that it reads, taken for all candidates at once."""
         similarity = sum(own) / len(own)
         canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
@@ -834,7 +833,7 @@ class Clusterer:
         if similarity * factor >= threshold:
             if not self._supported(own, threshold):
                 held_back = HELD_BACK_UNSUPPORTED
-            elif not self._broad(beyond_one_term(*term_products), factor, threshold):
+            elif not self._broad(beyond_one_term(own, term_products), factor, threshold):
                 held_back = HELD_BACK_ONE_TERM
         score = 0.0 if held_back else similarity * factor
         return Candidate(story.story_id, round(score, 4), round(similarity, 4),
