@@ -29,6 +29,7 @@ from aggregator.cluster import (
     equal_values,
     most_shared,
     same_story_threshold,
+    share_a_band,
     time_factor,
     time_sigma_days,
 )
@@ -188,6 +189,54 @@ def test_near_copy_is_a_duplicate_and_unrelated_text_is_a_new_story():
     other, _ = stream.add("Volcano erupts", "Lava flowed from the volcano as villagers fled "
                           "the ash cloud towards the coast and the airport closed.")
     assert other.relation == "new_story"
+
+
+@pytest.mark.parametrize(("row", "bands", "rows", "shares"), [
+    ([1, 2, 3, 4, 5, 6], 3, 2, True),    # equal throughout
+    ([1, 2, 9, 9, 9, 9], 3, 2, True),    # the first band whole
+    ([1, 9, 3, 9, 5, 9], 3, 2, False),   # half of every band
+    ([9, 9, 9, 9, 5, 6], 3, 2, True),    # the last band
+    ([9, 9, 9, 9, 5, 6], 2, 2, False),   # ... which is not a band when there are two
+    ([9, 2, 9, 9, 9, 9], 6, 1, True),    # one value is a band of one row
+])
+def test_share_a_band(row, bands, rows, shares):
+    signature = np.array([1, 2, 3, 4, 5, 6, 7], dtype=np.uint32)
+    assert share_a_band(np.array([row + [0]], dtype=np.uint32), signature, bands,
+                        rows).tolist() == [shares]
+
+
+def test_a_band_key_shared_by_chance_finds_nothing():
+    """Band keys are 32 bits, so an unrelated article can now and then share a key with a
+    stored one: the stored article is checked to hold the band's values before it counts
+    as found, so it is neither a near-copy nor a candidate."""
+    clusterer = Clusterer(SETTINGS)
+    signer = Signer(SETTINGS.num_perm)
+
+    def article(title: str, text: str) -> ClusterArticle:
+        [fingerprint] = fingerprint_batch([(title, text)], clusterer.stats, signer,
+                                          SETTINGS.shingle_size, SETTINGS.title_weight,
+                                          SETTINGS.salient_terms, SETTINGS.phrase_weight)
+        return ClusterArticle(None, "src", 0, 0.0, True, fingerprint)
+
+    stored = article("Climbers", " ".join(ALPHA.split() * 2))
+    assert clusterer.propose(stored).relation == "new_story"
+    stored.article_id = 1
+    clusterer.commit(stored, 101)
+    unrelated = article("Harvest", " ".join(OMEGA.split() * 2))
+    # Every band of both indexes collides with the stored article's.
+    unrelated.shingle_keys = clusterer.duplicate_index.band_keys(
+        stored.fingerprint.shingle_signature[None, :])
+    unrelated.salient_keys = clusterer.candidate_index.band_keys(
+        stored.fingerprint.salient_signature[None, :])
+    assert clusterer.candidate_index.query(None, unrelated.salient_keys[0]).size
+    decision = clusterer.propose(unrelated)
+    assert decision.near_copies == () and decision.candidates == ()
+    assert decision.relation == "new_story"
+    # The same keys with the stored article's own values are found, as they should be.
+    again = article("Climbers", " ".join(ALPHA.split() * 2))
+    again.shingle_keys, again.salient_keys = unrelated.shingle_keys, unrelated.salient_keys
+    decision = clusterer.propose(again)
+    assert decision.relation == "duplicate" and decision.candidates[0].story_id == 101
 
 
 def test_canonical_is_re_elected_when_a_better_version_arrives():

@@ -30,7 +30,7 @@ from aggregator.fingerprint import (
     lean_minhash,
     text_features,
 )
-from aggregator.index import BandIndex, DatasketchIndex, lsh_parameters
+from aggregator.index import KEY_DTYPE, BandIndex, DatasketchIndex, lsh_parameters
 from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors
 
 SIGNER = Signer(128)
@@ -215,18 +215,30 @@ def test_band_index_drops_dead_slots_at_compaction_and_bulk_loads_like_inserts()
         assert found and all(slot % 2 == 1 for slot in found)
 
 
+def test_the_band_index_holds_eight_bytes_a_band_per_article_with_a_quarter_to_spare():
+    rng = np.random.default_rng(6)
+    signatures = SIGNER.sign(random_sets(rng, 2000))
+    index = BandIndex(0.05, 128)
+    index.insert(np.arange(2000), signatures)  # a bulk load, as at a restart
+    index.merge_runs()
+    entries = 2000 * index.bands
+    assert index._size == entries
+    # A 4-byte key and a 4-byte slot an entry, and room for a quarter more entries.
+    assert index.nbytes() == 8 * (entries + entries // 4)
+
+
 @pytest.mark.parametrize(("seed", "block", "distinct_keys"),
-                         [(1, 1, 5), (2, 7, 50), (3, 64, 2**40), (4, 1 << 16, 3), (5, 3, 2)])
+                         [(1, 1, 5), (2, 7, 50), (3, 64, 2**31), (4, 1 << 16, 3), (5, 3, 2)])
 def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block, distinct_keys):
     # Few distinct keys give long runs of equal keys, where order (oldest first) matters.
     rng = np.random.default_rng(seed)
     index = BandIndex(0.05, 128, merge_at=10**9)
     index.BLOCK = block
-    keys = np.empty(0, dtype=np.uint64)
+    keys = np.empty(0, dtype=KEY_DTYPE)
     slots = np.empty(0, dtype=np.int32)
     for _round in range(6):
         new_keys = np.sort(rng.integers(0, distinct_keys, int(rng.integers(0, 300)))
-                           .astype(np.uint64) * np.uint64(2**63 // distinct_keys + 1))
+                           * (2**31 // distinct_keys + 1)).astype(KEY_DTYPE)
         new_slots = rng.integers(0, 1000, len(new_keys)).astype(np.int32)
         at = np.searchsorted(keys, new_keys, side="right")
         keys, slots = np.insert(keys, at, new_keys), np.insert(slots, at, new_slots)
@@ -242,8 +254,8 @@ def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block,
 def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks():
     rng = np.random.default_rng(9)
     index = BandIndex(0.05, 128, merge_at=32)
-    chunks = [rng.integers(0, 2**64 - 1, (int(rng.integers(1, 40)), index.bands),
-                           dtype=np.uint64, endpoint=True) for _ in range(5)]
+    chunks = [rng.integers(0, 2**32 - 1, (int(rng.integers(1, 40)), index.bands),
+                           dtype=KEY_DTYPE, endpoint=True) for _ in range(5)]
     chunks.append(np.repeat(chunks[0][:1], 3, axis=0))  # equal keys in several chunks
     first = 0
     all_slots = []
@@ -271,7 +283,7 @@ def test_recent_middle_and_main_runs_answer_as_one_list_of_insertions(seed, merg
     queried_all_parts = 0
     for slot in range(600):
         # Few distinct values: many equal keys, in every part at once.
-        keys = rng.integers(0, 50, (1, index.bands)).astype(np.uint64)
+        keys = rng.integers(0, 50, (1, index.bands)).astype(KEY_DTYPE)
         index.insert(np.asarray([slot]), None, keys)
         inserted_keys.append(keys[0])
         inserted_slots.append(np.full(index.bands, slot, dtype=np.int32))
@@ -285,7 +297,7 @@ def test_recent_middle_and_main_runs_answer_as_one_list_of_insertions(seed, merg
             assert (index._keys[:index._size] == every_key[live][order]).all()
             assert (index._slots[:index._size] == every_slot[live][order]).all()
         if slot % 7 == 0:
-            query = keys[0] if slot % 2 else rng.integers(0, 50, index.bands).astype(np.uint64)
+            query = keys[0] if slot % 2 else rng.integers(0, 50, index.bands).astype(KEY_DTYPE)
             every_key = np.concatenate(inserted_keys)
             every_slot = np.concatenate(inserted_slots)
             expected = np.concatenate([every_slot[every_key == key] for key in query])
@@ -512,3 +524,4 @@ def test_a_large_candidate_set_keeps_the_slots_sharing_the_most_bands():
     kept = clusterer._candidate_slots(clusterer.candidate_index, base, limit=5)
     assert sorted(kept.tolist()) == [27, 28, 29, 30, 31]
     assert len(clusterer._candidate_slots(clusterer.candidate_index, base)) == 48
+
