@@ -397,18 +397,28 @@ def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, fee
 def test_sources_fetched_a_moment_apart_are_written_in_one_transaction(tmp_path, feed_server,
                                                                        monkeypatch):
     """A writer that keeps up would commit every source alone; it waits a moment for the
-    ones behind (WRITE_GROUP_LINGER_S), and no longer than that for a slow one."""
-    delays = {"/first": 0.0, "/moment": 0.05, "/slow": 1.5}
-    for path, delay in delays.items():
-        feed_server.route(path, Reply(200, FEED.replace(b"test-wire.example",
-                                                        path[1:].encode() + b".example"),
-                                      delay_s=delay))
-    aggregator = make_aggregator(tmp_path, feed_server, list(delays))
+    ones behind (WRITE_GROUP_LINGER_S), and not for a slow one: the slow one answers only
+    once the first group is being written (or after half a minute, when the group that
+    waited for it fails the test), so a loaded machine cannot make it look prompt."""
+    first_group_written = threading.Event()
+
+    def feed_of(name: str) -> bytes:
+        return FEED.replace(b"test-wire.example", name.encode() + b".example")
+
+    def slow_feed() -> bytes:
+        first_group_written.wait(timeout=30)
+        return feed_of("slow")
+
+    feed_server.route("/first", Reply(200, feed_of("first")))
+    feed_server.route("/moment", Reply(200, feed_of("moment"), delay_s=0.05))
+    feed_server.route("/slow", Reply(200, body_factory=slow_feed))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/first", "/moment", "/slow"])
     groups = []
     write_group = Aggregator._write_group
 
     def recorded(self, names, writes):
         groups.append(list(names))
+        first_group_written.set()
         return write_group(self, names, writes)
 
     monkeypatch.setattr(Aggregator, "_write_group", recorded)
