@@ -39,7 +39,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _FOLD = np.uint64(0x100000001B3)
 # Band keys: see the module's docstring for what 32 bits cost and save.
 KEY_DTYPE = np.uint32
-KEY_BITS = 32
+KEY_BITS = np.dtype(KEY_DTYPE).itemsize * 8
 
 
 def _splitmix(values: np.ndarray) -> np.ndarray:
@@ -148,7 +148,7 @@ class BandIndex:
             folded = _splitmix(folded * _FOLD ^ values[:, :, column])
         # The band number goes into the top byte, so equal values in different bands differ;
         # the key is the mixed value's top half.
-        return (_splitmix(folded ^ self._band_ids) >> np.uint64(32)).astype(KEY_DTYPE)
+        return (_splitmix(folded ^ self._band_ids) >> np.uint64(64 - KEY_BITS)).astype(KEY_DTYPE)
 
     def insert(self, slots: np.ndarray, signatures: np.ndarray,
                keys: np.ndarray | None = None) -> None:

@@ -524,4 +524,3 @@ def test_a_large_candidate_set_keeps_the_slots_sharing_the_most_bands():
     kept = clusterer._candidate_slots(clusterer.candidate_index, base, limit=5)
     assert sorted(kept.tolist()) == [27, 28, 29, 30, 31]
     assert len(clusterer._candidate_slots(clusterer.candidate_index, base)) == 48
-
