@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -376,12 +377,25 @@ def test_parse_retry_after_both_forms():
 
 
 def test_sources_are_fetched_concurrently_but_at_most_two_per_host(tmp_path, feed_server):
+    """Replies are held until four requests have been in flight together (or five seconds
+    have passed), so that what the limits allow is what the server sees however slow the
+    machine."""
     port = feed_server.httpd.server_address[1]
     paths = [f"/slow{n}" for n in range(8)]
+    four_together = threading.Event()
+
+    def held_feed(path: str):
+        def feed() -> bytes:
+            deadline = time.monotonic() + 5
+            while not four_together.is_set() and time.monotonic() < deadline:
+                if feed_server.in_flight.get("*", 0) >= 4:
+                    four_together.set()
+                time.sleep(0.01)
+            return FEED.replace(b"test-wire.example", path[1:].encode() + b".example")
+        return feed
+
     for path in paths:
-        feed_server.route(path, Reply(200, FEED.replace(b"test-wire.example",
-                                                        path[1:].encode() + b".example"),
-                                      delay_s=0.4))
+        feed_server.route(path, Reply(200, body_factory=held_feed(path)))
     sources = [{"name": path.strip("/"),
                 "url": f"http://{'127.0.0.1' if n % 2 else 'localhost'}:{port}{path}"}
                for n, path in enumerate(paths)]
