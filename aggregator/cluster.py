@@ -624,6 +624,9 @@ class Clusterer:
         self.floor_ts = -math.inf
         self._source_codes: dict[str, int] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
+        self._length_tables_for: ClusteringSettings | None = None
+        self._length_table_values: tuple[np.ndarray, np.ndarray, list] = (
+            np.zeros(0), np.zeros(0), [])
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -774,10 +777,9 @@ class Clusterer:
         if not live_rows.size:
             return []
         live = list(map(self._story_at.__getitem__, live_rows.tolist()))
-        joined = array("q")
-        for story in live:
-            joined.extend(story.slots)
-        member_slots = np.frombuffer(joined, dtype=np.int64)
+        # One join of the stories' slot arrays (machine integers, joined as bytes).
+        member_slots = np.frombuffer(b"".join([story.slots for story in live]),
+                                     dtype=np.int64)
         # Each member's cosine term by term: the sum is the cosine, the largest its
         # strongest shared term (_broad reads it for a story the article would join).
         products = self._term_products(*self.vector(article), member_slots)
@@ -786,26 +788,25 @@ class Clusterer:
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
         sizes = self.story_columns.size[live_rows]
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
         rough = self._rough_margins(article, live_rows,
                                     np.add.reduceat(cosines, starts) / sizes)
-        similarities = cosines.tolist()
         columns = self.story_columns
-        canonical_slots = columns.canonical_slot[live_rows].tolist()
-        dated_first = columns.dated_first_ts[live_rows].tolist()
-        dated_last = columns.dated_last_ts[live_rows].tolist()
         candidates: list[Candidate] = []
+        # Only the first few stories of this order are scored exactly: their values are
+        # read one by one, not converted for all.
         for position in np.argsort(-rough, kind="stable").tolist():
             if len(candidates) >= REPORTED_CANDIDATES:
                 fifth = sorted(c.margin for c in candidates)[-REPORTED_CANDIDATES]
                 if rough[position] < fifth - ROUGH_TOLERANCE:
                     break
-            story = live[position]
-            start = int(starts[position])
-            end = start + len(story.slots)
+            row = int(live_rows[position])
+            start, end = int(starts[position]), int(ends[position])
             candidates.append(self._candidate(
-                article, story, similarities[start:end], products[start:end],
-                canonical_slots[position], dated_first[position], dated_last[position]))
+                article, live[position], cosines[start:end].tolist(), products[start:end],
+                int(columns.canonical_slot[row]), float(columns.dated_first_ts[row]),
+                float(columns.dated_last_ts[row])))
         return candidates
 
     def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
@@ -817,25 +818,47 @@ class Clusterer:
         columns = self.story_columns
         canonical_words = self.rows.word_count[columns.canonical_slot[story_rows]].astype(float)
         words = np.floor(np.sqrt(max(1, article.word_count) * np.maximum(1, canonical_words)))
-        low, high = settings.short_text_words, settings.long_text_words
-        if high > low:
-            share = np.clip(np.log(np.maximum(words, low) / low) / math.log(high / low), 0, 1)
-        else:
-            share = np.zeros_like(words)
-        threshold = settings.same_story_threshold + share * (
-            settings.long_text_threshold - settings.same_story_threshold)
+        thresholds, sigmas, _ = self._length_tables()
+        # Past the last entry the share of long text is 1, as at that entry.
+        by_length = np.minimum(words, len(thresholds) - 1).astype(np.intp)
+        threshold = thresholds[by_length]
+        if not article.dated:
+            return means * settings.undated_time_factor - threshold
+        first = columns.dated_first_ts[story_rows]
+        last = columns.dated_last_ts[story_rows]
+        dated = np.flatnonzero(has_dated_span(first, last))
         factor = np.full(len(story_rows), settings.undated_time_factor)
-        if article.dated:
-            first = columns.dated_first_ts[story_rows]
-            last = columns.dated_last_ts[story_rows]
-            dated = has_dated_span(first, last)
+        if dated.size:
             ts = article.published_ts
-            with np.errstate(invalid="ignore"):
-                gap = np.maximum(0.0, np.maximum(first - ts, ts - last)) / DAY_S
-            sigma = settings.time_sigma_days + share * (
-                settings.long_text_time_sigma_days - settings.time_sigma_days)
-            factor = np.where(dated, np.exp(-(gap * gap) / (2.0 * sigma * sigma)), factor)
+            first, last, sigma = first[dated], last[dated], sigmas[by_length[dated]]
+            gap = np.maximum(0.0, np.maximum(first - ts, ts - last)) / DAY_S
+            factor[dated] = np.exp(-(gap * gap) / (2.0 * sigma * sigma))
         return means * factor - threshold
+
+    def _length_tables(self) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
+        """The threshold and the time tolerance of each pair length in words, up to the
+        first length whose share of long text is 1 (the last entry, which holds for every
+        longer pair): as ``_rough_margins`` computes them (two arrays), and as
+        ``same_story_threshold`` and ``time_sigma_days`` give them (a list of pairs).  They
+        depend on the settings alone, so they are worked out once."""
+        settings = self.settings
+        if self._length_tables_for is not settings:
+            low, high = settings.short_text_words, settings.long_text_words
+            words = np.arange(max(low, high) + 2, dtype=float)
+            if high > low:
+                share = np.clip(np.log(np.maximum(words, low) / low) / math.log(high / low),
+                                0, 1)
+            else:
+                share = np.zeros_like(words)
+            self._length_table_values = (
+                settings.same_story_threshold + share * (
+                    settings.long_text_threshold - settings.same_story_threshold),
+                settings.time_sigma_days + share * (
+                    settings.long_text_time_sigma_days - settings.time_sigma_days),
+                [(same_story_threshold(length, settings), time_sigma_days(length, settings))
+                 for length in range(len(words))])
+            self._length_tables_for = settings
+        return self._length_table_values
 
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
                    term_products: np.ndarray, canonical_slot: int,
@@ -847,14 +870,15 @@ class Clusterer:
         canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
         words = int(math.sqrt(max(1, article.word_count) * max(1, canonical_words)))
+        by_length = self._length_tables()[2]
+        threshold, sigma_days = by_length[min(words, len(by_length) - 1)]
         if article.dated and has_dated_span(dated_first_ts, dated_last_ts):
             factor = time_factor(article.published_ts, dated_first_ts, dated_last_ts,
-                                 time_sigma_days(words, self.settings))
+                                 sigma_days)
         else:
             # A fetch time stands in for a missing date; it is no evidence that two
             # articles were written together, so it earns no "same moment" credit.
             factor = self.settings.undated_time_factor
-        threshold = same_story_threshold(words, self.settings)
         # Support and breadth are only worth checking for a story the article would
         # otherwise join.
         held_back = None
