@@ -77,6 +77,24 @@ def test_threshold_and_time_tolerance_slide_with_text_length(words, threshold, s
     assert time_sigma_days(words, SLIDING) == pytest.approx(sigma, abs=1e-3)
 
 
+@pytest.mark.parametrize("settings", [
+    SLIDING, replace(SLIDING, long_text_words=300, long_text_time_sigma_days=9.0),
+    replace(SLIDING, long_text_words=100),  # no sliding: every length is a short text
+])
+def test_the_clusterers_tables_by_length_give_what_the_functions_give(settings):
+    """Scoring reads thresholds and time tolerances from tables by pair length (past the
+    last entry, the last one); they follow a change of settings."""
+    clusterer = Clusterer(SETTINGS)
+    clusterer._length_tables()
+    clusterer.settings = settings
+    thresholds, sigmas, exact = clusterer._length_tables()
+    for words in [1, 50, 99, 100, 101, 150, 250, 299, 300, 301, 399, 400, 401, 402, 5000]:
+        at = min(words, len(exact) - 1)
+        expected = (same_story_threshold(words, settings), time_sigma_days(words, settings))
+        assert exact[at] == expected
+        assert (thresholds[at], sigmas[at]) == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize(("article", "first", "last", "expected"), [
     (5 * DAY, 4 * DAY, 6 * DAY, 1.0),
     (6 * DAY + 1.5 * DAY, 4 * DAY, 6 * DAY, 0.6065),
