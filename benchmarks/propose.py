@@ -1,0 +1,144 @@
+"""Propose: the clusterer's decision for new articles, timed against another checkout's
+code on one and the same window, in one process.
+
+This machine's speed drifts by a quarter from one run to the next, more than most changes to
+the writer are worth; two runs, one per version, cannot tell them apart.  Here the window is
+built once (the first ``--window`` articles of the synthetic stream, stored as
+``ingest.py`` stores them), the next ``--probe`` articles are prepared and fingerprinted,
+and then ``Clusterer.propose`` is timed over them in rounds that alternate between this
+tree's ``Clusterer`` methods and those of ``--against``'s ``aggregator/cluster.py``, so
+that both see the same state, the same articles and the same machine.  Nothing is
+committed: the window stays as it was built.  The decisions of the two must be equal.
+
+    python benchmarks/propose.py --against /path/to/other/checkout
+    python benchmarks/propose.py --against ../base --window 100000 --probe 2000 --rounds 10
+
+The other checkout's methods run on this tree's window, so they must read it as it is (the
+same attributes): the tool is for changes to how the clusterer decides, not to what it holds.
+Without ``--against`` only this tree is timed.  The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import wait
+from dataclasses import astuple
+from itertools import islice
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
+from stream import SyntheticStream  # noqa: E402
+
+from aggregator.cluster import ClusterArticle, Clusterer  # noqa: E402
+from aggregator.config import ClusteringSettings  # noqa: E402
+from aggregator.fingerprint import fingerprint_of  # noqa: E402
+from aggregator.pipeline import prepare_entries  # noqa: E402
+
+
+def methods_of(cls: type) -> dict[str, object]:
+    return {name: value for name, value in vars(cls).items() if callable(value)}
+
+
+def other_clusterer(checkout: Path) -> type:
+    """The ``Clusterer`` class of another checkout, loaded beside this tree's package (its
+    relative imports resolve to this tree's modules)."""
+    name = "aggregator._other_cluster"
+    spec = importlib.util.spec_from_file_location(name, checkout / "aggregator" / "cluster.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{checkout}: no aggregator/cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.Clusterer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", type=Path, help="another checkout's root")
+    parser.add_argument("--window", type=int, default=30_000,
+                        help="stream articles stored before the timing (default 30,000)")
+    parser.add_argument("--probe", type=int, default=1_500,
+                        help="the articles after them, proposed in each round")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per version")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+
+    versions = {"this": methods_of(Clusterer)}
+    if args.against:
+        versions["against"] = methods_of(other_clusterer(args.against))
+    with tempfile.TemporaryDirectory() as directory:
+        stream = SyntheticStream(seed=args.seed)
+        aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
+        wait(aggregator.start_workers())
+        articles = iter(stream)
+        stored = 0
+        while stored < args.window:
+            chunk = list(islice(articles, min(INGEST_CHUNK, args.window - stored)))
+            ingest(aggregator, chunk)
+            stored += len(chunk)
+        clusterer, settings = aggregator.clusterer, aggregator.settings
+        prepare = aggregator._prepare_settings()
+        probes = []
+        for article in islice(articles, args.probe):
+            prepared = prepare_entries((article.entry,), article.source,
+                                       article.entry.published, prepare)
+            normalized, features = prepared.articles[0], prepared.features[0]
+            probes.append((article.source, normalized, fingerprint_of(
+                features, clusterer.stats, aggregator.signer, settings.salient_terms)))
+
+        def propose_all() -> list:
+            return [clusterer.propose(ClusterArticle(
+                None, source, 0, normalized.published.timestamp(),
+                normalized.author is not None, fingerprint, dated=normalized.has_published))
+                for source, normalized, fingerprint in probes]
+
+        def use(name: str) -> None:
+            for attribute, value in versions[name].items():
+                setattr(Clusterer, attribute, value)
+
+        seconds: dict[str, list[float]] = {name: [] for name in versions}
+        decisions: dict[str, list] = {}
+        try:
+            # A first round each, untimed: what a version works out once is not timed.
+            for name in versions:
+                use(name)
+                decisions[name] = [astuple(decision) for decision in propose_all()]
+            for round_number in range(args.rounds):
+                order = list(versions) if round_number % 2 == 0 else list(reversed(versions))
+                for name in order:
+                    use(name)
+                    started = time.perf_counter()
+                    propose_all()
+                    seconds[name].append(time.perf_counter() - started)
+        finally:
+            for attribute, value in versions["this"].items():
+                setattr(Clusterer, attribute, value)
+        window = clusterer.window_size
+        aggregator.close()
+
+    figures = {}
+    for name, spent in seconds.items():
+        spent = sorted(spent)
+        figures[name] = {"min_ms": round(spent[0] / args.probe * 1000, 4),
+                         "median_ms": round(spent[len(spent) // 2] / args.probe * 1000, 4)}
+        print(f"{name:8s} {figures[name]['median_ms']:.4f} ms an article (median of "
+              f"{len(spent)} rounds; fastest {figures[name]['min_ms']:.4f})")
+    result = {"window_articles": window, "probe": args.probe, "rounds": args.rounds,
+              "ms_per_article": figures["this"]}
+    if "against" in figures:
+        same = decisions["this"] == decisions["against"]
+        ratio = figures["against"]["median_ms"] / figures["this"]["median_ms"]
+        print(f"against / this: {ratio:.3f}; the same decisions: {same}")
+        result.update(against_ms_per_article=figures["against"], speedup=round(ratio, 3),
+                      same_decisions=same)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
