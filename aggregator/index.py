@@ -40,6 +40,23 @@ _FOLD = np.uint64(0x100000001B3)
 # Band keys: see the module's docstring for what 32 bits cost and save.
 KEY_DTYPE = np.uint32
 KEY_BITS = np.dtype(KEY_DTYPE).itemsize * 8
+_POSITION_BITS = np.uint64(64 - KEY_BITS)
+
+
+def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` sorted, and the positions that sort them, equal keys in their order: what
+    ``np.argsort(keys, kind="stable")`` gives.  Each key and its position are packed into
+    one 64-bit value and those are sorted, all different, so any sort gives the same order;
+    numpy sorts 64-bit integers four to six times faster than it sorts 32-bit keys stably
+    (a start-up sorts every band key of the window)."""
+    if len(keys) >= 1 << int(_POSITION_BITS):
+        order = np.argsort(keys, kind="stable")
+        return keys[order], order
+    packed = keys.astype(np.uint64) << _POSITION_BITS
+    packed |= np.arange(len(keys), dtype=np.uint64)
+    packed.sort()
+    return ((packed >> _POSITION_BITS).astype(KEY_DTYPE),
+            (packed & np.uint64((1 << int(_POSITION_BITS)) - 1)).astype(np.intp))
 
 
 def _splitmix(values: np.ndarray) -> np.ndarray:
@@ -203,9 +220,8 @@ class BandIndex:
             pieces = [chunk[part] for chunk in chunks]
             for chunk in chunks:
                 chunk[part] = None  # each part is freed as soon as it is placed
-            keys = np.concatenate([keys for keys, _slots in pieces])
-            order = np.argsort(keys, kind="stable")
-            keys_out[at:at + len(keys)] = keys[order]
+            keys, order = sorted_stably(np.concatenate([keys for keys, _slots in pieces]))
+            keys_out[at:at + len(keys)] = keys
             slots_out[at:at + len(keys)] = np.concatenate([s for _k, s in pieces])[order]
             at += len(keys)
             if part % 16 == 15:
@@ -229,8 +245,8 @@ class BandIndex:
                                 count=len(keys))
             self._recent = {}
             self._recent_count = 0
-            order = np.argsort(keys, kind="stable")
-            keys, slots = keys[order], slots[order]
+            keys, order = sorted_stably(keys)
+            slots = slots[order]
             # After the equal keys already there, as in the main run: oldest first.
             at = np.searchsorted(self._middle_keys, keys, side="right")
             self._middle_keys = np.insert(self._middle_keys, at, keys)

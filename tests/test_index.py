@@ -30,7 +30,13 @@ from aggregator.fingerprint import (
     lean_minhash,
     text_features,
 )
-from aggregator.index import KEY_DTYPE, BandIndex, DatasketchIndex, lsh_parameters
+from aggregator.index import (
+    KEY_DTYPE,
+    BandIndex,
+    DatasketchIndex,
+    lsh_parameters,
+    sorted_stably,
+)
 from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors
 
 SIGNER = Signer(128)
@@ -104,6 +110,20 @@ def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(ba
         stored[bad_at] = bytes([stored[bad_at][0] ^ 1]) + stored[bad_at][1:]
     with pytest.raises(ValueError, match="other MinHash settings"):
         SIGNER.from_bytes_many(stored)
+
+
+@pytest.mark.parametrize("keys", [
+    [], [7], [3, 1, 2], [5, 5, 5, 5], [2, 1, 2, 1, 0, 2], [0xFFFFFFFF, 0, 0xFFFFFFFF, 1],
+    np.random.default_rng(4).integers(0, 50, 2000).tolist(),  # many equal keys
+    np.random.default_rng(5).integers(0, 2**32, 5000).tolist(),
+])
+def test_sorted_stably_is_a_stable_argsort(keys):
+    keys = np.asarray(keys, dtype=np.uint64).astype(KEY_DTYPE)
+    order = np.argsort(keys, kind="stable")
+    got_keys, got_order = sorted_stably(keys)
+    assert got_keys.dtype == KEY_DTYPE
+    assert got_keys.tolist() == keys[order].tolist()
+    assert got_order.tolist() == order.tolist()
 
 
 @pytest.mark.parametrize(("threshold", "num_perm"), [(0.05, 128), (0.7, 128), (0.5, 64)])
