@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 import Stemmer
@@ -245,6 +245,8 @@ def prior_document_fraction(term: str) -> float:
 
 # A term as ``term_stats`` keeps it: (id, term, document frequency, prior, last article id).
 TermRow = tuple[int, str, int, float, int]
+# Term rows taken in at a time by a restore (a start-up reads tens of thousands).
+RESTORE_CHUNK = 4096
 
 
 class Vocabulary:
@@ -312,6 +314,45 @@ class Vocabulary:
             return found
         self.reserve(stored_id + 1)
         return self._place(term, stored_id)
+
+    def restore_many(self, stored_ids: Sequence[int], terms: Sequence[str]) -> list[int]:
+        """``restore`` of each ``(stored id, term)`` pair, in order: their numbers.  Where no
+        number is free (a start-up, which brings back tens of thousands of terms), the new
+        terms are numbered in one pass and their arrays written at once."""
+        numbers = list(map(self.ids.get, terms))
+        if None not in numbers:
+            return numbers
+        if self._free:
+            return [self.restore(stored_id, term)
+                    for stored_id, term in zip(stored_ids, terms, strict=True)]
+        ids, first = self.ids, len(self.terms)
+        if numbers.count(None) == len(terms) == len(set(terms)):
+            # All new, each once (a start-up's rows): numbered in order.
+            placed_terms, placed_stored = list(terms), list(stored_ids)
+            numbers = list(range(first, first + len(terms)))
+            ids.update(zip(terms, numbers, strict=True))
+        else:
+            placed_terms, placed_stored = [], []
+            for position, number in enumerate(numbers):
+                if number is None:
+                    term = terms[position]
+                    number = ids.get(term)  # met earlier in these rows
+                    if number is None:
+                        number = ids[term] = first + len(placed_terms)
+                        placed_terms.append(term)
+                        placed_stored.append(stored_ids[position])
+                    numbers[position] = number
+        self.terms.extend(placed_terms)
+        capacity = len(self.stored)
+        while len(self.terms) > capacity:  # through the sizes that ``_place`` grows to
+            capacity = max(1024, capacity + capacity // 4 + 1)
+        if capacity > len(self.stored):
+            for name in ("stored", "hashes", "hashed"):
+                enlarge(self, name, capacity)
+        self.stored[first:len(self.terms)] = placed_stored
+        self.hashed[first:len(self.terms)] = False
+        self.reserve(max(placed_stored) + 1)
+        return numbers
 
     def reserve(self, next_stored: int) -> None:
         """Store ids below ``next_stored`` are taken (by terms restored later, or left in
@@ -484,12 +525,14 @@ class TermStatistics:
 
     def _restore_rows(self, rows: Iterable[TermRow]) -> None:
         ids, frequencies, priors, last = array("q"), array("q"), array("d"), array("q")
-        restore_term = self.vocabulary.restore
-        for term_id, term, frequency, prior, last_article in rows:
-            ids.append(restore_term(term_id, term))
-            frequencies.append(frequency)
-            priors.append(prior)
-            last.append(last_article)
+        rows = iter(rows)
+        while chunk := list(islice(rows, RESTORE_CHUNK)):
+            term_ids, terms, chunk_frequencies, chunk_priors, chunk_last = zip(*chunk,
+                                                                               strict=True)
+            ids.extend(self.vocabulary.restore_many(term_ids, terms))
+            frequencies.extend(chunk_frequencies)
+            priors.extend(chunk_priors)
+            last.extend(chunk_last)
         self._fit(len(self.vocabulary))
         at = np.frombuffer(ids, dtype=np.int64)
         self._frequency[at] = np.frombuffer(frequencies, dtype=np.int64)

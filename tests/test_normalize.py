@@ -356,6 +356,34 @@ def test_a_term_named_before_it_is_counted_has_no_frequency_yet():
     assert stats.documents == 2
 
 
+def vocabulary_state(vocabulary: Vocabulary) -> tuple:
+    size = len(vocabulary.terms)
+    return (dict(vocabulary.ids), list(vocabulary.terms), vocabulary.stored[:size].tolist(),
+            vocabulary.hashed[:size].tolist(), len(vocabulary.stored), vocabulary.next_stored,
+            list(vocabulary._free))
+
+
+@pytest.mark.parametrize(("known", "forgotten", "rows"), [
+    ([], [], [(5, "a"), (3, "b"), (9, "c")]),
+    ([], [], [(5, "a"), (3, "b"), (5, "a"), (12, "c")]),  # a term twice in the rows
+    (["x", "y"], [], [(40, "y"), (41, "z"), (42, "x"), (43, "w")]),  # some in memory
+    (["x", "y", "v"], ["y"], [(40, "p"), (41, "q"), (42, "x")]),  # a number is free
+    ([], [], [(n + 7, f"t{n}") for n in range(3000)]),  # the arrays grow twice
+])
+def test_terms_restored_together_get_what_they_get_one_by_one(known, forgotten, rows):
+    """A start-up numbers the terms it brings back in one pass: the numbers, ids, arrays
+    and their sizes are those of one ``restore`` per term."""
+    together, one_by_one = Vocabulary(), Vocabulary()
+    for vocabulary in (together, one_by_one):
+        for term in known:
+            vocabulary.id(term)
+        vocabulary.forget([vocabulary.ids[term] for term in forgotten])
+    stored_ids, terms = zip(*rows, strict=True)
+    numbers = together.restore_many(stored_ids, terms)
+    assert numbers == [one_by_one.restore(stored_id, term) for stored_id, term in rows]
+    assert vocabulary_state(together) == vocabulary_state(one_by_one)
+
+
 def recording_store(stored: dict) -> tuple:
     """A store's recall of term rows by key (name or id), and the keys it was asked for."""
     asked: list[list] = []
