@@ -44,14 +44,11 @@ _POSITION_BITS = np.uint64(64 - KEY_BITS)
 
 
 def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``keys`` sorted, and the positions that sort them, equal keys in their order: what
-    ``np.argsort(keys, kind="stable")`` gives.  Each key and its position are packed into
-    one 64-bit value and those are sorted, all different, so any sort gives the same order;
-    numpy sorts 64-bit integers four to six times faster than it sorts 32-bit keys stably
-    (a start-up sorts every band key of the window)."""
-    if len(keys) >= 1 << int(_POSITION_BITS):
-        order = np.argsort(keys, kind="stable")
-        return keys[order], order
+    """``keys`` (fewer than 2^32) sorted, and the positions that sort them, equal keys in
+    their order: what ``np.argsort(keys, kind="stable")`` gives.  Each key and its position
+    are packed into one 64-bit value and those are sorted, all different, so any sort gives
+    the same order; numpy sorts 64-bit integers four to six times faster than it sorts
+    32-bit keys stably (a start-up sorts every band key of the window)."""
     packed = keys.astype(np.uint64) << _POSITION_BITS
     packed |= np.arange(len(keys), dtype=np.uint64)
     packed.sort()
