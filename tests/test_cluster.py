@@ -828,3 +828,34 @@ def test_most_shared_keeps_the_most_shared_and_among_equals_the_newest(slots, li
     expected = slot_numbers[np.lexsort((-article_ids, -bands))[:limit]]
     kept = most_shared(slot_numbers, bands, limit, article_ids)
     assert kept.tolist() == sorted(expected.tolist())
+
+
+@pytest.mark.parametrize(("change", "same"), [
+    (None, True),
+    (("REPORTED_CANDIDATES = 5", "REPORTED_CANDIDATES = 1"), False),
+])
+def test_the_propose_benchmark_times_another_checkout_and_compares_decisions(tmp_path, change,
+                                                                           same):
+    """``benchmarks/propose.py --against`` runs another checkout's clusterer methods on the
+    same window: the decisions agree with an unchanged copy, and a change that alters them
+    (fewer candidates reported) is caught."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    source = (ROOT / "aggregator" / "cluster.py").read_text()
+    if change:
+        assert change[0] in source
+        source = source.replace(change[0], change[1])
+    (tmp_path / "aggregator").mkdir()
+    (tmp_path / "aggregator" / "cluster.py").write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "propose.py"), "--against", str(tmp_path),
+         "--window", "300", "--probe", "40", "--rounds", "2"],
+        capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same_decisions"] is same
+    assert result["window_articles"] == 300 and result["probe"] == 40
+
