@@ -316,42 +316,29 @@ class Vocabulary:
         return self._place(term, stored_id)
 
     def restore_many(self, stored_ids: Sequence[int], terms: Sequence[str]) -> list[int]:
-        """``restore`` of each ``(stored id, term)`` pair, in order: their numbers.  Where no
-        number is free (a start-up, which brings back tens of thousands of terms), the new
-        terms are numbered in one pass and their arrays written at once."""
+        """``restore`` of each ``(stored id, term)`` pair, in order: their numbers.  Rows of
+        terms all new to memory, each once, with no number free (what a start-up or a
+        recall brings back) are numbered in one pass and their arrays written at once;
+        other rows go one by one."""
         numbers = list(map(self.ids.get, terms))
         if None not in numbers:
             return numbers
-        if self._free:
+        if self._free or not numbers.count(None) == len(terms) == len(set(terms)):
             return [self.restore(stored_id, term)
                     for stored_id, term in zip(stored_ids, terms, strict=True)]
-        ids, first = self.ids, len(self.terms)
-        if numbers.count(None) == len(terms) == len(set(terms)):
-            # All new, each once (a start-up's rows): numbered in order.
-            placed_terms, placed_stored = list(terms), list(stored_ids)
-            numbers = list(range(first, first + len(terms)))
-            ids.update(zip(terms, numbers, strict=True))
-        else:
-            placed_terms, placed_stored = [], []
-            for position, number in enumerate(numbers):
-                if number is None:
-                    term = terms[position]
-                    number = ids.get(term)  # met earlier in these rows
-                    if number is None:
-                        number = ids[term] = first + len(placed_terms)
-                        placed_terms.append(term)
-                        placed_stored.append(stored_ids[position])
-                    numbers[position] = number
-        self.terms.extend(placed_terms)
+        first = len(self.terms)
+        numbers = list(range(first, first + len(terms)))
+        self.ids.update(zip(terms, numbers, strict=True))
+        self.terms.extend(terms)
         capacity = len(self.stored)
         while len(self.terms) > capacity:  # through the sizes that ``_place`` grows to
             capacity = max(1024, capacity + capacity // 4 + 1)
         if capacity > len(self.stored):
             for name in ("stored", "hashes", "hashed"):
                 enlarge(self, name, capacity)
-        self.stored[first:len(self.terms)] = placed_stored
+        self.stored[first:len(self.terms)] = stored_ids
         self.hashed[first:len(self.terms)] = False
-        self.reserve(max(placed_stored) + 1)
+        self.reserve(max(stored_ids) + 1)
         return numbers
 
     def reserve(self, next_stored: int) -> None:

@@ -40,7 +40,9 @@ _FOLD = np.uint64(0x100000001B3)
 # Band keys: see the module's docstring for what 32 bits cost and save.
 KEY_DTYPE = np.uint32
 KEY_BITS = np.dtype(KEY_DTYPE).itemsize * 8
-_POSITION_BITS = np.uint64(64 - KEY_BITS)
+# A key is the top KEY_BITS of a 64-bit value; below it, the bits this shift skips.
+_KEY_SHIFT = np.uint64(64 - KEY_BITS)
+_BELOW_KEY = np.uint64((1 << (64 - KEY_BITS)) - 1)
 
 
 def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,11 +51,10 @@ def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     are packed into one 64-bit value and those are sorted, all different, so any sort gives
     the same order; numpy sorts 64-bit integers four to six times faster than it sorts
     32-bit keys stably (a start-up sorts every band key of the window)."""
-    packed = keys.astype(np.uint64) << _POSITION_BITS
+    packed = keys.astype(np.uint64) << _KEY_SHIFT
     packed |= np.arange(len(keys), dtype=np.uint64)
     packed.sort()
-    return ((packed >> _POSITION_BITS).astype(KEY_DTYPE),
-            (packed & np.uint64((1 << int(_POSITION_BITS)) - 1)).astype(np.intp))
+    return (packed >> _KEY_SHIFT).astype(KEY_DTYPE), (packed & _BELOW_KEY).astype(np.intp)
 
 
 def _splitmix(values: np.ndarray) -> np.ndarray:
@@ -162,7 +163,7 @@ class BandIndex:
             folded = _splitmix(folded * _FOLD ^ values[:, :, column])
         # The band number goes into the top byte, so equal values in different bands differ;
         # the key is the mixed value's top half.
-        return (_splitmix(folded ^ self._band_ids) >> np.uint64(64 - KEY_BITS)).astype(KEY_DTYPE)
+        return (_splitmix(folded ^ self._band_ids) >> _KEY_SHIFT).astype(KEY_DTYPE)
 
     def insert(self, slots: np.ndarray, signatures: np.ndarray,
                keys: np.ndarray | None = None) -> None:
