@@ -36,6 +36,7 @@ from .config import ClusteringSettings
 from .fingerprint import Fingerprint, TermStatistics, Vocabulary, normalised_positions
 from .index import lsh_parameters, make_index
 from .memory import enlarge, keep_large_arrays_movable
+from .native import kernels
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
@@ -624,6 +625,9 @@ class Clusterer:
         self.floor_ts = -math.inf
         self._source_codes: dict[str, int] = {}
         self._dense = np.zeros(1024, dtype=np.float64)
+        # Zero for every slot between calls of the compiled ranking, which counts in it.
+        self._band_counts = np.zeros(0, dtype=np.uint16)
+        self._closest_rows = np.zeros(settings.max_candidates, dtype=np.int64)
         self._length_tables_for: ClusteringSettings | None = None
         self._length_table_values: tuple[np.ndarray, np.ndarray, list] = (
             np.zeros(0), np.zeros(0), [])
@@ -674,7 +678,10 @@ class Clusterer:
         of a query's hits here instead, against the band it was found by, took 0.1 ms a
         query at 100,000 articles (a row for each hit, most of them in no cache).
         """
-        found = index.query(signature, None if keys is None else keys[0])
+        return self._candidate_slots_of(index.query(signature, None if keys is None
+                                                    else keys[0]), limit)
+
+    def _candidate_slots_of(self, found: np.ndarray, limit: int | None) -> np.ndarray:
         if found.size < 2:
             return found[self.rows.alive[found]] if found.size else found
         slots, bands = np.unique(found, return_counts=True)
@@ -724,55 +731,94 @@ class Clusterer:
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
         """Cosine of a unit-length vector given as term ids and weights (zero-padded or not)
         with the vectors of the article rows ``slots``."""
-        return self._term_products(ids, weights, slots).sum(axis=1)
+        return self._term_products(ids, weights, slots)[1]
 
-    def _term_products(self, ids, weights, slots: np.ndarray) -> np.ndarray:
+    def _term_products(self, ids, weights, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What each term of the rows ``slots`` adds to their cosine with a vector given as
-        term ids and weights: one row per slot, one column per term of the row's vector
-        (the cosine is the row's sum).
+        term ids and weights: one row per slot, one column per term of the row's vector;
+        and the cosines, the rows' sums (as ``sum(axis=1)`` adds them).
 
-        The vector is spread into a dense scratch array indexed by term id, so that one
-        gather-multiply covers every row at once.
-        """
+        Compiled (``kernels.term_products``) where the package was built with a C compiler;
+        ``_term_products_numpy`` is the reference."""
         if len(self.vocabulary) > len(self._dense):
             self._dense = np.zeros(max(len(self.vocabulary), 2 * len(self._dense)))
+        if kernels is None:
+            return self._term_products_numpy(ids, weights, slots)
+        rows = self.rows
+        products = np.empty((len(slots), rows.vector_ids.shape[1]))
+        cosines = np.empty(len(slots))
+        kernels.term_products(self._dense, ids, weights, rows.vector_ids, rows.vector_weights,
+                               slots, products, cosines)
+        return products, cosines
+
+    def _term_products_numpy(self, ids, weights,
+                             slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The vector is spread into a dense scratch array indexed by term id, so that one
+        # gather-multiply covers every row at once.
         dense = self._dense
         dense[ids] = weights
         try:
             rows = self.rows
             # ``take`` gathers rows as indexing does, in half the time.
-            return (dense.take(rows.vector_ids.take(slots, axis=0))
-                    * rows.vector_weights.take(slots, axis=0))
+            products = (dense.take(rows.vector_ids.take(slots, axis=0))
+                        * rows.vector_weights.take(slots, axis=0))
         finally:
             dense[ids] = 0.0
+        return products, products.sum(axis=1)
 
-    def candidate_stories(self, article: ClusterArticle) -> list[Candidate]:
-        signature = article.fingerprint.salient_signature
-        # A common salient term can put a good part of a large window in the candidate set;
-        # the Jaccard estimate below is computed for the closest CANDIDATE_SLOTS only.
-        if article.salient_keys is None:
-            article.salient_keys = self.candidate_index.band_keys(signature[None, :])
-        slots = self._candidate_slots(self.candidate_index, signature, CANDIDATE_SLOTS,
-                                      article.salient_keys)
-        if not slots.size:
-            return []
+    def closest_story_rows(self, found: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """The story rows of the ``max_candidates`` stories closest to an article, closest
+        first, from ``found``: the slots that the candidate index gave for its salient
+        signature (``signature``, as the rows keep it: 16 bits a value).
+
+        Of the live slots, the ``CANDIDATE_SLOTS`` sharing the most bands are compared in
+        full (a common salient term can put a good part of a large window in the candidate
+        set); stories are ranked by their closest member, so that the verification budget
+        goes to the closest stories, not to the biggest.  Compiled where the package was
+        built with a C compiler (``native.kernels``); ``_closest_story_rows_numpy`` is the
+        same ranking in numpy, and the reference."""
+        if kernels is None:
+            return self._closest_story_rows_numpy(found, signature)
         rows = self.rows
-        # Rank stories by the best salient-set Jaccard estimate of any member, so that the
-        # verification budget goes to the closest stories, not to the biggest (the count of
-        # equal values orders them as the estimate does).
-        agreeing = equal_values(rows.salient.take(slots, axis=0), signature.astype(np.uint16))
+        if len(self._band_counts) < len(rows.alive):
+            self._band_counts = np.zeros(len(rows.alive), dtype=np.uint16)
+        count = self.settings.max_candidates
+        if len(self._closest_rows) < count:
+            self._closest_rows = np.zeros(count, dtype=np.int64)
+        taken = kernels.closest_story_rows(
+            found, rows.alive, rows.article_id, rows.story_row, rows.salient, signature,
+            CANDIDATE_SLOTS, count, self._band_counts, self._closest_rows)
+        return self._closest_rows[:taken].copy()
+
+    def _closest_story_rows_numpy(self, found: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        slots = self._candidate_slots_of(found, CANDIDATE_SLOTS)
+        if not slots.size:
+            return np.zeros(0, dtype=np.int64)
+        rows = self.rows
+        # The count of equal values orders the slots as their Jaccard estimate does.
+        agreeing = equal_values(rows.salient.take(slots, axis=0), signature)
         # A genuine slot holds a whole band, so agrees in at least one value; one found by
         # a band key shared by chance agrees in none (but once in 512, by its 16 bits).
         genuine = agreeing > 0
         if not genuine.all():
             slots, agreeing = slots[genuine], agreeing[genuine]
             if not slots.size:
-                return []
+                return np.zeros(0, dtype=np.int64)
         # Closest first; among equals the newest article first (one key: ids are below 2^52,
         # counts below 2^11).
         closeness = (agreeing.astype(np.int64) << 52) | rows.article_id[slots]
-        ranked = np.asarray(closest_stories(closeness, rows.story_row[slots],
-                                            self.settings.max_candidates), dtype=np.int64)
+        return np.asarray(closest_stories(closeness, rows.story_row[slots],
+                                          self.settings.max_candidates), dtype=np.int64)
+
+    def candidate_stories(self, article: ClusterArticle) -> list[Candidate]:
+        signature = article.fingerprint.salient_signature
+        if article.salient_keys is None:
+            article.salient_keys = self.candidate_index.band_keys(signature[None, :])
+        keys = article.salient_keys
+        found = self.candidate_index.query(signature, None if keys is None else keys[0])
+        ranked = self.closest_story_rows(found, signature.astype(np.uint16))
+        if not ranked.size:
+            return []
         live_rows = ranked[self._live(ranked, article.published_ts)]
         if not live_rows.size:
             return []
@@ -782,8 +828,7 @@ class Clusterer:
                                      dtype=np.int64)
         # Each member's cosine term by term: the sum is the cosine, the largest its
         # strongest shared term (_broad reads it for a story the article would join).
-        products = self._term_products(*self.vector(article), member_slots)
-        cosines = products.sum(axis=1)
+        products, cosines = self._term_products(*self.vector(article), member_slots)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
         # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.

@@ -33,6 +33,7 @@ import numpy as np
 
 from .fingerprint import lean_minhash
 from .memory import enlarge, release_free_memory
+from .native import kernels
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -55,6 +56,25 @@ def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     packed |= np.arange(len(keys), dtype=np.uint64)
     packed.sort()
     return (packed >> _KEY_SHIFT).astype(KEY_DTYPE), (packed & _BELOW_KEY).astype(np.intp)
+
+
+def band_matches(keys: np.ndarray, slots: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The ``slots`` of every position whose key in ``keys`` (sorted) equals one of
+    ``wanted``: each wanted key's run of positions, in turn.  Compiled where the package was
+    built with a C compiler (``native.kernels``: the searches of all the keys advance
+    together, so that their cache misses overlap); ``band_matches_numpy`` is the reference."""
+    if kernels is None:
+        return band_matches_numpy(keys, slots, wanted)
+    return np.frombuffer(kernels.band_matches(keys, slots, wanted), dtype=np.int32)
+
+
+def band_matches_numpy(keys: np.ndarray, slots: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    starts = np.searchsorted(keys, wanted, side="left")
+    lengths = np.searchsorted(keys, wanted, side="right") - starts
+    total = int(lengths.sum())
+    # The positions of every matching run, gathered in one indexing operation.
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return slots[offsets + np.arange(total)]
 
 
 def _splitmix(values: np.ndarray) -> np.ndarray:
@@ -298,15 +318,8 @@ class BandIndex:
         found = []
         for stored, slots in ((self._keys[:self._size], self._slots),
                               (self._middle_keys, self._middle_slots)):
-            if not len(stored):
-                continue
-            starts = np.searchsorted(stored, keys, side="left")
-            lengths = np.searchsorted(stored, keys, side="right") - starts
-            total = int(lengths.sum())
-            if total:
-                # The positions of every matching run, gathered in one indexing operation.
-                offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-                found.append(slots[offsets + np.arange(total)])
+            if len(stored):
+                found.append(band_matches(stored, slots, keys))
         # The recent part's buckets joined first: one array instead of one per bucket.
         in_recent: list[int] = []
         for bucket in map(self._recent.get, keys.tolist()):

@@ -12,10 +12,14 @@ committed: the window stays as it was built.  The decisions of the two must be e
 
     python benchmarks/propose.py --against /path/to/other/checkout
     python benchmarks/propose.py --against ../base --window 100000 --probe 2000 --rounds 10
+    python benchmarks/propose.py --against-numpy
 
 The other checkout's methods run on this tree's window, so they must read it as it is (the
 same attributes): the tool is for changes to how the clusterer decides, not to what it holds.
-Without ``--against`` only this tree is timed.  The last line printed is one JSON object.
+They also run on this tree's band index, whose look-ups are compiled where this tree's are.
+``--against-numpy`` times this tree with its compiled kernels (``aggregator/native.py``)
+against this tree without them.  Without either only this tree is timed.  The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 
+from aggregator import cluster, index  # noqa: E402
 from aggregator.cluster import ClusterArticle, Clusterer  # noqa: E402
 from aggregator.config import ClusteringSettings  # noqa: E402
 from aggregator.fingerprint import fingerprint_of  # noqa: E402
@@ -61,6 +66,8 @@ def other_clusterer(checkout: Path) -> type:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", type=Path, help="another checkout's root")
+    parser.add_argument("--against-numpy", action="store_true",
+                        help="against this tree without its compiled kernels")
     parser.add_argument("--window", type=int, default=30_000,
                         help="stream articles stored before the timing (default 30,000)")
     parser.add_argument("--probe", type=int, default=1_500,
@@ -69,9 +76,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
 
-    versions = {"this": methods_of(Clusterer)}
+    if args.against and args.against_numpy:
+        parser.error("--against and --against-numpy: one of them")
+    kernels = cluster.kernels
+    if args.against_numpy and kernels is None:
+        parser.error("--against-numpy: this tree was built without its compiled kernels")
+    # Each version: the clusterer's methods, and the kernels that they and the index use.
+    versions = {"this": (methods_of(Clusterer), kernels)}
     if args.against:
-        versions["against"] = methods_of(other_clusterer(args.against))
+        versions["against"] = (methods_of(other_clusterer(args.against)), kernels)
+    elif args.against_numpy:
+        versions["against"] = (methods_of(Clusterer), None)
     with tempfile.TemporaryDirectory() as directory:
         stream = SyntheticStream(seed=args.seed)
         aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
@@ -99,8 +114,10 @@ def main() -> None:
                 for source, normalized, fingerprint in probes]
 
         def use(name: str) -> None:
-            for attribute, value in versions[name].items():
+            methods, compiled = versions[name]
+            for attribute, value in methods.items():
                 setattr(Clusterer, attribute, value)
+            cluster.kernels = index.kernels = compiled
 
         seconds: dict[str, list[float]] = {name: [] for name in versions}
         decisions: dict[str, list] = {}
@@ -117,8 +134,7 @@ def main() -> None:
                     propose_all()
                     seconds[name].append(time.perf_counter() - started)
         finally:
-            for attribute, value in versions["this"].items():
-                setattr(Clusterer, attribute, value)
+            use("this")
         window = clusterer.window_size
         aggregator.close()
 

@@ -47,7 +47,6 @@ from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 from timing import timed_calls  # noqa: E402
 
-import aggregator.cluster as cluster  # noqa: E402
 import aggregator.fingerprint as fingerprint  # noqa: E402
 import aggregator.pipeline as pipeline  # noqa: E402
 from aggregator.cluster import Clusterer  # noqa: E402
@@ -71,11 +70,9 @@ TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
 DETAIL_TARGETS = [
     (Clusterer, "near_copies", "propose: near_copies"),
     (Clusterer, "candidate_stories", "propose: candidate_stories"),
-    (Clusterer, "_candidate_slots", "propose: band index look-ups"),
     (BandIndex, "query", "propose: band index searches"),
-    (cluster, "most_shared", "propose: slots sharing the most bands"),
-    (cluster, "closest_stories", "propose: closest stories"),
-    (Clusterer, "_similarities_of", "propose/commit: cosines"),
+    (Clusterer, "closest_story_rows", "propose: ranking into the closest stories"),
+    (Clusterer, "_term_products", "propose/commit: cosines"),
     (Clusterer, "_add_rows", "commit: rows and index insertion"),
     (Clusterer, "_elect", "commit: canonical election"),
     (pipeline.StoreFingerprints, "shingle_signatures", "stored shingle signatures read"),

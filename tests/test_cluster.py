@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from conftest import SEED_FEEDS, write_config
+from conftest import SEED_FEEDS, requires_kernels, write_config
 
 from aggregator import cluster as cluster_module
 from aggregator import pipeline as pipeline_module
@@ -35,6 +36,7 @@ from aggregator.cluster import (
 )
 from aggregator.config import ClusteringSettings, Config, Source, load_config
 from aggregator.fingerprint import Signer, fingerprint_batch
+from aggregator.native import kernels
 from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator, load_clusterer
 from aggregator.store import Store
@@ -828,6 +830,135 @@ def test_most_shared_keeps_the_most_shared_and_among_equals_the_newest(slots, li
     expected = slot_numbers[np.lexsort((-article_ids, -bands))[:limit]]
     kept = most_shared(slot_numbers, bands, limit, article_ids)
     assert kept.tolist() == sorted(expected.tolist())
+
+
+@pytest.mark.skipif(not os.environ.get("AGGREGATOR_REQUIRE_KERNELS"),
+                    reason="AGGREGATOR_REQUIRE_KERNELS is not set (.ci/run sets it)")
+def test_the_kernels_were_built():
+    assert kernels is not None, "aggregator/_kernels.c was not compiled (see pip's output)"
+
+
+def clusterer_with_rows(generator, slots: int, stories: int, width: int,
+                        values: int) -> Clusterer:
+    """A clusterer whose article rows (liveness, ids, stories, salient values) are random:
+    what the ranking reads of them, with many ties."""
+    clusterer = Clusterer(replace(SETTINGS, num_perm=width))
+    rows = clusterer.rows
+    rows.allocate(slots)
+    rows.alive[:slots] = generator.random(slots) < generator.choice([0.0, 0.5, 0.9, 1.0])
+    rows.article_id[:slots] = generator.permutation(10 * slots + 1)[:slots] + 1
+    rows.story_row[:slots] = generator.integers(0, max(1, stories), slots)
+    rows.salient[:slots] = generator.integers(0, values, (slots, width))
+    return clusterer
+
+
+@requires_kernels
+@pytest.mark.parametrize(("slots", "stories", "width", "values", "found", "count", "limit"), [
+    (0, 1, 16, 2, 0, 50, 2000),  # an empty window
+    (5, 5, 16, 2, 0, 50, 2000),  # nothing found
+    (1, 1, 16, 2, 1, 50, 2000),  # one slot found once
+    (40, 3, 16, 2, 200, 50, 2000),  # few stories, many repeats
+    (300, 300, 128, 2, 900, 50, 2000),  # ties in the values agreed, stories of one article
+    (3000, 500, 128, 3, 20000, 50, 2000),  # more live slots than the limit: ties at the cut
+    (300, 300, 16, 2, 900, 50, 7),  # a limit below the stories wanted, ties at the cut
+    (300, 300, 16, 2, 300, 50, 1),
+    (300, 300, 16, 2, 900, 50, 0),  # no slot compared
+    (3000, 2500, 32, 40, 6000, 10, 2000),  # most slots agree in no value (dropped)
+    (300, 300, 16, 200, 600, 50, 2000),  # fewer stories agree in a value than are wanted
+    (500, 200, 16, 2, 1500, 0, 2000),  # no story wanted
+    (2500, 2500, 1024, 2, 5000, 300, 2000),  # wide signatures, many stories wanted
+])
+def test_the_compiled_ranking_gives_what_the_numpy_ranking_gives(monkeypatch, slots, stories,
+                                                                  width, values, found, count,
+                                                                  limit):
+    monkeypatch.setattr(cluster_module, "CANDIDATE_SLOTS", limit)
+    for case in range(4):
+        generator = np.random.default_rng([slots, found, count, case])
+        clusterer = clusterer_with_rows(generator, slots, stories, width, values)
+        clusterer.settings = replace(clusterer.settings, max_candidates=count)
+        hits = generator.integers(0, max(1, slots), found).astype(np.int32)
+        signature = generator.integers(0, values, width).astype(np.uint16)
+        expected = clusterer._closest_story_rows_numpy(hits, signature)
+        ranked = clusterer.closest_story_rows(hits, signature)
+        assert ranked.tolist() == expected.tolist()
+        assert ranked.dtype == np.int64
+        assert not clusterer._band_counts.any()  # the scratch is left as it was found
+
+
+@requires_kernels
+@pytest.mark.parametrize(("terms", "width", "members", "given"), [
+    (10, 1, 0, 1),  # no member
+    (10, 4, 3, 2),  # fewer than 8 terms a row: summed in order
+    (5000, 8, 50, 8),
+    (5000, 60, 400, 60),  # the default: eight running sums and a tail of four
+    (5000, 130, 40, 100),  # above 128 terms: summed by halves
+    (300, 60, 200, 300),  # the vector gives more terms than a row holds
+])
+def test_the_compiled_term_products_are_the_numpy_ones_to_the_last_bit(terms, width, members,
+                                                                        given):
+    for case in range(3):
+        generator = np.random.default_rng([terms, width, members, case])
+        clusterer = Clusterer(replace(SETTINGS, vector_terms=width))
+        clusterer._dense = np.zeros(terms)  # the scratch, one place a term of the vocabulary
+        rows = clusterer.rows
+        rows.allocate(max(members, 1) + 5)
+        filled = len(rows.vector_ids)
+        rows.vector_ids[:] = generator.integers(0, terms, (filled, width))
+        rows.vector_weights[:] = generator.random((filled, width)) * (
+            generator.random((filled, width)) < 0.7)  # zero padding, as short vectors have
+        slots = generator.integers(0, filled, members).astype(np.int64)
+        ids = generator.choice(terms, min(given, terms), replace=False).tolist()
+        weights = (generator.random(len(ids)) / 3).tolist()
+        for vector in ((ids, weights),  # an article's vector, as lists
+                       (rows.vector_ids[slots[0] if members else 0],  # a row's, as arrays
+                        rows.vector_weights[slots[0] if members else 0])):
+            products, cosines = clusterer._term_products(*vector, slots)
+            expected_products, expected_cosines = clusterer._term_products_numpy(*vector, slots)
+            assert products.tobytes() == expected_products.tobytes()
+            assert cosines.tobytes() == expected_cosines.tobytes()
+            assert not clusterer._dense.any()  # the scratch is left as it was found
+
+
+@requires_kernels
+@pytest.mark.parametrize(("argument", "value", "error", "message"), [
+    (0, np.array([0, 7], dtype=np.int32), ValueError, "slot 7 outside the 5 rows"),
+    (0, np.array([-1], dtype=np.int32), ValueError, "slot -1 outside"),
+    (0, np.array([0, 1], dtype=np.int64), TypeError, "found: items of 4 bytes"),
+    (4, np.zeros((5, 16), dtype=np.uint32), TypeError, "salient: items of 2 bytes"),
+    (4, np.zeros((5, 8), dtype=np.uint16), ValueError, "unequal lengths"),
+    (8, np.zeros(2, dtype=np.uint16), ValueError, "unequal lengths"),
+    (9, np.zeros(50, dtype=np.int64)[::2], ValueError, "contiguous"),
+])
+def test_the_compiled_ranking_refuses_arrays_it_cannot_read(argument, value, error, message):
+    generator = np.random.default_rng(5)
+    clusterer = clusterer_with_rows(generator, 5, 2, 16, 2)
+    rows = clusterer.rows
+    arguments = [np.array([0, 1], dtype=np.int32), rows.alive[:5], rows.article_id[:5],
+                 rows.story_row[:5], rows.salient[:5], np.zeros(16, dtype=np.uint16),
+                 10, 25, np.zeros(5, dtype=np.uint16), np.zeros(25, dtype=np.int64)]
+    arguments[argument] = value
+    with pytest.raises(error, match=message):
+        kernels.closest_story_rows(*arguments)
+    assert not arguments[8].any()
+
+
+@requires_kernels
+def test_the_propose_benchmark_times_the_kernels_against_numpy():
+    """``benchmarks/propose.py --against-numpy``: this tree with and without its compiled
+    kernels, on one window, making the same decisions."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "propose.py"), "--against-numpy",
+         "--window", "300", "--probe", "40", "--rounds", "2"],
+        capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same_decisions"] is True
+    assert result["against_ms_per_article"]["median_ms"] > 0
 
 
 @pytest.mark.parametrize(("change", "same"), [

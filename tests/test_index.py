@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 import wordfreq
+from conftest import requires_kernels
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
@@ -34,6 +35,8 @@ from aggregator.index import (
     KEY_DTYPE,
     BandIndex,
     DatasketchIndex,
+    band_matches,
+    band_matches_numpy,
     lsh_parameters,
     sorted_stably,
 )
@@ -124,6 +127,27 @@ def test_sorted_stably_is_a_stable_argsort(keys):
     assert got_keys.dtype == KEY_DTYPE
     assert got_keys.tolist() == keys[order].tolist()
     assert got_order.tolist() == order.tolist()
+
+
+@requires_kernels
+@pytest.mark.parametrize(("keys", "wanted"), [
+    ([], [1, 2]),  # an empty part
+    ([5], []),  # nothing wanted
+    ([5], [4, 5, 6]),
+    ([1, 1, 1, 3, 3, 9], [9, 1, 2, 1, 0, 10]),  # runs, a key wanted twice, keys between
+    ([0, 0, 0xFFFFFFFF, 0xFFFFFFFF], [0xFFFFFFFF, 0, 0xFFFFFFFE]),  # the ends of the range
+    (np.random.default_rng(6).integers(0, 40, 3000).tolist(), list(range(-2, 45))),
+    (np.random.default_rng(7).integers(0, 2**32, 200_001).tolist(),
+     np.random.default_rng(7).integers(0, 2**32, 200_001)[::6250].tolist() + [0, 2**32 - 1]),
+])
+def test_the_compiled_band_look_up_finds_what_numpy_finds(keys, wanted):
+    keys = np.sort(np.asarray(keys, dtype=np.int64).astype(KEY_DTYPE))
+    # Longer than the keys, as the index's arrays are (room to grow).
+    slots = np.random.default_rng(len(keys)).integers(0, 10**6, len(keys) + 7).astype(np.int32)
+    wanted = np.asarray([w % 2**32 for w in wanted], dtype=np.int64).astype(KEY_DTYPE)
+    found = band_matches(keys, slots, wanted)
+    assert found.dtype == np.int32
+    assert found.tolist() == band_matches_numpy(keys, slots, wanted).tolist()
 
 
 @pytest.mark.parametrize(("threshold", "num_perm"), [(0.05, 128), (0.7, 128), (0.5, 64)])

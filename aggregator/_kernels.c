@@ -1,0 +1,587 @@
+/* The clusterer's hot loops in compiled code: the band index's look-ups, the ranking from
+ * the slots found for an article's salient signature to its closest stories, and the
+ * cosines of the article with their members, term by term.
+ *
+ * Each function gives exactly what its numpy counterpart gives (``index.band_matches_numpy``,
+ * ``Clusterer._closest_story_rows_numpy``, ``Clusterer._term_products_numpy``), which stays
+ * the reference and runs where this module was not built; the tests hold the two equal.
+ * Where numpy makes a call (and a temporary array) of each step on a few thousand
+ * elements, these make one pass (aggregator/native.py has what it saves).
+ *
+ * Arrays come through the buffer protocol (numpy arrays, C-contiguous), so the module needs
+ * no numpy headers to build.  The interpreter lock is held throughout: the call takes tens
+ * of microseconds, and a writer that let go of the lock would wait for the fetch threads'
+ * switch interval (milliseconds) to get it back.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buffer;
+
+static void release(Buffer *buffers, int count) {
+    for (int i = 0; i < count; i++) {
+        if (buffers[i].held) {
+            PyBuffer_Release(&buffers[i].view);
+            buffers[i].held = 0;
+        }
+    }
+}
+
+/* A C-contiguous buffer of items of ``itemsize`` bytes whose struct format is one of
+ * ``formats`` (numpy's codes for the same width differ by platform: 'l' or 'q'). */
+static int take(PyObject *object, Buffer *buffer, Py_ssize_t itemsize, const char *formats,
+                int writable, const char *name) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(object, &buffer->view, flags) < 0) {
+        return -1;
+    }
+    buffer->held = 1;
+    const char *format = buffer->view.format ? buffer->view.format : "B";
+    if (*format == '<' || *format == '=' || *format == '@') {
+        format++;
+    }
+    if (buffer->view.itemsize != itemsize || strlen(format) != 1
+            || strchr(formats, *format) == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s: items of %zd bytes (format one of '%s') expected, "
+                     "got format '%s' of %zd bytes", name, itemsize, formats, format,
+                     buffer->view.itemsize);
+        return -1;
+    }
+    return 0;
+}
+
+/* How many rows ahead a row's values are fetched: the rows read are scattered over the
+ * window's arrays, most of them in no cache. */
+#define PREFETCH_AHEAD 8
+
+static int arguments_given(const char *function, Py_ssize_t given, Py_ssize_t wanted) {
+    if (given != wanted) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", function, wanted,
+                     given);
+        return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    int64_t article_id;
+    int32_t slot;
+    int32_t agreeing;
+} Ranked;
+
+/* Descending article id: among slots that share as many bands (or agree in as many
+ * values), the newest article first. */
+static int newest_first(const void *a, const void *b) {
+    int64_t x = ((const Ranked *)a)->article_id, y = ((const Ranked *)b)->article_id;
+    return (x < y) - (x > y);
+}
+
+/* Whether ``row`` was already taken; takes it if not (open addressing, ``mask + 1`` a power
+ * of two at least twice the rows it will hold). */
+static int seen_before(int64_t *table, int64_t mask, int64_t row) {
+    int64_t at = (row * 0x9E3779B97F4A7C15ULL) >> 7 & mask;
+    while (table[at] != -1) {
+        if (table[at] == row) {
+            return 1;
+        }
+        at = (at + 1) & mask;
+    }
+    table[at] = row;
+    return 0;
+}
+
+static const char *closest_doc =
+    "closest_story_rows(found, alive, article_id, story_row, salient, signature, limit,\n"
+    "                   count, band_counts, out) -> int\n\n"
+    "The story rows of the first ``count`` distinct stories, closest first, among the live\n"
+    "slots of ``found`` (int32, a slot once per band key shared): of those, the ``limit``\n"
+    "sharing the most bands (ties to the newest article), then by the number of values of\n"
+    "their ``salient`` row (uint16, one row a slot) equal to ``signature``, newest first;\n"
+    "slots agreeing in no value are dropped.  ``band_counts``: uint16 scratch with a zero\n"
+    "for every slot, left so.  Writes the rows to ``out`` (int64) and returns how many.";
+
+static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("closest_story_rows", nargs, 10)) {
+        return NULL;
+    }
+    Buffer b[8];
+    memset(b, 0, sizeof b);
+    enum { FOUND, ALIVE, ARTICLE_ID, STORY_ROW, SALIENT, SIGNATURE, COUNTS, OUT };
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[7]);
+    if ((limit == -1 || count == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (take(args[0], &b[FOUND], 4, "ilq", 0, "found") < 0
+            || take(args[1], &b[ALIVE], 1, "?bB", 0, "alive") < 0
+            || take(args[2], &b[ARTICLE_ID], 8, "lq", 0, "article_id") < 0
+            || take(args[3], &b[STORY_ROW], 4, "il", 0, "story_row") < 0
+            || take(args[4], &b[SALIENT], 2, "H", 0, "salient") < 0
+            || take(args[5], &b[SIGNATURE], 2, "H", 0, "signature") < 0
+            || take(args[8], &b[COUNTS], 2, "H", 1, "band_counts") < 0
+            || take(args[9], &b[OUT], 8, "lq", 1, "out") < 0) {
+        release(b, 8);
+        return NULL;
+    }
+    const int32_t *found = b[FOUND].view.buf;
+    const uint8_t *alive = b[ALIVE].view.buf;
+    const int64_t *article_id = b[ARTICLE_ID].view.buf;
+    const int32_t *story_row = b[STORY_ROW].view.buf;
+    const uint16_t *salient = b[SALIENT].view.buf;
+    const uint16_t *signature = b[SIGNATURE].view.buf;
+    uint16_t *band_counts = b[COUNTS].view.buf;
+    int64_t *out = b[OUT].view.buf;
+    Py_ssize_t found_size = b[FOUND].view.len / 4;
+    Py_ssize_t slots = b[ALIVE].view.len;
+    Py_ssize_t width = b[SIGNATURE].view.len / 2;
+    if (b[ARTICLE_ID].view.len / 8 < slots || b[STORY_ROW].view.len / 4 < slots
+            || b[COUNTS].view.len / 2 < slots || width == 0
+            || b[SALIENT].view.len / 2 < (Py_ssize_t)slots * width
+            || b[OUT].view.len / 8 < count || limit < 0 || count < 0) {
+        release(b, 8);
+        PyErr_SetString(PyExc_ValueError, "closest_story_rows: arrays of unequal lengths");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < found_size; i++) {
+        if (found[i] < 0 || found[i] >= slots) {
+            release(b, 8);
+            PyErr_Format(PyExc_ValueError, "closest_story_rows: slot %d outside the %zd rows",
+                         (int)found[i], slots);
+            return NULL;
+        }
+    }
+    Ranked *ranked = PyMem_Malloc(sizeof(Ranked) * (size_t)(found_size ? found_size : 1));
+    Ranked *ordered = PyMem_Malloc(sizeof(Ranked) * (size_t)(found_size ? found_size : 1));
+    size_t table_size = 2;
+    while (table_size < 2 * (size_t)count) {
+        table_size <<= 1;
+    }
+    int64_t *taken = PyMem_Malloc(sizeof(int64_t) * table_size);
+    if (ranked == NULL || ordered == NULL || taken == NULL) {
+        PyMem_Free(ranked);
+        PyMem_Free(ordered);
+        PyMem_Free(taken);
+        release(b, 8);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t written = 0;
+    /* The distinct slots, each with the bands it shares (one key a band: fewer than 2^16). */
+    Py_ssize_t distinct = 0;
+    int most_bands = 0;
+    for (Py_ssize_t i = 0; i < found_size; i++) {
+        int32_t slot = found[i];
+        if (band_counts[slot]++ == 0) {
+            ranked[distinct].slot = slot;
+            distinct++;
+        }
+        if (band_counts[slot] > most_bands) {
+            most_bands = band_counts[slot];
+        }
+    }
+    Py_ssize_t live = 0;
+    Py_ssize_t *by_bands = calloc((size_t)most_bands + 1, sizeof(Py_ssize_t));
+    Py_ssize_t *by_values = calloc((size_t)width + 2, sizeof(Py_ssize_t));
+    if (by_bands == NULL || by_values == NULL) {
+        for (Py_ssize_t i = 0; i < distinct; i++) {
+            band_counts[ranked[i].slot] = 0;
+        }
+        written = -1;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < distinct; i++) {
+        int32_t slot = ranked[i].slot;
+        int bands = band_counts[slot];
+        band_counts[slot] = 0;
+        if (alive[slot]) {
+            ranked[live].slot = slot;
+            ranked[live].agreeing = bands;  /* the bands, until the values are counted */
+            ranked[live].article_id = article_id[slot];
+            by_bands[bands]++;
+            live++;
+        }
+    }
+    /* The ``limit`` sharing the most bands: all above the cut, and of those at the cut the
+     * newest. */
+    Py_ssize_t kept = live;
+    if (live > limit) {
+        int cut = most_bands;
+        Py_ssize_t above = 0;
+        while (cut > 0 && above + by_bands[cut] < limit) {
+            above += by_bands[cut];
+            cut--;
+        }
+        Py_ssize_t wanted = limit - above, tied = 0;
+        kept = 0;
+        for (Py_ssize_t i = 0; i < live; i++) {
+            if (ranked[i].agreeing > cut) {
+                ranked[kept++] = ranked[i];
+            } else if (ranked[i].agreeing == cut) {
+                ordered[tied++] = ranked[i];
+            }
+        }
+        if (wanted < tied) {
+            qsort(ordered, (size_t)tied, sizeof(Ranked), newest_first);
+        }
+        for (Py_ssize_t i = 0; i < wanted && i < tied; i++) {
+            ranked[kept++] = ordered[i];
+        }
+    }
+    /* The values each kept slot agrees in, and a counting sort by them, most first. */
+    {
+        Py_ssize_t genuine = 0;
+        for (Py_ssize_t i = 0; i < kept; i++) {
+            const uint16_t *row = salient + (size_t)ranked[i].slot * (size_t)width;
+#if defined(__GNUC__)
+            if (i + PREFETCH_AHEAD < kept) {
+                const char *ahead = (const char *)(
+                    salient + (size_t)ranked[i + PREFETCH_AHEAD].slot * (size_t)width);
+                for (size_t byte = 0; byte < (size_t)width * 2; byte += 64) {
+                    __builtin_prefetch(ahead + byte);
+                }
+            }
+#endif
+            int32_t agreeing = 0;
+            for (Py_ssize_t j = 0; j < width; j++) {
+                agreeing += row[j] == signature[j];
+            }
+            if (agreeing) {
+                ranked[genuine] = ranked[i];
+                ranked[genuine].agreeing = agreeing;
+                by_values[agreeing]++;
+                genuine++;
+            }
+        }
+        /* Start of each count's run in ``ordered``, the highest count first. */
+        Py_ssize_t start = 0;
+        for (Py_ssize_t agreeing = width; agreeing >= 1; agreeing--) {
+            Py_ssize_t size = by_values[agreeing];
+            by_values[agreeing] = start;
+            start += size;
+        }
+        for (Py_ssize_t i = 0; i < genuine; i++) {
+            ordered[by_values[ranked[i].agreeing]++] = ranked[i];
+        }
+        memset(taken, 0xff, sizeof(int64_t) * table_size);
+        /* Walk the runs, each sorted newest first only when reached. */
+        Py_ssize_t run = 0;
+        while (run < genuine && written < count) {
+            Py_ssize_t end = run + 1;
+            while (end < genuine && ordered[end].agreeing == ordered[run].agreeing) {
+                end++;
+            }
+            qsort(ordered + run, (size_t)(end - run), sizeof(Ranked), newest_first);
+            for (Py_ssize_t i = run; i < end && written < count; i++) {
+                int64_t row = story_row[ordered[i].slot];
+                if (!seen_before(taken, (int64_t)table_size - 1, row)) {
+                    out[written++] = row;
+                }
+            }
+            run = end;
+        }
+    }
+done:
+    free(by_bands);
+    free(by_values);
+    PyMem_Free(ranked);
+    PyMem_Free(ordered);
+    PyMem_Free(taken);
+    release(b, 8);
+    if (written < 0) {
+        return PyErr_NoMemory();
+    }
+    return PyLong_FromSsize_t(written);
+}
+
+/* numpy's sum of doubles along a contiguous axis (pairwise summation: eight running sums
+ * in blocks of up to 128 values, halves above that), so that a row's sum here is the one
+ * ``ndarray.sum(axis=1)`` gives, to the last bit. */
+static double pairwise_sum(const double *a, Py_ssize_t n) {
+    if (n < 8) {
+        double sum = 0.;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (int j = 0; j < 8; j++) {
+            r[j] = a[j];
+        }
+        Py_ssize_t i;
+        for (i = 8; i < n - (n % 8); i += 8) {
+            for (int j = 0; j < 8; j++) {
+                r[j] += a[i + j];
+            }
+        }
+        double sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    Py_ssize_t half = n / 2;
+    half -= half % 8;
+    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+}
+
+static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weights,
+                             Py_ssize_t count, PyObject *const *args);
+
+static const char *products_doc =
+    "term_products(dense, ids, weights, vector_ids, vector_weights, slots, products,\n"
+    "              cosines) -> None\n\n"
+    "What each term of the rows ``slots`` (int64) adds to their cosine with a vector given\n"
+    "as term ids and weights (two lists): ``products`` (float64, one row a slot, one column\n"
+    "a term of ``vector_ids``, int32, and ``vector_weights``, float32) and their sums,\n"
+    "``cosines`` (float64).  ``dense``: float64 scratch indexed by term id, zero, left so.";
+
+static PyObject *term_products(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("term_products", nargs, 8)) {
+        return NULL;
+    }
+    PyObject *ids_given = PySequence_Fast(args[1], "term_products: ids: a sequence expected");
+    if (ids_given == NULL) {
+        return NULL;
+    }
+    PyObject *weights_given = PySequence_Fast(args[2],
+                                              "term_products: weights: a sequence expected");
+    if (weights_given == NULL) {
+        Py_DECREF(ids_given);
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids_given);
+    Py_ssize_t *term_ids = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    double *term_weights = PyMem_Malloc(sizeof(double) * (size_t)(count ? count : 1));
+    PyObject *result = NULL;
+    if (term_ids == NULL || term_weights == NULL) {
+        PyErr_NoMemory();
+        goto given;
+    }
+    if (PySequence_Fast_GET_SIZE(weights_given) != count) {
+        PyErr_SetString(PyExc_ValueError, "term_products: ids and weights of unequal lengths");
+        goto given;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        term_ids[k] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(ids_given, k),
+                                         PyExc_OverflowError);
+        term_weights[k] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(weights_given, k));
+        if (PyErr_Occurred()) {
+            goto given;
+        }
+    }
+    result = products_of(term_ids, term_weights, count, args);
+given:
+    PyMem_Free(term_ids);
+    PyMem_Free(term_weights);
+    Py_DECREF(ids_given);
+    Py_DECREF(weights_given);
+    return result;
+}
+
+/* ``term_products`` once the article's terms are C arrays. */
+static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weights,
+                             Py_ssize_t count, PyObject *const *args) {
+    Buffer b[6];
+    memset(b, 0, sizeof b);
+    enum { DENSE, VECTOR_IDS, VECTOR_WEIGHTS, SLOTS, PRODUCTS, COSINES };
+    if (take(args[0], &b[DENSE], 8, "d", 1, "dense") < 0
+            || take(args[3], &b[VECTOR_IDS], 4, "il", 0, "vector_ids") < 0
+            || take(args[4], &b[VECTOR_WEIGHTS], 4, "f", 0, "vector_weights") < 0
+            || take(args[5], &b[SLOTS], 8, "lq", 0, "slots") < 0
+            || take(args[6], &b[PRODUCTS], 8, "d", 1, "products") < 0
+            || take(args[7], &b[COSINES], 8, "d", 1, "cosines") < 0) {
+        release(b, 6);
+        return NULL;
+    }
+    double *dense = b[DENSE].view.buf;
+    const int32_t *vector_ids = b[VECTOR_IDS].view.buf;
+    const float *vector_weights = b[VECTOR_WEIGHTS].view.buf;
+    const int64_t *slots = b[SLOTS].view.buf;
+    double *products = b[PRODUCTS].view.buf;
+    double *cosines = b[COSINES].view.buf;
+    Py_ssize_t terms = b[DENSE].view.len / 8;
+    Py_ssize_t members = b[SLOTS].view.len / 8;
+    Py_ssize_t width = b[VECTOR_IDS].view.ndim == 2 ? b[VECTOR_IDS].view.shape[1] : 0;
+    Py_ssize_t rows = width ? b[VECTOR_IDS].view.len / 4 / width : 0;
+    if (width == 0 || b[VECTOR_WEIGHTS].view.ndim != 2
+            || b[VECTOR_WEIGHTS].view.shape[1] != width
+            || b[VECTOR_WEIGHTS].view.len / 4 < rows * width
+            || b[PRODUCTS].view.len / 8 != members * width
+            || b[COSINES].view.len / 8 != members) {
+        release(b, 6);
+        PyErr_SetString(PyExc_ValueError, "term_products: arrays of unequal shapes");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < members; i++) {
+        if (slots[i] < 0 || slots[i] >= rows) {
+            release(b, 6);
+            PyErr_Format(PyExc_ValueError, "term_products: slot %lld outside the %zd rows",
+                         (long long)slots[i], rows);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (term_ids[k] < 0 || term_ids[k] >= terms) {
+            release(b, 6);
+            PyErr_Format(PyExc_ValueError, "term_products: term %zd outside the %zd terms",
+                         term_ids[k], terms);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        dense[term_ids[k]] = term_weights[k];
+    }
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < members && !failed; i++) {
+        const int32_t *ids = vector_ids + (size_t)slots[i] * (size_t)width;
+        const float *weights = vector_weights + (size_t)slots[i] * (size_t)width;
+#if defined(__GNUC__)
+        if (i + PREFETCH_AHEAD < members) {
+            size_t ahead = (size_t)slots[i + PREFETCH_AHEAD] * (size_t)width;
+            for (size_t byte = 0; byte < (size_t)width * 4; byte += 64) {
+                __builtin_prefetch((const char *)(vector_ids + ahead) + byte);
+                __builtin_prefetch((const char *)(vector_weights + ahead) + byte);
+            }
+        }
+#endif
+        double *row = products + (size_t)i * (size_t)width;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            if (ids[j] < 0 || ids[j] >= terms) {
+                PyErr_Format(PyExc_ValueError, "term_products: term %d outside the %zd terms",
+                             (int)ids[j], terms);
+                failed = 1;
+                break;
+            }
+            row[j] = dense[ids[j]] * (double)weights[j];
+        }
+        if (!failed) {
+            cosines[i] = pairwise_sum(row, width);
+        }
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        dense[term_ids[k]] = 0.;
+    }
+    release(b, 6);
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static const char *matches_doc =
+    "band_matches(keys, slots, wanted) -> bytes\n\n"
+    "The ``slots`` (int32) of every position whose key in ``keys`` (uint32, sorted) equals\n"
+    "one of ``wanted`` (uint32): for each wanted key in turn, its run of positions in\n"
+    "order; as int32 values in a bytes object.";
+
+/* The binary searches of all the wanted keys advance together, one level at a time, so
+ * that the memory fetches of different keys overlap: alone, each level of each search
+ * waits for its own cache miss (the keys of a large window fill several megabytes). */
+static PyObject *band_matches(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("band_matches", nargs, 3)) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    enum { KEYS, SLOTS, WANTED };
+    if (take(args[0], &b[KEYS], 4, "IL", 0, "keys") < 0
+            || take(args[1], &b[SLOTS], 4, "il", 0, "slots") < 0
+            || take(args[2], &b[WANTED], 4, "IL", 0, "wanted") < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    const uint32_t *keys = b[KEYS].view.buf;
+    const int32_t *slots = b[SLOTS].view.buf;
+    const uint32_t *wanted = b[WANTED].view.buf;
+    Py_ssize_t size = b[KEYS].view.len / 4;
+    Py_ssize_t count = b[WANTED].view.len / 4;
+    if (b[SLOTS].view.len / 4 < size) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "band_matches: fewer slots than keys");
+        return NULL;
+    }
+    Py_ssize_t *start = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    Py_ssize_t *length = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    if (start == NULL || length == NULL) {
+        PyMem_Free(start);
+        PyMem_Free(length);
+        release(b, 3);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t total = 0;
+    if (size > 0) {
+        /* Branch-free lower bounds: ``start[k]`` is the last position whose key is below
+         * wanted[k] or the first position, until the last level. */
+        for (Py_ssize_t k = 0; k < count; k++) {
+            start[k] = 0;
+        }
+        Py_ssize_t span = size;
+        while (span > 1) {
+            Py_ssize_t half = span / 2;
+            for (Py_ssize_t k = 0; k < count; k++) {
+                start[k] = keys[start[k] + half - 1] < wanted[k] ? start[k] + half : start[k];
+#if defined(__GNUC__)
+                __builtin_prefetch(keys + start[k] + (span - half) / 2);
+#endif
+            }
+            span -= half;
+        }
+        for (Py_ssize_t k = 0; k < count; k++) {
+            Py_ssize_t at = start[k] + (keys[start[k]] < wanted[k]);
+            Py_ssize_t end = at;
+            while (end < size && keys[end] == wanted[k]) {
+                end++;
+            }
+            start[k] = at;
+            length[k] = end - at;
+            total += end - at;
+        }
+    } else {
+        for (Py_ssize_t k = 0; k < count; k++) {
+            length[k] = 0;
+        }
+    }
+    PyObject *found = PyBytes_FromStringAndSize(NULL, total * 4);
+    if (found != NULL) {
+        int32_t *out = (int32_t *)PyBytes_AS_STRING(found);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            memcpy(out, slots + start[k], sizeof(int32_t) * (size_t)length[k]);
+            out += length[k];
+        }
+    }
+    PyMem_Free(start);
+    PyMem_Free(length);
+    release(b, 3);
+    return found;
+}
+
+static PyMethodDef methods[] = {
+    {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
+     NULL},
+    {"term_products", (PyCFunction)(void (*)(void))term_products, METH_FASTCALL, NULL},
+    {"band_matches", (PyCFunction)(void (*)(void))band_matches, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "aggregator._kernels",
+    "The clusterer's hot loops, compiled (see aggregator/native.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    methods[0].ml_doc = closest_doc;
+    methods[1].ml_doc = products_doc;
+    methods[2].ml_doc = matches_doc;
+    return PyModule_Create(&module);
+}
