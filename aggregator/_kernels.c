@@ -519,12 +519,13 @@ static PyObject *band_matches(PyObject *module, PyObject *const *args, Py_ssize_
         return PyErr_NoMemory();
     }
     Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        start[k] = 0;
+        length[k] = 0;
+    }
     if (size > 0) {
-        /* Branch-free lower bounds: ``start[k]`` is the last position whose key is below
-         * wanted[k] or the first position, until the last level. */
-        for (Py_ssize_t k = 0; k < count; k++) {
-            start[k] = 0;
-        }
+        /* Branch-free lower bounds: the first position whose key is not below wanted[k]
+         * lies in [start[k], start[k] + span] at every level. */
         Py_ssize_t span = size;
         while (span > 1) {
             Py_ssize_t half = span / 2;
@@ -545,10 +546,6 @@ static PyObject *band_matches(PyObject *module, PyObject *const *args, Py_ssize_
             start[k] = at;
             length[k] = end - at;
             total += end - at;
-        }
-    } else {
-        for (Py_ssize_t k = 0; k < count; k++) {
-            length[k] = 0;
         }
     }
     PyObject *found = PyBytes_FromStringAndSize(NULL, total * 4);

@@ -748,7 +748,7 @@ class Clusterer:
         products = np.empty((len(slots), rows.vector_ids.shape[1]))
         cosines = np.empty(len(slots))
         kernels.term_products(self._dense, ids, weights, rows.vector_ids, rows.vector_weights,
-                               slots, products, cosines)
+                               np.asarray(slots, dtype=np.int64), products, cosines)
         return products, cosines
 
     def _term_products_numpy(self, ids, weights,

@@ -912,7 +912,8 @@ def test_the_compiled_term_products_are_the_numpy_ones_to_the_last_bit(terms, wi
         for vector in ((ids, weights),  # an article's vector, as lists
                        (rows.vector_ids[slots[0] if members else 0],  # a row's, as arrays
                         rows.vector_weights[slots[0] if members else 0])):
-            products, cosines = clusterer._term_products(*vector, slots)
+            # Slots of another integer type, as a caller might give them, are taken as well.
+            products, cosines = clusterer._term_products(*vector, slots.astype(np.int32))
             expected_products, expected_cosines = clusterer._term_products_numpy(*vector, slots)
             assert products.tobytes() == expected_products.tobytes()
             assert cosines.tobytes() == expected_cosines.tobytes()
