@@ -943,6 +943,43 @@ def test_the_compiled_ranking_refuses_arrays_it_cannot_read(argument, value, err
     assert not arguments[8].any()
 
 
+def stream_with_many_candidates(count: int, seed: int) -> list[tuple]:
+    """Each decision (with its candidates and their scores) and outcome of ``count``
+    articles of overlapping topics, in a window where many stories compete for each."""
+    generator = np.random.default_rng(seed)
+    vocabulary = [f"word{number}" for number in range(400)]
+    # Zipf-like: a few words in most articles, so that the candidate sets are large.
+    weights = 1.0 / np.arange(1, len(vocabulary) + 1)
+    weights /= weights.sum()
+    topics = [generator.choice(len(vocabulary), 12, replace=False, p=weights)
+              for _ in range(count // 4)]
+    stream = Stream(replace(SETTINGS, max_candidates=20))
+    results = []
+    for number in range(count):
+        topic = topics[int(generator.integers(len(topics)))]
+        words = [vocabulary[i] for i in generator.choice(topic, 9)] + [
+            vocabulary[i] for i in generator.choice(len(vocabulary), 6, p=weights)]
+        decision, outcome = stream.add(" ".join(words[:5]), " ".join(words * 3),
+                                       ts=number * 600.0, source=f"s{number % 7}")
+        results.append((decision, outcome))
+    return results
+
+
+@requires_kernels
+def test_the_clusterer_decides_the_same_with_and_without_its_kernels(monkeypatch):
+    """End to end: the same stream, with the compiled kernels and with numpy alone, gives
+    the same decisions, scores and outcomes."""
+    from aggregator import index as index_module
+
+    compiled = stream_with_many_candidates(400, seed=11)
+    monkeypatch.setattr(cluster_module, "kernels", None)
+    monkeypatch.setattr(index_module, "kernels", None)
+    assert stream_with_many_candidates(400, seed=11) == compiled
+    joined = [decision for decision, _outcome in compiled if decision.story_id is not None]
+    assert len(joined) > 40  # the stream does join articles into stories
+    assert max(len(decision.candidates) for decision in joined) >= 3
+
+
 @requires_kernels
 def test_the_propose_benchmark_times_the_kernels_against_numpy():
     """``benchmarks/propose.py --against-numpy``: this tree with and without its compiled
