@@ -119,7 +119,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     if ((limit == -1 || count == -1) && PyErr_Occurred()) {
         return NULL;
     }
-    if (take(args[0], &b[FOUND], 4, "ilq", 0, "found") < 0
+    if (take(args[0], &b[FOUND], 4, "il", 0, "found") < 0
             || take(args[1], &b[ALIVE], 1, "?bB", 0, "alive") < 0
             || take(args[2], &b[ARTICLE_ID], 8, "lq", 0, "article_id") < 0
             || take(args[3], &b[STORY_ROW], 4, "il", 0, "story_row") < 0

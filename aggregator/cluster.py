@@ -627,7 +627,6 @@ class Clusterer:
         self._dense = np.zeros(1024, dtype=np.float64)
         # Zero for every slot between calls of the compiled ranking, which counts in it.
         self._band_counts = np.zeros(0, dtype=np.uint16)
-        self._closest_rows = np.zeros(settings.max_candidates, dtype=np.int64)
         self._length_tables_for: ClusteringSettings | None = None
         self._length_table_values: tuple[np.ndarray, np.ndarray, list] = (
             np.zeros(0), np.zeros(0), [])
@@ -782,13 +781,11 @@ class Clusterer:
         rows = self.rows
         if len(self._band_counts) < len(rows.alive):
             self._band_counts = np.zeros(len(rows.alive), dtype=np.uint16)
-        count = self.settings.max_candidates
-        if len(self._closest_rows) < count:
-            self._closest_rows = np.zeros(count, dtype=np.int64)
+        closest = np.empty(self.settings.max_candidates, dtype=np.int64)
         taken = kernels.closest_story_rows(
             found, rows.alive, rows.article_id, rows.story_row, rows.salient, signature,
-            CANDIDATE_SLOTS, count, self._band_counts, self._closest_rows)
-        return self._closest_rows[:taken].copy()
+            CANDIDATE_SLOTS, len(closest), self._band_counts, closest)
+        return closest[:taken]
 
     def _closest_story_rows_numpy(self, found: np.ndarray, signature: np.ndarray) -> np.ndarray:
         slots = self._candidate_slots_of(found, CANDIDATE_SLOTS)

@@ -980,10 +980,8 @@ def test_the_clusterer_decides_the_same_with_and_without_its_kernels(monkeypatch
     assert max(len(decision.candidates) for decision in joined) >= 3
 
 
-@requires_kernels
-def test_the_propose_benchmark_times_the_kernels_against_numpy():
-    """``benchmarks/propose.py --against-numpy``: this tree with and without its compiled
-    kernels, on one window, making the same decisions."""
+def propose_benchmark(*arguments: str) -> dict:
+    """The last line (JSON) of ``benchmarks/propose.py`` on a small window."""
     import json
     import subprocess
     import sys
@@ -991,10 +989,17 @@ def test_the_propose_benchmark_times_the_kernels_against_numpy():
     from conftest import ROOT
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "propose.py"), "--against-numpy",
+        [sys.executable, str(ROOT / "benchmarks" / "propose.py"), *arguments,
          "--window", "300", "--probe", "40", "--rounds", "2"],
         capture_output=True, text=True, check=True, timeout=300)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@requires_kernels
+def test_the_propose_benchmark_times_the_kernels_against_numpy():
+    """``benchmarks/propose.py --against-numpy``: this tree with and without its compiled
+    kernels, on one window, making the same decisions."""
+    result = propose_benchmark("--against-numpy")
     assert result["same_decisions"] is True
     assert result["against_ms_per_article"]["median_ms"] > 0
 
@@ -1008,10 +1013,6 @@ def test_the_propose_benchmark_times_another_checkout_and_compares_decisions(tmp
     """``benchmarks/propose.py --against`` runs another checkout's clusterer methods on the
     same window: the decisions agree with an unchanged copy, and a change that alters them
     (fewer candidates reported) is caught."""
-    import json
-    import subprocess
-    import sys
-
     from conftest import ROOT
 
     source = (ROOT / "aggregator" / "cluster.py").read_text()
@@ -1020,11 +1021,7 @@ def test_the_propose_benchmark_times_another_checkout_and_compares_decisions(tmp
         source = source.replace(change[0], change[1])
     (tmp_path / "aggregator").mkdir()
     (tmp_path / "aggregator" / "cluster.py").write_text(source)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "propose.py"), "--against", str(tmp_path),
-         "--window", "300", "--probe", "40", "--rounds", "2"],
-        capture_output=True, text=True, check=True, timeout=300)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = propose_benchmark("--against", str(tmp_path))
     assert result["same_decisions"] is same
     assert result["window_articles"] == 300 and result["probe"] == 40
 
