@@ -1,10 +1,13 @@
 /* The clusterer's hot loops in compiled code: the band index's look-ups, the ranking from
- * the slots found for an article's salient signature to its closest stories, and the
- * cosines of the article with their members, term by term.
+ * the slots found for an article's salient signature to its closest stories, the cosines
+ * of the article with their members, term by term; and in the fingerprint, the TF-IDF
+ * weights of an article's terms and the choice of the strongest.
  *
- * Each function gives exactly what its numpy counterpart gives (``index.band_matches_numpy``,
- * ``Clusterer._closest_story_rows_numpy``, ``Clusterer._term_products_numpy``), which stays
- * the reference and runs where this module was not built; the tests hold the two equal.
+ * Each function gives exactly what its numpy or Python counterpart gives
+ * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
+ * ``Clusterer._term_products_numpy``, ``fingerprint.log_tf_idf_python``,
+ * ``fingerprint.strongest_python``), which stays the reference and runs where this module
+ * was not built; the tests hold the two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
  * elements, these make one pass (aggregator/native.py has what it saves).
  *
@@ -15,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -562,11 +566,215 @@ static PyObject *band_matches(PyObject *module, PyObject *const *args, Py_ssize_
     return found;
 }
 
+static const char *weights_doc =
+    "log_tf_idf(counts, frequency, priors, numerator, prior_docs, out) -> None\n\n"
+    "``out[i] = (1 + log(counts[i])) * log(numerator / (frequency[i] + prior_docs *\n"
+    "priors[i] + 0.5))`` for each term (counts, priors and out float64, frequency int32),\n"
+    "each operation in that order and each logarithm the C library's, as ``math.log``\n"
+    "computes it.";
+
+/* ``fingerprint.term_weights``'s arithmetic, one term at a time: it took two Python-level
+ * ``math.log`` calls a term.  The operations are those numpy does, in its order, one
+ * rounding each (the module is built without contracting a multiply and an add into
+ * one). */
+static PyObject *log_tf_idf(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("log_tf_idf", nargs, 6)) {
+        return NULL;
+    }
+    double numerator = PyFloat_AsDouble(args[3]);
+    double prior_docs = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[4];
+    memset(b, 0, sizeof b);
+    enum { COUNTS, FREQUENCY, PRIORS, OUT };
+    if (take(args[0], &b[COUNTS], 8, "d", 0, "counts") < 0
+            || take(args[1], &b[FREQUENCY], 4, "il", 0, "frequency") < 0
+            || take(args[2], &b[PRIORS], 8, "d", 0, "priors") < 0
+            || take(args[5], &b[OUT], 8, "d", 1, "out") < 0) {
+        release(b, 4);
+        return NULL;
+    }
+    Py_ssize_t count = b[COUNTS].view.len / 8;
+    if (b[FREQUENCY].view.len / 4 != count || b[PRIORS].view.len / 8 != count
+            || b[OUT].view.len / 8 != count) {
+        release(b, 4);
+        PyErr_SetString(PyExc_ValueError,
+                        "log_tf_idf: counts, frequency, priors and out differ in length");
+        return NULL;
+    }
+    const double *counts = b[COUNTS].view.buf;
+    const int32_t *frequency = b[FREQUENCY].view.buf;
+    const double *priors = b[PRIORS].view.buf;
+    double *out = b[OUT].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double ratio = numerator / ((double)frequency[i] + prior_docs * priors[i] + 0.5);
+        /* math.log refuses what is not positive: so does this, naming the term. */
+        if (!(counts[i] > 0.0) || !(ratio > 0.0) || isinf(counts[i]) || isinf(ratio)) {
+            release(b, 4);
+            PyErr_Format(PyExc_ValueError, "log_tf_idf: term %zd: its count or its ratio is "
+                         "not positive and finite", i);
+            return NULL;
+        }
+        out[i] = (1.0 + log(counts[i])) * log(ratio);
+    }
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
+/* What ``strongest``'s sort compares: set for one call, which holds the interpreter lock
+ * throughout and compares exact str objects only (no Python code runs meanwhile). */
+static const double *strongest_values;
+static PyObject *const *strongest_terms;
+
+/* Larger value first; equal values by term, then by position (``sorted`` is stable). */
+static int stronger_first(const void *a, const void *b) {
+    Py_ssize_t i = *(const Py_ssize_t *)a, j = *(const Py_ssize_t *)b;
+    double x = strongest_values[i], y = strongest_values[j];
+    if (x != y) {
+        return x > y ? -1 : 1;
+    }
+    int order = PyUnicode_Compare(strongest_terms[i], strongest_terms[j]);
+    if (order != 0) {
+        return order;
+    }
+    return (i > j) - (i < j);
+}
+
+/* The value that ``np.partition(values, k)[k]`` gives: the k-th smallest (from 0), by
+ * Wirth's selection (``values`` is reordered). */
+static double kth_smallest(double *values, Py_ssize_t count, Py_ssize_t k) {
+    Py_ssize_t low = 0, high = count - 1;
+    while (low < high) {
+        double pivot = values[k];
+        Py_ssize_t i = low, j = high;
+        do {
+            while (values[i] < pivot) {
+                i++;
+            }
+            while (pivot < values[j]) {
+                j--;
+            }
+            if (i <= j) {
+                double swap = values[i];
+                values[i] = values[j];
+                values[j] = swap;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < k) {
+            low = i;
+        }
+        if (k < i) {
+            high = j;
+        }
+    }
+    return values[k];
+}
+
+static const char *strongest_doc =
+    "strongest(values, terms, limit) -> list\n\n"
+    "The positions of the ``limit`` largest ``values`` (float64, no NaN), largest first,\n"
+    "equal values in the order of their ``terms`` (a list of str, one per value): what\n"
+    "``sorted(range(len(values)), key=lambda i: (-values[i], terms[i]))[:limit]`` gives.";
+
+static PyObject *strongest(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("strongest", nargs, 3)) {
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "strongest: terms must be a list of str");
+        return NULL;
+    }
+    Buffer b[1];
+    memset(b, 0, sizeof b);
+    if (take(args[0], &b[0], 8, "d", 0, "values") < 0) {
+        release(b, 1);
+        return NULL;
+    }
+    const double *values = b[0].view.buf;
+    Py_ssize_t count = b[0].view.len / 8;
+    PyObject *const *terms = ((PyListObject *)args[1])->ob_item;
+    if (PyList_GET_SIZE(args[1]) != count) {
+        release(b, 1);
+        PyErr_Format(PyExc_ValueError, "strongest: %zd values but %zd terms", count,
+                     PyList_GET_SIZE(args[1]));
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyUnicode_CheckExact(terms[i])) {
+            release(b, 1);
+            PyErr_Format(PyExc_TypeError, "strongest: term %zd is not a str", i);
+            return NULL;
+        }
+        if (isnan(values[i])) {
+            release(b, 1);
+            PyErr_Format(PyExc_ValueError, "strongest: value %zd is NaN", i);
+            return NULL;
+        }
+    }
+    if (limit < 0) {
+        limit = 0;
+    }
+    double *scratch = PyMem_Malloc(sizeof(double) * (size_t)(count ? count : 1));
+    Py_ssize_t *chosen = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    if (scratch == NULL || chosen == NULL) {
+        PyMem_Free(scratch);
+        PyMem_Free(chosen);
+        release(b, 1);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t contenders = 0;
+    if (limit > 0 && limit < count) {
+        /* Only the values that can make the cut are sorted. */
+        memcpy(scratch, values, sizeof(double) * (size_t)count);
+        double cut = kth_smallest(scratch, count, count - limit);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (values[i] >= cut) {
+                chosen[contenders++] = i;
+            }
+        }
+    } else if (limit > 0) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            chosen[contenders++] = i;
+        }
+    }
+    strongest_values = values;
+    strongest_terms = terms;
+    qsort(chosen, (size_t)contenders, sizeof(Py_ssize_t), stronger_first);
+    strongest_values = NULL;
+    strongest_terms = NULL;
+    Py_ssize_t taken = contenders < limit ? contenders : limit;
+    PyObject *positions = PyList_New(taken);
+    for (Py_ssize_t i = 0; positions != NULL && i < taken; i++) {
+        PyObject *position = PyLong_FromSsize_t(chosen[i]);
+        if (position == NULL) {
+            Py_CLEAR(positions);
+            break;
+        }
+        PyList_SET_ITEM(positions, i, position);
+    }
+    PyMem_Free(scratch);
+    PyMem_Free(chosen);
+    release(b, 1);
+    return positions;
+}
+
 static PyMethodDef methods[] = {
     {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
      NULL},
     {"term_products", (PyCFunction)(void (*)(void))term_products, METH_FASTCALL, NULL},
     {"band_matches", (PyCFunction)(void (*)(void))band_matches, METH_FASTCALL, NULL},
+    {"log_tf_idf", (PyCFunction)(void (*)(void))log_tf_idf, METH_FASTCALL, NULL},
+    {"strongest", (PyCFunction)(void (*)(void))strongest, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -580,5 +788,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[0].ml_doc = closest_doc;
     methods[1].ml_doc = products_doc;
     methods[2].ml_doc = matches_doc;
+    methods[3].ml_doc = weights_doc;
+    methods[4].ml_doc = strongest_doc;
     return PyModule_Create(&module);
 }

@@ -37,6 +37,7 @@ import Stemmer
 import wordfreq
 
 from .memory import enlarge
+from .native import kernels
 from .normalize import ascii_folded
 
 log = logging.getLogger(__name__)
@@ -673,13 +674,8 @@ def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
         counts, ids = counts[positive], ids[positive]
     if not terms:
         return [], np.zeros(0), ids[:0]
-    frequency = stats.frequencies_of(ids).astype(np.float64)
-    ratio = (stats.documents + stats.prior_docs) / (
-        frequency + stats.prior_docs * stats.priors_of(ids, terms) + 0.5)
-    log = math.log
-    weights = (1.0 + np.fromiter(map(log, counts.tolist()), dtype=np.float64,
-                                 count=len(terms))) * np.fromiter(
-        map(log, ratio.tolist()), dtype=np.float64, count=len(terms))
+    weights = log_tf_idf(counts, stats.frequencies_of(ids), stats.priors_of(ids, terms),
+                         stats.documents + stats.prior_docs, stats.prior_docs)
     weighty = weights > 0
     if weighty.all():
         return terms, weights, ids
@@ -687,10 +683,44 @@ def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
             weights[weighty], ids[weighty])
 
 
+def log_tf_idf(counts: np.ndarray, frequency: np.ndarray, priors: np.ndarray,
+               numerator: float, prior_docs: float) -> np.ndarray:
+    """``(1 + log(count)) * log(numerator / (frequency + prior_docs * prior + 0.5))`` of
+    each term: compiled where the package was built with a C compiler
+    (``kernels.log_tf_idf``, the same operations and the C library's logarithm, as
+    ``math.log`` computes it); ``log_tf_idf_python`` is the reference."""
+    if kernels is None:
+        return log_tf_idf_python(counts, frequency, priors, numerator, prior_docs)
+    weights = np.empty(len(counts))
+    kernels.log_tf_idf(np.ascontiguousarray(counts, dtype=np.float64),
+                       np.ascontiguousarray(frequency, dtype=np.int32),
+                       np.ascontiguousarray(priors, dtype=np.float64),
+                       float(numerator), float(prior_docs), weights)
+    return weights
+
+
+def log_tf_idf_python(counts: np.ndarray, frequency: np.ndarray, priors: np.ndarray,
+                      numerator: float, prior_docs: float) -> np.ndarray:
+    ratio = numerator / (frequency.astype(np.float64) + prior_docs * priors + 0.5)
+    log = math.log
+    return (1.0 + np.fromiter(map(log, counts.tolist()), dtype=np.float64,
+                              count=len(counts))) * np.fromiter(
+        map(log, ratio.tolist()), dtype=np.float64, count=len(counts))
+
+
 def strongest(terms: list[str], values: np.ndarray, limit: int) -> list[int]:
     """The positions of the ``limit`` largest values, largest first, equal values in order of
     their terms: ``sorted`` by ``(-value, term)``, cut at ``limit``, but only the few values
-    that can make the cut are sorted."""
+    that can make the cut are sorted.  Compiled where the package was built with a C
+    compiler (``kernels.strongest``); ``strongest_python`` is the reference."""
+    if kernels is None:
+        return strongest_python(terms, values, limit)
+    return kernels.strongest(np.ascontiguousarray(values, dtype=np.float64), terms, limit)
+
+
+def strongest_python(terms: list[str], values: np.ndarray, limit: int) -> list[int]:
+    if limit <= 0:
+        return []
     if limit < len(values):
         cut = np.partition(values, len(values) - limit)[len(values) - limit]
         contenders = np.flatnonzero(values >= cut).tolist()

@@ -9,10 +9,16 @@ when they are missing; the tests hold the two equal:
 * ``closest_story_rows``: from the slots found to the closest stories
   (``Clusterer.closest_story_rows``);
 * ``term_products``: an article's cosines with the members of those stories, term by term
-  (``Clusterer._term_products``).
+  (``Clusterer._term_products``);
+* ``log_tf_idf``: the TF-IDF weights of an article's terms (``fingerprint.log_tf_idf``;
+  the C library's logarithm, as ``math.log`` computes it, where numpy's may differ by an
+  ulp and move a decision);
+* ``strongest``: the strongest terms of an article, ties broken by name
+  (``fingerprint.strongest``: its salient terms and its vector).
 
-Together they take the clusterer's decision from about 0.98 to 0.59 ms an article in a
-30,000-article window (``benchmarks/propose.py --against-numpy``; docs/performance.md).
+The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
+30,000-article window, the last two the fingerprint and vector from 0.29 to 0.20 ms
+(``benchmarks/propose.py --against-numpy [--step fingerprint]``; docs/performance.md).
 """
 
 from __future__ import annotations

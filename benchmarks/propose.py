@@ -18,8 +18,17 @@ The other checkout's methods run on this tree's window, so they must read it as 
 same attributes): the tool is for changes to how the clusterer decides, not to what it holds.
 They also run on this tree's band index, whose look-ups are compiled where this tree's are.
 ``--against-numpy`` times this tree with its compiled kernels (``aggregator/native.py``)
-against this tree without them.  Without either only this tree is timed.  The last line
-printed is one JSON object.
+against this tree without them.  Without either only this tree is timed.
+
+``--step fingerprint`` times the writer's step before the decision instead: each probe's
+fingerprint under the window's statistics (``fingerprint_of``: term numbers, priors, TF-IDF
+weights, salient terms and their signature) and its vector (``Clusterer.vector``); the
+results of the two versions must be equal to the last bit.  It takes ``--against-numpy``
+or nothing.
+
+    python benchmarks/propose.py --against-numpy --step fingerprint
+
+The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -39,10 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 
-from aggregator import cluster, index  # noqa: E402
+from aggregator import cluster, fingerprint, index  # noqa: E402
 from aggregator.cluster import ClusterArticle, Clusterer  # noqa: E402
 from aggregator.config import ClusteringSettings  # noqa: E402
-from aggregator.fingerprint import fingerprint_of  # noqa: E402
 from aggregator.pipeline import prepare_entries  # noqa: E402
 
 
@@ -74,10 +82,14 @@ def main() -> None:
                         help="the articles after them, proposed in each round")
     parser.add_argument("--rounds", type=int, default=8, help="rounds per version")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--step", choices=("propose", "fingerprint"), default="propose",
+                        help="the step timed (default propose)")
     args = parser.parse_args()
 
     if args.against and args.against_numpy:
         parser.error("--against and --against-numpy: one of them")
+    if args.against and args.step == "fingerprint":
+        parser.error("--step fingerprint: with --against-numpy or alone")
     kernels = cluster.kernels
     if args.against_numpy and kernels is None:
         parser.error("--against-numpy: this tree was built without its compiled kernels")
@@ -99,25 +111,46 @@ def main() -> None:
             stored += len(chunk)
         clusterer, settings = aggregator.clusterer, aggregator.settings
         prepare = aggregator._prepare_settings()
+        def fingerprint_of(features):
+            return fingerprint.fingerprint_of(features, clusterer.stats, aggregator.signer,
+                                              settings.salient_terms)
+
         probes = []
         for article in islice(articles, args.probe):
             prepared = prepare_entries((article.entry,), article.source,
                                        article.entry.published, prepare)
             normalized, features = prepared.articles[0], prepared.features[0]
-            probes.append((article.source, normalized, fingerprint_of(
-                features, clusterer.stats, aggregator.signer, settings.salient_terms)))
+            probes.append((article.source, normalized, features, fingerprint_of(features)))
+
+        def candidate(source, normalized, article_print) -> ClusterArticle:
+            return ClusterArticle(None, source, 0, normalized.published.timestamp(),
+                                  normalized.author is not None, article_print,
+                                  dated=normalized.has_published)
 
         def propose_all() -> list:
-            return [clusterer.propose(ClusterArticle(
-                None, source, 0, normalized.published.timestamp(),
-                normalized.author is not None, fingerprint, dated=normalized.has_published))
-                for source, normalized, fingerprint in probes]
+            return [astuple(clusterer.propose(candidate(source, normalized, article_print)))
+                    for source, normalized, _features, article_print in probes]
+
+        def fingerprint_all() -> list:
+            # Nothing is committed, so the statistics are the same in every round; the
+            # first round numbered and learned the probes' new terms.
+            done = []
+            for source, normalized, features, _print in probes:
+                article_print = fingerprint_of(features)
+                ids, weights = clusterer.vector(candidate(source, normalized, article_print))
+                done.append((article_print.salient, article_print.term_ids.tobytes(),
+                             article_print.weights.tobytes(),
+                             article_print.weighted_ids.tobytes(),
+                             article_print.salient_signature.tobytes(), ids, weights))
+            return done
+
+        step = propose_all if args.step == "propose" else fingerprint_all
 
         def use(name: str) -> None:
             methods, compiled = versions[name]
             for attribute, value in methods.items():
                 setattr(Clusterer, attribute, value)
-            cluster.kernels = index.kernels = compiled
+            cluster.kernels = index.kernels = fingerprint.kernels = compiled
 
         seconds: dict[str, list[float]] = {name: [] for name in versions}
         decisions: dict[str, list] = {}
@@ -125,13 +158,13 @@ def main() -> None:
             # A first round each, untimed: what a version works out once is not timed.
             for name in versions:
                 use(name)
-                decisions[name] = [astuple(decision) for decision in propose_all()]
+                decisions[name] = step()
             for round_number in range(args.rounds):
                 order = list(versions) if round_number % 2 == 0 else list(reversed(versions))
                 for name in order:
                     use(name)
                     started = time.perf_counter()
-                    propose_all()
+                    step()
                     seconds[name].append(time.perf_counter() - started)
         finally:
             use("this")
@@ -145,12 +178,12 @@ def main() -> None:
                          "median_ms": round(spent[len(spent) // 2] / args.probe * 1000, 4)}
         print(f"{name:8s} {figures[name]['median_ms']:.4f} ms an article (median of "
               f"{len(spent)} rounds; fastest {figures[name]['min_ms']:.4f})")
-    result = {"window_articles": window, "probe": args.probe, "rounds": args.rounds,
-              "ms_per_article": figures["this"]}
+    result = {"step": args.step, "window_articles": window, "probe": args.probe,
+              "rounds": args.rounds, "ms_per_article": figures["this"]}
     if "against" in figures:
         same = decisions["this"] == decisions["against"]
         ratio = figures["against"]["median_ms"] / figures["this"]["median_ms"]
-        print(f"against / this: {ratio:.3f}; the same decisions: {same}")
+        print(f"against / this: {ratio:.3f}; the same results: {same}")
         result.update(against_ms_per_article=figures["against"], speedup=round(ratio, 3),
                       same_decisions=same)
     print(json.dumps(result))

@@ -969,11 +969,13 @@ def stream_with_many_candidates(count: int, seed: int) -> list[tuple]:
 def test_the_clusterer_decides_the_same_with_and_without_its_kernels(monkeypatch):
     """End to end: the same stream, with the compiled kernels and with numpy alone, gives
     the same decisions, scores and outcomes."""
+    from aggregator import fingerprint as fingerprint_module
     from aggregator import index as index_module
 
     compiled = stream_with_many_candidates(400, seed=11)
     monkeypatch.setattr(cluster_module, "kernels", None)
     monkeypatch.setattr(index_module, "kernels", None)
+    monkeypatch.setattr(fingerprint_module, "kernels", None)
     assert stream_with_many_candidates(400, seed=11) == compiled
     joined = [decision for decision, _outcome in compiled if decision.story_id is not None]
     assert len(joined) > 40  # the stream does join articles into stories
@@ -996,10 +998,13 @@ def propose_benchmark(*arguments: str) -> dict:
 
 
 @requires_kernels
-def test_the_propose_benchmark_times_the_kernels_against_numpy():
+@pytest.mark.parametrize("step", ["propose", "fingerprint"])
+def test_the_propose_benchmark_times_the_kernels_against_numpy(step):
     """``benchmarks/propose.py --against-numpy``: this tree with and without its compiled
-    kernels, on one window, making the same decisions."""
-    result = propose_benchmark("--against-numpy")
+    kernels, on one window, making the same decisions (or, ``--step fingerprint``, the
+    same fingerprints and vectors)."""
+    result = propose_benchmark("--against-numpy", "--step", step)
+    assert result["step"] == step
     assert result["same_decisions"] is True
     assert result["against_ms_per_article"]["median_ms"] > 0
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from conftest import SEEDS
+from conftest import SEEDS, requires_kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +20,11 @@ from aggregator.fingerprint import (
     count_words,
     first_surface_words,
     given_priors,
+    log_tf_idf_python,
     normalised_positions,
     prior_document_fraction,
     salient_terms,
+    strongest_python,
     term_of,
     term_weights,
     tokenize,
@@ -459,3 +461,76 @@ def test_statistics_loaded_whole_never_ask_the_store():
     stats.restore_recent(3, 3, [(1, "alpha", 2, 0.01, 2), (2, "beta", 1, 0.01, 1)],
                          complete=True)
     assert stats.ids_of(["alpha", "new"]).tolist() == [1, 3]
+
+
+@requires_kernels
+@pytest.mark.parametrize(("terms", "documents", "prior_docs", "seed"), [
+    (0, 0, 2000.0, 1),  # an article of no term
+    (1, 0, 2000.0, 2),  # the first article: every frequency 0
+    (300, 5_000, 2000.0, 3),
+    (300, 5_000_000, 1.0, 4),  # almost no prior
+    (1000, 123_457, 10, 5),  # a prior of an int, as TermStatistics may be given
+])
+def test_the_compiled_weights_are_the_python_ones_to_the_last_bit(terms, documents,
+                                                                   prior_docs, seed):
+    generator = np.random.default_rng(seed)
+    # Title terms count title_weight times; phrases a fraction of a word.
+    counts = generator.choice([1.0, 2.0, 3.0, 4.5, 0.3, 17.0], terms)
+    frequency = generator.integers(0, max(1, documents), terms, dtype=np.int32)
+    priors = generator.choice([1e-9, 1e-5, 0.003, 0.2, 0.9], terms) * generator.random(terms)
+    numerator = documents + prior_docs
+    compiled = fingerprint_module.log_tf_idf(counts, frequency, priors, numerator, prior_docs)
+    reference = log_tf_idf_python(counts, frequency, priors, numerator, prior_docs)
+    assert compiled.tobytes() == reference.tobytes()
+
+
+@requires_kernels
+@pytest.mark.parametrize(("values", "limit"), [
+    ([], 5),
+    ([0.5], 1),
+    ([0.5, 0.25], 0),
+    ([0.1, 0.4, 0.3, 0.2], 2),
+    ([0.1, 0.4, 0.3, 0.2], 4),  # as many as there are: all, sorted
+    ([0.1, 0.4, 0.3, 0.2], 9),
+    ([0.3, 0.3, 0.3, 0.1, 0.3], 2),  # ties at the cut: the terms decide
+    ([0.2] * 40, 7),  # all equal
+    ([0.0, -0.0, 0.0, 1.0], 3),  # zeros of both signs are equal
+    ("random", 24),
+    ("random", 60),
+    ("ties", 24),
+])
+def test_the_compiled_choice_of_strongest_terms_is_pythons(values, limit):
+    generator = np.random.default_rng(len(str(values)) + limit)
+    if values == "random":
+        values = generator.random(300).tolist()
+    elif values == "ties":
+        values = generator.choice([0.1, 0.2, 0.3], 300).tolist()
+    # Names in an order of their own: a tie must be broken by name, not by position.
+    terms = [f"t{number}" for number in generator.permutation(len(values))]
+    array = np.array(values, dtype=np.float64)
+    assert fingerprint_module.strongest(terms, array, limit) == strongest_python(terms, array,
+                                                                                 limit)
+
+
+@requires_kernels
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda k: k.strongest(np.array([0.1, np.nan]), ["a", "b"], 1), ValueError,
+     "value 1 is NaN"),
+    (lambda k: k.strongest(np.array([0.1, 0.2]), ["a", 2], 1), TypeError,
+     "term 1 is not a str"),
+    (lambda k: k.strongest(np.array([0.1, 0.2]), ["a"], 1), ValueError,
+     "2 values but 1 terms"),
+    (lambda k: k.strongest(np.array([1, 2]), ["a", "b"], 1), TypeError, "values"),
+    (lambda k: k.log_tf_idf(np.array([1.0, 0.0]), np.zeros(2, dtype=np.int32),
+                            np.full(2, 0.1), 10.0, 2.0, np.empty(2)), ValueError,
+     "term 1: its count"),
+    (lambda k: k.log_tf_idf(np.array([1.0]), np.zeros(2, dtype=np.int32), np.full(2, 0.1),
+                            10.0, 2.0, np.empty(2)), ValueError, "differ in length"),
+    (lambda k: k.log_tf_idf(np.array([1.0]), np.zeros(1, dtype=np.int64), np.full(1, 0.1),
+                            10.0, 2.0, np.empty(1)), TypeError, "frequency"),
+])
+def test_the_compiled_fingerprint_steps_refuse_what_they_cannot_read(call, error, message):
+    from aggregator.native import kernels
+
+    with pytest.raises(error, match=message):
+        call(kernels)
