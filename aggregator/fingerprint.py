@@ -715,7 +715,8 @@ def strongest(terms: list[str], values: np.ndarray, limit: int) -> list[int]:
     compiler (``kernels.strongest``); ``strongest_python`` is the reference."""
     if kernels is None:
         return strongest_python(terms, values, limit)
-    return kernels.strongest(np.ascontiguousarray(values, dtype=np.float64), terms, limit)
+    return kernels.strongest(np.ascontiguousarray(values, dtype=np.float64),
+                             terms if type(terms) is list else list(terms), limit)
 
 
 def strongest_python(terms: list[str], values: np.ndarray, limit: int) -> list[int]:

@@ -508,8 +508,9 @@ def test_the_compiled_choice_of_strongest_terms_is_pythons(values, limit):
     # Names in an order of their own: a tie must be broken by name, not by position.
     terms = [f"t{number}" for number in generator.permutation(len(values))]
     array = np.array(values, dtype=np.float64)
-    assert fingerprint_module.strongest(terms, array, limit) == strongest_python(terms, array,
-                                                                                 limit)
+    chosen = strongest_python(terms, array, limit)
+    assert fingerprint_module.strongest(terms, array, limit) == chosen
+    assert fingerprint_module.strongest(tuple(terms), array, limit) == chosen
 
 
 @requires_kernels
