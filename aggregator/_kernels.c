@@ -190,8 +190,8 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         }
     }
     Py_ssize_t live = 0;
-    Py_ssize_t *by_bands = calloc((size_t)most_bands + 1, sizeof(Py_ssize_t));
-    Py_ssize_t *by_values = calloc((size_t)width + 2, sizeof(Py_ssize_t));
+    Py_ssize_t *by_bands = PyMem_Calloc((size_t)most_bands + 1, sizeof(Py_ssize_t));
+    Py_ssize_t *by_values = PyMem_Calloc((size_t)width + 2, sizeof(Py_ssize_t));
     if (by_bands == NULL || by_values == NULL) {
         for (Py_ssize_t i = 0; i < distinct; i++) {
             band_counts[ranked[i].slot] = 0;
@@ -291,8 +291,8 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         }
     }
 done:
-    free(by_bands);
-    free(by_values);
+    PyMem_Free(by_bands);
+    PyMem_Free(by_values);
     PyMem_Free(ranked);
     PyMem_Free(ordered);
     PyMem_Free(taken);

@@ -111,6 +111,7 @@ def main() -> None:
             stored += len(chunk)
         clusterer, settings = aggregator.clusterer, aggregator.settings
         prepare = aggregator._prepare_settings()
+
         def fingerprint_of(features):
             return fingerprint.fingerprint_of(features, clusterer.stats, aggregator.signer,
                                               settings.salient_terms)
