@@ -1,12 +1,13 @@
 /* The clusterer's hot loops in compiled code: the band index's look-ups, the ranking from
  * the slots found for an article's salient signature to its closest stories, the cosines
  * of the article with their members, term by term; and in the fingerprint, the TF-IDF
- * weights of an article's terms and the choice of the strongest.
+ * weights of an article's terms and the choice of the strongest; and the band index's table
+ * of recent insertions.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
  * ``Clusterer._term_products_numpy``, ``fingerprint.log_tf_idf_python``,
- * ``fingerprint.strongest_python``), which stays the reference and runs where this module
+ * ``fingerprint.strongest_python``, ``index.RecentBuckets``), which stays the reference and runs where this module
  * was not built; the tests hold the two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
  * elements, these make one pass (aggregator/native.py has what it saves).
@@ -768,6 +769,157 @@ static PyObject *strongest(PyObject *module, PyObject *const *args, Py_ssize_t n
     return positions;
 }
 
+/* The band index's recent insertions, in insertion order, chained by key: ``keys`` and
+ * ``slots`` hold the entries, ``next`` the entry after each in its bucket's chain (-1 at
+ * the end), ``heads`` and ``tails`` the first and the last entry of each bucket (-1 when
+ * empty; their length a power of two).  A key is already a mixed hash, so its low bits
+ * choose its bucket.  In a dict of lists the same entries cost a probe, a list and two
+ * integer objects each, most of them cache misses in a table of thousands of keys. */
+static const char *recent_insert_doc =
+    "recent_insert(keys, slots, next, heads, tails, count, new_keys, new_slots) -> int\n\n"
+    "Append ``new_keys`` (uint32; ``len(new_keys) / len(new_slots)`` keys a slot, slot by\n"
+    "slot) with their ``new_slots`` (int32) to the table's first ``count`` entries; returns\n"
+    "the new count.";
+
+static PyObject *recent_insert(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("recent_insert", nargs, 8)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[5]);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[7];
+    memset(b, 0, sizeof b);
+    enum { KEYS, SLOTS, NEXT, HEADS, TAILS, NEW_KEYS, NEW_SLOTS };
+    if (take(args[0], &b[KEYS], 4, "IL", 1, "keys") < 0
+            || take(args[1], &b[SLOTS], 4, "il", 1, "slots") < 0
+            || take(args[2], &b[NEXT], 4, "il", 1, "next") < 0
+            || take(args[3], &b[HEADS], 4, "il", 1, "heads") < 0
+            || take(args[4], &b[TAILS], 4, "il", 1, "tails") < 0
+            || take(args[6], &b[NEW_KEYS], 4, "IL", 0, "new_keys") < 0
+            || take(args[7], &b[NEW_SLOTS], 4, "il", 0, "new_slots") < 0) {
+        release(b, 7);
+        return NULL;
+    }
+    uint32_t *keys = b[KEYS].view.buf;
+    int32_t *slots = b[SLOTS].view.buf, *next = b[NEXT].view.buf;
+    int32_t *heads = b[HEADS].view.buf, *tails = b[TAILS].view.buf;
+    const uint32_t *new_keys = b[NEW_KEYS].view.buf;
+    const int32_t *new_slots = b[NEW_SLOTS].view.buf;
+    Py_ssize_t capacity = b[KEYS].view.len / 4, buckets = b[HEADS].view.len / 4;
+    Py_ssize_t added = b[NEW_KEYS].view.len / 4, slot_count = b[NEW_SLOTS].view.len / 4;
+    const char *problem = NULL;
+    if (b[SLOTS].view.len / 4 < capacity || b[NEXT].view.len / 4 < capacity) {
+        problem = "fewer slots or links than keys";
+    } else if (buckets == 0 || (buckets & (buckets - 1)) || b[TAILS].view.len / 4 != buckets) {
+        problem = "heads and tails must have one power-of-two length";
+    } else if (slot_count == 0 ? added != 0 : added % slot_count != 0) {
+        problem = "the new keys are not a whole number for each new slot";
+    } else if (count < 0 || count > capacity || added > capacity - count) {
+        problem = "the table is full";
+    } else if (capacity > INT32_MAX) {
+        problem = "more entries than int32 links can reach";
+    }
+    if (problem != NULL) {
+        release(b, 7);
+        PyErr_Format(PyExc_ValueError, "recent_insert: %s", problem);
+        return NULL;
+    }
+    Py_ssize_t per_slot = slot_count ? added / slot_count : 0;
+    uint32_t mask = (uint32_t)(buckets - 1);
+    for (Py_ssize_t i = 0; i < added; i++) {
+        int32_t entry = (int32_t)count++;
+        uint32_t key = new_keys[i];
+        keys[entry] = key;
+        slots[entry] = new_slots[i / per_slot];
+        next[entry] = -1;
+        uint32_t bucket = key & mask;
+        if (heads[bucket] < 0) {
+            heads[bucket] = entry;
+        } else {
+            next[tails[bucket]] = entry;
+        }
+        tails[bucket] = entry;
+    }
+    release(b, 7);
+    return PyLong_FromSsize_t(count);
+}
+
+static const char *recent_matches_doc =
+    "recent_matches(keys, slots, next, heads, wanted) -> bytes\n\n"
+    "The slots of the table's entries whose key equals one of ``wanted`` (uint32): for each\n"
+    "wanted key in turn, its entries in the order they were inserted; as int32 values in a\n"
+    "bytes object.";
+
+static PyObject *recent_matches(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("recent_matches", nargs, 5)) {
+        return NULL;
+    }
+    Buffer b[5];
+    memset(b, 0, sizeof b);
+    enum { KEYS, SLOTS, NEXT, HEADS, WANTED };
+    if (take(args[0], &b[KEYS], 4, "IL", 0, "keys") < 0
+            || take(args[1], &b[SLOTS], 4, "il", 0, "slots") < 0
+            || take(args[2], &b[NEXT], 4, "il", 0, "next") < 0
+            || take(args[3], &b[HEADS], 4, "il", 0, "heads") < 0
+            || take(args[4], &b[WANTED], 4, "IL", 0, "wanted") < 0) {
+        release(b, 5);
+        return NULL;
+    }
+    const uint32_t *keys = b[KEYS].view.buf, *wanted = b[WANTED].view.buf;
+    const int32_t *slots = b[SLOTS].view.buf, *next = b[NEXT].view.buf;
+    const int32_t *heads = b[HEADS].view.buf;
+    Py_ssize_t capacity = b[KEYS].view.len / 4, buckets = b[HEADS].view.len / 4;
+    Py_ssize_t count = b[WANTED].view.len / 4;
+    if (b[SLOTS].view.len / 4 < capacity || b[NEXT].view.len / 4 < capacity
+            || buckets == 0 || (buckets & (buckets - 1))) {
+        release(b, 5);
+        PyErr_SetString(PyExc_ValueError, "recent_matches: not a table recent_insert made");
+        return NULL;
+    }
+    uint32_t mask = (uint32_t)(buckets - 1);
+    /* Counted first, then copied: the chains are short. */
+    Py_ssize_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        PyObject *found = NULL;
+        int32_t *out = NULL;
+        if (pass == 1) {
+            found = PyBytes_FromStringAndSize(NULL, total * 4);
+            if (found == NULL) {
+                release(b, 5);
+                return NULL;
+            }
+            out = (int32_t *)PyBytes_AS_STRING(found);
+        }
+        for (Py_ssize_t k = 0; k < count; k++) {
+            Py_ssize_t steps = 0;
+            for (int32_t entry = heads[wanted[k] & mask]; entry >= 0; entry = next[entry]) {
+                if (entry >= capacity || ++steps > capacity) {
+                    Py_XDECREF(found);
+                    release(b, 5);
+                    PyErr_SetString(PyExc_ValueError, "recent_matches: a chain that leaves the table");
+                    return NULL;
+                }
+                if (keys[entry] == wanted[k]) {
+                    if (pass == 0) {
+                        total++;
+                    } else {
+                        *out++ = slots[entry];
+                    }
+                }
+            }
+        }
+        if (pass == 1) {
+            release(b, 5);
+            return found;
+        }
+    }
+    return NULL; /* not reached */
+}
+
 static PyMethodDef methods[] = {
     {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
      NULL},
@@ -775,6 +927,8 @@ static PyMethodDef methods[] = {
     {"band_matches", (PyCFunction)(void (*)(void))band_matches, METH_FASTCALL, NULL},
     {"log_tf_idf", (PyCFunction)(void (*)(void))log_tf_idf, METH_FASTCALL, NULL},
     {"strongest", (PyCFunction)(void (*)(void))strongest, METH_FASTCALL, NULL},
+    {"recent_insert", (PyCFunction)(void (*)(void))recent_insert, METH_FASTCALL, NULL},
+    {"recent_matches", (PyCFunction)(void (*)(void))recent_matches, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -790,5 +944,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[2].ml_doc = matches_doc;
     methods[3].ml_doc = weights_doc;
     methods[4].ml_doc = strongest_doc;
+    methods[5].ml_doc = recent_insert_doc;
+    methods[6].ml_doc = recent_matches_doc;
     return PyModule_Create(&module);
 }

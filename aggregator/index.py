@@ -4,7 +4,7 @@ Two backends answer the same questions:
 
 * ``BandIndex`` (default): datasketch's banding (the same ``b`` bands of ``r`` rows that
   ``MinHashLSH`` picks for a threshold, by the same optimisation), kept in numpy arrays:
-  a sorted array of 32-bit band keys with the slot of each, plus a small dict of recent
+  a sorted array of 32-bit band keys with the slot of each, plus a small table of recent
   insertions that is merged in when it grows.  8 bytes per band per article, where a
   datasketch ``MinHashLSH`` in memory takes kilobytes.  Removal is lazy: a slot that has
   left the window is skipped by the caller and purged at the next compaction.
@@ -127,15 +127,110 @@ class SlotIndex(Protocol):
     def nbytes(self) -> int: ...
 
 
+class RecentBuckets:
+    """The band index's recent insertions as a dict of lists, key to slots: the reference
+    for ``RecentTable``, and what runs where the package was built without a C compiler."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[int]] = {}
+        self.count = 0
+
+    def insert(self, slots: np.ndarray, keys: np.ndarray) -> None:
+        """Add the rows of ``keys`` (one row of band keys for each of ``slots``)."""
+        buckets = self._buckets
+        for slot, row in zip(np.asarray(slots).tolist(), keys.tolist(), strict=True):
+            for key in row:
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [slot]
+                else:
+                    bucket.append(slot)
+        self.count += keys.size
+
+    def matches(self, wanted: np.ndarray) -> np.ndarray:
+        """The slots inserted with each of ``wanted`` in turn, each key's in the order
+        inserted (int32)."""
+        found: list[int] = []
+        for bucket in map(self._buckets.get, wanted.tolist()):
+            if bucket:
+                found += bucket
+        return np.asarray(found, dtype=np.int32)
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every insertion, sorted by key and among equal keys in the order inserted (keys,
+        slots), and the part emptied."""
+        buckets, self._buckets, self.count = self._buckets, {}, 0
+        sizes = [len(bucket) for bucket in buckets.values()]
+        keys = np.repeat(np.fromiter(buckets.keys(), dtype=KEY_DTYPE, count=len(buckets)),
+                         sizes)
+        slots = np.fromiter((s for bucket in buckets.values() for s in bucket),
+                            dtype=np.int32, count=len(keys))
+        keys, order = sorted_stably(keys)
+        return keys, slots[order]
+
+    def nbytes(self) -> int:
+        # A list, two integers and a dict entry for each insertion, about.
+        return 100 * self.count
+
+
+class RecentTable:
+    """``RecentBuckets`` in arrays kept by the compiled kernels (``recent_insert``,
+    ``recent_matches``): each insertion an entry in order, chained to the next of its
+    bucket.  The dict cost a probe, a list and two integer objects for each band key, most
+    of them cache misses in a table of thousands of keys; here the entries are written in
+    sequence, and a bucket's head and tail are 4 bytes each.  In the writer an article's
+    rows and index insertions took 0.08-0.09 ms with the table against 0.15-0.22 with the
+    dict (docs/performance.md)."""
+
+    def __init__(self, capacity: int) -> None:
+        # The kernels that keep the table, kept with it: its entries are theirs to read.
+        self._kernels = kernels
+        if self._kernels is None:
+            raise RuntimeError("RecentTable needs the compiled kernels (aggregator/native.py)")
+        self.count = 0
+        self._keys = np.empty(capacity, dtype=KEY_DTYPE)
+        self._slots = np.empty(capacity, dtype=np.int32)
+        self._next = np.empty(capacity, dtype=np.int32)
+        buckets = 1 << max(0, capacity - 1).bit_length()
+        self._heads = np.full(buckets, -1, dtype=np.int32)
+        self._tails = np.full(buckets, -1, dtype=np.int32)
+
+    def insert(self, slots: np.ndarray, keys: np.ndarray) -> None:
+        self.count = self._kernels.recent_insert(
+            self._keys, self._slots, self._next, self._heads, self._tails, self.count,
+            np.ascontiguousarray(keys, dtype=KEY_DTYPE).ravel(),
+            np.asarray(slots, dtype=np.int32))
+
+    def matches(self, wanted: np.ndarray) -> np.ndarray:
+        if not self.count:
+            return np.empty(0, dtype=np.int32)
+        return np.frombuffer(self._kernels.recent_matches(
+            self._keys, self._slots, self._next, self._heads,
+            np.ascontiguousarray(wanted, dtype=KEY_DTYPE)), dtype=np.int32)
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray]:
+        keys, order = sorted_stably(self._keys[:self.count])
+        slots = self._slots[:self.count][order]
+        self.count = 0
+        self._heads.fill(-1)
+        self._tails.fill(-1)
+        return keys, slots
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self._keys, self._slots, self._next, self._heads,
+                                      self._tails))
+
+
 class BandIndex:
     """MinHash LSH bands in sorted numpy arrays.
 
     Three parts, oldest first: the main run (sorted arrays), the middle run (smaller sorted
-    arrays) and a dict of the latest insertions.  The dict is merged into the middle run when
-    it grows, and the middle run into the main one once it holds a sixteenth of it: merging
-    moves every element of the run merged into, and merging each few hundred articles
-    straight into the main run cost time in proportion to the window (85 µs an article at
-    60,000 articles for the candidate index; 39 µs with the middle run).
+    arrays) and a table of the latest insertions (``RecentTable``, or ``RecentBuckets``
+    without the compiled kernels).  The table is merged into the middle run when it grows,
+    and the middle run into the main one once it holds a sixteenth of it: merging moves
+    every element of the run merged into, and merging each few hundred articles straight
+    into the main run cost time in proportion to the window (85 µs an article at 60,000
+    articles for the candidate index; 39 µs with the middle run).
 
     The main arrays keep spare capacity and are merged into and compacted in place, a block
     at a time: rebuilding them instead would hold a second copy of the index (about 37 MB at
@@ -162,8 +257,9 @@ class BandIndex:
         self._size = 0
         self._middle_keys = np.empty(0, dtype=KEY_DTYPE)
         self._middle_slots = np.empty(0, dtype=np.int32)
-        self._recent: dict[int, list[int]] = {}
-        self._recent_count = 0
+        # An insertion below ``merge_at`` keys may take the recent part to twice that.
+        self._recent: RecentBuckets | RecentTable = (
+            RecentBuckets() if kernels is None else RecentTable(2 * merge_at))
         self._merge_at = merge_at
         # A bulk load (a restart's chunks): each chunk sorted and cut into BULK_PARTS parts
         # by key range; the parts are merged in at first use.
@@ -194,16 +290,8 @@ class BandIndex:
             self._add_bulk(keys.ravel(), np.repeat(np.asarray(slots, dtype=np.int32),
                                                    self.bands))
             return
-        recent = self._recent
-        for slot, row in zip(np.asarray(slots).tolist(), keys.tolist(), strict=True):
-            for key in row:
-                bucket = recent.get(key)
-                if bucket is None:
-                    recent[key] = [slot]
-                else:
-                    bucket.append(slot)
-        self._recent_count += keys.size
-        if self._recent_count >= self._merge_at:
+        self._recent.insert(slots, keys)
+        if self._recent.count >= self._merge_at:
             self._merge()
 
     def _add_bulk(self, keys: np.ndarray, slots: np.ndarray) -> None:
@@ -255,16 +343,8 @@ class BandIndex:
         """The recent insertions into the middle run, and that into the main run when it
         has grown to its share."""
         self.merge_runs()
-        if self._recent:
-            sizes = [len(b) for b in self._recent.values()]
-            keys = np.repeat(np.fromiter(self._recent.keys(), dtype=KEY_DTYPE,
-                                         count=len(self._recent)), sizes)
-            slots = np.fromiter((s for b in self._recent.values() for s in b), dtype=np.int32,
-                                count=len(keys))
-            self._recent = {}
-            self._recent_count = 0
-            keys, order = sorted_stably(keys)
-            slots = slots[order]
+        if self._recent.count:
+            keys, slots = self._recent.drain()
             # After the equal keys already there, as in the main run: oldest first.
             at = np.searchsorted(self._middle_keys, keys, side="right")
             self._middle_keys = np.insert(self._middle_keys, at, keys)
@@ -320,13 +400,9 @@ class BandIndex:
                               (self._middle_keys, self._middle_slots)):
             if len(stored):
                 found.append(band_matches(stored, slots, keys))
-        # The recent part's buckets joined first: one array instead of one per bucket.
-        in_recent: list[int] = []
-        for bucket in map(self._recent.get, keys.tolist()):
-            if bucket:
-                in_recent += bucket
-        if in_recent:
-            found.append(np.asarray(in_recent, dtype=np.int32))
+        in_recent = self._recent.matches(keys)
+        if in_recent.size:
+            found.append(in_recent)
         if not found:
             return np.empty(0, dtype=np.int32)
         return np.concatenate(found)
@@ -352,9 +428,8 @@ class BandIndex:
     def nbytes(self) -> int:
         """What the index holds, spare capacity included."""
         self.merge_runs()
-        # A dict entry of the recent part costs about 100 bytes with its list.
         return (self._keys.nbytes + self._slots.nbytes + self._middle_keys.nbytes
-                + self._middle_slots.nbytes + 100 * self._recent_count)
+                + self._middle_slots.nbytes + self._recent.nbytes())
 
 
 class DatasketchIndex:

@@ -18,7 +18,9 @@ The other checkout's methods run on this tree's window, so they must read it as 
 same attributes): the tool is for changes to how the clusterer decides, not to what it holds.
 They also run on this tree's band index, whose look-ups are compiled where this tree's are.
 ``--against-numpy`` times this tree with its compiled kernels (``aggregator/native.py``)
-against this tree without them.  Without either only this tree is timed.
+against this tree without them; the band indexes' table of their newest keys
+(``index.RecentTable``) was built with the kernels and keeps them.  Without either only this
+tree is timed.
 
 ``--step fingerprint`` times the writer's step before the decision instead: each probe's
 fingerprint under the window's statistics (``fingerprint_of``: term numbers, priors, TF-IDF

@@ -17,6 +17,7 @@ from conftest import requires_kernels
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
+from aggregator import index as index_module
 from aggregator.cluster import ClusterArticle, Clusterer
 from aggregator.config import ClusteringSettings
 from aggregator.fingerprint import (
@@ -35,11 +36,14 @@ from aggregator.index import (
     KEY_DTYPE,
     BandIndex,
     DatasketchIndex,
+    RecentBuckets,
+    RecentTable,
     band_matches,
     band_matches_numpy,
     lsh_parameters,
     sorted_stably,
 )
+from aggregator.native import kernels
 from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors
 
 SIGNER = Signer(128)
@@ -267,8 +271,10 @@ def test_the_band_index_holds_eight_bytes_a_band_per_article_with_a_quarter_to_s
     index.merge_runs()
     entries = 2000 * index.bands
     assert index._size == entries
-    # A 4-byte key and a 4-byte slot an entry, and room for a quarter more entries.
-    assert index.nbytes() == 8 * (entries + entries // 4)
+    # A 4-byte key and a 4-byte slot an entry, and room for a quarter more entries; beside
+    # them the recent insertions' part, whose size does not grow with the window.
+    assert index.nbytes() - index._recent.nbytes() == 8 * (entries + entries // 4)
+    assert index._recent.nbytes() <= 1 << 20
 
 
 @pytest.mark.parametrize(("seed", "block", "distinct_keys"),
@@ -568,3 +574,87 @@ def test_a_large_candidate_set_keeps_the_slots_sharing_the_most_bands():
     kept = clusterer._candidate_slots(clusterer.candidate_index, base, limit=5)
     assert sorted(kept.tolist()) == [27, 28, 29, 30, 31]
     assert len(clusterer._candidate_slots(clusterer.candidate_index, base)) == 48
+
+
+@requires_kernels
+@pytest.mark.parametrize(("seed", "capacity", "distinct", "rows_per_insert", "bands"), [
+    (1, 64, 8, 1, 4),          # few keys: long chains of equal keys
+    (2, 64, 2**32, 1, 4),      # random keys: short chains
+    (3, 256, 40, 3, 7),        # several rows an insertion
+    (4, 1024, 2**32, 1, 32),   # an article's worth of bands at a time
+    (5, 16, 3, 2, 8),          # the table filled to the last entry
+])
+def test_the_compiled_recent_table_answers_as_the_dict_of_buckets(seed, capacity, distinct,
+                                                                   rows_per_insert, bands):
+    rng = np.random.default_rng(seed)
+    table, buckets = RecentTable(capacity), RecentBuckets()
+    # Keys whose low bits agree share a bucket of the table without being equal.
+    spread = rng.integers(0, 2**32, distinct if distinct < 64 else 64, dtype=np.uint64)
+    for _ in range(3):  # the table is used again after each drain
+        slot = 0
+        while table.count + rows_per_insert * bands <= capacity:
+            if distinct < 64:
+                keys = spread[rng.integers(0, len(spread), (rows_per_insert, bands))]
+            else:
+                keys = rng.integers(0, 2**32, (rows_per_insert, bands), dtype=np.uint64)
+            keys = (keys & np.uint64(0xFFFFFFFF)).astype(KEY_DTYPE)
+            keys[:, 0] = (keys[:, 0] & KEY_DTYPE(0xFFFF0000)) | KEY_DTYPE(5)
+            slots = np.arange(slot, slot + rows_per_insert)
+            slot += rows_per_insert
+            table.insert(slots, keys)
+            buckets.insert(slots, keys)
+            assert table.count == buckets.count
+            wanted = np.concatenate([keys[0], keys[0][:2],
+                                     rng.integers(0, 2**32, 3, dtype=np.uint64).astype(KEY_DTYPE)])
+            assert table.matches(wanted).tolist() == buckets.matches(wanted).tolist()
+        for got, expected in zip(table.drain(), buckets.drain(), strict=True):
+            assert got.tolist() == expected.tolist()
+        assert table.count == buckets.count == 0
+        assert table.matches(keys[0]).size == 0
+
+
+@requires_kernels
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(count=15), "the table is full"),
+    (dict(new_keys=np.ones(3, dtype=KEY_DTYPE), new_slots=np.zeros(2, dtype=np.int32)),
+     "not a whole number"),
+    (dict(heads=np.full(12, -1, dtype=np.int32)), "power-of-two"),
+    (dict(new_keys=np.ones(2, dtype=np.int64)), "items of 4 bytes"),
+    (dict(keys=np.empty(16, dtype=KEY_DTYPE)[::2]), "contiguous"),
+])
+def test_the_compiled_recent_table_refuses_what_it_cannot_hold(change, message):
+    arguments = dict(keys=np.empty(16, dtype=KEY_DTYPE), slots=np.empty(16, dtype=np.int32),
+                     next=np.empty(16, dtype=np.int32), heads=np.full(16, -1, dtype=np.int32),
+                     tails=np.full(16, -1, dtype=np.int32), count=0,
+                     new_keys=np.ones(2, dtype=KEY_DTYPE), new_slots=np.zeros(1, dtype=np.int32))
+    arguments.update(change)
+    with pytest.raises((ValueError, TypeError, BufferError), match=message):
+        kernels.recent_insert(*arguments.values())
+
+
+@requires_kernels
+@pytest.mark.parametrize("merge_at", [16, 200, 16_384])
+def test_the_band_index_answers_the_same_with_its_compiled_recent_table_as_without(
+        monkeypatch, merge_at):
+    rng = np.random.default_rng(merge_at)
+    compiled = BandIndex(0.05, 128, merge_at=merge_at)
+    monkeypatch.setattr(index_module, "kernels", None)
+    reference = BandIndex(0.05, 128, merge_at=merge_at)
+    with pytest.raises(RuntimeError, match="compiled kernels"):
+        RecentTable(16)
+    monkeypatch.undo()
+    assert isinstance(compiled._recent, RecentTable)
+    assert isinstance(reference._recent, RecentBuckets)
+    for slot in range(400):
+        keys = rng.integers(0, 60, (1, compiled.bands)).astype(KEY_DTYPE)
+        for index in (compiled, reference):
+            index.insert(np.asarray([slot]), None, keys)
+        query = rng.integers(0, 60, compiled.bands).astype(KEY_DTYPE)
+        assert compiled.query(None, query).tolist() == reference.query(None, query).tolist()
+    for index in (compiled, reference):
+        index._merge()  # the newest keys into the sorted runs
+    assert compiled._recent.count == reference._recent.count == 0
+    assert compiled._size == reference._size
+    for name, size in (("_keys", compiled._size), ("_slots", compiled._size),
+                       ("_middle_keys", None), ("_middle_slots", None)):
+        assert getattr(compiled, name)[:size].tolist() == getattr(reference, name)[:size].tolist()
