@@ -62,12 +62,6 @@ COMPACT_AT_DEAD_SHARE = 0.03
 COMPACT_AT_DEAD_MIN = 1024
 # Rows of the window read at a time by ``terms_held``.
 HELD_BLOCK_ROWS = 8192
-# Shingle signatures of the newest articles held in memory when the store keeps the rest
-# (``RecentShingles``): with 4,096 (2 MB at 128 permutations), 77% of the signatures the
-# synthetic stream's near-copy checks and relations ask for are held; 92% with 8,192 and 98%
-# with 16,384, whose memory the process's peak at a million articles (297-298 MB of the
-# 300 allowed) could not spare.
-RECENT_SHINGLES = 4096
 
 
 @dataclass(slots=True)
@@ -203,50 +197,6 @@ class StoredFingerprints(Protocol):
     """What the clusterer may ask the store for instead of holding it."""
 
     def shingle_signatures(self, article_ids: list[int]) -> np.ndarray: ...
-
-
-class RecentShingles:
-    """The shingle signatures of the newest articles, by article id, where the store keeps
-    them all.
-
-    An article's canonical and its near-copies are mostly recent, and reading their
-    signatures back from the store cost 0.06-0.08 ms an article in the writer.  The table
-    is direct-mapped (the row of an id is the id modulo its size): article ids are
-    consecutive, so it holds the latest ``size`` articles put in it, and an id's row never
-    holds an older id once a newer one took it.
-    """
-
-    def __init__(self, num_perm: int, size: int = RECENT_SHINGLES):
-        if size & (size - 1):
-            raise ValueError(f"RecentShingles: size {size} is not a power of two")
-        self._mask = size - 1
-        self.ids = np.full(size, -1, dtype=np.int64)
-        # Untouched pages cost nothing: a small window never fills the table.
-        self.values = np.zeros((size, num_perm), dtype=np.uint32)
-
-    def put(self, article_ids: np.ndarray, signatures: np.ndarray) -> None:
-        """Hold the signatures of ``article_ids`` (distinct), each unless its row holds a
-        newer article."""
-        article_ids = np.asarray(article_ids, dtype=np.int64)
-        if len(article_ids) > 1:
-            # Oldest first, so that of two ids of one row the newer is written last; only
-            # the newest ``size`` can stay.
-            order = np.argsort(article_ids)[-(self._mask + 1):]
-            article_ids, signatures = article_ids[order], signatures[order]
-        rows = article_ids & self._mask
-        newer = article_ids >= self.ids[rows]
-        rows = rows[newer]
-        self.ids[rows] = article_ids[newer]
-        self.values[rows] = signatures[newer]
-
-    def find(self, article_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of ``article_ids`` are held (a boolean array), and the rows of
-        ``values`` that hold them (meaningful where held)."""
-        rows = article_ids & self._mask
-        return self.ids[rows] == article_ids, rows
-
-    def nbytes(self) -> int:
-        return self.ids.nbytes + self.values.nbytes
 
 
 def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -665,7 +615,6 @@ class Clusterer:
         self._duplicate_bands = lsh_parameters(settings.duplicate_threshold, settings.num_perm)
         self.rows = ArticleRows(settings.num_perm, settings.vector_terms,
                                 keep_stored=stored is None)
-        self.recent_shingles = None if stored is None else RecentShingles(settings.num_perm)
         self.stories: dict[int, StoryState] = {}
         self.story_columns = StoryColumns()
         self._story_at: list[StoryState | None] = []  # by row of ``story_columns``
@@ -767,20 +716,15 @@ class Clusterer:
         row ``newcomer_slot``, an article committed here before the store has its row."""
         if self.rows.keep_stored:
             return self.rows.shingle[slots]
-        recent = self.recent_shingles
-        article_ids = self.rows.article_id[slots]
-        held, rows = recent.find(article_ids)
-        # The newcomer's row may be a version the store does not have yet (``recluster``
-        # places stored articles again, and writes their rows after).
+        if newcomer is None:
+            return self.stored.shingle_signatures(self.rows.article_id[slots].tolist())
+        signatures = np.empty((len(slots), self.rows.num_perm), dtype=newcomer.dtype)
         is_newcomer = slots == newcomer_slot
-        held &= ~is_newcomer
-        signatures = recent.values[rows]
-        if newcomer is not None:
-            signatures[is_newcomer] = newcomer
-        missing = ~(held | is_newcomer)
-        if missing.any():
-            signatures[missing] = self.stored.shingle_signatures(
-                article_ids[missing].tolist())
+        signatures[is_newcomer] = newcomer
+        others = slots[~is_newcomer]
+        if others.size:
+            signatures[~is_newcomer] = self.stored.shingle_signatures(
+                self.rows.article_id[others].tolist())
         return signatures
 
     def _similarities_of(self, ids, weights, slots: np.ndarray) -> np.ndarray:
@@ -1040,9 +984,6 @@ class Clusterer:
                        fingerprint.salient_signature[None, :],
                        padded([vector_ids], np.int32), padded([vector_weights], np.float64),
                        self._metadata(article), article.shingle_keys, article.salient_keys)
-        if self.recent_shingles is not None:
-            self.recent_shingles.put(np.asarray([article.article_id]),
-                                     fingerprint.shingle_signature[None, :])
         self.stats.add_document(fingerprint.term_ids, article.article_id)
         slot = int(slots[0])
         self._join(slot, article.published_ts, article.dated, story)
@@ -1222,8 +1163,6 @@ class Clusterer:
         story_rows = self._rows_of(members)
         self._add_rows(slots, article_ids, story_ids, story_rows, shingles, salients,
                        vector_ids, vector_weights, metadata)
-        if self.recent_shingles is not None:
-            self.recent_shingles.put(np.asarray(article_ids), shingles)
         # What ``_join`` does member by member, for all of them.
         self.window_size += len(article_ids)
         columns = self.story_columns
@@ -1305,5 +1244,4 @@ class Clusterer:
     def index_bytes(self) -> int:
         """Bytes held by the window's arrays and the LSH indexes (not Python objects)."""
         return (self.rows.nbytes() + self.story_columns.nbytes()
-                + self.duplicate_index.nbytes() + self.candidate_index.nbytes()
-                + (self.recent_shingles.nbytes() if self.recent_shingles else 0))
+                + self.duplicate_index.nbytes() + self.candidate_index.nbytes())

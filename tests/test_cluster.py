@@ -22,7 +22,6 @@ from aggregator.cluster import (
     ClusterArticle,
     Clusterer,
     NearCopy,
-    RecentShingles,
     canonical_key,
     canonical_reason,
     capacity_cutoff,
@@ -210,80 +209,6 @@ def test_near_copy_is_a_duplicate_and_unrelated_text_is_a_new_story():
     other, _ = stream.add("Volcano erupts", "Lava flowed from the volcano as villagers fled "
                           "the ash cloud towards the coast and the airport closed.")
     assert other.relation == "new_story"
-
-
-def signature_of(value: int) -> np.ndarray:
-    return np.full((1, 4), value, dtype=np.uint32)
-
-
-@pytest.mark.parametrize(("puts", "asked", "held"), [
-    ([[5]], [5, 6], [True, False]),
-    ([[1, 2, 3]], [1, 2, 3, 4], [True, True, True, False]),
-    # Ids of one row: the newer stays, whichever came first.
-    ([[1], [9]], [1, 9], [False, True]),
-    ([[9], [1]], [1, 9], [False, True]),
-    ([[9, 1]], [1, 9], [False, True]),
-    ([[1, 9]], [1, 9], [False, True]),
-    # More than the table holds at once (a restart): the newest are kept.
-    ([list(range(20, 0, -1))], [12, 13, 20, 4], [False, True, True, False]),
-    # An article placed again (recluster) replaces its own signature.
-    ([[3], [3]], [3], [True]),
-])
-def test_recent_shingles_hold_the_newest_articles(puts, asked, held):
-    recent = RecentShingles(num_perm=4, size=8)
-    for ids in puts:
-        recent.put(np.asarray(ids), np.concatenate([signature_of(i) for i in ids]))
-    found, rows = recent.find(np.asarray(asked, dtype=np.int64))
-    assert found.tolist() == held
-    for article_id, is_held, row in zip(asked, found, rows, strict=True):
-        if is_held:
-            assert recent.values[row].tolist() == [article_id] * 4
-
-
-def test_recent_shingles_refuse_a_size_that_is_not_a_power_of_two():
-    with pytest.raises(ValueError, match="not a power of two"):
-        RecentShingles(num_perm=4, size=12)
-
-
-class CountingStore:
-    """The store's shingle signatures as the pipeline writes them, counting the reads."""
-
-    def __init__(self):
-        self.signatures: dict[int, np.ndarray] = {}
-        self.read: list[int] = []
-
-    def shingle_signatures(self, article_ids: list[int]) -> np.ndarray:
-        self.read.extend(article_ids)
-        return np.stack([self.signatures[article_id] for article_id in article_ids])
-
-
-@pytest.mark.parametrize(("held", "reads_store"), [(8192, False), (1, True)])
-def test_recent_shingle_signatures_come_from_memory_and_the_rest_from_the_store(held,
-                                                                               reads_store):
-    """Near-copies and relations need the shingle signatures of earlier articles: the
-    newest come from memory, older ones from the store, and the decisions are those of a
-    clusterer that holds every signature."""
-    store = CountingStore()
-    in_store, in_memory = Stream(), Stream()
-    in_store.clusterer = Clusterer(SETTINGS, stored=store)
-    in_store.clusterer.recent_shingles = RecentShingles(SETTINGS.num_perm, size=held)
-    body = ("The city council approved a new budget on Tuesday that raises spending on public "
-            "transport by twelve percent and freezes parking fees for two years, after a long "
-            "debate in which opposition members argued the plan relied on optimistic forecasts "
-            "of tax revenue from the new harbour district.")
-    versions = [body, body.replace("Tuesday", "Tuesday evening"),
-                body.replace("twelve", "nearly twelve"), "In short: " + body]
-    for number, text in enumerate(versions):
-        outcomes = [stream.add("Council approves transport budget", text, priority=number)
-                    for stream in (in_store, in_memory)]
-        (decision, outcome), (expected_decision, expected_outcome) = outcomes
-        assert decision == expected_decision and outcome == expected_outcome
-        # The row the pipeline writes after the commit.
-        rows = in_memory.clusterer.rows
-        newest = in_store.next_id - 1
-        store.signatures[newest] = rows.shingle[np.flatnonzero(rows.article_id == newest)[0]]
-    assert decision.relation == "duplicate"
-    assert bool(store.read) == reads_store
 
 
 @pytest.mark.parametrize(("row", "bands", "rows", "shares"), [
