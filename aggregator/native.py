@@ -19,8 +19,10 @@ when they are missing; the tests hold the two equal:
   (``index.RecentTable``; ``index.RecentBuckets``, a dict of lists, without them).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
-30,000-article window, the last two the fingerprint and vector from 0.29 to 0.20 ms
-(``benchmarks/propose.py --against-numpy [--step fingerprint]``; docs/performance.md).
+30,000-article window, ``log_tf_idf`` and ``strongest`` the fingerprint and vector from 0.29
+to 0.20 ms (``benchmarks/propose.py --against-numpy [--step fingerprint]``), and the table
+an article's insertion into both indexes from 0.15-0.22 to 0.08-0.09 ms in the writer
+(``benchmarks/writer.py --detail``; docs/performance.md).
 """
 
 from __future__ import annotations
