@@ -23,6 +23,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_SHA_INSTRUCTIONS 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 typedef struct {
     Py_buffer view;
@@ -920,6 +925,260 @@ static PyObject *recent_matches(PyObject *module, PyObject *const *args, Py_ssiz
     return NULL; /* not reached */
 }
 
+/* SHA-1 (FIPS 180-4), enough of it to hash short items: datasketch's MinHash hashes each
+ * item with it (the first four bytes of the digest), so the shingles must be hashed with
+ * it too for the signatures to be datasketch's. */
+typedef void (*Sha1Compress)(uint32_t state[5], const uint8_t block[64]);
+
+typedef struct {
+    Sha1Compress compress;
+    uint32_t state[5];
+    uint64_t length;
+    uint8_t block[64];
+    size_t used;
+} Sha1;
+
+#define ROTATE_LEFT(value, bits) (((value) << (bits)) | ((value) >> (32 - (bits))))
+
+static void sha1_compress(uint32_t state[5], const uint8_t block[64]) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++) {
+        w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16
+               | (uint32_t)block[4 * i + 2] << 8 | (uint32_t)block[4 * i + 3];
+    }
+    for (int i = 16; i < 80; i++) {
+        w[i] = ROTATE_LEFT(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    }
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3], e = state[4];
+#define SHA1_ROUND(f, k, i)                                       \
+    do {                                                          \
+        uint32_t next = ROTATE_LEFT(a, 5) + (f) + e + (k) + w[i]; \
+        e = d;                                                    \
+        d = c;                                                    \
+        c = ROTATE_LEFT(b, 30);                                   \
+        b = a;                                                    \
+        a = next;                                                 \
+    } while (0)
+    for (int i = 0; i < 20; i++) {
+        SHA1_ROUND((b & c) | (~b & d), 0x5A827999u, i);
+    }
+    for (int i = 20; i < 40; i++) {
+        SHA1_ROUND(b ^ c ^ d, 0x6ED9EBA1u, i);
+    }
+    for (int i = 40; i < 60; i++) {
+        SHA1_ROUND((b & c) | (b & d) | (c & d), 0x8F1BBCDCu, i);
+    }
+    for (int i = 60; i < 80; i++) {
+        SHA1_ROUND(b ^ c ^ d, 0xCA62C1D6u, i);
+    }
+#undef SHA1_ROUND
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+}
+
+#ifdef HAVE_SHA_INSTRUCTIONS
+/* The same compression with the CPU's SHA instructions (x86's SHA extensions), four rounds
+ * an instruction: about a fifth of the time of the portable one here. */
+__attribute__((target("sha,ssse3,sse4.1")))
+static void sha1_compress_instructions(uint32_t state[5], const uint8_t block[64]) {
+    /* Each message word big-endian, the first in the highest lane, as the instructions
+     * take them. */
+    const __m128i reverse = _mm_set_epi64x(0x0001020304050607LL, 0x08090A0B0C0D0E0FLL);
+    __m128i words[20];
+    for (int i = 0; i < 4; i++) {
+        words[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * i)),
+                                    reverse);
+    }
+    for (int i = 4; i < 20; i++) {
+        words[i] = _mm_sha1msg2_epu32(
+            _mm_xor_si128(_mm_sha1msg1_epu32(words[i - 4], words[i - 3]), words[i - 2]),
+            words[i - 1]);
+    }
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)state), 0x1B);
+    __m128i first_e = _mm_set_epi32((int)state[4], 0, 0, 0);
+    __m128i start = abcd;
+    __m128i before = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, _mm_add_epi32(first_e, words[0]), 0);
+#define SHA1_FOUR_ROUNDS(group, function)                                   \
+    do {                                                                    \
+        __m128i e = _mm_sha1nexte_epu32(before, words[group]);              \
+        before = abcd;                                                      \
+        abcd = _mm_sha1rnds4_epu32(abcd, e, function);                      \
+    } while (0)
+    /* The function (the immediate operand) changes every twenty rounds. */
+    for (int group = 1; group < 5; group++) SHA1_FOUR_ROUNDS(group, 0);
+    for (int group = 5; group < 10; group++) SHA1_FOUR_ROUNDS(group, 1);
+    for (int group = 10; group < 15; group++) SHA1_FOUR_ROUNDS(group, 2);
+    for (int group = 15; group < 20; group++) SHA1_FOUR_ROUNDS(group, 3);
+#undef SHA1_FOUR_ROUNDS
+    __m128i e = _mm_sha1nexte_epu32(before, first_e);
+    abcd = _mm_shuffle_epi32(_mm_add_epi32(abcd, start), 0x1B);
+    _mm_storeu_si128((__m128i *)state, abcd);
+    state[4] = (uint32_t)_mm_extract_epi32(e, 3);
+}
+
+static int cpu_has_sha_instructions(void) {
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+        return 0;
+    }
+    int ssse3 = (ecx >> 9) & 1, sse41 = (ecx >> 19) & 1;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
+        return 0;
+    }
+    return ssse3 && sse41 && ((ebx >> 29) & 1);
+}
+#endif
+
+/* The compression in use: the CPU's instructions where it has them (set at import). */
+static Sha1Compress sha1_compress_fastest = sha1_compress;
+
+static void sha1_start(Sha1 *sha, Sha1Compress compress) {
+    static const uint32_t initial[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476,
+                                        0xC3D2E1F0};
+    sha->compress = compress;
+    memcpy(sha->state, initial, sizeof initial);
+    sha->length = 0;
+    sha->used = 0;
+}
+
+static void sha1_add(Sha1 *sha, const uint8_t *data, size_t size) {
+    sha->length += size;
+    while (size > 0) {
+        size_t room = 64 - sha->used, taken = size < room ? size : room;
+        memcpy(sha->block + sha->used, data, taken);
+        sha->used += taken;
+        data += taken;
+        size -= taken;
+        if (sha->used == 64) {
+            sha->compress(sha->state, sha->block);
+            sha->used = 0;
+        }
+    }
+}
+
+/* The first four bytes of the digest, read little-endian (as datasketch reads them). */
+static uint32_t sha1_first_word(Sha1 *sha) {
+    uint64_t bits = sha->length * 8;
+    sha->block[sha->used++] = 0x80;
+    if (sha->used > 56) {
+        memset(sha->block + sha->used, 0, 64 - sha->used);
+        sha->compress(sha->state, sha->block);
+        sha->used = 0;
+    }
+    memset(sha->block + sha->used, 0, 56 - sha->used);
+    for (int i = 0; i < 8; i++) {
+        sha->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    }
+    sha->compress(sha->state, sha->block);
+    uint32_t first = sha->state[0];
+    /* The digest is big-endian: its first byte is the top byte of state[0]. */
+    return (first >> 24) | (first >> 8 & 0xFF00) | (first << 8 & 0xFF0000) | (first << 24);
+}
+
+/* MurmurHash3's finalizer, which datasketch's affine32 scheme applies to each item hash. */
+static uint32_t fmix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6B;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35;
+    h ^= h >> 16;
+    return h;
+}
+
+static const char *shingle_hashes_doc =
+    "shingle_hashes(tokens, size, portable=False) -> bytes\n\n"
+    "The MinHash item hash (``fingerprint.item_hashes``: SHA-1's first four bytes,\n"
+    "little-endian, through the affine32 finalizer) of each run of ``size`` consecutive\n"
+    "tokens (a list of str) joined by single spaces and encoded as UTF-8, in order, as\n"
+    "native uint32 values; one hash of all the tokens joined when there are fewer than\n"
+    "``size``, none when there are none.  Repeated runs are hashed each time they occur.\n"
+    "SHA-1 is computed with the CPU's SHA instructions where it has them\n"
+    "(``SHA_INSTRUCTIONS``), else portably; ``portable``: portably in any case (tests\n"
+    "compare the two).";
+
+/* ``fingerprint.shingle_hashes_python`` in one pass: it made a string, a bytes object, a
+ * hash object and a digest for every shingle of an article (a third of the time that a
+ * worker spends preparing an article). */
+static PyObject *shingle_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "shingle_hashes takes 2 or 3 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    Sha1Compress compress = sha1_compress_fastest;
+    if (nargs == 3) {
+        int portable = PyObject_IsTrue(args[2]);
+        if (portable < 0) {
+            return NULL;
+        }
+        if (portable) {
+            compress = sha1_compress;
+        }
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "shingle_hashes: tokens must be a list of str");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 1) {
+        PyErr_SetString(PyExc_ValueError, "shingle_hashes: size must be at least 1");
+        return NULL;
+    }
+    PyObject *tokens = args[0];
+    Py_ssize_t count = PyList_GET_SIZE(tokens);
+    Py_ssize_t runs = count == 0 ? 0 : (count < size ? 1 : count - size + 1);
+    Py_ssize_t width = count < size ? count : size;
+    const char **text = PyMem_Malloc(sizeof(char *) * (size_t)(count ? count : 1));
+    Py_ssize_t *length = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    PyObject *hashes = PyBytes_FromStringAndSize(NULL, runs * (Py_ssize_t)sizeof(uint32_t));
+    if (text == NULL || length == NULL || hashes == NULL) {
+        PyMem_Free(text);
+        PyMem_Free(length);
+        Py_XDECREF(hashes);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *token = PyList_GET_ITEM(tokens, i);
+        if (!PyUnicode_Check(token)) {
+            PyErr_Format(PyExc_TypeError, "shingle_hashes: token %zd is not a str", i);
+            text[i] = NULL;
+        } else {
+            /* Borrowed: the str keeps its UTF-8 form (ASCII text is its own). */
+            text[i] = PyUnicode_AsUTF8AndSize(token, &length[i]);
+        }
+        if (text[i] == NULL) {
+            PyMem_Free(text);
+            PyMem_Free(length);
+            Py_DECREF(hashes);
+            return NULL;
+        }
+    }
+    uint32_t *out = (uint32_t *)PyBytes_AS_STRING(hashes);
+    static const uint8_t space = ' ';
+    for (Py_ssize_t run = 0; run < runs; run++) {
+        Sha1 sha;
+        sha1_start(&sha, compress);
+        for (Py_ssize_t j = run; j < run + width; j++) {
+            if (j > run) {
+                sha1_add(&sha, &space, 1);
+            }
+            sha1_add(&sha, (const uint8_t *)text[j], (size_t)length[j]);
+        }
+        out[run] = fmix32(sha1_first_word(&sha));
+    }
+    PyMem_Free(text);
+    PyMem_Free(length);
+    return hashes;
+}
+
 static PyMethodDef methods[] = {
     {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
      NULL},
@@ -929,6 +1188,7 @@ static PyMethodDef methods[] = {
     {"strongest", (PyCFunction)(void (*)(void))strongest, METH_FASTCALL, NULL},
     {"recent_insert", (PyCFunction)(void (*)(void))recent_insert, METH_FASTCALL, NULL},
     {"recent_matches", (PyCFunction)(void (*)(void))recent_matches, METH_FASTCALL, NULL},
+    {"shingle_hashes", (PyCFunction)(void (*)(void))shingle_hashes, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -946,5 +1206,18 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[4].ml_doc = strongest_doc;
     methods[5].ml_doc = recent_insert_doc;
     methods[6].ml_doc = recent_matches_doc;
-    return PyModule_Create(&module);
+    methods[7].ml_doc = shingle_hashes_doc;
+#ifdef HAVE_SHA_INSTRUCTIONS
+    if (cpu_has_sha_instructions()) {
+        sha1_compress_fastest = sha1_compress_instructions;
+    }
+#endif
+    PyObject *created = PyModule_Create(&module);
+    if (created != NULL && PyModule_AddObjectRef(
+            created, "SHA_INSTRUCTIONS",
+            sha1_compress_fastest == sha1_compress ? Py_False : Py_True) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
 }

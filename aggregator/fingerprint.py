@@ -163,6 +163,23 @@ def _shingles(tokens: list[str], size: int) -> set[bytes]:
     return {" ".join(tokens[i:i + size]).encode() for i in range(len(tokens) - size + 1)}
 
 
+def shingle_hashes(tokens: list[str], size: int) -> np.ndarray:
+    """The MinHash item hashes (``item_hashes``) of the word ``size``-grams of ``tokens``,
+    as many as the shingles or fewer (a repeated shingle may be hashed once or each time:
+    a signature is the same either way); none for no tokens.  Compiled where the package
+    was built with a C compiler (``kernels.shingle_hashes``, with the CPU's SHA
+    instructions where it has them); ``shingle_hashes_python`` is the reference."""
+    if kernels is None:
+        return shingle_hashes_python(tokens, size)
+    return np.frombuffer(kernels.shingle_hashes(tokens, size), dtype=np.uint32)
+
+
+def shingle_hashes_python(tokens: list[str], size: int) -> np.ndarray:
+    """The item hashes of the distinct shingles of ``tokens``."""
+    shingle_set = _shingles(tokens, size)
+    return item_hashes(list(shingle_set)) if shingle_set else np.zeros(0, dtype=np.uint32)
+
+
 class EnglishFrequencies:
     """wordfreq's English word frequencies, held in 3 MB instead of 33.
 
@@ -650,8 +667,11 @@ def first_surface_words(words: Iterable[str]) -> dict[str, str]:
     """Each content term with the first word (in text order) that stems to it: that word's
     frequency in general English gives the term's prior."""
     first: dict[str, str] = {}
+    lookup = _TERM_OF.get
     for word in dict.fromkeys(words):
-        term = term_of(word)
+        term = lookup(word, "")
+        if term == "":
+            term = term_of(word)
         if term is not None and term not in first:
             first[term] = word
     return first
@@ -791,7 +811,15 @@ class Signer:
 
     def sign(self, item_sets: list[Iterable[bytes]]) -> np.ndarray:
         """One signature row per set; an empty set is signed as the set of one empty item."""
-        sets = [list(items) or [b""] for items in item_sets]
+        sets = [list(items) for items in item_sets]
+        sizes = [len(items) for items in sets]
+        hashed = item_hashes([item for items in sets for item in items])
+        return self.sign_hashed(np.split(hashed, np.cumsum(sizes)[:-1]) if sets else [])
+
+    def sign_hashed(self, hash_sets: list[np.ndarray]) -> np.ndarray:
+        """One signature row per set given by its items' hashes (``item_hashes``); an empty
+        set is signed as the set of one empty item."""
+        sets = [hashes if len(hashes) else _EMPTY_ITEM_HASH for hashes in hash_sets]
         rows = np.empty((len(sets), self.num_perm), dtype=np.uint32)
         # Sets are signed in groups of about SIGN_GROUP_ITEMS items, which bounds the
         # (num_perm x items) working array at a few megabytes.
@@ -817,9 +845,9 @@ class Signer:
         permuted += self._b
         return permuted.min(axis=1)
 
-    def _sign_group(self, sets: list[list[bytes]]) -> np.ndarray:
-        sizes = np.fromiter((len(items) for items in sets), dtype=np.int64, count=len(sets))
-        hashed = item_hashes([item for items in sets for item in items])
+    def _sign_group(self, sets: list[np.ndarray]) -> np.ndarray:
+        sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+        hashed = np.concatenate(sets)
         permuted = self._a * hashed[None, :]  # wraps modulo 2^32, as datasketch's does
         permuted += self._b
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
@@ -896,6 +924,11 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
     values = values ^ (values >> s2)
     values = values * m2
     return values ^ (values >> s1)
+
+
+# An empty set is signed as the set of one empty item (a text of no words still gets an
+# ordinary signature, not one of 2^32 - 1 everywhere that every empty text would share).
+_EMPTY_ITEM_HASH = item_hashes([b""])
 
 
 # ``articles.term_counts``: an article's term counts as compact JSON, in the order counted.
@@ -979,10 +1012,10 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
         partial.append((first_surface_words(tokens),
                         _content_terms(title_tokens, text_tokens, title_weight, phrase_weight),
                         frozenset(t for t in map(term_of, title_tokens) if t is not None),
-                        _shingles(tokens, shingle_size), len(text_tokens)))
-    signatures = signer.sign([p[3] for p in partial])
+                        shingle_hashes(tokens, shingle_size), len(text_tokens)))
+    signatures = signer.sign_hashed([p[3] for p in partial])
     return [TextFeatures.of(words, counts, titles, signature, word_count)
-            for (words, counts, titles, _shingle_set, word_count), signature
+            for (words, counts, titles, _shingle_hashes, word_count), signature
             in zip(partial, signatures, strict=True)]
 
 

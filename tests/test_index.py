@@ -17,6 +17,7 @@ from conftest import requires_kernels
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
+from aggregator import fingerprint as fingerprint_module
 from aggregator import index as index_module
 from aggregator.cluster import ClusterArticle, Clusterer
 from aggregator.config import ClusteringSettings
@@ -29,7 +30,10 @@ from aggregator.fingerprint import (
     TermStatistics,
     affine32_permutations,
     fingerprint_batch,
+    item_hashes,
     lean_minhash,
+    shingle_hashes_python,
+    shingles,
     text_features,
 )
 from aggregator.index import (
@@ -69,6 +73,64 @@ def test_bulk_signatures_equal_datasketch_minhash_and_its_serialisation(sizes):
         lean.serialize(buffer)
         assert SIGNER.to_bytes(row) == bytes(buffer)
         assert (SIGNER.from_bytes(bytes(buffer)) == row).all()
+
+
+# Shingles of every length SHA-1 pads differently: one 64-byte block with room for the
+# length (up to 55 bytes), a second block for the length (56-63), two blocks and more.
+LONG_WORDS = " ".join("x" * n for n in (17, 18, 19, 55, 56, 60, 63, 64, 65, 130))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(("title", "text"), [
+    ("", ""),
+    ("Lavrov", ""),  # fewer words than a shingle: one item of them all
+    ("", "two words"),
+    ("Lavrov says talks went well", "Talks went well, talks went well, Lavrov said."),
+    ("Élan naïve café", "日本 の ニュース — Russia’s “talks” in Genève"),
+    ("Long words", LONG_WORDS),
+])
+def test_shingle_signatures_equal_datasketch_minhash_of_the_shingles(title, text, compiled,
+                                                                     monkeypatch):
+    if compiled and kernels is None:
+        pytest.skip("built without a C compiler")
+    if not compiled:
+        monkeypatch.setattr(fingerprint_module, "kernels", None)
+    [features] = text_features([(title, text)], SIGNER, 3, 3.0)
+    expected = datasketch_minhash(sorted(shingles(f"{title}\n{text}", 3)))
+    assert features.shingle_signature.tolist() == expected.hashvalues.tolist()
+
+
+@requires_kernels
+@pytest.mark.parametrize("seed", range(4))
+def test_the_compiled_shingle_hashes_are_those_of_each_shingle_in_order(seed):
+    generator = np.random.default_rng(seed)
+    words = ["a", "the", "élan", "日本", "Russia’s", "x" * 55, "y" * 56, "z" * 64, "w" * 200]
+    for _ in range(300):
+        tokens = [str(word) for word in generator.choice(words, generator.integers(0, 12))]
+        size = int(generator.integers(1, 6))
+        runs = [tokens] if 0 < len(tokens) < size else [
+            tokens[i:i + size] for i in range(len(tokens) - size + 1)]
+        expected = item_hashes([" ".join(run).encode() for run in runs])
+        compiled = kernels.shingle_hashes(tokens, size)
+        assert np.frombuffer(compiled, dtype=np.uint32).tolist() == expected.tolist()
+        # The CPU's SHA instructions (where it has them) and the portable SHA-1 agree.
+        assert kernels.shingle_hashes(tokens, size, True) == compiled
+        # The reference hashes each distinct shingle once.
+        assert sorted(set(expected.tolist())) == sorted(
+            shingle_hashes_python(tokens, size).tolist())
+
+
+@requires_kernels
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    (("a b", 3), TypeError, "tokens must be a list of str"),
+    ((["a", 2], 3), TypeError, "token 1 is not a str"),
+    ((["a"], 0), ValueError, "size must be at least 1"),
+    ((["a", "\udc80"], 1), UnicodeEncodeError, "surrogates"),
+    ((["a"],), TypeError, r"takes 2 or 3 arguments \(1 given\)"),
+])
+def test_the_compiled_shingle_hashes_refuse_what_they_cannot_hash(arguments, error, message):
+    with pytest.raises(error, match=message):
+        kernels.shingle_hashes(*arguments)
 
 
 def test_salient_signatures_from_the_hashes_terms_keep_equal_datasketch_minhash():

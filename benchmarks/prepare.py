@@ -1,0 +1,97 @@
+"""Prepare: what a worker process does to fetched entries before the writer sees them,
+timed with the compiled kernels and without them, in one process.
+
+Each source's entries of the synthetic stream (``stream.py``, the first ``--articles``) go
+through ``pipeline.prepare_entries`` as a worker runs it: normalised, tokenised, their
+terms counted, the priors of terms new to the worker looked up, their shingles hashed and
+signed.  Rounds alternate between the kernels (``aggregator/native.py``; the shingle
+hashes, ``fingerprint.shingle_hashes``) and the Python code that runs without them, after
+one round of each that is not counted; each round starts with no prior given yet, as a new
+worker does, and with the caches that a running worker has warm.  The two must give the
+same signatures.
+
+    python benchmarks/prepare.py
+    python benchmarks/prepare.py --articles 8000 --rounds 10
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream import SyntheticStream  # noqa: E402
+
+from aggregator import fingerprint  # noqa: E402
+from aggregator.config import ClusteringSettings  # noqa: E402
+from aggregator.pipeline import PrepareSettings, prepare_entries  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per version")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    compiled = fingerprint.kernels
+    if compiled is None:
+        sys.exit("the compiled kernels are not built here: nothing to compare")
+
+    by_source: dict[str, list] = {}
+    for article in islice(SyntheticStream(seed=args.seed), args.articles):
+        by_source.setdefault(article.source, []).append(article.entry)
+    batches = [(source, tuple(entries), entries[-1].published)
+               for source, entries in by_source.items()]
+    clustering = ClusteringSettings()
+    settings = PrepareSettings(clustering.num_perm, clustering.shingle_size,
+                               clustering.title_weight, clustering.phrase_weight)
+    fingerprint.give_priors_ahead()  # as a worker process does
+
+    def prepare_all() -> list:
+        fingerprint._priors_given.clear()
+        return [prepare_entries(entries, source, fetched, settings)
+                for source, entries, fetched in batches]
+
+    versions = {"kernels": compiled, "python": None}
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    signatures: dict[str, list] = {}
+    for number in range(args.rounds + 1):
+        for name, kernels in (versions.items() if number % 2 == 0
+                              else reversed(versions.items())):
+            fingerprint.kernels = kernels
+            started = time.perf_counter()
+            prepared = prepare_all()
+            elapsed = time.perf_counter() - started
+            if number == 0:  # the caches warmed, the results kept
+                signatures[name] = [feature.shingle_signature.tobytes()
+                                    for batch in prepared for feature in batch.features]
+            else:
+                times[name].append(elapsed * 1000 / args.articles)
+    fingerprint.kernels = compiled
+    if signatures["kernels"] != signatures["python"]:
+        sys.exit("the kernels' signatures differ from the Python ones")
+
+    for name, values in times.items():
+        print(f"{name:8} {statistics.median(values):.3f} ms an article (median of "
+              f"{len(values)} rounds; {', '.join(f'{v:.3f}' for v in values)})")
+    kernels_ms = statistics.median(times["kernels"])
+    python_ms = statistics.median(times["python"])
+    print(f"with the kernels: {python_ms / kernels_ms:.2f}x "
+          f"(the CPU's SHA instructions used: {compiled.SHA_INSTRUCTIONS})")
+    print(json.dumps({"articles": args.articles, "rounds": args.rounds,
+                      "kernels_ms_per_article": round(kernels_ms, 4),
+                      "python_ms_per_article": round(python_ms, 4),
+                      "speedup": round(python_ms / kernels_ms, 2),
+                      "sha_instructions": compiled.SHA_INSTRUCTIONS,
+                      "same_signatures": True}))
+
+
+if __name__ == "__main__":
+    main()
