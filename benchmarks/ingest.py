@@ -7,7 +7,9 @@ limit (``window_articles``, 100,000 by default) keeps it at 100,000.  Articles a
 feed passes do: grouped by source, the sources ready together written in one transaction.
 Input is local; nothing goes over the network.
 
-At each size it reports the ingest rate of the last stretch, the process's peak RSS, the
+At each size it reports the ingest rate of the last stretch and the CPU it took an article
+(in the writer's process and in the worker processes: with two cores, their sum bounds the
+rate however the work is shared), the process's peak RSS, the
 clustering index's bytes per article in the window, and the restart time: the process
 stops (closing the store, as the daemon does on SIGTERM), a fresh process rebuilds the index
 and statistics from the store, and then ingest goes on in a reopened one.  In the same run
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -87,6 +90,21 @@ def current_rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def worker_cpu_s(aggregator: Aggregator) -> dict[int, float]:
+    """The CPU seconds each of the aggregator's worker processes has used (Linux: read from
+    /proc; nothing elsewhere)."""
+    pool = aggregator._workers
+    used = {}
+    for pid in list(pool._processes) if pool is not None else []:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
@@ -244,12 +262,17 @@ def main() -> None:
         done, busy, since_report = 0, 0.0, 0
         articles = iter(stream)
         for size in sizes:
-            stretch_busy, stretch_done = 0.0, 0
+            stretch_busy, stretch_done, stretch_cpu, stretch_worker_cpu = 0.0, 0, 0.0, 0.0
             while done < size:
                 batch = list(islice(articles, min(args.chunk, size - done)))
+                workers_before = worker_cpu_s(aggregator)
+                cpu_before = time.process_time()
                 started = time.perf_counter()
                 ingest(aggregator, batch)
                 elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu_before
+                worker_cpu = sum(used - workers_before.get(pid, 0.0)
+                                 for pid, used in worker_cpu_s(aggregator).items())
                 busy += elapsed
                 done += len(batch)
                 # The rate reported is that of the last tenth of the way to this size, so
@@ -257,6 +280,8 @@ def main() -> None:
                 if done > size - max(args.chunk, (size - since_report) // 10):
                     stretch_busy += elapsed
                     stretch_done += len(batch)
+                    stretch_cpu += cpu
+                    stretch_worker_cpu += worker_cpu
             since_report = size
             clusterer = aggregator.clusterer
             window = clusterer.window_size
@@ -274,6 +299,10 @@ def main() -> None:
                 "articles": done,
                 "articles_per_s": round(stretch_done / stretch_busy, 1),
                 "mean_articles_per_s": round(done / busy, 1),
+                # CPU an article in the same stretch: the writer's process (all its threads)
+                # and the worker processes that prepare the entries.
+                "cpu_ms_per_article": round(stretch_cpu * 1000 / stretch_done, 3),
+                "worker_cpu_ms_per_article": round(stretch_worker_cpu * 1000 / stretch_done, 3),
                 "window_articles": window,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
                 "rss_mb": round(rss_now, 1),
@@ -286,7 +315,9 @@ def main() -> None:
             }
             rows.append(row)
             print(f"{done:>9,} articles: {row['articles_per_s']:,.0f}/s "
-                  f"(mean {row['mean_articles_per_s']:,.0f}/s), window {window:,}, "
+                  f"(mean {row['mean_articles_per_s']:,.0f}/s; CPU {row['cpu_ms_per_article']:.2f} "
+                  f"ms an article in the writer's process, {row['worker_cpu_ms_per_article']:.2f} "
+                  f"in workers), window {window:,}, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (now {row['rss_mb']:.0f} MB), "
                   f"index {row['index_bytes_per_article']} B/article, "
                   f"restart {row['restart_s']:.2f} s "
