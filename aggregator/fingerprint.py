@@ -154,10 +154,12 @@ def _content_terms(title_tokens: list[str], text_tokens: list[str], title_weight
 
 def shingles(text: str, size: int) -> set[bytes]:
     """Word ``size``-grams of the text (all tokens, stop words too: copies keep them)."""
-    return _shingles(tokenize(text), size)
+    return shingles_of_tokens(tokenize(text), size)
 
 
-def _shingles(tokens: list[str], size: int) -> set[bytes]:
+def shingles_of_tokens(tokens: list[str], size: int) -> set[bytes]:
+    """``shingles`` of a text already tokenized; fewer tokens than ``size`` make one
+    shingle of them all."""
     if len(tokens) < size:
         return {" ".join(tokens).encode()} if tokens else set()
     return {" ".join(tokens[i:i + size]).encode() for i in range(len(tokens) - size + 1)}
@@ -176,7 +178,7 @@ def shingle_hashes(tokens: list[str], size: int) -> np.ndarray:
 
 def shingle_hashes_python(tokens: list[str], size: int) -> np.ndarray:
     """The item hashes of the distinct shingles of ``tokens``."""
-    shingle_set = _shingles(tokens, size)
+    shingle_set = shingles_of_tokens(tokens, size)
     return item_hashes(list(shingle_set)) if shingle_set else np.zeros(0, dtype=np.uint32)
 
 
@@ -816,6 +818,11 @@ class Signer:
         hashed = item_hashes([item for items in sets for item in items])
         return self.sign_hashed(np.split(hashed, np.cumsum(sizes)[:-1]) if sets else [])
 
+    def sign_shingles(self, token_lists: list[list[str]], size: int) -> np.ndarray:
+        """One signature row per list of tokens: that of its word ``size``-grams
+        (``shingle_hashes``)."""
+        return self.sign_hashed([shingle_hashes(tokens, size) for tokens in token_lists])
+
     def sign_hashed(self, hash_sets: list[np.ndarray]) -> np.ndarray:
         """One signature row per set given by its items' hashes (``item_hashes``); an empty
         set is signed as the set of one empty item."""
@@ -1012,10 +1019,10 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
         partial.append((first_surface_words(tokens),
                         _content_terms(title_tokens, text_tokens, title_weight, phrase_weight),
                         frozenset(t for t in map(term_of, title_tokens) if t is not None),
-                        shingle_hashes(tokens, shingle_size), len(text_tokens)))
-    signatures = signer.sign_hashed([p[3] for p in partial])
+                        tokens, len(text_tokens)))
+    signatures = signer.sign_shingles([p[3] for p in partial], shingle_size)
     return [TextFeatures.of(words, counts, titles, signature, word_count)
-            for (words, counts, titles, _shingle_hashes, word_count), signature
+            for (words, counts, titles, _tokens, word_count), signature
             in zip(partial, signatures, strict=True)]
 
 

@@ -182,6 +182,9 @@ def naive_comparison(sample_size: int, seed: int) -> dict:
             for start in range(0, len(sample), INGEST_CHUNK):
                 ingest(aggregator, sample[start:start + INGEST_CHUNK], one_by_one=name == "naive")
             results[name] = len(sample) / (time.perf_counter() - started)
+            if name == "naive" and not aggregator.signer.updates:
+                raise RuntimeError("the naive signer was never asked to sign: the pipeline "
+                                   "signs shingles by another path than Signer.sign_shingles")
             aggregator.close()
     return results
 

@@ -14,16 +14,23 @@ import numpy as np
 from datasketch import MinHash
 
 from aggregator.config import ClusteringSettings
-from aggregator.fingerprint import MINHASH_SCHEME, MINHASH_SEED, Signer
+from aggregator.fingerprint import MINHASH_SCHEME, MINHASH_SEED, Signer, shingles_of_tokens
 
 
 class NaiveSigner(Signer):
+    # Items passed to ``MinHash.update``: the comparison checks that the naive path ran.
+    updates = 0
+
+    def sign_shingles(self, token_lists, size):
+        return self.sign([shingles_of_tokens(tokens, size) for tokens in token_lists])
+
     def sign(self, item_sets):
         rows = []
         for items in item_sets:
             minhash = MinHash(num_perm=self.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
             for item in list(items) or [b""]:
                 minhash.update(item)
+                self.updates += 1
             rows.append(minhash.hashvalues)
         return np.asarray(rows, dtype=np.uint32).reshape(len(rows), self.num_perm)
 
