@@ -16,13 +16,16 @@ when they are missing; the tests hold the two equal:
 * ``strongest``: the strongest terms of an article, ties broken by name
   (``fingerprint.strongest``: its salient terms and its vector);
 * ``recent_insert`` and ``recent_matches``: the band index's table of its newest keys
-  (``index.RecentTable``; ``index.RecentBuckets``, a dict of lists, without them).
+  (``index.RecentTable``; ``index.RecentBuckets``, a dict of lists, without them);
+* ``shingle_hashes``: the SHA-1 item hashes of an article's word 3-grams, with the CPU's SHA
+  instructions where it has them (``fingerprint.shingle_hashes``, in the worker processes).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
 30,000-article window, ``log_tf_idf`` and ``strongest`` the fingerprint and vector from 0.29
 to 0.20 ms (``benchmarks/propose.py --against-numpy [--step fingerprint]``), and the table
 an article's insertion into both indexes from 0.15-0.22 to 0.08-0.09 ms in the writer
-(``benchmarks/writer.py --detail``; docs/performance.md).
+(``benchmarks/writer.py --detail``), and ``shingle_hashes`` a worker's preparation of an
+article from 1.31 to 0.90 ms (``benchmarks/prepare.py``; docs/performance.md).
 """
 
 from __future__ import annotations
