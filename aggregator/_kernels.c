@@ -1092,15 +1092,15 @@ static uint32_t fmix32(uint32_t h) {
 }
 
 static const char *shingle_hashes_doc =
-    "shingle_hashes(tokens, size, portable=False) -> bytes\n\n"
+    "shingle_hashes(tokens, size[, portable]) -> bytes\n\n"
     "The MinHash item hash (``fingerprint.item_hashes``: SHA-1's first four bytes,\n"
     "little-endian, through the affine32 finalizer) of each run of ``size`` consecutive\n"
     "tokens (a list of str) joined by single spaces and encoded as UTF-8, in order, as\n"
     "native uint32 values; one hash of all the tokens joined when there are fewer than\n"
     "``size``, none when there are none.  Repeated runs are hashed each time they occur.\n"
     "SHA-1 is computed with the CPU's SHA instructions where it has them\n"
-    "(``SHA_INSTRUCTIONS``), else portably; ``portable``: portably in any case (tests\n"
-    "compare the two).";
+    "(``SHA_INSTRUCTIONS``), else portably; ``portable`` true: portably in any case (the\n"
+    "tests compare the two).";
 
 /* ``fingerprint.shingle_hashes_python`` in one pass: it made a string, a bytes object, a
  * hash object and a digest for every shingle of an article (a third of the time that a

@@ -92,9 +92,12 @@ def current_rss_mb() -> float:
     return 0.0
 
 
+# Where the workers' CPU time is read (Linux); elsewhere it is reported as null.
+HAS_PROC = os.path.exists("/proc/self/stat")
+
+
 def worker_cpu_s(aggregator: Aggregator) -> dict[int, float]:
-    """The CPU seconds each of the aggregator's worker processes has used (Linux: read from
-    /proc; nothing elsewhere)."""
+    """The CPU seconds each of the aggregator's worker processes has used so far."""
     pool = aggregator._workers
     used = {}
     for pid in list(pool._processes) if pool is not None else []:
@@ -305,7 +308,8 @@ def main() -> None:
                 # CPU an article in the same stretch: the writer's process (all its threads)
                 # and the worker processes that prepare the entries.
                 "cpu_ms_per_article": round(stretch_cpu * 1000 / stretch_done, 3),
-                "worker_cpu_ms_per_article": round(stretch_worker_cpu * 1000 / stretch_done, 3),
+                "worker_cpu_ms_per_article": round(stretch_worker_cpu * 1000 / stretch_done, 3)
+                if HAS_PROC else None,
                 "window_articles": window,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
                 "rss_mb": round(rss_now, 1),
@@ -319,7 +323,7 @@ def main() -> None:
             rows.append(row)
             print(f"{done:>9,} articles: {row['articles_per_s']:,.0f}/s "
                   f"(mean {row['mean_articles_per_s']:,.0f}/s; CPU {row['cpu_ms_per_article']:.2f} "
-                  f"ms an article in the writer's process, {row['worker_cpu_ms_per_article']:.2f} "
+                  f"ms an article in the writer's process, {row['worker_cpu_ms_per_article']} "
                   f"in workers), window {window:,}, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (now {row['rss_mb']:.0f} MB), "
                   f"index {row['index_bytes_per_article']} B/article, "
