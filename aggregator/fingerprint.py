@@ -842,7 +842,7 @@ class Signer:
 
     def sign_one(self, items: list[bytes]) -> np.ndarray:
         """``sign([items])[0]``, without the grouping that a batch needs."""
-        return self.sign_hashes(item_hashes(items or [b""]))
+        return self.sign_hashes(item_hashes(items) if items else _EMPTY_ITEM_HASH)
 
     def sign_hashes(self, hashed: np.ndarray) -> np.ndarray:
         """The signature of one set given by its items' hashes (``item_hashes``, at least

@@ -321,10 +321,12 @@ def main() -> None:
                 "restart_articles_per_s": round(back["articles"] / back["seconds"]),
             }
             rows.append(row)
+            workers_cpu = ("unknown" if row["worker_cpu_ms_per_article"] is None
+                           else f"{row['worker_cpu_ms_per_article']:.2f}")
             print(f"{done:>9,} articles: {row['articles_per_s']:,.0f}/s "
                   f"(mean {row['mean_articles_per_s']:,.0f}/s; CPU {row['cpu_ms_per_article']:.2f} "
-                  f"ms an article in the writer's process, {row['worker_cpu_ms_per_article']} "
-                  f"in workers), window {window:,}, "
+                  f"ms an article in the writer's process, {workers_cpu} in workers), "
+                  f"window {window:,}, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB (now {row['rss_mb']:.0f} MB), "
                   f"index {row['index_bytes_per_article']} B/article, "
                   f"restart {row['restart_s']:.2f} s "
