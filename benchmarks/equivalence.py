@@ -52,7 +52,7 @@ def store_stream(directory: Path, args: argparse.Namespace, varied: bool) -> Pat
             forget(aggregator)
         pipeline.Aggregator._forget_unseen_terms = after_every_transaction
     try:
-        aggregator = make_aggregator(directory, "stream", stream, settings)
+        aggregator = make_aggregator(directory, "stream", stream, settings, args.write_behind)
         articles, done = iter(stream), 0
         while done < args.articles:
             batch = list(islice(articles, min(CHUNK, args.articles - done)))
@@ -60,7 +60,8 @@ def store_stream(directory: Path, args: argparse.Namespace, varied: bool) -> Pat
             done += len(batch)
             if varied and done == args.restart_at:
                 aggregator.close()
-                aggregator = make_aggregator(directory, "stream", stream, settings)
+                aggregator = make_aggregator(directory, "stream", stream, settings,
+                                             args.write_behind)
         aggregator.close()
     finally:
         cluster.COMPACT_AT_DEAD_SHARE = share
@@ -88,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--articles", type=int, default=30_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--write-behind", action="store_true",
+                        help="both runs with write_behind (each write group written by a "
+                             "thread of its own)")
     parser.add_argument("--per-day", type=int, default=14_000)
     parser.add_argument("--window-articles", type=int,
                         default=ClusteringSettings().window_articles)

@@ -21,6 +21,7 @@ running daemon.
     python benchmarks/ingest.py                    # 10k and 100k articles
     python benchmarks/ingest.py --million          # and 1M (a 100k window streamed through)
     python benchmarks/ingest.py --sizes 5000 --naive-sample 500
+    python benchmarks/ingest.py --write-behind     # with write_behind = true
     python benchmarks/ingest.py --sizes 250000 --window-articles 0   # no article limit
     python benchmarks/ingest.py --sizes 100000 --keep /tmp/stream      # keep the store, then
     python benchmarks/ingest.py --restart-only /tmp/stream/stream.sqlite --runs 5
@@ -111,11 +112,12 @@ def worker_cpu_s(aggregator: Aggregator) -> dict[int, float]:
 
 
 def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
-                    settings: ClusteringSettings) -> Aggregator:
+                    settings: ClusteringSettings, write_behind: bool = False) -> Aggregator:
     sources = tuple(Source(name=s, url=str(directory / "unused.xml"), interval_s=3600)
                     for s in stream.sources)
     config = Config(path=str(directory / f"{name}.toml"),
                     database=str(directory / f"{name}.sqlite"), clustering=settings,
+                    write_behind=write_behind,
                     sources=sources)
     return Aggregator(config)
 
@@ -142,7 +144,13 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
             pending.append((source, entries, aggregator.prepare_async(
                 source, tuple(entries), entries[-1].published)))
 
+    def check(written) -> None:
+        failed = [report for report in written.result() if report.outcome != "ok"]
+        if failed:
+            raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
+
     prepare_next(2 * WRITE_GROUP_SOURCES)
+    previous = None
     while pending:
         group = [pending.popleft()]
         size = len(group[0][1])
@@ -151,12 +159,16 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
             group.append(pending.popleft())
             size += len(group[-1][1])
         prepare_next(len(group))
-        reports = aggregator.ingest_group([(source, 0, entries, entries[-1].published,
-                                            prepared.result())
-                                           for source, entries, prepared in group])
-        failed = [report for report in reports if report.outcome != "ok"]
-        if failed:
-            raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
+        # Written behind this thread while it decides the next group, as in a pass; the
+        # group before has committed by the time the next is handed over.
+        submitted = aggregator.submit_group([(source, 0, entries, entries[-1].published,
+                                              prepared.result())
+                                             for source, entries, prepared in group])
+        if previous is not None:
+            check(previous)
+        previous = submitted
+    if previous is not None:
+        check(previous)
 
 
 def restart(database: str, backend: str = "compact") -> dict:
@@ -165,7 +177,7 @@ def restart(database: str, backend: str = "compact") -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def naive_comparison(sample_size: int, seed: int) -> dict:
+def naive_comparison(sample_size: int, seed: int, write_behind: bool = False) -> dict:
     """The same sample through ours and through the naive approach, each on a fresh store."""
     from naive import naive_aggregator
 
@@ -175,7 +187,8 @@ def naive_comparison(sample_size: int, seed: int) -> dict:
             stream = SyntheticStream(seed=seed + 1)
             sample = list(islice(stream, sample_size))
             if name == "ours":
-                aggregator = make_aggregator(Path(directory), name, stream, ClusteringSettings())
+                aggregator = make_aggregator(Path(directory), name, stream, ClusteringSettings(),
+                                             write_behind)
                 # With its worker processes started, as a running daemon has them (their
                 # start-up, about a second, is a tenth of a 2,000-article sample).
                 wait(aggregator.start_workers())
@@ -232,6 +245,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=INGEST_CHUNK,
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--write-behind", action="store_true",
+                        help="write each write group on a thread of its own (write_behind)")
     parser.add_argument("--keep", metavar="DIRECTORY",
                         help="write the stream's store here (stream.sqlite) and keep it")
     parser.add_argument("--restart-only", metavar="DATABASE",
@@ -240,7 +255,7 @@ def main() -> None:
     parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_only:
-        print(json.dumps(naive_comparison(args.naive_sample, args.seed)))
+        print(json.dumps(naive_comparison(args.naive_sample, args.seed, args.write_behind)))
         return
     if args.restart_only:
         restarts_at_rest(args.restart_only, args.runs)
@@ -251,7 +266,8 @@ def main() -> None:
     print(f"naive comparison on {args.naive_sample} articles ...", flush=True)
     # In a process of its own, so that its memory does not count in this one's peak.
     done = subprocess.run([sys.executable, __file__, "--naive-only", "--naive-sample",
-                           str(args.naive_sample), "--seed", str(args.seed)],
+                           str(args.naive_sample), "--seed", str(args.seed)]
+                          + (["--write-behind"] if args.write_behind else []),
                           capture_output=True, text=True, check=True)
     comparison = json.loads(done.stdout.strip().splitlines()[-1])
     speedup = comparison["ours"] / comparison["naive"]
@@ -264,7 +280,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         directory = args.keep or scratch
         Path(directory).mkdir(parents=True, exist_ok=True)
-        aggregator = make_aggregator(Path(directory), "stream", stream, settings)
+        aggregator = make_aggregator(Path(directory), "stream", stream, settings,
+                                     args.write_behind)
         done, busy, since_report = 0, 0.0, 0
         articles = iter(stream)
         for size in sizes:
@@ -300,7 +317,8 @@ def main() -> None:
             aggregator.close()
             aggregator = None  # gone before its successor is built, as in a real restart
             back = restart(str(Path(directory) / "stream.sqlite"))
-            aggregator = make_aggregator(Path(directory), "stream", stream, settings)
+            aggregator = make_aggregator(Path(directory), "stream", stream, settings,
+                                         args.write_behind)
             row = {
                 "articles": done,
                 "articles_per_s": round(stretch_done / stretch_busy, 1),
@@ -339,7 +357,7 @@ def main() -> None:
         "naive_articles_per_s": round(comparison["naive"], 1),
         "ours_sample_articles_per_s": round(comparison["ours"], 1),
         "speedup_vs_naive": round(speedup, 1),
-        "window_limit": settings.window_articles,
+        "window_limit": settings.window_articles, "write_behind": args.write_behind,
         "sizes": rows,
     }))
 

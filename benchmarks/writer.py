@@ -18,14 +18,18 @@ those of a full window, not an average over its growth.
 
 Steps: ``propose`` (near-copy and candidate search, verification), ``commit`` (index
 insertion, canonical election), ``fingerprint`` (statistics-dependent weights, salient
-terms and their signature), ``insert_article`` (the row, placed in its story, its
-full-text index, its fingerprint row and identity keys), ``count_terms`` (term statistics,
-once per write group), ``apply_story_outcome`` (the other members' relations when the
-canonical changed, the story row); with clustering off,
-``insert_solo_articles`` (a batch of articles, each its own story, without fingerprints).
+terms and their signature), ``stage article`` (the article's rows, placed in its story,
+its fingerprint and identity keys, staged), ``stage story outcome`` (the other members'
+relations when the canonical changed, the story row), ``term counts`` (the term
+statistics' rows, once per write group), ``write staged rows`` (every staged row in a
+dozen statements: on the write-behind thread, while the writer decides the next group),
+``waiting for the write-behind thread`` (the writer, when the group before has not yet
+committed); with clustering off, ``insert_solo_articles`` (a batch of articles, each its own
+story, without fingerprints).  The steps of the two threads overlap: their figures add up
+to more than the wall time.
 ``--detail`` times the parts of those steps as well (each part is also in its step's
-figure), and what the transaction does around them: template lines, identity keys,
-eviction, the full-text index and the commit.
+figure), and what happens around them: template lines, identity keys, eviction, the
+write-behind thread's whole transaction (its commit and the full-text index included).
 The last line is one JSON object.
 """
 
@@ -54,16 +58,24 @@ from aggregator.config import ClusteringSettings, load_config  # noqa: E402
 from aggregator.fingerprint import TermStatistics  # noqa: E402
 from aggregator.index import BandIndex  # noqa: E402
 from aggregator.parse import parse_feed  # noqa: E402
-from aggregator.store import Store, utcnow  # noqa: E402
+from aggregator.store import (  # noqa: E402
+    StagedReads,
+    StagedWrites,
+    Store,
+    WriteBehind,
+    utcnow,
+)
 
 SPENT: dict[str, float] = {}
 
 
 TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
            (pipeline, "fingerprint_of", "fingerprint"),
-           (Store, "insert_article", "insert_article"),
-           (pipeline.Aggregator, "_count_terms", "count_terms"),
-           (Store, "apply_story_outcome", "apply_story_outcome"),
+           (StagedWrites, "insert_article", "stage article"),
+           (StagedWrites, "apply_story_outcome", "stage story outcome"),
+           (pipeline.Aggregator, "_take_tallies", "term counts"),
+           (StagedWrites, "write", "write staged rows"),
+           (pipeline.Aggregator, "_settle_in_flight", "waiting for the write-behind thread"),
            (Store, "insert_solo_articles", "insert_solo_articles")]
 
 # With --detail: the parts of the steps above, and the rest of a transaction's work.
@@ -82,11 +94,10 @@ DETAIL_TARGETS = [
     (fingerprint, "salient_terms", "fingerprint: salient terms"),
     (pipeline, "decision_record", "decision record"),
     (pipeline.Aggregator, "_strip_template_lines", "template lines"),
-    (Store, "known_keys", "identity keys look-up"),
-    (Store, "create_story", "create_story"),
+    (StagedReads, "known_keys", "identity keys look-up"),
     (pipeline.Aggregator, "_evict", "eviction"),
     (pipeline.Aggregator, "_forget_unseen_terms", "terms leaving memory"),
-    (Store, "index_and_commit", "full-text index and commit"),
+    (WriteBehind, "_write", "write-behind transaction"),
 ]
 
 
@@ -112,12 +123,12 @@ def write_farm(args: argparse.Namespace, directory: Path) -> tuple[int, float, f
         batches = [(source.name, source.priority, entries, now, ready)
                    for entries, ready, source in zip(feeds, prepared, config.sources,
                                                      strict=True)]
-        for first in range(0, len(batches), pipeline.WRITE_GROUP_SOURCES):
-            reports = aggregator.ingest_group(
-                batches[first:first + pipeline.WRITE_GROUP_SOURCES])
-            failed = [report for report in reports if report.outcome != "ok"]
-            if failed:
-                raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
+        written = [aggregator.submit_group(batches[first:first + pipeline.WRITE_GROUP_SOURCES])
+                   for first in range(0, len(batches), pipeline.WRITE_GROUP_SOURCES)]
+        failed = [report for group in written for report in group.result()
+                  if report.outcome != "ok"]
+        if failed:
+            raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     aggregator.close()
     return sum(len(entries) for entries in feeds), wall, cpu

@@ -39,7 +39,7 @@ from aggregator.fingerprint import Signer, fingerprint_batch
 from aggregator.native import kernels
 from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator, load_clusterer
-from aggregator.store import Store
+from aggregator.store import StagedReads, Store
 
 SETTINGS = ClusteringSettings()
 DAY = 86400.0
@@ -504,14 +504,14 @@ def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
         return rows, in_memory
 
     recalled: list[str] = []
-    recall_terms = Store.recall_terms
+    recall_terms = StagedReads.recall_terms
 
-    def recording(store, terms):
-        found = recall_terms(store, terms)
+    def recording(reads, terms):
+        found = recall_terms(reads, terms)
         recalled.extend(row[1] for row in found)
         return found
 
-    monkeypatch.setattr(Store, "recall_terms", recording)
+    monkeypatch.setattr(StagedReads, "recall_terms", recording)
     every_term, kept = run("every-term", 10**9)
     assert kept == len(every_term["term_stats"]) == 62  # 60 topic words, "report", "updat"
     assert recalled == []

@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from aggregator.check import check_store
 from aggregator.config import Config, Source, load_config
 from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator, load_clusterer
+from aggregator.store import StagedWrites, WriteBehind
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -34,12 +36,31 @@ def test_fault_campaign_short(tmp_path):
     assert result["stories_equal_to_uninterrupted"]
 
 
-def test_full_disk_is_a_clear_error_and_the_next_pass_recovers(seed_config):
-    aggregator = Aggregator(load_config(seed_config, environ={}))
+def _on_every_writer(aggregator, monkeypatch, pragma):
+    """``pragma`` on every connection that writes the store: the writer's, and the one the
+    write-behind thread opens (or has opened)."""
+    opened = store_module.writer_connection
+
+    def set_up(path):
+        conn = opened(path)
+        conn.execute(pragma)
+        return conn
+    monkeypatch.setattr(store_module, "writer_connection", set_up)
+    behind = aggregator._write_behind
+    for conn in (aggregator.store.db.conn, behind and behind._conn):
+        if conn is not None:
+            conn.execute(pragma)
+
+
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_full_disk_is_a_clear_error_and_the_next_pass_recovers(seed_config, monkeypatch,
+                                                               write_behind):
+    aggregator = Aggregator(replace(load_config(seed_config, environ={}),
+                                    write_behind=write_behind))
     conn = aggregator.store.db.conn
     conn.execute("VACUUM")  # no free pages: a write that needs a page finds the disk full
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages}")
+    _on_every_writer(aggregator, monkeypatch, f"PRAGMA max_page_count = {pages}")
     reports = aggregator.run_pass()
     # Articles may still fit in the empty room of the pages every table starts with (two of
     # the three seeds do with 16 KB pages); the one that needs a new page finds none.
@@ -47,21 +68,24 @@ def test_full_disk_is_a_clear_error_and_the_next_pass_recovers(seed_config):
     assert len(failed) >= 1
     assert all("full" in r.error for r in failed)
     assert conn.execute("SELECT count(*) FROM articles").fetchone() == (3 - len(failed),)
-    conn.execute("PRAGMA max_page_count = 1073741823")
+    _on_every_writer(aggregator, monkeypatch, "PRAGMA max_page_count = 1073741823")
     assert sum(r.new_articles for r in aggregator.run_pass()) == len(failed)
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
 
 
-def test_read_only_database_is_a_clear_error_and_nothing_is_lost(seed_config):
-    aggregator = Aggregator(load_config(seed_config, environ={}))
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_read_only_database_is_a_clear_error_and_nothing_is_lost(seed_config, monkeypatch,
+                                                                 write_behind):
+    aggregator = Aggregator(replace(load_config(seed_config, environ={}),
+                                    write_behind=write_behind))
     aggregator.run_pass()
     conn = aggregator.store.db.conn
-    conn.execute("PRAGMA query_only = ON")
+    _on_every_writer(aggregator, monkeypatch, "PRAGMA query_only = ON")
     reports = aggregator.run_pass(force=True)
     assert {r.outcome for r in reports} == {"store_error"}
     assert "readonly" in reports[0].error
-    conn.execute("PRAGMA query_only = OFF")
+    _on_every_writer(aggregator, monkeypatch, "PRAGMA query_only = OFF")
     assert conn.execute("SELECT count(*) FROM articles").fetchone() == (3,)
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
@@ -103,8 +127,9 @@ def test_long_reader_does_not_block_the_writer_and_the_wal_shrinks_after(
     aggregator.close()
 
 
-def _desk(tmp_path, name, sources=("desk",)):
+def _desk(tmp_path, name, sources=("desk",), write_behind=False):
     config = Config(path=str(tmp_path / f"{name}.toml"), database=str(tmp_path / f"{name}.db"),
+                    write_behind=write_behind,
                     sources=tuple(Source(name=source, url=str(tmp_path / "f.xml"),
                                          interval_s=3600) for source in sources))
     return Aggregator(config)
@@ -120,16 +145,27 @@ def _entries(numbers, prefix="g"):
             for n in numbers]
 
 
-def _fail_second_write(aggregator, monkeypatch, at=2):
-    written = aggregator.store.apply_story_outcome
-    calls = []
+def _fail_while_decided(monkeypatch, guid):
+    """The article ``guid`` fails while its source's rows are decided and staged."""
+    staged = StagedWrites.insert_article
 
-    def flaky(*args):
-        calls.append(args)
-        if len(calls) == at:
+    def flaky(self, **columns):
+        if columns["article"].guid == guid:
             raise sqlite3.OperationalError("disk I/O error")
-        return written(*args)
-    monkeypatch.setattr(aggregator.store, "apply_story_outcome", flaky)
+        return staged(self, **columns)
+    monkeypatch.setattr(StagedWrites, "insert_article", flaky)
+
+
+def _fail_while_written(monkeypatch, guid):
+    """Writing rows that include the article ``guid`` fails: in the write-behind thread's
+    transaction, and again in the source's own savepoint when the group is written again."""
+    write = StagedWrites.write
+
+    def flaky(self, conn, search_rows=None):
+        write(self, conn, search_rows)
+        if any(row[2] == guid for row in self.articles):
+            raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(StagedWrites, "write", flaky)
 
 
 def _fail_commit(aggregator, monkeypatch):
@@ -142,8 +178,15 @@ def _fail_commit(aggregator, monkeypatch):
             raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(aggregator.store, "transaction", failing_commit)
 
+    def failing_group(self, group):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(WriteBehind, "_write", failing_group)
 
-@pytest.mark.parametrize("fail", [_fail_second_write, _fail_commit])
+
+@pytest.mark.parametrize("fail", [
+    lambda aggregator, monkeypatch: _fail_while_decided(monkeypatch, "g4"),
+    lambda aggregator, monkeypatch: _fail_while_written(monkeypatch, "g4"),
+    _fail_commit], ids=["decided", "written", "commit"])
 def test_a_failed_write_leaves_the_clusterer_as_the_store_is(tmp_path, monkeypatch, fail):
     straight = _desk(tmp_path, "straight")
     straight.ingest_entries("desk", 0, _entries(range(6)), datetime(2026, 3, 1, tzinfo=UTC))
@@ -189,7 +232,11 @@ def _search_index_is_the_articles(aggregator):
     return indexed == [row[0] for row in db.execute("SELECT id FROM articles ORDER BY id")]
 
 
-def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+@pytest.mark.parametrize("fail", [_fail_while_decided, _fail_while_written],
+                         ids=["decided", "written"])
+def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch, fail,
+                                                        write_behind):
     fetched = datetime(2026, 3, 1, tzinfo=UTC)
     sources = ("first", "second", "third")
     batches = [(name, 0, _entries(range(i * 3, i * 3 + 3), name), fetched, None)
@@ -199,9 +246,10 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     expected = _articles(without_second)
     without_second.close()
 
-    aggregator = _desk(tmp_path, "grouped", sources)
-    # The second source's second article: after the first of its articles was placed.
-    _fail_second_write(aggregator, monkeypatch, at=5)
+    aggregator = _desk(tmp_path, "grouped", sources, write_behind)
+    # The second source's second article: after the first of its articles was placed.  The
+    # group's transaction fails as one, and is written again source by source.
+    fail(monkeypatch, "second4")
     reports = aggregator.ingest_group(batches)
     assert [r.outcome for r in reports] == ["ok", "store_error", "ok"]
     assert "disk I/O error" in reports[1].error
@@ -219,9 +267,10 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch):
     aggregator.close()
 
 
-def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch, write_behind):
     fetched = datetime(2026, 3, 1, tzinfo=UTC)
-    aggregator = _desk(tmp_path, "grouped", ("first", "second"))
+    aggregator = _desk(tmp_path, "grouped", ("first", "second"), write_behind)
     aggregator.ingest_group([("first", 0, _entries(range(3), "first"), fetched, None)])
     before = _articles(aggregator)
     with monkeypatch.context() as patch:

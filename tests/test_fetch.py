@@ -25,7 +25,7 @@ from aggregator.fetch import (
 )
 from aggregator.fingerprint import given_priors, prior_document_fraction
 from aggregator.pipeline import Aggregator, worker_count
-from aggregator.store import Store, from_iso
+from aggregator.store import StagedWrites, WriteBehind, from_iso
 
 FEED = (DATA / "other_topics.rss.xml").read_bytes()
 
@@ -38,27 +38,34 @@ def make_aggregator(tmp_path, server, paths, extra="") -> Aggregator:
 
 
 def fail_to_record(aggregator, source: str, error: str, monkeypatch) -> None:
-    """Make writing the fetch of ``source`` raise a ``StoreError``."""
-    record_fetch = Store.record_fetch
+    """Make staging the fetch of ``source`` raise a ``StoreError``."""
+    record_fetch = StagedWrites.record_fetch
 
-    def failing(store, source_id, **kwargs):
+    def failing(staged, source_id, **kwargs):
         if source_id == aggregator.store.source(source).id:
             raise StoreError(error)
-        return record_fetch(store, source_id, **kwargs)
+        return record_fetch(staged, source_id, **kwargs)
 
-    monkeypatch.setattr(Store, "record_fetch", failing)
+    monkeypatch.setattr(StagedWrites, "record_fetch", failing)
 
 
 def count_transactions(aggregator, monkeypatch) -> list[int]:
-    """A list that grows by one at each write transaction the aggregator opens."""
+    """A list that grows by one at each write transaction the aggregator opens, on its
+    thread or on the write-behind thread."""
     transactions = []
     original = aggregator.store.transaction
+    written_behind = WriteBehind._write
 
     def counted():
         transactions.append(1)
         return original()
 
+    def counted_behind(behind, group):
+        transactions.append(1)
+        return written_behind(behind, group)
+
     monkeypatch.setattr(aggregator.store, "transaction", counted)
+    monkeypatch.setattr(WriteBehind, "_write", counted_behind)
     return transactions
 
 
@@ -139,8 +146,9 @@ def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
         "WHERE s.name = 'f3'").fetchone() == (2,)
 
 
+@pytest.mark.parametrize("extra", ["", "write_behind = true"], ids=["in place", "behind"])
 def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
-        tmp_path, feed_server, monkeypatch):
+        tmp_path, feed_server, monkeypatch, extra):
     paths = [f"/f{n}" for n in range(6)]
     topics = ["glacier", "harbour", "orchard", "comet", "vineyard", "railway"]
     for n, path in enumerate(paths):
@@ -152,7 +160,7 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
         body = (f"<?xml version='1.0'?><rss version='2.0'><channel><title>{path}</title>"
                 f"{items}</channel></rss>").encode()
         feed_server.route(path, Reply(200, body, {"Content-Type": "application/rss+xml"}))
-    aggregator = make_aggregator(tmp_path, feed_server, paths)
+    aggregator = make_aggregator(tmp_path, feed_server, paths, extra)
     transactions = count_transactions(aggregator, monkeypatch)
     # The first fetch ends after all the others, so that they are all ready when it is.
     real_fetch, others_done, done = aggregator._fetch_and_parse, threading.Event(), []
@@ -168,7 +176,7 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
         return fetched
 
     monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
-    record = Store.record_fetch
+    record = StagedWrites.record_fetch
     fail_to_record(aggregator, "f3", "disk I/O error", monkeypatch)
     reports = aggregator.run_pass(force=True)
     assert [r.source for r in reports] == [p.strip("/") for p in paths]  # config order
@@ -182,7 +190,7 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
     assert sorted(aggregator.clusterer.window_article_ids()) == [
         row[0] for row in aggregator.store.db.execute("SELECT id FROM articles ORDER BY id")]
 
-    monkeypatch.setattr(Store, "record_fetch", record)
+    monkeypatch.setattr(StagedWrites, "record_fetch", record)
     reports = aggregator.run_pass(force=True)
     assert [r.new_articles for r in reports] == [0, 0, 0, 2, 0, 0]
 
@@ -432,14 +440,14 @@ def test_sources_fetched_a_moment_apart_are_written_in_one_transaction(tmp_path,
     feed_server.route("/slow", Reply(200, body_factory=slow_feed))
     aggregator = make_aggregator(tmp_path, feed_server, ["/first", "/moment", "/slow"])
     groups = []
-    write_group = Aggregator._write_group
+    submit_group = Aggregator._submit_group
 
     def recorded(self, names, writes):
         groups.append(list(names))
         first_group_written.set()
-        return write_group(self, names, writes)
+        return submit_group(self, names, writes)
 
-    monkeypatch.setattr(Aggregator, "_write_group", recorded)
+    monkeypatch.setattr(Aggregator, "_submit_group", recorded)
     reports = aggregator.run_pass()
     assert [r.new_articles for r in reports] == [5, 5, 5]
     assert groups == [["first", "moment"], ["slow"]]

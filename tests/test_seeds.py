@@ -6,6 +6,7 @@ import json
 import shutil
 import sqlite3
 import threading
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from aggregator.cluster import HELD_BACK_ONE_TERM
 from aggregator.config import load_config
 from aggregator.fingerprint import count_words
 from aggregator.pipeline import Aggregator
+from aggregator.store import StagedWrites
 
 
 def run_once(config_path, *extra) -> str:
@@ -123,19 +125,20 @@ def test_unrelated_stories_stay_out_of_the_lavrov_story(tmp_path, seed_dir):
     assert all(r["relation"] == "canonical" for r in others)
 
 
-def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch):
-    config = load_config(seed_config)
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch, write_behind):
+    config = replace(load_config(seed_config), write_behind=write_behind)
     aggregator = Aggregator(config)
     inside_write = threading.Event()
     release = threading.Event()
-    original = aggregator.store.apply_story_outcome
+    original = StagedWrites.write
 
-    def slow_apply(conn, article_id, outcome, seen):
-        original(conn, article_id, outcome, seen)
+    def slow_write(staged, conn, search_rows=None):
+        original(staged, conn, search_rows)
         inside_write.set()
         assert release.wait(10)
 
-    monkeypatch.setattr(aggregator.store, "apply_story_outcome", slow_apply)
+    monkeypatch.setattr(StagedWrites, "write", slow_write)
     worker = threading.Thread(target=aggregator.run_pass)
     worker.start()
     try:

@@ -266,3 +266,177 @@ def test_terms_counted_before_their_last_article_was_kept_count_as_seen_in_the_n
     assert not reopened.clusterer.stats.incomplete
     assert len(reopened.clusterer.vocabulary.ids) == len(last)
     reopened.close()
+
+
+def _staged_article(staged, number: int, text: str, source_id: int = 1, lines=None):
+    """Stage a story and its one article (``number``), as the writer stages them."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from aggregator.cluster import StoryOutcome
+
+    article = _article(number, f"Story {number}", text)
+    staged.create_story(number, article.published, article.fetched)
+    fingerprint = SimpleNamespace(word_count=len(text.split()), counts_json='{"harbour": 1}',
+                                  salient=("harbour",))
+    staged.insert_article(article_id=number, source_id=source_id, article=article,
+                          story_id=number, relation="canonical", similarity=1.0,
+                          fingerprint=fingerprint, term_vector=b"",
+                          shingle_bytes=bytes([number]) * 8, salient_bytes=b"\x00\x01",
+                          decision={"new_story": True})
+    ts = article.published.timestamp()
+    staged.apply_story_outcome(number, StoryOutcome(number, number, None, "first", {
+        number: ("canonical", 1.0)}, ts, ts), article.fetched)
+    staged.count_lines(source_id, lines or {}, datetime(2026, 3, 1, tzinfo=UTC))
+    return article
+
+
+@pytest.mark.parametrize("text", [
+    "Plain words.", "", "a NUL \x00 inside", "\x00", "non-ASCII: Zürich, Кремль, 北京, 🚢",
+    'quotes " and \\ backslashes', "line\nbreaks\tand\rreturns", "\u2028\u2029 separators"])
+@pytest.mark.parametrize("count", [1, 3])
+def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count):
+    """Staged rows reach SQLite as JSON (a row or two as parameters), which cannot carry a
+    NUL character: such rows go in a statement each instead; every text, blob and number is
+    stored as it was given."""
+    from aggregator.store import StagedWrites
+
+    store = Store(str(tmp_path / "a.db"))
+    store.sync_sources(_sources())
+    staged = StagedWrites()
+    articles = [_staged_article(staged, number, text) for number in range(1, count + 1)]
+    with store.transaction() as conn:
+        store.write_staged(conn, staged)
+    rows = store.db.execute("SELECT title, text, similarity, typeof(similarity), relation, "
+                            "story_id, published FROM articles ORDER BY id").fetchall()
+    assert rows == [(article.title, text, 1.0, "real", "canonical", number,
+                     f"2026-03-01T{number:02}:00:00Z")
+                    for number, article in enumerate(articles, 1)]
+    blobs = store.db.execute(
+        "SELECT term_vector, typeof(term_vector), shingle_signature, salient_signature "
+        "FROM article_fingerprints ORDER BY article_id").fetchall()
+    assert blobs == [(b"", "blob", bytes([number]) * 8, b"\x00\x01")
+                     for number in range(1, count + 1)]
+    assert store.db.execute("SELECT rowid FROM articles_fts WHERE articles_fts MATCH "
+                            "'story' ORDER BY rowid").fetchall() == [
+        (number,) for number in range(1, count + 1)]
+    store.close()
+
+
+def _sources():
+    from aggregator.config import Source
+
+    return [Source(name="desk", url="https://desk.example/feed", interval_s=3600)]
+
+
+def _counted(term: str, stored_id: int, last_article: int):
+    """One article counted, with ``term`` in it."""
+    import numpy as np
+
+    from aggregator.store import TermCounts
+
+    return TermCounts(1, np.array([stored_id]), [term], np.array([1]), np.array([0.001]),
+                      np.array([last_article]))
+
+
+def test_reads_count_a_group_written_behind_once_before_and_after_its_commit(tmp_path):
+    """The writer reads the store with the staged groups not yet written added: a group
+    handed to the write-behind thread counts once, whether the snapshot read holds it or
+    not, and ids go on after its rows."""
+    from datetime import UTC, datetime
+
+    from aggregator.store import StagedReads, StagedWrites, WriteBehind
+
+    store = Store(str(tmp_path / "a.db"))
+    store.sync_sources(_sources())
+    reads = StagedReads(store)
+    assert (reads.new_article_id(), reads.new_story_id()) == (1, 1)
+    group = StagedWrites()
+    _staged_article(group, 1, "Harbour news.", lines={"subscribe": 1, "harbour": 1})
+    group.count_terms(_counted("harbour", 7, last_article=1))
+    reads.pending.append(group)
+    since = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def seen():
+        return (reads.line_counts(1, ["subscribe", "other"]), reads.entries_since(1, since),
+                reads.recall_terms(["harbour", "other"]), reads.recall_term_ids([7]),
+                reads.known_keys(["guid:g1", "guid:g9"]),
+                reads.shingle_signatures([1]))
+
+    expected = ({"subscribe": 1}, 1, [(7, "harbour", 1, 0.001, 1)],
+                [(7, "harbour", 1, 0.001, 1)], {"guid:g1"}, [b"\x01" * 8])
+    assert seen() == expected  # staged only
+    behind = WriteBehind(store.path)
+    behind.submit(group).result()
+    assert seen() == expected  # committed, still pending: counted once
+    assert (reads.new_article_id(), reads.new_story_id()) == (2, 2)
+    reads.pending.clear()
+    assert seen() == expected  # the store alone
+    # A later group's counts add to the stored ones.
+    later = StagedWrites()
+    _staged_article(later, 2, "More harbour news.", lines={"subscribe": 1})
+    later.count_terms(_counted("harbour", 7, last_article=2))
+    reads.pending.append(later)
+    assert reads.line_counts(1, ["subscribe"]) == {"subscribe": 2}
+    assert reads.recall_terms(["harbour"]) == [(7, "harbour", 2, 0.001, 2)]
+    assert reads.entries_since(1, since) == 2
+    with pytest.raises(RuntimeError, match="staged groups unwritten"):
+        reads.reset_ids()
+    behind.close()
+    store.close()
+
+
+def test_groups_written_behind_store_the_rows_that_groups_written_in_place_store(tmp_path,
+                                                                               monkeypatch):
+    """The same stream through write groups decided while the group before is written
+    behind (a database file) and written in place (an in-memory database, which has no
+    second connection): every table the same.  Terms leave memory after every group, and a
+    group holds more articles than the window (100), so that terms counted in a group still
+    being written leave memory and come back from the store."""
+    import sys
+
+    from conftest import ROOT
+
+    from aggregator import pipeline
+    from aggregator.config import ClusteringSettings, Config, Source
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stream import SyntheticStream
+
+    monkeypatch.setattr(pipeline, "EVICT_EVERY", 10)
+    monkeypatch.setattr(pipeline, "FORGET_TERMS_MIN", 0)
+    forget = pipeline.Aggregator._forget_unseen_terms
+
+    def after_every_group(aggregator):
+        aggregator._terms_kept = -1  # as if the vocabulary had just grown past its mark
+        forget(aggregator)
+    monkeypatch.setattr(pipeline.Aggregator, "_forget_unseen_terms", after_every_group)
+    stored = {}
+    for database in (str(tmp_path / "behind.db"), ":memory:"):
+        stream = SyntheticStream(seed=5, per_day=2000)
+        articles = [next(iter_stream) for iter_stream in [iter(stream)] for _ in range(600)]
+        config = Config(path=str(tmp_path / "c.toml"), database=database, write_behind=True,
+                        clustering=ClusteringSettings(window_articles=100),
+                        sources=tuple(Source(name=s, url="https://x.example/f",
+                                             interval_s=3600) for s in stream.sources))
+        aggregator = pipeline.Aggregator(config)
+        written = []
+        for start in range(0, len(articles), 250):
+            by_source: dict[str, list] = {}
+            for article in articles[start:start + 250]:
+                by_source.setdefault(article.source, []).append(article.entry)
+            written.append(aggregator.submit_group([
+                (source, 0, entries, entries[-1].published, None)
+                for source, entries in by_source.items()]))
+        assert all(r.outcome == "ok" for group in written for r in group.result())
+        assert (aggregator._write_behind is not None) == (database != ":memory:")
+        db = aggregator.store.db
+        stored[database] = {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                            for table in ("articles", "stories", "canonical_history",
+                                          "term_stats", "article_fingerprints", "article_keys",
+                                          "source_lines", "meta")}
+        aggregator.close()
+    behind, in_place = stored.values()
+    assert len(behind["articles"]) == 600 and len(behind["stories"]) < 600
+    for table in behind:
+        assert behind[table] == in_place[table], table
