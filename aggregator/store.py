@@ -720,7 +720,7 @@ class StagedWrites:
         self.history: list[list] = []
         self.story_updates: dict[int, list] = {}
         self.lines: dict[tuple[int, str], list] = {}
-        self.window_floor: str | None = None
+        self.window_floor: datetime | None = None
         self.fetches: list[list] = []
         self.source_states: list[tuple[int, dict[str, object]]] = []
         self.term_counts: list[TermCounts] = []
@@ -820,7 +820,7 @@ class StagedWrites:
                 counted[1] = seen_iso
 
     def raise_window_floor(self, floor: datetime) -> None:
-        self.window_floor = to_iso(floor)
+        self.window_floor = floor
 
     def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
                      status: int | None, outcome: str, error: str | None, size: int | None,
@@ -908,7 +908,7 @@ class StagedWrites:
         write_rows(conn, COUNT_LINES, [[source_id, key, count, seen] for (source_id, key),
                                        (count, seen) in self.lines.items()], 4)
         if self.window_floor is not None:
-            Store.raise_window_floor(conn, from_iso(self.window_floor))
+            Store.raise_window_floor(conn, self.window_floor)
         write_rows(conn, INSERT_FETCHES, self.fetches, 10)
         self._write_source_states(conn)
         for counts in self.term_counts:
@@ -991,8 +991,7 @@ class StagedReads:
 
     def new_story_id(self) -> int:
         if self._next_story is None:
-            self._next_story = self.store.db.conn.execute(
-                "SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
+            self._next_story = Store.next_story_id(self.store.db.conn)
         self._next_story += 1
         return self._next_story - 1
 
@@ -1052,30 +1051,31 @@ class StagedReads:
                          if i in staged.signatures)
         missing = [i for i in article_ids if i not in found]
         if missing:
-            found.update(select_in(self.store.db.conn, "SELECT article_id, shingle_signature "
-                                   "FROM article_fingerprints WHERE article_id IN ({})",
-                                   missing))
+            found.update(zip(missing, self.store.shingle_signatures(missing), strict=True))
         return [found[i] for i in article_ids]
 
     def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:
         """The stored rows of those of ``terms`` that the store has, with the counts of the
         groups not yet written added (see ``Store.recall_terms``)."""
-        return self._recall(terms, f"SELECT {TERM_ROW} FROM term_stats WHERE term IN ({{}})",
+        return self._recall(terms, self.store.recall_terms, 1,
                             lambda staged, term: staged.term_row(term=term))
 
     def recall_term_ids(self, term_ids: list[int]) -> list[tuple[int, str, int, float, int]]:
         """The same as ``recall_terms``, by id."""
-        return self._recall(term_ids, f"SELECT {TERM_ROW} FROM term_stats WHERE id IN ({{}})",
+        return self._recall(term_ids, self.store.recall_term_ids, 0,
                             lambda staged, stored_id: staged.term_row(stored_id=stored_id))
 
-    def _recall(self, wanted: list, sql: str, staged_row: Callable) -> list[tuple]:
+    def _recall(self, wanted: list, recall: Callable[[list], list[tuple]], key: int,
+                staged_row: Callable) -> list[tuple]:
+        """``recall(wanted)`` (the store's rows; ``key``: the column ``wanted`` names) with
+        the counts staged and not in the database it read added."""
         if not wanted:
             return []
-        stored, unwritten = self._snapshot(lambda conn: select_in(conn, sql, wanted))
+        # ``recall`` reads through the writer's connection, the one the snapshot holds.
+        stored, unwritten = self._snapshot(lambda _conn: recall(wanted))
         if not unwritten:
             return stored  # type: ignore[return-value]
-        by_key = {row[1] if isinstance(wanted[0], str) else row[0]: row
-                  for row in stored}  # type: ignore[union-attr]
+        by_key = {row[key]: row for row in stored}  # type: ignore[union-attr]
         for staged in unwritten:
             for key in wanted:
                 added = staged_row(staged, key)
@@ -1317,6 +1317,11 @@ class Store:
         complete.  Only the writer inserts, inside its transaction."""
         return conn.execute("SELECT coalesce(max(id), 0) + 1 FROM articles").fetchone()[0]
 
+    @staticmethod
+    def next_story_id(conn: sqlite3.Connection) -> int:
+        """The id SQLite would give the next story (see ``next_article_id``)."""
+        return conn.execute("SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
+
     def insert_solo_articles(self, conn: sqlite3.Connection, source_id: int, articles: list,
                              word_counts: list[int], decision: dict,
                              canonical_reason: str) -> list[int]:
@@ -1331,7 +1336,7 @@ class Store:
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '1')",
                      [UNCLUSTERED_MARK])
         first_article = self.next_article_id(conn)
-        first_story = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM stories").fetchone()[0]
+        first_story = self.next_story_id(conn)
         article_ids = list(range(first_article, first_article + len(articles)))
         story_ids = list(range(first_story, first_story + len(articles)))
         decision_json = json.dumps(decision)
