@@ -26,6 +26,7 @@ import re
 import struct
 import threading
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -79,8 +80,37 @@ def stem(word: str) -> str:
     return stemmer.stemWord(word)
 
 
+# ASCII letters and digits (``_WORD``'s word characters in ASCII) and the apostrophe kept,
+# everything else (the underscore too) a space.
+_TOKEN_CHARACTERS = "".join(chr(c) if chr(c).isalnum() or c == ord("'") else " "
+                            for c in range(128))
+
+
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens, possessives folded (``Russia's`` -> ``russia``)."""
+    """Lower-case word tokens, possessives folded (``Russia's`` -> ``russia``).
+
+    ASCII text (nearly every text) is split on the characters that no token holds, which
+    takes a fifth of the time of the regular expression over the whole text; only a chunk
+    with an apostrophe goes through it.  ``tokenize_regex`` is the reference."""
+    if not text.isascii():
+        return tokenize_regex(text)
+    chunks = text.lower().translate(_TOKEN_CHARACTERS).split()
+    if "'" not in text:
+        return chunks
+    tokens = []
+    for chunk in chunks:
+        if "'" in chunk:
+            # The tokens of a chunk are the expression's matches within it: none crosses
+            # a space, which is no word character.
+            tokens.extend(_POSSESSIVE.sub("", t) if "'" in t else t
+                          for t in _WORD.findall(chunk))
+        else:
+            tokens.append(chunk)
+    return tokens
+
+
+def tokenize_regex(text: str) -> list[str]:
+    """``tokenize`` by its definition: the regular expression's matches, lower-cased."""
     tokens = [token.lower() for token in _WORD.findall(text)]
     if "'" in text or "’" in text:
         # An apostrophe only ever sits inside a token, so only "’s" at the end can go.
@@ -131,8 +161,25 @@ def term_of(token: str) -> str | None:
     return term
 
 
+def _term_counts(title_tokens: list[str], text_tokens: list[str], title_weight: float,
+                 term_by_token: dict[str, str | None]) -> dict[str, float]:
+    """``_content_terms`` without phrases, from the term of each token: counted by
+    ``Counter`` in C, in the same order and to the same bit (a text's count is a whole
+    number, to which each title occurrence adds ``title_weight`` in turn)."""
+    counted = Counter(map(term_by_token.__getitem__, text_tokens))
+    counted.pop(None, None)
+    counts = dict(zip(counted, map(float, counted.values()), strict=True))
+    for term in map(term_by_token.__getitem__, title_tokens):
+        if term is not None:
+            counts[term] = counts.get(term, 0.0) + title_weight
+    return counts
+
+
 def _content_terms(title_tokens: list[str], text_tokens: list[str], title_weight: float,
                    phrase_weight: float) -> dict[str, float]:
+    """Each content term's weighted count, text first, then title (``title_weight`` an
+    occurrence), with word pairs where ``phrase_weight`` is set: the definition, and the
+    path of phrases."""
     counts: dict[str, float] = {}
     lookup = _TERM_OF.get
     for tokens, weight in ((text_tokens, 1.0), (title_tokens, title_weight)):
@@ -668,15 +715,23 @@ def given_priors(terms: list[str], first_words: list[str]) -> tuple[np.ndarray, 
 def first_surface_words(words: Iterable[str]) -> dict[str, str]:
     """Each content term with the first word (in text order) that stems to it: that word's
     frequency in general English gives the term's prior."""
-    first: dict[str, str] = {}
-    lookup = _TERM_OF.get
-    for word in dict.fromkeys(words):
-        term = lookup(word, "")
-        if term == "":
-            term = term_of(word)
-        if term is not None and term not in first:
-            first[term] = word
+    first, _terms = _first_words_and_terms(words)
     return first
+
+
+def _first_words_and_terms(tokens: Iterable[str]) -> tuple[dict[str, str],
+                                                          dict[str, str | None]]:
+    """``first_surface_words`` of ``tokens``, and the term of each distinct token (None for
+    no content word)."""
+    distinct = list(dict.fromkeys(tokens))
+    terms = list(map(_TERM_OF.get, distinct, repeat("")))
+    if "" in terms:
+        terms = [term_of(word) if term == "" else term
+                 for word, term in zip(distinct, terms, strict=True)]
+    # Read backwards, a term's first word is the last one written: it stays.
+    first = dict(zip(reversed(terms), reversed(distinct), strict=True))
+    first.pop(None, None)
+    return first, dict(zip(distinct, terms, strict=True))
 
 
 def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
@@ -1016,10 +1071,14 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
     for title, text in articles:
         title_tokens, text_tokens = tokenize(title), tokenize(text)
         tokens = title_tokens + text_tokens
-        partial.append((first_surface_words(tokens),
-                        _content_terms(title_tokens, text_tokens, title_weight, phrase_weight),
-                        frozenset(t for t in map(term_of, title_tokens) if t is not None),
-                        tokens, len(text_tokens)))
+        first_words, term_by_token = _first_words_and_terms(tokens)
+        title_terms = set(map(term_by_token.__getitem__, title_tokens))
+        title_terms.discard(None)
+        counts = (_content_terms(title_tokens, text_tokens, title_weight, phrase_weight)
+                  if phrase_weight else
+                  _term_counts(title_tokens, text_tokens, title_weight, term_by_token))
+        partial.append((first_words, counts, frozenset(title_terms), tokens,
+                        len(text_tokens)))
     signatures = signer.sign_shingles([p[3] for p in partial], shingle_size)
     return [TextFeatures.of(words, counts, titles, signature, word_count)
             for (words, counts, titles, _tokens, word_count), signature

@@ -17,6 +17,7 @@ counts the transactions our first passes wrote their sources in (``write_groups`
     pip install reader sgmllib3k
     python benchmarks/fetch.py --feeds 2000 --entries 20     # the issue's size
     python benchmarks/fetch.py --feeds 300 --entries 20      # quicker
+    python benchmarks/fetch.py --write-behind                # our passes written behind
 
 The last line is one JSON object.
 """
@@ -66,11 +67,12 @@ def stage_targets() -> list[tuple[object, str, str]]:
             (WriteBehind, "_write", "written behind")]
 
 
-def our_passes(urls: list[str], workdir: Path, cluster: bool) -> dict:
+def our_passes(urls: list[str], workdir: Path, cluster: bool, write_behind: bool = False) -> dict:
     config_path = workdir / f"ours-{cluster}.toml"
     write_farm_config(config_path, urls, str(workdir / f"ours-{cluster}.db"))
     config = load_config(config_path)
-    config = replace(config, clustering=replace(config.clustering, enabled=cluster))
+    config = replace(config, clustering=replace(config.clustering, enabled=cluster),
+                     write_behind=write_behind)
     aggregator = Aggregator(config)
     STAGES.clear()
     prepare_in_worker = aggregator._parsed_and_prepared
@@ -133,6 +135,9 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=2000)
     parser.add_argument("--entries", type=int, default=20)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--write-behind", action="store_true",
+                        help="our passes with write_behind = true (each write group written "
+                             "on a thread of its own)")
     args = parser.parse_args()
     queue = multiprocessing.Queue()
     farm = multiprocessing.Process(target=serve_farm, args=(args.feeds, args.entries, queue),
@@ -142,12 +147,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="fetch-bench-") as scratch:
             workdir = Path(scratch)
-            ours = our_passes(urls, workdir, cluster=True)
+            ours = our_passes(urls, workdir, cluster=True, write_behind=args.write_behind)
             print(f"ours, first pass: {ours['first']:.1f} s for {ours['entries']} entries "
                   f"({ours['entries'] / ours['first']:.0f}/s); stage seconds "
                   + ", ".join(f"{k} {v:.1f}" for k, v in ours["stages"].items()))
             print(f"ours, all-304 pass: {ours['second']:.2f} s ({ours['not_modified']} x 304)")
-            plain = our_passes(urls, workdir, cluster=False)
+            plain = our_passes(urls, workdir, cluster=False, write_behind=args.write_behind)
             print(f"ours without clustering, first pass: {plain['first']:.1f} s")
             print(f"write transactions of the first passes: {ours['write_groups']} with "
                   f"clustering, {plain['write_groups']} without")
@@ -159,7 +164,7 @@ def main() -> None:
     writer = ours["stages"].get("writer", 0.0)
     cluster = ours["stages"].get("cluster", 0.0)
     result = {
-        "feeds": args.feeds, "entries": ours["entries"],
+        "feeds": args.feeds, "entries": ours["entries"], "write_behind": args.write_behind,
         "first_pass_s": round(ours["first"], 2),
         "first_pass_no_cluster_s": round(plain["first"], 2),
         "reader_first_pass_s": round(theirs["first"], 2),

@@ -10,6 +10,12 @@ one round of each that is not counted; each round starts with no prior given yet
 worker does, and with the caches that a running worker has warm.  The two must give the
 same signatures.
 
+Then the tokens and term counts of the same articles' titles and texts, in alternating
+rounds: as ``fingerprint.text_features`` makes them (ASCII text split on the characters no
+token holds, each distinct token's term looked up once, the counts made by ``Counter``)
+and by their definitions (``tokenize_regex``, the loops of ``first_surface_words`` and
+``_content_terms``).  The two must give the same tokens, first words and counts.
+
     python benchmarks/prepare.py
     python benchmarks/prepare.py --articles 8000 --rounds 10
 
@@ -31,7 +37,33 @@ from stream import SyntheticStream  # noqa: E402
 
 from aggregator import fingerprint  # noqa: E402
 from aggregator.config import ClusteringSettings  # noqa: E402
+from aggregator.normalize import normalize_entry  # noqa: E402
 from aggregator.pipeline import PrepareSettings, prepare_entries  # noqa: E402
+
+
+def terms_as_made(pairs: list[tuple[str, str]], title_weight: float) -> list:
+    made = []
+    for title, text in pairs:
+        title_tokens, text_tokens = fingerprint.tokenize(title), fingerprint.tokenize(text)
+        first, term_by_token = fingerprint._first_words_and_terms(title_tokens + text_tokens)
+        made.append((title_tokens + text_tokens, first, fingerprint._term_counts(
+            title_tokens, text_tokens, title_weight, term_by_token)))
+    return made
+
+
+def terms_by_definition(pairs: list[tuple[str, str]], title_weight: float) -> list:
+    made = []
+    for title, text in pairs:
+        title_tokens = fingerprint.tokenize_regex(title)
+        text_tokens = fingerprint.tokenize_regex(text)
+        first: dict[str, str] = {}
+        for token in title_tokens + text_tokens:
+            term = fingerprint.term_of(token)
+            if term is not None and term not in first:
+                first[term] = token
+        made.append((title_tokens + text_tokens, first, fingerprint._content_terms(
+            title_tokens, text_tokens, title_weight, 0.0)))
+    return made
 
 
 def main() -> None:
@@ -78,6 +110,24 @@ def main() -> None:
     if signatures["kernels"] != signatures["python"]:
         sys.exit("the kernels' signatures differ from the Python ones")
 
+    pairs = [(article.title, article.text)
+             for source, entries, fetched in batches
+             for article in (normalize_entry(entry, source, fetched) for entry in entries)]
+    ways = {"as made": terms_as_made, "by definition": terms_by_definition}
+    term_times: dict[str, list[float]] = {name: [] for name in ways}
+    results = {}
+    for number in range(args.rounds + 1):
+        for name, way in (ways.items() if number % 2 == 0 else reversed(ways.items())):
+            started = time.perf_counter()
+            results[name] = way(pairs, clustering.title_weight)
+            if number:
+                term_times[name].append((time.perf_counter() - started) * 1e6 / len(pairs))
+    for made, defined in zip(results["as made"], results["by definition"], strict=True):
+        # The counts to the bit, in the same order; the first words as a mapping.
+        if made[0] != defined[0] or made[1] != defined[1] \
+                or list(made[2].items()) != list(defined[2].items()):
+            sys.exit("the tokens or term counts differ from their definitions")
+
     for name, values in times.items():
         print(f"{name:8} {statistics.median(values):.3f} ms an article (median of "
               f"{len(values)} rounds; {', '.join(f'{v:.3f}' for v in values)})")
@@ -85,12 +135,21 @@ def main() -> None:
     python_ms = statistics.median(times["python"])
     print(f"with the kernels: {python_ms / kernels_ms:.2f}x "
           f"(the CPU's SHA instructions used: {compiled.SHA_INSTRUCTIONS})")
+    made_us = statistics.median(term_times["as made"])
+    defined_us = statistics.median(term_times["by definition"])
+    print(f"tokens and term counts: {made_us:.1f} us an article as made, {defined_us:.1f} "
+          f"by their definitions: {defined_us / made_us:.2f}x (the same tokens, first words "
+          "and counts)")
     print(json.dumps({"articles": args.articles, "rounds": args.rounds,
                       "kernels_ms_per_article": round(kernels_ms, 4),
                       "python_ms_per_article": round(python_ms, 4),
                       "speedup": round(python_ms / kernels_ms, 2),
                       "sha_instructions": compiled.SHA_INSTRUCTIONS,
-                      "same_signatures": True}))
+                      "same_signatures": True,
+                      "terms_us_per_article": round(made_us, 1),
+                      "terms_by_definition_us_per_article": round(defined_us, 1),
+                      "terms_speedup": round(defined_us / made_us, 2),
+                      "same_terms": True}))
 
 
 if __name__ == "__main__":

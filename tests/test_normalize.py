@@ -27,7 +27,9 @@ from aggregator.fingerprint import (
     strongest_python,
     term_of,
     term_weights,
+    text_features,
     tokenize,
+    tokenize_regex,
 )
 from aggregator.normalize import (
     ascii_folded,
@@ -184,6 +186,63 @@ def test_fast_paths_match_the_regular_expressions_on_any_text(text, other):
     for sample in (text, other, text + other):
         assert count_words(sample) == reference_word_count(sample)
     assert content_hash(text, other) == reference_content_hash(text, other)
+
+
+def reference_first_surface_words(tokens: list[str]) -> dict[str, str]:
+    first: dict[str, str] = {}
+    for token in tokens:
+        term = term_of(token)
+        if term is not None and term not in first:
+            first[term] = token
+    return first
+
+
+def reference_term_counts(title_tokens: list[str], text_tokens: list[str],
+                          title_weight: float) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for tokens, weight in ((text_tokens, 1.0), (title_tokens, title_weight)):
+        for term in map(term_of, tokens):
+            if term is not None:
+                counts[term] = counts.get(term, 0.0) + weight
+    return counts
+
+
+def assert_features_follow_their_definitions(title: str, text: str) -> None:
+    assert tokenize(text) == tokenize_regex(text)
+    title_tokens, text_tokens = tokenize_regex(title), tokenize_regex(text)
+    [features] = text_features([(title, text)], fingerprint_module.Signer(16), 3, 2.5)
+    counts = reference_term_counts(title_tokens, text_tokens, 2.5)
+    # The same terms in the same order, and counts equal to the bit.
+    assert features.term_list == list(counts)
+    assert features.counts.tolist() == list(counts.values())
+    first = reference_first_surface_words(title_tokens + text_tokens)
+    assert features.first_words.split(" ") == [first[term] for term in counts] or not counts
+    assert first_surface_words(title_tokens + text_tokens) == first
+    assert features.title_terms == {term_of(t) for t in title_tokens} - {None}
+
+
+@pytest.mark.parametrize("text", [*WORDY, "Russia's talks' end; Russia’s TALKS", "A b. A, B!",
+                                  "Ôl’s IT'S it’s Its", "x" * 3 + "'s" + " x'S"])
+def test_tokens_and_term_counts_follow_their_definitions(text):
+    assert_features_follow_their_definitions(text[::-1], text)
+
+
+ascii_text = st.text(alphabet=st.sampled_from(list("abcXYZ09_ '.,-\t\n\"")), max_size=60)
+
+
+@given(st.one_of(ascii_text, news_text), st.one_of(ascii_text, news_text))
+@settings(max_examples=400, deadline=None)
+def test_tokens_and_term_counts_follow_their_definitions_on_any_text(title, text):
+    assert_features_follow_their_definitions(title, text)
+    assert tokenize(title + text) == tokenize_regex(title + text)
+
+
+def test_tokens_and_term_counts_of_the_seeds_follow_their_definitions():
+    texts = [path.read_text(encoding="utf-8") for path in sorted(SEEDS.glob("*"))
+             if path.is_file()]
+    assert texts
+    for text in texts:
+        assert_features_follow_their_definitions(text[:200], text)
 
 
 @pytest.mark.parametrize("value", [
