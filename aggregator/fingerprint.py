@@ -248,6 +248,11 @@ class EnglishFrequencies:
         self._hashes, self._buckets = hashes[order], buckets[order]
         self._bucket_frequency = [wordfreq.cB_to_freq(-index) for index in range(len(pack))]
         self._minimum = wordfreq.zipf_to_freq(0.0)
+        # A plain word (``_plain``) is its own one token, so its value follows its bucket
+        # alone: worked out once for each bucket, and for a word not listed, by ``zipf``.
+        self._zipf_by_bucket = [self._zipf_of([frequency])
+                                for frequency in self._bucket_frequency]
+        self._zipf_unlisted = self._zipf_of([None])
 
     def _frequency(self, token: str) -> float | None:
         key = _key(token)
@@ -259,21 +264,59 @@ class EnglishFrequencies:
         return self._bucket_frequency[self._buckets[at]]
 
     def zipf(self, word: str) -> float:
-        minimum = self._minimum
-        one_over = 0.0
-        tokens = wordfreq.lossy_tokenize(word, "en")
-        for token in tokens:
+        frequencies = []
+        for token in wordfreq.lossy_tokenize(word, "en"):
             smashed = wordfreq.smash_numbers(token)
             frequency = self._frequency(smashed)
             if frequency is None:
-                one_over = 0.0
+                frequencies.append(None)
                 break
             if smashed != token:
                 frequency *= wordfreq.digit_freq(token)
+            frequencies.append(frequency)
+        return self._zipf_of(frequencies)
+
+    def _zipf_of(self, frequencies: list[float | None]) -> float:
+        """wordfreq's value for a word of tokens of ``frequencies`` (None: a token not
+        listed, which makes the word unlisted)."""
+        minimum = self._minimum
+        one_over = 0.0
+        for frequency in frequencies:
+            if frequency is None:
+                one_over = 0.0
+                break
             one_over += 1.0 / frequency
         frequency = max(1.0 / one_over, minimum) if one_over else minimum
         frequency = round(frequency, math.floor(-math.log(frequency, 10)) + 3)
         return round(wordfreq.freq_to_zipf(frequency), 2)
+
+    def zipf_many(self, words: list[str]) -> list[float]:
+        """``zipf`` of each word; the plain ones (nearly all) by one search of the list for
+        them all, without wordfreq's tokeniser, which takes most of a word's time."""
+        plain = [number for number, word in enumerate(words) if _plain(word)]
+        values = [0.0] * len(words)
+        if plain:
+            keys = np.fromiter((_key(words[number]) for number in plain), dtype=np.int64,
+                               count=len(plain))
+            at = np.searchsorted(self._hashes, keys, side="right") - 1
+            listed = (at >= 0) & (self._hashes[np.maximum(at, 0)] == keys)
+            by_bucket, unlisted = self._zipf_by_bucket, self._zipf_unlisted
+            for number, found, bucket in zip(plain, listed.tolist(),
+                                             self._buckets[np.maximum(at, 0)].tolist(),
+                                             strict=True):
+                values[number] = by_bucket[bucket] if found else unlisted
+        if len(plain) < len(words):
+            chosen = set(plain)
+            for number, word in enumerate(words):
+                if number not in chosen:
+                    values[number] = self.zipf(word)
+        return values
+
+
+def _plain(word: str) -> bool:
+    """Whether wordfreq's English tokeniser leaves ``word`` one token, itself, with no digit
+    to smash: lower-case ASCII letters (checked against every such word of its list)."""
+    return word.isascii() and word.isalpha() and word.islower()
 
 
 def _key(word: str) -> int:
@@ -286,14 +329,19 @@ _english: EnglishFrequencies | None = None
 _english_lock = threading.Lock()
 
 
-def english_zipf(word: str) -> float:
-    """``wordfreq.zipf_frequency(word, "en")`` from the compact list (loaded on first use)."""
+def english_frequencies() -> EnglishFrequencies:
+    """The compact list, loaded on first use."""
     global _english
     if _english is None:
         with _english_lock:
             if _english is None:
                 _english = EnglishFrequencies()
-    return _english.zipf(word)
+    return _english
+
+
+def english_zipf(word: str) -> float:
+    """``wordfreq.zipf_frequency(word, "en")`` from the compact list."""
+    return english_frequencies().zipf(word)
 
 
 # Bounded small: a term's prior is kept by ``TermStatistics`` once it is learned, so the
@@ -305,7 +353,16 @@ def prior_document_fraction(term: str) -> float:
     From the word's frequency in general English (wordfreq): a word of frequency ``f`` per
     token appears at least once in an article of ~400 tokens with probability 1-exp(-400 f).
     """
-    zipf = english_zipf(term)
+    return _prior_of_zipf(english_zipf(term))
+
+
+def prior_document_fractions(words: list[str]) -> list[float]:
+    """``prior_document_fraction`` of each word, the English list searched once for them
+    all (a new worker looks up nearly every word it meets)."""
+    return list(map(_prior_of_zipf, english_frequencies().zipf_many(words)))
+
+
+def _prior_of_zipf(zipf: float) -> float:
     per_token = 10 ** (zipf - 9) if zipf > 0 else 1e-8
     return max(1e-7, 1.0 - math.exp(-400.0 * per_token))
 
@@ -708,7 +765,7 @@ def given_priors(terms: list[str], first_words: list[str]) -> tuple[np.ndarray, 
                                                                   strict=True))
                  if word and term not in given]
     given.update(terms[number] for number in positions)
-    priors = [prior_document_fraction(first_words[number]) for number in positions]
+    priors = prior_document_fractions([first_words[number] for number in positions])
     return np.asarray(positions, dtype=np.int32), np.asarray(priors, dtype=np.float64)
 
 

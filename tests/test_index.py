@@ -271,6 +271,25 @@ def test_english_frequencies_are_wordfreqs_to_the_hundredth():
         assert english.zipf(word) == wordfreq.zipf_frequency(word, "en"), word
 
 
+def test_english_frequencies_of_many_words_at_once_are_the_ones_of_each():
+    english = EnglishFrequencies()
+    listed = sorted(wordfreq.get_frequency_dict("en"))[7::20]
+    # Plain words listed and not (made up), among words that take wordfreq's tokeniser.
+    words = TRICKY_WORDS + listed + ["zzqxv", "lavrovian", "blinkenesque", "a", "zz"]
+    assert english.zipf_many(words) == [wordfreq.zipf_frequency(w, "en") for w in words]
+    assert fingerprint_module.prior_document_fractions(words) == [
+        fingerprint_module.prior_document_fraction(w) for w in words]
+    assert english.zipf_many([]) == []
+
+
+def test_a_plain_word_is_its_own_only_token_for_wordfreq():
+    # What lets zipf_many skip wordfreq's tokeniser: true of every plain word of its list.
+    plain = [w for w in wordfreq.get_frequency_dict("en") if fingerprint_module._plain(w)]
+    assert len(plain) > 250_000
+    assert all(wordfreq.lossy_tokenize(w, "en") == [w] for w in plain[::10])
+    assert not any(map(fingerprint_module._plain, ["Lavrov", "don't", "x2", "café", ""]))
+
+
 def test_a_pass_does_not_keep_wordfreqs_dictionary(tmp_path, seed_config):
     # wordfreq's cached English dictionary takes 33 MB; the compact list is enough.
     script = f"""
