@@ -254,14 +254,20 @@ class EnglishFrequencies:
                                 for frequency in self._bucket_frequency]
         self._zipf_unlisted = self._zipf_of([None])
 
-    def _frequency(self, token: str) -> float | None:
-        key = _key(token)
+    def _buckets_of(self, words: list[str]) -> list[int | None]:
+        """The bucket of each word in the list, None for a word not listed: one search for
+        them all."""
+        keys = np.fromiter(map(_key, words), dtype=np.int64, count=len(words))
         # The last of equal keys: a word listed twice has its later (rarer) bucket, as in
         # wordfreq's dictionary, where the later entry overwrites the earlier.
-        at = int(np.searchsorted(self._hashes, key, side="right")) - 1
-        if at < 0 or self._hashes[at] != key:
-            return None
-        return self._bucket_frequency[self._buckets[at]]
+        at = np.maximum(np.searchsorted(self._hashes, keys, side="right") - 1, 0)
+        listed = (self._hashes[at] == keys).tolist()
+        return [bucket if found else None
+                for bucket, found in zip(self._buckets[at].tolist(), listed, strict=True)]
+
+    def _frequency(self, token: str) -> float | None:
+        [bucket] = self._buckets_of([token])
+        return None if bucket is None else self._bucket_frequency[bucket]
 
     def zipf(self, word: str) -> float:
         frequencies = []
@@ -293,23 +299,18 @@ class EnglishFrequencies:
     def zipf_many(self, words: list[str]) -> list[float]:
         """``zipf`` of each word; the plain ones (nearly all) by one search of the list for
         them all, without wordfreq's tokeniser, which takes most of a word's time."""
-        plain = [number for number, word in enumerate(words) if _plain(word)]
-        values = [0.0] * len(words)
-        if plain:
-            keys = np.fromiter((_key(words[number]) for number in plain), dtype=np.int64,
-                               count=len(plain))
-            at = np.searchsorted(self._hashes, keys, side="right") - 1
-            listed = (at >= 0) & (self._hashes[np.maximum(at, 0)] == keys)
-            by_bucket, unlisted = self._zipf_by_bucket, self._zipf_unlisted
-            for number, found, bucket in zip(plain, listed.tolist(),
-                                             self._buckets[np.maximum(at, 0)].tolist(),
-                                             strict=True):
-                values[number] = by_bucket[bucket] if found else unlisted
-        if len(plain) < len(words):
-            chosen = set(plain)
-            for number, word in enumerate(words):
-                if number not in chosen:
-                    values[number] = self.zipf(word)
+        values = [self._zipf_unlisted] * len(words)
+        plain = []
+        for number, word in enumerate(words):
+            if _plain(word):
+                plain.append(number)
+            else:
+                values[number] = self.zipf(word)
+        by_bucket = self._zipf_by_bucket
+        for number, bucket in zip(plain, self._buckets_of([words[n] for n in plain]),
+                                  strict=True):
+            if bucket is not None:
+                values[number] = by_bucket[bucket]
         return values
 
 
