@@ -79,7 +79,7 @@ def check_store(store: Store, settings: ClusteringSettings,
         # ... except one stored with clustering off: alone in its story, counted nowhere.
         "SELECT a.id FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "
         "LEFT JOIN stories s ON s.id = a.story_id "
-        "WHERE f.article_id IS NULL AND (a.term_counts != '{}' OR s.article_count IS NOT 1)",
+        "WHERE f.article_id IS NULL AND (a.counted_terms != '' OR s.article_count IS NOT 1)",
         lambda r: f"article {r[0]} has no row in article_fingerprints, yet it shares a story "
                   "or counts in the statistics"))
     q(_query_violations(
@@ -109,9 +109,9 @@ def _check_statistics(store: Store) -> list[Violation]:
     documents, rows = store.term_statistics()
     real: Counter[str] = Counter()
     articles = 0
-    for (counts,) in store.db.execute("SELECT a.term_counts FROM articles a JOIN "
-                                      "article_fingerprints f ON f.article_id = a.id"):
-        real.update(json.loads(counts).keys())
+    for (terms,) in store.db.execute("SELECT a.counted_terms FROM articles a JOIN "
+                                     "article_fingerprints f ON f.article_id = a.id"):
+        real.update(terms.split())
         articles += 1
     found = []
     if documents != articles:

@@ -18,7 +18,6 @@ datasketch's own ``MinHash`` and ``LeanMinHash``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import operator
@@ -1051,10 +1050,6 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
 _EMPTY_ITEM_HASH = item_hashes([b""])
 
 
-# ``articles.term_counts``: an article's term counts as compact JSON, in the order counted.
-term_counts_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
 @dataclass(frozen=True)
 class TextFeatures:
     """What an article's text gives before any statistics are consulted.
@@ -1069,9 +1064,6 @@ class TextFeatures:
     # (an empty string) for a phrase.  Its frequency in general English gives the prior.
     first_words: str
     counts: np.ndarray  # their weighted counts
-    # The counts as the store keeps them (``term_counts_json``), encoded where the article
-    # is prepared: in the writer it took a tenth of a millisecond an article.
-    counts_json: str
     title_terms: frozenset[str]
     shingle_signature: np.ndarray
     word_count: int
@@ -1087,7 +1079,7 @@ class TextFeatures:
         words = list(map(first_words.get, terms, repeat("")))
         return cls(" ".join(terms), " ".join(words),
                    np.fromiter(term_counts.values(), dtype=np.float64, count=len(terms)),
-                   term_counts_json(term_counts), title_terms, shingle_signature, word_count,
+                   title_terms, shingle_signature, word_count,
                    *given_priors(terms, words))
 
     @property
@@ -1103,9 +1095,9 @@ class TextFeatures:
 class Fingerprint:
     """What clustering needs of an article, and what the store keeps to rebuild the index."""
 
-    # The article's term counts as ``articles.term_counts`` holds them, and the vocabulary
-    # ids of its terms (in the order counted).
-    counts_json: str
+    # The terms the article counts in the statistics, as ``articles.counted_terms`` holds
+    # them (separated by single spaces, in the order counted), and their vocabulary ids.
+    counted_terms: str
     term_ids: np.ndarray
     salient: tuple[str, ...]
     shingle_signature: np.ndarray
@@ -1161,7 +1153,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
             list(map(vocabulary.ids.__getitem__, salient))))
     else:
         salient_signature = signer.sign_one([])
-    return Fingerprint(counts_json=features.counts_json, term_ids=ids, salient=salient,
+    return Fingerprint(counted_terms=features.terms, term_ids=ids, salient=salient,
                        shingle_signature=features.shingle_signature,
                        salient_signature=salient_signature, word_count=features.word_count,
                        weighted_terms=weighted, weights=weights, weighted_ids=weighted_ids)

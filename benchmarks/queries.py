@@ -105,8 +105,8 @@ def build(path: str, articles: int, seed: int = 3) -> Store:
             db.executemany(
                 "INSERT INTO articles (id, source_id, guid, url, identity_key, title, "
                 "published, published_from_feed, fetched, text, content_hash, word_count, "
-                "story_id, relation, similarity, term_counts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, '{}')",
+                "story_id, relation, similarity, counted_terms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, '')",
                 article_rows)
             db.executemany("INSERT INTO article_keys (key, article_id) VALUES (?, ?)",
                            [(row[4], row[0]) for row in article_rows])

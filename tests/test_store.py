@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -277,7 +278,7 @@ def _staged_article(staged, number: int, text: str, source_id: int = 1, lines=No
 
     article = _article(number, f"Story {number}", text)
     staged.create_story(number, article.published, article.fetched)
-    fingerprint = SimpleNamespace(word_count=len(text.split()), counts_json='{"harbour": 1}',
+    fingerprint = SimpleNamespace(word_count=len(text.split()), counted_terms="harbour",
                                   salient=("harbour",))
     staged.insert_article(article_id=number, source_id=source_id, article=article,
                           story_id=number, relation="canonical", similarity=1.0,
@@ -440,3 +441,38 @@ def test_groups_written_behind_store_the_rows_that_groups_written_in_place_store
     assert len(behind["articles"]) == 600 and len(behind["stories"]) < 600
     for table in behind:
         assert behind[table] == in_place[table], table
+
+
+def test_term_counts_become_the_terms_each_article_counted(tmp_path, seed_config):
+    from aggregator.check import check_store
+    from aggregator.config import load_config
+    from aggregator.pipeline import Aggregator
+
+    config = load_config(seed_config, environ={})
+    aggregator = Aggregator(config)
+    aggregator.run_pass()
+    aggregator.close()
+    with sqlite3.connect(config.database) as conn:
+        counted = conn.execute("SELECT id, counted_terms FROM articles ORDER BY id").fetchall()
+        # The store as the version before kept it: each article's terms with their counts,
+        # and '{}' for one stored with clustering off.
+        conn.execute("ALTER TABLE articles ADD COLUMN term_counts TEXT NOT NULL DEFAULT '{}'")
+        conn.executemany("UPDATE articles SET term_counts = ? WHERE id = ?", [
+            (json.dumps({term: 1.0 + 2 * n for n, term in enumerate(terms.split(" "))}),
+             article_id) for article_id, terms in counted])
+        conn.execute("ALTER TABLE articles DROP COLUMN counted_terms")
+        conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
+                     "published_from_feed, fetched, text, content_hash, word_count) "
+                     "SELECT 99, source_id, 'guid:off', 'Off', published, 1, fetched, 'x', "
+                     "'h', 1 FROM articles WHERE id = 1")
+        conn.execute("DELETE FROM _migrations WHERE name = '010_counted_terms'")
+    store = Store(config.database)
+    assert "010_counted_terms" in store.applied_migrations()
+    columns = {row[1] for row in store.db.execute("PRAGMA table_info(articles)")}
+    assert "term_counts" not in columns
+    assert store.db.execute("SELECT id, counted_terms FROM articles ORDER BY id").fetchall() \
+        == [*counted, (99, "")]
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM articles WHERE id = 99")
+    assert check_store(store, config.clustering) == []
+    store.close()
