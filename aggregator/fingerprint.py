@@ -1120,19 +1120,27 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
     partial = []
     for title, text in articles:
         title_tokens, text_tokens = tokenize(title), tokenize(text)
-        tokens = title_tokens + text_tokens
-        first_words, term_by_token = _first_words_and_terms(tokens)
-        title_terms = set(map(term_by_token.__getitem__, title_tokens))
-        title_terms.discard(None)
-        counts = (_content_terms(title_tokens, text_tokens, title_weight, phrase_weight)
-                  if phrase_weight else
-                  _term_counts(title_tokens, text_tokens, title_weight, term_by_token))
-        partial.append((first_words, counts, frozenset(title_terms), tokens,
-                        len(text_tokens)))
+        partial.append((*terms_of_tokens(title_tokens, text_tokens, title_weight,
+                                         phrase_weight),
+                        title_tokens + text_tokens, len(text_tokens)))
     signatures = signer.sign_shingles([p[3] for p in partial], shingle_size)
     return [TextFeatures.of(words, counts, titles, signature, word_count)
             for (words, counts, titles, _tokens, word_count), signature
             in zip(partial, signatures, strict=True)]
+
+
+def terms_of_tokens(title_tokens: list[str], text_tokens: list[str], title_weight: float,
+                    phrase_weight: float = 0.0) -> tuple[dict[str, str], dict[str, float],
+                                                         frozenset[str]]:
+    """An article's terms from its tokens: the first word of each (``first_surface_words``),
+    their weighted counts (``_content_terms``) and the title's terms."""
+    first_words, term_by_token = _first_words_and_terms(title_tokens + text_tokens)
+    title_terms = set(map(term_by_token.__getitem__, title_tokens))
+    title_terms.discard(None)
+    counts = (_content_terms(title_tokens, text_tokens, title_weight, phrase_weight)
+              if phrase_weight else
+              _term_counts(title_tokens, text_tokens, title_weight, term_by_token))
+    return first_words, counts, frozenset(title_terms)
 
 
 def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer,
