@@ -355,47 +355,65 @@ static const char *products_doc =
     "a term of ``vector_ids``, int32, and ``vector_weights``, float32) and their sums,\n"
     "``cosines`` (float64).  ``dense``: float64 scratch indexed by term id, zero, left so.";
 
+/* An article's vector, given as two sequences (term ids and weights), as C arrays (to
+ * free with PyMem_Free, both, also on failure); -1 with an exception set on failure. */
+static int vector_given(const char *function, PyObject *ids, PyObject *weights,
+                        Py_ssize_t **term_ids, double **term_weights, Py_ssize_t *count) {
+    *term_ids = NULL;
+    *term_weights = NULL;
+    PyObject *ids_given = PySequence_Fast(ids, "ids: a sequence expected");
+    if (ids_given == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s: ids: a sequence expected", function);
+        return -1;
+    }
+    PyObject *weights_given = PySequence_Fast(weights, "weights: a sequence expected");
+    if (weights_given == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s: weights: a sequence expected", function);
+        Py_DECREF(ids_given);
+        return -1;
+    }
+    int result = -1;
+    Py_ssize_t given = PySequence_Fast_GET_SIZE(ids_given);
+    *term_ids = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(given ? given : 1));
+    *term_weights = PyMem_Malloc(sizeof(double) * (size_t)(given ? given : 1));
+    if (*term_ids == NULL || *term_weights == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PySequence_Fast_GET_SIZE(weights_given) != given) {
+        PyErr_Format(PyExc_ValueError, "%s: ids and weights of unequal lengths", function);
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < given; k++) {
+        (*term_ids)[k] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(ids_given, k),
+                                            PyExc_OverflowError);
+        (*term_weights)[k] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(weights_given, k));
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    *count = given;
+    result = 0;
+done:
+    Py_DECREF(ids_given);
+    Py_DECREF(weights_given);
+    return result;
+}
+
 static PyObject *term_products(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (!arguments_given("term_products", nargs, 8)) {
         return NULL;
     }
-    PyObject *ids_given = PySequence_Fast(args[1], "term_products: ids: a sequence expected");
-    if (ids_given == NULL) {
-        return NULL;
-    }
-    PyObject *weights_given = PySequence_Fast(args[2],
-                                              "term_products: weights: a sequence expected");
-    if (weights_given == NULL) {
-        Py_DECREF(ids_given);
-        return NULL;
-    }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids_given);
-    Py_ssize_t *term_ids = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
-    double *term_weights = PyMem_Malloc(sizeof(double) * (size_t)(count ? count : 1));
+    Py_ssize_t *term_ids, count = 0;
+    double *term_weights;
     PyObject *result = NULL;
-    if (term_ids == NULL || term_weights == NULL) {
-        PyErr_NoMemory();
-        goto given;
+    if (vector_given("term_products", args[1], args[2], &term_ids, &term_weights,
+                     &count) == 0) {
+        result = products_of(term_ids, term_weights, count, args);
     }
-    if (PySequence_Fast_GET_SIZE(weights_given) != count) {
-        PyErr_SetString(PyExc_ValueError, "term_products: ids and weights of unequal lengths");
-        goto given;
-    }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        term_ids[k] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(ids_given, k),
-                                         PyExc_OverflowError);
-        term_weights[k] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(weights_given, k));
-        if (PyErr_Occurred()) {
-            goto given;
-        }
-    }
-    result = products_of(term_ids, term_weights, count, args);
-given:
     PyMem_Free(term_ids);
     PyMem_Free(term_weights);
-    Py_DECREF(ids_given);
-    Py_DECREF(weights_given);
     return result;
 }
 
@@ -487,6 +505,381 @@ static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weig
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* A sum of doubles in order, from zero: what ``Clusterer._candidate`` adds a story's values
+ * with (``in_order_sum``), whatever the version of Python (its ``sum`` compensates from
+ * 3.12 on). */
+static double in_order_sum(const double *values, Py_ssize_t count) {
+    double sum = 0.;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        sum += values[i];
+    }
+    return sum;
+}
+
+#define DAY_S 86400.0
+/* How many of a story's latest members its support is counted over (MAX_SUPPORT_MEMBERS). */
+#define SUPPORT_MEMBERS 16
+enum { NOT_HELD_BACK, HELD_BACK_UNSUPPORTED, HELD_BACK_ONE_TERM };
+
+static const char *scores_doc =
+    "story_scores(dense, ids, weights, vector_ids, vector_weights, word_count, members,\n"
+    "             story_rows, columns, tables, article, best, positions, values,\n"
+    "             held_back) -> int\n\n"
+    "The best of the live stories of ``story_rows`` (int64 rows of the story columns) for an\n"
+    "article, each scored exactly as ``Clusterer._candidate`` scores it: the mean cosine of\n"
+    "the article's vector (``ids`` and ``weights``, two lists) with the story's ``members``\n"
+    "(one int64 buffer of slots a story, in the order of ``story_rows``), the time factor and\n"
+    "the threshold of the pair's length, and whether member support or breadth holds the\n"
+    "story back.  ``vector_ids`` (int32), ``vector_weights`` (float32) and ``word_count``\n"
+    "(int32): the window's rows; ``dense``: float64 scratch indexed by term id, zero, left\n"
+    "so.  ``columns``: the story columns last_ts, first_ts, dated_first_ts, dated_last_ts\n"
+    "(float64) and canonical_slot (int64); ``tables``: the threshold and the time tolerance\n"
+    "of each pair length (float64); ``article``: its time, word count, whether it is dated,\n"
+    "and the settings window_days and story_span_days in seconds, undated_time_factor,\n"
+    "member_anchor and evidence_beyond_one_term.  ``best``: (count, slack): the stories kept\n"
+    "are those whose margin (score less threshold) is at least the count-th largest less\n"
+    "the slack, in the order of ``story_rows``.  For the k-th kept: its position in\n"
+    "``story_rows`` in ``positions`` (int64), cosine, time factor, threshold and score in\n"
+    "row k of ``values`` (float64, four a story) and 0, 1 (unsupported) or 2 (one term) in\n"
+    "``held_back`` (int8).  Returns how many are kept.";
+
+/* The ``rank``-th largest of ``values`` (1 the largest), ``rank`` at most ``count``. */
+static double rank_th_largest(const double *values, Py_ssize_t count, Py_ssize_t rank,
+                              double *scratch) {
+    /* ``scratch``: the ``rank`` largest so far, descending (a handful: insertion). */
+    Py_ssize_t held = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double value = values[i];
+        if (held == rank && !(value > scratch[rank - 1])) {
+            continue;
+        }
+        Py_ssize_t at = held < rank ? held++ : rank - 1;
+        while (at > 0 && scratch[at - 1] < value) {
+            scratch[at] = scratch[at - 1];
+            at--;
+        }
+        scratch[at] = value;
+    }
+    return scratch[rank - 1];
+}
+
+static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("story_scores", nargs, 15)) {
+        return NULL;
+    }
+    enum { DENSE, VECTOR_IDS, VECTOR_WEIGHTS, WORD_COUNT, STORY_ROWS, LAST_TS, FIRST_TS,
+           DATED_FIRST_TS, DATED_LAST_TS, CANONICAL_SLOT, THRESHOLDS, SIGMAS, POSITIONS,
+           VALUES, HELD_BACK, MEMBER, BUFFERS };
+    Buffer b[BUFFERS];
+    memset(b, 0, sizeof b);
+    Py_ssize_t *term_ids = NULL, count = 0;
+    double *term_weights = NULL, *products = NULL, *cosines = NULL, *beyond = NULL;
+    double *scored = NULL;
+    int64_t *flat = NULL;
+    Py_ssize_t *starts = NULL, *lives = NULL;
+    PyObject *members = NULL, *result = NULL;
+    double *dense = NULL;
+    double article[8];
+    if (!PyTuple_Check(args[8]) || PyTuple_GET_SIZE(args[8]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "story_scores: columns: a tuple of 5 arrays expected");
+        goto done;
+    }
+    if (!PyTuple_Check(args[9]) || PyTuple_GET_SIZE(args[9]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "story_scores: tables: a tuple of 2 arrays expected");
+        goto done;
+    }
+    if (!PyTuple_Check(args[10]) || PyTuple_GET_SIZE(args[10]) != 8) {
+        PyErr_SetString(PyExc_TypeError, "story_scores: article: a tuple of 8 numbers expected");
+        goto done;
+    }
+    if (!PyTuple_Check(args[11]) || PyTuple_GET_SIZE(args[11]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "story_scores: best: a tuple (count, slack) expected");
+        goto done;
+    }
+    for (int k = 0; k < 8; k++) {
+        article[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(args[10], k));
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    Py_ssize_t best_count = PyNumber_AsSsize_t(PyTuple_GET_ITEM(args[11], 0),
+                                               PyExc_OverflowError);
+    double slack = PyFloat_AsDouble(PyTuple_GET_ITEM(args[11], 1));
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (best_count < 1) {
+        PyErr_SetString(PyExc_ValueError, "story_scores: best: a count of at least 1 expected");
+        goto done;
+    }
+    if (take(args[0], &b[DENSE], 8, "d", 1, "dense") < 0
+            || take(args[3], &b[VECTOR_IDS], 4, "il", 0, "vector_ids") < 0
+            || take(args[4], &b[VECTOR_WEIGHTS], 4, "f", 0, "vector_weights") < 0
+            || take(args[5], &b[WORD_COUNT], 4, "il", 0, "word_count") < 0
+            || take(args[7], &b[STORY_ROWS], 8, "lq", 0, "story_rows") < 0
+            || take(PyTuple_GET_ITEM(args[8], 0), &b[LAST_TS], 8, "d", 0, "last_ts") < 0
+            || take(PyTuple_GET_ITEM(args[8], 1), &b[FIRST_TS], 8, "d", 0, "first_ts") < 0
+            || take(PyTuple_GET_ITEM(args[8], 2), &b[DATED_FIRST_TS], 8, "d", 0,
+                    "dated_first_ts") < 0
+            || take(PyTuple_GET_ITEM(args[8], 3), &b[DATED_LAST_TS], 8, "d", 0,
+                    "dated_last_ts") < 0
+            || take(PyTuple_GET_ITEM(args[8], 4), &b[CANONICAL_SLOT], 8, "lq", 0,
+                    "canonical_slot") < 0
+            || take(PyTuple_GET_ITEM(args[9], 0), &b[THRESHOLDS], 8, "d", 0, "thresholds") < 0
+            || take(PyTuple_GET_ITEM(args[9], 1), &b[SIGMAS], 8, "d", 0, "sigmas") < 0
+            || take(args[12], &b[POSITIONS], 8, "lq", 1, "positions") < 0
+            || take(args[13], &b[VALUES], 8, "d", 1, "values") < 0
+            || take(args[14], &b[HELD_BACK], 1, "bB", 1, "held_back") < 0) {
+        goto done;
+    }
+    const int32_t *vector_ids = b[VECTOR_IDS].view.buf;
+    const float *vector_weights = b[VECTOR_WEIGHTS].view.buf;
+    const int32_t *word_count = b[WORD_COUNT].view.buf;
+    const int64_t *story_rows = b[STORY_ROWS].view.buf;
+    const double *last_ts = b[LAST_TS].view.buf, *first_ts = b[FIRST_TS].view.buf;
+    const double *dated_first_ts = b[DATED_FIRST_TS].view.buf;
+    const double *dated_last_ts = b[DATED_LAST_TS].view.buf;
+    const int64_t *canonical_slot = b[CANONICAL_SLOT].view.buf;
+    const double *thresholds = b[THRESHOLDS].view.buf, *sigmas = b[SIGMAS].view.buf;
+    int64_t *positions = b[POSITIONS].view.buf;
+    double *values = b[VALUES].view.buf;
+    int8_t *held_back = b[HELD_BACK].view.buf;
+    Py_ssize_t terms = b[DENSE].view.len / 8;
+    Py_ssize_t width = b[VECTOR_IDS].view.ndim == 2 ? b[VECTOR_IDS].view.shape[1] : 0;
+    Py_ssize_t rows = b[WORD_COUNT].view.len / 4;
+    Py_ssize_t stories = b[STORY_ROWS].view.len / 8;
+    Py_ssize_t story_capacity = b[LAST_TS].view.len / 8;
+    Py_ssize_t lengths = b[THRESHOLDS].view.len / 8;
+    if (width == 0 || b[VECTOR_WEIGHTS].view.ndim != 2
+            || b[VECTOR_WEIGHTS].view.shape[1] != width
+            || b[VECTOR_IDS].view.len / 4 < rows * width
+            || b[VECTOR_WEIGHTS].view.len / 4 < rows * width
+            || b[FIRST_TS].view.len / 8 != story_capacity
+            || b[DATED_FIRST_TS].view.len / 8 != story_capacity
+            || b[DATED_LAST_TS].view.len / 8 != story_capacity
+            || b[CANONICAL_SLOT].view.len / 8 != story_capacity
+            || lengths == 0 || b[SIGMAS].view.len / 8 != lengths
+            || b[POSITIONS].view.len / 8 < stories || b[VALUES].view.len / 8 < 4 * stories
+            || b[HELD_BACK].view.len < stories) {
+        PyErr_SetString(PyExc_ValueError, "story_scores: arrays of unequal shapes");
+        goto done;
+    }
+    members = PySequence_Fast(args[6], "story_scores: members: a sequence expected");
+    if (members == NULL) {
+        goto done;
+    }
+    if (PySequence_Fast_GET_SIZE(members) != stories) {
+        PyErr_SetString(PyExc_ValueError,
+                        "story_scores: members and story_rows of unequal lengths");
+        goto done;
+    }
+    if (vector_given("story_scores", args[1], args[2], &term_ids, &term_weights,
+                     &count) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (term_ids[k] < 0 || term_ids[k] >= terms) {
+            PyErr_Format(PyExc_ValueError, "story_scores: term %zd outside the %zd terms",
+                         term_ids[k], terms);
+            goto done;
+        }
+    }
+    const double ts = article[0], window_s = article[3], span_s = article[4];
+    const double undated_factor = article[5], member_anchor = article[6];
+    const double evidence = article[7];
+    const int64_t article_words = (int64_t)article[1] > 1 ? (int64_t)article[1] : 1;
+    const int article_dated = article[2] != 0.;
+
+    /* The live stories (Clusterer._live) and their members, in one array: the members'
+     * rows are then read with those of the next stories fetched ahead (a story has a few
+     * members; most rows are in no cache). */
+    starts = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(stories + 1));
+    lives = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(stories ? stories : 1));
+    if (starts == NULL || lives == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t live = 0, total = 0, flat_capacity = 0;
+    for (Py_ssize_t s = 0; s < stories; s++) {
+        int64_t row = story_rows[s];
+        if (row < 0 || row >= story_capacity) {
+            PyErr_Format(PyExc_ValueError, "story_scores: story row %lld outside the %zd rows",
+                         (long long)row, story_capacity);
+            goto done;
+        }
+        if (!(ts - last_ts[row] <= window_s && ts - first_ts[row] <= span_s)) {
+            continue;
+        }
+        if (take(PySequence_Fast_GET_ITEM(members, s), &b[MEMBER], 8, "lq", 0,
+                 "members") < 0) {
+            goto done;
+        }
+        const int64_t *slots = b[MEMBER].view.buf;
+        Py_ssize_t size = b[MEMBER].view.len / 8;
+        int64_t canonical = canonical_slot[row];
+        if (size == 0 || canonical < 0 || canonical >= rows) {
+            release(&b[MEMBER], 1);
+            PyErr_Format(PyExc_ValueError, "story_scores: story row %lld has no member or "
+                         "its canonical outside the rows", (long long)row);
+            goto done;
+        }
+        if (total + size > flat_capacity) {
+            flat_capacity = 2 * (total + size) > 256 ? 2 * (total + size) : 256;
+            int64_t *wider = PyMem_Realloc(flat, sizeof(int64_t) * (size_t)flat_capacity);
+            if (wider == NULL) {
+                release(&b[MEMBER], 1);
+                PyErr_NoMemory();
+                goto done;
+            }
+            flat = wider;
+        }
+        for (Py_ssize_t m = 0; m < size; m++) {
+            if (slots[m] < 0 || slots[m] >= rows) {
+                PyErr_Format(PyExc_ValueError, "story_scores: slot %lld outside the %zd rows",
+                             (long long)slots[m], rows);
+                release(&b[MEMBER], 1);
+                goto done;
+            }
+            flat[total + m] = slots[m];
+        }
+        release(&b[MEMBER], 1);
+        lives[live] = s;
+        starts[live++] = total;
+        total += size;
+    }
+    starts[live] = total;
+    products = PyMem_Malloc(sizeof(double) * (size_t)width);
+    cosines = PyMem_Malloc(sizeof(double) * (size_t)(total ? total : 1));
+    beyond = PyMem_Malloc(sizeof(double) * (size_t)(total ? total : 1));
+    scored = PyMem_Malloc(sizeof(double) * (size_t)(6 * live + best_count));
+    if (products == NULL || cosines == NULL || beyond == NULL || scored == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    dense = b[DENSE].view.buf;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        dense[term_ids[k]] = term_weights[k];
+    }
+    /* As term_products: each term's product, the row's cosine their numpy sum; and what is
+     * left without the strongest (``beyond_one_term``: its max from 0.0). */
+    for (Py_ssize_t i = 0; i < total; i++) {
+        const int32_t *ids = vector_ids + (size_t)flat[i] * (size_t)width;
+        const float *weights = vector_weights + (size_t)flat[i] * (size_t)width;
+#if defined(__GNUC__)
+        if (i + PREFETCH_AHEAD < total) {
+            size_t ahead = (size_t)flat[i + PREFETCH_AHEAD] * (size_t)width;
+            for (size_t byte = 0; byte < (size_t)width * 4; byte += 64) {
+                __builtin_prefetch((const char *)(vector_ids + ahead) + byte);
+                __builtin_prefetch((const char *)(vector_weights + ahead) + byte);
+            }
+        }
+#endif
+        double strongest = 0.;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            if (ids[j] < 0 || ids[j] >= terms) {
+                PyErr_Format(PyExc_ValueError, "story_scores: term %d outside the %zd terms",
+                             (int)ids[j], terms);
+                goto done;
+            }
+            products[j] = dense[ids[j]] * (double)weights[j];
+            if (products[j] > strongest) {
+                strongest = products[j];
+            }
+        }
+        cosines[i] = pairwise_sum(products, width);
+        beyond[i] = cosines[i] - strongest;
+    }
+    /* Clusterer._candidate, story by story: cosine, factor, threshold, score and what
+     * held it back in ``scored``, five a story; the margins (score less threshold) after
+     * them. */
+    double *margins = scored + 5 * live, *largest = margins + live;
+    for (Py_ssize_t k = 0; k < live; k++) {
+        int64_t row = story_rows[lives[k]];
+        const double *own = cosines + starts[k];
+        Py_ssize_t size = starts[k + 1] - starts[k];
+        double similarity = in_order_sum(own, size) / (double)size;
+        int64_t canonical = canonical_slot[row];
+        int64_t canonical_words = word_count[canonical] > 1 ? word_count[canonical] : 1;
+        int64_t words = (int64_t)sqrt((double)(article_words * canonical_words));
+        Py_ssize_t length = words < lengths - 1 ? (Py_ssize_t)words : lengths - 1;
+        double threshold = thresholds[length], sigma_days = sigmas[length];
+        double factor = undated_factor;
+        if (article_dated && dated_first_ts[row] <= dated_last_ts[row]) {
+            double gap = 0.;
+            if (dated_first_ts[row] - ts > gap) {
+                gap = dated_first_ts[row] - ts;
+            }
+            if (ts - dated_last_ts[row] > gap) {
+                gap = ts - dated_last_ts[row];
+            }
+            gap /= DAY_S;
+            factor = exp(-(gap * gap) / (2.0 * sigma_days * sigma_days));
+        }
+        int held = NOT_HELD_BACK;
+        if (similarity * factor >= threshold) {
+            /* Clusterer._supported, over the latest members */
+            Py_ssize_t latest = size < SUPPORT_MEMBERS ? size : SUPPORT_MEMBERS;
+            if (latest > 1) {
+                double floor_value = member_anchor * threshold;
+                Py_ssize_t support = 0;
+                for (Py_ssize_t m = size - latest; m < size; m++) {
+                    support += own[m] >= floor_value;
+                }
+                if (!(support * 2 > latest)) {
+                    held = HELD_BACK_UNSUPPORTED;
+                }
+            }
+            /* Clusterer._broad */
+            double required = evidence * threshold;
+            if (held == NOT_HELD_BACK && required != 0.
+                    && !(in_order_sum(beyond + starts[k], size) / (double)size * factor
+                         >= required)) {
+                held = HELD_BACK_ONE_TERM;
+            }
+        }
+        double score = held ? 0. : similarity * factor;
+        double *story = scored + 5 * k;
+        story[0] = similarity;
+        story[1] = factor;
+        story[2] = threshold;
+        story[3] = score;
+        story[4] = (double)held;
+        margins[k] = score - threshold;
+    }
+    /* The best ``best_count`` and those within the slack of the last of them. */
+    double cut = live > best_count
+        ? rank_th_largest(margins, live, best_count, largest) - slack : -INFINITY;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t k = 0; k < live; k++) {
+        if (live <= best_count || margins[k] >= cut) {
+            positions[kept] = lives[k];
+            memcpy(values + 4 * kept, scored + 5 * k, 4 * sizeof(double));
+            held_back[kept] = (int8_t)scored[5 * k + 4];
+            kept++;
+        }
+    }
+    result = PyLong_FromSsize_t(kept);
+done:
+    if (dense != NULL) {
+        for (Py_ssize_t k = 0; k < count; k++) {
+            dense[term_ids[k]] = 0.;
+        }
+    }
+    PyMem_Free(term_ids);
+    PyMem_Free(term_weights);
+    PyMem_Free(products);
+    PyMem_Free(cosines);
+    PyMem_Free(beyond);
+    PyMem_Free(scored);
+    PyMem_Free(flat);
+    PyMem_Free(starts);
+    PyMem_Free(lives);
+    Py_XDECREF(members);
+    release(b, BUFFERS);
+    return result;
 }
 
 static const char *matches_doc =
@@ -1191,6 +1584,7 @@ static PyMethodDef methods[] = {
     {"recent_insert", (PyCFunction)(void (*)(void))recent_insert, METH_FASTCALL, NULL},
     {"recent_matches", (PyCFunction)(void (*)(void))recent_matches, METH_FASTCALL, NULL},
     {"shingle_hashes", (PyCFunction)(void (*)(void))shingle_hashes, METH_FASTCALL, NULL},
+    {"story_scores", (PyCFunction)(void (*)(void))story_scores, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1209,6 +1603,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[5].ml_doc = recent_insert_doc;
     methods[6].ml_doc = recent_matches_doc;
     methods[7].ml_doc = shingle_hashes_doc;
+    methods[8].ml_doc = scores_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

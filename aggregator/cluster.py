@@ -50,8 +50,13 @@ REPORTED_CANDIDATES = 5
 HELD_BACK_UNSUPPORTED = ("at most half of the story's latest members resemble the article "
                          "(member_anchor)")
 HELD_BACK_ONE_TERM = "the score rests on one shared term (evidence_beyond_one_term)"
+# By the codes of the compiled ``story_scores``.
+HELD_BACK = (None, HELD_BACK_UNSUPPORTED, HELD_BACK_ONE_TERM)
 # How far a rough (numpy) margin may be from the exact one.
 ROUGH_TOLERANCE = 1e-3
+# How far a candidate's margin, of its score and threshold rounded to four places, may be
+# from the margin of the values before rounding.
+MARGIN_ROUNDING = 2e-4
 # Evicted rows stay resident (and in the band indexes) until a compaction lets new articles
 # reuse them: at this share of the window.  A compaction of a 100,000-article window takes
 # about 20 ms, so at 3% about 7 us an article; the dead rows and the fresh rows written
@@ -266,6 +271,25 @@ def beyond_one_term(cosines: list[float], term_products: np.ndarray) -> list[flo
     """Each row's cosine less its strongest term (``term_products``: one row of per-term
     products a member, whose sums are ``cosines``)."""
     return (np.asarray(cosines) - term_products.max(axis=1, initial=0.0)).tolist()
+
+
+def in_order_sum(values: list[float]) -> float:
+    """The sum of ``values`` added in order from zero, as the compiled ``story_scores`` adds
+    them: ``sum`` compensates its float sums from Python 3.12 on."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+def best_first(candidate: Candidate) -> tuple[float, int]:
+    """The order of candidates, best first: the largest margin, then the lowest story id."""
+    return -candidate.margin, candidate.story_id
+
+
+def best_candidates(candidates: list[Candidate]) -> list[Candidate]:
+    """The ``REPORTED_CANDIDATES`` best, best first (``best_first``)."""
+    return sorted(candidates, key=best_first)[:REPORTED_CANDIDATES]
 
 
 def padded(rows: list, dtype) -> np.ndarray:
@@ -502,7 +526,7 @@ def time_sigma_days(words: int, settings: ClusteringSettings) -> float:
 def decide(near_copies: list[NearCopy], candidates: list[Candidate],
            settings: ClusteringSettings) -> Decision:
     """Where an article goes, from verified near-copies and scored candidate stories."""
-    ranked = tuple(sorted(candidates, key=lambda c: (-c.margin, c.story_id)))
+    ranked = tuple(sorted(candidates, key=best_first))
     copies = tuple(sorted(near_copies, key=lambda c: (-c.jaccard, c.article_id)))
     if copies and copies[0].jaccard >= settings.duplicate_threshold:
         best = copies[0]
@@ -630,6 +654,8 @@ class Clusterer:
         self._length_tables_for: ClusteringSettings | None = None
         self._length_table_values: tuple[np.ndarray, np.ndarray, list] = (
             np.zeros(0), np.zeros(0), [])
+        self._exact_tables_of: list | None = None
+        self._exact_tables: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -808,6 +834,9 @@ class Clusterer:
                                           self.settings.max_candidates), dtype=np.int64)
 
     def candidate_stories(self, article: ClusterArticle) -> list[Candidate]:
+        """The ``REPORTED_CANDIDATES`` best of the article's candidate stories, scored
+        exactly, best first (largest margin over the threshold; then the lowest story id):
+        only they can decide, and a decision keeps them for ``aggregator explain``."""
         signature = article.fingerprint.salient_signature
         if article.salient_keys is None:
             article.salient_keys = self.candidate_index.band_keys(signature[None, :])
@@ -816,6 +845,52 @@ class Clusterer:
         ranked = self.closest_story_rows(found, signature.astype(np.uint16))
         if not ranked.size:
             return []
+        if kernels is None:
+            return self._best_candidates_numpy(article, ranked)
+        return self._best_candidates(article, ranked)
+
+    def _best_candidates(self, article: ClusterArticle, ranked: np.ndarray) -> list[Candidate]:
+        """``candidate_stories`` from the ranked story rows, every live story scored
+        exactly by ``_story_scores`` (compiled); ``_best_candidates_numpy`` is the
+        reference."""
+        stories = list(map(self._story_at.__getitem__, ranked.tolist()))
+        # The best by their margins as computed, and those that rounding to four places
+        # could still bring among the best: they are sorted by their rounded margins.
+        scored = self._story_scores(article, ranked, stories,
+                                    (REPORTED_CANDIDATES, MARGIN_ROUNDING))
+        return best_candidates([self._rounded(stories[position], *values)
+                                for position, values in scored])
+
+    def _story_scores(self, article: ClusterArticle, ranked: np.ndarray,
+                      stories: list[StoryState], best: tuple[int, float]) -> list[tuple]:
+        """The compiled ``story_scores`` of the stories of the rows ``ranked`` (``stories``):
+        for each live one among the ``best`` (count, slack), its position in ``ranked`` and
+        the values ``_score`` gives, to the last bit."""
+        columns, rows, settings = self.story_columns, self.rows, self.settings
+        ids, weights = self.vector(article)
+        if len(self.vocabulary) > len(self._dense):
+            self._dense = np.zeros(max(len(self.vocabulary), 2 * len(self._dense)))
+        positions = np.empty(len(stories), dtype=np.int64)
+        values = np.empty((len(stories), 4))
+        held_back = np.empty(len(stories), dtype=np.int8)
+        kept = kernels.story_scores(
+            self._dense, ids, weights, rows.vector_ids, rows.vector_weights, rows.word_count,
+            [story.slots for story in stories], ranked,
+            (columns.last_ts, columns.first_ts, columns.dated_first_ts, columns.dated_last_ts,
+             columns.canonical_slot),
+            self._exact_length_tables(),
+            (article.published_ts, article.word_count, article.dated,
+             settings.window_days * DAY_S, settings.story_span_days * DAY_S,
+             settings.undated_time_factor, settings.member_anchor,
+             settings.evidence_beyond_one_term),
+            best, positions, values, held_back)
+        return [(position, (*story_values, HELD_BACK[held]))
+                for position, story_values, held in zip(
+                    positions[:kept].tolist(), values[:kept].tolist(),
+                    held_back[:kept].tolist(), strict=True)]
+
+    def _best_candidates_numpy(self, article: ClusterArticle,
+                               ranked: np.ndarray) -> list[Candidate]:
         live_rows = ranked[self._live(ranked, article.published_ts)]
         if not live_rows.size:
             return []
@@ -828,7 +903,7 @@ class Clusterer:
         products, cosines = self._term_products(*self.vector(article), member_slots)
         # Every live story is scored roughly in one numpy pass; the exact score (and the
         # member support) is then computed story by story in order of that rough margin,
-        # until the best REPORTED_CANDIDATES are certain: only those can decide or be shown.
+        # until the best REPORTED_CANDIDATES are certain.
         sizes = self.story_columns.size[live_rows]
         ends = np.cumsum(sizes)
         starts = ends - sizes
@@ -849,7 +924,7 @@ class Clusterer:
                 article, live[position], cosines[start:end].tolist(), products[start:end],
                 int(columns.canonical_slot[row]), float(columns.dated_first_ts[row]),
                 float(columns.dated_last_ts[row])))
-        return candidates
+        return best_candidates(candidates)
 
     def _rough_margins(self, article: ClusterArticle, story_rows: np.ndarray,
                        means: np.ndarray) -> np.ndarray:
@@ -902,13 +977,36 @@ class Clusterer:
             self._length_tables_for = settings
         return self._length_table_values
 
+    def _exact_length_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """``_length_tables``' list of pairs as two arrays, for ``story_scores``."""
+        by_length = self._length_tables()[2]
+        if self._exact_tables_of is not by_length:
+            self._exact_tables = (np.array([pair[0] for pair in by_length]),
+                                  np.array([pair[1] for pair in by_length]))
+            self._exact_tables_of = by_length
+        return self._exact_tables
+
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
                    term_products: np.ndarray, canonical_slot: int,
                    dated_first_ts: float, dated_last_ts: float) -> Candidate:
         """The exact score of ``story``; ``own``: the cosines of its members,
         ``term_products``: the same term by term (``_term_products``), and the story's
         columns that it reads, taken for all candidates at once."""
-        similarity = sum(own) / len(own)
+        return self._rounded(story, *self._score(article, own, term_products, canonical_slot,
+                                                 dated_first_ts, dated_last_ts))
+
+    @staticmethod
+    def _rounded(story: StoryState, similarity: float, factor: float, threshold: float,
+                 score: float, held_back: str | None) -> Candidate:
+        return Candidate(story.story_id, round(score, 4), round(similarity, 4),
+                         round(factor, 4), round(threshold, 4), story.canonical_id, held_back)
+
+    def _score(self, article: ClusterArticle, own: list[float], term_products: np.ndarray,
+               canonical_slot: int, dated_first_ts: float,
+               dated_last_ts: float) -> tuple[float, float, float, float, str | None]:
+        """``_candidate``'s values before rounding: cosine, time factor, threshold, score
+        and what held the story back (None: nothing)."""
+        similarity = in_order_sum(own) / len(own)
         canonical_words = int(self.rows.word_count[canonical_slot])
         # The length of the pair: a short text beside a long one scores like neither.
         words = int(math.sqrt(max(1, article.word_count) * max(1, canonical_words)))
@@ -929,9 +1027,8 @@ class Clusterer:
                 held_back = HELD_BACK_UNSUPPORTED
             elif not self._broad(beyond_one_term(own, term_products), factor, threshold):
                 held_back = HELD_BACK_ONE_TERM
-        score = 0.0 if held_back else similarity * factor
-        return Candidate(story.story_id, round(score, 4), round(similarity, 4),
-                         round(factor, 4), round(threshold, 4), story.canonical_id, held_back)
+        return (similarity, factor, threshold, 0.0 if held_back else similarity * factor,
+                held_back)
 
     def _supported(self, member_similarities: list[float], threshold: float) -> bool:
         """Whether more than half of the story's (latest) members resemble the article.
@@ -957,7 +1054,7 @@ class Clusterer:
         stories that mention it into one.
         """
         required = self.settings.evidence_beyond_one_term * threshold
-        return not required or (sum(beyond_one_term) / len(beyond_one_term) * factor
+        return not required or (in_order_sum(beyond_one_term) / len(beyond_one_term) * factor
                                 >= required)
 
     def propose(self, article: ClusterArticle) -> Decision:

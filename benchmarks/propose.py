@@ -8,7 +8,8 @@ built once (the first ``--window`` articles of the synthetic stream, stored as
 and then ``Clusterer.propose`` is timed over them in rounds that alternate between this
 tree's ``Clusterer`` methods and those of ``--against``'s ``aggregator/cluster.py``, so
 that both see the same state, the same articles and the same machine.  Nothing is
-committed: the window stays as it was built.  The decisions of the two must be equal.
+committed: the window stays as it was built.  The decisions of the two must be equal, as
+the store keeps them (``pipeline.decision_record``: among them the five best candidates).
 
     python benchmarks/propose.py --against /path/to/other/checkout
     python benchmarks/propose.py --against ../base --window 100000 --probe 2000 --rounds 10
@@ -42,7 +43,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import wait
-from dataclasses import astuple
 from itertools import islice
 from pathlib import Path
 
@@ -53,7 +53,7 @@ from stream import SyntheticStream  # noqa: E402
 from aggregator import cluster, fingerprint, index  # noqa: E402
 from aggregator.cluster import ClusterArticle, Clusterer  # noqa: E402
 from aggregator.config import ClusteringSettings  # noqa: E402
-from aggregator.pipeline import prepare_entries  # noqa: E402
+from aggregator.pipeline import decision_record, prepare_entries  # noqa: E402
 
 
 def methods_of(cls: type) -> dict[str, object]:
@@ -131,7 +131,7 @@ def main() -> None:
                                   dated=normalized.has_published)
 
         def propose_all() -> list:
-            return [astuple(clusterer.propose(candidate(source, normalized, article_print)))
+            return [clusterer.propose(candidate(source, normalized, article_print))
                     for source, normalized, _features, article_print in probes]
 
         def fingerprint_all() -> list:
@@ -161,7 +161,9 @@ def main() -> None:
             # A first round each, untimed: what a version works out once is not timed.
             for name in versions:
                 use(name)
-                decisions[name] = step()
+                results = step()
+                decisions[name] = (list(map(decision_record, results))
+                                   if args.step == "propose" else results)
             for round_number in range(args.rounds):
                 order = list(versions) if round_number % 2 == 0 else list(reversed(versions))
                 for name in order:

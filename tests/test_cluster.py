@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from array import array
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -115,12 +117,12 @@ class Stream:
         self.next_id = 1
         self.settings = settings
 
-    def add(self, title, text, ts=0.0, priority=0, author=True, source="src"):
+    def add(self, title, text, ts=0.0, priority=0, author=True, source="src", dated=True):
         [fingerprint] = fingerprint_batch([(title, text)], self.clusterer.stats, self.signer,
                                           self.settings.shingle_size, self.settings.title_weight,
                                           self.settings.salient_terms,
                                           self.settings.phrase_weight)
-        article = ClusterArticle(None, source, priority, ts, author, fingerprint)
+        article = ClusterArticle(None, source, priority, ts, author, fingerprint, dated=dated)
         decision = self.clusterer.propose(article)
         article.article_id = self.next_id
         self.next_id += 1
@@ -943,9 +945,10 @@ def test_the_compiled_ranking_refuses_arrays_it_cannot_read(argument, value, err
     assert not arguments[8].any()
 
 
-def stream_with_many_candidates(count: int, seed: int) -> list[tuple]:
+def stream_with_many_candidates(count: int, seed: int, settings=None) -> list[tuple]:
     """Each decision (with its candidates and their scores) and outcome of ``count``
-    articles of overlapping topics, in a window where many stories compete for each."""
+    articles of overlapping topics, in a window where many stories compete for each; one
+    article in five undated, one in nine a long text."""
     generator = np.random.default_rng(seed)
     vocabulary = [f"word{number}" for number in range(400)]
     # Zipf-like: a few words in most articles, so that the candidate sets are large.
@@ -953,14 +956,16 @@ def stream_with_many_candidates(count: int, seed: int) -> list[tuple]:
     weights /= weights.sum()
     topics = [generator.choice(len(vocabulary), 12, replace=False, p=weights)
               for _ in range(count // 4)]
-    stream = Stream(replace(SETTINGS, max_candidates=20))
+    stream = Stream(settings or replace(SETTINGS, max_candidates=20))
     results = []
     for number in range(count):
         topic = topics[int(generator.integers(len(topics)))]
         words = [vocabulary[i] for i in generator.choice(topic, 9)] + [
             vocabulary[i] for i in generator.choice(len(vocabulary), 6, p=weights)]
-        decision, outcome = stream.add(" ".join(words[:5]), " ".join(words * 3),
-                                       ts=number * 600.0, source=f"s{number % 7}")
+        decision, outcome = stream.add(" ".join(words[:5]),
+                                       " ".join(words * (30 if number % 9 == 0 else 3)),
+                                       ts=number * 600.0, source=f"s{number % 7}",
+                                       dated=number % 5 != 0)
         results.append((decision, outcome))
     return results
 
@@ -980,6 +985,119 @@ def test_the_clusterer_decides_the_same_with_and_without_its_kernels(monkeypatch
     joined = [decision for decision, _outcome in compiled if decision.story_id is not None]
     assert len(joined) > 40  # the stream does join articles into stories
     assert max(len(decision.candidates) for decision in joined) >= 3
+
+
+@requires_kernels
+@pytest.mark.parametrize("settings", [
+    # Stories leave the window within the stream: some candidates are no longer live.
+    replace(SETTINGS, max_candidates=20, window_days=0.5),
+    # Low thresholds, strict support and breadth: many stories reach their threshold and
+    # are held back.
+    replace(SETTINGS, max_candidates=20, same_story_threshold=0.1, long_text_threshold=0.05,
+            member_anchor=1.5, evidence_beyond_one_term=0.9),
+])
+def test_the_compiled_story_scores_give_the_reference_candidates(settings, monkeypatch):
+    """For every article of a stream, the best candidates from the compiled
+    ``story_scores`` (every live story scored exactly) equal those of the reference (a rough
+    numpy margin for every story, then exact scores in that order until the best five are
+    certain), and every live story's values before rounding equal ``_score``'s to the last
+    bit; the stream has what the two must agree on."""
+    seen = Counter()
+    compiled = Clusterer._best_candidates
+
+    def both(self, article, ranked):
+        candidates = compiled(self, article, ranked)
+        assert candidates == self._best_candidates_numpy(article, ranked)
+        # Every live story's values before rounding, compiled and by ``_score``.
+        stories = [self._story_at[row] for row in ranked.tolist()]
+        columns = self.story_columns
+        expected = []
+        for position in np.flatnonzero(self._live(ranked, article.published_ts)).tolist():
+            row, story = int(ranked[position]), stories[position]
+            products, cosines = self._term_products(*self.vector(article),
+                                                    np.frombuffer(story.slots, np.int64))
+            expected.append((position, self._score(
+                article, cosines.tolist(), products, int(columns.canonical_slot[row]),
+                float(columns.dated_first_ts[row]), float(columns.dated_last_ts[row]))))
+        assert self._story_scores(article, ranked, stories, (len(ranked), 0.0)) == expected
+        live = len(expected)
+        seen["more live stories than reported"] += live > cluster_module.REPORTED_CANDIDATES
+        seen["stories no longer live"] += live < len(ranked)
+        seen["undated"] += not article.dated
+        for candidate in candidates:
+            seen[candidate.held_back] += 1
+            seen["a time factor from dates"] += (candidate.time_factor
+                                                 != round(settings.undated_time_factor, 4))
+        return candidates
+
+    monkeypatch.setattr(Clusterer, "_best_candidates", both)
+    stream_with_many_candidates(300, seed=5, settings=settings)
+    assert seen["more live stories than reported"] > 50
+    assert seen[None] > 100
+    assert seen["undated"] > 20 and seen["a time factor from dates"] > 20
+    if settings.window_days < 1:
+        assert seen["stories no longer live"] > 20
+    else:
+        assert seen[cluster_module.HELD_BACK_UNSUPPORTED] > 5
+        assert seen[cluster_module.HELD_BACK_ONE_TERM] > 5
+
+
+def recorded_story_scores_call(monkeypatch) -> list:
+    """The arguments of the clusterer's first call of the compiled ``story_scores`` in a
+    small stream, the scratch emptied as the call leaves it."""
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def story_scores(self, *arguments):
+            calls.append(list(arguments))
+            return kernels.story_scores(*arguments)
+
+    monkeypatch.setattr(cluster_module, "kernels", Recording())
+    stream_with_many_candidates(30, seed=3)
+    monkeypatch.setattr(cluster_module, "kernels", kernels)
+    arguments = calls[-1]
+    arguments[0] = np.zeros_like(arguments[0])
+    return arguments
+
+
+@requires_kernels
+@pytest.mark.parametrize(("argument", "value", "error", "message"), [
+    (1, 5, TypeError, "story_scores: ids: a sequence expected"),
+    (2, [0.5], ValueError, "ids and weights of unequal lengths"),
+    (6, [], ValueError, "members and story_rows of unequal lengths"),
+    (7, np.array([10**6]), ValueError, "story row 1000000 outside"),
+    (8, (), TypeError, "columns: a tuple of 5 arrays expected"),
+    (10, (0.0,), TypeError, "article: a tuple of 8 numbers expected"),
+    (11, (0, 0.0), ValueError, "a count of at least 1 expected"),
+    (13, np.zeros((1, 4)), ValueError, "arrays of unequal shapes"),
+    (14, np.zeros(50, dtype=np.int32), TypeError, "held_back: items of 1 bytes"),
+])
+def test_the_compiled_story_scores_refuse_what_they_cannot_read(monkeypatch, argument, value,
+                                                              error, message):
+    arguments = recorded_story_scores_call(monkeypatch)
+    if argument == 7:  # one story, outside the columns
+        arguments[6] = arguments[6][:1]
+    if argument == 2:
+        arguments[1] = [0, 1]
+    arguments[argument] = value
+    with pytest.raises(error, match=message):
+        kernels.story_scores(*arguments)
+    assert not arguments[0].any()  # the scratch is left as it was found
+
+
+@requires_kernels
+def test_the_compiled_story_scores_refuse_a_member_or_term_outside_the_window(monkeypatch):
+    arguments = recorded_story_scores_call(monkeypatch)
+    members = [array("q", slots) for slots in arguments[6]]
+    members[0].append(10**6)
+    with pytest.raises(ValueError, match="slot 1000000 outside"):
+        kernels.story_scores(*arguments[:6], members, *arguments[7:])
+    with pytest.raises(ValueError, match="term 99999999 outside"):
+        kernels.story_scores(arguments[0], [99999999], [1.0], *arguments[3:])
+    assert not arguments[0].any()
 
 
 def propose_benchmark(*arguments: str) -> dict:
