@@ -1,16 +1,16 @@
 /* The clusterer's hot loops in compiled code: the band index's look-ups, the ranking from
  * the slots found for an article's salient signature to its closest stories, the cosines
- * of the article with their members, term by term; and in the fingerprint, the TF-IDF
- * weights of an article's terms and the choice of the strongest; the band index's table
- * of recent insertions; and, where the worker processes prepare an article, the hashes of
- * its shingles.
+ * of the article with their members, term by term, and the exact score of each of those
+ * stories; and in the fingerprint, the TF-IDF weights of an article's terms and the choice
+ * of the strongest; the band index's table of recent insertions; and, where the worker
+ * processes prepare an article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
- * ``Clusterer._term_products_numpy``, ``fingerprint.log_tf_idf_python``,
- * ``fingerprint.strongest_python``, ``index.RecentBuckets``,
- * ``fingerprint.shingle_hashes_python``), which stays the reference and runs where this module
- * was not built; the tests hold the two equal.
+ * ``Clusterer._term_products_numpy``, ``Clusterer._score``,
+ * ``fingerprint.log_tf_idf_python``, ``fingerprint.strongest_python``,
+ * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``), which stays the
+ * reference and runs where this module was not built; the tests hold the two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
  * elements, these make one pass (aggregator/native.py has what it saves).
  *

@@ -8,8 +8,12 @@ when they are missing; the tests hold the two equal:
 * ``band_matches``: the band index's look-up of a signature's keys (``BandIndex.query``);
 * ``closest_story_rows``: from the slots found to the closest stories
   (``Clusterer.closest_story_rows``);
-* ``term_products``: an article's cosines with the members of those stories, term by term
-  (``Clusterer._term_products``);
+* ``term_products``: an article's cosines with the members of stories, term by term
+  (``Clusterer._term_products``; the cosines of a story's members with its canonical);
+* ``story_scores``: every live candidate story scored exactly, as ``Clusterer._score``
+  scores one (cosines, time factor, threshold, member support, breadth), and the best
+  kept (``Clusterer._story_scores``; ``Clusterer._best_candidates_numpy`` is the reference,
+  which scores exactly only the stories that its rough numpy margins put first);
 * ``log_tf_idf``: the TF-IDF weights of an article's terms (``fingerprint.log_tf_idf``;
   the C library's logarithm, as ``math.log`` computes it, where numpy's may differ by an
   ulp and move a decision);
@@ -21,11 +25,13 @@ when they are missing; the tests hold the two equal:
   instructions where it has them (``fingerprint.shingle_hashes``, in the worker processes).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
-30,000-article window, ``log_tf_idf`` and ``strongest`` the fingerprint and vector from 0.29
-to 0.20 ms (``benchmarks/propose.py --against-numpy [--step fingerprint]``), and the table
-an article's insertion into both indexes from 0.15-0.22 to 0.08-0.09 ms in the writer
-(``benchmarks/writer.py --detail``), and ``shingle_hashes`` a worker's preparation of an
-article from 1.31 to 0.90 ms (``benchmarks/prepare.py``; docs/performance.md).
+30,000-article window, ``story_scores`` from 0.56 to 0.45 ms (``benchmarks/propose.py
+--against`` the code before it), ``log_tf_idf`` and ``strongest`` the fingerprint and
+vector from 0.29 to 0.20 ms (``benchmarks/propose.py --against-numpy [--step
+fingerprint]``), and the table an article's insertion into both indexes from 0.15-0.22 to
+0.08-0.09 ms in the writer (``benchmarks/writer.py --detail``), and ``shingle_hashes`` a
+worker's preparation of an article from 1.31 to 0.90 ms (``benchmarks/prepare.py``;
+docs/performance.md).
 """
 
 from __future__ import annotations
