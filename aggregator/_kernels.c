@@ -417,6 +417,45 @@ static PyObject *term_products(PyObject *module, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* Fetches the vector row of ``slot`` ahead of its use. */
+static inline void prefetch_row(const int32_t *vector_ids, const float *vector_weights,
+                                int64_t slot, Py_ssize_t width) {
+#if defined(__GNUC__)
+    size_t ahead = (size_t)slot * (size_t)width;
+    for (size_t byte = 0; byte < (size_t)width * 4; byte += 64) {
+        __builtin_prefetch((const char *)(vector_ids + ahead) + byte);
+        __builtin_prefetch((const char *)(vector_weights + ahead) + byte);
+    }
+#else
+    (void)vector_ids, (void)vector_weights, (void)slot, (void)width;
+#endif
+}
+
+/* What each term of the vector row of ``slot`` adds to its cosine with the vector spread
+ * in ``dense`` (``terms`` long), into ``products``; the largest of them, from 0.0, in
+ * ``strongest``.  -1 with an exception naming ``function`` for a term outside ``dense``. */
+static inline int row_products(const double *dense, Py_ssize_t terms,
+                               const int32_t *vector_ids, const float *vector_weights,
+                               int64_t slot, Py_ssize_t width, const char *function,
+                               double *products, double *strongest) {
+    const int32_t *ids = vector_ids + (size_t)slot * (size_t)width;
+    const float *weights = vector_weights + (size_t)slot * (size_t)width;
+    double largest = 0.;
+    for (Py_ssize_t j = 0; j < width; j++) {
+        if (ids[j] < 0 || ids[j] >= terms) {
+            PyErr_Format(PyExc_ValueError, "%s: term %d outside the %zd terms", function,
+                         (int)ids[j], terms);
+            return -1;
+        }
+        products[j] = dense[ids[j]] * (double)weights[j];
+        if (products[j] > largest) {
+            largest = products[j];
+        }
+    }
+    *strongest = largest;
+    return 0;
+}
+
 /* ``term_products`` once the article's terms are C arrays. */
 static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weights,
                              Py_ssize_t count, PyObject *const *args) {
@@ -472,27 +511,12 @@ static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weig
     }
     int failed = 0;
     for (Py_ssize_t i = 0; i < members && !failed; i++) {
-        const int32_t *ids = vector_ids + (size_t)slots[i] * (size_t)width;
-        const float *weights = vector_weights + (size_t)slots[i] * (size_t)width;
-#if defined(__GNUC__)
         if (i + PREFETCH_AHEAD < members) {
-            size_t ahead = (size_t)slots[i + PREFETCH_AHEAD] * (size_t)width;
-            for (size_t byte = 0; byte < (size_t)width * 4; byte += 64) {
-                __builtin_prefetch((const char *)(vector_ids + ahead) + byte);
-                __builtin_prefetch((const char *)(vector_weights + ahead) + byte);
-            }
+            prefetch_row(vector_ids, vector_weights, slots[i + PREFETCH_AHEAD], width);
         }
-#endif
-        double *row = products + (size_t)i * (size_t)width;
-        for (Py_ssize_t j = 0; j < width; j++) {
-            if (ids[j] < 0 || ids[j] >= terms) {
-                PyErr_Format(PyExc_ValueError, "term_products: term %d outside the %zd terms",
-                             (int)ids[j], terms);
-                failed = 1;
-                break;
-            }
-            row[j] = dense[ids[j]] * (double)weights[j];
-        }
+        double *row = products + (size_t)i * (size_t)width, strongest;
+        failed = row_products(dense, terms, vector_ids, vector_weights, slots[i], width,
+                              "term_products", row, &strongest) < 0;
         if (!failed) {
             cosines[i] = pairwise_sum(row, width);
         }
@@ -565,6 +589,15 @@ static double rank_th_largest(const double *values, Py_ssize_t count, Py_ssize_t
     return scratch[rank - 1];
 }
 
+/* Whether ``given`` is a tuple of ``size`` items; if not, a TypeError saying ``what``. */
+static int tuple_given(PyObject *given, Py_ssize_t size, const char *what) {
+    if (PyTuple_Check(given) && PyTuple_GET_SIZE(given) == size) {
+        return 1;
+    }
+    PyErr_Format(PyExc_TypeError, "story_scores: %s expected", what);
+    return 0;
+}
+
 static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (!arguments_given("story_scores", nargs, 15)) {
@@ -583,20 +616,10 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *members = NULL, *result = NULL;
     double *dense = NULL;
     double article[8];
-    if (!PyTuple_Check(args[8]) || PyTuple_GET_SIZE(args[8]) != 5) {
-        PyErr_SetString(PyExc_TypeError, "story_scores: columns: a tuple of 5 arrays expected");
-        goto done;
-    }
-    if (!PyTuple_Check(args[9]) || PyTuple_GET_SIZE(args[9]) != 2) {
-        PyErr_SetString(PyExc_TypeError, "story_scores: tables: a tuple of 2 arrays expected");
-        goto done;
-    }
-    if (!PyTuple_Check(args[10]) || PyTuple_GET_SIZE(args[10]) != 8) {
-        PyErr_SetString(PyExc_TypeError, "story_scores: article: a tuple of 8 numbers expected");
-        goto done;
-    }
-    if (!PyTuple_Check(args[11]) || PyTuple_GET_SIZE(args[11]) != 2) {
-        PyErr_SetString(PyExc_TypeError, "story_scores: best: a tuple (count, slack) expected");
+    if (!tuple_given(args[8], 5, "columns: a tuple of 5 arrays")
+            || !tuple_given(args[9], 2, "tables: a tuple of 2 arrays")
+            || !tuple_given(args[10], 8, "article: a tuple of 8 numbers")
+            || !tuple_given(args[11], 2, "best: a tuple (count, slack)")) {
         goto done;
     }
     for (int k = 0; k < 8; k++) {
@@ -766,28 +789,13 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
     /* As term_products: each term's product, the row's cosine their numpy sum; and what is
      * left without the strongest (``beyond_one_term``: its max from 0.0). */
     for (Py_ssize_t i = 0; i < total; i++) {
-        const int32_t *ids = vector_ids + (size_t)flat[i] * (size_t)width;
-        const float *weights = vector_weights + (size_t)flat[i] * (size_t)width;
-#if defined(__GNUC__)
         if (i + PREFETCH_AHEAD < total) {
-            size_t ahead = (size_t)flat[i + PREFETCH_AHEAD] * (size_t)width;
-            for (size_t byte = 0; byte < (size_t)width * 4; byte += 64) {
-                __builtin_prefetch((const char *)(vector_ids + ahead) + byte);
-                __builtin_prefetch((const char *)(vector_weights + ahead) + byte);
-            }
+            prefetch_row(vector_ids, vector_weights, flat[i + PREFETCH_AHEAD], width);
         }
-#endif
-        double strongest = 0.;
-        for (Py_ssize_t j = 0; j < width; j++) {
-            if (ids[j] < 0 || ids[j] >= terms) {
-                PyErr_Format(PyExc_ValueError, "story_scores: term %d outside the %zd terms",
-                             (int)ids[j], terms);
-                goto done;
-            }
-            products[j] = dense[ids[j]] * (double)weights[j];
-            if (products[j] > strongest) {
-                strongest = products[j];
-            }
+        double strongest;
+        if (row_products(dense, terms, vector_ids, vector_weights, flat[i], width,
+                         "story_scores", products, &strongest) < 0) {
+            goto done;
         }
         cosines[i] = pairwise_sum(products, width);
         beyond[i] = cosines[i] - strongest;

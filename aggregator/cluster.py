@@ -54,9 +54,9 @@ HELD_BACK_ONE_TERM = "the score rests on one shared term (evidence_beyond_one_te
 HELD_BACK = (None, HELD_BACK_UNSUPPORTED, HELD_BACK_ONE_TERM)
 # How far a rough (numpy) margin may be from the exact one.
 ROUGH_TOLERANCE = 1e-3
-# How far a candidate's margin, of its score and threshold rounded to four places, may be
-# from the margin of the values before rounding.
-MARGIN_ROUNDING = 2e-4
+# Rounding a candidate's score and threshold to four places moves its margin by at most
+# 1e-4, so two margins may change places when they are within 2e-4; beyond this, never.
+MARGIN_ROUNDING = 3e-4
 # Evicted rows stay resident (and in the band indexes) until a compaction lets new articles
 # reuse them: at this share of the window.  A compaction of a 100,000-article window takes
 # about 20 ms, so at 3% about 7 us an article; the dead rows and the fresh rows written
