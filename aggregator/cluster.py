@@ -654,7 +654,6 @@ class Clusterer:
         self._length_tables_for: ClusteringSettings | None = None
         self._length_table_values: tuple[np.ndarray, np.ndarray, list] = (
             np.zeros(0), np.zeros(0), [])
-        self._exact_tables_of: list | None = None
         self._exact_tables: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     # -- deciding ---------------------------------------------------------------------------
@@ -967,23 +966,22 @@ class Clusterer:
                                 0, 1)
             else:
                 share = np.zeros_like(words)
+            exact = [(same_story_threshold(length, settings), time_sigma_days(length, settings))
+                     for length in range(len(words))]
             self._length_table_values = (
                 settings.same_story_threshold + share * (
                     settings.long_text_threshold - settings.same_story_threshold),
                 settings.time_sigma_days + share * (
                     settings.long_text_time_sigma_days - settings.time_sigma_days),
-                [(same_story_threshold(length, settings), time_sigma_days(length, settings))
-                 for length in range(len(words))])
+                exact)
+            self._exact_tables = (np.array([pair[0] for pair in exact]),
+                                  np.array([pair[1] for pair in exact]))
             self._length_tables_for = settings
         return self._length_table_values
 
     def _exact_length_tables(self) -> tuple[np.ndarray, np.ndarray]:
         """``_length_tables``' list of pairs as two arrays, for ``story_scores``."""
-        by_length = self._length_tables()[2]
-        if self._exact_tables_of is not by_length:
-            self._exact_tables = (np.array([pair[0] for pair in by_length]),
-                                  np.array([pair[1] for pair in by_length]))
-            self._exact_tables_of = by_length
+        self._length_tables()
         return self._exact_tables
 
     def _candidate(self, article: ClusterArticle, story: StoryState, own: list[float],
