@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -95,14 +94,19 @@ log = logging.getLogger(__name__)
 EVICT_EVERY = 500
 # The warning that the article limit is cutting the window short, at most this often.
 WINDOW_LIMIT_WARNING_S = 3600.0
-# How many times max_concurrency sources may be fetched before the oldest of them is stored.
-FETCH_AHEAD = 8
 # At most this many 304 answers are recorded in one transaction.
 NOT_MODIFIED_GROUP = 64
 # Sources already fetched when the writer gets to them are written together, in one
 # transaction of at most this many sources and (about) this many entries.
 WRITE_GROUP_SOURCES = 32
 WRITE_GROUP_ENTRIES = 1000
+# How many times max_concurrency sources may be fetched before the oldest of them is stored.
+FETCH_AHEAD = 8
+# ... and no more are started while the sources fetched and waiting for the writer hold
+# this many entries.  The count of sources alone does not bound their memory: a prepared
+# entry holds 8-10 KB (its text, terms and signature), and 64 waiting feeds of 10,000
+# entries would hold gigabytes.  Two write groups: the writer's next one is ready.
+FETCH_AHEAD_ENTRIES = 2 * WRITE_GROUP_ENTRIES
 # How long a group waits for the sources behind it that are still being fetched or parsed.
 # A writer that keeps up (clustering off) would otherwise commit every source or two, and
 # each commit rewrites every page it touched and flushes the full-text index: on 2,000 farm
@@ -337,6 +341,25 @@ def _fetched_entries(future: Future) -> bool:
     """A fetch that has finished with a feed to store."""
     fetched = _finished(future)
     return fetched is not None and fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED
+
+
+def fetch_more(fetching_ahead: int, ahead: int, fetched_entries: int, unfinished: int,
+               entries_per_source: float | None, entry_budget: int, concurrency: int) -> bool:
+    """Whether a pass starts fetching one more source.
+
+    Fewer than ``ahead`` sources are fetched or being fetched ahead of the writer, and the
+    entries they would hold stay under ``entry_budget``: those fetched
+    (``fetched_entries``), and for each of the ``unfinished`` the pass's mean so far
+    (``entries_per_source``).  Before any source has been fetched the mean is unknown
+    (None): only as many as fetch at once (``concurrency``).  Feeds of a few dozen entries
+    fill ``ahead`` first; a pass over large feeds fetches only as far ahead as the budget
+    holds.
+    """
+    if fetching_ahead >= ahead:
+        return False
+    if entries_per_source is None:
+        return unfinished < concurrency
+    return fetched_entries + unfinished * entries_per_source < entry_budget
 
 
 def _write_group_full(group: list[tuple[Source, SourceRow, Fetched]]) -> bool:
@@ -1448,8 +1471,9 @@ class Aggregator:
         ``PER_HOST_CONCURRENCY`` per host) while this thread stores the ones already fetched,
         in configuration order, so that fetching never waits on clustering and the outcome
         does not depend on which server answered first.  Fetching runs at most
-        ``FETCH_AHEAD`` x ``max_concurrency`` sources ahead of storing, which bounds the memory
-        that fetched, not yet stored sources hold.
+        ``FETCH_AHEAD`` x ``max_concurrency`` sources ahead of storing, and starts no more
+        while those fetched and waiting hold ``FETCH_AHEAD_ENTRIES`` entries (``fetch_more``),
+        which bounds the memory that fetched, not yet stored sources hold.
         """
         now = utcnow()
         rows = self._source_rows()
@@ -1466,10 +1490,52 @@ class Aggregator:
             pending: deque[tuple[Source, Future]] = deque()
             upcoming = iter(sources)
 
-            def submit(count: int) -> None:
-                for following in islice(upcoming, count):
-                    pending.append((following, pool.submit(self._fetch_and_parse, following,
+            # Entries that the sources taken so far this pass brought, and how many; and
+            # the entries of those fetched ahead and not yet taken, and how many (counted
+            # by the fetch threads as each fetch ends, before its future is done).
+            taken_entries, taken_sources = 0, 0
+            fetched_ahead = [0, 0]
+            counting = threading.Lock()
+
+            def fetch(source: Source, row: SourceRow) -> Fetched:
+                entries = 0
+                try:
+                    fetched = self._fetch_and_parse(source, row)
+                    entries = fetched.entry_count
+                    return fetched
+                finally:
+                    with counting:
+                        fetched_ahead[0] += entries
+                        fetched_ahead[1] += 1
+
+            def take() -> tuple[Source, Future]:
+                """The next source, once fetched; another is started meanwhile if it may."""
+                nonlocal taken_entries, taken_sources
+                source, future = pending.popleft()
+                top_up()
+                wait([future])
+                entries = future.result().entry_count if future.exception() is None else 0
+                with counting:
+                    fetched_ahead[0] -= entries
+                    fetched_ahead[1] -= 1
+                taken_entries += entries
+                taken_sources += 1
+                return source, future
+
+            def top_up() -> None:
+                with counting:
+                    fetched_entries, finished = fetched_ahead
+                unfinished = len(pending) - finished
+                sources = taken_sources + finished
+                mean = (taken_entries + fetched_entries) / sources if sources else None
+                while fetch_more(len(pending), ahead, fetched_entries, unfinished, mean,
+                                 FETCH_AHEAD_ENTRIES, self.config.max_concurrency):
+                    following = next(upcoming, None)
+                    if following is None:
+                        return
+                    pending.append((following, pool.submit(fetch, following,
                                                            rows[following.name])))
+                    unfinished += 1
 
             def with_ready_behind(first: tuple[Source, SourceRow, Fetched],
                                   same_kind: Callable[[Future], bool],
@@ -1488,21 +1554,18 @@ class Aggregator:
                         wait([following], timeout=remaining)
                     if not same_kind(following):
                         break
-                    source, future = pending.popleft()
+                    source, future = take()
                     group.append((source, rows[source.name], future.result()))
-                    submit(1)
                 return group
 
-            submit(ahead)
+            top_up()
             while pending:
                 if stopping is not None and stopping.is_set():
                     for _other, waiting in pending:
                         waiting.cancel()
                     break
-                source, future = pending.popleft()
-                submit(1)
                 # Stored next whatever it brings; meanwhile the following ones may finish.
-                wait([future])
+                source, future = take()
                 if _not_modified(future):
                     written.append(self._store_group(with_ready_behind(
                         (source, rows[source.name], future.result()), _not_modified,

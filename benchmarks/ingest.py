@@ -49,9 +49,11 @@ from stream import SyntheticStream  # noqa: E402
 
 from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
 from aggregator.pipeline import (  # noqa: E402
+    FETCH_AHEAD_ENTRIES,
     WRITE_GROUP_ENTRIES,
     WRITE_GROUP_SOURCES,
     Aggregator,
+    fetch_more,
 )
 
 # Stream articles generated, then ingested, at a time (the writer benchmark writes them so too).
@@ -138,9 +140,16 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
     upcoming = iter(by_source.items())
     pending: deque = deque()
 
-    def prepare_next(count: int) -> None:
-        # Sources prepared ahead of the writer, as fetch threads would have them ready.
-        for source, entries in islice(upcoming, count):
+    def prepare_next() -> None:
+        # Sources prepared ahead of the writer, as fetch threads would have them ready, and
+        # as far ahead as a pass fetches (here every source's entries are known at once).
+        while fetch_more(len(pending), 2 * WRITE_GROUP_SOURCES,
+                         sum(len(entries) for _source, entries, _prepared in pending),
+                         0, 0.0, FETCH_AHEAD_ENTRIES, 1):
+            following = next(upcoming, None)
+            if following is None:
+                return
+            source, entries = following
             pending.append((source, entries, aggregator.prepare_async(
                 source, tuple(entries), entries[-1].published)))
 
@@ -149,7 +158,7 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
         if failed:
             raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
 
-    prepare_next(2 * WRITE_GROUP_SOURCES)
+    prepare_next()
     previous = None
     while pending:
         group = [pending.popleft()]
@@ -158,7 +167,7 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
                 and pending[0][2].done():
             group.append(pending.popleft())
             size += len(group[-1][1])
-        prepare_next(len(group))
+        prepare_next()
         # Written behind this thread while it decides the next group, as in a pass; the
         # group before has committed by the time the next is handed over.
         submitted = aggregator.submit_group([(source, 0, entries, entries[-1].published,

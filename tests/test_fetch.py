@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from conftest import DATA, write_config
 from feed_server import Reply
 
+import aggregator.pipeline as pipeline
 from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.errors import StoreError
@@ -24,7 +26,7 @@ from aggregator.fetch import (
     parse_retry_after,
 )
 from aggregator.fingerprint import given_priors, prior_document_fraction
-from aggregator.pipeline import Aggregator, worker_count
+from aggregator.pipeline import Aggregator, fetch_more, worker_count
 from aggregator.store import StagedWrites, WriteBehind, from_iso
 
 FEED = (DATA / "other_topics.rss.xml").read_bytes()
@@ -451,6 +453,82 @@ def test_sources_fetched_a_moment_apart_are_written_in_one_transaction(tmp_path,
     reports = aggregator.run_pass()
     assert [r.new_articles for r in reports] == [5, 5, 5]
     assert groups == [["first", "moment"], ["slow"]]
+
+
+@pytest.mark.parametrize(
+    ("sources_ahead", "fetched_entries", "unfinished", "mean", "expected"), [
+        (0, 0, 0, None, True),        # nothing fetched yet: as many as fetch at once ...
+        (7, 0, 7, None, True),
+        (8, 0, 8, None, False),       # ... (max_concurrency 8), until one has been
+        (63, 0, 63, 20.0, True),      # feeds of 20 entries: 63 x 20 ahead is under 2,000
+        (64, 1280, 0, 20.0, False),   # 64 sources ahead at most, whatever they hold
+        (40, 1990, 0, 20.0, True),    # the entries fetched are under the budget
+        (40, 2000, 0, 20.0, False),   # at the budget: no more until the writer takes some
+        (2, 0, 2, 1000.0, False),     # two large feeds under way fill the budget
+        (2, 500, 1, 1000.0, True),
+        (39, 0, 39, 0.0, True),       # a pass of 304 answers: no entries wait
+    ])
+def test_fetching_ahead_stops_at_the_sources_or_the_entries_budget(
+        sources_ahead, fetched_entries, unfinished, mean, expected):
+    # 64 sources ahead (8 x max_concurrency 8), a budget of 2,000 entries.
+    assert fetch_more(sources_ahead, 64, fetched_entries, unfinished, mean, 2000,
+                      8) is expected
+
+
+def large_feed(name: str, entries: int) -> bytes:
+    """An RSS feed of ``entries`` items of about 60 words each, its own words."""
+    rng = random.Random(name)
+    words = [f"{name}w{n}" for n in range(300)] + ["the", "a", "report", "said", "today"]
+    items = "".join(
+        f"<item><title>{' '.join(rng.choices(words, k=8))}</title>"
+        f"<link>https://{name}.example/{number}</link><guid>{name}-{number}</guid>"
+        f"<description>{' '.join(rng.choices(words, k=60))}</description></item>"
+        for number in range(entries))
+    return (f'<?xml version="1.0"?><rss version="2.0"><channel><title>{name}</title>'
+            f"<link>https://{name}.example/</link>{items}</channel></rss>").encode()
+
+
+def test_a_pass_over_large_feeds_holds_only_the_entries_budget_ahead_of_the_writer(
+        tmp_path, feed_server, monkeypatch):
+    """24 feeds of 60 entries, fetched from loopback far faster than the writer clusters
+    them.  Counting the entries fetched and not yet handed to the writer at each fetch's
+    end: with a budget of 100 entries ahead they stay within the budget, one feed more (a
+    feed started under it) and a write group being gathered (groups of 120 entries here).
+    By the count of sources alone (8 x max_concurrency = 16 feeds ahead) they reached 360
+    in a run here."""
+    feeds, entries, budget, group_entries = 24, 60, 100, 120
+    monkeypatch.setattr(pipeline, "FETCH_AHEAD_ENTRIES", budget)
+    monkeypatch.setattr(pipeline, "WRITE_GROUP_ENTRIES", group_entries)
+    paths = [f"/large{n}" for n in range(feeds)]
+    for path in paths:
+        feed_server.route(path, Reply(200, large_feed(path.strip("/"), entries)))
+    aggregator = make_aggregator(tmp_path, feed_server, paths, extra="max_concurrency = 2")
+    lock = threading.Lock()
+    counted = {"fetched": 0, "handed": 0, "most_ahead": 0}
+    fetch_and_parse = aggregator._fetch_and_parse
+
+    def fetched_and_counted(source, row):
+        fetched = fetch_and_parse(source, row)
+        with lock:
+            counted["fetched"] += fetched.entry_count
+            counted["most_ahead"] = max(counted["most_ahead"],
+                                        counted["fetched"] - counted["handed"])
+        return fetched
+
+    submit_group = Aggregator._submit_group
+
+    def handed(self, names, writes):
+        with lock:
+            counted["handed"] += entries * len(names)
+        return submit_group(self, names, writes)
+
+    aggregator._fetch_and_parse = fetched_and_counted
+    monkeypatch.setattr(Aggregator, "_submit_group", handed)
+    reports = aggregator.run_pass()
+    assert [r.source for r in reports] == [p.strip("/") for p in paths]
+    assert [r.new_articles for r in reports] == [entries] * feeds
+    assert counted["fetched"] == counted["handed"] == feeds * entries
+    assert counted["most_ahead"] <= budget + entries + group_entries
 
 
 @pytest.mark.parametrize(("configured", "cpus", "clustering", "expected"), [
