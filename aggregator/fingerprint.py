@@ -887,9 +887,10 @@ def normalised_positions(terms: list[str], weights: np.ndarray,
     return chosen, [weight / norm for weight in kept]
 
 
-def salient_terms(terms: list[str], weights: np.ndarray, titles: Iterable[str],
+def salient_terms(terms: list[str], weights: np.ndarray, titles: Sequence[str],
                   limit: int) -> tuple[str, ...]:
-    """Title terms plus the strongest TF-IDF terms, ``limit`` in all at most, sorted."""
+    """Title terms (the first ``limit`` of ``titles``, in its order) plus the strongest
+    TF-IDF terms, ``limit`` in all at most, sorted."""
     weighted = set(terms)
     chosen = [t for t in titles if t in weighted][:limit]
     if not len(weights):
@@ -1064,7 +1065,9 @@ class TextFeatures:
     # (an empty string) for a phrase.  Its frequency in general English gives the prior.
     first_words: str
     counts: np.ndarray  # their weighted counts
-    title_terms: frozenset[str]
+    # The title's content terms, each once, in title order, separated by single spaces (a
+    # string takes a tenth of the memory of a set of the same strings).
+    title_terms: str
     shingle_signature: np.ndarray
     word_count: int
     # Priors given ahead (``given_priors``): positions in terms, and values.
@@ -1073,18 +1076,22 @@ class TextFeatures:
 
     @classmethod
     def of(cls, first_words: dict[str, str], term_counts: dict[str, float],
-           title_terms: frozenset[str], shingle_signature: np.ndarray,
+           title_terms: Sequence[str], shingle_signature: np.ndarray,
            word_count: int) -> TextFeatures:
         terms = list(term_counts)
         words = list(map(first_words.get, terms, repeat("")))
         return cls(" ".join(terms), " ".join(words),
                    np.fromiter(term_counts.values(), dtype=np.float64, count=len(terms)),
-                   title_terms, shingle_signature, word_count,
+                   " ".join(title_terms), shingle_signature, word_count,
                    *given_priors(terms, words))
 
     @property
     def term_list(self) -> list[str]:
         return self.terms.split(" ") if self.terms else []
+
+    @property
+    def title_term_list(self) -> list[str]:
+        return self.title_terms.split(" ") if self.title_terms else []
 
     @property
     def term_counts(self) -> dict[str, float]:
@@ -1131,16 +1138,17 @@ def text_features(articles: list[tuple[str, str]], signer: Signer, shingle_size:
 
 def terms_of_tokens(title_tokens: list[str], text_tokens: list[str], title_weight: float,
                     phrase_weight: float = 0.0) -> tuple[dict[str, str], dict[str, float],
-                                                         frozenset[str]]:
+                                                         list[str]]:
     """An article's terms from its tokens: the first word of each (``first_surface_words``),
-    their weighted counts (``_content_terms``) and the title's terms."""
+    their weighted counts (``_content_terms``) and the title's terms, each once, in title
+    order (where a title has more than the salient terms hold, the first are kept)."""
     first_words, term_by_token = _first_words_and_terms(title_tokens + text_tokens)
-    title_terms = set(map(term_by_token.__getitem__, title_tokens))
-    title_terms.discard(None)
+    title_terms = dict.fromkeys(map(term_by_token.__getitem__, title_tokens))
+    title_terms.pop(None, None)
     counts = (_content_terms(title_tokens, text_tokens, title_weight, phrase_weight)
               if phrase_weight else
               _term_counts(title_tokens, text_tokens, title_weight, term_by_token))
-    return first_words, counts, frozenset(title_terms)
+    return first_words, counts, list(title_terms)
 
 
 def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer,
@@ -1154,7 +1162,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     ids = stats.ids_of(terms)
     stats.learn_priors(ids, features.first_words, features.prior_positions, features.priors)
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids)
-    salient = salient_terms(weighted, weights, set(features.title_terms), salient_limit)
+    salient = salient_terms(weighted, weights, features.title_term_list, salient_limit)
     if salient:
         vocabulary = stats.vocabulary
         salient_signature = signer.sign_hashes(vocabulary.hashes_of(

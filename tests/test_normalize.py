@@ -3,7 +3,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
@@ -18,6 +21,7 @@ from aggregator.fingerprint import (
     TermStatistics,
     Vocabulary,
     count_words,
+    fingerprint_of,
     first_surface_words,
     given_priors,
     log_tf_idf_python,
@@ -218,7 +222,10 @@ def assert_features_follow_their_definitions(title: str, text: str) -> None:
     first = reference_first_surface_words(title_tokens + text_tokens)
     assert features.first_words.split(" ") == [first[term] for term in counts] or not counts
     assert first_surface_words(title_tokens + text_tokens) == first
-    assert features.title_terms == {term_of(t) for t in title_tokens} - {None}
+    # The title's terms, each once, in title order.
+    assert features.title_term_list == [term for term in dict.fromkeys(map(term_of,
+                                                                          title_tokens))
+                                        if term is not None]
 
 
 @pytest.mark.parametrize("text", [*WORDY, "Russia's talks' end; Russia’s TALKS", "A b. A, B!",
@@ -350,6 +357,29 @@ def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequ
     assert list(vector) == list(reference_vector(expected, vector_limit))
     assert salient_terms(terms, weights, titles, salient_limit) == reference_salient(
         expected, titles, salient_limit)
+
+
+def test_a_title_with_more_terms_than_the_salient_set_keeps_its_first_ones():
+    """With more content terms in the title than salient terms, the first ones in title
+    order are kept, the same in every process (a set's order follows the string hashes,
+    which change from one process to the next)."""
+    words = [f"{name}word" for name in ("zulu", "alpha", "mike", "echo", "kilo", "bravo",
+                                        "yankee", "delta", "lima", "golf")]
+    title = " ".join(words)
+    [features] = text_features([(title, title + ". More text here.")],
+                               fingerprint_module.Signer(16), 3, 2.5)
+    stats = TermStatistics(prior_docs=10)
+    fingerprint = fingerprint_of(features, stats, fingerprint_module.Signer(16), 4)
+    assert features.title_term_list == [term_of(word) for word in words]
+    assert fingerprint.salient == tuple(sorted(term_of(word) for word in words[:4]))
+    script = ("from aggregator.fingerprint import Signer, TermStatistics, fingerprint_of, "
+              "text_features\n"
+              f"[f] = text_features([({title!r}, {title!r})], Signer(16), 3, 2.5)\n"
+              "print(fingerprint_of(f, TermStatistics(prior_docs=10), Signer(16), 4).salient)")
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}
+                           ).stdout for seed in (1, 2, 3)}
+    assert len(seen) == 1
 
 
 def terms_and_first_words(text: str, phrases: tuple[str, ...] = ()) -> tuple[str, str]:
