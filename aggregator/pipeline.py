@@ -1509,10 +1509,10 @@ class Aggregator:
                         fetched_ahead[1] += 1
 
             def take() -> tuple[Source, Future]:
-                """The next source, once fetched; another is started meanwhile if it may."""
+                """The next source, once fetched; then as many more are started as may be
+                (the others ahead are being fetched meanwhile)."""
                 nonlocal taken_entries, taken_sources
                 source, future = pending.popleft()
-                top_up()
                 wait([future])
                 entries = future.result().entry_count if future.exception() is None else 0
                 with counting:
@@ -1520,6 +1520,7 @@ class Aggregator:
                     fetched_ahead[1] -= 1
                 taken_entries += entries
                 taken_sources += 1
+                top_up()
                 return source, future
 
             def top_up() -> None:
