@@ -698,10 +698,11 @@ class TermStatistics:
             numbers[absent] = 0
         return numbers.astype(stored_ids.dtype)
 
-    def learn_priors(self, ids: np.ndarray, first_words: str,
+    def learn_priors(self, ids: np.ndarray, terms: Sequence[str], first_words: str,
                      given_at: np.ndarray | None = None, given: np.ndarray | None = None) -> None:
-        """Learn the prior of each term of ``ids`` not learned before, from the first word
-        that gave it (``first_words``, one per term, as ``TextFeatures`` has them).
+        """Learn the prior of each term of ``ids`` (``terms``) not learned before, from the
+        first word that gave it (``first_words``, one per term, as ``TextFeatures`` has them:
+        see ``first_word``).
 
         ``given``: the priors of the terms at positions ``given_at`` (``given_priors``),
         worked out ahead; the others are worked out here.  A phrase has no word of its own:
@@ -714,7 +715,7 @@ class TermStatistics:
                  dict(zip(given_at.tolist(), given.tolist(), strict=True)))
         words = first_words.split(" ")
         for position in new.tolist():
-            word = words[position]
+            word = first_word(terms[position], words[position])
             if word:
                 prior = ahead.get(position)
                 self._prior[ids[position]] = (prior_document_fraction(word) if prior is None
@@ -744,6 +745,13 @@ def give_priors_ahead() -> None:
     gave would only be held twice."""
     global _giving_priors
     _giving_priors = True
+
+
+def first_word(term: str, kept: str) -> str:
+    """The first word that gave ``term``, from what ``TextFeatures.first_words`` keeps for
+    it (``kept``): none (an empty string) for a phrase, whose terms are joined by "_" (no
+    word holds one); a term that was its own first word keeps nothing (half of them)."""
+    return kept or ("" if "_" in term else term)
 
 
 def given_priors(terms: list[str], first_words: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -1061,8 +1069,9 @@ class TextFeatures:
     """
 
     terms: str  # the content terms, separated by single spaces, in the order counted
-    # The first word (in text order) that gave each term, in the order of ``terms``; none
-    # (an empty string) for a phrase.  Its frequency in general English gives the prior.
+    # The first word (in text order) that gave each term, in the order of ``terms``, or
+    # nothing (an empty string) where it is the term itself or the term is a phrase
+    # (``first_word``).  Its frequency in general English gives the prior.
     first_words: str
     counts: np.ndarray  # their weighted counts
     # The title's content terms, each once, in title order, separated by single spaces (a
@@ -1080,7 +1089,8 @@ class TextFeatures:
            word_count: int) -> TextFeatures:
         terms = list(term_counts)
         words = list(map(first_words.get, terms, repeat("")))
-        return cls(" ".join(terms), " ".join(words),
+        kept = ["" if word == term else word for term, word in zip(terms, words, strict=True)]
+        return cls(" ".join(terms), " ".join(kept),
                    np.fromiter(term_counts.values(), dtype=np.float64, count=len(terms)),
                    " ".join(title_terms), shingle_signature, word_count,
                    *given_priors(terms, words))
@@ -1092,6 +1102,12 @@ class TextFeatures:
     @property
     def title_term_list(self) -> list[str]:
         return self.title_terms.split(" ") if self.title_terms else []
+
+    @property
+    def first_word_list(self) -> list[str]:
+        return [first_word(term, kept) for term, kept in
+                zip(self.term_list, self.first_words.split(" "), strict=True)] \
+            if self.terms else []
 
     @property
     def term_counts(self) -> dict[str, float]:
@@ -1160,7 +1176,8 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     """
     terms = features.term_list
     ids = stats.ids_of(terms)
-    stats.learn_priors(ids, features.first_words, features.prior_positions, features.priors)
+    stats.learn_priors(ids, terms, features.first_words, features.prior_positions,
+                       features.priors)
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids)
     salient = salient_terms(weighted, weights, features.title_term_list, salient_limit)
     if salient:

@@ -23,6 +23,7 @@ from aggregator.fingerprint import (
     count_words,
     fingerprint_of,
     first_surface_words,
+    first_word,
     given_priors,
     log_tf_idf_python,
     normalised_positions,
@@ -220,7 +221,7 @@ def assert_features_follow_their_definitions(title: str, text: str) -> None:
     assert features.term_list == list(counts)
     assert features.counts.tolist() == list(counts.values())
     first = reference_first_surface_words(title_tokens + text_tokens)
-    assert features.first_words.split(" ") == [first[term] for term in counts] or not counts
+    assert features.first_word_list == [first[term] for term in counts]
     assert first_surface_words(title_tokens + text_tokens) == first
     # The title's terms, each once, in title order.
     assert features.title_term_list == [term for term in dict.fromkeys(map(term_of,
@@ -382,6 +383,26 @@ def test_a_title_with_more_terms_than_the_salient_set_keeps_its_first_ones():
     assert len(seen) == 1
 
 
+@pytest.mark.parametrize(("term", "kept", "word"), [
+    ("report", "reported", "reported"),  # a word that stems to another term: kept as it is
+    ("talk", "talks", "talks"),
+    ("geneva", "", "geneva"),            # the term was its own first word: nothing kept
+    ("lavrov_talk", "", ""),             # a phrase has no word of its own
+])
+def test_the_first_words_keep_nothing_where_a_term_is_its_own(term, kept, word):
+    assert first_word(term, kept) == word
+
+
+def test_prepared_first_words_keep_nothing_for_a_term_that_is_its_own_first_word():
+    [features] = text_features([("Geneva talks", "Lavrov reported the talks in geneva.")],
+                               fingerprint_module.Signer(16), 3, 2.5)
+    kept = dict(zip(features.term_list, features.first_words.split(" "), strict=True))
+    assert kept == {"geneva": "", "talk": "talks", "lavrov": "", "report": "reported"}
+    assert dict(zip(features.term_list, features.first_word_list, strict=True)) == \
+        first_surface_words(tokenize("Geneva talks") + tokenize(
+            "Lavrov reported the talks in geneva."))
+
+
 def terms_and_first_words(text: str, phrases: tuple[str, ...] = ()) -> tuple[str, str]:
     """``TextFeatures``' terms and first words of a text (phrases have no first word)."""
     first = first_surface_words(tokenize(text))
@@ -415,7 +436,8 @@ def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkey
     with_given, alone = TermStatistics(prior_docs=10), TermStatistics(prior_docs=10)
 
     def learn(stats, features, given_at=None, given=None):
-        stats.learn_priors(stats.ids_of(features[0].split(" ")), features[1], given_at, given)
+        terms = features[0].split(" ")
+        stats.learn_priors(stats.ids_of(terms), terms, features[1], given_at, given)
 
     learn(with_given, first, positions, priors)
     learn(alone, first)
