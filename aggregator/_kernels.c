@@ -531,7 +531,7 @@ static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weig
     Py_RETURN_NONE;
 }
 
-/* A sum of doubles in order, from zero: what ``Clusterer._candidate`` adds a story's values
+/* A sum of doubles in order, from zero: what ``Clusterer._score`` adds a story's values
  * with (``in_order_sum``), whatever the version of Python (its ``sum`` compensates from
  * 3.12 on). */
 static double in_order_sum(const double *values, Py_ssize_t count) {
@@ -552,7 +552,7 @@ static const char *scores_doc =
     "             story_rows, columns, tables, article, best, positions, values,\n"
     "             held_back) -> int\n\n"
     "The best of the live stories of ``story_rows`` (int64 rows of the story columns) for an\n"
-    "article, each scored exactly as ``Clusterer._candidate`` scores it: the mean cosine of\n"
+    "article, each scored exactly as ``Clusterer._score`` scores it: the mean cosine of\n"
     "the article's vector (``ids`` and ``weights``, two lists) with the story's ``members``\n"
     "(one int64 buffer of slots a story, in the order of ``story_rows``), the time factor and\n"
     "the threshold of the pair's length, and whether member support or breadth holds the\n"
@@ -800,7 +800,7 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
         cosines[i] = pairwise_sum(products, width);
         beyond[i] = cosines[i] - strongest;
     }
-    /* Clusterer._candidate, story by story: cosine, factor, threshold, score and what
+    /* Clusterer._score, story by story: cosine, factor, threshold, score and what
      * held it back in ``scored``, five a story; the margins (score less threshold) after
      * them. */
     double *margins = scored + 5 * live, *largest = margins + live;

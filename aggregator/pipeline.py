@@ -1494,10 +1494,11 @@ class Aggregator:
             # the entries of those fetched ahead and not yet taken, and how many (counted
             # by the fetch threads as each fetch ends, before its future is done).
             taken_entries, taken_sources = 0, 0
-            fetched_ahead = [0, 0]
+            waiting_entries, waiting_sources = 0, 0
             counting = threading.Lock()
 
             def fetch(source: Source, row: SourceRow) -> Fetched:
+                nonlocal waiting_entries, waiting_sources
                 entries = 0
                 try:
                     fetched = self._fetch_and_parse(source, row)
@@ -1505,19 +1506,19 @@ class Aggregator:
                     return fetched
                 finally:
                     with counting:
-                        fetched_ahead[0] += entries
-                        fetched_ahead[1] += 1
+                        waiting_entries += entries
+                        waiting_sources += 1
 
             def take() -> tuple[Source, Future]:
                 """The next source, once fetched; then as many more are started as may be
                 (the others ahead are being fetched meanwhile)."""
-                nonlocal taken_entries, taken_sources
+                nonlocal taken_entries, taken_sources, waiting_entries, waiting_sources
                 source, future = pending.popleft()
                 wait([future])
                 entries = future.result().entry_count if future.exception() is None else 0
                 with counting:
-                    fetched_ahead[0] -= entries
-                    fetched_ahead[1] -= 1
+                    waiting_entries -= entries
+                    waiting_sources -= 1
                 taken_entries += entries
                 taken_sources += 1
                 top_up()
@@ -1525,7 +1526,7 @@ class Aggregator:
 
             def top_up() -> None:
                 with counting:
-                    fetched_entries, finished = fetched_ahead
+                    fetched_entries, finished = waiting_entries, waiting_sources
                 unfinished = len(pending) - finished
                 sources = taken_sources + finished
                 mean = (taken_entries + fetched_entries) / sources if sources else None
