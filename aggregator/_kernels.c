@@ -87,11 +87,61 @@ typedef struct {
     int32_t agreeing;
 } Ranked;
 
-/* Descending article id: among slots that share as many bands (or agree in as many
- * values), the newest article first. */
-static int newest_first(const void *a, const void *b) {
-    int64_t x = ((const Ranked *)a)->article_id, y = ((const Ranked *)b)->article_id;
-    return (x < y) - (x > y);
+/* Among slots that share as many bands (or agree in as many values), the newest article
+ * first: their article ids, distinct, in descending order.  Only the first few of a long
+ * run are ever needed, so neither helper sorts a whole run (``qsort`` of the ties took a
+ * tenth of the ranking on a full window). */
+
+/* Puts the ``k`` newest of ``a[0..n)`` first, in no particular order (quickselect). */
+static void select_newest(Ranked *a, Py_ssize_t n, Py_ssize_t k) {
+    Py_ssize_t lo = 0, hi = n - 1, target = k - 1;
+    while (lo < hi) {
+        int64_t x = a[lo].article_id, y = a[lo + (hi - lo) / 2].article_id;
+        int64_t z = a[hi].article_id;
+        int64_t pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        Py_ssize_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i].article_id > pivot) {
+                i++;
+            }
+            while (a[j].article_id < pivot) {
+                j--;
+            }
+            if (i <= j) {
+                Ranked swapped = a[i];
+                a[i++] = a[j];
+                a[j--] = swapped;
+            }
+        }
+        /* Now a[lo..j] >= pivot >= a[i..hi], and any slot between holds the pivot. */
+        if (target <= j) {
+            hi = j;
+        } else if (target >= i) {
+            lo = i;
+        } else {
+            return;
+        }
+    }
+}
+
+/* Restores the heap order (the newest at the root) below ``at`` of ``heap[0..size)``. */
+static void sift_newest(Ranked *heap, Py_ssize_t size, Py_ssize_t at) {
+    Ranked moving = heap[at];
+    for (;;) {
+        Py_ssize_t child = 2 * at + 1;
+        if (child >= size) {
+            break;
+        }
+        if (child + 1 < size && heap[child + 1].article_id > heap[child].article_id) {
+            child++;
+        }
+        if (heap[child].article_id <= moving.article_id) {
+            break;
+        }
+        heap[at] = heap[child];
+        at = child;
+    }
+    heap[at] = moving;
 }
 
 /* Whether ``row`` was already taken; takes it if not (open addressing, ``mask + 1`` a power
@@ -239,7 +289,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             }
         }
         if (wanted < tied) {
-            qsort(ordered, (size_t)tied, sizeof(Ranked), newest_first);
+            select_newest(ordered, tied, wanted);
         }
         for (Py_ssize_t i = 0; i < wanted && i < tied; i++) {
             ranked[kept++] = ordered[i];
@@ -281,16 +331,23 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             ordered[by_values[ranked[i].agreeing]++] = ranked[i];
         }
         memset(taken, 0xff, sizeof(int64_t) * table_size);
-        /* Walk the runs, each sorted newest first only when reached. */
+        /* Walk the runs, each taken newest first (from a heap) only when reached and only
+         * as far as needed. */
         Py_ssize_t run = 0;
         while (run < genuine && written < count) {
             Py_ssize_t end = run + 1;
             while (end < genuine && ordered[end].agreeing == ordered[run].agreeing) {
                 end++;
             }
-            qsort(ordered + run, (size_t)(end - run), sizeof(Ranked), newest_first);
-            for (Py_ssize_t i = run; i < end && written < count; i++) {
-                int64_t row = story_row[ordered[i].slot];
+            Ranked *heap = ordered + run;
+            Py_ssize_t size = end - run;
+            for (Py_ssize_t i = size / 2; i-- > 0;) {
+                sift_newest(heap, size, i);
+            }
+            while (size > 0 && written < count) {
+                int64_t row = story_row[heap[0].slot];
+                heap[0] = heap[--size];
+                sift_newest(heap, size, 0);
                 if (!seen_before(taken, (int64_t)table_size - 1, row)) {
                     out[written++] = row;
                 }

@@ -17,7 +17,10 @@ the store keeps them (``pipeline.decision_record``: among them the five best can
 
 The other checkout's methods run on this tree's window, so they must read it as it is (the
 same attributes): the tool is for changes to how the clusterer decides, not to what it holds.
-They also run on this tree's band index, whose look-ups are compiled where this tree's are.
+They also run on this tree's band index.  Where ``--against`` was built with its compiled
+kernels (``pip install -e`` there, or the ``_kernels`` module of its wheel copied into its
+``aggregator/``), its methods and the index's look-ups call them: so a change to a kernel
+is timed too; else both versions call this tree's.
 ``--against-numpy`` times this tree with its compiled kernels (``aggregator/native.py``)
 against this tree without them; the band indexes' table of their newest keys
 (``index.RecentTable``) was built with the kernels and keeps them.  Without either only this
@@ -60,9 +63,24 @@ def methods_of(cls: type) -> dict[str, object]:
     return {name: value for name, value in vars(cls).items() if callable(value)}
 
 
-def other_clusterer(checkout: Path) -> type:
+def other_kernels(checkout: Path):
+    """The compiled kernels built in another checkout (``pip install -e`` there), or None
+    where it has none: loaded under a name of their own, beside this tree's."""
+    built = sorted((checkout / "aggregator").glob("_kernels.*.so"))
+    if not built:
+        return None
+    # The module's name must end in ``_kernels``: its init function is named after it.
+    spec = importlib.util.spec_from_file_location("_other_checkout._kernels", built[0])
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def other_clusterer(checkout: Path, compiled) -> type:
     """The ``Clusterer`` class of another checkout, loaded beside this tree's package (its
-    relative imports resolve to this tree's modules)."""
+    relative imports resolve to this tree's modules), calling the kernels ``compiled``."""
     name = "aggregator._other_cluster"
     spec = importlib.util.spec_from_file_location(name, checkout / "aggregator" / "cluster.py")
     if spec is None or spec.loader is None:
@@ -70,6 +88,7 @@ def other_clusterer(checkout: Path) -> type:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    module.kernels = compiled
     return module.Clusterer
 
 
@@ -98,7 +117,12 @@ def main() -> None:
     # Each version: the clusterer's methods, and the kernels that they and the index use.
     versions = {"this": (methods_of(Clusterer), kernels)}
     if args.against:
-        versions["against"] = (methods_of(other_clusterer(args.against)), kernels)
+        compiled = other_kernels(args.against) if kernels is not None else None
+        if compiled is None:
+            compiled = kernels
+        else:
+            print(f"{args.against}: its own compiled kernels", flush=True)
+        versions["against"] = (methods_of(other_clusterer(args.against, compiled)), compiled)
     elif args.against_numpy:
         versions["against"] = (methods_of(Clusterer), None)
     with tempfile.TemporaryDirectory() as directory:
