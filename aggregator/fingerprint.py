@@ -575,10 +575,14 @@ class TermStatistics:
         vocabulary = self.vocabulary
         found = list(map(vocabulary.ids.get, terms))
         if None in found and self.incomplete and self.recall is not None:
-            missing = [term for term, number in zip(terms, found, strict=True)
-                       if number is None]
-            self._restore_rows(self.recall(list(dict.fromkeys(missing))))
-            found = list(map(vocabulary.ids.get, terms))
+            # A quarter of the articles on a full window miss a term or two: only those
+            # are looked up again, not every term of the article.
+            missing = [position for position, number in enumerate(found) if number is None]
+            self._restore_rows(self.recall(list(dict.fromkeys(terms[position]
+                                                              for position in missing))))
+            get = vocabulary.ids.get
+            for position in missing:
+                found[position] = get(terms[position])
         ids = vocabulary.ids_of(terms, found)
         self._fit(len(vocabulary))
         return ids
