@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from itertools import compress, islice
+from itertools import islice
 from operator import attrgetter
 from typing import Literal, Protocol
 
@@ -143,6 +143,11 @@ class StoryColumns:
     def release(self, rows: list[int]) -> None:
         self.size[rows] = 0
         self.free.extend(rows)
+
+    def live_rows(self) -> np.ndarray:
+        """The rows of the live stories, in row order: a story has a member from its
+        first commit on, and a freed row has none."""
+        return np.flatnonzero(self.size[:self.used] > 0)
 
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self.ARRAYS)
@@ -1296,27 +1301,34 @@ class Clusterer:
         for index in (self.duplicate_index, self.candidate_index):
             index.merge_runs()
 
+    def newest_ts(self) -> float:
+        """The time of the window's newest article (-inf for an empty window)."""
+        rows = self.story_columns.live_rows()
+        return float(self.story_columns.last_ts[rows].max()) if rows.size else -math.inf
+
+    # Eviction reads the story columns, not the ``StoryState`` objects: three passes over
+    # the 60,000 of a full window at each eviction cost 0.04 ms an article, eight times
+    # what the columns cost.
     def capacity_cutoff(self, cutoff_ts: float, max_articles: int) -> float:
         """``capacity_cutoff`` over the stories of the window."""
         if max_articles <= 0 or self.window_size <= max_articles:
             return cutoff_ts
-        story_rows = self._rows_of(list(self.stories.values()))
+        story_rows = self.story_columns.live_rows()
         columns = self.story_columns
         return capacity_cutoff(columns.last_ts[story_rows], columns.size[story_rows],
                                max_articles, cutoff_ts)
 
     def evict_before(self, cutoff_ts: float) -> int:
         """Drop stories whose newest member is older than ``cutoff_ts``; returns how many."""
-        stories = list(self.stories.values())
-        story_rows = self._rows_of(stories)
-        old = self.story_columns.last_ts[story_rows] < cutoff_ts
-        stale = list(compress(stories, old.tolist()))
+        story_rows = self.story_columns.live_rows()
+        old_rows = story_rows[self.story_columns.last_ts[story_rows] < cutoff_ts].tolist()
+        stale = list(map(self._story_at.__getitem__, old_rows))
         released: list[int] = []
         for story in stale:
             released.extend(story.slots)
             del self.stories[story.story_id]
             self._story_at[story.row] = None
-        self.story_columns.release(story_rows[old].tolist())
+        self.story_columns.release(old_rows)
         self.window_size -= len(released)
         if released:
             self.rows.release(released)

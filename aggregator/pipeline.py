@@ -1389,7 +1389,7 @@ class Aggregator:
         window's article limit.  A cutoff raised by the limit is stored in the same
         transaction, so that a restart rebuilds the same window."""
         clusterer = self.clusterer
-        newest = max(s.last_ts for s in clusterer.stories.values())
+        newest = clusterer.newest_ts()
         by_time = max(newest - self.settings.window_days * DAY_S, clusterer.floor_ts)
         cutoff = clusterer.capacity_cutoff(by_time, self.settings.window_articles)
         if cutoff > by_time:

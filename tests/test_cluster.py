@@ -388,11 +388,16 @@ def test_the_story_columns_agree_with_the_members_through_joins_and_evictions():
             assert (rows.story_row[slots] == story.row).all()
         live_rows = [story.row for story in clusterer.stories.values()]
         assert len(set(live_rows)) == len(live_rows)
+        # Eviction finds the live stories and the newest time in the columns alone.
+        assert columns.live_rows().tolist() == sorted(live_rows)
+        assert clusterer.newest_ts() == max(story.last_ts
+                                            for story in clusterer.stories.values())
         for ts_now in (ts, ts + 2.5 * DAY):
             expected = [ts_now - story.last_ts <= 2 * DAY and ts_now - story.first_ts <= 2 * DAY
                         for story in clusterer.stories.values()]
             assert clusterer._live(np.asarray(live_rows), ts_now).tolist() == expected
     assert clusterer.story_columns.used == most_rows < 120
+    assert Clusterer(ClusteringSettings()).newest_ts() == -math.inf
 
 
 @pytest.mark.parametrize(("last_ts", "sizes", "limit", "by_time", "expected"), [
