@@ -1312,6 +1312,65 @@ static PyObject *recent_insert(PyObject *module, PyObject *const *args, Py_ssize
     return PyLong_FromSsize_t(count);
 }
 
+static const char *merge_sorted_doc =
+    "merge_sorted(keys, slots, size, new_keys, new_slots) -> None\n\n"
+    "Merges the sorted ``new_keys`` (uint32) and their ``new_slots`` (int32) into the first\n"
+    "``size`` entries of ``keys`` and ``slots``, sorted, in place: each new key after the\n"
+    "equal keys already there, and equal new keys in the order given.  ``keys`` and\n"
+    "``slots`` must have room for every new entry after ``size``.  The interpreter lock is\n"
+    "released while the entries move (a full window's index holds millions).";
+
+static PyObject *merge_sorted(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("merge_sorted", nargs, 5)) {
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[4];
+    memset(b, 0, sizeof b);
+    enum { KEYS, SLOTS, NEW_KEYS, NEW_SLOTS };
+    if (take(args[0], &b[KEYS], 4, "IL", 1, "keys") < 0
+            || take(args[1], &b[SLOTS], 4, "il", 1, "slots") < 0
+            || take(args[3], &b[NEW_KEYS], 4, "IL", 0, "new_keys") < 0
+            || take(args[4], &b[NEW_SLOTS], 4, "il", 0, "new_slots") < 0) {
+        release(b, 4);
+        return NULL;
+    }
+    Py_ssize_t added = b[NEW_KEYS].view.len / 4;
+    if (size < 0 || b[NEW_SLOTS].view.len / 4 != added
+            || b[KEYS].view.len / 4 < size + added || b[SLOTS].view.len / 4 < size + added) {
+        release(b, 4);
+        PyErr_SetString(PyExc_ValueError,
+                        "merge_sorted: no room for the new entries, or unequal lengths");
+        return NULL;
+    }
+    uint32_t *keys = b[KEYS].view.buf;
+    int32_t *slots = b[SLOTS].view.buf;
+    const uint32_t *new_keys = b[NEW_KEYS].view.buf;
+    const int32_t *new_slots = b[NEW_SLOTS].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    /* From the end down: an old entry only ever moves up, past positions already read. */
+    Py_ssize_t old = size - 1, fresh = added - 1, to = size + added - 1;
+    while (fresh >= 0) {
+        if (old >= 0 && keys[old] > new_keys[fresh]) {
+            keys[to] = keys[old];
+            slots[to] = slots[old];
+            old--;
+        } else {
+            keys[to] = new_keys[fresh];
+            slots[to] = new_slots[fresh];
+            fresh--;
+        }
+        to--;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
 static const char *recent_matches_doc =
     "recent_matches(keys, slots, next, heads, wanted) -> bytes\n\n"
     "The slots of the table's entries whose key equals one of ``wanted`` (uint32): for each\n"
@@ -1650,6 +1709,7 @@ static PyMethodDef methods[] = {
     {"recent_matches", (PyCFunction)(void (*)(void))recent_matches, METH_FASTCALL, NULL},
     {"shingle_hashes", (PyCFunction)(void (*)(void))shingle_hashes, METH_FASTCALL, NULL},
     {"story_scores", (PyCFunction)(void (*)(void))story_scores, METH_FASTCALL, NULL},
+    {"merge_sorted", (PyCFunction)(void (*)(void))merge_sorted, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1669,6 +1729,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[6].ml_doc = recent_matches_doc;
     methods[7].ml_doc = shingle_hashes_doc;
     methods[8].ml_doc = scores_doc;
+    methods[9].ml_doc = merge_sorted_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

@@ -368,11 +368,23 @@ class BandIndex:
         enlarge(self, "_slots", capacity)
 
     def _merge_sorted(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Merge sorted ``keys`` in place, after equal keys already there.
+        """Merge sorted ``keys`` in place, after equal keys already there: in one pass from
+        the end down where the package was built with a C compiler (``kernels.merge_sorted``,
+        without the interpreter lock); ``_merge_sorted_numpy`` is the reference."""
+        if kernels is None:
+            self._merge_sorted_numpy(keys, slots)
+            return
+        size, added = self._size, len(keys)
+        self._reserve(size + added)
+        kernels.merge_sorted(self._keys, self._slots, size,
+                             np.ascontiguousarray(keys, dtype=KEY_DTYPE),
+                             np.ascontiguousarray(slots, dtype=np.int32))
+        self._size = size + added
 
-        Old element ``j`` moves up by the number of new keys placed before it; moving the
-        blocks from the last one down never overwrites an element not yet moved.
-        """
+    def _merge_sorted_numpy(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """``_merge_sorted`` in numpy.  Old element ``j`` moves up by the number of new keys
+        placed before it; moving the blocks from the last one down never overwrites an
+        element not yet moved."""
         size, added = self._size, len(keys)
         self._reserve(size + added)
         old_keys, old_slots = self._keys, self._slots

@@ -358,9 +358,15 @@ def test_the_band_index_holds_eight_bytes_a_band_per_article_with_a_quarter_to_s
     assert index._recent.nbytes() <= 1 << 20
 
 
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=requires_kernels), False])
 @pytest.mark.parametrize(("seed", "block", "distinct_keys"),
                          [(1, 1, 5), (2, 7, 50), (3, 64, 2**31), (4, 1 << 16, 3), (5, 3, 2)])
-def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block, distinct_keys):
+def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block, distinct_keys,
+                                                                     compiled, monkeypatch):
+    """The compiled merge (``kernels.merge_sorted``) and the numpy one (``block``: the
+    entries it moves at a time) both give what inserting into fresh arrays gives."""
+    if not compiled:
+        monkeypatch.setattr(index_module, "kernels", None)
     # Few distinct keys give long runs of equal keys, where order (oldest first) matters.
     rng = np.random.default_rng(seed)
     # Never merged by an insertion (the test merges by hand).  Not 10**9: the recent
@@ -383,6 +389,23 @@ def test_in_place_merges_and_compaction_equal_rebuilding_the_arrays(seed, block,
     index.compact(alive)
     assert (index._keys[:index._size] == keys[alive[slots]]).all()
     assert (index._slots[:index._size] == slots[alive[slots]]).all()
+
+
+@requires_kernels
+@pytest.mark.parametrize(("size", "room", "new_slots", "message"), [
+    (3, 4, 2, "no room for the new entries"),  # 3 + 2 entries in room for 4
+    (3, 8, 1, "unequal lengths"),  # two new keys, one slot
+    (-1, 8, 2, "no room"),
+])
+def test_the_compiled_merge_refuses_what_it_cannot_hold(size, room, new_slots, message):
+    keys, slots = np.zeros(room, dtype=KEY_DTYPE), np.zeros(room, dtype=np.int32)
+    with pytest.raises(ValueError, match=message):
+        index_module.kernels.merge_sorted(keys, slots, size, np.array([1, 2], dtype=KEY_DTYPE),
+                                          np.zeros(new_slots, dtype=np.int32))
+    with pytest.raises(TypeError, match="keys"):
+        index_module.kernels.merge_sorted(keys.astype(np.int64), slots, 0,
+                                          np.array([1, 2], dtype=KEY_DTYPE),
+                                          np.zeros(2, dtype=np.int32))
 
 
 def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks():
