@@ -608,14 +608,15 @@ def _columns(width: int, start: int = 0) -> str:
 
 
 def write_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[Sequence],
-               width: int, chunk: int = 4096) -> None:
+               width: int, chunk: int = 4096, as_json: bool = True) -> None:
     """``statement`` (its ``{rows}`` a row source of ``width`` columns) over ``rows``, a
     step for each ``chunk`` of them, passed as one JSON array; a step a row where a string
-    of a chunk holds a NUL character, which JSON cannot pass to SQLite, and where there are
-    ``FEW_ROWS`` or fewer.  (A chunk's JSON lives while its step runs: chunks keep it to a
-    few hundred kilobytes.)"""
-    if len(rows) <= FEW_ROWS:
-        # Parameters cost less than JSON for a row or two (a transaction of one article).
+    of a chunk holds a NUL character, which JSON cannot pass to SQLite, where there are
+    ``FEW_ROWS`` or fewer, and without ``as_json``.  (A chunk's JSON lives while its step
+    runs: chunks keep it to a few hundred kilobytes.)"""
+    if not as_json or len(rows) <= FEW_ROWS:
+        # Parameters cost less than JSON for a row or two (a transaction of one article),
+        # and for any number on the writer's own thread (``StagedWrites.write``).
         conn.executemany(_with_rows(statement, width, False), rows)
         return
     for start in range(0, len(rows), chunk):
@@ -670,6 +671,10 @@ INSERT_FINGERPRINTS = (
     "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
     f"salient_signature) SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), "
     "substr(?2, c11, c12) FROM {rows}")
+INSERT_FINGERPRINT_ROW = (
+    "INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, published, "
+    "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
+    "salient_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass
@@ -713,12 +718,12 @@ class StagedWrites:
     """What the writer decided for some sources' articles, not yet in the database.
 
     The writer stages each article's rows here instead of writing them a statement at a
-    time; ``write`` then writes them in a dozen statements, each over a JSON array of rows.
-    A statement that long runs without holding Python's interpreter lock, which is what lets
-    a thread of its own (``WriteBehind``) write a write group while the writer decides the
-    next one.  The rows are those that a statement per row would write: ids are given as
-    SQLite gives them (one more than the largest), and a row updated several times ends
-    with the values of its last update.
+    time; ``write`` then writes them table by table: behind the writer (``WriteBehind``) in
+    a dozen statements, each over a JSON array of rows, which run without holding Python's
+    interpreter lock, so that the thread writes a write group while the writer decides the
+    next one; on the writer's own thread with parameters, a step a row.  The rows are those
+    that a statement per row would write: ids are given as SQLite gives them (one more than
+    the largest), and a row updated several times ends with the values of its last update.
 
     Reads go through ``StagedReads``, which adds to what the database holds what is staged
     here (identity keys, template-line counts, signatures, term counts, entries).
@@ -906,31 +911,36 @@ class StagedWrites:
     # -- writing ------------------------------------------------------------------------------
 
     def write(self, conn: sqlite3.Connection,
-              search_rows: list[tuple[int, str, str]] | None = None) -> None:
+              search_rows: list[tuple[int, str, str]] | None = None, *,
+              as_json: bool = True) -> None:
         """Write everything staged, through ``conn``, in an open transaction.
 
         ``search_rows``: where the new articles' full-text rows go, for the transaction's
         commit to index (``Store.transaction``); without it they are indexed here.
+        ``as_json``: each statement over a JSON array of rows, which runs without the
+        interpreter lock (``WriteBehind``); else a step a row, with parameters, which costs
+        the writer's own thread less (the whole writer 4% less with a full window,
+        ``benchmarks/turns.py``): nothing of it runs beside the statements there.
         """
-        write_rows(conn, INSERT_STORIES, self.stories, 5)
-        write_rows(conn, INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK)
-        write_rows(conn, UPDATE_ARTICLES, self.article_updates, 7)
-        self._write_fingerprints(conn)
-        write_rows(conn, INSERT_KEYS, self.keys, 2)
+        write_rows(conn, INSERT_STORIES, self.stories, 5, as_json=as_json)
+        write_rows(conn, INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK, as_json)
+        write_rows(conn, UPDATE_ARTICLES, self.article_updates, 7, as_json=as_json)
+        self._write_fingerprints(conn, as_json)
+        write_rows(conn, INSERT_KEYS, self.keys, 2, as_json=as_json)
         write_rows(conn, UPDATE_RELATIONS, [[member, relation, similarity] for member,
                                             (relation, similarity) in self.relations.items()],
-                   3)
-        write_rows(conn, INSERT_HISTORY, self.history, 5)
-        write_rows(conn, UPDATE_STORIES, list(self.story_updates.values()), 7)
+                   3, as_json=as_json)
+        write_rows(conn, INSERT_HISTORY, self.history, 5, as_json=as_json)
+        write_rows(conn, UPDATE_STORIES, list(self.story_updates.values()), 7, as_json=as_json)
         write_rows(conn, COUNT_LINES, [[source_id, key, count, seen] for (source_id, key),
-                                       (count, seen) in self.lines.items()], 4)
+                                       (count, seen) in self.lines.items()], 4, as_json=as_json)
         if self.window_floor is not None:
             Store.raise_window_floor(conn, self.window_floor)
-        write_rows(conn, INSERT_FETCHES, self.fetches, 10)
-        self._write_source_states(conn)
+        write_rows(conn, INSERT_FETCHES, self.fetches, 10, as_json=as_json)
+        self._write_source_states(conn, as_json)
         for counts in self.term_counts:
             for rows in counts.chunks():
-                write_rows(conn, COUNT_TERMS, rows, 5)
+                write_rows(conn, COUNT_TERMS, rows, 5, as_json=as_json)
             Store.count_documents(conn, counts.documents)
         if not self.articles:
             return
@@ -943,8 +953,13 @@ class StagedWrites:
                          "text FROM articles WHERE id BETWEEN ? AND ?",
                          [self.articles[0][0], self.articles[-1][0]])
 
-    def _write_fingerprints(self, conn: sqlite3.Connection) -> None:
+    def _write_fingerprints(self, conn: sqlite3.Connection, as_json: bool) -> None:
         if not self.fingerprints:
+            return
+        if not as_json:
+            conn.executemany(INSERT_FINGERPRINT_ROW, [
+                [*row, *blobs] for row, blobs in zip(self.fingerprints, self.fingerprint_blobs,
+                                                     strict=True)])
             return
         rows, offset = [], 2
         for row, blobs in zip(self.fingerprints, self.fingerprint_blobs, strict=True):
@@ -956,7 +971,7 @@ class StagedWrites:
                       b"\0" + b"".join(blob for blobs in self.fingerprint_blobs
                                        for blob in blobs)])
 
-    def _write_source_states(self, conn: sqlite3.Connection) -> None:
+    def _write_source_states(self, conn: sqlite3.Connection, as_json: bool) -> None:
         """The sources' new fetch states, in order; the states with the same columns in a
         row written by one statement."""
         start = 0
@@ -972,7 +987,7 @@ class StagedWrites:
                              "WHERE sources.id = u.c0",
                        [[source_id, *state.values()]
                         for source_id, state in self.source_states[start:end]],
-                       len(columns) + 1)
+                       len(columns) + 1, as_json=as_json)
             start = end
 
 
@@ -1220,7 +1235,7 @@ class Store:
     def write_staged(self, conn: sqlite3.Connection, staged: StagedWrites) -> None:
         """Write what ``staged`` holds in the open transaction; its new articles enter the
         full-text index when the transaction commits."""
-        staged.write(conn, self._unindexed)
+        staged.write(conn, self._unindexed, as_json=False)
 
     @contextmanager
     def savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:

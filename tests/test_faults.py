@@ -162,8 +162,8 @@ def _fail_while_written(monkeypatch, guid):
     transaction, and again in the source's own savepoint when the group is written again."""
     write = StagedWrites.write
 
-    def flaky(self, conn, search_rows=None):
-        write(self, conn, search_rows)
+    def flaky(self, conn, search_rows=None, **how):
+        write(self, conn, search_rows, **how)
         if any(row[2] == guid for row in self.articles):
             raise sqlite3.OperationalError("disk I/O error")
     monkeypatch.setattr(StagedWrites, "write", flaky)

@@ -133,8 +133,8 @@ def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch, write
     release = threading.Event()
     original = StagedWrites.write
 
-    def slow_write(staged, conn, search_rows=None):
-        original(staged, conn, search_rows)
+    def slow_write(staged, conn, search_rows=None, **how):
+        original(staged, conn, search_rows, **how)
         inside_write.set()
         assert release.wait(10)
 

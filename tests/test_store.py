@@ -296,10 +296,12 @@ def _staged_article(staged, number: int, text: str, source_id: int = 1, lines=No
     "Plain words.", "", "a NUL \x00 inside", "\x00", "non-ASCII: Zürich, Кремль, 北京, 🚢",
     'quotes " and \\ backslashes', "line\nbreaks\tand\rreturns", "\u2028\u2029 separators"])
 @pytest.mark.parametrize("count", [1, 3])
-def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count):
-    """Staged rows reach SQLite as JSON (a row or two as parameters), which cannot carry a
-    NUL character: such rows go in a statement each instead; every text, blob and number is
-    stored as it was given."""
+@pytest.mark.parametrize("behind", [False, True], ids=["in place", "as behind"])
+def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count, behind):
+    """Staged rows reach SQLite as parameters on the writer's thread, and as JSON where they
+    are written behind it (a row or two as parameters there too); JSON cannot carry a NUL
+    character: such rows go in a statement each instead.  Every text, blob and number is
+    stored as it was given, either way."""
     from aggregator.store import StagedWrites
 
     store = Store(str(tmp_path / "a.db"))
@@ -307,7 +309,11 @@ def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count):
     staged = StagedWrites()
     articles = [_staged_article(staged, number, text) for number in range(1, count + 1)]
     with store.transaction() as conn:
-        store.write_staged(conn, staged)
+        if behind:
+            # As ``WriteBehind`` writes a group: JSON statements, the full-text rows at once.
+            staged.write(conn)
+        else:
+            store.write_staged(conn, staged)
     rows = store.db.execute("SELECT title, text, similarity, typeof(similarity), relation, "
                             "story_id, published FROM articles ORDER BY id").fetchall()
     assert rows == [(article.title, text, 1.0, "real", "canonical", number,
