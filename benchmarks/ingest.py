@@ -49,6 +49,7 @@ from stream import SyntheticStream  # noqa: E402
 
 from aggregator.config import ClusteringSettings, Config, Source  # noqa: E402
 from aggregator.pipeline import (  # noqa: E402
+    FETCH_AHEAD,
     FETCH_AHEAD_ENTRIES,
     WRITE_GROUP_ENTRIES,
     WRITE_GROUP_SOURCES,
@@ -143,7 +144,7 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
     def prepare_next() -> None:
         # Sources prepared ahead of the writer, as fetch threads would have them ready, and
         # as far ahead as a pass fetches (here every source's entries are known at once).
-        while fetch_more(len(pending), 2 * WRITE_GROUP_SOURCES,
+        while fetch_more(len(pending), FETCH_AHEAD * aggregator.config.max_concurrency,
                          sum(len(entries) for _source, entries, _prepared in pending),
                          0, 0.0, FETCH_AHEAD_ENTRIES, 1):
             following = next(upcoming, None)
