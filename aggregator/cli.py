@@ -567,6 +567,10 @@ def evaluate(files, config_path, assignments, overrides, as_json) -> None:
     if config_path:
         settings = load_config(config_path).clustering
     settings = replace(settings, **_parse_overrides(overrides))
+    if assignments and not Path(assignments).resolve().parent.is_dir():
+        # Found out before the files are clustered, not after (minutes, on a large file).
+        raise click.BadParameter(f"{Path(assignments).parent}: no such directory",
+                                 param_hint="--assignments")
     for path in files:
         count = sum(1 for line in open(path, encoding="utf-8") if line.strip())
         with click.progressbar(length=count, label=Path(path).name, file=sys.stderr) as bar:
@@ -581,9 +585,13 @@ def evaluate(files, config_path, assignments, overrides, as_json) -> None:
             target = Path(assignments)
             if len(files) > 1:
                 target = target.with_name(f"{target.stem}.{Path(path).stem}{target.suffix}")
-            with open(target, "w", encoding="utf-8") as out:
-                for article_id, story_id in result.assignments.items():
-                    out.write(f"{article_id}\t{story_id}\n")
+            try:
+                with open(target, "w", encoding="utf-8") as out:
+                    for article_id, story_id in result.assignments.items():
+                        out.write(f"{article_id}\t{story_id}\n")
+            except OSError as exc:
+                raise click.ClickException(f"{target}: cannot write the assignments: "
+                                           f"{exc.strerror}") from None
         s = result.scores
         if as_json:
             click.echo(json.dumps({"file": result.file, "articles": result.articles,

@@ -54,6 +54,35 @@ def test_eval_command_prints_scores_and_writes_assignments(tmp_path):
     assert lines[0][1] == lines[1][1] != lines[2][1]
 
 
+def test_eval_refuses_assignments_in_a_missing_directory_before_clustering(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text('{"id": "1", "cluster": "a", "title": "t", "text": "x"}\n{oops\n')
+    out = tmp_path / "missing" / "assign.tsv"
+    result = CliRunner().invoke(main, ["eval", str(path), "--assignments", str(out)])
+    # A usage error (2) naming the directory, not the bad line of the file: nothing ran.
+    assert result.exit_code == 2, result.output
+    assert "--assignments" in result.output and str(out.parent) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_names_an_assignments_file_it_cannot_write(tmp_path):
+    lines = "\n".join(json.dumps({"id": i, "cluster": c, "title": t, "text": x,
+                                  "source": f"s{i}", "published": None, "url": None})
+                      for i, c, t, x in ARTICLES) + "\n"
+    first, second = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    first.write_text(lines, encoding="utf-8")
+    second.write_text(lines, encoding="utf-8")
+    # With several inputs each file's assignments go to a name of their own: here the
+    # second one's is a directory.
+    taken = tmp_path / "assign.two.tsv"
+    taken.mkdir()
+    result = CliRunner().invoke(main, ["eval", str(first), str(second), "--assignments",
+                                       str(tmp_path / "assign.tsv")])
+    assert result.exit_code == 1, result.output
+    assert f"{taken}: cannot write the assignments" in result.output
+    assert (tmp_path / "assign.one.tsv").read_text().count("\n") == 3
+
+
 def test_eval_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "1", "cluster": "a", "title": "t", "text": "x"}\n{oops\n')
