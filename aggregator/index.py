@@ -371,22 +371,22 @@ class BandIndex:
         """Merge sorted ``keys`` in place, after equal keys already there: in one pass from
         the end down where the package was built with a C compiler (``kernels.merge_sorted``,
         without the interpreter lock); ``_merge_sorted_numpy`` is the reference."""
-        if kernels is None:
-            self._merge_sorted_numpy(keys, slots)
-            return
         size, added = self._size, len(keys)
         self._reserve(size + added)
-        kernels.merge_sorted(self._keys, self._slots, size,
-                             np.ascontiguousarray(keys, dtype=KEY_DTYPE),
-                             np.ascontiguousarray(slots, dtype=np.int32))
+        if kernels is None:
+            self._merge_sorted_numpy(size, keys, slots)
+        else:
+            kernels.merge_sorted(self._keys, self._slots, size,
+                                 np.ascontiguousarray(keys, dtype=KEY_DTYPE),
+                                 np.ascontiguousarray(slots, dtype=np.int32))
         self._size = size + added
 
-    def _merge_sorted_numpy(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """``_merge_sorted`` in numpy.  Old element ``j`` moves up by the number of new keys
-        placed before it; moving the blocks from the last one down never overwrites an
-        element not yet moved."""
-        size, added = self._size, len(keys)
-        self._reserve(size + added)
+    def _merge_sorted_numpy(self, size: int, keys: np.ndarray, slots: np.ndarray) -> None:
+        """``_merge_sorted``'s moves in numpy, into arrays with room for them after the
+        first ``size`` entries.  Old element ``j`` moves up by the number of new keys placed
+        before it; moving the blocks from the last one down never overwrites an element not
+        yet moved."""
+        added = len(keys)
         old_keys, old_slots = self._keys, self._slots
         at = np.searchsorted(old_keys[:size], keys, side="right")
         for start in range((size - 1) // self.BLOCK * self.BLOCK, -1, -self.BLOCK):
@@ -398,7 +398,6 @@ class BandIndex:
         placed = at + np.arange(added)
         old_keys[placed] = keys
         old_slots[placed] = slots
-        self._size = size + added
 
     def query(self, signature: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Slots whose band keys equal one of ``signature``'s (repeats and dead slots

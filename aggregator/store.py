@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -922,25 +922,25 @@ class StagedWrites:
         the writer's own thread less (a tenth of this step on a full window: the JSON is
         neither encoded nor parsed), since nothing of it runs beside the statements there.
         """
-        write_rows(conn, INSERT_STORIES, self.stories, 5, as_json=as_json)
-        write_rows(conn, INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK, as_json)
-        write_rows(conn, UPDATE_ARTICLES, self.article_updates, 7, as_json=as_json)
+        write = partial(write_rows, conn, as_json=as_json)
+        write(INSERT_STORIES, self.stories, 5)
+        write(INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK)
+        write(UPDATE_ARTICLES, self.article_updates, 7)
         self._write_fingerprints(conn, as_json)
-        write_rows(conn, INSERT_KEYS, self.keys, 2, as_json=as_json)
-        write_rows(conn, UPDATE_RELATIONS, [[member, relation, similarity] for member,
-                                            (relation, similarity) in self.relations.items()],
-                   3, as_json=as_json)
-        write_rows(conn, INSERT_HISTORY, self.history, 5, as_json=as_json)
-        write_rows(conn, UPDATE_STORIES, list(self.story_updates.values()), 7, as_json=as_json)
-        write_rows(conn, COUNT_LINES, [[source_id, key, count, seen] for (source_id, key),
-                                       (count, seen) in self.lines.items()], 4, as_json=as_json)
+        write(INSERT_KEYS, self.keys, 2)
+        write(UPDATE_RELATIONS, [[member, relation, similarity] for member,
+                                 (relation, similarity) in self.relations.items()], 3)
+        write(INSERT_HISTORY, self.history, 5)
+        write(UPDATE_STORIES, list(self.story_updates.values()), 7)
+        write(COUNT_LINES, [[source_id, key, count, seen] for (source_id, key), (count, seen)
+                            in self.lines.items()], 4)
         if self.window_floor is not None:
             Store.raise_window_floor(conn, self.window_floor)
-        write_rows(conn, INSERT_FETCHES, self.fetches, 10, as_json=as_json)
-        self._write_source_states(conn, as_json)
+        write(INSERT_FETCHES, self.fetches, 10)
+        self._write_source_states(write)
         for counts in self.term_counts:
             for rows in counts.chunks():
-                write_rows(conn, COUNT_TERMS, rows, 5, as_json=as_json)
+                write(COUNT_TERMS, rows, 5)
             Store.count_documents(conn, counts.documents)
         if not self.articles:
             return
@@ -971,9 +971,9 @@ class StagedWrites:
                       b"\0" + b"".join(blob for blobs in self.fingerprint_blobs
                                        for blob in blobs)])
 
-    def _write_source_states(self, conn: sqlite3.Connection, as_json: bool) -> None:
+    def _write_source_states(self, write: Callable[..., None]) -> None:
         """The sources' new fetch states, in order; the states with the same columns in a
-        row written by one statement."""
+        row written by one statement (``write``: ``write_rows`` with its connection)."""
         start = 0
         while start < len(self.source_states):
             columns = tuple(self.source_states[start][1])
@@ -983,11 +983,11 @@ class StagedWrites:
                 end += 1
             assignments = ", ".join(f"{column} = u.c{i + 1}"
                                     for i, column in enumerate(columns))
-            write_rows(conn, f"UPDATE sources SET {assignments} FROM {{rows}} AS u "
-                             "WHERE sources.id = u.c0",
-                       [[source_id, *state.values()]
-                        for source_id, state in self.source_states[start:end]],
-                       len(columns) + 1, as_json=as_json)
+            write(f"UPDATE sources SET {assignments} FROM {{rows}} AS u "
+                  "WHERE sources.id = u.c0",
+                  [[source_id, *state.values()]
+                   for source_id, state in self.source_states[start:end]],
+                  len(columns) + 1)
             start = end
 
 

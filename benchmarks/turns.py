@@ -16,9 +16,10 @@ divided out.  The first chunk after the restart warms caches and is not counted.
     python benchmarks/turns.py --against ../before --articles 20000           # builds a store
 
 ``--store``: a store of the first ``--skip`` articles (default: all it holds) of the stream
-of ``--seed``, as ``ingest.py --keep DIRECTORY`` leaves it (``DIRECTORY/stream.sqlite``);
-it is copied, never written.  Without it the first ``--articles`` of the stream are stored
-first, by this tree.  ``--against``: a checkout of the other version (B), with its compiled
+of ``--seed`` and ``--per-day``, as ``ingest.py --keep DIRECTORY`` leaves it
+(``DIRECTORY/stream.sqlite``); it is copied, never written.  Without it the first
+``--articles`` of the stream are stored first, by this tree (``equivalence.py``'s plain
+run).  ``--against``: a checkout of the other version (B), with its compiled
 kernels built in place (``pip install -e`` there, or the ``_kernels`` module of its wheel
 copied into its ``aggregator/``); it is imported ahead of the installed package.  Both
 versions run this tree's benchmark code (``stream.py``, ``ingest.py``), which must work with
@@ -63,7 +64,7 @@ def serve(args: argparse.Namespace) -> None:
     import aggregator
     from aggregator.config import ClusteringSettings
 
-    stream = SyntheticStream(seed=args.seed)
+    stream = SyntheticStream(seed=args.seed, per_day=args.per_day)
     articles = islice(iter(stream), args.skip, None)
     directory = Path(args.serve)
     started = time.perf_counter()
@@ -108,7 +109,8 @@ class Side:
             [str(checkout)] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH")
                                else []))
         command = [sys.executable, __file__, "--serve", str(place), "--seed", str(args.seed),
-                   "--skip", str(args.skip), "--chunk", str(args.chunk)]
+                   "--per-day", str(args.per_day), "--skip", str(args.skip),
+                   "--chunk", str(args.chunk)]
         if write_behind:
             command.append("--write-behind")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -134,24 +136,17 @@ class Side:
             self.process.wait()
 
 
-def build_store(articles: int, seed: int, directory: Path) -> Path:
-    """The first ``articles`` of the stream stored by this tree, as ``ingest.py`` does."""
-    sys.path.insert(0, str(HERE))
-    from ingest import ingest, make_aggregator
-    from stream import SyntheticStream
+def build_store(args: argparse.Namespace, directory: Path) -> Path:
+    """The first ``--articles`` of the stream stored by this tree, as ``equivalence.py``'s
+    plain run stores them."""
+    from equivalence import store_stream
 
     from aggregator.config import ClusteringSettings
 
-    stream = SyntheticStream(seed=seed)
-    runner = make_aggregator(directory, "stream", stream, ClusteringSettings())
-    source = iter(stream)
-    done = 0
-    while done < articles:
-        chunk = list(islice(source, min(4000, articles - done)))
-        ingest(runner, chunk)
-        done += len(chunk)
-    runner.close()
-    return directory / "stream.sqlite"
+    return store_stream(directory, argparse.Namespace(
+        articles=args.articles, seed=args.seed, per_day=args.per_day,
+        window_articles=ClusteringSettings().window_articles, write_behind=False),
+        varied=False)
 
 
 def stored_articles(store: Path) -> int:
@@ -178,6 +173,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=-1,
                         help="the stream's articles the store holds (default: its count)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--per-day", type=int, default=14_000,
+                        help="the stream's articles a day (as the store was made with)")
     parser.add_argument("--chunk", type=int, default=2000, help="articles a turn")
     parser.add_argument("--rounds", type=int, default=6, help="chunks counted, each side")
     parser.add_argument("--write-behind", action="store_true", help="both write behind")
@@ -191,9 +188,8 @@ def main() -> None:
         directory = Path(scratch)
         store = args.store
         if store is None:
-            (directory / "built").mkdir()
             print(f"storing the stream's first {args.articles:,} articles ...", flush=True)
-            store = build_store(args.articles, args.seed, directory / "built")
+            store = build_store(args, directory / "built")
         if args.skip < 0:
             args.skip = stored_articles(store)
         sides = []
