@@ -100,6 +100,11 @@ NOT_MODIFIED_GROUP = 64
 # transaction of at most this many sources and (about) this many entries.
 WRITE_GROUP_SOURCES = 32
 WRITE_GROUP_ENTRIES = 1000
+# Write groups written in place share one transaction until it holds this many entries (or
+# the writer would wait for a fetch): each commit writes every page that its transaction
+# touched, and the term statistics' rows, one per distinct term, are scattered over the
+# table; groups that follow one another share most of their terms and many of those pages.
+SHARED_TRANSACTION_ENTRIES = 4 * WRITE_GROUP_ENTRIES
 # How many times max_concurrency sources may be fetched before the oldest of them is stored.
 FETCH_AHEAD = 8
 # ... and no more are started while the sources fetched and waiting for the writer hold
@@ -376,7 +381,10 @@ class RefreshReport:
     new_articles: int = 0
     repeats: int = 0
     error: str | None = None
-    decisions: list[tuple[int, Decision]] = field(default_factory=list)
+    # Each new article's id and decision; None where nobody reads them: a pass keeps its
+    # reports to its end, and a decision with its candidates holds 2-3 KB (what ``aggregator
+    # explain`` shows is stored with the article).
+    decisions: list[tuple[int, Decision]] | None = field(default_factory=list)
     # No answer at all (refused, reset, timed out, no such host): the network or the server.
     unreachable: bool = False
 
@@ -510,10 +518,81 @@ class StoreFingerprints:
         return self.signer.from_bytes_many(self.store.shingle_signatures(article_ids))
 
 
+class TermTally:
+    """The term statistics of the articles placed in the open transaction, written when it
+    ends: a write group's sources share most terms, so one statement per term for the
+    transaction instead of one per term of each source (a fifth of the rows in the synthetic
+    stream, less again where groups share a transaction).
+
+    Each ``_cluster_and_store`` call tallies the term numbers of its articles apart
+    (``start``), so that a source rolled back to its savepoint takes its tally with it
+    (``mark``, ``undo_since``); once its source is released they are folded into how many of
+    the transaction's articles hold each term number (``fold``).  Folded, a tally holds no
+    array per article until the commit.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.pending: list[tuple[list[np.ndarray], int]] = []
+        self.articles_with = np.zeros(0, dtype=np.int64)
+        self.documents = 0
+        self.tallied = False
+
+    def start(self, documents: int) -> list[np.ndarray]:
+        """The list that a call appends each article's term numbers to."""
+        counted: list[np.ndarray] = []
+        self.pending.append((counted, documents))
+        return counted
+
+    def mark(self) -> int:
+        return len(self.pending)
+
+    def undo_since(self, mark: int) -> None:
+        del self.pending[mark:]
+
+    def fold(self) -> None:
+        for counted, documents in self.pending:
+            self.tallied = True
+            self.documents += documents
+            numbers = np.concatenate(counted) if counted else np.zeros(0, dtype=np.int64)
+            if numbers.size:
+                needed = int(numbers.max()) + 1
+                if needed > self.articles_with.size:
+                    grown = np.zeros(max(needed, 2 * self.articles_with.size), dtype=np.int64)
+                    grown[:self.articles_with.size] = self.articles_with
+                    self.articles_with = grown
+                np.add.at(self.articles_with, numbers, 1)
+        self.pending = []
+
+    def take(self) -> tuple[np.ndarray, int] | None:
+        """How many articles hold each term number, and how many articles; None if nothing
+        was tallied.  The tally is empty after."""
+        self.fold()
+        if not self.tallied:
+            return None
+        taken = self.articles_with, self.documents
+        self.clear()
+        return taken
+
+
+class SharedTransaction:
+    """The transaction that write groups decided in place share, while it is open: the
+    groups written in it, whose reports wait for its commit, and how many entries they
+    brought."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.groups: list[GroupWrite] = []
+        self.entries = 0
+
+
 class GroupWrite:
-    """A write group decided by the writer and handed to the write-behind thread: its
-    sources' reports, once its transaction has committed, or, if that failed, once its
-    sources were written again one at a time (``Aggregator._settle_in_flight``)."""
+    """A write group decided by the writer: its sources' reports, once its transaction has
+    committed.  Handed to the write-behind thread, if that transaction failed, once its
+    sources were written again one at a time (``Aggregator._settle_in_flight``); written in
+    place in a shared transaction, once that transaction ended (``Aggregator._end_shared``)."""
 
     def __init__(self, aggregator: Aggregator | None, names: list[str],
                  writes: list[Callable[..., RefreshReport]], reports: list[RefreshReport],
@@ -572,18 +651,15 @@ class Aggregator:
         # Writes the groups the writer decided (``_submit_group``), one at a time, behind it.
         self._write_behind: WriteBehind | None = None
         self._in_flight: GroupWrite | None = None
+        # Written in place, groups share a transaction (``_write_shared``).
+        self._shared: SharedTransaction | None = None
         # Writes that changed the clusterer, and how many of them were committed (or undone
         # by a rebuild): while they differ, the clusterer is ahead of the store.
         self._clusterer_changes = 0
         self._clusterer_settled = 0
         self._since_eviction = 0
         self._window_limit_warned = -math.inf
-        # Term statistics of the articles placed in the open transaction, written when it
-        # ends: a write group's sources share most terms, so one statement per term for the
-        # group instead of one per term of each source (a fifth of the rows in the synthetic
-        # stream).  One tally for each ``_cluster_and_store`` call, folded into the first
-        # once its source is released (see ``_write_each``): the term ids of each article.
-        self._uncounted: list[tuple[list[np.ndarray], int]] = []
+        self._tally = TermTally()
         # Terms in memory after the last ``_forget_unseen_terms``.
         self._terms_kept = 0
         self._last_prune: datetime | None = None
@@ -869,9 +945,10 @@ class Aggregator:
         started, clock, result = fetched.started, fetched.clock, fetched.result
         ttl_s = fetched.ttl_s
         if result.outcome is fetching.Outcome.NOT_MODIFIED:
-            report = RefreshReport(source.name, "not_modified", result.status)
+            report = RefreshReport(source.name, "not_modified", result.status, decisions=None)
         else:
-            report = RefreshReport(source.name, "ok", result.status, fetched.entry_count)
+            report = RefreshReport(source.name, "ok", result.status, fetched.entry_count,
+                                   decisions=None)
         if fetched.prepared is not None and fetched.prepared.articles:
             self._ingest(conn, staged, row.id, source.name, source.priority,
                          fetched.prepared, started, report)
@@ -953,21 +1030,35 @@ class Aggregator:
         """
         with self._write_lock:
             self._settle_in_flight()
-            if self._clusterer_ahead:
-                self._reload_clusterer()
+            conn = self._begin_writing()
             try:
-                with self.store.transaction() as conn:
-                    self._uncounted.clear()  # left by a transaction that failed
-                    self._reads.reset_ids()
-                    yield conn
-                    self._count_terms(conn)
-                    self._forget_unseen_terms()
+                yield conn
+                self._end_writing(conn)
             except BaseException:
-                self._reads.reset_ids()  # the rolled-back rows' ids are free again
-                if self._clusterer_ahead:
-                    self._reload_clusterer()
+                self._abandon_writing(conn)
                 raise
-            self._clusterer_settled = self._clusterer_changes
+
+    def _begin_writing(self) -> sqlite3.Connection:
+        """The start of ``_writing``'s transaction (or of a shared one)."""
+        if self._clusterer_ahead:
+            self._reload_clusterer()
+        conn = self.store.begin()
+        self._tally.clear()  # left by a transaction that failed
+        self._reads.reset_ids()
+        return conn
+
+    def _end_writing(self, conn: sqlite3.Connection) -> None:
+        """The term statistics of the transaction's articles, then the commit."""
+        self._count_terms(conn)
+        self._forget_unseen_terms()
+        self.store.index_and_commit(conn)
+        self._clusterer_settled = self._clusterer_changes
+
+    def _abandon_writing(self, conn: sqlite3.Connection) -> None:
+        self.store.rollback(conn)
+        self._reads.reset_ids()  # the rolled-back rows' ids are free again
+        if self._clusterer_ahead:
+            self._reload_clusterer()
 
     @contextmanager
     def _staging(self, conn: sqlite3.Connection) -> Iterator[StagedWrites]:
@@ -1017,14 +1108,18 @@ class Aggregator:
         return self.submit_group(batches).result()
 
     def submit_group(self, batches: Sequence[tuple[str, int, Sequence[ParsedEntry], datetime,
-                                                   Prepared | None]]) -> GroupWrite:
+                                                   Prepared | None]],
+                     keep_decisions: bool = True) -> GroupWrite:
         """``ingest_group``, returned as soon as the group is decided: its transaction is
-        written behind the caller, who may go on to the next group meanwhile.  The text
-        features of ``prepared`` are let go once the rows are staged."""
+        written behind the caller, who may go on to the next group meanwhile, or, in place,
+        left open for the groups after it (``_write_shared``); its reports are final once
+        it commits.  The text features of ``prepared`` are let go once the rows are staged.
+        ``keep_decisions``: whether the reports list each new article's decision."""
         def write(source: str, priority: int, entries: Sequence[ParsedEntry],
                   fetched: datetime, prepared: Prepared | None, conn,
                   staged: StagedWrites) -> RefreshReport:
-            report = RefreshReport(source, "ok", None, len(entries))
+            report = RefreshReport(source, "ok", None, len(entries),
+                                   decisions=[] if keep_decisions else None)
             prepared = prepared or self._prepare_here(entries, source, fetched)
             self._ingest(conn, staged, self.store.source(source).id, source, priority,
                          prepared, fetched, report)
@@ -1055,7 +1150,7 @@ class Aggregator:
         """
         with self._write_lock:
             if not self._writes_behind():
-                return GroupWrite.written(self._write_now(names, writes))
+                return self._write_shared(names, writes)
             if self._in_flight is None and self._clusterer_ahead:
                 self._reload_clusterer()
             group = StagedWrites()
@@ -1073,7 +1168,7 @@ class Aggregator:
                     group.count_terms(counts)
             except Exception:
                 self._reads.current = []
-                self._uncounted.clear()
+                self._tally.clear()
                 self._settle_in_flight()
                 self._reload_clusterer()
                 return GroupWrite.written(self._write_now(names, writes))
@@ -1091,12 +1186,75 @@ class Aggregator:
             self._in_flight = handed
             return handed
 
-    def _settle_in_flight(self) -> bool:
-        """Wait for the group being written behind, if any, and settle its reports.  If its
-        transaction failed, rebuild the clusterer from the store and write the group again
-        here, source by source; False then (the clusterer no longer holds what was decided
-        after the group)."""
+    def _write_shared(self, names: list[str],
+                      writes: list[Callable[..., RefreshReport]]) -> GroupWrite:
+        """Write a group here, in the transaction that the groups before it left open
+        (``SharedTransaction``), each source under a savepoint of its own (``_write_each``).
+
+        The transaction commits once it holds ``SHARED_TRANSACTION_ENTRIES`` entries, or
+        when anything else needs the store settled (``_settle_in_flight``: the end of a pass,
+        a writer about to wait for a fetch, another write); the group's reports are final
+        then.  If SQLite gives up the transaction (a full disk, a failed commit), every
+        source of its groups is reported as not stored: none of their fetch state was kept
+        either, so they are fetched again at their next check.
+        """
         with self._write_lock:
+            shared = self._shared
+            if shared is None:
+                self._settle_in_flight()
+                try:
+                    shared = self._shared = SharedTransaction(self._begin_writing())
+                except Exception as exc:  # a read-only file, a lock held too long
+                    return GroupWrite.written([self._failed_report(name, exc)
+                                               for name in names])
+            group = GroupWrite(self, names, [], [])
+            shared.groups.append(group)
+            try:
+                group.reports = self._write_each(shared.conn, names, writes)
+                # Indexed now, not at the commit: their texts are not held until then.
+                self.store.index_new_articles(shared.conn)
+            except Exception as exc:
+                self._end_shared(exc)
+                return group
+            shared.entries += sum(report.entries or 0 for report in group.reports)
+            if shared.entries >= SHARED_TRANSACTION_ENTRIES:
+                self._commit_shared()
+            return group
+
+    def _commit_shared(self) -> None:
+        """Commit the transaction that write groups share, if one is open, and settle their
+        reports."""
+        with self._write_lock:
+            if self._shared is None:
+                return
+            try:
+                self._end_writing(self._shared.conn)
+            except Exception as exc:
+                self._end_shared(exc)
+                return
+            self._end_shared(None)
+
+    def _end_shared(self, failure: Exception | None) -> None:
+        """Settle the groups of the shared transaction, which has committed, or which
+        ``failure`` ended (it is rolled back here)."""
+        shared, self._shared = self._shared, None
+        assert shared is not None
+        try:
+            if failure is not None:
+                self._tally.clear()
+                self._abandon_writing(shared.conn)
+        finally:
+            for group in shared.groups:
+                group.settle(group.reports if failure is None else
+                             [self._failed_report(name, failure) for name in group.names])
+
+    def _settle_in_flight(self) -> bool:
+        """Commit the transaction that write groups share, if any.  Wait for the group being
+        written behind, if any, and settle its reports.  If its transaction failed, rebuild
+        the clusterer from the store and write the group again here, source by source; False
+        then (the clusterer no longer holds what was decided after the group)."""
+        with self._write_lock:
+            self._commit_shared()
             handed, self._in_flight = self._in_flight, None
             if handed is None:
                 return True
@@ -1139,7 +1297,7 @@ class Aggregator:
         """
         reports = []
         for name, write in zip(names, writes, strict=True):
-            changes, tallies = self._clusterer_changes, len(self._uncounted)
+            changes, tallies = self._clusterer_changes, self._tally.mark()
             # Ids follow the largest stored, which a source rolled back gives back.
             self._reads.reset_ids()
             try:
@@ -1148,7 +1306,7 @@ class Aggregator:
             except Exception as exc:
                 if not conn.in_transaction:
                     raise
-                del self._uncounted[tallies:]
+                self._tally.undo_since(tallies)
                 if self._clusterer_changes != changes:
                     # Still ahead of the store: it holds the earlier sources' articles,
                     # whose term statistics it reads from the store.
@@ -1156,7 +1314,7 @@ class Aggregator:
                     self.clusterer = self._load_clusterer()
                 report = self._failed_report(name, exc)
             else:
-                self._merge_tallies()
+                self._tally.fold()
             reports.append(report)
         return reports
 
@@ -1223,7 +1381,8 @@ class Aggregator:
         article_ids = self.store.insert_solo_articles(
             conn, source_id, articles, word_counts, UNCLUSTERED_DECISION, FIRST_VERSION)
         report.new_articles += len(article_ids)
-        report.decisions.extend((article_id, UNCLUSTERED) for article_id in article_ids)
+        if report.decisions is not None:
+            report.decisions.extend((article_id, UNCLUSTERED) for article_id in article_ids)
 
     def _cluster_and_store(self, conn, staged: StagedWrites, placements: list[Placement],
                            report: RefreshReport,
@@ -1242,8 +1401,7 @@ class Aggregator:
         features = features or [None] * len(placements)
         # From here until the commit, the clusterer is ahead of the store (see _writing).
         self._clusterer_changes += 1
-        counted: list[np.ndarray] = []
-        self._uncounted.append((counted, len(placements)))
+        counted = self._tally.start(len(placements))
         for start in range(0, len(placements), PLACEMENT_CHUNK):
             chunk = placements[start:start + PLACEMENT_CHUNK]
             chunk_features = features[start:start + PLACEMENT_CHUNK]
@@ -1270,31 +1428,20 @@ class Aggregator:
                 self.store.write_staged(conn, staged)
                 staged.clear()
 
-    def _merge_tallies(self) -> None:
-        """Fold the tallies of ``_uncounted`` into one, once the sources they count can no
-        longer be rolled back alone."""
-        if len(self._uncounted) > 1:
-            every = [ids for counted, _documents in self._uncounted for ids in counted]
-            self._uncounted = [([np.concatenate(every)] if every else [],
-                                sum(documents for _counted, documents in self._uncounted))]
-
     def _count_terms(self, conn) -> None:
-        """Write the tallies of ``_uncounted`` to the term statistics."""
+        """Write the transaction's tally to the term statistics."""
         counts = self._take_tallies()
         if counts is not None:
             self.store.count_terms(conn, counts)
 
     def _take_tallies(self) -> TermCounts | None:
-        """The tallies of ``_uncounted`` as what the term statistics add, and none left."""
-        if not self._uncounted:
+        """The transaction's tally as what the term statistics add, and none left."""
+        taken = self._tally.take()
+        if taken is None:
             return None
-        self._merge_tallies()
-        [(counted, documents)] = self._uncounted
-        self._uncounted = []
+        articles_with, documents = taken
         stats, terms = self.clusterer.stats, self.clusterer.vocabulary.terms
         stored_ids = self.clusterer.vocabulary.stored_ids
-        articles_with = np.bincount(np.concatenate(counted)) if counted \
-            else np.zeros(0, dtype=np.int64)
         present = np.flatnonzero(articles_with)
         names = [terms[term_id] for term_id in present.tolist()]
         return TermCounts(documents, stored_ids(present), names, articles_with[present],
@@ -1375,7 +1522,8 @@ class Aggregator:
                                   **columns)
         staged.apply_story_outcome(article_id, outcome, article.fetched)
         report.new_articles += 1
-        report.decisions.append((article_id, decision))
+        if report.decisions is not None:
+            report.decisions.append((article_id, decision))
         self._since_eviction += 1
         if self._since_eviction >= EVICT_EVERY:
             self._since_eviction = 0
@@ -1514,6 +1662,9 @@ class Aggregator:
                 (the others ahead are being fetched meanwhile)."""
                 nonlocal taken_entries, taken_sources, waiting_entries, waiting_sources
                 source, future = pending.popleft()
+                if not future.done():
+                    # What the writer has written is committed before it waits.
+                    self._commit_shared()
                 wait([future])
                 entries = future.result().entry_count if future.exception() is None else 0
                 with counting:
@@ -1553,6 +1704,7 @@ class Aggregator:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
+                        self._commit_shared()
                         wait([following], timeout=remaining)
                     if not same_kind(following):
                         break

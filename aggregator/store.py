@@ -1208,29 +1208,43 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.db.conn
-        # executescript() commits on its own; explicit BEGIN keeps migrations atomic.
-        conn.execute("BEGIN IMMEDIATE")
-        self._unindexed.clear()
+        conn = self.begin()
         try:
             yield conn
             self.index_and_commit(conn)
         except BaseException:
-            self._unindexed.clear()
-            # After some errors (a full disk, an I/O error) SQLite has rolled back already;
-            # a failed COMMIT leaves the transaction open.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self.rollback(conn)
             raise
+
+    def begin(self) -> sqlite3.Connection:
+        """Open a transaction (``transaction`` where it cannot be one block): end it with
+        ``index_and_commit`` or ``rollback``."""
+        conn = self.db.conn
+        # executescript() commits on its own; explicit BEGIN keeps migrations atomic.
+        conn.execute("BEGIN IMMEDIATE")
+        self._unindexed.clear()
+        return conn
+
+    def rollback(self, conn: sqlite3.Connection) -> None:
+        self._unindexed.clear()
+        # After some errors (a full disk, an I/O error) SQLite has rolled back already;
+        # a failed COMMIT leaves the transaction open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     def index_and_commit(self, conn: sqlite3.Connection) -> None:
         """The end of a ``transaction``: its new articles into the full-text index, then the
         commit."""
+        self.index_new_articles(conn)
+        conn.execute("COMMIT")
+
+    def index_new_articles(self, conn: sqlite3.Connection) -> None:
+        """The articles that the open transaction inserted so far into the full-text index,
+        in one statement (outside any savepoint: see ``_m008_search_rows_at_commit``)."""
         if self._unindexed:
             conn.executemany("INSERT INTO articles_fts (rowid, title, text) "
                              "VALUES (?, ?, ?)", self._unindexed)
             self._unindexed.clear()
-        conn.execute("COMMIT")
 
     def write_staged(self, conn: sqlite3.Connection, staged: StagedWrites) -> None:
         """Write what ``staged`` holds in the open transaction; its new articles enter the

@@ -32,6 +32,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -128,7 +129,7 @@ def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
 def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
     """Store articles as feed passes would: grouped by source, each source's entries
     prepared (in a worker process) while earlier ones are written, and the sources already
-    prepared when the writer gets to them written in one transaction, as ``run_pass`` does.
+    prepared when the writer gets to them written as one write group, as ``run_pass`` does.
     ``one_by_one``: one transaction per article, prepared by the writer (the naive way)."""
     by_source: dict[str, list] = {}
     for article in articles:
@@ -159,8 +160,13 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
         if failed:
             raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
 
+    # A pass's reports list no decisions; older checkouts (``turns.py --against``) keep them.
+    no_decisions = {"keep_decisions": False} \
+        if "keep_decisions" in inspect.signature(aggregator.submit_group).parameters else {}
     prepare_next()
-    previous = None
+    # Groups whose transaction may not have committed yet: checked once it has, as a pass
+    # keeps its groups' reports to its end without asking for them earlier.
+    submitted: deque = deque()
     while pending:
         group = [pending.popleft()]
         size = len(group[0][1])
@@ -169,16 +175,16 @@ def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
             group.append(pending.popleft())
             size += len(group[-1][1])
         prepare_next()
-        # Written behind this thread while it decides the next group, as in a pass; the
-        # group before has committed by the time the next is handed over.
-        submitted = aggregator.submit_group([(source, 0, entries, entries[-1].published,
-                                              prepared.result())
-                                             for source, entries, prepared in group])
-        if previous is not None:
-            check(previous)
-        previous = submitted
-    if previous is not None:
-        check(previous)
+        # Written behind this thread while it decides the next group, or here, in a
+        # transaction that the groups share, as in a pass.
+        submitted.append(aggregator.submit_group([(source, 0, entries, entries[-1].published,
+                                                   prepared.result())
+                                                  for source, entries, prepared in group],
+                                                 **no_decisions))
+        while submitted and submitted[0].settled:
+            check(submitted.popleft())
+    for written in submitted:
+        check(written)
 
 
 def restart(database: str, backend: str = "compact") -> dict:

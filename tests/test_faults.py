@@ -7,13 +7,13 @@ import os
 import sqlite3
 import sys
 import threading
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import DATA, ROOT, SEED_FEEDS, write_config
 
+import aggregator.pipeline as pipeline
 import aggregator.store as store_module
 from aggregator.check import check_store
 from aggregator.config import Config, Source, load_config
@@ -170,14 +170,10 @@ def _fail_while_written(monkeypatch, guid):
 
 
 def _fail_commit(aggregator, monkeypatch):
-    transaction = aggregator.store.transaction
-
-    @contextmanager
-    def failing_commit():
-        with transaction() as conn:
-            yield conn
-            raise sqlite3.OperationalError("database or disk is full")
-    monkeypatch.setattr(aggregator.store, "transaction", failing_commit)
+    def failing_commit(conn):
+        # As a COMMIT that fails: the transaction is left open, to be rolled back.
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(aggregator.store, "index_and_commit", failing_commit)
 
     def failing_group(self, group):
         raise sqlite3.OperationalError("database or disk is full")
@@ -265,6 +261,107 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch, f
     stored = load_clusterer(aggregator.store, aggregator.settings, aggregator.signer).stats
     assert aggregator.clusterer.stats.documents == stored.documents == 6
     assert aggregator.clusterer.stats.frequencies() == stored.frequencies()
+    aggregator.close()
+
+
+def _reader_count(path):
+    """The articles that another connection (a dashboard's) sees."""
+    reader = sqlite3.connect(path)
+    try:
+        return reader.execute("SELECT count(*) FROM articles").fetchone()[0]
+    finally:
+        reader.close()
+
+
+_GROUPS = [("first", range(0, 3)), ("second", range(3, 6)), ("third", range(6, 9))]
+
+
+def _submit(aggregator, name, numbers):
+    return aggregator.submit_group([(name, 0, _entries(numbers, name),
+                                     datetime(2026, 3, 1, tzinfo=UTC), None)])
+
+
+def _terms(aggregator):
+    return aggregator.store.db.execute(
+        "SELECT * FROM term_stats ORDER BY term").fetchall()
+
+
+def test_groups_written_in_place_share_a_transaction_until_it_is_full(tmp_path, monkeypatch):
+    alone = _desk(tmp_path, "alone", [name for name, _ in _GROUPS])
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "SHARED_TRANSACTION_ENTRIES", 1)  # every group commits
+        for name, numbers in _GROUPS:
+            assert _submit(alone, name, numbers).settled
+    expected_articles, expected_terms = _articles(alone), _terms(alone)
+    alone.close()
+
+    monkeypatch.setattr(pipeline, "SHARED_TRANSACTION_ENTRIES", 6)
+    aggregator = _desk(tmp_path, "shared", [name for name, _ in _GROUPS])
+    path = aggregator.store.path
+    first = _submit(aggregator, *_GROUPS[0])
+    # Not committed: no report is final and a dashboard sees nothing yet.
+    assert not first.settled
+    assert _reader_count(path) == 0
+    second = _submit(aggregator, *_GROUPS[1])
+    # Six entries: the transaction is full and commits with both groups.
+    assert first.settled and second.settled
+    assert [r.outcome for r in first.result() + second.result()] == ["ok", "ok"]
+    assert _reader_count(path) == 6
+    third = _submit(aggregator, *_GROUPS[2])
+    assert not third.settled and _reader_count(path) == 6
+    # Asking for a report commits what is open.
+    assert [r.new_articles for r in third.result()] == [3]
+    assert _reader_count(path) == 9
+    # The same rows and term statistics as a transaction per group.
+    assert _articles(aggregator) == expected_articles
+    assert _terms(aggregator) == expected_terms
+    assert _window_is_the_store(aggregator) and _search_index_is_the_articles(aggregator)
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def _give_up_in_third(aggregator, monkeypatch):
+    """SQLite gives up the whole transaction (a full disk) while the third group is written,
+    the second waiting in it for the commit."""
+    write = StagedWrites.write
+
+    def giving_up(self, conn, search_rows=None, **how):
+        if any(row[2].startswith("third") for row in self.articles):
+            conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        write(self, conn, search_rows, **how)
+    monkeypatch.setattr(StagedWrites, "write", giving_up)
+
+
+@pytest.mark.parametrize("fail", [_fail_commit, _give_up_in_third],
+                         ids=["commit", "given up"])
+def test_a_shared_transaction_that_fails_fails_every_group_in_it(tmp_path, monkeypatch, fail):
+    monkeypatch.setattr(pipeline, "SHARED_TRANSACTION_ENTRIES", 100)
+    straight = _desk(tmp_path, "straight", [name for name, _ in _GROUPS])
+    for name, numbers in _GROUPS:
+        straight.ingest_group([(name, 0, _entries(numbers, name),
+                                datetime(2026, 3, 1, tzinfo=UTC), None)])
+    expected = _articles(straight)
+    straight.close()
+
+    aggregator = _desk(tmp_path, "failing", [name for name, _ in _GROUPS])
+    _submit(aggregator, *_GROUPS[0]).result()
+    before = _articles(aggregator)
+    with monkeypatch.context() as patch:
+        fail(aggregator, patch)
+        groups = [_submit(aggregator, name, numbers) for name, numbers in _GROUPS[1:]]
+        reports = [report for group in groups for report in group.result()]
+    assert [(r.source, r.outcome) for r in reports] == [("second", "store_error"),
+                                                        ("third", "store_error")]
+    assert "disk is full" in reports[0].error
+    assert _articles(aggregator) == before
+    assert _window_is_the_store(aggregator) and _search_index_is_the_articles(aggregator)
+    assert aggregator.clusterer.stats.documents == 3
+    # Written again, they cluster as if nothing had failed.
+    for name, numbers in _GROUPS[1:]:
+        assert [r.outcome for r in _submit(aggregator, name, numbers).result()] == ["ok"]
+    assert _articles(aggregator) == expected
+    assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -55,7 +56,7 @@ def count_transactions(aggregator, monkeypatch) -> list[int]:
     """A list that grows by one at each write transaction the aggregator opens, on its
     thread or on the write-behind thread."""
     transactions = []
-    original = aggregator.store.transaction
+    original = aggregator.store.begin
     written_behind = WriteBehind._write
 
     def counted():
@@ -66,7 +67,7 @@ def count_transactions(aggregator, monkeypatch) -> list[int]:
         transactions.append(1)
         return written_behind(behind, group)
 
-    monkeypatch.setattr(aggregator.store, "transaction", counted)
+    monkeypatch.setattr(aggregator.store, "begin", counted)
     monkeypatch.setattr(WriteBehind, "_write", counted_behind)
     return transactions
 
@@ -195,6 +196,37 @@ def test_feeds_fetched_ahead_are_stored_together_and_a_failing_one_alone(
     monkeypatch.setattr(StagedWrites, "record_fetch", record)
     reports = aggregator.run_pass(force=True)
     assert [r.new_articles for r in reports] == [0, 0, 0, 2, 0, 0]
+
+
+def test_a_pass_commits_what_it_wrote_before_it_waits_for_a_slow_feed(
+        tmp_path, feed_server, monkeypatch):
+    """Groups share a transaction while the writer has sources ready; a dashboard sees the
+    sources written so far while a slow one is still being fetched."""
+    paths = ["/quick", "/slow"]
+    for path in paths:
+        feed_server.route(path, Reply(200, FEED, {"Content-Type": "application/rss+xml"}))
+    aggregator = make_aggregator(tmp_path, feed_server, paths)
+    real_fetch, seen_while_fetching = aggregator._fetch_and_parse, []
+
+    def fetch(source, row):
+        if source.name == "slow":
+            # Until the quick feed's articles are visible to another connection (or 5 s).
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                reader = sqlite3.connect(aggregator.store.path)
+                seen = reader.execute("SELECT count(*) FROM articles").fetchone()[0]
+                reader.close()
+                if seen:
+                    break
+                time.sleep(0.02)
+            seen_while_fetching.append(seen)
+        return real_fetch(source, row)
+
+    monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
+    reports = aggregator.run_pass(force=True)
+    assert [r.outcome for r in reports] == ["ok", "ok"]
+    assert seen_while_fetching == [5]
+    aggregator.close()
 
 
 def test_gzip_body_is_decoded(tmp_path, feed_server):
