@@ -1056,6 +1056,7 @@ class Aggregator:
 
     def _abandon_writing(self, conn: sqlite3.Connection) -> None:
         self.store.rollback(conn)
+        self._tally.clear()  # what it counted was rolled back with it
         self._reads.reset_ids()  # the rolled-back rows' ids are free again
         if self._clusterer_ahead:
             self._reload_clusterer()
@@ -1241,7 +1242,6 @@ class Aggregator:
         assert shared is not None
         try:
             if failure is not None:
-                self._tally.clear()
                 self._abandon_writing(shared.conn)
         finally:
             for group in shared.groups:

@@ -156,6 +156,76 @@ def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_
     store.close()
 
 
+def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_path,
+                                                                          monkeypatch):
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    path = str(tmp_path / "a.db")
+    monkeypatch.setattr("aggregator.store.MIGRATIONS", MIGRATIONS[:10])
+    old = Store(path)
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                     "VALUES (1, 'desk', 'u', 'u', 'now')")
+        old.insert_solo_articles(conn, 1, [_article(1, "Harbour bridge reopens", "Cables.")],
+                                 [1], {}, "first")
+    # Counted twice before 011: by the trigger and by the writer.
+    old.db.execute("UPDATE sources SET article_count = 1")
+    old.close()
+    monkeypatch.undo()
+
+    store = Store(path)
+    triggers = {row[0] for row in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "articles_count_insert" not in triggers and "articles_count_delete" in triggers
+    with store.transaction() as conn:
+        store.insert_solo_articles(conn, 1, [_article(n, f"Ferry {n}", "Runs.")
+                                             for n in (2, 3)], [1, 1], {}, "first")
+        with pytest.raises(RuntimeError), store.savepoint(conn):
+            store.insert_solo_articles(conn, 1, [_article(4, "Tram", "Rolled back.")], [1],
+                                       {}, "first")
+            raise RuntimeError("this source fails")
+    count = "SELECT article_count FROM sources WHERE id = 1"
+    assert store.db.execute(count).fetchone() == (3,)
+    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "counts" in v.invariant] == []
+    store.close()
+
+
+@pytest.mark.parametrize(("statement", "one_row"), [
+    ("INSERT INTO t (a, b) SELECT c0, c1 FROM {rows}", "INSERT INTO t (a, b) VALUES (?1, ?2)"),
+    ("INSERT INTO t (a, b) SELECT c0, c1 FROM {rows} WHERE true ON CONFLICT(a) DO UPDATE "
+     "SET b = b + excluded.b",
+     "INSERT INTO t (a, b) VALUES (?1, ?2) ON CONFLICT(a) DO UPDATE SET b = b + excluded.b"),
+    ("UPDATE t SET b = u.c1, c = (SELECT x FROM s WHERE id = u.c1), d = u.c10 "
+     "FROM {rows} AS u WHERE t.id = u.c0",
+     "UPDATE t SET b = ?2, c = (SELECT x FROM s WHERE id = ?2), d = ?11 WHERE t.id = ?1"),
+])
+def test_rows_written_one_at_a_time_use_statements_of_one_row(statement, one_row):
+    from aggregator.store import _with_rows
+
+    assert _with_rows(statement, 11, False) == one_row
+    assert "json_each(?1)" in _with_rows(statement, 11, True)
+
+
+def test_every_statement_written_a_row_at_a_time_has_a_one_row_form():
+    import aggregator.store as store_module
+    from aggregator.store import INSERT_FINGERPRINTS, _with_rows
+
+    # Fingerprints a row at a time have a statement of their own (INSERT_FINGERPRINT_ROW).
+    statements = [value for name, value in vars(store_module).items()
+                  if name.isupper() and isinstance(value, str) and "{rows}" in value
+                  and value != INSERT_FINGERPRINTS]
+    assert len(statements) >= 10
+    store = Store(":memory:")
+    for statement in statements:
+        one_row = _with_rows(statement, 20, False)
+        assert "{rows}" not in one_row and "SELECT c0" not in one_row and "u.c" not in one_row
+        parameters = max(int(n) for n in re.findall(r"\?(\d+)", one_row))
+        store.db.conn.execute("EXPLAIN " + one_row, [None] * parameters)  # valid here
+    store.close()
+
+
 def test_the_dashboard_benchmark_builds_a_searchable_store(tmp_path):
     """``benchmarks/queries.py`` fills its store in bulk, past the writer: its full-text index
     must still hold every article, or its search latencies would time an empty index."""
@@ -471,6 +541,9 @@ def test_term_counts_become_the_terms_each_article_counted(tmp_path, seed_config
                      "published_from_feed, fetched, text, content_hash, word_count) "
                      "SELECT 99, source_id, 'guid:off', 'Off', published, 1, fetched, 'x', "
                      "'h', 1 FROM articles WHERE id = 1")
+        # Counted as that version's trigger counted it (since 011 the writer counts).
+        conn.execute("UPDATE sources SET article_count = article_count + 1 "
+                     "WHERE id = (SELECT source_id FROM articles WHERE id = 99)")
         conn.execute("DELETE FROM _migrations WHERE name = '010_counted_terms'")
     store = Store(config.database)
     assert "010_counted_terms" in store.applied_migrations()
