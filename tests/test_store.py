@@ -99,28 +99,40 @@ def _article(number: int, title: str, text: str):
         content_hash=f"h{number}", identity_keys=(f"guid:g{number}",))
 
 
+def _store_migrated_to(path: str, migrations: int, monkeypatch) -> Store:
+    """A store as a version with only the first ``migrations`` made it, holding source 1;
+    opened again after ``monkeypatch.undo()``, it takes the rest."""
+    monkeypatch.setattr("aggregator.store.MIGRATIONS", MIGRATIONS[:migrations])
+    old = Store(path)
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                     "VALUES (1, 'desk', 'u', 'u', 'now')")
+    return old
+
+
+def _migrated_again(old: Store, monkeypatch) -> tuple[Store, set[str]]:
+    """``old`` (from ``_store_migrated_to``) opened with every migration, and its triggers."""
+    old.close()
+    monkeypatch.undo()
+    store = Store(old.path)
+    return store, {row[0] for row in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
 def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_path,
                                                                              monkeypatch):
     from aggregator.check import check_store
     from aggregator.config import ClusteringSettings
 
     path = str(tmp_path / "a.db")
-    monkeypatch.setattr("aggregator.store.MIGRATIONS", MIGRATIONS[:7])
-    old = Store(path)
+    old = _store_migrated_to(path, 7, monkeypatch)
     with old.transaction() as conn:
-        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
-                     "VALUES (1, 'desk', 'u', 'u', 'now')")
         # Indexed by the trigger that older stores have.
         conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
                      "published_from_feed, fetched, text, content_hash, word_count, "
                      "term_counts) VALUES (1, 1, 'guid:g1', 'Harbour bridge reopens', 'a', 1, "
                      "'a', 'Cables.', 'h1', 1, '{}')")
-    old.close()
-    monkeypatch.undo()
-
-    store = Store(path)
-    triggers = {row[0] for row in store.db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    store, triggers = _migrated_again(old, monkeypatch)
     assert "articles_fts_insert" not in triggers and "articles_fts_delete" in triggers
     with store.transaction() as conn:
         store.insert_solo_articles(conn, 1, [_article(2, "Ferries run again", "Strike over.")],
@@ -162,21 +174,13 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
     from aggregator.config import ClusteringSettings
 
     path = str(tmp_path / "a.db")
-    monkeypatch.setattr("aggregator.store.MIGRATIONS", MIGRATIONS[:10])
-    old = Store(path)
+    old = _store_migrated_to(path, 10, monkeypatch)
     with old.transaction() as conn:
-        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
-                     "VALUES (1, 'desk', 'u', 'u', 'now')")
         old.insert_solo_articles(conn, 1, [_article(1, "Harbour bridge reopens", "Cables.")],
                                  [1], {}, "first")
     # Counted twice before 011: by the trigger and by the writer.
     old.db.execute("UPDATE sources SET article_count = 1")
-    old.close()
-    monkeypatch.undo()
-
-    store = Store(path)
-    triggers = {row[0] for row in store.db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    store, triggers = _migrated_again(old, monkeypatch)
     assert "articles_count_insert" not in triggers and "articles_count_delete" in triggers
     with store.transaction() as conn:
         store.insert_solo_articles(conn, 1, [_article(n, f"Ferry {n}", "Runs.")
