@@ -708,10 +708,14 @@ INSERT_FINGERPRINTS = (
     "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
     f"salient_signature) SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), "
     "substr(?2, c11, c12) FROM {rows}")
+FINGERPRINT_COLUMNS = ("source_id", "published", "has_author", "dated", "word_count",
+                       "salient_terms", "term_vector", "shingle_signature", "salient_signature")
+# An upsert, not OR REPLACE: a replace may delete a row first, which makes SQLite journal
+# every page the statement changes (see ``_one_row``).
 INSERT_FINGERPRINT_ROW = (
-    "INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, published, "
-    "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
-    "salient_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    f"INSERT INTO article_fingerprints (article_id, {', '.join(FINGERPRINT_COLUMNS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(article_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in FINGERPRINT_COLUMNS))
 
 
 @dataclass
