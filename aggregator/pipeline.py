@@ -1217,7 +1217,7 @@ class Aggregator:
             except Exception as exc:
                 self._end_shared(exc)
                 return group
-            shared.entries += sum(report.entries or 0 for report in group.reports)
+            shared.entries += sum(report.entries for report in group.reports)
             if shared.entries >= SHARED_TRANSACTION_ENTRIES:
                 self._commit_shared()
             return group

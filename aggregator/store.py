@@ -2,7 +2,8 @@
 reads and writes of the daemon.
 
 The file is shared with dashboards while the daemon writes, so it runs in WAL mode with a
-busy timeout and keeps write transactions short (one per source and pass).
+busy timeout and keeps write transactions short (one per write group of sources, or a few
+groups that follow one another: ``pipeline.SHARED_TRANSACTION_ENTRIES``).
 """
 
 from __future__ import annotations
@@ -620,7 +621,9 @@ def _one_row(statement: str) -> str:
     (``executemany``), the statements of the other form journalled 21 pages of 16 KB an
     article on a full window: four fifths of the writer's ``pwrite`` calls.
     """
-    parameter = lambda match: f"?{int(match[1]) + 1}"  # noqa: E731
+    def parameter(match: re.Match) -> str:
+        return f"?{int(match[1]) + 1}"
+
     if " FROM {rows} AS u " in statement:
         return re.sub(r"\bu\.c(\d+)\b", parameter,
                       statement.replace(" FROM {rows} AS u ", " "))
@@ -703,13 +706,12 @@ ARTICLES_CHUNK = 128
 TERM_ROWS_CHUNK = 4096
 # The blobs of the rows come in one parameter (?2), which each row cuts by offset and length;
 # it starts with one spare byte, since SQLite cuts nothing (NULL) out of an empty blob.
-INSERT_FINGERPRINTS = (
-    "INSERT OR REPLACE INTO article_fingerprints (article_id, source_id, published, "
-    "has_author, dated, word_count, salient_terms, term_vector, shingle_signature, "
-    f"salient_signature) SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), "
-    "substr(?2, c11, c12) FROM {rows}")
 FINGERPRINT_COLUMNS = ("source_id", "published", "has_author", "dated", "word_count",
                        "salient_terms", "term_vector", "shingle_signature", "salient_signature")
+INSERT_FINGERPRINTS = (
+    f"INSERT OR REPLACE INTO article_fingerprints (article_id, {', '.join(FINGERPRINT_COLUMNS)}) "
+    f"SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), substr(?2, c11, c12) "
+    "FROM {rows}")
 # An upsert, not OR REPLACE: a replace may delete a row first, which makes SQLite journal
 # every page the statement changes (see ``_one_row``).
 INSERT_FINGERPRINT_ROW = (
@@ -1291,7 +1293,7 @@ class Store:
 
     def write_staged(self, conn: sqlite3.Connection, staged: StagedWrites) -> None:
         """Write what ``staged`` holds in the open transaction; its new articles enter the
-        full-text index when the transaction commits."""
+        full-text index at ``index_new_articles``, or when the transaction commits."""
         staged.write(conn, self._unindexed, as_json=False)
 
     @contextmanager
@@ -1449,8 +1451,7 @@ class Store:
               a.content_hash, words, story_id, decision_json)
              for article_id, story_id, a, words, (published, fetched)
              in zip(article_ids, story_ids, articles, word_counts, times, strict=True)])
-        conn.execute("UPDATE sources SET article_count = article_count + ? WHERE id = ?",
-                     [len(article_ids), source_id])
+        write_rows(conn, COUNT_ARTICLES, [[source_id, len(article_ids)]], 2, as_json=False)
         self._unindexed.extend((article_id, a.title, a.text)
                                for article_id, a in zip(article_ids, articles, strict=True))
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",
