@@ -2,15 +2,17 @@
  * the slots found for an article's salient signature to its closest stories, the cosines
  * of the article with their members, term by term, and the exact score of each of those
  * stories; and in the fingerprint, the TF-IDF weights of an article's terms and the choice
- * of the strongest; the band index's table of recent insertions; and, where the worker
- * processes prepare an article, the hashes of its shingles.
+ * of the strongest; the band index's table of recent insertions; the vocabulary's table
+ * of term numbers; and, where the worker processes prepare an article, the hashes of its
+ * shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
  * ``Clusterer._term_products_numpy``, ``Clusterer._score``,
  * ``fingerprint.log_tf_idf_python``, ``fingerprint.strongest_python``,
- * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``), which stays the
- * reference and runs where this module was not built; the tests hold the two equal.
+ * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``),
+ * which stays the reference and runs where this module was not built; the tests hold the
+ * two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
  * elements, these make one pass (aggregator/native.py has what it saves).
  *
@@ -1698,6 +1700,362 @@ static PyObject *shingle_hashes(PyObject *module, PyObject *const *args, Py_ssiz
     return hashes;
 }
 
+/* The vocabulary's table of term numbers (``fingerprint.TermTable``): open addressing with
+ * linear probing over slots of two uint64 values, a term's key (the first half of its
+ * 128-bit key, and the top 32 bits of the second) and its number (the low 32 bits of the
+ * second value; 0: an empty slot, number 0 being the padding, never a term's).  A slot's
+ * home is the key's first half modulo the slots, a power of two. */
+
+#define SLOT_NUMBER(slot) ((slot)[1] & 0xFFFFFFFFULL)
+#define KEY_TOP 0xFFFFFFFF00000000ULL
+
+static inline uint64_t rotl64(uint64_t x, int r) {
+    return (x << r) | (x >> (64 - r));
+}
+
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xFF51AFD7ED558CCDULL;
+    k ^= k >> 33;
+    k *= 0xC4CEB9FE1A85EC53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+/* MurmurHash3_x64_128 of ``data[0..size)``, its two halves started from the two halves of
+ * a 128-bit ``seed`` instead of one 32-bit seed. */
+static void term_key(const uint8_t *data, size_t size, const uint64_t seed[2],
+                     uint64_t key[2]) {
+    const uint64_t c1 = 0x87C37B91114253D5ULL, c2 = 0x4CF5AD432745937FULL;
+    uint64_t h1 = seed[0], h2 = seed[1];
+    size_t blocks = size / 16;
+    for (size_t i = 0; i < blocks; i++) {
+        uint64_t k1, k2;
+        memcpy(&k1, data + 16 * i, 8);
+        memcpy(&k2, data + 16 * i + 8, 8);
+        k1 *= c1;
+        k1 = rotl64(k1, 31);
+        k1 *= c2;
+        h1 ^= k1;
+        h1 = rotl64(h1, 27);
+        h1 += h2;
+        h1 = h1 * 5 + 0x52DCE729;
+        k2 *= c2;
+        k2 = rotl64(k2, 33);
+        k2 *= c1;
+        h2 ^= k2;
+        h2 = rotl64(h2, 31);
+        h2 += h1;
+        h2 = h2 * 5 + 0x38495AB5;
+    }
+    const uint8_t *tail = data + 16 * blocks;
+    size_t rest = size & 15;
+    uint64_t k1 = 0, k2 = 0;
+    if (rest > 8) {
+        memcpy(&k2, tail + 8, rest - 8);
+        k2 *= c2;
+        k2 = rotl64(k2, 33);
+        k2 *= c1;
+        h2 ^= k2;
+    }
+    if (rest > 0) {
+        memcpy(&k1, tail, rest > 8 ? 8 : rest);
+        k1 *= c1;
+        k1 = rotl64(k1, 31);
+        k1 *= c2;
+        h1 ^= k1;
+    }
+    h1 ^= (uint64_t)size;
+    h2 ^= (uint64_t)size;
+    h1 += h2;
+    h2 += h1;
+    h1 = fmix64(h1);
+    h2 = fmix64(h2);
+    h1 += h2;
+    h2 += h1;
+    key[0] = h1;
+    key[1] = h2;
+}
+
+/* The slot holding ``key``, or the empty slot where it would go; -1 when the table is full
+ * and lacks it. */
+static inline Py_ssize_t term_slot(const uint64_t *slots, uint64_t mask, const uint64_t key[2]) {
+    uint64_t at = key[0] & mask;
+    for (uint64_t probes = 0; probes <= mask; probes++) {
+        const uint64_t *slot = slots + 2 * at;
+        if (SLOT_NUMBER(slot) == 0
+                || (slot[0] == key[0] && (slot[1] & KEY_TOP) == (key[1] & KEY_TOP))) {
+            return (Py_ssize_t)at;
+        }
+        at = (at + 1) & mask;
+    }
+    return -1;
+}
+
+/* The terms of ``text`` (separated by single spaces; none in an empty string) as a UTF-8
+ * buffer, and the seed as two halves; 0 or -1 with an exception set. */
+static int term_text(PyObject *text, PyObject *seed, const char **data, Py_ssize_t *size,
+                     uint64_t halves[2]) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "terms must be a str");
+        return -1;
+    }
+    *data = PyUnicode_AsUTF8AndSize(text, size);
+    if (*data == NULL) {
+        return -1;
+    }
+    PyObject *mask = PyLong_FromUnsignedLongLong(0xFFFFFFFFFFFFFFFFULL);
+    PyObject *low = mask == NULL ? NULL : PyNumber_And(seed, mask);
+    PyObject *shift = low == NULL ? NULL : PyLong_FromLong(64);
+    PyObject *shifted = shift == NULL ? NULL : PyNumber_Rshift(seed, shift);
+    PyObject *high = shifted == NULL ? NULL : PyNumber_And(shifted, mask);
+    int failed = high == NULL;
+    if (!failed) {
+        halves[0] = PyLong_AsUnsignedLongLong(low);
+        halves[1] = PyLong_AsUnsignedLongLong(high);
+        failed = PyErr_Occurred() != NULL;
+    }
+    Py_XDECREF(mask);
+    Py_XDECREF(low);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    Py_XDECREF(high);
+    return failed ? -1 : 0;
+}
+
+static const char *term_numbers_doc =
+    "term_numbers(terms, seed, slots, numbers, keys) -> int\n\n"
+    "The 128-bit key under ``seed`` (an int: its low 128 bits) of each term of\n"
+    "``terms`` (a str, the terms separated by single spaces; an empty str has none), written\n"
+    "to ``keys`` (uint64, two a term), and the number the table ``slots`` (uint64, two a\n"
+    "slot: the key's first half, then the top 32 bits of its second above the number, 0\n"
+    "where empty; as many slots as a power of two) holds for it, written to ``numbers``\n"
+    "(int32; -1 for a term it lacks).\n"
+    "``numbers`` must have one place a term.  Returns how many terms the table lacks.";
+
+static PyObject *term_numbers(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("term_numbers", nargs, 5)) {
+        return NULL;
+    }
+    const char *data;
+    Py_ssize_t size;
+    uint64_t seed[2];
+    if (term_text(args[0], args[1], &data, &size, seed) < 0) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    enum { SLOTS, NUMBERS, KEYS };
+    if (take(args[2], &b[SLOTS], 8, "LQkm", 0, "slots") < 0
+            || take(args[3], &b[NUMBERS], 4, "i", 1, "numbers") < 0
+            || take(args[4], &b[KEYS], 8, "LQkm", 1, "keys") < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    const uint64_t *slots = b[SLOTS].view.buf;
+    int32_t *numbers = b[NUMBERS].view.buf;
+    uint64_t *keys = b[KEYS].view.buf;
+    Py_ssize_t capacity = b[SLOTS].view.len / 16;
+    Py_ssize_t count = b[NUMBERS].view.len / 4;
+    if (capacity == 0 || (capacity & (capacity - 1)) != 0 || b[SLOTS].view.len % 16 != 0
+            || b[KEYS].view.len / 16 < count) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "term_numbers: slots must be two values for each "
+                        "of a power of two slots, and keys two values a number");
+        return NULL;
+    }
+    uint64_t mask = (uint64_t)capacity - 1;
+    Py_ssize_t term = 0, absent = 0, start = 0;
+    /* Every key first, each home slot fetched as it is known: the table is megabytes, so
+     * most look-ups miss the cache, and this way the misses overlap. */
+    while (size > 0 && start <= size) {
+        const char *space = memchr(data + start, ' ', (size_t)(size - start));
+        Py_ssize_t end = space == NULL ? size : space - data;
+        if (term == count) {
+            release(b, 3);
+            PyErr_Format(PyExc_ValueError, "term_numbers: more terms than the %zd numbers",
+                         count);
+            return NULL;
+        }
+        uint64_t *key = keys + 2 * term;
+        term_key((const uint8_t *)data + start, (size_t)(end - start), seed, key);
+#if defined(__GNUC__)
+        __builtin_prefetch(slots + 2 * (key[0] & mask));
+#endif
+        term++;
+        start = end + 1;
+    }
+    if (term != count) {
+        release(b, 3);
+        PyErr_Format(PyExc_ValueError, "term_numbers: %zd terms for %zd numbers", term, count);
+        return NULL;
+    }
+    for (term = 0; term < count; term++) {
+        Py_ssize_t at = term_slot(slots, mask, keys + 2 * term);
+        if (at < 0 || SLOT_NUMBER(slots + 2 * at) == 0) {
+            numbers[term] = -1;
+            absent++;
+        } else {
+            numbers[term] = (int32_t)SLOT_NUMBER(slots + 2 * at);
+        }
+    }
+    release(b, 3);
+    return PyLong_FromSsize_t(absent);
+}
+
+static const char *term_keys_doc =
+    "term_keys(terms, seed, keys) -> int\n\n"
+    "``term_numbers``'s keys alone: written to ``keys`` (uint64, two a term), and how many\n"
+    "terms there were.";
+
+static PyObject *term_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("term_keys", nargs, 3)) {
+        return NULL;
+    }
+    const char *data;
+    Py_ssize_t size;
+    uint64_t seed[2];
+    if (term_text(args[0], args[1], &data, &size, seed) < 0) {
+        return NULL;
+    }
+    Buffer keys_buffer;
+    memset(&keys_buffer, 0, sizeof keys_buffer);
+    if (take(args[2], &keys_buffer, 8, "LQkm", 1, "keys") < 0) {
+        release(&keys_buffer, 1);
+        return NULL;
+    }
+    uint64_t *keys = keys_buffer.view.buf;
+    Py_ssize_t count = keys_buffer.view.len / 16;
+    Py_ssize_t term = 0, start = 0;
+    while (size > 0 && start <= size) {
+        const char *space = memchr(data + start, ' ', (size_t)(size - start));
+        Py_ssize_t end = space == NULL ? size : space - data;
+        if (term == count) {
+            release(&keys_buffer, 1);
+            PyErr_Format(PyExc_ValueError, "term_keys: more terms than room for %zd keys",
+                         count);
+            return NULL;
+        }
+        term_key((const uint8_t *)data + start, (size_t)(end - start), seed, keys + 2 * term);
+        term++;
+        start = end + 1;
+    }
+    release(&keys_buffer, 1);
+    return PyLong_FromSsize_t(term);
+}
+
+/* The table ``slots`` (a power of two of them, as ``term_numbers`` has it) and ``keys``
+ * (two values a key, ``count`` keys); 0 or -1 with an exception set. */
+static int term_table(PyObject *const *args, Buffer *b, const char *function, int with_numbers,
+                      Py_ssize_t *capacity, Py_ssize_t *count) {
+    if (take(args[0], &b[0], 8, "LQkm", 1, "slots") < 0
+            || take(args[1], &b[1], 8, "LQkm", 0, "keys") < 0
+            || (with_numbers && take(args[2], &b[2], 4, "i", 0, "numbers") < 0)) {
+        return -1;
+    }
+    *capacity = b[0].view.len / 16;
+    *count = b[1].view.len / 16;
+    if (*capacity == 0 || (*capacity & (*capacity - 1)) != 0 || b[0].view.len % 16 != 0
+            || b[1].view.len % 16 != 0 || (with_numbers && b[2].view.len / 4 != *count)) {
+        PyErr_Format(PyExc_ValueError, "%s: slots must be two values for each of a power "
+                     "of two slots, keys two values a key, and one number a key", function);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *table_insert_doc =
+    "table_insert(slots, keys, numbers) -> None\n\n"
+    "Puts each key of ``keys`` (uint64, two a key) in the table ``slots`` with its number\n"
+    "(``numbers``, int32, above 0), in place of the number a key already there had; a\n"
+    "ValueError when the table is full.";
+
+static PyObject *table_insert(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("table_insert", nargs, 3)) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    Py_ssize_t capacity, count;
+    if (term_table(args, b, "table_insert", 1, &capacity, &count) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    uint64_t *slots = b[0].view.buf;
+    const uint64_t *keys = b[1].view.buf;
+    const int32_t *numbers = b[2].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (numbers[i] <= 0) {
+            release(b, 3);
+            PyErr_Format(PyExc_ValueError, "table_insert: number %d is not above 0",
+                         (int)numbers[i]);
+            return NULL;
+        }
+    }
+    uint64_t mask = (uint64_t)capacity - 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t at = term_slot(slots, mask, keys + 2 * i);
+        if (at < 0) {
+            release(b, 3);
+            PyErr_SetString(PyExc_ValueError, "table_insert: the table is full");
+            return NULL;
+        }
+        uint64_t *slot = slots + 2 * at;
+        slot[0] = keys[2 * i];
+        slot[1] = (keys[2 * i + 1] & KEY_TOP) | (uint64_t)(uint32_t)numbers[i];
+    }
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+static const char *table_remove_doc =
+    "table_remove(slots, keys) -> int\n\n"
+    "Takes each key of ``keys`` (uint64, two a key) out of the table ``slots``, moving back\n"
+    "the keys that probed past it, so that every key left is found; returns how many keys\n"
+    "were there.";
+
+static PyObject *table_remove(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("table_remove", nargs, 2)) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    Py_ssize_t capacity, count;
+    if (term_table(args, b, "table_remove", 0, &capacity, &count) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    uint64_t *slots = b[0].view.buf;
+    const uint64_t *keys = b[1].view.buf;
+    uint64_t mask = (uint64_t)capacity - 1;
+    Py_ssize_t removed = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t found = term_slot(slots, mask, keys + 2 * i);
+        if (found < 0 || SLOT_NUMBER(slots + 2 * found) == 0) {
+            continue;
+        }
+        uint64_t hole = (uint64_t)found;
+        removed++;
+        /* Backward shift: a later key of the run whose home is not between the hole and
+         * itself (cyclically) fills the hole, which moves to where that key was. */
+        for (uint64_t at = (hole + 1) & mask; SLOT_NUMBER(slots + 2 * at) != 0;
+             at = (at + 1) & mask) {
+            uint64_t home = slots[2 * at] & mask;
+            if (((at - home) & mask) >= ((at - hole) & mask)) {
+                memcpy(slots + 2 * hole, slots + 2 * at, 2 * sizeof(uint64_t));
+                hole = at;
+            }
+        }
+        memset(slots + 2 * hole, 0, 2 * sizeof(uint64_t));
+    }
+    release(b, 3);
+    return PyLong_FromSsize_t(removed);
+}
+
 static PyMethodDef methods[] = {
     {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
      NULL},
@@ -1710,6 +2068,10 @@ static PyMethodDef methods[] = {
     {"shingle_hashes", (PyCFunction)(void (*)(void))shingle_hashes, METH_FASTCALL, NULL},
     {"story_scores", (PyCFunction)(void (*)(void))story_scores, METH_FASTCALL, NULL},
     {"merge_sorted", (PyCFunction)(void (*)(void))merge_sorted, METH_FASTCALL, NULL},
+    {"term_numbers", (PyCFunction)(void (*)(void))term_numbers, METH_FASTCALL, NULL},
+    {"term_keys", (PyCFunction)(void (*)(void))term_keys, METH_FASTCALL, NULL},
+    {"table_insert", (PyCFunction)(void (*)(void))table_insert, METH_FASTCALL, NULL},
+    {"table_remove", (PyCFunction)(void (*)(void))table_remove, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1730,6 +2092,10 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[7].ml_doc = shingle_hashes_doc;
     methods[8].ml_doc = scores_doc;
     methods[9].ml_doc = merge_sorted_doc;
+    methods[10].ml_doc = term_numbers_doc;
+    methods[11].ml_doc = term_keys_doc;
+    methods[12].ml_doc = table_insert_doc;
+    methods[13].ml_doc = table_remove_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

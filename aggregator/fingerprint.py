@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import os
 import re
 import struct
 import threading
@@ -373,6 +374,70 @@ TermRow = tuple[int, str, int, float, int]
 RESTORE_CHUNK = 4096
 
 
+class TermTable:
+    """The numbers of the terms in memory by a key of each name, in one compiled
+    open-addressing table (``kernels.term_numbers``), beside ``Vocabulary.ids``.
+
+    ``TermStatistics.ids_of`` looks up all of an article's terms in one call, reading them
+    from the prepared article's string of terms: a dictionary look-up of each of its ~180
+    terms took a tenth of the writer's time on a full window (a fresh string is hashed, and
+    the dictionary's index, entry and key are each a cache miss).  A key is 96 bits of
+    MurmurHash3_x64_128 under a seed drawn for each process, so no text can be made to give
+    another term's key; two of a process's terms sharing one, which would give the second
+    the first's number, is a chance of about n^2 / 2^97 for n terms.  A slot is 16 bytes,
+    and the table at most half full: 32-64 bytes a term in memory.
+    """
+
+    def __init__(self, terms: list[str]) -> None:
+        # Kept whatever the module's ``kernels`` is set to later (``benchmarks/propose.py``
+        # sets it to None to time the reference), so that the table stays whole.
+        self._kernels = kernels
+        self.seed = int.from_bytes(os.urandom(16), "little")
+        # The vocabulary's names by number ("" where free), to put every key back when the
+        # table grows.
+        self._terms = terms
+        self.slots = np.zeros(2 * 1024, dtype=np.uint64)
+        self.size = 0
+
+    def look_up(self, text: str, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The numbers of the ``count`` terms of ``text`` (separated by single spaces), -1
+        for each not in the table; their keys; how many were not."""
+        numbers = np.empty(count, dtype=np.int32)
+        keys = np.empty((count, 2), dtype=np.uint64)
+        absent = self._kernels.term_numbers(text, self.seed, self.slots, numbers, keys)
+        return numbers, keys, absent
+
+    def keys_of(self, terms: Sequence[str]) -> np.ndarray:
+        keys = np.empty((len(terms), 2), dtype=np.uint64)
+        self._kernels.term_keys(" ".join(terms), self.seed, keys)
+        return keys
+
+    def add(self, keys: np.ndarray, numbers: Sequence[int]) -> None:
+        """Enter terms (none of them in the table) by their keys, with their numbers."""
+        self.size += len(numbers)
+        if 2 * self.size > len(self.slots) // 2:
+            self._grow()
+        else:
+            self._kernels.table_insert(self.slots, keys, np.asarray(numbers, dtype=np.int32))
+
+    def remove(self, terms: Sequence[str]) -> None:
+        """Take out ``terms`` (each in the table)."""
+        if terms:
+            self.size -= self._kernels.table_remove(self.slots, self.keys_of(terms))
+
+    def _grow(self) -> None:
+        """Twice the slots or more, at most half full: every key put back (their names
+        already numbered)."""
+        capacity = len(self.slots)
+        while capacity < 2 * self.size:
+            capacity *= 2
+        self.slots = np.zeros(2 * capacity, dtype=np.uint64)
+        numbers = [number for number, term in enumerate(self._terms) if term]
+        self._kernels.table_insert(self.slots, self.keys_of([self._terms[n] for n in numbers]),
+                                   np.asarray(numbers, dtype=np.int32))
+        self.size = len(numbers)
+
+
 class Vocabulary:
     """Term <-> number, for the terms in memory; number 0 pads short rows.
 
@@ -393,6 +458,8 @@ class Vocabulary:
         self.hashed = np.zeros(1024, dtype=bool)
         # Numbers given back by ``forget``, handed out again before new ones.
         self._free: list[int] = []
+        # The same numbers by key, for ``TermStatistics.ids_of`` (compiled only).
+        self.table = TermTable(self.terms) if kernels is not None else None
         # The store id of the next term never seen before (0 pads, as number 0 does).
         self.next_stored = 1
 
@@ -402,9 +469,17 @@ class Vocabulary:
         if found is None:
             found = self._place(term, self.next_stored)
             self.next_stored += 1
+            self._enter([term], [found])
         return found
 
+    def _enter(self, terms: Sequence[str], numbers: Sequence[int],
+               keys: np.ndarray | None = None) -> None:
+        """Terms just placed into the table too (``keys``: theirs, if known)."""
+        if self.table is not None and len(numbers):
+            self.table.add(self.table.keys_of(terms) if keys is None else keys, numbers)
+
     def _place(self, term: str, stored_id: int) -> int:
+        """Number ``term`` (not in memory), with its store id; ``_enter`` it after."""
         if self._free:
             number = self._free.pop()
             self.terms[number] = term
@@ -420,16 +495,25 @@ class Vocabulary:
         self.ids[term] = number
         return number
 
-    def ids_of(self, terms: list[str], found: list[int | None] | None = None) -> np.ndarray:
-        """The numbers of ``terms`` (``id`` of each, in order, new terms numbered as they
-        come); ``found``: what ``ids.get`` gave for each, if the caller looked them up."""
-        if found is None:
-            found = list(map(self.ids.get, terms))
-        if None in found:
-            term_id = self.id
-            found = [term_id(term) if number is None else number
-                     for term, number in zip(terms, found, strict=True)]
-        return np.array(found, dtype=np.int32)
+    def number_missing(self, terms: Sequence[str], positions: list[int],
+                       keys: np.ndarray | None = None) -> list[int]:
+        """The numbers of the terms of ``terms`` at ``positions`` (in that order), which the
+        caller did not find: each is looked up again (a term brought back meanwhile has one),
+        else numbered as new.  ``keys``: the keys of ``terms`` in the table, if known."""
+        get, numbers, placed = self.ids.get, [], []
+        for position in positions:
+            term = terms[position]
+            number = get(term)
+            if number is None:
+                number = self._place(term, self.next_stored)
+                self.next_stored += 1
+                placed.append(len(numbers))
+            numbers.append(number)
+        if placed:
+            self._enter([terms[positions[at]] for at in placed],
+                        [numbers[at] for at in placed],
+                        None if keys is None else keys[[positions[at] for at in placed]])
+        return numbers
 
     def restore(self, stored_id: int, term: str) -> int:
         """Bring back a stored term (id ``stored_id``); its number."""
@@ -437,7 +521,9 @@ class Vocabulary:
         if found is not None:
             return found
         self.reserve(stored_id + 1)
-        return self._place(term, stored_id)
+        number = self._place(term, stored_id)
+        self._enter([term], [number])
+        return number
 
     def restore_many(self, stored_ids: Sequence[int], terms: Sequence[str]) -> list[int]:
         """``restore`` of each ``(stored id, term)`` pair, in order: their numbers.  Rows of
@@ -448,8 +534,17 @@ class Vocabulary:
         if None not in numbers:
             return numbers
         if self._free or not numbers.count(None) == len(terms) == len(set(terms)):
-            return [self.restore(stored_id, term)
-                    for stored_id, term in zip(stored_ids, terms, strict=True)]
+            placed = []
+            for position, (stored_id, term) in enumerate(zip(stored_ids, terms, strict=True)):
+                number = self.ids.get(term)
+                if number is None:
+                    self.reserve(stored_id + 1)
+                    number = self._place(term, stored_id)
+                    placed.append(position)
+                numbers[position] = number
+            self._enter([terms[position] for position in placed],
+                        [numbers[position] for position in placed])
+            return numbers
         first = len(self.terms)
         numbers = list(range(first, first + len(terms)))
         self.ids.update(zip(terms, numbers, strict=True))
@@ -463,6 +558,7 @@ class Vocabulary:
         self.stored[first:len(self.terms)] = stored_ids
         self.hashed[first:len(self.terms)] = False
         self.reserve(max(stored_ids) + 1)
+        self._enter(terms, numbers)
         return numbers
 
     def reserve(self, next_stored: int) -> None:
@@ -474,15 +570,18 @@ class Vocabulary:
         """Drop the terms of ``numbers`` from memory (their store ids stay taken) and give
         their numbers back; those that named a term (the others were free already)."""
         terms, ids = self.terms, self.ids
-        dropped = []
+        dropped, names = [], []
         for number in numbers:
             term = terms[number]
             if term:
                 del ids[term]
                 terms[number] = ""
                 dropped.append(number)
+                names.append(term)
         self.stored[dropped] = 0
         self._free.extend(dropped)
+        if self.table is not None:
+            self.table.remove(names)
         return dropped
 
     def hashes_of(self, numbers: list[int]) -> np.ndarray:
@@ -529,7 +628,7 @@ class TermStatistics:
     Counts are kept per stem; the prior is looked up on the surface word the stem came from.
 
     Both are arrays indexed by the vocabulary's term ids: an article's terms are looked up
-    by name once (``Vocabulary.ids_of``), and learning, weighing and counting them are then
+    once (``ids_of``), and learning, weighing and counting them are then
     array operations, where dictionaries keyed by name took five lookups a term of every
     article.
     """
@@ -565,27 +664,43 @@ class TermStatistics:
             enlarge(self, "_prior", capacity)
             enlarge(self, "_last_article", capacity)
 
-    def ids_of(self, terms: list[str]) -> np.ndarray:
+    def ids_of(self, terms: list[str], text: str | None = None) -> np.ndarray:
         """The term ids of ``terms``; terms not seen before get ids (and no counts yet).
 
         A term that is not in memory but in the store (forgotten, or not read at a restart)
         comes back with its stored id, counts and prior first, so that it weighs exactly
         what it would have weighed had it never left.
+
+        ``text``: the same terms separated by single spaces (``TextFeatures.terms``), for
+        the compiled table (``TermTable``), which finds them all in one call; only the terms
+        it lacks are looked up by name.
         """
         vocabulary = self.vocabulary
+        if text is not None and vocabulary.table is not None and kernels is not None:
+            numbers, keys, absent = vocabulary.table.look_up(text, len(terms))
+            if absent:
+                missing = np.flatnonzero(numbers < 0).tolist()
+                self._recall([terms[position] for position in missing])
+                numbers[missing] = vocabulary.number_missing(terms, missing, keys)
+            # Also where the vocabulary grew by another way (a term named before it counts).
+            self._fit(len(vocabulary))
+            return numbers
         found = list(map(vocabulary.ids.get, terms))
-        if None in found and self.incomplete and self.recall is not None:
-            # A quarter of the articles on a full window miss a term or two: only those
-            # are looked up again, not every term of the article.
+        if None in found:
             missing = [position for position, number in enumerate(found) if number is None]
-            self._restore_rows(self.recall(list(dict.fromkeys(terms[position]
-                                                              for position in missing))))
-            get = vocabulary.ids.get
-            for position in missing:
-                found[position] = get(terms[position])
-        ids = vocabulary.ids_of(terms, found)
+            self._recall([terms[position] for position in missing])
+            for position, number in zip(missing, vocabulary.number_missing(terms, missing),
+                                        strict=True):
+                found[position] = number
         self._fit(len(vocabulary))
-        return ids
+        return np.array(found, dtype=np.int32)
+
+    def _recall(self, terms: list[str]) -> None:
+        """Bring back from the store those of ``terms`` (none in memory) that it has: a
+        quarter of the articles on a full window miss a term or two, and only those are
+        looked up again, not every term of the article."""
+        if self.incomplete and self.recall is not None:
+            self._restore_rows(self.recall(list(dict.fromkeys(terms))))
 
     def prior(self, term: str) -> float:
         term_id = self.vocabulary.ids.get(term)
@@ -1179,7 +1294,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     chosen by the weights that follow.
     """
     terms = features.term_list
-    ids = stats.ids_of(terms)
+    ids = stats.ids_of(terms, features.terms)
     stats.learn_priors(ids, terms, features.first_words, features.prior_positions,
                        features.priors)
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids)

@@ -646,3 +646,124 @@ def test_the_compiled_fingerprint_steps_refuse_what_they_cannot_read(call, error
 
     with pytest.raises(error, match=message):
         call(kernels)
+
+
+def table_numbers(vocabulary: Vocabulary, terms: list[str]) -> list[int]:
+    """What the compiled table gives for ``terms`` (-1: not there)."""
+    numbers, _keys, _absent = vocabulary.table.look_up(" ".join(terms), len(terms))
+    return numbers.tolist()
+
+
+@requires_kernels
+@pytest.mark.parametrize("steps", [
+    [("name", 10)],
+    [("name", 3000)],  # the table grows twice
+    [("name", 500), ("forget", 2), ("name", 200)],  # freed numbers go to new terms
+    [("name", 2000), ("forget", 1), ("forget", 3), ("restore", 800)],  # restored one by one
+    [("restore", 1500), ("name", 100), ("forget", 5), ("restore", 40)],  # restored at once
+    [("name", 4000), ("forget", 1)],  # every term leaves: the table empties
+])
+def test_the_term_table_holds_what_the_vocabulary_holds(steps):
+    """Each way a term enters or leaves memory keeps the compiled table equal to the names:
+    every term in memory found with its number, every other one missing."""
+    vocabulary = Vocabulary()
+    left: list[str] = []
+    made = 0
+    for step, count in steps:
+        if step == "name":
+            for _ in range(count):
+                vocabulary.id(f"term{made}")
+                made += 1
+        elif step == "forget":  # every count-th term in memory
+            numbers = sorted(vocabulary.ids.values())[::count]
+            left += [vocabulary.terms[number] for number in numbers]
+            vocabulary.forget(numbers)
+        else:  # the forgotten first, then new ones, as a start-up or a recall brings them
+            terms = left[:count] + [f"term{made + n}" for n in range(max(0, count - len(left)))]
+            made += max(0, count - len(left))
+            left = left[count:]
+            vocabulary.restore_many(list(range(10_000, 10_000 + len(terms))), terms)
+    in_memory = list(vocabulary.ids)
+    assert vocabulary.table.size == len(in_memory)
+    assert table_numbers(vocabulary, in_memory) == [vocabulary.ids[t] for t in in_memory]
+    assert table_numbers(vocabulary, left + ["never", "term", "é"]) == [-1] * (len(left) + 3)
+
+
+@requires_kernels
+def test_terms_looked_up_in_the_table_get_what_they_get_by_name():
+    """The same articles' terms through the table (with their string of terms) and by
+    name: the same numbers, store ids, new terms numbered in the same order, the same
+    recalls from the store, before and after terms leave memory."""
+    generator = np.random.default_rng(7)
+    stored = {f"w{n}": (n + 1, f"w{n}", int(generator.integers(1, 50)), 0.001, n)
+              for n in range(400)}
+    by_text, by_name = TermStatistics(prior_docs=10), TermStatistics(prior_docs=10)
+    asked = []
+    for stats in (by_text, by_name):
+        recall, stats_asked = recording_store(stored)
+        stats.recall = recall
+        asked.append(stats_asked)
+        stats.restore_recent(500, 401, [stored[f"w{n}"] for n in range(0, 400, 3)],
+                             complete=False)
+    vocabulary_words = [*stored, *(f"new{n}" for n in range(300))]
+    for article in range(300):
+        terms = list(dict.fromkeys(generator.choice(vocabulary_words, 40).tolist()))
+        if article % 7 == 0:
+            terms.append(f"only{article}")
+        ids = [stats.ids_of(terms, " ".join(terms) if stats is by_text else None)
+               for stats in (by_text, by_name)]
+        assert ids[0].dtype == ids[1].dtype and ids[0].tolist() == ids[1].tolist()
+        for stats, term_ids in zip((by_text, by_name), ids, strict=True):
+            stats.add_document(term_ids, article_id=1000 + article)
+        if article % 50 == 49:
+            for stats in (by_text, by_name):
+                stats.forget_unseen_since(1000 + article - 20)
+    assert asked[0] == asked[1] and len(asked[0]) > 10
+    assert vocabulary_state(by_text.vocabulary) == vocabulary_state(by_name.vocabulary)
+    assert by_text.frequencies() == by_name.frequencies()
+    in_memory = list(by_text.vocabulary.ids)
+    assert table_numbers(by_text.vocabulary, in_memory) == \
+        [by_text.vocabulary.ids[t] for t in in_memory]
+
+
+@requires_kernels
+def test_keys_removed_from_the_term_table_leave_the_others_found():
+    """Keys that share a home slot probe past one another; taking one out moves the later
+    ones back, so that each is still found (and taken out) after."""
+    from aggregator.native import kernels
+
+    slots = np.zeros(2 * 16, dtype=np.uint64)
+    # Homes 3, 3, 4, 3 and 15, 15 (wrapping round to 0): one run of four, one of two.
+    keys = np.array([[3, 1], [19, 2], [4, 3], [35, 4], [15, 5], [31, 6]], dtype=np.uint64)
+    kernels.table_insert(slots, keys, np.arange(1, 7, dtype=np.int32))
+    assert kernels.table_remove(slots, keys[[0, 4]]) == 2
+    assert kernels.table_remove(slots, keys[[0]]) == 0  # gone already
+    for key in keys[[1, 2, 3, 5]]:
+        assert kernels.table_remove(slots, key[None, :]) == 1
+    assert not slots.any()
+
+
+@requires_kernels
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda k: k.term_numbers("a b", 1, np.zeros(32, np.uint64), np.empty(3, np.int32),
+                              np.empty(6, np.uint64)), ValueError, "2 terms for 3 numbers"),
+    (lambda k: k.term_numbers("a b c", 1, np.zeros(32, np.uint64), np.empty(2, np.int32),
+                              np.empty(6, np.uint64)), ValueError, "more terms than"),
+    (lambda k: k.term_numbers(b"a b", 1, np.zeros(32, np.uint64), np.empty(2, np.int32),
+                              np.empty(4, np.uint64)), TypeError, "must be a str"),
+    (lambda k: k.term_numbers("a", 1, np.zeros(30, np.uint64), np.empty(1, np.int32),
+                              np.empty(2, np.uint64)), ValueError, "power of two"),
+    (lambda k: k.term_numbers("a", 1.5, np.zeros(32, np.uint64), np.empty(1, np.int32),
+                              np.empty(2, np.uint64)), TypeError, "unsupported operand"),
+    (lambda k: k.table_insert(np.zeros(4, np.uint64), np.arange(6, dtype=np.uint64),
+                              np.array([1, 2, 3], np.int32)), ValueError, "table is full"),
+    (lambda k: k.table_insert(np.zeros(32, np.uint64), np.arange(2, dtype=np.uint64),
+                              np.array([0], np.int32)), ValueError, "not above 0"),
+    (lambda k: k.table_remove(np.zeros(32, np.uint64), np.arange(3, dtype=np.uint64)),
+     ValueError, "two values a key"),
+])
+def test_the_term_table_refuses_what_it_cannot_hold(call, error, message):
+    from aggregator.native import kernels
+
+    with pytest.raises(error, match=message):
+        call(kernels)
