@@ -374,14 +374,19 @@ TermRow = tuple[int, str, int, float, int]
 RESTORE_CHUNK = 4096
 
 
+# The kernels that keep a ``TermTable`` whole, whatever the module's ``kernels`` is set to
+# later (``benchmarks/propose.py`` sets it to None to time the reference).
+_TABLE_KERNELS = kernels
+
+
 class TermTable:
     """The numbers of the terms in memory by a key of each name, in one compiled
     open-addressing table (``kernels.term_numbers``), beside ``Vocabulary.ids``.
 
     ``TermStatistics.ids_of`` looks up all of an article's terms in one call, reading them
     from the prepared article's string of terms: a dictionary look-up of each of its ~180
-    terms took a tenth of the writer's time on a full window (a fresh string is hashed, and
-    the dictionary's index, entry and key are each a cache miss).  A key is 96 bits of
+    terms took 0.10 ms of the writer's 1.3 an article (a fresh string is hashed, and the
+    dictionary's index, entry and key are each a cache miss).  A key is 96 bits of
     MurmurHash3_x64_128 under a seed drawn for each process, so no text can be made to give
     another term's key; two of a process's terms sharing one, which would give the second
     the first's number, is a chance of about n^2 / 2^97 for n terms.  A slot is 16 bytes,
@@ -389,9 +394,6 @@ class TermTable:
     """
 
     def __init__(self, terms: list[str]) -> None:
-        # Kept whatever the module's ``kernels`` is set to later (``benchmarks/propose.py``
-        # sets it to None to time the reference), so that the table stays whole.
-        self._kernels = kernels
         self.seed = int.from_bytes(os.urandom(16), "little")
         # The vocabulary's names by number ("" where free), to put every key back when the
         # table grows.
@@ -404,12 +406,12 @@ class TermTable:
         for each not in the table; their keys; how many were not."""
         numbers = np.empty(count, dtype=np.int32)
         keys = np.empty((count, 2), dtype=np.uint64)
-        absent = self._kernels.term_numbers(text, self.seed, self.slots, numbers, keys)
+        absent = _TABLE_KERNELS.term_numbers(text, self.seed, self.slots, numbers, keys)
         return numbers, keys, absent
 
     def keys_of(self, terms: Sequence[str]) -> np.ndarray:
         keys = np.empty((len(terms), 2), dtype=np.uint64)
-        self._kernels.term_keys(" ".join(terms), self.seed, keys)
+        _TABLE_KERNELS.term_keys(" ".join(terms), self.seed, keys)
         return keys
 
     def add(self, keys: np.ndarray, numbers: Sequence[int]) -> None:
@@ -418,12 +420,12 @@ class TermTable:
         if 2 * self.size > len(self.slots) // 2:
             self._grow()
         else:
-            self._kernels.table_insert(self.slots, keys, np.asarray(numbers, dtype=np.int32))
+            _TABLE_KERNELS.table_insert(self.slots, keys, np.asarray(numbers, dtype=np.int32))
 
     def remove(self, terms: Sequence[str]) -> None:
         """Take out ``terms`` (each in the table)."""
         if terms:
-            self.size -= self._kernels.table_remove(self.slots, self.keys_of(terms))
+            self.size -= _TABLE_KERNELS.table_remove(self.slots, self.keys_of(terms))
 
     def _grow(self) -> None:
         """Twice the slots or more, at most half full: every key put back (their names
@@ -433,7 +435,7 @@ class TermTable:
             capacity *= 2
         self.slots = np.zeros(2 * capacity, dtype=np.uint64)
         numbers = [number for number, term in enumerate(self._terms) if term]
-        self._kernels.table_insert(self.slots, self.keys_of([self._terms[n] for n in numbers]),
+        _TABLE_KERNELS.table_insert(self.slots, self.keys_of([self._terms[n] for n in numbers]),
                                    np.asarray(numbers, dtype=np.int32))
         self.size = len(numbers)
 

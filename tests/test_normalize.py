@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -687,6 +688,11 @@ def test_the_term_table_holds_what_the_vocabulary_holds(steps):
     assert vocabulary.table.size == len(in_memory)
     assert table_numbers(vocabulary, in_memory) == [vocabulary.ids[t] for t in in_memory]
     assert table_numbers(vocabulary, left + ["never", "term", "é"]) == [-1] * (len(left) + 3)
+    # A copy (of a clusterer's statistics, say) keeps its own table of the same numbers.
+    copied = copy.deepcopy(vocabulary)
+    copied.id("aftercopy")
+    assert table_numbers(copied, in_memory) == [vocabulary.ids[t] for t in in_memory]
+    assert table_numbers(vocabulary, ["aftercopy"]) == [-1]
 
 
 @requires_kernels
