@@ -1823,6 +1823,36 @@ static int term_text(PyObject *text, PyObject *seed, const char **data, Py_ssize
     return failed ? -1 : 0;
 }
 
+/* The key of each term of ``data[0..size)`` (separated by single spaces; none when empty)
+ * into ``keys`` (two values a term, room for ``room`` terms), each term's home slot in
+ * ``slots`` fetched as its key is known unless ``slots`` is NULL; how many terms, or -1
+ * when there are more than ``room``. */
+static Py_ssize_t keys_of_terms(const char *data, Py_ssize_t size, const uint64_t seed[2],
+                                uint64_t *keys, Py_ssize_t room, const uint64_t *slots,
+                                uint64_t mask) {
+    Py_ssize_t term = 0, start = 0;
+    while (size > 0 && start <= size) {
+        const char *space = memchr(data + start, ' ', (size_t)(size - start));
+        Py_ssize_t end = space == NULL ? size : space - data;
+        if (term == room) {
+            return -1;
+        }
+        uint64_t *key = keys + 2 * term;
+        term_key((const uint8_t *)data + start, (size_t)(end - start), seed, key);
+#if defined(__GNUC__)
+        if (slots != NULL) {
+            __builtin_prefetch(slots + 2 * (key[0] & mask));
+        }
+#else
+        (void)slots;
+        (void)mask;
+#endif
+        term++;
+        start = end + 1;
+    }
+    return term;
+}
+
 static const char *term_numbers_doc =
     "term_numbers(terms, seed, slots, numbers, keys) -> int\n\n"
     "The 128-bit key under ``seed`` (an int: its low 128 bits) of each term of\n"
@@ -1866,32 +1896,22 @@ static PyObject *term_numbers(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     uint64_t mask = (uint64_t)capacity - 1;
-    Py_ssize_t term = 0, absent = 0, start = 0;
     /* Every key first, each home slot fetched as it is known: the table is megabytes, so
      * most look-ups miss the cache, and this way the misses overlap. */
-    while (size > 0 && start <= size) {
-        const char *space = memchr(data + start, ' ', (size_t)(size - start));
-        Py_ssize_t end = space == NULL ? size : space - data;
-        if (term == count) {
-            release(b, 3);
+    Py_ssize_t terms = keys_of_terms(data, size, seed, keys, count, slots, mask);
+    if (terms != count) {
+        release(b, 3);
+        if (terms < 0) {
             PyErr_Format(PyExc_ValueError, "term_numbers: more terms than the %zd numbers",
                          count);
-            return NULL;
+        } else {
+            PyErr_Format(PyExc_ValueError, "term_numbers: %zd terms for %zd numbers", terms,
+                         count);
         }
-        uint64_t *key = keys + 2 * term;
-        term_key((const uint8_t *)data + start, (size_t)(end - start), seed, key);
-#if defined(__GNUC__)
-        __builtin_prefetch(slots + 2 * (key[0] & mask));
-#endif
-        term++;
-        start = end + 1;
-    }
-    if (term != count) {
-        release(b, 3);
-        PyErr_Format(PyExc_ValueError, "term_numbers: %zd terms for %zd numbers", term, count);
         return NULL;
     }
-    for (term = 0; term < count; term++) {
+    Py_ssize_t absent = 0;
+    for (Py_ssize_t term = 0; term < count; term++) {
         Py_ssize_t at = term_slot(slots, mask, keys + 2 * term);
         if (at < 0 || SLOT_NUMBER(slots + 2 * at) == 0) {
             numbers[term] = -1;
@@ -1926,24 +1946,14 @@ static PyObject *term_keys(PyObject *module, PyObject *const *args, Py_ssize_t n
         release(&keys_buffer, 1);
         return NULL;
     }
-    uint64_t *keys = keys_buffer.view.buf;
-    Py_ssize_t count = keys_buffer.view.len / 16;
-    Py_ssize_t term = 0, start = 0;
-    while (size > 0 && start <= size) {
-        const char *space = memchr(data + start, ' ', (size_t)(size - start));
-        Py_ssize_t end = space == NULL ? size : space - data;
-        if (term == count) {
-            release(&keys_buffer, 1);
-            PyErr_Format(PyExc_ValueError, "term_keys: more terms than room for %zd keys",
-                         count);
-            return NULL;
-        }
-        term_key((const uint8_t *)data + start, (size_t)(end - start), seed, keys + 2 * term);
-        term++;
-        start = end + 1;
-    }
+    Py_ssize_t room = keys_buffer.view.len / 16;
+    Py_ssize_t terms = keys_of_terms(data, size, seed, keys_buffer.view.buf, room, NULL, 0);
     release(&keys_buffer, 1);
-    return PyLong_FromSsize_t(term);
+    if (terms < 0) {
+        PyErr_Format(PyExc_ValueError, "term_keys: more terms than room for %zd keys", room);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(terms);
 }
 
 /* The table ``slots`` (a power of two of them, as ``term_numbers`` has it) and ``keys``

@@ -765,6 +765,8 @@ def test_keys_removed_from_the_term_table_leave_the_others_found():
                               np.array([1, 2, 3], np.int32)), ValueError, "table is full"),
     (lambda k: k.table_insert(np.zeros(32, np.uint64), np.arange(2, dtype=np.uint64),
                               np.array([0], np.int32)), ValueError, "not above 0"),
+    (lambda k: k.term_keys("a b c", 1, np.empty(4, np.uint64)), ValueError,
+     "more terms than room for 2 keys"),
     (lambda k: k.table_remove(np.zeros(32, np.uint64), np.arange(3, dtype=np.uint64)),
      ValueError, "two values a key"),
 ])
