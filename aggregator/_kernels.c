@@ -1956,10 +1956,15 @@ static PyObject *term_keys(PyObject *module, PyObject *const *args, Py_ssize_t n
     return PyLong_FromSsize_t(terms);
 }
 
-/* The table ``slots`` (a power of two of them, as ``term_numbers`` has it) and ``keys``
- * (two values a key, ``count`` keys); 0 or -1 with an exception set. */
-static int term_table(PyObject *const *args, Buffer *b, const char *function, int with_numbers,
-                      Py_ssize_t *capacity, Py_ssize_t *count) {
+/* The arguments of ``table_insert`` (``with_numbers``) or ``table_remove``: the table
+ * ``slots`` (a power of two of them, as ``term_numbers`` has it), ``keys`` (two values a
+ * key, ``count`` keys) and their numbers; 0, or -1 with an exception set. */
+static int term_table(PyObject *const *args, Py_ssize_t nargs, Buffer *b, const char *function,
+                      int with_numbers, Py_ssize_t *capacity, Py_ssize_t *count) {
+    memset(b, 0, 3 * sizeof *b);
+    if (!arguments_given(function, nargs, with_numbers ? 3 : 2)) {
+        return -1;
+    }
     if (take(args[0], &b[0], 8, "LQkm", 1, "slots") < 0
             || take(args[1], &b[1], 8, "LQkm", 0, "keys") < 0
             || (with_numbers && take(args[2], &b[2], 4, "i", 0, "numbers") < 0)) {
@@ -1984,13 +1989,9 @@ static const char *table_insert_doc =
 
 static PyObject *table_insert(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (!arguments_given("table_insert", nargs, 3)) {
-        return NULL;
-    }
     Buffer b[3];
-    memset(b, 0, sizeof b);
     Py_ssize_t capacity, count;
-    if (term_table(args, b, "table_insert", 1, &capacity, &count) < 0) {
+    if (term_table(args, nargs, b, "table_insert", 1, &capacity, &count) < 0) {
         release(b, 3);
         return NULL;
     }
@@ -2029,13 +2030,9 @@ static const char *table_remove_doc =
 
 static PyObject *table_remove(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (!arguments_given("table_remove", nargs, 2)) {
-        return NULL;
-    }
     Buffer b[3];
-    memset(b, 0, sizeof b);
     Py_ssize_t capacity, count;
-    if (term_table(args, b, "table_remove", 0, &capacity, &count) < 0) {
+    if (term_table(args, nargs, b, "table_remove", 0, &capacity, &count) < 0) {
         release(b, 3);
         return NULL;
     }
