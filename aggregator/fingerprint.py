@@ -469,8 +469,7 @@ class Vocabulary:
         """The number of ``term``; a term never seen before gets one, and a store id."""
         found = self.ids.get(term)
         if found is None:
-            found = self._place(term, self.next_stored)
-            self.next_stored += 1
+            found = self._place(term)
             self._enter([term], [found])
         return found
 
@@ -480,8 +479,14 @@ class Vocabulary:
         if self.table is not None and len(numbers):
             self.table.add(self.table.keys_of(terms) if keys is None else keys, numbers)
 
-    def _place(self, term: str, stored_id: int) -> int:
-        """Number ``term`` (not in memory), with its store id; ``_enter`` it after."""
+    def _place(self, term: str, stored_id: int | None = None) -> int:
+        """Number ``term`` (not in memory), with its store id (None: a term never seen
+        before, which takes the next one); ``_enter`` it after."""
+        if stored_id is None:
+            stored_id = self.next_stored
+            self.next_stored += 1
+        else:
+            self.reserve(stored_id + 1)
         if self._free:
             number = self._free.pop()
             self.terms[number] = term
@@ -507,8 +512,7 @@ class Vocabulary:
             term = terms[position]
             number = get(term)
             if number is None:
-                number = self._place(term, self.next_stored)
-                self.next_stored += 1
+                number = self._place(term)
                 placed.append(len(numbers))
             numbers.append(number)
         if placed:
@@ -522,7 +526,6 @@ class Vocabulary:
         found = self.ids.get(term)
         if found is not None:
             return found
-        self.reserve(stored_id + 1)
         number = self._place(term, stored_id)
         self._enter([term], [number])
         return number
@@ -540,7 +543,6 @@ class Vocabulary:
             for position, (stored_id, term) in enumerate(zip(stored_ids, terms, strict=True)):
                 number = self.ids.get(term)
                 if number is None:
-                    self.reserve(stored_id + 1)
                     number = self._place(term, stored_id)
                     placed.append(position)
                 numbers[position] = number

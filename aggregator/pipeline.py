@@ -57,7 +57,7 @@ from .fingerprint import (
     give_priors_ahead,
     text_features,
 )
-from .memory import release_free_memory
+from .memory import enlarge, release_free_memory
 from .normalize import (
     NormalizedArticle,
     canonical_url,
@@ -560,9 +560,7 @@ class TermTally:
             if numbers.size:
                 needed = int(numbers.max()) + 1
                 if needed > self.articles_with.size:
-                    grown = np.zeros(max(needed, 2 * self.articles_with.size), dtype=np.int64)
-                    grown[:self.articles_with.size] = self.articles_with
-                    self.articles_with = grown
+                    enlarge(self, "articles_with", max(needed, 2 * self.articles_with.size))
                 np.add.at(self.articles_with, numbers, 1)
         self.pending = []
 
@@ -944,11 +942,10 @@ class Aggregator:
         write-behind thread)."""
         started, clock, result = fetched.started, fetched.clock, fetched.result
         ttl_s = fetched.ttl_s
-        if result.outcome is fetching.Outcome.NOT_MODIFIED:
-            report = RefreshReport(source.name, "not_modified", result.status, decisions=None)
-        else:
-            report = RefreshReport(source.name, "ok", result.status, fetched.entry_count,
-                                   decisions=None)
+        not_modified = result.outcome is fetching.Outcome.NOT_MODIFIED
+        report = RefreshReport(source.name, "not_modified" if not_modified else "ok",
+                               result.status, 0 if not_modified else fetched.entry_count,
+                               decisions=None)
         if fetched.prepared is not None and fetched.prepared.articles:
             self._ingest(conn, staged, row.id, source.name, source.priority,
                          fetched.prepared, started, report)
