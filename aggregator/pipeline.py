@@ -588,7 +588,7 @@ class SharedTransaction:
 
 class GroupWrite:
     """A write group decided by the writer: its sources' reports, once its transaction has
-    committed.  Handed to the write-behind thread, if that transaction failed, once its
+    committed.  Handed to the write-behind process, if that transaction failed, once its
     sources were written again one at a time (``Aggregator._settle_in_flight``); written in
     place in a shared transaction, once that transaction ended (``Aggregator._end_shared``)."""
 
@@ -939,7 +939,7 @@ class Aggregator:
     def _write_fetched(self, conn, staged: StagedWrites, source: Source, row: SourceRow,
                        fetched: Fetched) -> RefreshReport:
         """``conn``: the open transaction, or None where the write is staged only (for the
-        write-behind thread)."""
+        write-behind process)."""
         started, clock, result = fetched.started, fetched.clock, fetched.result
         ttl_s = fetched.ttl_s
         not_modified = result.outcome is fetching.Outcome.NOT_MODIFIED
@@ -1127,7 +1127,7 @@ class Aggregator:
                                   [partial(write, *batch) for batch in batches])
 
     def _writes_behind(self) -> bool:
-        """Whether write groups are written by the write-behind thread (``write_behind``):
+        """Whether write groups are written by the write-behind process (``write_behind``):
         it needs a database file (its own connection) and a clusterer (with clustering off
         the writer stores articles in a few statements itself and has little else to do)."""
         return self.config.write_behind and self.settings.enabled \
@@ -1135,7 +1135,7 @@ class Aggregator:
 
     def _submit_group(self, names: list[str],
                       writes: list[Callable[..., RefreshReport]]) -> GroupWrite:
-        """Decide a write group's sources here and hand the rows to the write-behind thread,
+        """Decide a write group's sources here and hand the rows to the write-behind process,
         which writes them in one transaction while this thread decides the next group.
 
         Each source's ``write(conn, staged)`` is called with no connection: it stages its
@@ -1178,7 +1178,8 @@ class Aggregator:
                 return GroupWrite.written(self._write_now(names, writes))
             handed = GroupWrite(self, names, writes, reports, group, self._clusterer_changes)
             if self._write_behind is None:
-                self._write_behind = WriteBehind(self.store.path)
+                self._write_behind = WriteBehind(
+                    self.store.path, partial(exit_with_parent, os.getpid()))
             self._reads.pending.append(group)
             handed.future = self._write_behind.submit(group)
             self._in_flight = handed
@@ -1329,7 +1330,7 @@ class Aggregator:
     def _ingest(self, conn, staged: StagedWrites, source_id: int, source: str, priority: int,
                 prepared: Prepared, fetched: datetime, report: RefreshReport) -> None:
         """Place and stage a source's new entries.  ``conn``: the open transaction, or None
-        where the rows are staged for the write-behind thread (clustering on)."""
+        where the rows are staged for the write-behind process (clustering on)."""
         fresh: list[NormalizedArticle] = []
         features: list[TextFeatures | None] = []
         word_counts: list[int | None] = []

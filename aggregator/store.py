@@ -9,13 +9,16 @@ groups that follow one another: ``pipeline.SHARED_TRANSACTION_ENTRIES``).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import pickle
 import re
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -599,16 +602,7 @@ def writer_connection(path: str) -> sqlite3.Connection:
     return conn
 
 
-# JSON carries no NUL character: SQLite's JSON functions end a string at an escaped one.
-_ESCAPED_NUL = "\\u0000"
-
-
-def _json_rows(width: int) -> str:
-    """Rows of columns ``c0`` .. ``c{width-1}``: each element of a JSON array of rows (``?1``)."""
-    columns = ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(width))
-    return f"(SELECT {columns} FROM json_each(?1))"
-
-
+@lru_cache(maxsize=256)
 def _one_row(statement: str) -> str:
     """``statement`` for one row of parameters, column ``cN`` the parameter ``?N+1``:
     ``INSERT ... SELECT ... FROM {rows}`` as ``INSERT ... VALUES (...)``, ``UPDATE ... FROM
@@ -636,34 +630,14 @@ def _one_row(statement: str) -> str:
     return f"{head} VALUES ({values}){tail}"
 
 
-@lru_cache(maxsize=256)
-def _with_rows(statement: str, width: int, from_json: bool) -> str:
-    return statement.format(rows=_json_rows(width)) if from_json else _one_row(statement)
-
-
 def _columns(width: int, start: int = 0) -> str:
     return ", ".join(f"c{i}" for i in range(start, width))
 
 
-def write_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[Sequence],
-               width: int, chunk: int = 4096, as_json: bool = True) -> None:
-    """``statement`` (its ``{rows}`` a row source of ``width`` columns) over ``rows``, a
-    step for each ``chunk`` of them, passed as one JSON array; a step a row where a string
-    of a chunk holds a NUL character, which JSON cannot pass to SQLite, where there are
-    ``FEW_ROWS`` or fewer, and without ``as_json``.  (A chunk's JSON lives while its step
-    runs: chunks keep it to a few hundred kilobytes.)"""
-    if not as_json or len(rows) <= FEW_ROWS:
-        # Parameters cost less than JSON for a row or two (a transaction of one article),
-        # and for any number on the writer's own thread (``StagedWrites.write``).
-        conn.executemany(_with_rows(statement, width, False), rows)
-        return
-    for start in range(0, len(rows), chunk):
-        part = rows[start:start + chunk]
-        encoded = json.dumps(part, ensure_ascii=False)
-        if _ESCAPED_NUL in encoded:
-            conn.executemany(_with_rows(statement, width, False), part)
-        else:
-            conn.execute(_with_rows(statement, width, True), [encoded])
+def write_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[Sequence]) -> None:
+    """``statement`` (its ``{rows}`` a row source) over ``rows``, a step a row, in its
+    one-row form (``_one_row``)."""
+    conn.executemany(_one_row(statement), rows)
 
 
 INSERT_STORIES = ("INSERT INTO stories (id, first_seen, last_seen, first_published, "
@@ -698,20 +672,10 @@ COUNT_TERMS = ("INSERT INTO term_stats (id, term, document_frequency, prior_frac
                "ON CONFLICT(term) DO UPDATE SET "
                "document_frequency = document_frequency + excluded.document_frequency, "
                "last_article_id = max(last_article_id, excluded.last_article_id)")
-# Rows written with parameters, a step each, rather than as JSON.
-FEW_ROWS = 2
-# Articles written in one step: each row holds the article's text.
-ARTICLES_CHUNK = 128
 # Term statistics' rows made into Python objects, and written, at a time.
 TERM_ROWS_CHUNK = 4096
-# The blobs of the rows come in one parameter (?2), which each row cuts by offset and length;
-# it starts with one spare byte, since SQLite cuts nothing (NULL) out of an empty blob.
 FINGERPRINT_COLUMNS = ("source_id", "published", "has_author", "dated", "word_count",
                        "salient_terms", "term_vector", "shingle_signature", "salient_signature")
-INSERT_FINGERPRINTS = (
-    f"INSERT OR REPLACE INTO article_fingerprints (article_id, {', '.join(FINGERPRINT_COLUMNS)}) "
-    f"SELECT {_columns(7)}, substr(?2, c7, c8), substr(?2, c9, c10), substr(?2, c11, c12) "
-    "FROM {rows}")
 # An upsert, not OR REPLACE: a replace may delete a row first, which makes SQLite journal
 # every page the statement changes (see ``_one_row``).
 INSERT_FINGERPRINT_ROW = (
@@ -747,24 +711,13 @@ class TermCounts:
             yield self.rows(start, start + size)
 
 
-def _blob_row(row: list, blobs: list[bytes], offset: int) -> tuple[list, int]:
-    """``row`` with each of ``blobs`` as its (1-based) offset in the blob parameter and its
-    length; the offset of what follows."""
-    cut = list(row)
-    for blob in blobs:
-        cut += [offset, len(blob)]
-        offset += len(blob)
-    return cut, offset
-
-
 class StagedWrites:
     """What the writer decided for some sources' articles, not yet in the database.
 
     The writer stages each article's rows here instead of writing them a statement at a
-    time; ``write`` then writes them table by table: behind the writer (``WriteBehind``) in
-    a dozen statements, each over a JSON array of rows, which run without holding Python's
-    interpreter lock, so that the thread writes a write group while the writer decides the
-    next one; on the writer's own thread with parameters, a step a row.  The rows are those
+    time; ``write`` then writes them table by table, a statement each: in the writer's own
+    transaction, or in the write-behind process (``WriteBehind``), which writes a write
+    group while the writer decides the next one.  The rows are those
     that a statement per row would write: ids are given as SQLite gives them (one more than
     the largest), and a row updated several times ends with the values of its last update.
 
@@ -800,6 +753,16 @@ class StagedWrites:
     def clear(self) -> None:
         """Forget what is staged (once written)."""
         self.__init__()  # type: ignore[misc]
+
+    def rows_to_write(self) -> StagedWrites:
+        """What ``write`` needs, without what only reads need (keys as a set, signatures,
+        entries): handed to the write-behind process."""
+        rows = StagedWrites()
+        for name in ("stories", "articles", "article_updates", "fingerprints",
+                     "fingerprint_blobs", "keys", "relations", "history", "story_updates",
+                     "lines", "window_floor", "fetches", "source_states", "term_counts"):
+            setattr(rows, name, getattr(self, name))
+        return rows
 
     def let_rows_go(self) -> None:
         """Drop the rows once written, keeping what reads look up until the transaction is
@@ -954,38 +917,36 @@ class StagedWrites:
     # -- writing ------------------------------------------------------------------------------
 
     def write(self, conn: sqlite3.Connection,
-              search_rows: list[tuple[int, str, str]] | None = None, *,
-              as_json: bool = True) -> None:
-        """Write everything staged, through ``conn``, in an open transaction.
+              search_rows: list[tuple[int, str, str]] | None = None) -> None:
+        """Write everything staged, through ``conn``, in an open transaction: a statement a
+        table, stepped once a row.
 
         ``search_rows``: where the new articles' full-text rows go, for the transaction's
         commit to index (``Store.transaction``); without it they are indexed here.
-        ``as_json``: each statement over a JSON array of rows, which runs without the
-        interpreter lock (``WriteBehind``); else a step a row, with parameters, which costs
-        the writer's own thread less (a tenth of this step on a full window: the JSON is
-        neither encoded nor parsed), since nothing of it runs beside the statements there.
         """
-        write = partial(write_rows, conn, as_json=as_json)
-        write(INSERT_STORIES, self.stories, 5)
-        write(INSERT_ARTICLES, self.articles, 19, ARTICLES_CHUNK)
+        write = partial(write_rows, conn)
+        write(INSERT_STORIES, self.stories)
+        write(INSERT_ARTICLES, self.articles)
         write(COUNT_ARTICLES, [[source_id, count] for source_id, count
-                               in Counter(row[1] for row in self.articles).items()], 2)
-        write(UPDATE_ARTICLES, self.article_updates, 7)
-        self._write_fingerprints(conn, as_json)
-        write(INSERT_KEYS, self.keys, 2)
+                               in Counter(row[1] for row in self.articles).items()])
+        write(UPDATE_ARTICLES, self.article_updates)
+        conn.executemany(INSERT_FINGERPRINT_ROW, [
+            [*row, *blobs] for row, blobs in zip(self.fingerprints, self.fingerprint_blobs,
+                                                 strict=True)])
+        write(INSERT_KEYS, self.keys)
         write(UPDATE_RELATIONS, [[member, relation, similarity] for member,
-                                 (relation, similarity) in self.relations.items()], 3)
-        write(INSERT_HISTORY, self.history, 5)
-        write(UPDATE_STORIES, list(self.story_updates.values()), 7)
+                                 (relation, similarity) in self.relations.items()])
+        write(INSERT_HISTORY, self.history)
+        write(UPDATE_STORIES, list(self.story_updates.values()))
         write(COUNT_LINES, [[source_id, key, count, seen] for (source_id, key), (count, seen)
-                            in self.lines.items()], 4)
+                            in self.lines.items()])
         if self.window_floor is not None:
             Store.raise_window_floor(conn, self.window_floor)
-        write(INSERT_FETCHES, self.fetches, 10)
+        write(INSERT_FETCHES, self.fetches)
         self._write_source_states(write)
         for counts in self.term_counts:
             for rows in counts.chunks():
-                write(COUNT_TERMS, rows, 5)
+                write(COUNT_TERMS, rows)
             Store.count_documents(conn, counts.documents)
         if not self.articles:
             return
@@ -997,24 +958,6 @@ class StagedWrites:
             conn.execute("INSERT INTO articles_fts (rowid, title, text) SELECT id, title, "
                          "text FROM articles WHERE id BETWEEN ? AND ?",
                          [self.articles[0][0], self.articles[-1][0]])
-
-    def _write_fingerprints(self, conn: sqlite3.Connection, as_json: bool) -> None:
-        if not self.fingerprints:
-            return
-        if not as_json:
-            conn.executemany(INSERT_FINGERPRINT_ROW, [
-                [*row, *blobs] for row, blobs in zip(self.fingerprints, self.fingerprint_blobs,
-                                                     strict=True)])
-            return
-        rows, offset = [], 2
-        for row, blobs in zip(self.fingerprints, self.fingerprint_blobs, strict=True):
-            cut, offset = _blob_row(row, blobs, offset)
-            rows.append(cut)
-        # The row's strings are times and a JSON text: no NUL character reaches the JSON.
-        conn.execute(_with_rows(INSERT_FINGERPRINTS, 13, True),
-                     [json.dumps(rows, ensure_ascii=False),
-                      b"\0" + b"".join(blob for blobs in self.fingerprint_blobs
-                                       for blob in blobs)])
 
     def _write_source_states(self, write: Callable[..., None]) -> None:
         """The sources' new fetch states, in order; the states with the same columns in a
@@ -1031,8 +974,7 @@ class StagedWrites:
             write(f"UPDATE sources SET {assignments} FROM {{rows}} AS u "
                   "WHERE sources.id = u.c0",
                   [[source_id, *state.values()]
-                   for source_id, state in self.source_states[start:end]],
-                  len(columns) + 1)
+                   for source_id, state in self.source_states[start:end]])
             start = end
 
 
@@ -1165,40 +1107,93 @@ class StagedReads:
         return list(by_key.values())
 
 
-class WriteBehind:
-    """Writes staged write groups on a thread of its own, each in one transaction, in the
-    order given, through a connection of its own (the writer's reads its own)."""
+# The write-behind process's connection (``WriteBehind``), opened as the process starts.
+_behind_connection: sqlite3.Connection | None = None
 
-    def __init__(self, path: str):
+
+def _open_behind(path: str, initializer: Callable[[], None] | None) -> None:
+    global _behind_connection
+    if initializer is not None:
+        initializer()
+    _behind_connection = writer_connection(path)
+
+
+def _write_behind(rows: bytes) -> None:
+    """One write group's transaction, in the write-behind process: ``rows`` is the pickled
+    ``StagedWrites.rows_to_write``."""
+    conn = _behind_connection
+    assert conn is not None, "the write-behind process has no connection"
+    group = pickle.loads(rows)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        group.write(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        # After some errors (a full disk) SQLite has rolled back already.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _close_behind() -> None:
+    global _behind_connection
+    if _behind_connection is not None:
+        _behind_connection.close()
+        _behind_connection = None
+
+
+class WriteBehind:
+    """Writes staged write groups in a process of its own, each in one transaction, in the
+    order given, through a connection of its own (the writer reads through its own).
+
+    A process, not a thread: SQLite's work on a group (the rows, their indexes, the
+    full-text index, the commit and the checkpoints) then runs on another core than the
+    writer's decisions.  A thread shared the interpreter lock with the writer and gained
+    nothing over writing in place.  A group's rows are pickled when it is handed over and
+    let go here; what the writer's reads need of it (``StagedReads``) stays until it has
+    committed.  If the process dies, the group's future raises ``BrokenProcessPool`` (the
+    writer writes the group again itself) and the next group starts a fresh process.
+    """
+
+    def __init__(self, path: str, initializer: Callable[[], None] | None = None):
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._initializer = initializer
+        self._process: ProcessPoolExecutor | None = None
 
     def submit(self, group: StagedWrites) -> Future:
         """The group's transaction, queued; its future raises what made it fail (it was
         rolled back)."""
-        return self._thread.submit(self._write, group)
-
-    def _write(self, group: StagedWrites) -> None:
-        if self._conn is None:
-            self._conn = writer_connection(self.path)
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        rows = pickle.dumps(group.rows_to_write(), protocol=pickle.HIGHEST_PROTOCOL)
+        group.let_rows_go()
         try:
-            group.write(conn)
-            group.let_rows_go()
-            conn.execute("COMMIT")
-        except BaseException:
-            # After some errors (a full disk) SQLite has rolled back already.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            return self._started().submit(_write_behind, rows)
+        except BrokenProcessPool:
+            self._process = None
+            return self._started().submit(_write_behind, rows)
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._process is None:
+            # spawn, not fork: the daemon has threads, and a forked lock stays locked.
+            self._process = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_behind,
+                initargs=(self.path, self._initializer))
+        return self._process
+
+    @property
+    def pid(self) -> int | None:
+        """The write-behind process's id, once it has started (for benchmarks)."""
+        processes = getattr(self._process, "_processes", None) or {}
+        return next(iter(processes), None)
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Wait for the groups handed over; close the process's connection (its last
+        checkpoint) and the process."""
+        if self._process is None:
+            return
+        with suppress(BrokenProcessPool):
+            self._process.submit(_close_behind).result()
+        self._process.shutdown(wait=True)
+        self._process = None
 
 
 class Store:
@@ -1294,7 +1289,7 @@ class Store:
     def write_staged(self, conn: sqlite3.Connection, staged: StagedWrites) -> None:
         """Write what ``staged`` holds in the open transaction; its new articles enter the
         full-text index at ``index_new_articles``, or when the transaction commits."""
-        staged.write(conn, self._unindexed, as_json=False)
+        staged.write(conn, self._unindexed)
 
     @contextmanager
     def savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -1451,7 +1446,7 @@ class Store:
               a.content_hash, words, story_id, decision_json)
              for article_id, story_id, a, words, (published, fetched)
              in zip(article_ids, story_ids, articles, word_counts, times, strict=True)])
-        write_rows(conn, COUNT_ARTICLES, [[source_id, len(article_ids)]], 2, as_json=False)
+        write_rows(conn, COUNT_ARTICLES, [[source_id, len(article_ids)]])
         self._unindexed.extend((article_id, a.title, a.text)
                                for article_id, a in zip(article_ids, articles, strict=True))
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",

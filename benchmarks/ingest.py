@@ -101,11 +101,21 @@ def current_rss_mb() -> float:
 HAS_PROC = os.path.exists("/proc/self/stat")
 
 
-def worker_cpu_s(aggregator: Aggregator) -> dict[int, float]:
-    """The CPU seconds each of the aggregator's worker processes has used so far."""
+def worker_pids(aggregator: Aggregator) -> list[int]:
     pool = aggregator._workers
+    return list(pool._processes) if pool is not None else []
+
+
+def behind_pids(aggregator: Aggregator) -> list[int]:
+    """The write-behind process (``write_behind = true``), once started."""
+    pid = getattr(aggregator._write_behind, "pid", None)
+    return [] if pid is None else [pid]
+
+
+def cpu_s(pids: list[int]) -> dict[int, float]:
+    """The CPU seconds each of the processes ``pids`` has used so far."""
     used = {}
-    for pid in list(pool._processes) if pool is not None else []:
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
@@ -113,6 +123,23 @@ def worker_cpu_s(aggregator: Aggregator) -> dict[int, float]:
             continue
         used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
+
+
+def cpu_since(pids: list[int], before: dict[int, float]) -> float:
+    return sum(used - before.get(pid, 0.0) for pid, used in cpu_s(pids).items())
+
+
+def peak_rss_of_mb(pids: list[int]) -> float | None:
+    """The largest peak RSS (VmHWM) of the processes ``pids``; None without any."""
+    peaks = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                peaks += [int(line.split()[1]) / 1024 for line in status
+                          if line.startswith("VmHWM:")]
+        except OSError:
+            continue
+    return round(max(peaks), 1) if peaks else None
 
 
 def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
@@ -302,16 +329,18 @@ def main() -> None:
         articles = iter(stream)
         for size in sizes:
             stretch_busy, stretch_done, stretch_cpu, stretch_worker_cpu = 0.0, 0, 0.0, 0.0
+            stretch_behind_cpu = 0.0
             while done < size:
                 batch = list(islice(articles, min(args.chunk, size - done)))
-                workers_before = worker_cpu_s(aggregator)
+                workers_before = cpu_s(worker_pids(aggregator))
+                behind_before = cpu_s(behind_pids(aggregator))
                 cpu_before = time.process_time()
                 started = time.perf_counter()
                 ingest(aggregator, batch)
                 elapsed = time.perf_counter() - started
                 cpu = time.process_time() - cpu_before
-                worker_cpu = sum(used - workers_before.get(pid, 0.0)
-                                 for pid, used in worker_cpu_s(aggregator).items())
+                worker_cpu = cpu_since(worker_pids(aggregator), workers_before)
+                behind_cpu = cpu_since(behind_pids(aggregator), behind_before)
                 busy += elapsed
                 done += len(batch)
                 # The rate reported is that of the last tenth of the way to this size, so
@@ -321,6 +350,7 @@ def main() -> None:
                     stretch_done += len(batch)
                     stretch_cpu += cpu
                     stretch_worker_cpu += worker_cpu
+                    stretch_behind_cpu += behind_cpu
             since_report = size
             clusterer = aggregator.clusterer
             window = clusterer.window_size
@@ -329,6 +359,8 @@ def main() -> None:
             terms_in_memory = len(clusterer.vocabulary.ids)
             term_numbers = len(clusterer.vocabulary)
             rss_now = current_rss_mb()
+            worker_peak = peak_rss_of_mb(worker_pids(aggregator))
+            behind_peak = peak_rss_of_mb(behind_pids(aggregator))
             del clusterer
             aggregator.close()
             aggregator = None  # gone before its successor is built, as in a real restart
@@ -344,8 +376,14 @@ def main() -> None:
                 "cpu_ms_per_article": round(stretch_cpu * 1000 / stretch_done, 3),
                 "worker_cpu_ms_per_article": round(stretch_worker_cpu * 1000 / stretch_done, 3)
                 if HAS_PROC else None,
+                # The write-behind process's (``write_behind = true``).
+                "behind_cpu_ms_per_article": round(stretch_behind_cpu * 1000 / stretch_done, 3)
+                if HAS_PROC and args.write_behind else None,
                 "window_articles": window,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
+                # The other processes' own peaks: the largest worker's, the write-behind's.
+                "worker_peak_rss_mb": worker_peak,
+                "behind_peak_rss_mb": behind_peak,
                 "rss_mb": round(rss_now, 1),
                 "index_bytes_per_article": round(index_bytes / max(1, window)),
                 "terms": terms,
@@ -357,6 +395,9 @@ def main() -> None:
             rows.append(row)
             workers_cpu = ("unknown" if row["worker_cpu_ms_per_article"] is None
                            else f"{row['worker_cpu_ms_per_article']:.2f}")
+            if row["behind_cpu_ms_per_article"] is not None:
+                workers_cpu += (f", {row['behind_cpu_ms_per_article']:.2f} writing behind "
+                                f"(peak RSS {row['behind_peak_rss_mb']} MB)")
             print(f"{done:>9,} articles: {row['articles_per_s']:,.0f}/s "
                   f"(mean {row['mean_articles_per_s']:,.0f}/s; CPU {row['cpu_ms_per_article']:.2f} "
                   f"ms an article in the writer's process, {workers_cpu} in workers), "

@@ -58,7 +58,15 @@ def serve(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     from concurrent.futures import wait
 
-    from ingest import ingest, make_aggregator, peak_rss_mb, worker_cpu_s
+    from ingest import (
+        behind_pids,
+        cpu_s,
+        cpu_since,
+        ingest,
+        make_aggregator,
+        peak_rss_mb,
+        worker_pids,
+    )
     from stream import SyntheticStream
 
     import aggregator
@@ -78,13 +86,13 @@ def serve(args: argparse.Namespace) -> None:
         if line.strip() != "chunk":
             break
         chunk = list(islice(articles, args.chunk))
-        workers_before = worker_cpu_s(runner)
+        # The worker processes' CPU, and the write-behind process's with it.
+        others_before = cpu_s(worker_pids(runner) + behind_pids(runner))
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         ingest(runner, chunk)
         wall = time.perf_counter() - wall_before
         cpu = time.process_time() - cpu_before
-        workers = sum(used - workers_before.get(pid, 0.0)
-                      for pid, used in worker_cpu_s(runner).items())
+        workers = cpu_since(worker_pids(runner) + behind_pids(runner), others_before)
         reply({"articles": len(chunk), "wall_s": wall, "cpu_s": cpu, "workers_cpu_s": workers,
                "peak_rss_mb": peak_rss_mb()})
     runner.close()

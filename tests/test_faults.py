@@ -9,8 +9,16 @@ import sys
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
+from behind_faults import (
+    dies_in_first_write,
+    groups_fail,
+    pragma_on_connect,
+    rows_of_guid_fail,
+    write_behind_with,
+)
 from conftest import DATA, ROOT, SEED_FEEDS, write_config
 
 import aggregator.pipeline as pipeline
@@ -19,7 +27,7 @@ from aggregator.check import check_store
 from aggregator.config import Config, Source, load_config
 from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator, load_clusterer
-from aggregator.store import StagedWrites, WriteBehind
+from aggregator.store import StagedWrites
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -37,8 +45,8 @@ def test_fault_campaign_short(tmp_path):
 
 
 def _on_every_writer(aggregator, monkeypatch, pragma):
-    """``pragma`` on every connection that writes the store: the writer's, and the one the
-    write-behind thread opens (or has opened)."""
+    """``pragma`` on every connection that writes the store: the writer's, those it opens
+    later, and the one of a fresh write-behind process."""
     opened = store_module.writer_connection
 
     def set_up(path):
@@ -46,10 +54,9 @@ def _on_every_writer(aggregator, monkeypatch, pragma):
         conn.execute(pragma)
         return conn
     monkeypatch.setattr(store_module, "writer_connection", set_up)
-    behind = aggregator._write_behind
-    for conn in (aggregator.store.db.conn, behind and behind._conn):
-        if conn is not None:
-            conn.execute(pragma)
+    aggregator.store.db.conn.execute(pragma)
+    if aggregator._writes_behind():
+        write_behind_with(aggregator, partial(pragma_on_connect, pragma))
 
 
 @pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
@@ -146,7 +153,7 @@ def _entries(numbers, prefix="g"):
             for n in numbers]
 
 
-def _fail_while_decided(monkeypatch, guid):
+def _fail_while_decided(aggregator, monkeypatch, guid):
     """The article ``guid`` fails while its source's rows are decided and staged."""
     staged = StagedWrites.insert_article
 
@@ -157,16 +164,18 @@ def _fail_while_decided(monkeypatch, guid):
     monkeypatch.setattr(StagedWrites, "insert_article", flaky)
 
 
-def _fail_while_written(monkeypatch, guid):
-    """Writing rows that include the article ``guid`` fails: in the write-behind thread's
+def _fail_while_written(aggregator, monkeypatch, guid):
+    """Writing rows that include the article ``guid`` fails: in the write-behind process's
     transaction, and again in the source's own savepoint when the group is written again."""
     write = StagedWrites.write
 
-    def flaky(self, conn, search_rows=None, **how):
-        write(self, conn, search_rows, **how)
+    def flaky(self, conn, search_rows=None):
+        write(self, conn, search_rows)
         if any(row[2] == guid for row in self.articles):
             raise sqlite3.OperationalError("disk I/O error")
     monkeypatch.setattr(StagedWrites, "write", flaky)
+    if aggregator._writes_behind():
+        write_behind_with(aggregator, partial(rows_of_guid_fail, guid, "disk I/O error"))
 
 
 def _fail_commit(aggregator, monkeypatch):
@@ -174,15 +183,13 @@ def _fail_commit(aggregator, monkeypatch):
         # As a COMMIT that fails: the transaction is left open, to be rolled back.
         raise sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(aggregator.store, "index_and_commit", failing_commit)
-
-    def failing_group(self, group):
-        raise sqlite3.OperationalError("database or disk is full")
-    monkeypatch.setattr(WriteBehind, "_write", failing_group)
+    if aggregator._writes_behind():
+        write_behind_with(aggregator, partial(groups_fail, "database or disk is full"))
 
 
 @pytest.mark.parametrize("fail", [
-    lambda aggregator, monkeypatch: _fail_while_decided(monkeypatch, "g4"),
-    lambda aggregator, monkeypatch: _fail_while_written(monkeypatch, "g4"),
+    lambda aggregator, monkeypatch: _fail_while_decided(aggregator, monkeypatch, "g4"),
+    lambda aggregator, monkeypatch: _fail_while_written(aggregator, monkeypatch, "g4"),
     _fail_commit], ids=["decided", "written", "commit"])
 def test_a_failed_write_leaves_the_clusterer_as_the_store_is(tmp_path, monkeypatch, fail):
     straight = _desk(tmp_path, "straight")
@@ -246,7 +253,7 @@ def test_a_group_keeps_the_sources_whose_writes_succeed(tmp_path, monkeypatch, f
     aggregator = _desk(tmp_path, "grouped", sources, write_behind)
     # The second source's second article: after the first of its articles was placed.  The
     # group's transaction fails as one, and is written again source by source.
-    fail(monkeypatch, "second4")
+    fail(aggregator, monkeypatch, "second4")
     reports = aggregator.ingest_group(batches)
     assert [r.outcome for r in reports] == ["ok", "store_error", "ok"]
     assert "disk I/O error" in reports[1].error
@@ -325,11 +332,11 @@ def _give_up_in_third(aggregator, monkeypatch):
     the second waiting in it for the commit."""
     write = StagedWrites.write
 
-    def giving_up(self, conn, search_rows=None, **how):
+    def giving_up(self, conn, search_rows=None):
         if any(row[2].startswith("third") for row in self.articles):
             conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("database or disk is full")
-        write(self, conn, search_rows, **how)
+        write(self, conn, search_rows)
     monkeypatch.setattr(StagedWrites, "write", giving_up)
 
 
@@ -376,6 +383,8 @@ def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch, write_be
         reports = aggregator.ingest_group([
             ("first", 0, _entries(range(3, 6), "first"), fetched, None),
             ("second", 0, _entries(range(6, 9), "second"), fetched, None)])
+    if write_behind:
+        write_behind_with(aggregator)  # a write-behind process whose commits succeed
     assert [r.outcome for r in reports] == ["store_error", "store_error"]
     assert _articles(aggregator) == before
     assert _window_is_the_store(aggregator)
@@ -383,5 +392,35 @@ def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch, write_be
     # Nothing of the failed group is held over for the next transaction's index rows.
     aggregator.ingest_group([("second", 0, _entries(range(6, 9), "second"), fetched, None)])
     assert _search_index_is_the_articles(aggregator)
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
+
+
+def test_a_write_behind_process_that_dies_loses_no_group(tmp_path, caplog):
+    """A write-behind process killed while it writes: the writer writes the group again
+    itself, and the next group goes to a fresh process."""
+    fetched = datetime(2026, 3, 1, tzinfo=UTC)
+    straight = _desk(tmp_path, "straight", ("first", "second"))
+    for name, numbers in (("first", range(3)), ("second", range(3, 6))):
+        straight.ingest_group([(name, 0, _entries(numbers, name), fetched, None)])
+    expected = _articles(straight)
+    straight.close()
+
+    aggregator = _desk(tmp_path, "behind", ("first", "second"), write_behind=True)
+    write_behind_with(aggregator, partial(dies_in_first_write, str(tmp_path / "died")))
+    reports = aggregator.ingest_group([("first", 0, _entries(range(3), "first"), fetched,
+                                        None)])
+    assert [r.outcome for r in reports] == ["ok"]
+    assert (tmp_path / "died").exists() and "written again" in caplog.text
+    assert _reader_count(aggregator.store.path) == 3
+    dead = aggregator._write_behind.pid
+    caplog.clear()
+    reports = aggregator.ingest_group([("second", 0, _entries(range(3, 6), "second"),
+                                        fetched, None)])
+    assert [r.outcome for r in reports] == ["ok"]
+    assert "written again" not in caplog.text
+    assert aggregator._write_behind.pid not in (None, dead)
+    assert _articles(aggregator) == expected
+    assert _window_is_the_store(aggregator) and _search_index_is_the_articles(aggregator)
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()

@@ -54,10 +54,10 @@ def fail_to_record(aggregator, source: str, error: str, monkeypatch) -> None:
 
 def count_transactions(aggregator, monkeypatch) -> list[int]:
     """A list that grows by one at each write transaction the aggregator opens, on its
-    thread or on the write-behind thread."""
+    thread or in the write-behind process (a group handed to it)."""
     transactions = []
     original = aggregator.store.begin
-    written_behind = WriteBehind._write
+    handed_over = WriteBehind.submit
 
     def counted():
         transactions.append(1)
@@ -65,10 +65,10 @@ def count_transactions(aggregator, monkeypatch) -> list[int]:
 
     def counted_behind(behind, group):
         transactions.append(1)
-        return written_behind(behind, group)
+        return handed_over(behind, group)
 
     monkeypatch.setattr(aggregator.store, "begin", counted)
-    monkeypatch.setattr(WriteBehind, "_write", counted_behind)
+    monkeypatch.setattr(WriteBehind, "submit", counted_behind)
     return transactions
 
 

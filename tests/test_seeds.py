@@ -6,9 +6,12 @@ import json
 import shutil
 import sqlite3
 import threading
+import time
 from dataclasses import replace
+from functools import partial
 
 import pytest
+from behind_faults import pause_in_write, write_behind_with
 from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
 
@@ -129,26 +132,36 @@ def test_unrelated_stories_stay_out_of_the_lavrov_story(tmp_path, seed_dir):
 def test_dashboard_reads_while_a_pass_is_writing(seed_config, monkeypatch, write_behind):
     config = replace(load_config(seed_config), write_behind=write_behind)
     aggregator = Aggregator(config)
-    inside_write = threading.Event()
-    release = threading.Event()
-    original = StagedWrites.write
+    # The write pauses with its rows written and its transaction open; in the write-behind
+    # process it says so, and is released, through files.
+    inside_write, release = seed_config.parent / "inside", seed_config.parent / "release"
+    if write_behind:
+        write_behind_with(aggregator, partial(pause_in_write, str(inside_write),
+                                              str(release)))
+    else:
+        original = StagedWrites.write
 
-    def slow_write(staged, conn, search_rows=None, **how):
-        original(staged, conn, search_rows, **how)
-        inside_write.set()
-        assert release.wait(10)
+        def slow_write(staged, conn, search_rows=None):
+            original(staged, conn, search_rows)
+            inside_write.touch()
+            deadline = time.monotonic() + 10
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
 
-    monkeypatch.setattr(StagedWrites, "write", slow_write)
+        monkeypatch.setattr(StagedWrites, "write", slow_write)
     worker = threading.Thread(target=aggregator.run_pass)
     worker.start()
     try:
-        assert inside_write.wait(10)
+        deadline = time.monotonic() + 30
+        while not inside_write.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert inside_write.exists()
         reader = sqlite3.connect(config.database, timeout=1)
         rows = reader.execute("SELECT count(*) FROM article_stories").fetchone()
         assert rows == (0,)  # the uncommitted write is invisible, and nothing blocks
         reader.close()
     finally:
-        release.set()
+        release.touch()
         worker.join(10)
         aggregator.close()
     reader = sqlite3.connect(config.database)

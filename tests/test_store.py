@@ -206,24 +206,21 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
      "UPDATE t SET b = ?2, c = (SELECT x FROM s WHERE id = ?2), d = ?11 WHERE t.id = ?1"),
 ])
 def test_rows_written_one_at_a_time_use_statements_of_one_row(statement, one_row):
-    from aggregator.store import _with_rows
+    from aggregator.store import _one_row
 
-    assert _with_rows(statement, 11, False) == one_row
-    assert "json_each(?1)" in _with_rows(statement, 11, True)
+    assert _one_row(statement) == one_row
 
 
 def test_every_statement_written_a_row_at_a_time_has_a_one_row_form():
     import aggregator.store as store_module
-    from aggregator.store import INSERT_FINGERPRINTS, _with_rows
+    from aggregator.store import _one_row
 
-    # Fingerprints a row at a time have a statement of their own (INSERT_FINGERPRINT_ROW).
     statements = [value for name, value in vars(store_module).items()
-                  if name.isupper() and isinstance(value, str) and "{rows}" in value
-                  and value != INSERT_FINGERPRINTS]
+                  if name.isupper() and isinstance(value, str) and "{rows}" in value]
     assert len(statements) >= 10
     store = Store(":memory:")
     for statement in statements:
-        one_row = _with_rows(statement, 20, False)
+        one_row = _one_row(statement)
         assert "{rows}" not in one_row and "SELECT c0" not in one_row and "u.c" not in one_row
         parameters = max(int(n) for n in re.findall(r"\?(\d+)", one_row))
         store.db.conn.execute("EXPLAIN " + one_row, [None] * parameters)  # valid here
@@ -370,23 +367,23 @@ def _staged_article(staged, number: int, text: str, source_id: int = 1, lines=No
     "Plain words.", "", "a NUL \x00 inside", "\x00", "non-ASCII: Zürich, Кремль, 北京, 🚢",
     'quotes " and \\ backslashes', "line\nbreaks\tand\rreturns", "\u2028\u2029 separators"])
 @pytest.mark.parametrize("count", [1, 3])
-@pytest.mark.parametrize("behind", [False, True], ids=["in place", "as behind"])
+@pytest.mark.parametrize("behind", [False, True], ids=["in place", "behind"])
 def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count, behind):
-    """Staged rows reach SQLite as parameters on the writer's thread, and as JSON where they
-    are written behind it (a row or two as parameters there too); JSON cannot carry a NUL
-    character: such rows go in a statement each instead.  Every text, blob and number is
-    stored as it was given, either way."""
-    from aggregator.store import StagedWrites
+    """Staged rows reach SQLite as parameters, in the writer's transaction or pickled to the
+    write-behind process (which indexes the full-text rows at once): every text, blob and
+    number is stored as it was given, either way."""
+    from aggregator.store import StagedWrites, WriteBehind
 
     store = Store(str(tmp_path / "a.db"))
     store.sync_sources(_sources())
     staged = StagedWrites()
     articles = [_staged_article(staged, number, text) for number in range(1, count + 1)]
-    with store.transaction() as conn:
-        if behind:
-            # As ``WriteBehind`` writes a group: JSON statements, the full-text rows at once.
-            staged.write(conn)
-        else:
+    if behind:
+        writer = WriteBehind(store.path)
+        writer.submit(staged).result()
+        writer.close()
+    else:
+        with store.transaction() as conn:
             store.write_staged(conn, staged)
     rows = store.db.execute("SELECT title, text, similarity, typeof(similarity), relation, "
                             "story_id, published FROM articles ORDER BY id").fetchall()
@@ -422,7 +419,7 @@ def _counted(term: str, stored_id: int, last_article: int):
 
 def test_reads_count_a_group_written_behind_once_before_and_after_its_commit(tmp_path):
     """The writer reads the store with the staged groups not yet written added: a group
-    handed to the write-behind thread counts once, whether the snapshot read holds it or
+    handed to the write-behind process counts once, whether the snapshot read holds it or
     not, and ids go on after its rows."""
     from datetime import UTC, datetime
 
