@@ -742,8 +742,8 @@ class StagedWrites:
         self.fetches: list[list] = []
         self.source_states: list[tuple[int, dict[str, object]]] = []
         self.term_counts: list[TermCounts] = []
-        self._terms_by_name: dict[str, tuple] | None = None
-        self._terms_by_id: dict[int, tuple] | None = None
+        self._terms_by_name: dict[str, int] | None = None
+        self._terms_by_id: dict[int, int] | None = None
         # What reads need of the new articles once their rows are let go: (source id,
         # published) each, and the smallest id, the first staged (they are numbered on from
         # the largest stored: once a snapshot of the database holds it, it holds them all).
@@ -901,14 +901,26 @@ class StagedWrites:
     def term_row(self, term: str | None = None,
                  stored_id: int | None = None) -> tuple[int, str, int, float, int] | None:
         """The staged counts of a term, by name or by stored id, as ``COUNT_TERMS`` adds
-        them (a group counts each term once)."""
-        if self._terms_by_name is None or self._terms_by_id is None:
-            rows = [row for counts in self.term_counts
-                    for row in counts.rows(0, len(counts.terms))]
-            self._terms_by_name = {row[1]: row for row in rows}
-            self._terms_by_id = {row[0]: row for row in rows}
-        return self._terms_by_name.get(term) if term is not None \
-            else self._terms_by_id.get(stored_id)
+        them (a group counts each term once; of counts absorbed, the last)."""
+        # Positions, not rows: a group counts tens of thousands of terms, and a read asks
+        # for a few of them while the group is written behind.
+        if term is not None:
+            if self._terms_by_name is None:
+                names = [name for counts in self.term_counts for name in counts.terms]
+                self._terms_by_name = dict(zip(names, range(len(names)), strict=True))
+            position = self._terms_by_name.get(term)
+        else:
+            if self._terms_by_id is None:
+                ids = [stored for counts in self.term_counts for stored in counts.ids.tolist()]
+                self._terms_by_id = dict(zip(ids, range(len(ids)), strict=True))
+            position = self._terms_by_id.get(stored_id)
+        if position is None:
+            return None
+        for counts in self.term_counts:
+            if position < len(counts.terms):
+                return counts.rows(position, position + 1)[0]
+            position -= len(counts.terms)
+        raise AssertionError("a term position past the counts")
 
     def entries_since(self, source_id: int, since_iso: str) -> int:
         return sum(1 for source, published in self.entries

@@ -22,14 +22,11 @@ terms and their signature), ``stage article`` (the article's rows, placed in its
 its fingerprint and identity keys, staged), ``stage story outcome`` (the other members'
 relations when the canonical changed, the story row), ``term counts`` (the term
 statistics' rows, once per write group), ``write staged rows`` (every staged row in a
-dozen statements: on the write-behind thread, while the writer decides the next group),
-``waiting for the write-behind thread`` (the writer, when the group before has not yet
-committed); with clustering off, ``insert_solo_articles`` (a batch of articles, each its own
-story, without fingerprints).  The steps of the two threads overlap: their figures add up
-to more than the wall time.
+dozen statements, in the writer's transaction), ``settling write groups`` (the commits of
+the transactions that groups share); with clustering off, ``insert_solo_articles`` (a
+batch of articles, each its own story, without fingerprints).
 ``--detail`` times the parts of those steps as well (each part is also in its step's
-figure), and what happens around them: template lines, identity keys, eviction, the
-write-behind thread's whole transaction (its commit and the full-text index included).
+figure), and what happens around them: template lines, identity keys, eviction.
 The last line is one JSON object.
 """
 
@@ -62,7 +59,6 @@ from aggregator.store import (  # noqa: E402
     StagedReads,
     StagedWrites,
     Store,
-    WriteBehind,
     utcnow,
 )
 
@@ -75,7 +71,7 @@ TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
            (StagedWrites, "apply_story_outcome", "stage story outcome"),
            (pipeline.Aggregator, "_take_tallies", "term counts"),
            (StagedWrites, "write", "write staged rows"),
-           (pipeline.Aggregator, "_settle_in_flight", "waiting for the write-behind thread"),
+           (pipeline.Aggregator, "_settle_in_flight", "settling write groups (commits)"),
            (Store, "insert_solo_articles", "insert_solo_articles")]
 
 # With --detail: the parts of the steps above, and the rest of a transaction's work.
@@ -98,7 +94,6 @@ DETAIL_TARGETS = [
     (StagedReads, "known_keys", "identity keys look-up"),
     (pipeline.Aggregator, "_evict", "eviction"),
     (pipeline.Aggregator, "_forget_unseen_terms", "terms leaving memory"),
-    (WriteBehind, "_write", "write-behind transaction"),
 ]
 
 

@@ -556,3 +556,24 @@ def test_term_counts_become_the_terms_each_article_counted(tmp_path, seed_config
         conn.execute("DELETE FROM articles WHERE id = 99")
     assert check_store(store, config.clustering) == []
     store.close()
+
+
+def test_staged_term_rows_are_found_by_name_and_by_id_the_last_counts_winning():
+    import numpy as np
+
+    from aggregator.store import StagedWrites, TermCounts
+
+    staged = StagedWrites()
+    staged.count_terms(TermCounts(2, np.array([7, 8]), ["harbour", "ferry"], np.array([2, 1]),
+                                  np.array([0.001, 0.002]), np.array([3, 4])))
+    staged.count_terms(TermCounts(1, np.array([9, 7]), ["tram", "harbour"], np.array([1, 1]),
+                                  np.array([0.003, 0.001]), np.array([5, 5])))
+    assert staged.term_row(term="ferry") == (8, "ferry", 1, 0.002, 4)
+    assert staged.term_row(term="harbour") == (7, "harbour", 1, 0.001, 5)
+    assert staged.term_row(stored_id=9) == (9, "tram", 1, 0.003, 5)
+    assert staged.term_row(stored_id=7) == (7, "harbour", 1, 0.001, 5)
+    assert staged.term_row(term="comet") is None and staged.term_row(stored_id=1) is None
+    # Counts staged later are found too.
+    staged.count_terms(TermCounts(1, np.array([10]), ["comet"], np.array([1]),
+                                  np.array([0.004]), np.array([6])))
+    assert staged.term_row(term="comet") == (10, "comet", 1, 0.004, 6)

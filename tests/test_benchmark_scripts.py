@@ -1,0 +1,38 @@
+"""The benchmark scripts run, on tiny inputs: each hooks into the package's internals (the
+steps it times, the processes it measures), which a change can leave behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def _last_json(*arguments: str) -> dict:
+    done = subprocess.run([sys.executable, *arguments], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_writer_benchmark_times_every_step():
+    result = _last_json("benchmarks/writer.py", "--feeds", "5", "--detail")
+    assert result["articles"] == 100
+    stages = result["stages_ms_per_article"]
+    assert stages["propose"] > 0 and stages["write staged rows"] > 0
+    assert "commit: canonical election" in stages
+
+
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_the_ingest_benchmark_reports_every_process(tmp_path, write_behind):
+    result = _last_json("benchmarks/ingest.py", "--sizes", "400", "--naive-sample", "40",
+                        *(["--write-behind"] if write_behind else []))
+    assert result["articles"] == 400 and result["speedup_vs_naive"] > 0
+    assert result["worker_peak_rss_mb"] > 0
+    if write_behind:
+        assert result["behind_peak_rss_mb"] > 0 and result["behind_cpu_ms_per_article"] > 0
+    else:
+        assert result["behind_peak_rss_mb"] is None
