@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import pickle
 import re
 import sqlite3
@@ -1119,26 +1120,35 @@ class StagedReads:
         return list(by_key.values())
 
 
-# The write-behind process's connection (``WriteBehind``), opened as the process starts.
+# The write-behind process's connection (``WriteBehind``), opened as the process starts, and
+# the writer's process id.
 _behind_connection: sqlite3.Connection | None = None
+_behind_writer: int | None = None
 
 
-def _open_behind(path: str, initializer: Callable[[], None] | None) -> None:
-    global _behind_connection
+def _open_behind(path: str, writer: int, initializer: Callable[[], None] | None) -> None:
+    global _behind_connection, _behind_writer
     if initializer is not None:
         initializer()
-    _behind_connection = writer_connection(path)
+    _behind_connection, _behind_writer = writer_connection(path), writer
 
 
 def _write_behind(rows: bytes) -> None:
     """One write group's transaction, in the write-behind process: ``rows`` is the pickled
-    ``StagedWrites.rows_to_write``."""
+    ``StagedWrites.rows_to_write``.
+
+    Not committed once the writer is gone (killed): a writer restarted meanwhile has read
+    the store without the group, and would never learn of it.  Rolled back, the group's
+    sources are fetched again, as after any transaction lost with a killed writer.
+    """
     conn = _behind_connection
     assert conn is not None, "the write-behind process has no connection"
     group = pickle.loads(rows)
     conn.execute("BEGIN IMMEDIATE")
     try:
         group.write(conn)
+        if os.getppid() != _behind_writer:
+            raise StoreError("the writer is gone: its write group is not committed")
         conn.execute("COMMIT")
     except BaseException:
         # After some errors (a full disk) SQLite has rolled back already.
@@ -1164,7 +1174,8 @@ class WriteBehind:
     nothing over writing in place.  A group's rows are pickled when it is handed over and
     let go here; what the writer's reads need of it (``StagedReads``) stays until it has
     committed.  If the process dies, the group's future raises ``BrokenProcessPool`` (the
-    writer writes the group again itself) and the next group starts a fresh process.
+    writer writes the group again itself) and the next group starts a fresh process.  If
+    the writer dies, the group is rolled back (``_write_behind``).
     """
 
     def __init__(self, path: str, initializer: Callable[[], None] | None = None):
@@ -1188,7 +1199,7 @@ class WriteBehind:
             # spawn, not fork: the daemon has threads, and a forked lock stays locked.
             self._process = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_behind,
-                initargs=(self.path, self._initializer))
+                initargs=(self.path, os.getpid(), self._initializer))
         return self._process
 
     @property

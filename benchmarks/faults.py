@@ -4,6 +4,7 @@ every invariant holds and the stories equal those of an uninterrupted run.
 
     python benchmarks/faults.py --kills 100            # the long campaign
     python benchmarks/faults.py --kills 5 --feeds 8    # a quick one
+    python benchmarks/faults.py --write-behind         # groups written by their own process
 
 Work goes in rounds: a fresh database; passes started and killed at a random moment until one
 completes on its own; then the round is verified.  ``served`` counts the entries the farm sent
@@ -48,13 +49,16 @@ def stories_by_guid(database: str) -> set[frozenset[str]]:
 
 
 def campaign(kills: int, feeds: int, entries: int, seed: int, workdir: Path,
-             log=print) -> dict:
+             log=print, write_behind: bool = False) -> dict:
+    """``write_behind``: the daemon runs with ``write_behind = true`` (the reference run
+    too), so that a kill can come while its write-behind process holds a transaction."""
+    extra = "write_behind = true" if write_behind else ""
     rng = random.Random(seed)
     farm = Farm(feeds, entries, seed=seed)
     try:
         # The uninterrupted reference run, also timing one full pass.
         reference = workdir / "reference.toml"
-        write_farm_config(reference, farm.urls(), str(workdir / "reference.db"))
+        write_farm_config(reference, farm.urls(), str(workdir / "reference.db"), extra)
         started = time.monotonic()
         process = run_once(reference)
         _out, err = process.communicate()
@@ -72,7 +76,7 @@ def campaign(kills: int, feeds: int, entries: int, seed: int, workdir: Path,
             totals["rounds"] += 1
             config = workdir / f"round-{totals['rounds']}.toml"
             database = str(workdir / f"round-{totals['rounds']}.db")
-            write_farm_config(config, farm.urls(), database)
+            write_farm_config(config, farm.urls(), database, extra)
             farm.served.clear()
             while True:
                 process = run_once(config)
@@ -104,6 +108,7 @@ def campaign(kills: int, feeds: int, entries: int, seed: int, workdir: Path,
             if not equal:
                 log(f"round {totals['rounds']}: stories differ from the uninterrupted run")
         return {**totals, "feeds": feeds, "entries_per_feed": entries,
+                "write_behind": write_behind,
                 "stories_equal_to_uninterrupted": all_equal,
                 "uninterrupted_pass_s": round(full_pass_s, 2)}
     finally:
@@ -116,9 +121,12 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=40)
     parser.add_argument("--entries", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--write-behind", action="store_true",
+                        help="the daemon with write_behind = true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="faults-") as workdir:
-        result = campaign(args.kills, args.feeds, args.entries, args.seed, Path(workdir))
+        result = campaign(args.kills, args.feeds, args.entries, args.seed, Path(workdir),
+                          write_behind=args.write_behind)
     print(json.dumps(result))
 
 

@@ -132,6 +132,54 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_group_written_behind_is_not_committed_once_the_daemon_is_killed(seed_config):
+    """The daemon killed while its write-behind process holds a write group's transaction:
+    the group is rolled back, not committed after the daemon's end, where a daemon restarted
+    meanwhile would have read the store without it.  (Its sources are fetched again.)"""
+    from conftest import ROOT
+
+    inside, release = seed_config.parent / "inside", seed_config.parent / "release"
+    script = ("import sys, threading, time\n"
+              "from dataclasses import replace\n"
+              "from functools import partial\n"
+              f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+              "from behind_faults import pause_in_write, write_behind_with\n"
+              "from aggregator.config import load_config\n"
+              "from aggregator.pipeline import Aggregator\n"
+              "aggregator = Aggregator(replace(load_config(sys.argv[1], environ={}),\n"
+              "                                write_behind=True))\n"
+              "write_behind_with(aggregator, partial(pause_in_write, sys.argv[2], sys.argv[3]))\n"
+              "threading.Thread(target=aggregator.run_pass, daemon=True).start()\n"
+              "while aggregator._write_behind.pid is None or not __import__('os').path.exists(\n"
+              "        sys.argv[2]):\n"
+              "    time.sleep(0.01)\n"
+              "print(aggregator._write_behind.pid, flush=True)\n"
+              "sys.stdin.read()\n")
+    process = subprocess.Popen([sys.executable, "-c", script, str(seed_config), str(inside),
+                                str(release)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        behind = int(process.stdout.readline())
+        assert _running(behind)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    try:
+        release.touch()  # the group's rows are written: the transaction would commit now
+        database = load_config(seed_config, environ={}).database
+        conn = sqlite3.connect(database, timeout=30, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # once the write-behind transaction has ended
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT count(*) FROM articles").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM sources WHERE etag IS NOT NULL "
+                            "OR last_status IS NOT NULL").fetchone() == (0,)
+        conn.close()
+    finally:
+        # This process was not told to exit with the daemon (the daemon's are:
+        # test_worker_processes_exit_when_the_daemon_is_killed).
+        os.kill(behind, signal.SIGKILL)
+
+
 def test_worker_processes_exit_when_the_daemon_is_killed(seed_config):
     """SIGKILL (or the kernel's out-of-memory killer) gives the daemon no chance to stop its
     workers; they must not wait for work for ever."""

@@ -32,11 +32,12 @@ from aggregator.store import StagedWrites
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def test_fault_campaign_short(tmp_path):
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in place", "behind"])
+def test_fault_campaign_short(tmp_path, write_behind):
     from faults import campaign
 
     result = campaign(kills=3, feeds=6, entries=3, seed=11, workdir=tmp_path,
-                      log=lambda *_: None)
+                      log=lambda *_: None, write_behind=write_behind)
     assert result["kills"] >= 3
     assert result["served"] > 0 and result["stored"] == result["served"]
     assert result["lost"] == 0 and result["duplicates"] == 0
