@@ -18,6 +18,7 @@ datasketch's own ``MinHash`` and ``LeanMinHash``.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import operator
@@ -27,12 +28,13 @@ import struct
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
 from itertools import islice, repeat
 
+import msgpack
 import numpy as np
 import Stemmer
 import wordfreq
@@ -240,13 +242,15 @@ class EnglishFrequencies:
     """
 
     def __init__(self) -> None:
-        pack = wordfreq.read_cBpack(wordfreq.available_languages("best")["en"])
-        hashes = np.fromiter((_key(word) for bucket in pack for word in bucket),
-                             dtype=np.int64, count=sum(map(len, pack)))
-        buckets = np.repeat(np.arange(len(pack), dtype=np.uint16), [len(b) for b in pack])
+        hashed, sizes = [], []
+        for bucket in _english_buckets():
+            hashed.append(np.fromiter(map(_key, bucket), dtype=np.int64, count=len(bucket)))
+            sizes.append(len(bucket))
+        hashes = np.concatenate(hashed)
+        buckets = np.repeat(np.arange(len(sizes), dtype=np.uint16), sizes)
         order = np.argsort(hashes, kind="stable")
         self._hashes, self._buckets = hashes[order], buckets[order]
-        self._bucket_frequency = [wordfreq.cB_to_freq(-index) for index in range(len(pack))]
+        self._bucket_frequency = [wordfreq.cB_to_freq(-index) for index in range(len(sizes))]
         self._minimum = wordfreq.zipf_to_freq(0.0)
         # A plain word (``_plain``) is its own one token, so its value follows its bucket
         # alone: worked out once for each bucket, and for a word not listed, by ``zipf``.
@@ -318,6 +322,23 @@ def _plain(word: str) -> bool:
     """Whether wordfreq's English tokeniser leaves ``word`` one token, itself, with no digit
     to smash: lower-case ASCII letters (checked against every such word of its list)."""
     return word.isascii() and word.isalpha() and word.islower()
+
+
+def _english_buckets() -> Iterator[list[str]]:
+    """wordfreq's English word list (``wordfreq.read_cBpack``'s lists: bucket ``i`` holds
+    the words of ``-i`` centibels), read as a stream, a bucket at a time.  Read whole, its
+    321,180 strings took 20 MB that the heap of every process that reads it kept after they
+    were freed: the writer's and each worker's."""
+    path = wordfreq.available_languages("best")["en"]
+    with gzip.open(path, "rb") as packed:
+        unpacker = msgpack.Unpacker(packed, raw=False)
+        lists = unpacker.read_array_header()
+        header = unpacker.unpack()
+        if not isinstance(header, dict) or header.get("format") != "cB" \
+                or header.get("version") != 1:
+            raise ValueError(f"{path}: not a cBpack file of version 1: {header!r}")
+        for _bucket in range(lists - 1):
+            yield unpacker.unpack()
 
 
 def _key(word: str) -> int:
