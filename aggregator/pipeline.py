@@ -1180,8 +1180,14 @@ class Aggregator:
             if self._write_behind is None:
                 self._write_behind = WriteBehind(
                     self.store.path, partial(exit_with_parent, os.getpid()))
+            try:
+                handed.future = self._write_behind.submit(group)
+            except Exception as exc:  # no process could start (no more processes allowed)
+                log.warning("write group of %d sources not handed to the write-behind "
+                            "process (%s); written here", len(names), exc)
+                self._reload_clusterer()
+                return GroupWrite.written(self._write_now(names, writes))
             self._reads.pending.append(group)
-            handed.future = self._write_behind.submit(group)
             self._in_flight = handed
             return handed
 

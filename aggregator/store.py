@@ -1189,10 +1189,22 @@ class WriteBehind:
         rows = pickle.dumps(group.rows_to_write(), protocol=pickle.HIGHEST_PROTOCOL)
         group.let_rows_go()
         try:
-            return self._started().submit(_write_behind, rows)
+            return self._hand_over(rows)
         except BrokenProcessPool:
-            self._process = None
+            # The process died with the group before: a fresh one for this group.
+            return self._hand_over(rows)
+
+    def _hand_over(self, rows: bytes) -> Future:
+        try:
             return self._started().submit(_write_behind, rows)
+        except Exception:
+            # A broken process, or none could start (no more processes allowed): the next
+            # group starts a fresh one.
+            process, self._process = self._process, None
+            if process is not None:
+                with suppress(Exception):
+                    process.shutdown(wait=False, cancel_futures=True)
+            raise
 
     def _started(self) -> ProcessPoolExecutor:
         if self._process is None:

@@ -425,3 +425,38 @@ def test_a_write_behind_process_that_dies_loses_no_group(tmp_path, caplog):
     assert _window_is_the_store(aggregator) and _search_index_is_the_articles(aggregator)
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
+
+
+def test_a_write_behind_process_that_cannot_start_leaves_the_group_to_the_writer(
+        tmp_path, monkeypatch, caplog):
+    """No process can be started (a limit on processes): the writer writes the group
+    itself, and tries a process again for the next."""
+    fetched = datetime(2026, 3, 1, tzinfo=UTC)
+    straight = _desk(tmp_path, "straight", ("first", "second"))
+    for name, numbers in (("first", range(3)), ("second", range(3, 6))):
+        straight.ingest_group([(name, 0, _entries(numbers, name), fetched, None)])
+    expected = _articles(straight)
+    straight.close()
+
+    aggregator = _desk(tmp_path, "behind", ("first", "second"), write_behind=True)
+    starts = []
+
+    class NoProcesses(store_module.ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            starts.append(1)
+            raise OSError(11, "Resource temporarily unavailable")
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "ProcessPoolExecutor", NoProcesses)
+        reports = aggregator.ingest_group([("first", 0, _entries(range(3), "first"),
+                                            fetched, None)])
+    assert [r.outcome for r in reports] == ["ok"] and starts
+    assert "written here" in caplog.text
+    assert _window_is_the_store(aggregator) and not aggregator._reads.pending
+    reports = aggregator.ingest_group([("second", 0, _entries(range(3, 6), "second"),
+                                        fetched, None)])
+    assert [r.outcome for r in reports] == ["ok"]
+    assert aggregator._write_behind.pid is not None
+    assert _articles(aggregator) == expected
+    assert _search_index_is_the_articles(aggregator)
+    assert check_store(aggregator.store, aggregator.settings) == []
+    aggregator.close()
