@@ -397,17 +397,23 @@ def test_a_group_whose_commit_fails_fails_as_one(tmp_path, monkeypatch, write_be
     aggregator.close()
 
 
-def test_a_write_behind_process_that_dies_loses_no_group(tmp_path, caplog):
-    """A write-behind process killed while it writes: the writer writes the group again
-    itself, and the next group goes to a fresh process."""
+def _behind_desk_and_expected(tmp_path):
+    """A desk of two sources written behind, and the articles that writing their two groups
+    in place stores."""
     fetched = datetime(2026, 3, 1, tzinfo=UTC)
     straight = _desk(tmp_path, "straight", ("first", "second"))
     for name, numbers in (("first", range(3)), ("second", range(3, 6))):
         straight.ingest_group([(name, 0, _entries(numbers, name), fetched, None)])
     expected = _articles(straight)
     straight.close()
+    return _desk(tmp_path, "behind", ("first", "second"), write_behind=True), expected
 
-    aggregator = _desk(tmp_path, "behind", ("first", "second"), write_behind=True)
+
+def test_a_write_behind_process_that_dies_loses_no_group(tmp_path, caplog):
+    """A write-behind process killed while it writes: the writer writes the group again
+    itself, and the next group goes to a fresh process."""
+    aggregator, expected = _behind_desk_and_expected(tmp_path)
+    fetched = datetime(2026, 3, 1, tzinfo=UTC)
     write_behind_with(aggregator, partial(dies_in_first_write, str(tmp_path / "died")))
     reports = aggregator.ingest_group([("first", 0, _entries(range(3), "first"), fetched,
                                         None)])
@@ -431,14 +437,8 @@ def test_a_write_behind_process_that_cannot_start_leaves_the_group_to_the_writer
         tmp_path, monkeypatch, caplog):
     """No process can be started (a limit on processes): the writer writes the group
     itself, and tries a process again for the next."""
+    aggregator, expected = _behind_desk_and_expected(tmp_path)
     fetched = datetime(2026, 3, 1, tzinfo=UTC)
-    straight = _desk(tmp_path, "straight", ("first", "second"))
-    for name, numbers in (("first", range(3)), ("second", range(3, 6))):
-        straight.ingest_group([(name, 0, _entries(numbers, name), fetched, None)])
-    expected = _articles(straight)
-    straight.close()
-
-    aggregator = _desk(tmp_path, "behind", ("first", "second"), write_behind=True)
     starts = []
 
     class NoProcesses(store_module.ProcessPoolExecutor):
