@@ -22,9 +22,11 @@ terms and their signature), ``stage article`` (the article's rows, placed in its
 its fingerprint and identity keys, staged), ``stage story outcome`` (the other members'
 relations when the canonical changed, the story row), ``term counts`` (the term
 statistics' rows, once per write group), ``write staged rows`` (every staged row in a
-dozen statements, in the writer's transaction), ``settling write groups`` (the commits of
-the transactions that groups share); with clustering off, ``insert_solo_articles`` (a
-batch of articles, each its own story, without fingerprints).
+dozen statements, in the writer's transaction), ``settling write groups`` (where a pass
+ends or a read needs the store settled: the commit of the transaction that groups share,
+if one is open; a transaction that fills commits within the group that fills it); with
+clustering off, ``insert_solo_articles`` (a batch of articles, each its own story, without
+fingerprints).
 ``--detail`` times the parts of those steps as well (each part is also in its step's
 figure), and what happens around them: template lines, identity keys, eviction.
 The last line is one JSON object.
@@ -71,7 +73,7 @@ TARGETS = [(Clusterer, "propose", "propose"), (Clusterer, "commit", "commit"),
            (StagedWrites, "apply_story_outcome", "stage story outcome"),
            (pipeline.Aggregator, "_take_tallies", "term counts"),
            (StagedWrites, "write", "write staged rows"),
-           (pipeline.Aggregator, "_settle_in_flight", "settling write groups (commits)"),
+           (pipeline.Aggregator, "_settle_in_flight", "settling write groups"),
            (Store, "insert_solo_articles", "insert_solo_articles")]
 
 # With --detail: the parts of the steps above, and the rest of a transaction's work.
