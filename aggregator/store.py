@@ -755,14 +755,16 @@ class StagedWrites:
         """Forget what is staged (once written)."""
         self.__init__()  # type: ignore[misc]
 
+    # What only the writer's reads look up, never ``write``.
+    _FOR_READS_ONLY = frozenset({"key_set", "signatures", "entries", "first_article_id",
+                                 "_terms_by_name", "_terms_by_id"})
+
     def rows_to_write(self) -> StagedWrites:
-        """What ``write`` needs, without what only reads need (keys as a set, signatures,
-        entries): handed to the write-behind process."""
+        """Everything staged but what only reads need: handed to the write-behind process
+        (whatever is staged later for ``write`` goes with it)."""
         rows = StagedWrites()
-        for name in ("stories", "articles", "article_updates", "fingerprints",
-                     "fingerprint_blobs", "keys", "relations", "history", "story_updates",
-                     "lines", "window_floor", "fetches", "source_states", "term_counts"):
-            setattr(rows, name, getattr(self, name))
+        rows.__dict__.update((name, value) for name, value in vars(self).items()
+                             if name not in self._FOR_READS_ONLY)
         return rows
 
     def let_rows_go(self) -> None:
