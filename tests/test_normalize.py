@@ -162,6 +162,26 @@ def test_tokens_become_snowball_english_terms(token, term):
     assert term_of(token) == term
 
 
+def test_the_term_cache_stays_bounded_and_gives_the_same_terms_after_it_is_cleared(
+        monkeypatch):
+    monkeypatch.setattr(fingerprint_module, "_TERM_OF", {})
+    monkeypatch.setattr(fingerprint_module, "_TERM_CACHE_SIZE", 5)
+    tokens = ["running", "the", "nations", "ukrainian", "skies", "dying", "diplomacy", "42"]
+    first = [term_of(token) for token in tokens]
+    assert len(fingerprint_module._TERM_OF) <= 5
+    assert [term_of(token) for token in reversed(tokens)] == first[::-1]
+    assert first == ["run", None, "nation", "ukrainian", "sky", "die", "diplomaci", None]
+    assert len(fingerprint_module._TERM_OF) <= 5
+
+
+def test_a_word_that_is_its_own_stem_is_cached_as_one_string(monkeypatch):
+    monkeypatch.setattr(fingerprint_module, "_TERM_OF", {})
+    # Built at run time, so that it is not the interned literal.
+    word = "".join(["ukrain", "ian"])
+    assert term_of(word) is word
+    assert fingerprint_module._TERM_OF[word] is word
+
+
 WORDY = [
     "", " ", "'", "''", "a", "_", "__init__ x_y", "Russia’s top diplomat’s", "don''t", "'quoted'",
     "a'b'c", "a' b", "'a", "a'", "‘Shadow Diplomacy’ — “deal” … end", "3.5 million, 1,000",
