@@ -477,21 +477,6 @@ def test_priors_given_ahead_are_learned_as_the_writer_would_work_them_out(monkey
     assert wrong.prior("lavrov") == 0.25
 
 
-def test_a_worker_past_its_limit_of_priors_given_gives_them_again(monkeypatch):
-    monkeypatch.setattr(fingerprint_module, "_priors_given", set())
-    monkeypatch.setattr(fingerprint_module, "_giving_priors", True)
-    monkeypatch.setattr(fingerprint_module, "PRIORS_GIVEN_LIMIT", 3)
-    first = split(terms_and_first_words("Lavrov said the talks in Geneva were useful"))
-    positions, priors = given_priors(*first)
-    assert len(positions) == 4
-    # Past the limit the terms given are forgotten, and the next article gives its own
-    # again, with the same priors.
-    again, again_priors = given_priors(*first)
-    assert again.tolist() == positions.tolist()
-    assert again_priors.tolist() == priors.tolist()
-    assert len(fingerprint_module._priors_given) <= 4
-
-
 def test_a_term_named_before_it_is_counted_has_no_frequency_yet():
     vocabulary = Vocabulary()
     for number in range(2000):
