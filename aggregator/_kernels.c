@@ -266,7 +266,6 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         if (alive[slot]) {
             ranked[live].slot = slot;
             ranked[live].agreeing = bands;  /* the bands, until the values are counted */
-            ranked[live].article_id = article_id[slot];
             by_bands[bands]++;
             live++;
         }
@@ -287,7 +286,8 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             if (ranked[i].agreeing > cut) {
                 ranked[kept++] = ranked[i];
             } else if (ranked[i].agreeing == cut) {
-                ordered[tied++] = ranked[i];
+                ordered[tied] = ranked[i];
+                ordered[tied++].article_id = article_id[ranked[i].slot];
             }
         }
         if (wanted < tied) {
@@ -343,6 +343,11 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             }
             Ranked *heap = ordered + run;
             Py_ssize_t size = end - run;
+            /* Read only for the runs reached: a slot's article id is one more row in no
+             * cache, and most slots are in runs that the count is reached before. */
+            for (Py_ssize_t i = 0; i < size; i++) {
+                heap[i].article_id = article_id[heap[i].slot];
+            }
             for (Py_ssize_t i = size / 2; i-- > 0;) {
                 sift_newest(heap, size, i);
             }
@@ -490,23 +495,67 @@ static inline void prefetch_row(const int32_t *vector_ids, const float *vector_w
 #endif
 }
 
-/* What each term of the vector row of ``slot`` adds to its cosine with the vector spread
- * in ``dense`` (``terms`` long), into ``products``; the largest of them, from 0.0, in
- * ``strongest``.  -1 with an exception naming ``function`` for a term outside ``dense``. */
-static inline int row_products(const double *dense, Py_ssize_t terms,
-                               const int32_t *vector_ids, const float *vector_weights,
-                               int64_t slot, Py_ssize_t width, const char *function,
-                               double *products, double *strongest) {
+/* An article's vector spread out by term id, for the rows compared with it: ``dense``
+ * (``terms`` long, zero elsewhere) holds each of its terms' weights, and ``present`` one
+ * bit a term id, set for its terms.  A row's terms are scattered over the whole
+ * vocabulary and few of them are the article's: the bits, a few kilobytes that stay in the
+ * first-level cache, answer those without a read of ``dense`` (eight bytes a term, hundreds
+ * of kilobytes, most of it in no cache when the rows have streamed through). */
+typedef struct {
+    double *dense;
+    uint64_t *present;
+    Py_ssize_t terms;
+} Spread;
+
+/* Spreads ``count`` terms into ``dense``; -1 with MemoryError set if the bits cannot be
+ * had (``dense`` is then left as it was).  Undone by ``unspread``, also after a failure. */
+static int spread(Spread *spread_out, double *dense, Py_ssize_t terms,
+                  const Py_ssize_t *term_ids, const double *term_weights, Py_ssize_t count) {
+    spread_out->dense = dense;
+    spread_out->terms = terms;
+    spread_out->present = PyMem_Calloc((size_t)(terms / 64 + 1), sizeof(uint64_t));
+    if (spread_out->present == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        dense[term_ids[k]] = term_weights[k];
+        spread_out->present[term_ids[k] >> 6] |= (uint64_t)1 << (term_ids[k] & 63);
+    }
+    return 0;
+}
+
+static void unspread(Spread *spread_out, const Py_ssize_t *term_ids, Py_ssize_t count) {
+    if (spread_out->present == NULL) {
+        return;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        spread_out->dense[term_ids[k]] = 0.;
+    }
+    PyMem_Free(spread_out->present);
+    spread_out->present = NULL;
+}
+
+/* What each term of the vector row of ``slot`` adds to its cosine with the spread vector,
+ * into ``products``; the largest of them, from 0.0, in ``strongest``.  -1 with an
+ * exception naming ``function`` for a term outside the vocabulary. */
+static inline int row_products(const Spread *article, const int32_t *vector_ids,
+                               const float *vector_weights, int64_t slot, Py_ssize_t width,
+                               const char *function, double *products, double *strongest) {
     const int32_t *ids = vector_ids + (size_t)slot * (size_t)width;
     const float *weights = vector_weights + (size_t)slot * (size_t)width;
     double largest = 0.;
     for (Py_ssize_t j = 0; j < width; j++) {
-        if (ids[j] < 0 || ids[j] >= terms) {
+        int32_t id = ids[j];
+        if (id < 0 || id >= article->terms) {
             PyErr_Format(PyExc_ValueError, "%s: term %d outside the %zd terms", function,
-                         (int)ids[j], terms);
+                         (int)id, article->terms);
             return -1;
         }
-        products[j] = dense[ids[j]] * (double)weights[j];
+        /* The same product as ``dense[id] * weight`` to the last bit: ``dense`` is zero
+         * where the bit is not set. */
+        double value = (article->present[id >> 6] >> (id & 63)) & 1 ? article->dense[id] : 0.;
+        products[j] = value * (double)weights[j];
         if (products[j] > largest) {
             largest = products[j];
         }
@@ -565,24 +614,20 @@ static PyObject *products_of(const Py_ssize_t *term_ids, const double *term_weig
             return NULL;
         }
     }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        dense[term_ids[k]] = term_weights[k];
-    }
-    int failed = 0;
+    Spread article;
+    int failed = spread(&article, dense, terms, term_ids, term_weights, count) < 0;
     for (Py_ssize_t i = 0; i < members && !failed; i++) {
         if (i + PREFETCH_AHEAD < members) {
             prefetch_row(vector_ids, vector_weights, slots[i + PREFETCH_AHEAD], width);
         }
         double *row = products + (size_t)i * (size_t)width, strongest;
-        failed = row_products(dense, terms, vector_ids, vector_weights, slots[i], width,
+        failed = row_products(&article, vector_ids, vector_weights, slots[i], width,
                               "term_products", row, &strongest) < 0;
         if (!failed) {
             cosines[i] = pairwise_sum(row, width);
         }
     }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        dense[term_ids[k]] = 0.;
-    }
+    unspread(&article, term_ids, count);
     release(b, 6);
     if (failed) {
         return NULL;
@@ -673,7 +718,7 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
     int64_t *flat = NULL;
     Py_ssize_t *starts = NULL, *lives = NULL;
     PyObject *members = NULL, *result = NULL;
-    double *dense = NULL;
+    Spread spread_vector = {NULL, NULL, 0};
     double article[8];
     if (!tuple_given(args[8], 5, "columns: a tuple of 5 arrays")
             || !tuple_given(args[9], 2, "tables: a tuple of 2 arrays")
@@ -841,9 +886,8 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
         PyErr_NoMemory();
         goto done;
     }
-    dense = b[DENSE].view.buf;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        dense[term_ids[k]] = term_weights[k];
+    if (spread(&spread_vector, b[DENSE].view.buf, terms, term_ids, term_weights, count) < 0) {
+        goto done;
     }
     /* As term_products: each term's product, the row's cosine their numpy sum; and what is
      * left without the strongest (``beyond_one_term``: its max from 0.0). */
@@ -852,7 +896,7 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
             prefetch_row(vector_ids, vector_weights, flat[i + PREFETCH_AHEAD], width);
         }
         double strongest;
-        if (row_products(dense, terms, vector_ids, vector_weights, flat[i], width,
+        if (row_products(&spread_vector, vector_ids, vector_weights, flat[i], width,
                          "story_scores", products, &strongest) < 0) {
             goto done;
         }
@@ -930,11 +974,7 @@ static PyObject *story_scores(PyObject *module, PyObject *const *args, Py_ssize_
     }
     result = PyLong_FromSsize_t(kept);
 done:
-    if (dense != NULL) {
-        for (Py_ssize_t k = 0; k < count; k++) {
-            dense[term_ids[k]] = 0.;
-        }
-    }
+    unspread(&spread_vector, term_ids, count);
     PyMem_Free(term_ids);
     PyMem_Free(term_weights);
     PyMem_Free(products);

@@ -911,6 +911,7 @@ def test_the_compiled_ranking_gives_what_the_numpy_ranking_gives(monkeypatch, sl
     (5000, 60, 400, 60),  # the default: eight running sums and a tail of four
     (5000, 130, 40, 100),  # above 128 terms: summed by halves
     (300, 60, 200, 300),  # the vector gives more terms than a row holds
+    (65, 8, 30, 65),  # every term in the vector, the last one alone in its word of bits
 ])
 def test_the_compiled_term_products_are_the_numpy_ones_to_the_last_bit(terms, width, members,
                                                                         given):
