@@ -21,6 +21,7 @@ from aggregator import store as store_module
 from aggregator.cluster import (
     HELD_BACK_ONE_TERM,
     HELD_BACK_UNSUPPORTED,
+    ArticleRows,
     Candidate,
     ClusterArticle,
     Clusterer,
@@ -901,6 +902,43 @@ def test_the_compiled_ranking_gives_what_the_numpy_ranking_gives(monkeypatch, sl
         assert ranked.tolist() == expected.tolist()
         assert ranked.dtype == np.int64
         assert not clusterer._band_counts.any()  # the scratch is left as it was found
+
+
+@pytest.mark.parametrize(("keep_stored", "width", "vectors"), [
+    (True, 4, [3, 4, 0, 2]),  # shorter than the rows, as long, none at all
+    (False, 4, [6, 1]),  # wider than the rows: they widen, the rows before padded
+    (False, 1, [0, 0, 5]),  # no vector terms kept (vector_terms = 0): width from the terms
+])
+def test_one_row_put_alone_is_the_row_that_put_writes(keep_stored, width, vectors):
+    """``ArticleRows.put_one`` (a committed article) fills a row as ``put`` (restored
+    articles) fills it, to the last bit, over a slot that held another article before."""
+    generator = np.random.default_rng(width)
+    by_rows, by_one = (ArticleRows(16, width, keep_stored) for _ in range(2))
+    for rows in (by_rows, by_one):
+        rows.allocate(len(vectors))
+    # The second time over the first's rows, the lengths the other way round.
+    for slot, length in [*enumerate(vectors), *enumerate(vectors[::-1])]:
+        shingle = generator.integers(0, 2**32, 16, dtype=np.uint32)
+        salient = generator.integers(0, 2**32, 16, dtype=np.uint32)
+        ids = generator.integers(0, 1000, length).tolist()
+        weights = (generator.random(length) / 3).tolist()
+        values = (slot % 3, slot - 1, 1e9 + slot / 7, slot % 2 == 0, slot % 3 != 0, 40 * slot)
+        matrix_ids = np.zeros((1, max(length, 1)), dtype=np.int32)
+        matrix_ids[0, :length] = ids
+        matrix_weights = np.zeros((1, max(length, 1)))
+        matrix_weights[0, :length] = weights
+        by_rows.put(np.array([slot]), article_ids=[100 + slot], story_ids=[7], story_rows=[2],
+                    shingles=shingle[None, :], salients=salient[None, :],
+                    vector_ids=matrix_ids, vector_weights=matrix_weights,
+                    metadata={name: [value] for name, value in zip(
+                        ArticleRows.METADATA, values, strict=True)})
+        by_one.put_one(slot, article_id=100 + slot, story_id=7, story_row=2, shingle=shingle,
+                       salient=salient, vector_ids=ids, vector_weights=weights,
+                       metadata=values)
+    for name in ArticleRows.ARRAYS:
+        expected, written = getattr(by_rows, name), getattr(by_one, name)
+        assert written.dtype == expected.dtype, name
+        assert written.tobytes() == expected.tobytes(), name
 
 
 @requires_kernels
