@@ -389,8 +389,8 @@ class ArticleRows:
                 vector_weights: list[float], metadata: tuple) -> None:
         """``put`` for one row, the values of ``METADATA`` in a tuple: an article committed
         at a time, where ``put``'s one-row arrays took twice as long."""
-        (self.source[slot], self.priority[slot], self.published_ts[slot],
-         self.has_author[slot], self.dated[slot], self.word_count[slot]) = metadata
+        for name, value in zip(self.METADATA, metadata, strict=True):
+            getattr(self, name)[slot] = value
         if self.keep_stored:
             self.shingle[slot] = shingle
         self.salient[slot] = salient.astype(np.uint16)  # the low 16 bits
@@ -1143,17 +1143,6 @@ class Clusterer:
         """The ids of the articles in the window (``window_size`` of them)."""
         return set(self.rows.article_id[self.rows.alive].tolist())
 
-    def _add_rows(self, slots: np.ndarray, article_ids: list[int], story_ids: list[int],
-                  story_rows: list[int] | np.ndarray, shingles: np.ndarray,
-                  salients: np.ndarray, vector_ids: np.ndarray, vector_weights: np.ndarray,
-                  metadata: dict[str, list]) -> None:
-        """Fill the rows of restored members and put them in both LSH indexes."""
-        self.rows.put(slots, article_ids=article_ids, story_ids=story_ids,
-                      story_rows=story_rows, shingles=shingles,
-                      salients=salients, vector_ids=vector_ids, vector_weights=vector_weights,
-                      metadata=metadata)
-        self._index_rows(slots, shingles, salients)
-
     def _index_rows(self, slots: np.ndarray, shingles: np.ndarray, salients: np.ndarray,
                     shingle_keys: np.ndarray | None = None,
                     salient_keys: np.ndarray | None = None) -> None:
@@ -1276,8 +1265,10 @@ class Clusterer:
             story.slots.append(slot)
             story.canonical_id = canonical_id
         story_rows = self._rows_of(members)
-        self._add_rows(slots, article_ids, story_ids, story_rows, shingles, salients,
-                       vector_ids, vector_weights, metadata)
+        self.rows.put(slots, article_ids=article_ids, story_ids=story_ids,
+                      story_rows=story_rows, shingles=shingles, salients=salients,
+                      vector_ids=vector_ids, vector_weights=vector_weights, metadata=metadata)
+        self._index_rows(slots, shingles, salients)
         # What ``_join`` does member by member, for all of them.
         self.window_size += len(article_ids)
         columns = self.story_columns

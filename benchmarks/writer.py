@@ -52,7 +52,7 @@ from timing import timed_calls  # noqa: E402
 
 import aggregator.fingerprint as fingerprint  # noqa: E402
 import aggregator.pipeline as pipeline  # noqa: E402
-from aggregator.cluster import Clusterer  # noqa: E402
+from aggregator.cluster import ArticleRows, Clusterer  # noqa: E402
 from aggregator.config import ClusteringSettings, load_config  # noqa: E402
 from aggregator.fingerprint import TermStatistics  # noqa: E402
 from aggregator.index import BandIndex  # noqa: E402
@@ -84,7 +84,8 @@ DETAIL_TARGETS = [
     (Clusterer, "closest_story_rows", "propose: ranking into the closest stories"),
     (Clusterer, "_story_scores", "propose: candidate stories scored (compiled)"),
     (Clusterer, "_term_products", "cosines with the canonical (commit)"),
-    (Clusterer, "_add_rows", "commit: rows and index insertion"),
+    (ArticleRows, "put_one", "commit: the article's row"),
+    (Clusterer, "_index_rows", "commit: index insertion"),
     (Clusterer, "_elect", "commit: canonical election"),
     (pipeline.StoreFingerprints, "shingle_signatures", "stored shingle signatures read"),
     (TermStatistics, "ids_of", "fingerprint: term numbers"),
