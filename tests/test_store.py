@@ -119,6 +119,67 @@ def _migrated_again(old: Store, monkeypatch) -> tuple[Store, set[str]]:
         "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
 
 
+def test_the_search_index_merges_sixteen_segments_at_a_time_and_finds_what_it_found(
+        tmp_path, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from aggregator.normalize import NormalizedArticle
+    from aggregator.store import SEARCH_AUTOMERGE, SEARCH_HASH_BYTES
+
+    words = ["harbour", "bridge", "ferry", "strike", "council", "budget", "river", "flood",
+             "school", "runway", "tram", "museum"]
+
+    def article(number: int) -> NormalizedArticle:
+        when = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=number)
+        picked = [words[(number * step) % len(words)] for step in (1, 3, 5, 7)]
+        return NormalizedArticle(
+            source="desk", guid=f"g{number}", url=f"https://desk.example/{number}",
+            canonical_url=f"https://desk.example/{number}", title=" ".join(picked[:2]),
+            author=None, published=when, has_published=True, fetched=when,
+            text=" ".join(picked * (1 + number % 4)), content_hash=f"h{number}",
+            identity_keys=(f"guid:g{number}",))
+
+    def fill(store: Store, numbers: range) -> None:
+        # A transaction for every three articles: each writes a segment of its own, so
+        # that both stores merge segments many times.
+        for start in numbers[::3]:
+            batch = [article(n) for n in range(start, min(start + 3, numbers.stop))]
+            with store.transaction() as conn:
+                store.insert_solo_articles(conn, 1, batch, [6] * len(batch), {}, "first")
+
+    def settings(store: Store) -> dict:
+        return dict(store.db.execute("SELECT k, v FROM articles_fts_config").fetchall())
+
+    def matches(store: Store) -> list[list[tuple]]:
+        return [store.db.execute("SELECT rowid, rank FROM articles_fts WHERE articles_fts "
+                                 "MATCH ? ORDER BY rank, rowid", [word]).fetchall()
+                for word in [*words, "harbour OR tram", "\"bridge ferry\""]]
+
+    # A store made before the settings: SQLite's (merges of 4, 1 MB of pending terms).
+    before = _store_migrated_to(str(tmp_path / "before.db"), 11, monkeypatch)
+    assert "automerge" not in settings(before)
+    fill(before, range(1, 121))
+    monkeypatch.undo()
+    # The same articles in a store that had the settings from the start ...
+    after = Store(str(tmp_path / "after.db"))
+    with after.transaction() as conn:
+        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                     "VALUES (1, 'desk', 'u', 'u', 'now')")
+    assert settings(after)["automerge"] == SEARCH_AUTOMERGE == 16
+    assert settings(after)["hashsize"] == SEARCH_HASH_BYTES
+    fill(after, range(1, 241))
+    # ... and in the old one, which takes them when it is opened again.
+    old, _triggers = _migrated_again(before, monkeypatch)
+    assert settings(old)["automerge"] == SEARCH_AUTOMERGE
+    fill(old, range(121, 241))
+    assert len(matches(old)[0]) > 20
+    assert matches(old) == matches(after)
+    for store in (old, after):
+        store.db.execute("INSERT INTO articles_fts (articles_fts, rank) "
+                         "VALUES ('integrity-check', 1)")
+        store.close()
+
+
 def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_path,
                                                                              monkeypatch):
     from aggregator.check import check_store
