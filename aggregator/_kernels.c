@@ -2,15 +2,16 @@
  * the slots found for an article's salient signature to its closest stories, the cosines
  * of the article with their members, term by term, and the exact score of each of those
  * stories; and in the fingerprint, the TF-IDF weights of an article's terms and the choice
- * of the strongest; the band index's table of recent insertions; the vocabulary's table
- * of term numbers; and, where the worker processes prepare an article, the hashes of its
- * shingles.
+ * of the strongest, its MinHash signatures and its count in the term statistics; the
+ * band index's table of recent insertions; the vocabulary's table of term numbers; and,
+ * where the worker processes prepare an article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
  * ``Clusterer._term_products_numpy``, ``Clusterer._score``,
  * ``fingerprint.log_tf_idf_python``, ``fingerprint.strongest_python``,
- * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``),
+ * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``,
+ * ``Signer.sign_hashes_numpy``, ``TermStatistics.add_document``),
  * which stays the reference and runs where this module was not built; the tests hold the
  * two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
@@ -1132,6 +1133,144 @@ static PyObject *log_tf_idf(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+static const char *min_hashes_doc =
+    "min_hashes(a, b, hashes, ends, out)\n\n"
+    "MinHash signatures under the permutations ``h -> a * h + b mod 2^32`` (a and b uint32,\n"
+    "one of each a permutation): for each set of ``hashes`` (uint32), the smallest permuted\n"
+    "value of its items under each permutation, as ``Signer._sign_group`` computes them.\n"
+    "``ends`` (int64): where each set ends in ``hashes``, every set holding at least one\n"
+    "item; None for one set of all of them.  Writes one row of ``out`` (uint32, sets x\n"
+    "permutations) a set.";
+
+/* ``Signer.sign_hashes``: numpy made a (permutations x items) array and three passes over
+ * it for an article's salient signature, a few dozen items, where the calls cost more
+ * than the arithmetic.  The same unsigned 32-bit arithmetic, wrapping as numpy's does. */
+static PyObject *min_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("min_hashes", nargs, 5)) {
+        return NULL;
+    }
+    Buffer b[5];
+    memset(b, 0, sizeof b);
+    enum { A, B, HASHES, OUT, ENDS };
+    if (take(args[0], &b[A], 4, "IL", 0, "a") < 0
+            || take(args[1], &b[B], 4, "IL", 0, "b") < 0
+            || take(args[2], &b[HASHES], 4, "IL", 0, "hashes") < 0
+            || take(args[4], &b[OUT], 4, "IL", 1, "out") < 0
+            || (args[3] != Py_None && take(args[3], &b[ENDS], 8, "lq", 0, "ends") < 0)) {
+        release(b, 5);
+        return NULL;
+    }
+    Py_ssize_t permutations = b[A].view.len / 4, items = b[HASHES].view.len / 4;
+    Py_ssize_t sets = args[3] == Py_None ? 1 : b[ENDS].view.len / 8;
+    const int64_t *ends = args[3] == Py_None ? NULL : b[ENDS].view.buf;
+    const char *problem = NULL;
+    if (b[B].view.len / 4 != permutations) {
+        problem = "a and b differ in length";
+    } else if (b[OUT].view.len / 4 != sets * permutations) {
+        problem = "out is not one row of permutations a set";
+    } else {
+        int64_t start = 0;
+        for (Py_ssize_t set = 0; set < sets && problem == NULL; set++) {
+            int64_t end = ends == NULL ? items : ends[set];
+            if (end <= start || end > items) {
+                problem = "a set is empty, or ends are not increasing within hashes";
+            }
+            start = end;
+        }
+        if (problem == NULL && start != items) {
+            problem = "the last set does not end with hashes";
+        }
+    }
+    if (problem != NULL) {
+        release(b, 5);
+        PyErr_Format(PyExc_ValueError, "min_hashes: %s", problem);
+        return NULL;
+    }
+    const uint32_t *a = b[A].view.buf, *add = b[B].view.buf, *hashes = b[HASHES].view.buf;
+    uint32_t *out = b[OUT].view.buf;
+    int64_t start = 0;
+    for (Py_ssize_t set = 0; set < sets; set++) {
+        int64_t end = ends == NULL ? items : ends[set];
+        uint32_t *row = out + set * permutations;
+        for (Py_ssize_t p = 0; p < permutations; p++) {
+            row[p] = UINT32_MAX;
+        }
+        /* Item by item, every permutation: the inner loop runs over contiguous rows. */
+        for (int64_t i = start; i < end; i++) {
+            uint32_t h = hashes[i];
+            for (Py_ssize_t p = 0; p < permutations; p++) {
+                uint32_t value = a[p] * h + add[p];
+                row[p] = value < row[p] ? value : row[p];
+            }
+        }
+        start = end;
+    }
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
+static const char *count_document_doc =
+    "count_document(ids, frequency, last_article, article_id)\n\n"
+    "One document counted with the terms ``ids`` (int32 or int64, each once): each term's\n"
+    "``frequency`` (int32) up by one, and its ``last_article`` (int64) raised to\n"
+    "``article_id``, as ``TermStatistics.add_document`` does with numpy.  An id outside\n"
+    "either array raises IndexError before anything is written.";
+
+/* ``TermStatistics.add_document``: six numpy calls of an article's hundred-odd terms (two
+ * gathers, two scatters, an addition and a maximum) made one pass. */
+static PyObject *count_document(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("count_document", nargs, 4)) {
+        return NULL;
+    }
+    long long article_id = PyLong_AsLongLong(args[3]);
+    if (article_id == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    enum { IDS, FREQUENCY, LAST };
+    /* The ids' width first: an article's term ids are int32, other callers' int64. */
+    Py_buffer probe;
+    if (PyObject_GetBuffer(args[0], &probe, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        return NULL;
+    }
+    Py_ssize_t width = probe.itemsize == 8 ? 8 : 4;
+    PyBuffer_Release(&probe);
+    if (take(args[0], &b[IDS], width, width == 8 ? "lq" : "il", 0, "ids") < 0
+            || take(args[1], &b[FREQUENCY], 4, "il", 1, "frequency") < 0
+            || take(args[2], &b[LAST], 8, "lq", 1, "last_article") < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    Py_ssize_t count = b[IDS].view.len / width;
+    Py_ssize_t frequencies = b[FREQUENCY].view.len / 4, lasts = b[LAST].view.len / 8;
+    const int32_t *narrow = b[IDS].view.buf;
+    const int64_t *wide = b[IDS].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t id = width == 4 ? narrow[i] : wide[i];
+        if (id < 0 || id >= frequencies || id >= lasts) {
+            release(b, 3);
+            PyErr_Format(PyExc_IndexError, "count_document: id %lld of term %zd is outside "
+                         "the statistics (%zd terms)", (long long)id, i,
+                         frequencies < lasts ? frequencies : lasts);
+            return NULL;
+        }
+    }
+    int32_t *frequency = b[FREQUENCY].view.buf;
+    int64_t *last = b[LAST].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t id = width == 4 ? narrow[i] : wide[i];
+        frequency[id] += 1;
+        if (last[id] < article_id) {
+            last[id] = article_id;
+        }
+    }
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
 /* What ``strongest``'s sort compares: set for one call, which holds the interpreter lock
  * throughout and compares exact str objects only (no Python code runs meanwhile). */
 static const double *strongest_values;
@@ -2119,6 +2258,8 @@ static PyMethodDef methods[] = {
     {"term_keys", (PyCFunction)(void (*)(void))term_keys, METH_FASTCALL, NULL},
     {"table_insert", (PyCFunction)(void (*)(void))table_insert, METH_FASTCALL, NULL},
     {"table_remove", (PyCFunction)(void (*)(void))table_remove, METH_FASTCALL, NULL},
+    {"min_hashes", (PyCFunction)(void (*)(void))min_hashes, METH_FASTCALL, NULL},
+    {"count_document", (PyCFunction)(void (*)(void))count_document, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2143,6 +2284,8 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[11].ml_doc = term_keys_doc;
     methods[12].ml_doc = table_insert_doc;
     methods[13].ml_doc = table_remove_doc;
+    methods[14].ml_doc = min_hashes_doc;
+    methods[15].ml_doc = count_document_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

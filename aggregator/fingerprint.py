@@ -874,9 +874,13 @@ class TermStatistics:
         """Count one document (the article ``article_id``) with the terms ``ids`` (each
         once)."""
         self.documents += 1
-        self._frequency[ids] += 1
-        # The largest, not the latest: ``recluster`` counts older articles again.
-        self._last_article[ids] = np.maximum(self._last_article[ids], article_id)
+        if kernels is not None:
+            kernels.count_document(np.ascontiguousarray(ids), self._frequency,
+                                   self._last_article, article_id)
+        else:
+            self._frequency[ids] += 1
+            # The largest, not the latest: ``recluster`` counts older articles again.
+            self._last_article[ids] = np.maximum(self._last_article[ids], article_id)
         self.newest_article = max(self.newest_article, article_id)
 
 
@@ -1098,6 +1102,13 @@ class Signer:
         set is signed as the set of one empty item."""
         sets = [hashes if len(hashes) else _EMPTY_ITEM_HASH for hashes in hash_sets]
         rows = np.empty((len(sets), self.num_perm), dtype=np.uint32)
+        if kernels is not None and sets:
+            # One pass, no working array: the compiled kernel's rows are numpy's.
+            kernels.min_hashes(self._a, self._b,
+                               np.concatenate(sets).astype(np.uint32, copy=False),
+                               np.cumsum([len(hashes) for hashes in sets], dtype=np.int64),
+                               rows)
+            return rows
         # Sets are signed in groups of about SIGN_GROUP_ITEMS items, which bounds the
         # (num_perm x items) working array at a few megabytes.
         start = 0
@@ -1117,7 +1128,16 @@ class Signer:
     def sign_hashes(self, hashed: np.ndarray) -> np.ndarray:
         """The signature of one set given by its items' hashes (``item_hashes``, at least
         one): the salient set of each article is signed alone, when the statistics have
-        chosen its terms, from hashes its terms keep (``Vocabulary.hashes_of``)."""
+        chosen its terms, from hashes its terms keep (``Vocabulary.hashes_of``).  Compiled
+        where the package was built with a C compiler (``kernels.min_hashes``)."""
+        if kernels is not None:
+            signature = np.empty(self.num_perm, dtype=np.uint32)
+            kernels.min_hashes(self._a, self._b, np.ascontiguousarray(hashed, dtype=np.uint32),
+                               None, signature)
+            return signature
+        return self.sign_hashes_numpy(hashed)
+
+    def sign_hashes_numpy(self, hashed: np.ndarray) -> np.ndarray:
         permuted = self._a * hashed[None, :]
         permuted += self._b
         return permuted.min(axis=1)

@@ -60,11 +60,20 @@ def datasketch_minhash(items: list[bytes]) -> MinHash:
     return minhash
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("sizes", [[0], [1], [3, 0, 7], [SIGN_GROUP_ITEMS + 5, 2],
                                    [500] * 40])
-def test_bulk_signatures_equal_datasketch_minhash_and_its_serialisation(sizes):
+def test_bulk_signatures_equal_datasketch_minhash_and_its_serialisation(sizes, compiled,
+                                                                        monkeypatch):
+    if compiled and kernels is None:
+        pytest.skip("built without a C compiler")
+    if not compiled:
+        monkeypatch.setattr(fingerprint_module, "kernels", None)
     sets = [[f"{n}-{i}".encode() for i in range(n)] for n in sizes]
     rows = SIGNER.sign(sets)
+    for items, row in zip(sets, rows, strict=True):
+        # One set alone (``sign_one``, as a salient set is signed) gives the same row.
+        assert (SIGNER.sign_one(items) == row).all()
     for items, row in zip(sets, rows, strict=True):
         expected = datasketch_minhash(items)
         assert (row == expected.hashvalues).all()
@@ -122,6 +131,26 @@ def test_the_compiled_shingle_hashes_are_those_of_each_shingle_in_order(seed):
 
 @requires_kernels
 @pytest.mark.parametrize(("arguments", "error", "message"), [
+    ((SIGNER._a, SIGNER._b[:5], np.ones(3, dtype=np.uint32), None,
+      np.empty(128, dtype=np.uint32)), ValueError, "a and b differ in length"),
+    ((SIGNER._a, SIGNER._b, np.ones(3, dtype=np.uint32), None,
+      np.empty(64, dtype=np.uint32)), ValueError, "out is not one row"),
+    ((SIGNER._a, SIGNER._b, np.ones(0, dtype=np.uint32), None,
+      np.empty(128, dtype=np.uint32)), ValueError, "a set is empty"),
+    ((SIGNER._a, SIGNER._b, np.ones(3, dtype=np.uint32), np.array([2, 2, 3]),
+      np.empty((3, 128), dtype=np.uint32)), ValueError, "a set is empty"),
+    ((SIGNER._a, SIGNER._b, np.ones(3, dtype=np.uint32), np.array([1, 2]),
+      np.empty((2, 128), dtype=np.uint32)), ValueError, "does not end with hashes"),
+    ((SIGNER._a, SIGNER._b, np.ones(3, dtype=np.int64), None,
+      np.empty(128, dtype=np.uint32)), TypeError, "hashes"),
+])
+def test_the_compiled_min_hashes_refuse_what_they_cannot_sign(arguments, error, message):
+    with pytest.raises(error, match=message):
+        kernels.min_hashes(*arguments)
+
+
+@requires_kernels
+@pytest.mark.parametrize(("arguments", "error", "message"), [
     (("a b", 3), TypeError, "tokens must be a list of str"),
     ((["a", 2], 3), TypeError, "token 1 is not a str"),
     ((["a"], 0), ValueError, "size must be at least 1"),
@@ -133,7 +162,13 @@ def test_the_compiled_shingle_hashes_refuse_what_they_cannot_hash(arguments, err
         kernels.shingle_hashes(*arguments)
 
 
-def test_salient_signatures_from_the_hashes_terms_keep_equal_datasketch_minhash():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_salient_signatures_from_the_hashes_terms_keep_equal_datasketch_minhash(compiled,
+                                                                                monkeypatch):
+    if compiled and kernels is None:
+        pytest.skip("built without a C compiler")
+    if not compiled:
+        monkeypatch.setattr(fingerprint_module, "kernels", None)
     # A salient set is signed from hashes kept per term number; a number given back by a
     # forgotten term and handed to another must not sign the new term with the old hash.
     stats = TermStatistics(prior_docs=10)

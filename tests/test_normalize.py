@@ -616,6 +616,48 @@ def test_the_compiled_weights_are_the_python_ones_to_the_last_bit(terms, documen
     assert compiled.tobytes() == reference.tobytes()
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(("width", "article_id"), [(np.int32, 7), (np.int64, 7), (np.int32, 0)])
+def test_a_document_counted_raises_each_terms_frequency_and_newest_article(
+        compiled, width, article_id, monkeypatch):
+    if compiled and fingerprint_module.kernels is None:
+        pytest.skip("built without a C compiler")
+    if not compiled:
+        monkeypatch.setattr(fingerprint_module, "kernels", None)
+    generator = np.random.default_rng(article_id)
+    stats = TermStatistics(prior_docs=10)
+    stats.ids_of([f"t{number}" for number in range(2000)])
+    frequency = generator.integers(0, 50, len(stats._frequency), dtype=np.int32)
+    last = generator.integers(0, 15, len(stats._last_article), dtype=np.int64)
+    stats._frequency[:], stats._last_article[:] = frequency, last
+    ids = generator.choice(2000, 300, replace=False).astype(width)
+    stats.add_document(ids, article_id=article_id)
+    expected_frequency, expected_last = frequency.copy(), last.copy()
+    expected_frequency[ids] += 1
+    expected_last[ids] = np.maximum(last[ids], article_id)
+    assert stats._frequency.tobytes() == expected_frequency.tobytes()
+    assert stats._last_article.tobytes() == expected_last.tobytes()
+    assert stats.documents == 1 and stats.newest_article == article_id
+    # Terms seen in no article keep their rows as they were.
+    untouched = np.setdiff1d(np.arange(len(last)), ids)
+    assert (stats._last_article[untouched] == last[untouched]).all()
+
+
+@requires_kernels
+def test_the_compiled_document_count_refuses_an_id_outside_the_statistics_untouched():
+    from aggregator.native import kernels
+
+    frequency, last = np.zeros(10, dtype=np.int32), np.zeros(10, dtype=np.int64)
+    for ids in (np.array([3, 10], dtype=np.int32), np.array([3, -1], dtype=np.int64)):
+        with pytest.raises(IndexError, match="term 1 is outside the statistics"):
+            kernels.count_document(ids, frequency, last, 5)
+        assert not frequency.any() and not last.any()
+    with pytest.raises(TypeError, match="frequency"):
+        kernels.count_document(np.array([1], dtype=np.int32), last, last, 5)
+    with pytest.raises(TypeError, match="ids"):
+        kernels.count_document(np.array([1.0]), frequency, last, 5)
+
+
 @requires_kernels
 @pytest.mark.parametrize(("values", "limit"), [
     ([], 5),
