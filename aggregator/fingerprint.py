@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MINHASH_SEED = 1
 SIGN_GROUP_ITEMS = 8192
+# Up to this many stored signatures are read back one by one (``Signer.from_bytes_many``).
+FEW_SIGNATURES = 8
 MINHASH_SCHEME = "affine32"
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
@@ -1163,8 +1165,18 @@ class Signer:
         return np.frombuffer(data, dtype=np.uint32, offset=len(self.header))
 
     def from_bytes_many(self, stored: list[bytes]) -> np.ndarray:
-        """Stored signatures as the rows of one array (the start-up path)."""
+        """Stored signatures as the rows of one array: the window's at a start-up, or a few
+        that the clusterer reads back (a story's canonical, most often one)."""
         size = len(self.header) + 4 * self.num_perm
+        if len(stored) <= FEW_SIGNATURES:
+            # Checked one by one: the array operations below cost several times more than
+            # the copy itself for a signature or two.
+            for data in stored:
+                if len(data) != size or not data.startswith(self.header):
+                    self.from_bytes(data)  # raises
+            start = len(self.header)
+            values = bytearray().join([memoryview(data)[start:] for data in stored])
+            return np.frombuffer(values, dtype=np.uint32).reshape(len(stored), self.num_perm)
         if set(map(len, stored)) - {size}:
             self.from_bytes(next(data for data in stored if len(data) != size))  # raises
         joined = b"".join(stored)

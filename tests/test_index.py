@@ -22,6 +22,7 @@ from aggregator import index as index_module
 from aggregator.cluster import ClusterArticle, Clusterer
 from aggregator.config import ClusteringSettings
 from aggregator.fingerprint import (
+    FEW_SIGNATURES,
     MINHASH_SCHEME,
     MINHASH_SEED,
     SIGN_GROUP_ITEMS,
@@ -200,12 +201,17 @@ def test_a_signature_made_with_other_settings_is_refused_with_the_reason():
         Signer(64).from_bytes(SIGNER.to_bytes(SIGNER.sign([[b"a"]])[0]))
 
 
+@pytest.mark.parametrize("count", [5, FEW_SIGNATURES + 3])  # read one by one, or at once
 @pytest.mark.parametrize("bad_at", [0, 2, 4])
 @pytest.mark.parametrize("bad", ["other settings", "short", "header altered"])
-def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(bad, bad_at):
-    rows = SIGNER.sign([[f"{n}".encode()] for n in range(5)])
+def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(bad, bad_at,
+                                                                              count):
+    rows = SIGNER.sign([[f"{n}".encode()] for n in range(count)])
     stored = [SIGNER.to_bytes(row) for row in rows]
-    assert (SIGNER.from_bytes_many(stored) == rows).all()
+    read = SIGNER.from_bytes_many(stored)
+    assert read.dtype == np.uint32 and read.shape == rows.shape and (read == rows).all()
+    assert SIGNER.from_bytes_many([]).shape == (0, SIGNER.num_perm)
+    read[0, 0] += 1  # a copy of its own, which the caller may change
     if bad == "other settings":
         stored[bad_at] = Signer(64).to_bytes(Signer(64).sign([[b"a"]])[0])
     elif bad == "short":
