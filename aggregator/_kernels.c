@@ -1271,6 +1271,157 @@ static PyObject *count_document(PyObject *module, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
+static const char *tf_idf_weights_doc =
+    "tf_idf_weights(ids, counts, frequency, priors, numerator, prior_docs, out) -> int\n\n"
+    "``log_tf_idf`` of the terms ``ids`` (int32), their counts (float64) given and their\n"
+    "document frequencies (int32) and priors (float64) looked up in the statistics' arrays\n"
+    "by id: ``log_tf_idf(counts, frequency[ids], priors[ids], ...)``, the same operations.\n"
+    "Returns -1; or, where a count is not positive or a prior is 0 (not learned), the\n"
+    "position of the first such term, and ``out`` is then not all written (the caller\n"
+    "weighs the article the general way).";
+
+/* ``fingerprint.term_weights`` for an article whose terms all have a count and a learned
+ * prior, nearly every one: the two gathers by id, the checks and the weights in one pass,
+ * where numpy made a call of each. */
+static PyObject *tf_idf_weights(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("tf_idf_weights", nargs, 7)) {
+        return NULL;
+    }
+    double numerator = PyFloat_AsDouble(args[4]);
+    double prior_docs = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[5];
+    memset(b, 0, sizeof b);
+    enum { IDS, COUNTS, FREQUENCY, PRIORS, OUT };
+    if (take(args[0], &b[IDS], 4, "il", 0, "ids") < 0
+            || take(args[1], &b[COUNTS], 8, "d", 0, "counts") < 0
+            || take(args[2], &b[FREQUENCY], 4, "il", 0, "frequency") < 0
+            || take(args[3], &b[PRIORS], 8, "d", 0, "priors") < 0
+            || take(args[6], &b[OUT], 8, "d", 1, "out") < 0) {
+        release(b, 5);
+        return NULL;
+    }
+    Py_ssize_t count = b[IDS].view.len / 4;
+    Py_ssize_t terms = b[FREQUENCY].view.len / 4;
+    if (b[PRIORS].view.len / 8 < terms) {
+        terms = b[PRIORS].view.len / 8;
+    }
+    if (b[COUNTS].view.len / 8 != count || b[OUT].view.len / 8 != count) {
+        release(b, 5);
+        PyErr_SetString(PyExc_ValueError,
+                        "tf_idf_weights: ids, counts and out differ in length");
+        return NULL;
+    }
+    const int32_t *ids = b[IDS].view.buf;
+    const double *counts = b[COUNTS].view.buf;
+    const int32_t *frequency = b[FREQUENCY].view.buf;
+    const double *priors = b[PRIORS].view.buf;
+    double *out = b[OUT].view.buf;
+    Py_ssize_t general = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= terms) {
+            release(b, 5);
+            PyErr_Format(PyExc_IndexError, "tf_idf_weights: id %d of term %zd is outside the "
+                         "statistics (%zd terms)", (int)id, i, terms);
+            return NULL;
+        }
+        if (!(counts[i] > 0.0) || priors[id] == 0.0) {
+            general = i;
+            break;
+        }
+        double ratio = numerator / ((double)frequency[id] + prior_docs * priors[id] + 0.5);
+        if (!(ratio > 0.0) || isinf(counts[i]) || isinf(ratio)) {
+            release(b, 5);
+            PyErr_Format(PyExc_ValueError, "tf_idf_weights: term %zd: its count or its ratio "
+                         "is not positive and finite", i);
+            return NULL;
+        }
+        out[i] = (1.0 + log(counts[i])) * log(ratio);
+    }
+    release(b, 5);
+    return PyLong_FromSsize_t(general);
+}
+
+static const char *known_hashes_doc =
+    "known_hashes(numbers, hashes, hashed, out) -> list\n\n"
+    "The item hashes (uint32) of the terms numbered ``numbers`` (a sequence of int), written\n"
+    "to ``out`` (uint32) where ``hashed`` (bool) marks a term's as known; the positions of\n"
+    "those not hashed yet (their places in ``out`` left as they were), for\n"
+    "``Vocabulary.hashes_of`` to hash.";
+
+/* ``Vocabulary.hashes_of``: five numpy calls on a salient set's dozen numbers made one
+ * pass, which also names the terms to hash (most sets have one or two). */
+static PyObject *known_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("known_hashes", nargs, 4)) {
+        return NULL;
+    }
+    PyObject *numbers = PySequence_Fast(args[0], "known_hashes: numbers must be a sequence");
+    if (numbers == NULL) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    enum { HASHES, HASHED, OUT };
+    if (take(args[1], &b[HASHES], 4, "IL", 0, "hashes") < 0
+            || take(args[2], &b[HASHED], 1, "?bB", 0, "hashed") < 0
+            || take(args[3], &b[OUT], 4, "IL", 1, "out") < 0) {
+        release(b, 3);
+        Py_DECREF(numbers);
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(numbers);
+    Py_ssize_t terms = b[HASHES].view.len / 4;
+    if (b[HASHED].view.len < terms) {
+        terms = b[HASHED].view.len;
+    }
+    PyObject *unknown = NULL;
+    if (b[OUT].view.len / 4 != count) {
+        PyErr_SetString(PyExc_ValueError, "known_hashes: numbers and out differ in length");
+        goto done;
+    }
+    unknown = PyList_New(0);
+    if (unknown == NULL) {
+        goto done;
+    }
+    const uint32_t *hashes = b[HASHES].view.buf;
+    const uint8_t *hashed = b[HASHED].view.buf;
+    uint32_t *out = b[OUT].view.buf;
+    PyObject **items = PySequence_Fast_ITEMS(numbers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t number = PyLong_AsSsize_t(items[i]);
+        if (number == -1 && PyErr_Occurred()) {
+            Py_CLEAR(unknown);
+            break;
+        }
+        if (number < 0 || number >= terms) {
+            PyErr_Format(PyExc_IndexError, "known_hashes: number %zd of term %zd is outside "
+                         "the vocabulary (%zd terms)", number, i, terms);
+            Py_CLEAR(unknown);
+            break;
+        }
+        if (hashed[number]) {
+            out[i] = hashes[number];
+            continue;
+        }
+        PyObject *position = PyLong_FromSsize_t(i);
+        if (position == NULL || PyList_Append(unknown, position) < 0) {
+            Py_XDECREF(position);
+            Py_CLEAR(unknown);
+            break;
+        }
+        Py_DECREF(position);
+    }
+done:
+    release(b, 3);
+    Py_DECREF(numbers);
+    return unknown;
+}
+
 /* What ``strongest``'s sort compares: set for one call, which holds the interpreter lock
  * throughout and compares exact str objects only (no Python code runs meanwhile). */
 static const double *strongest_values;
@@ -2260,6 +2411,8 @@ static PyMethodDef methods[] = {
     {"table_remove", (PyCFunction)(void (*)(void))table_remove, METH_FASTCALL, NULL},
     {"min_hashes", (PyCFunction)(void (*)(void))min_hashes, METH_FASTCALL, NULL},
     {"count_document", (PyCFunction)(void (*)(void))count_document, METH_FASTCALL, NULL},
+    {"tf_idf_weights", (PyCFunction)(void (*)(void))tf_idf_weights, METH_FASTCALL, NULL},
+    {"known_hashes", (PyCFunction)(void (*)(void))known_hashes, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2286,6 +2439,8 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[13].ml_doc = table_remove_doc;
     methods[14].ml_doc = min_hashes_doc;
     methods[15].ml_doc = count_document_doc;
+    methods[16].ml_doc = tf_idf_weights_doc;
+    methods[17].ml_doc = known_hashes_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

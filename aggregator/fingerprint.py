@@ -618,7 +618,19 @@ class Vocabulary:
 
     def hashes_of(self, numbers: list[int]) -> np.ndarray:
         """The item hashes of the terms numbered ``numbers``: each term is hashed (SHA-1)
-        the first time it is asked for, not in every article that names it."""
+        the first time it is asked for, not in every article that names it.  Compiled where
+        the package was built with a C compiler (``kernels.known_hashes`` reads the known
+        ones and names the others)."""
+        if kernels is not None:
+            known = np.empty(len(numbers), dtype=np.uint32)
+            unknown = kernels.known_hashes(numbers, self.hashes, self.hashed, known)
+            if unknown:
+                fresh = [numbers[position] for position in unknown]
+                values = item_hashes([self.terms[number].encode() for number in fresh])
+                self.hashes[fresh] = values
+                self.hashed[fresh] = True
+                known[unknown] = values
+            return known
         at = np.asarray(numbers, dtype=np.int64)
         fresh = at[~self.hashed[at]]
         if fresh.size:
@@ -759,6 +771,21 @@ class TermStatistics:
         if term_id is None or term_id >= len(self._frequency):
             return 0
         return int(self._frequency[term_id])
+
+    def weights_of(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+        """``log_tf_idf`` of the terms ``ids`` counted ``counts`` times under the statistics
+        as they are, in one compiled pass (``kernels.tf_idf_weights``) where every count is
+        positive and every prior learned, as in nearly every article; None otherwise, or
+        where the package was built without a C compiler (``term_weights`` then weighs the
+        terms the general way)."""
+        if kernels is None:
+            return None
+        weights = np.empty(len(ids))
+        general = kernels.tf_idf_weights(
+            np.ascontiguousarray(ids, dtype=np.int32),
+            np.ascontiguousarray(counts, dtype=np.float64), self._frequency, self._prior,
+            float(self.documents + self.prior_docs), float(self.prior_docs), weights)
+        return None if general >= 0 else weights
 
     def frequencies_of(self, ids: np.ndarray) -> np.ndarray:
         return self._frequency[ids]
@@ -965,14 +992,16 @@ def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
     """
     if ids is None:
         ids = stats.ids_of(terms)
-    positive = counts > 0
-    if not positive.all():
-        terms = [term for term, keep in zip(terms, positive.tolist(), strict=True) if keep]
-        counts, ids = counts[positive], ids[positive]
-    if not terms:
-        return [], np.zeros(0), ids[:0]
-    weights = log_tf_idf(counts, stats.frequencies_of(ids), stats.priors_of(ids, terms),
-                         stats.documents + stats.prior_docs, stats.prior_docs)
+    weights = stats.weights_of(ids, counts) if terms else None
+    if weights is None:
+        positive = counts > 0
+        if not positive.all():
+            terms = [term for term, keep in zip(terms, positive.tolist(), strict=True) if keep]
+            counts, ids = counts[positive], ids[positive]
+        if not terms:
+            return [], np.zeros(0), ids[:0]
+        weights = log_tf_idf(counts, stats.frequencies_of(ids), stats.priors_of(ids, terms),
+                             stats.documents + stats.prior_docs, stats.prior_docs)
     weighty = weights > 0
     if weighty.all():
         return terms, weights, ids

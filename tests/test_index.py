@@ -29,6 +29,7 @@ from aggregator.fingerprint import (
     EnglishFrequencies,
     Signer,
     TermStatistics,
+    Vocabulary,
     affine32_permutations,
     fingerprint_batch,
     item_hashes,
@@ -148,6 +149,35 @@ def test_the_compiled_shingle_hashes_are_those_of_each_shingle_in_order(seed):
 def test_the_compiled_min_hashes_refuse_what_they_cannot_sign(arguments, error, message):
     with pytest.raises(error, match=message):
         kernels.min_hashes(*arguments)
+
+
+@requires_kernels
+def test_the_compiled_hashes_of_known_terms_are_the_vocabularys():
+    vocabulary = Vocabulary()
+    numbers = [vocabulary.id(term) for term in ("lavrov", "geneva", "talks", "ceasefire")]
+    out = np.empty(4, dtype=np.uint32)
+    assert kernels.known_hashes(numbers, vocabulary.hashes, vocabulary.hashed, out) == [
+        0, 1, 2, 3]
+    expected = item_hashes([b"lavrov", b"geneva", b"talks", b"ceasefire"]).tolist()
+    # The vocabulary hashes the terms named (a term's hash is kept from then on) ...
+    assert vocabulary.hashes_of(numbers[:2]).tolist() == expected[:2]
+    assert kernels.known_hashes(numbers, vocabulary.hashes, vocabulary.hashed, out) == [2, 3]
+    assert out[:2].tolist() == expected[:2]
+    # ... and reads those it holds, the same set twice over included.
+    assert vocabulary.hashes_of(numbers[::-1] + numbers[2:]).tolist() == \
+        expected[::-1] + expected[2:]
+    assert kernels.known_hashes(numbers, vocabulary.hashes, vocabulary.hashed, out) == []
+    assert out.tolist() == expected
+    for arguments, error, message in [
+        (([numbers[0], len(vocabulary.hashes)], np.empty(2, dtype=np.uint32)), IndexError,
+         "number .* of term 1 is outside the vocabulary"),
+        (([numbers[0], "a"], np.empty(2, dtype=np.uint32)), TypeError, "integer"),
+        ((numbers[:2], np.empty(3, dtype=np.uint32)), ValueError, "differ in length"),
+        ((7, np.empty(1, dtype=np.uint32)), TypeError, "must be a sequence"),
+    ]:
+        numbers_given, out = arguments
+        with pytest.raises(error, match=message):
+            kernels.known_hashes(numbers_given, vocabulary.hashes, vocabulary.hashed, out)
 
 
 @requires_kernels

@@ -616,6 +616,43 @@ def test_the_compiled_weights_are_the_python_ones_to_the_last_bit(terms, documen
     assert compiled.tobytes() == reference.tobytes()
 
 
+@requires_kernels
+@pytest.mark.parametrize(("case", "seed"), [
+    ("learned", 1),  # every prior learned, every count positive: the compiled pass
+    ("learned", 2),
+    ("unlearned prior", 3),  # the general way, from the first term without a prior
+    ("count of zero", 4),
+    ("weightless terms", 5),  # terms in nearly every document weigh nothing: left out
+    ("no terms", 6),
+])
+def test_an_articles_weights_are_the_same_whether_compiled_or_not(case, seed, monkeypatch):
+    generator = np.random.default_rng(seed)
+    size = 0 if case == "no terms" else 200
+    stats = TermStatistics(prior_docs=2000.0)
+    terms = [f"t{number}" for number in range(size)]
+    ids = stats.ids_of(terms)
+    stats.documents = 50_000
+    stats._frequency[ids] = generator.integers(0, 1000, size, dtype=np.int32)
+    stats._prior[ids] = generator.choice([1e-7, 1e-4, 0.01, 0.3], size)
+    counts = generator.choice([1.0, 2.0, 3.0, 0.3, 7.5], size)
+    if case == "unlearned prior":
+        stats._prior[ids[[17, 90]]] = TermStatistics.UNKNOWN
+    elif case == "count of zero":
+        counts[[0, 33]] = 0.0
+    elif case == "weightless terms":
+        stats._frequency[ids[::7]] = stats.documents * 3
+    compiled = term_weights(terms, counts, stats, ids)
+    if size:
+        general_way = stats.weights_of(ids, counts) is None
+        assert general_way == (case in ("unlearned prior", "count of zero"))
+    monkeypatch.setattr(fingerprint_module, "kernels", None)
+    reference = term_weights(terms, counts, stats, ids)
+    assert compiled[0] == reference[0] and compiled[1].tobytes() == reference[1].tobytes()
+    assert compiled[2].tolist() == reference[2].tolist()
+    if case == "weightless terms":
+        assert len(reference[0]) < size
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize(("width", "article_id"), [(np.int32, 7), (np.int64, 7), (np.int32, 0)])
 def test_a_document_counted_raises_each_terms_frequency_and_newest_article(
@@ -703,6 +740,15 @@ def test_the_compiled_choice_of_strongest_terms_is_pythons(values, limit):
                             10.0, 2.0, np.empty(2)), ValueError, "differ in length"),
     (lambda k: k.log_tf_idf(np.array([1.0]), np.zeros(1, dtype=np.int64), np.full(1, 0.1),
                             10.0, 2.0, np.empty(1)), TypeError, "frequency"),
+    (lambda k: k.tf_idf_weights(np.array([0, 5], dtype=np.int32), np.ones(2),
+                                np.zeros(5, dtype=np.int32), np.full(5, 0.1), 10.0, 2.0,
+                                np.empty(2)), IndexError, "id 5 of term 1 is outside"),
+    (lambda k: k.tf_idf_weights(np.array([0], dtype=np.int32), np.ones(2),
+                                np.zeros(5, dtype=np.int32), np.full(5, 0.1), 10.0, 2.0,
+                                np.empty(2)), ValueError, "differ in length"),
+    (lambda k: k.tf_idf_weights(np.array([0], dtype=np.int32), np.ones(1),
+                                np.zeros(5, dtype=np.int32), np.full(5, 0.1), -10.0, 2.0,
+                                np.empty(1)), ValueError, "term 0: its count or its ratio"),
 ])
 def test_the_compiled_fingerprint_steps_refuse_what_they_cannot_read(call, error, message):
     from aggregator.native import kernels
