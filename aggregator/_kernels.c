@@ -2,9 +2,10 @@
  * the slots found for an article's salient signature to its closest stories, the cosines
  * of the article with their members, term by term, and the exact score of each of those
  * stories; and in the fingerprint, the TF-IDF weights of an article's terms and the choice
- * of the strongest, its MinHash signatures and its count in the term statistics; the
- * band index's table of recent insertions; the vocabulary's table of term numbers; and,
- * where the worker processes prepare an article, the hashes of its shingles.
+ * of the strongest, its MinHash signatures, the hashes its salient terms keep and its
+ * count in the term statistics; the band index's table of recent insertions; the
+ * vocabulary's table of term numbers; and, where the worker processes prepare an
+ * article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,

@@ -1133,22 +1133,24 @@ class Signer:
         set is signed as the set of one empty item."""
         sets = [hashes if len(hashes) else _EMPTY_ITEM_HASH for hashes in hash_sets]
         rows = np.empty((len(sets), self.num_perm), dtype=np.uint32)
-        if kernels is not None and sets:
-            # One pass, no working array: the compiled kernel's rows are numpy's.
-            kernels.min_hashes(self._a, self._b,
-                               np.concatenate(sets).astype(np.uint32, copy=False),
-                               np.cumsum([len(hashes) for hashes in sets], dtype=np.int64),
-                               rows)
-            return rows
         # Sets are signed in groups of about SIGN_GROUP_ITEMS items, which bounds the
-        # (num_perm x items) working array at a few megabytes.
+        # (num_perm x items) working array at a few megabytes (and the compiled kernel's
+        # copy of the group's hashes: a feed may bring thousands of articles at once).
         start = 0
         while start < len(sets):
             end, items = start, 0
             while end < len(sets) and (end == start or items + len(sets[end]) <= SIGN_GROUP_ITEMS):
                 items += len(sets[end])
                 end += 1
-            rows[start:end] = self._sign_group(sets[start:end])
+            if kernels is not None:
+                # The same rows as numpy's, in one pass and no working array.
+                group = sets[start:end]
+                kernels.min_hashes(self._a, self._b,
+                                   np.concatenate(group).astype(np.uint32, copy=False),
+                                   np.cumsum([len(hashes) for hashes in group], dtype=np.int64),
+                                   rows[start:end])
+            else:
+                rows[start:end] = self._sign_group(sets[start:end])
             start = end
         return rows
 

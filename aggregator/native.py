@@ -33,7 +33,12 @@ when they are missing; the tests hold the two equal:
   article's salient signature, and ``Signer.sign_hashed``, the workers' shingle
   signatures; ``Signer.sign_hashes_numpy`` and ``_sign_group`` are the references);
 * ``count_document``: an article counted in the term statistics
-  (``TermStatistics.add_document``).
+  (``TermStatistics.add_document``);
+* ``tf_idf_weights``: an article's weights with its terms' frequencies and priors looked up
+  by id in the same pass (``TermStatistics.weights_of``; ``term_weights`` weighs the
+  general way where a prior is not learned yet);
+* ``known_hashes``: the item hashes that a salient set's terms keep, and which of them
+  are still to be hashed (``Vocabulary.hashes_of``).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
 30,000-article window, ``story_scores`` from 0.56 to 0.45 ms (``benchmarks/propose.py
