@@ -505,9 +505,9 @@ def _m012_search_merges(db: sqlite_utils.Database) -> None:
     gathers up to 4 MB of new terms before it writes a segment instead of 1 MB
     (``hashsize``).  Each article's terms were written into a small segment and then merged
     again and again as segments of four gathered on every level: the index cost a tenth of
-    the writer's time an article, and its merges rewrote pages that every commit then
-    copied into the WAL and back.  Searches find the same rows in the same order; the
-    settings only change how the index lays them out."""
+    the writer's time an article (and each page a merge rewrites is written twice more, to
+    the WAL at the commit and back at the checkpoint).  Searches find the same rows in the
+    same order; the settings only change how the index lays them out."""
     for option, value in (("automerge", SEARCH_AUTOMERGE), ("hashsize", SEARCH_HASH_BYTES)):
         db.conn.execute("INSERT INTO articles_fts(articles_fts, rank) VALUES (?, ?)",
                         (option, value))
