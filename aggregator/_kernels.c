@@ -1083,10 +1083,23 @@ static const char *weights_doc =
     "each operation in that order and each logarithm the C library's, as ``math.log``\n"
     "computes it.";
 
+/* One term's weight, as ``fingerprint.log_tf_idf_python`` computes it: the operations
+ * numpy does, in its order, one rounding each (the module is built without contracting a
+ * multiply and an add into one), and the C library's logarithm, as ``math.log``.  -1 where
+ * ``math.log`` would refuse the count or the ratio (not positive, or not finite).  Both
+ * ``log_tf_idf`` and ``tf_idf_weights`` weigh through it, so they cannot differ. */
+static int weigh(double count, int32_t frequency, double prior, double numerator,
+                 double prior_docs, double *weight) {
+    double ratio = numerator / ((double)frequency + prior_docs * prior + 0.5);
+    if (!(count > 0.0) || !(ratio > 0.0) || isinf(count) || isinf(ratio)) {
+        return -1;
+    }
+    *weight = (1.0 + log(count)) * log(ratio);
+    return 0;
+}
+
 /* ``fingerprint.term_weights``'s arithmetic, one term at a time: it took two Python-level
- * ``math.log`` calls a term.  The operations are those numpy does, in its order, one
- * rounding each (the module is built without contracting a multiply and an add into
- * one). */
+ * ``math.log`` calls a term. */
 static PyObject *log_tf_idf(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (!arguments_given("log_tf_idf", nargs, 6)) {
@@ -1120,15 +1133,13 @@ static PyObject *log_tf_idf(PyObject *module, PyObject *const *args, Py_ssize_t 
     const double *priors = b[PRIORS].view.buf;
     double *out = b[OUT].view.buf;
     for (Py_ssize_t i = 0; i < count; i++) {
-        double ratio = numerator / ((double)frequency[i] + prior_docs * priors[i] + 0.5);
         /* math.log refuses what is not positive: so does this, naming the term. */
-        if (!(counts[i] > 0.0) || !(ratio > 0.0) || isinf(counts[i]) || isinf(ratio)) {
+        if (weigh(counts[i], frequency[i], priors[i], numerator, prior_docs, &out[i]) < 0) {
             release(b, 4);
             PyErr_Format(PyExc_ValueError, "log_tf_idf: term %zd: its count or its ratio is "
                          "not positive and finite", i);
             return NULL;
         }
-        out[i] = (1.0 + log(counts[i])) * log(ratio);
     }
     release(b, 4);
     Py_RETURN_NONE;
@@ -1334,14 +1345,12 @@ static PyObject *tf_idf_weights(PyObject *module, PyObject *const *args, Py_ssiz
             general = i;
             break;
         }
-        double ratio = numerator / ((double)frequency[id] + prior_docs * priors[id] + 0.5);
-        if (!(ratio > 0.0) || isinf(counts[i]) || isinf(ratio)) {
+        if (weigh(counts[i], frequency[id], priors[id], numerator, prior_docs, &out[i]) < 0) {
             release(b, 5);
             PyErr_Format(PyExc_ValueError, "tf_idf_weights: term %zd: its count or its ratio "
                          "is not positive and finite", i);
             return NULL;
         }
-        out[i] = (1.0 + log(counts[i])) * log(ratio);
     }
     release(b, 5);
     return PyLong_FromSsize_t(general);

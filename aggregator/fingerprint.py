@@ -625,20 +625,20 @@ class Vocabulary:
             known = np.empty(len(numbers), dtype=np.uint32)
             unknown = kernels.known_hashes(numbers, self.hashes, self.hashed, known)
             if unknown:
-                fresh = [numbers[position] for position in unknown]
-                values = item_hashes([self.terms[number].encode() for number in fresh])
-                self.hashes[fresh] = values
-                self.hashed[fresh] = True
-                known[unknown] = values
+                known[unknown] = self._hash([numbers[position] for position in unknown])
             return known
         at = np.asarray(numbers, dtype=np.int64)
         fresh = at[~self.hashed[at]]
         if fresh.size:
-            terms = self.terms
-            self.hashes[fresh] = item_hashes([terms[number].encode()
-                                              for number in fresh.tolist()])
-            self.hashed[fresh] = True
+            self._hash(fresh.tolist())
         return self.hashes[at]
+
+    def _hash(self, numbers: list[int]) -> np.ndarray:
+        """Hash the terms numbered ``numbers`` (none hashed yet) and keep their hashes."""
+        values = item_hashes([self.terms[number].encode() for number in numbers])
+        self.hashes[numbers] = values
+        self.hashed[numbers] = True
+        return values
 
     def stored_ids(self, numbers: np.ndarray | list[int]) -> np.ndarray:
         """The store ids of the terms numbered ``numbers`` (0 for 0, the padding)."""
