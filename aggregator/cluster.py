@@ -386,11 +386,16 @@ class ArticleRows:
 
     def put_one(self, slot: int, *, article_id: int, story_id: int, story_row: int,
                 shingle: np.ndarray, salient: np.ndarray, vector_ids: list[int],
-                vector_weights: list[float], metadata: tuple) -> None:
-        """``put`` for one row, the values of ``METADATA`` in a tuple: an article committed
+                vector_weights: list[float], source: int, priority: int, published_ts: float,
+                has_author: bool, dated: bool, word_count: int) -> None:
+        """``put`` for one row, each value of ``METADATA`` by its name: an article committed
         at a time, where ``put``'s one-row arrays took twice as long."""
-        for name, value in zip(self.METADATA, metadata, strict=True):
-            getattr(self, name)[slot] = value
+        self.source[slot] = source
+        self.priority[slot] = priority
+        self.published_ts[slot] = published_ts
+        self.has_author[slot] = has_author
+        self.dated[slot] = dated
+        self.word_count[slot] = word_count
         if self.keep_stored:
             self.shingle[slot] = shingle
         self.salient[slot] = salient.astype(np.uint16)  # the low 16 bits
@@ -1095,10 +1100,10 @@ class Clusterer:
         self.rows.put_one(slot, article_id=article.article_id, story_id=story_id,
                           story_row=story.row, shingle=fingerprint.shingle_signature,
                           salient=fingerprint.salient_signature, vector_ids=vector_ids,
-                          vector_weights=vector_weights, metadata=(
-                              self.source_code(article.source), article.priority,
-                              article.published_ts, article.has_author, article.dated,
-                              article.word_count))
+                          vector_weights=vector_weights,
+                          source=self.source_code(article.source), priority=article.priority,
+                          published_ts=article.published_ts, has_author=article.has_author,
+                          dated=article.dated, word_count=article.word_count)
         self._index_rows(slots, fingerprint.shingle_signature[None, :],
                          fingerprint.salient_signature[None, :], article.shingle_keys,
                          article.salient_keys)

@@ -934,7 +934,7 @@ def test_one_row_put_alone_is_the_row_that_put_writes(keep_stored, width, vector
                         ArticleRows.METADATA, values, strict=True)})
         by_one.put_one(slot, article_id=100 + slot, story_id=7, story_row=2, shingle=shingle,
                        salient=salient, vector_ids=ids, vector_weights=weights,
-                       metadata=values)
+                       **dict(zip(ArticleRows.METADATA, values, strict=True)))
     for name in ArticleRows.ARRAYS:
         expected, written = getattr(by_rows, name), getattr(by_one, name)
         assert written.dtype == expected.dtype, name
