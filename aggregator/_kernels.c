@@ -3,16 +3,19 @@
  * of the article with their members, term by term, and the exact score of each of those
  * stories; and in the fingerprint, the TF-IDF weights of an article's terms and the choice
  * of the strongest, its MinHash signatures, the hashes its salient terms keep and its
- * count in the term statistics; the band index's table of recent insertions; the
- * vocabulary's table of term numbers; and, where the worker processes prepare an
- * article, the hashes of its shingles.
+ * count in the term statistics; the band index's keys and its table of recent
+ * insertions; the vocabulary's table of term numbers; at a restart, the stored vectors and
+ * signatures copied into the window's matrices; and, where the worker processes prepare
+ * an article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
  * ``Clusterer._term_products_numpy``, ``Clusterer._score``,
  * ``fingerprint.log_tf_idf_python``, ``fingerprint.strongest_python``,
  * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``,
- * ``Signer.sign_hashes_numpy``, ``TermStatistics.add_document``),
+ * ``Signer.sign_hashes_numpy``, ``TermStatistics.add_document``,
+ * ``BandIndex.band_keys_numpy``, ``store.unpack_vectors_numpy``,
+ * ``Signer.from_bytes_many_numpy``),
  * which stays the reference and runs where this module was not built; the tests hold the
  * two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
@@ -2403,6 +2406,200 @@ static PyObject *table_remove(PyObject *module, PyObject *const *args, Py_ssize_
     return PyLong_FromSsize_t(removed);
 }
 
+static const char *band_keys_doc =
+    "band_keys(signatures, rows, band_ids, out)\n\n"
+    "``BandIndex.band_keys`` of the signature matrix ``signatures`` (uint32, one row each):\n"
+    "for each band of ``rows`` values, the values folded by SplitMix64's finaliser, the\n"
+    "band's id (``band_ids``, uint64) mixed in, and the top 32 bits of the result into\n"
+    "``out`` (uint32, a row of ``len(band_ids)`` keys a signature), the same operations on\n"
+    "64-bit values as numpy's.";
+
+static inline uint64_t splitmix(uint64_t value) {
+    value ^= value >> 30;
+    value *= 0xBF58476D1CE4E5B9ULL;
+    value ^= value >> 27;
+    value *= 0x94D049BB133111EBULL;
+    return value ^ (value >> 31);
+}
+
+/* A window's band keys at a start-up (two indexes, 32 bands of 100,000 signatures), in
+ * one pass over the signatures where numpy made a 64-bit temporary of every step; and an
+ * article's, without numpy's dozen calls for one row. */
+static PyObject *band_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("band_keys", nargs, 4)) {
+        return NULL;
+    }
+    Py_ssize_t rows = PyLong_AsSsize_t(args[1]);
+    if (rows == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b[3];
+    memset(b, 0, sizeof b);
+    enum { SIGNATURES, BAND_IDS, OUT };
+    if (take(args[0], &b[SIGNATURES], 4, "IL", 0, "signatures") < 0
+            || take(args[2], &b[BAND_IDS], 8, "LkQ", 0, "band_ids") < 0
+            || take(args[3], &b[OUT], 4, "IL", 1, "out") < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    Py_ssize_t bands = b[BAND_IDS].view.len / 8;
+    if (b[SIGNATURES].view.ndim != 2 || b[OUT].view.ndim != 2
+            || b[OUT].view.shape[0] != b[SIGNATURES].view.shape[0]
+            || b[OUT].view.shape[1] != bands || rows < 1
+            || bands * rows > b[SIGNATURES].view.shape[1]) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "band_keys: out must hold a key a band for each "
+                        "signature, and the bands' values fit in a signature");
+        return NULL;
+    }
+    Py_ssize_t count = b[SIGNATURES].view.shape[0], width = b[SIGNATURES].view.shape[1];
+    const uint32_t *signatures = b[SIGNATURES].view.buf;
+    const uint64_t *band_ids = b[BAND_IDS].view.buf;
+    uint32_t *out = b[OUT].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint32_t *values = signatures + i * width;
+        for (Py_ssize_t band = 0; band < bands; band++) {
+            const uint32_t *own = values + band * rows;
+            uint64_t folded = own[0];
+            for (Py_ssize_t column = 1; column < rows; column++) {
+                folded = splitmix((folded * 0x100000001B3ULL) ^ own[column]);
+            }
+            out[i * bands + band] = (uint32_t)(splitmix(folded ^ band_ids[band]) >> 32);
+        }
+    }
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+static const char *unpack_vectors_doc =
+    "unpack_vectors(stored, ids, weights) -> int\n\n"
+    "Stored term vectors (a list of bytes: n little-endian int32 term ids, then n\n"
+    "little-endian float64 weights) into the rows of ``ids`` (int32) and ``weights``\n"
+    "(float64), both of ``len(stored)`` rows of one width and zeroed by the caller: row i\n"
+    "takes vector i, the rest of the row left as it is.  Returns -1; or the position of\n"
+    "the first item that is not bytes, whose length is not a multiple of 12, or that is\n"
+    "wider than a row, and then nothing is written.  A little-endian host's layout.";
+
+/* ``store.unpack_vectors`` at a start-up: a window's vectors (100,000 of 60 terms) into
+ * the clusterer's padded matrices, one copy each, where numpy sliced, joined and
+ * scattered them (0.23 s of a 1.7 s restart). */
+static PyObject *unpack_vectors(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("unpack_vectors", nargs, 3)) {
+        return NULL;
+    }
+    PyObject *stored = PySequence_Fast(args[0], "unpack_vectors: stored must be a sequence");
+    if (stored == NULL) {
+        return NULL;
+    }
+    Buffer b[2];
+    memset(b, 0, sizeof b);
+    enum { IDS, WEIGHTS };
+    if (take(args[1], &b[IDS], 4, "il", 1, "ids") < 0
+            || take(args[2], &b[WEIGHTS], 8, "d", 1, "weights") < 0) {
+        release(b, 2);
+        Py_DECREF(stored);
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(stored);
+    PyObject *result = NULL;
+    Py_ssize_t id_values = b[IDS].view.len / 4, weight_values = b[WEIGHTS].view.len / 8;
+    if (b[IDS].view.ndim != 2 || b[WEIGHTS].view.ndim != 2
+            || b[IDS].view.shape[0] != count || b[WEIGHTS].view.shape[0] != count
+            || b[IDS].view.shape[1] != b[WEIGHTS].view.shape[1]
+            || id_values != weight_values) {
+        PyErr_SetString(PyExc_ValueError, "unpack_vectors: ids and weights must be matrices "
+                        "of one row a vector, of one width");
+        goto done;
+    }
+    Py_ssize_t width = count ? id_values / count : 0;
+    PyObject **items = PySequence_Fast_ITEMS(stored);
+    /* Every item checked before anything is written. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(items[i]) || PyBytes_GET_SIZE(items[i]) % 12 != 0
+                || PyBytes_GET_SIZE(items[i]) / 12 > width) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+    }
+    int32_t *ids = b[IDS].view.buf;
+    double *weights = b[WEIGHTS].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *data = PyBytes_AS_STRING(items[i]);
+        Py_ssize_t terms = PyBytes_GET_SIZE(items[i]) / 12;
+        memcpy(ids + i * width, data, (size_t)terms * 4);
+        memcpy(weights + i * width, data + terms * 4, (size_t)terms * 8);
+    }
+    result = PyLong_FromLong(-1);
+done:
+    release(b, 2);
+    Py_DECREF(stored);
+    return result;
+}
+
+static const char *signatures_from_bytes_doc =
+    "signatures_from_bytes(stored, header, out) -> int\n\n"
+    "Stored signatures (a list of bytes, each ``header`` then the values) into the rows of\n"
+    "``out`` (uint32, ``len(stored)`` rows of as many values as a signature holds), byte\n"
+    "for byte.  Returns -1; or the position of the first item that is not bytes of that\n"
+    "length beginning with ``header``, and then nothing is written.";
+
+/* ``Signer.from_bytes_many`` at a start-up: the window's two signatures an article
+ * checked and copied in one pass, where numpy joined them, compared every header and
+ * copied the values out again. */
+static PyObject *signatures_from_bytes(PyObject *module, PyObject *const *args,
+                                       Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("signatures_from_bytes", nargs, 3)) {
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "signatures_from_bytes: header must be bytes");
+        return NULL;
+    }
+    PyObject *stored = PySequence_Fast(args[0],
+                                       "signatures_from_bytes: stored must be a sequence");
+    if (stored == NULL) {
+        return NULL;
+    }
+    Buffer b[1];
+    memset(b, 0, sizeof b);
+    if (take(args[2], &b[0], 4, "IL", 1, "out") < 0) {
+        release(b, 1);
+        Py_DECREF(stored);
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(stored);
+    PyObject *result = NULL;
+    if (b[0].view.ndim != 2 || b[0].view.shape[0] != count) {
+        PyErr_SetString(PyExc_ValueError, "signatures_from_bytes: out must be a matrix of "
+                        "one row a signature");
+        goto done;
+    }
+    const char *header = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t header_size = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t values_size = b[0].view.shape[1] * 4;
+    PyObject **items = PySequence_Fast_ITEMS(stored);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(items[i]) || PyBytes_GET_SIZE(items[i]) != header_size + values_size
+                || memcmp(PyBytes_AS_STRING(items[i]), header, (size_t)header_size) != 0) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+    }
+    char *out = b[0].view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        memcpy(out + i * values_size, PyBytes_AS_STRING(items[i]) + header_size,
+               (size_t)values_size);
+    }
+    result = PyLong_FromLong(-1);
+done:
+    release(b, 1);
+    Py_DECREF(stored);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"closest_story_rows", (PyCFunction)(void (*)(void))closest_story_rows, METH_FASTCALL,
      NULL},
@@ -2423,6 +2620,10 @@ static PyMethodDef methods[] = {
     {"count_document", (PyCFunction)(void (*)(void))count_document, METH_FASTCALL, NULL},
     {"tf_idf_weights", (PyCFunction)(void (*)(void))tf_idf_weights, METH_FASTCALL, NULL},
     {"known_hashes", (PyCFunction)(void (*)(void))known_hashes, METH_FASTCALL, NULL},
+    {"band_keys", (PyCFunction)(void (*)(void))band_keys, METH_FASTCALL, NULL},
+    {"unpack_vectors", (PyCFunction)(void (*)(void))unpack_vectors, METH_FASTCALL, NULL},
+    {"signatures_from_bytes", (PyCFunction)(void (*)(void))signatures_from_bytes,
+     METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2451,6 +2652,9 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[15].ml_doc = count_document_doc;
     methods[16].ml_doc = tf_idf_weights_doc;
     methods[17].ml_doc = known_hashes_doc;
+    methods[18].ml_doc = band_keys_doc;
+    methods[19].ml_doc = unpack_vectors_doc;
+    methods[20].ml_doc = signatures_from_bytes_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

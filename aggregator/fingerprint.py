@@ -1197,7 +1197,20 @@ class Signer:
 
     def from_bytes_many(self, stored: list[bytes]) -> np.ndarray:
         """Stored signatures as the rows of one array: the window's at a start-up, or a few
-        that the clusterer reads back (a story's canonical, most often one)."""
+        that the clusterer reads back (a story's canonical, most often one).  Each checked
+        and copied by the compiled ``signatures_from_bytes`` where the package was built
+        with a C compiler; ``from_bytes_many_numpy`` is the same in numpy, and the
+        reference, which decides what the kernel refuses (it raises for a signature made
+        with other settings, and reads a ``bytearray`` as ``bytes``)."""
+        if kernels is None:
+            return self.from_bytes_many_numpy(stored)
+        rows = np.empty((len(stored), self.num_perm), dtype=np.uint32)
+        if kernels.signatures_from_bytes(stored, self.header, rows) >= 0:
+            return self.from_bytes_many_numpy(stored)
+        return rows
+
+    def from_bytes_many_numpy(self, stored: list[bytes]) -> np.ndarray:
+        """``from_bytes_many`` without the compiled kernels."""
         size = len(self.header) + 4 * self.num_perm
         if len(stored) <= FEW_SIGNATURES:
             # Checked one by one: the array operations below cost several times more than

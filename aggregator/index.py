@@ -268,9 +268,18 @@ class BandIndex:
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 32-bit key per band for each signature row: shape ``(n, bands)``.
 
-        Computed for many rows at once where the caller can (a batch's shingle signatures):
-        for one row, the numpy calls' own overhead is most of the cost.
+        Compiled where the package was built with a C compiler (``native.kernels``), for
+        uint32 signatures; ``band_keys_numpy`` is the same in numpy, and the reference.
         """
+        if kernels is not None and signatures.dtype == np.uint32:
+            keys = np.empty((signatures.shape[0], self.bands), dtype=KEY_DTYPE)
+            kernels.band_keys(np.ascontiguousarray(signatures), self.rows, self._band_ids, keys)
+            return keys
+        return self.band_keys_numpy(signatures)
+
+    def band_keys_numpy(self, signatures: np.ndarray) -> np.ndarray:
+        """``band_keys`` in numpy, for many rows at once where the caller can (a batch's
+        shingle signatures): for one row, the numpy calls' own overhead is most of it."""
         rows = signatures.shape[0]
         values = signatures[:, :self.bands * self.rows].astype(np.uint64)
         values = values.reshape(rows, self.bands, self.rows)

@@ -39,6 +39,12 @@ when they are missing; the tests hold the two equal:
   general way where a prior is not learned yet);
 * ``known_hashes``: the item hashes that a salient set's terms keep, and which of them
   are still to be hashed (``Vocabulary.hashes_of``).
+* ``band_keys``: a signature's key in each band of an index (``BandIndex.band_keys``;
+  ``band_keys_numpy`` is the reference), for an article and for a window at a restart;
+* ``unpack_vectors`` and ``signatures_from_bytes``: stored term vectors and signatures
+  into the window's matrices at a restart (``store.unpack_vectors``,
+  ``Signer.from_bytes_many``; ``unpack_vectors_numpy`` and ``from_bytes_many_numpy`` are
+  the references, and decide what the kernels refuse).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
 30,000-article window, ``story_scores`` from 0.56 to 0.45 ms (``benchmarks/propose.py

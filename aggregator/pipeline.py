@@ -479,7 +479,7 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
         clusterer.restore_rows(window.ids, window.story_ids, window.canonical_ids,
                                signer.from_bytes_many(window.shingle_signatures),
                                signer.from_bytes_many(window.salient_signatures),
-                               *numbered_vectors(stats, window.term_vectors),
+                               *numbered_vectors(stats, window.term_vectors, window.ids),
                                sources=[name for name, _priority in named],
                                priorities=[priority for _name, priority in named],
                                published_ts=window.published_ts,
@@ -490,10 +490,11 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
     return clusterer
 
 
-def numbered_vectors(stats: TermStatistics, stored: list[bytes]) -> tuple[np.ndarray,
-                                                                          np.ndarray]:
-    """Stored vectors (``unpack_vectors``), their terms' store ids made numbers in memory."""
-    ids, weights = unpack_vectors(stored)
+def numbered_vectors(stats: TermStatistics, stored: list[bytes],
+                     article_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors (``unpack_vectors``, of the articles ``article_ids``), their terms'
+    store ids made numbers in memory."""
+    ids, weights = unpack_vectors(stored, article_ids)
     return stats.numbers_of_stored(ids), weights
 
 

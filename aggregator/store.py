@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sqlite3
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import sqlite_utils
 
 from .errors import SchemaTooNewError, StoreError
+from .native import kernels
 from .normalize import NormalizedArticle
 
 BUSY_TIMEOUT_MS = 30_000
@@ -324,14 +326,40 @@ def pack_vector(term_ids: list[int], weights: list[float]) -> bytes:
             + np.asarray(weights, dtype="<f8").tobytes())
 
 
-def unpack_vectors(stored: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Many stored vectors as two zero-padded matrices (term ids, weights), one row each.
+def unpack_vectors(stored: list[bytes],
+                   article_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Many stored vectors as two zero-padded matrices (term ids, weights), one row each;
+    ``article_ids``, their articles', name the one that is malformed, if one is.
 
-    The start-up path: one scatter of the joined bytes into the flat matrices instead of
-    two arrays per vector, and none when every vector has the same width.
+    The start-up path: each vector copied into its rows by the compiled ``unpack_vectors``
+    where the package was built with a C compiler on a little-endian machine (the stored
+    layout); ``unpack_vectors_numpy`` is the same in numpy, and the reference, which
+    decides what the kernel refuses (it raises ``StoreError`` for a vector that is not 12
+    bytes a term).
     """
+    if kernels is None or sys.byteorder != "little":
+        return unpack_vectors_numpy(stored, article_ids)
+    width = max(1, max(map(len, stored), default=0) // 12)
+    ids = np.zeros((len(stored), width), dtype=np.int32)
+    weights = np.zeros((len(stored), width), dtype=np.float64)
+    if kernels.unpack_vectors(stored, ids, weights) >= 0:
+        return unpack_vectors_numpy(stored, article_ids)
+    return ids, weights
+
+
+def unpack_vectors_numpy(stored: list[bytes], article_ids: Sequence[int] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``unpack_vectors`` in numpy: one scatter of the joined bytes into the flat matrices
+    instead of two arrays per vector, and none when every vector has the same width."""
     count = len(stored)
-    lengths = np.fromiter(map(len, stored), dtype=np.int64, count=count) // 12
+    sizes = np.fromiter(map(len, stored), dtype=np.int64, count=count)
+    if count and (sizes % 12).any():
+        bad = int(np.flatnonzero(sizes % 12)[0])
+        which = f"article {article_ids[bad]}'s stored term vector" if article_ids is not None \
+            else f"stored term vector {bad + 1} of {count}"
+        raise StoreError(f"{which} is {sizes[bad]} bytes: not 12 bytes a term (int32 ids, "
+                         "then float64 weights)")
+    lengths = sizes // 12
     width = max(1, int(lengths.max(initial=0)))
     term_ids = np.frombuffer(b"".join([data[:len(data) // 3] for data in stored]), dtype="<i4")
     weights = np.frombuffer(b"".join([data[len(data) // 3:] for data in stored]), dtype="<f8")

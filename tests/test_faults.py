@@ -460,3 +460,16 @@ def test_a_write_behind_process_that_cannot_start_leaves_the_group_to_the_writer
     assert _search_index_is_the_articles(aggregator)
     assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
+
+
+def test_a_damaged_term_vector_is_named_at_the_restart(tmp_path):
+    aggregator = _desk(tmp_path, "damaged")
+    aggregator.ingest_entries("desk", 0, _entries(range(4)), datetime(2026, 3, 1, tzinfo=UTC))
+    conn = aggregator.store.db.conn
+    [vector] = conn.execute("SELECT term_vector FROM article_fingerprints "
+                            "WHERE article_id = 3").fetchone()
+    conn.execute("UPDATE article_fingerprints SET term_vector = ? WHERE article_id = 3",
+                 [vector + b"\x00"])
+    with pytest.raises(store_module.StoreError, match="article 3's stored term vector is"):
+        load_clusterer(aggregator.store, aggregator.settings, aggregator.signer)
+    aggregator.close()

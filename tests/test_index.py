@@ -19,8 +19,10 @@ from datasketch.lsh import _optimal_param
 
 from aggregator import fingerprint as fingerprint_module
 from aggregator import index as index_module
+from aggregator import store as store_module
 from aggregator.cluster import ClusterArticle, Clusterer
 from aggregator.config import ClusteringSettings
+from aggregator.errors import StoreError
 from aggregator.fingerprint import (
     FEW_SIGNATURES,
     MINHASH_SCHEME,
@@ -50,7 +52,7 @@ from aggregator.index import (
     sorted_stably,
 )
 from aggregator.native import kernels
-from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors
+from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors, unpack_vectors_numpy
 
 SIGNER = Signer(128)
 
@@ -231,11 +233,17 @@ def test_a_signature_made_with_other_settings_is_refused_with_the_reason():
         Signer(64).from_bytes(SIGNER.to_bytes(SIGNER.sign([[b"a"]])[0]))
 
 
-@pytest.mark.parametrize("count", [5, FEW_SIGNATURES + 3])  # read one by one, or at once
+@pytest.mark.parametrize("compiled", [True, False])
+# Without the kernels read one by one, or at once.
+@pytest.mark.parametrize("count", [5, FEW_SIGNATURES + 3])
 @pytest.mark.parametrize("bad_at", [0, 2, 4])
 @pytest.mark.parametrize("bad", ["other settings", "short", "header altered"])
-def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(bad, bad_at,
-                                                                              count):
+def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(
+        bad, bad_at, count, compiled, monkeypatch):
+    if compiled and kernels is None:
+        pytest.skip("built without a C compiler")
+    if not compiled:
+        monkeypatch.setattr(fingerprint_module, "kernels", None)
     rows = SIGNER.sign([[f"{n}".encode()] for n in range(count)])
     stored = [SIGNER.to_bytes(row) for row in rows]
     read = SIGNER.from_bytes_many(stored)
@@ -250,6 +258,56 @@ def test_stored_signatures_are_read_together_and_one_bad_one_refuses_them_all(ba
         stored[bad_at] = bytes([stored[bad_at][0] ^ 1]) + stored[bad_at][1:]
     with pytest.raises(ValueError, match="other MinHash settings"):
         SIGNER.from_bytes_many(stored)
+    # A signature in a bytearray (sqlite3 gives bytes) is read as one in bytes.
+    stored = [SIGNER.to_bytes(row) for row in rows]
+    stored[bad_at] = bytearray(stored[bad_at])
+    assert (SIGNER.from_bytes_many(stored) == rows).all()
+
+
+@requires_kernels
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7, 0.95])
+@pytest.mark.parametrize("count", [0, 1, 7, 300])
+def test_the_compiled_band_keys_are_numpys(threshold, count):
+    index = BandIndex(threshold, 128)
+    generator = np.random.default_rng([count, int(threshold * 100)])
+    signatures = generator.integers(0, 2**32, (count, 128), dtype=np.uint32)
+    signatures[: count // 2, :8] = 0xFFFFFFFF  # the largest values, in every band's first
+    keys = index.band_keys(signatures)
+    expected = index.band_keys_numpy(signatures)
+    assert keys.dtype == expected.dtype == KEY_DTYPE and keys.shape == (count, index.bands)
+    assert keys.tobytes() == expected.tobytes()
+    # A row taken out of a matrix (not contiguous in memory) gives its row of keys.
+    if count:
+        assert (index.band_keys(signatures[::2][:1]) == expected[:1]).all()
+
+
+@requires_kernels
+def test_the_compiled_band_keys_refuse_a_matrix_of_another_shape():
+    index = BandIndex(0.05, 128)
+    signatures = np.zeros((2, 128), dtype=np.uint32)
+    for out in (np.empty((3, index.bands), dtype=np.uint32),
+                np.empty((2, index.bands + 1), dtype=np.uint32)):
+        with pytest.raises(ValueError, match="a key a band"):
+            kernels.band_keys(signatures, index.rows, index._band_ids, out)
+    with pytest.raises(ValueError, match="fit in a signature"):
+        kernels.band_keys(np.zeros((2, 16), dtype=np.uint32), index.rows, index._band_ids,
+                          np.empty((2, index.bands), dtype=np.uint32))
+
+
+@requires_kernels
+def test_the_compiled_signature_reader_refuses_a_matrix_of_another_shape():
+    stored = [SIGNER.to_bytes(row) for row in SIGNER.sign([[b"a"], [b"b"]])]
+    for out in (np.empty((3, SIGNER.num_perm), dtype=np.uint32),
+                np.empty(2 * SIGNER.num_perm, dtype=np.uint32)):
+        with pytest.raises(ValueError, match="one row a signature"):
+            kernels.signatures_from_bytes(stored, SIGNER.header, out)
+    with pytest.raises(TypeError, match="out"):
+        kernels.signatures_from_bytes(stored, SIGNER.header,
+                                      np.empty((2, SIGNER.num_perm), dtype=np.int64))
+    # Rows narrower than a stored signature: no item has the length, nothing is written.
+    narrow = np.zeros((2, 64), dtype=np.uint32)
+    assert kernels.signatures_from_bytes(stored, SIGNER.header, narrow) == 0
+    assert not narrow.any()
 
 
 @pytest.mark.parametrize("keys", [
@@ -621,12 +679,64 @@ def test_text_features_are_the_same_from_many_threads():
                    for a, b in zip(result, expected, strict=True))
 
 
-def test_vectors_pack_and_unpack_exactly():
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def vector_kernels(request, monkeypatch):
+    """Stored vectors unpacked by the compiled kernel, then by numpy alone."""
+    if request.param and kernels is None:
+        pytest.skip("built without a C compiler")
+    if not request.param:
+        monkeypatch.setattr(store_module, "kernels", None)
+    return request.param
+
+
+def test_vectors_pack_and_unpack_exactly(vector_kernels):
     [ids], [weights] = unpack_vectors([pack_vector([3, 1, 99], [0.5, 0.25, 1 / 3])])
     assert ids.tolist() == [3, 1, 99] and weights.tolist() == [0.5, 0.25, 1 / 3]
 
 
-def test_many_vectors_unpack_into_zero_padded_rows():
+@pytest.mark.parametrize("size", [13, 11, 24 + 6])
+def test_a_stored_vector_that_is_not_twelve_bytes_a_term_is_refused(vector_kernels, size):
+    good = pack_vector([3, 1], [0.5, 0.25])
+    stored = [good, b"\x01" * size, good]
+    with pytest.raises(StoreError, match=f"article 17's stored term vector is {size} bytes: "
+                                         "not 12 bytes a term"):
+        unpack_vectors(stored, [4, 17, 23])
+    with pytest.raises(StoreError, match="stored term vector 2 of 3 is"):
+        unpack_vectors(stored)
+    # A vector in a bytearray (sqlite3 gives bytes) is read as one in bytes.
+    ids, weights = unpack_vectors([good, bytearray(good)])
+    assert ids.tolist() == [[3, 1]] * 2 and weights.tolist() == [[0.5, 0.25]] * 2
+
+
+@requires_kernels
+@pytest.mark.parametrize("widths", [[60] * 50, [60] * 49 + [59], [0, 3, 0], [1], [], [0]])
+def test_the_compiled_vectors_are_numpys_byte_for_byte(widths):
+    rng = np.random.default_rng(len(widths))
+    stored = [pack_vector(rng.integers(-5, 2**31 - 1, n).tolist(),
+                          (rng.standard_normal(n) * 1e3).tolist()) for n in widths]
+    compiled, reference = unpack_vectors(stored), unpack_vectors_numpy(stored)
+    for got, expected in zip(compiled, reference, strict=True):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes()
+
+
+@requires_kernels
+def test_the_compiled_vector_reader_refuses_before_it_writes():
+    stored = [pack_vector([1, 2], [0.5, 0.5]), pack_vector([1, 2, 3], [0.5, 0.5, 0.5])]
+    ids, weights = np.zeros((2, 2), dtype=np.int32), np.zeros((2, 2))
+    # The second vector is wider than the rows: nothing of the first is written either.
+    assert kernels.unpack_vectors(stored, ids, weights) == 1
+    assert not ids.any() and not weights.any()
+    assert kernels.unpack_vectors([stored[0], "text"], ids, weights) == 1
+    with pytest.raises(ValueError, match="one row a vector"):
+        kernels.unpack_vectors(stored, np.zeros((2, 3), dtype=np.int32), weights)
+    with pytest.raises(ValueError, match="one row a vector"):
+        kernels.unpack_vectors(stored[:1], ids, weights)
+    with pytest.raises(TypeError, match="weights"):
+        kernels.unpack_vectors(stored, ids, np.zeros((2, 2), dtype=np.float32))
+
+
+def test_many_vectors_unpack_into_zero_padded_rows(vector_kernels):
     rng = np.random.default_rng(3)
     vectors = [([], [])] + [(rng.integers(1, 50_000, size=n).tolist(), rng.random(n).tolist())
                             for n in (1, 60, 7, 0, 33)]
