@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, requires_kernels
 
 
 def _last_json(*arguments: str) -> dict:
@@ -36,3 +36,12 @@ def test_the_ingest_benchmark_reports_every_process(tmp_path, write_behind):
         assert result["behind_peak_rss_mb"] > 0 and result["behind_cpu_ms_per_article"] > 0
     else:
         assert result["behind_peak_rss_mb"] is None
+
+
+@requires_kernels
+def test_the_restart_benchmark_loads_the_same_window_both_ways():
+    result = _last_json("benchmarks/restart.py", "--articles", "300", "--rounds", "2")
+    assert result["articles"] == 300 and result["differing"] == []
+    assert set(result["steps_s"]) == {"band keys", "vectors", "signatures"}
+    assert all(seconds["compiled"] > 0 and seconds["numpy"] > 0
+               for seconds in result["steps_s"].values())
