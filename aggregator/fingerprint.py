@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 MINHASH_SEED = 1
 SIGN_GROUP_ITEMS = 8192
-# Up to this many stored signatures are read back one by one (``Signer.from_bytes_many``).
+# Without the compiled kernels, up to this many stored signatures are read back one by one
+# (``Signer.from_bytes_many_numpy``).
 FEW_SIGNATURES = 8
 MINHASH_SCHEME = "affine32"
 

@@ -42,10 +42,13 @@ from aggregator.index import BandIndex  # noqa: E402
 from aggregator.native import kernels  # noqa: E402
 from aggregator.store import Store  # noqa: E402
 
+# Each step: where the restart looks it up, its name there, the compiled version (as the
+# package has it) and the numpy reference.
 STEPS = {
-    "band keys": (BandIndex, "band_keys", "band_keys_numpy"),
-    "vectors": (pipeline, "unpack_vectors", "unpack_vectors_numpy"),
-    "signatures": (Signer, "from_bytes_many", "from_bytes_many_numpy"),
+    "band keys": (BandIndex, "band_keys", BandIndex.band_keys, BandIndex.band_keys_numpy),
+    "vectors": (pipeline, "unpack_vectors", store.unpack_vectors, store.unpack_vectors_numpy),
+    "signatures": (Signer, "from_bytes_many", Signer.from_bytes_many,
+                   Signer.from_bytes_many_numpy),
 }
 
 
@@ -62,10 +65,8 @@ def timed(function, step: str, spent: Counter):
 
 def use(side: str, spent: Counter) -> None:
     """Route the three steps to the kernels ("compiled") or to the references ("numpy")."""
-    for step, (owner, name, reference) in STEPS.items():
-        source = store if owner is pipeline and side == "numpy" else owner
-        function = getattr(source, reference if side == "numpy" else "_compiled_" + name)
-        setattr(owner, name, timed(function, step, spent))
+    for step, (owner, name, compiled, reference) in STEPS.items():
+        setattr(owner, name, timed(reference if side == "numpy" else compiled, step, spent))
 
 
 def window_bytes(clusterer) -> dict[str, bytes]:
@@ -99,8 +100,6 @@ def main() -> None:
     args = parser.parse_args()
     if kernels is None:
         parser.error("the compiled kernels are not built: nothing to compare")
-    for owner, name, _reference in STEPS.values():
-        setattr(owner, "_compiled_" + name, getattr(owner, name))
     with tempfile.TemporaryDirectory() as directory:
         path = args.store or store_stream(Path(directory), args.articles)
         source = Store(path)
