@@ -5,8 +5,8 @@
  * of the strongest, its MinHash signatures, the hashes its salient terms keep and its
  * count in the term statistics; the band index's keys and its table of recent
  * insertions; the vocabulary's table of term numbers; at a restart, the stored vectors and
- * signatures copied into the window's matrices; and, where the worker processes prepare
- * an article, the hashes of its shingles.
+ * signatures copied into the window's matrices and the band indexes' keys sorted; and,
+ * where the worker processes prepare an article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
@@ -15,7 +15,7 @@
  * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``,
  * ``Signer.sign_hashes_numpy``, ``TermStatistics.add_document``,
  * ``BandIndex.band_keys_numpy``, ``store.unpack_vectors_numpy``,
- * ``Signer.from_bytes_many_numpy``),
+ * ``Signer.from_bytes_many_numpy``, ``index.sort_part_numpy``),
  * which stays the reference and runs where this module was not built; the tests hold the
  * two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
@@ -24,7 +24,8 @@
  * Arrays come through the buffer protocol (numpy arrays, C-contiguous), so the module needs
  * no numpy headers to build.  The interpreter lock is held throughout: the call takes tens
  * of microseconds, and a writer that let go of the lock would wait for the fetch threads'
- * switch interval (milliseconds) to get it back.
+ * switch interval (milliseconds) to get it back.  Only the two that move a whole index's
+ * entries (``merge_sorted``, ``sort_pairs``) let go of it while they do.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1716,6 +1717,112 @@ static PyObject *merge_sorted(PyObject *module, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* Radix digits of a sort of 32-bit keys: three passes of 11 bits. */
+#define DIGIT_BITS 11
+#define DIGITS 3
+#define DIGIT_VALUES (1 << DIGIT_BITS)
+
+static const char *sort_pairs_doc =
+    "sort_pairs(keys, slots, keys_out, slots_out) -> None\n\n"
+    "``keys`` (uint32) sorted into ``keys_out``, and ``slots`` (int32) in the same order\n"
+    "into ``slots_out``, equal keys in the order given: what a stable sort of the keys\n"
+    "gives (``index.sorted_stably``).  A least-significant-digit radix sort, three passes\n"
+    "of 11 bits, a pass skipped where every key has the same digit.  The outputs hold\n"
+    "exactly as many items as the inputs and overlap neither.  The interpreter lock is\n"
+    "released while it sorts (a restart sorts every band key of the window).";
+
+static PyObject *sort_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("sort_pairs", nargs, 4)) {
+        return NULL;
+    }
+    Buffer b[4];
+    memset(b, 0, sizeof b);
+    enum { KEYS, SLOTS, KEYS_OUT, SLOTS_OUT };
+    if (take(args[0], &b[KEYS], 4, "IL", 0, "keys") < 0
+            || take(args[1], &b[SLOTS], 4, "il", 0, "slots") < 0
+            || take(args[2], &b[KEYS_OUT], 4, "IL", 1, "keys_out") < 0
+            || take(args[3], &b[SLOTS_OUT], 4, "il", 1, "slots_out") < 0) {
+        release(b, 4);
+        return NULL;
+    }
+    Py_ssize_t count = b[KEYS].view.len / 4;
+    if (b[SLOTS].view.len / 4 != count || b[KEYS_OUT].view.len / 4 != count
+            || b[SLOTS_OUT].view.len / 4 != count) {
+        release(b, 4);
+        PyErr_SetString(PyExc_ValueError, "sort_pairs: arrays of unequal lengths");
+        return NULL;
+    }
+    for (int input = KEYS; input <= SLOTS; input++) {
+        for (int output = KEYS_OUT; output <= SLOTS_OUT; output++) {
+            const char *in = b[input].view.buf, *out = b[output].view.buf;
+            if (count && in < out + 4 * count && out < in + 4 * count) {
+                release(b, 4);
+                PyErr_SetString(PyExc_ValueError, "sort_pairs: an output overlaps an input");
+                return NULL;
+            }
+        }
+    }
+    uint32_t *spare_keys = PyMem_Malloc(sizeof(uint32_t) * (size_t)(count ? count : 1));
+    int32_t *spare_slots = PyMem_Malloc(sizeof(int32_t) * (size_t)(count ? count : 1));
+    Py_ssize_t (*starts)[DIGIT_VALUES] = PyMem_Calloc(DIGITS, sizeof *starts);
+    if (spare_keys == NULL || spare_slots == NULL || starts == NULL) {
+        PyMem_Free(spare_keys);
+        PyMem_Free(spare_slots);
+        PyMem_Free(starts);
+        release(b, 4);
+        return PyErr_NoMemory();
+    }
+    const uint32_t *keys = b[KEYS].view.buf;
+    const int32_t *slots = b[SLOTS].view.buf;
+    uint32_t *keys_out = b[KEYS_OUT].view.buf;
+    int32_t *slots_out = b[SLOTS_OUT].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint32_t key = keys[i];
+        for (int digit = 0; digit < DIGITS; digit++) {
+            starts[digit][(key >> (digit * DIGIT_BITS)) & (DIGIT_VALUES - 1)]++;
+        }
+    }
+    /* Each pass reads from ``from`` and writes to whichever buffer ``from`` is not (the
+     * inputs are only read): the output, or the spare. */
+    const uint32_t *from_keys = keys;
+    const int32_t *from_slots = slots;
+    for (int digit = 0; digit < DIGITS; digit++) {
+        Py_ssize_t *start = starts[digit];
+        unsigned int at_bit = (unsigned int)(digit * DIGIT_BITS);
+        if (count == 0 || start[(from_keys[0] >> at_bit) & (DIGIT_VALUES - 1)] == count) {
+            continue;  /* one digit for every key: the order stays */
+        }
+        Py_ssize_t total = 0;
+        for (int value = 0; value < DIGIT_VALUES; value++) {
+            Py_ssize_t here = start[value];
+            start[value] = total;
+            total += here;
+        }
+        uint32_t *to_keys = from_keys == keys_out ? spare_keys : keys_out;
+        int32_t *to_slots = from_keys == keys_out ? spare_slots : slots_out;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            uint32_t key = from_keys[i];
+            Py_ssize_t at = start[(key >> at_bit) & (DIGIT_VALUES - 1)]++;
+            to_keys[at] = key;
+            to_slots[at] = from_slots[i];
+        }
+        from_keys = to_keys;
+        from_slots = to_slots;
+    }
+    if (count && from_keys != keys_out) {
+        memcpy(keys_out, from_keys, sizeof(uint32_t) * (size_t)count);
+        memcpy(slots_out, from_slots, sizeof(int32_t) * (size_t)count);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(spare_keys);
+    PyMem_Free(spare_slots);
+    PyMem_Free(starts);
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
 static const char *recent_matches_doc =
     "recent_matches(keys, slots, next, heads, wanted) -> bytes\n\n"
     "The slots of the table's entries whose key equals one of ``wanted`` (uint32): for each\n"
@@ -2624,6 +2731,7 @@ static PyMethodDef methods[] = {
     {"unpack_vectors", (PyCFunction)(void (*)(void))unpack_vectors, METH_FASTCALL, NULL},
     {"signatures_from_bytes", (PyCFunction)(void (*)(void))signatures_from_bytes,
      METH_FASTCALL, NULL},
+    {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2655,6 +2763,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[18].ml_doc = band_keys_doc;
     methods[19].ml_doc = unpack_vectors_doc;
     methods[20].ml_doc = signatures_from_bytes_doc;
+    methods[21].ml_doc = sort_pairs_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

@@ -58,6 +58,27 @@ def sorted_stably(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (packed >> _KEY_SHIFT).astype(KEY_DTYPE), (packed & _BELOW_KEY).astype(np.intp)
 
 
+def sort_part(keys: np.ndarray, slots: np.ndarray, keys_out: np.ndarray,
+              slots_out: np.ndarray, at: int) -> int:
+    """``keys`` sorted stably into ``keys_out`` from position ``at``, and ``slots`` in the
+    same order into ``slots_out``; returns how many.  Compiled where the package was built
+    with a C compiler (``kernels.sort_pairs``, a radix sort: a restart sorts every band key
+    of the window); ``sort_part_numpy`` is the reference."""
+    if kernels is None:
+        return sort_part_numpy(keys, slots, keys_out, slots_out, at)
+    end = at + len(keys)
+    kernels.sort_pairs(keys, slots, keys_out[at:end], slots_out[at:end])
+    return len(keys)
+
+
+def sort_part_numpy(keys: np.ndarray, slots: np.ndarray, keys_out: np.ndarray,
+                    slots_out: np.ndarray, at: int) -> int:
+    keys, order = sorted_stably(keys)
+    keys_out[at:at + len(keys)] = keys
+    slots_out[at:at + len(keys)] = slots[order]
+    return len(keys)
+
+
 def band_matches(keys: np.ndarray, slots: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """The ``slots`` of every position whose key in ``keys`` (sorted) equals one of
     ``wanted``: each wanted key's run of positions, in turn.  Compiled where the package was
@@ -335,10 +356,9 @@ class BandIndex:
             pieces = [chunk[part] for chunk in chunks]
             for chunk in chunks:
                 chunk[part] = None  # each part is freed as soon as it is placed
-            keys, order = sorted_stably(np.concatenate([keys for keys, _slots in pieces]))
-            keys_out[at:at + len(keys)] = keys
-            slots_out[at:at + len(keys)] = np.concatenate([s for _k, s in pieces])[order]
-            at += len(keys)
+            at += sort_part(np.concatenate([keys for keys, _slots in pieces]),
+                            np.concatenate([slots for _keys, slots in pieces]),
+                            keys_out, slots_out, at)
             if part % 16 == 15:
                 # The merged parts' memory is in the heap among live objects: without this
                 # the restart's peak holds it beside the merged arrays (35 MB at 100,000).

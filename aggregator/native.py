@@ -44,7 +44,9 @@ when they are missing; the tests hold the two equal:
 * ``unpack_vectors`` and ``signatures_from_bytes``: stored term vectors and signatures
   into the window's matrices at a restart (``store.unpack_vectors``,
   ``Signer.from_bytes_many``; ``unpack_vectors_numpy`` and ``from_bytes_many_numpy`` are
-  the references, and decide what the kernels refuse).
+  the references, and decide what the kernels refuse);
+* ``sort_pairs``: a part of a band index's keys sorted, with their slots, at a restart
+  (``index.sort_part``, a radix sort; ``sort_part_numpy`` is the reference).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
 30,000-article window, ``story_scores`` from 0.56 to 0.45 ms (``benchmarks/propose.py

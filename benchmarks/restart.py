@@ -2,12 +2,14 @@
 of a restart and with their numpy references, in one process, taking turns.
 
 A restart (``pipeline.load_clusterer``) turns the window's stored rows into the clusterer's
-arrays and band indexes.  Three of its steps have a compiled kernel and a numpy reference
+arrays and band indexes.  Four of its steps have a compiled kernel and a numpy reference
 (``aggregator/native.py``): each signature's band keys (``BandIndex.band_keys``), the
-stored term vectors into padded rows (``store.unpack_vectors``) and the stored signatures
-checked and copied (``Signer.from_bytes_many``).  Rounds alternate between the two (A B,
+stored term vectors into padded rows (``store.unpack_vectors``), the stored signatures
+checked and copied (``Signer.from_bytes_many``) and the band indexes' keys sorted, a part of
+their range at a time (``index.sort_part``).  Rounds
+alternate between the two (A B,
 B A, ...), so that the machine's drift between rounds is divided out of each round's
-ratio; each load's three steps are timed too.  The two loads must give the same window:
+ratio; each load's four steps are timed too.  The two loads must give the same window:
 the same rows and the same band keys, byte for byte.
 
     python benchmarks/restart.py --store /tmp/k100/stream.sqlite --rounds 8
@@ -35,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aggregator import pipeline, store  # noqa: E402
+from aggregator import index, pipeline, store  # noqa: E402
 from aggregator.config import ClusteringSettings  # noqa: E402
 from aggregator.fingerprint import Signer  # noqa: E402
 from aggregator.index import BandIndex  # noqa: E402
@@ -49,6 +51,7 @@ STEPS = {
     "vectors": (pipeline, "unpack_vectors", store.unpack_vectors, store.unpack_vectors_numpy),
     "signatures": (Signer, "from_bytes_many", Signer.from_bytes_many,
                    Signer.from_bytes_many_numpy),
+    "index sort": (index, "sort_part", index.sort_part, index.sort_part_numpy),
 }
 
 
@@ -64,7 +67,7 @@ def timed(function, step: str, spent: Counter):
 
 
 def use(side: str, spent: Counter) -> None:
-    """Route the three steps to the kernels ("compiled") or to the references ("numpy")."""
+    """Route the steps to the kernels ("compiled") or to the references ("numpy")."""
     for step, (owner, name, compiled, reference) in STEPS.items():
         setattr(owner, name, timed(reference if side == "numpy" else compiled, step, spent))
 
@@ -73,10 +76,10 @@ def window_bytes(clusterer) -> dict[str, bytes]:
     """What a restart builds, as bytes: the rows' arrays and both band indexes."""
     rows = clusterer.rows
     built = {name: getattr(rows, name)[:rows.used].tobytes() for name in rows.ARRAYS}
-    for label, index in (("duplicate", clusterer.duplicate_index),
-                         ("candidate", clusterer.candidate_index)):
-        built[label + " keys"] = index._keys[:index._size].tobytes()
-        built[label + " slots"] = index._slots[:index._size].tobytes()
+    for label, band_index in (("duplicate", clusterer.duplicate_index),
+                              ("candidate", clusterer.candidate_index)):
+        built[label + " keys"] = band_index._keys[:band_index._size].tobytes()
+        built[label + " slots"] = band_index._slots[:band_index._size].tobytes()
     return built
 
 

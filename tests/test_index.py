@@ -49,6 +49,8 @@ from aggregator.index import (
     band_matches,
     band_matches_numpy,
     lsh_parameters,
+    sort_part,
+    sort_part_numpy,
     sorted_stably,
 )
 from aggregator.native import kernels
@@ -324,6 +326,56 @@ def test_sorted_stably_is_a_stable_argsort(keys):
     assert got_order.tolist() == order.tolist()
 
 
+# Keys that differ in one 11-bit digit only leave the other passes of the radix sort
+# with nothing to do; the top digit holds 10 bits.
+PART_SORT_KEYS = [
+    [], [7], [3, 1, 2], [5, 5, 5, 5], [2, 1, 2, 1, 0, 2], [0xFFFFFFFF, 0, 0xFFFFFFFF, 1],
+    [5 << 11, 3 << 11, 5 << 11, 0], [(v % 4) << 22 | 9 for v in range(40)],
+    [(v % 3) << 22 | (v % 5) for v in range(60)],
+    np.random.default_rng(4).integers(0, 50, 2000).tolist(),  # many equal keys
+    np.random.default_rng(5).integers(0, 2**32, 5000).tolist(),
+    (np.random.default_rng(6).integers(0, 64, 3000) << 26).tolist(),  # one part's top bits
+]
+
+
+@requires_kernels
+@pytest.mark.parametrize("keys", PART_SORT_KEYS)
+def test_the_compiled_part_sort_is_a_stable_argsort(keys):
+    keys = np.asarray(keys, dtype=np.uint64).astype(KEY_DTYPE)
+    slots = np.random.default_rng(len(keys)).integers(0, 2**31, len(keys)).astype(np.int32)
+    order = np.argsort(keys, kind="stable")
+    results = []
+    for sort in (sort_part, sort_part_numpy):
+        # Into the middle of larger arrays, as a bulk load places each part after the last.
+        keys_out = np.full(len(keys) + 5, 11, dtype=KEY_DTYPE)
+        slots_out = np.full(len(keys) + 5, -1, dtype=np.int32)
+        assert sort(keys.copy(), slots.copy(), keys_out, slots_out, 3) == len(keys)
+        assert keys_out[3:3 + len(keys)].tolist() == keys[order].tolist()
+        assert slots_out[3:3 + len(keys)].tolist() == slots[order].tolist()
+        assert keys_out[:3].tolist() == [11] * 3 and keys_out[3 + len(keys):].tolist() == [11] * 2
+        results.append((keys_out.tobytes(), slots_out.tobytes()))
+    assert results[0] == results[1]
+
+
+@requires_kernels
+def test_the_compiled_part_sort_refuses_what_it_cannot_hold():
+    keys, slots = np.array([3, 1, 2], dtype=KEY_DTYPE), np.array([0, 1, 2], dtype=np.int32)
+    with pytest.raises(ValueError, match="unequal lengths"):
+        kernels.sort_pairs(keys, slots, np.empty(4, dtype=KEY_DTYPE),
+                           np.empty(3, dtype=np.int32))
+    with pytest.raises(ValueError, match="unequal lengths"):
+        kernels.sort_pairs(keys, slots[:2], np.empty(3, dtype=KEY_DTYPE),
+                           np.empty(3, dtype=np.int32))
+    with pytest.raises(TypeError, match="keys_out"):
+        kernels.sort_pairs(keys, slots, np.empty(3, dtype=np.int64), np.empty(3, dtype=np.int32))
+    with pytest.raises(ValueError, match="overlaps an input"):
+        kernels.sort_pairs(keys, slots, keys, np.empty(3, dtype=np.int32))
+    shared = np.zeros(5, dtype=np.int32)
+    with pytest.raises(ValueError, match="overlaps an input"):
+        kernels.sort_pairs(keys, shared[:3], np.empty(3, dtype=KEY_DTYPE), shared[2:])
+    assert keys.tolist() == [3, 1, 2] and slots.tolist() == [0, 1, 2]
+
+
 @requires_kernels
 @pytest.mark.parametrize(("keys", "wanted"), [
     ([], [1, 2]),  # an empty part
@@ -548,7 +600,10 @@ def test_the_compiled_merge_refuses_what_it_cannot_hold(size, room, new_slots, m
                                           np.zeros(2, dtype=np.int32))
 
 
-def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks():
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=requires_kernels), False])
+def test_a_bulk_load_sorts_like_one_stable_sort_of_all_its_chunks(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(index_module, "kernels", None)
     rng = np.random.default_rng(9)
     index = BandIndex(0.05, 128, merge_at=32)
     chunks = [rng.integers(0, 2**32 - 1, (int(rng.integers(1, 40)), index.bands),
