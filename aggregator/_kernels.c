@@ -5,8 +5,8 @@
  * of the strongest, its MinHash signatures, the hashes its salient terms keep and its
  * count in the term statistics; the band index's keys and its table of recent
  * insertions; the vocabulary's table of term numbers; at a restart, the stored vectors and
- * signatures copied into the window's matrices and the band indexes' keys sorted; and,
- * where the worker processes prepare an article, the hashes of its shingles.
+ * signatures copied into the window's matrices and the band indexes' keys split and
+ * sorted; and, where the worker processes prepare an article, the hashes of its shingles.
  *
  * Each function gives exactly what its numpy or Python counterpart gives
  * (``index.band_matches_numpy``, ``Clusterer._closest_story_rows_numpy``,
@@ -15,7 +15,8 @@
  * ``index.RecentBuckets``, ``fingerprint.shingle_hashes_python``, ``Vocabulary.ids``,
  * ``Signer.sign_hashes_numpy``, ``TermStatistics.add_document``,
  * ``BandIndex.band_keys_numpy``, ``store.unpack_vectors_numpy``,
- * ``Signer.from_bytes_many_numpy``, ``index.sort_part_numpy``),
+ * ``Signer.from_bytes_many_numpy``, ``index.split_by_part_numpy``,
+ * ``index.sort_part_numpy``),
  * which stays the reference and runs where this module was not built; the tests hold the
  * two equal.
  * Where numpy makes a call (and a temporary array) of each step on a few thousand
@@ -1823,6 +1824,79 @@ static PyObject *sort_pairs(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+static const char *split_by_part_doc =
+    "split_by_part(keys, slots, bits) -> list\n\n"
+    "``keys`` (uint32) and their ``slots`` (int32) split into ``2 ** bits`` parts by the\n"
+    "keys' top ``bits`` bits (1 to 8), each part in the order given: one (keys, slots) pair\n"
+    "of ``bytes`` a part, the lowest bits first (a restart's chunk of band keys, each part\n"
+    "sorted later with the same part of the other chunks; ``index.split_by_part``).";
+
+static PyObject *split_by_part(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (!arguments_given("split_by_part", nargs, 3)) {
+        return NULL;
+    }
+    long bits = PyLong_AsLong(args[2]);
+    if (bits == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (bits < 1 || bits > 8) {
+        PyErr_Format(PyExc_ValueError, "split_by_part: %ld bits, not 1 to 8", bits);
+        return NULL;
+    }
+    Buffer b[2];
+    memset(b, 0, sizeof b);
+    if (take(args[0], &b[0], 4, "IL", 0, "keys") < 0
+            || take(args[1], &b[1], 4, "il", 0, "slots") < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    Py_ssize_t count = b[0].view.len / 4;
+    if (b[1].view.len / 4 != count) {
+        release(b, 2);
+        PyErr_SetString(PyExc_ValueError, "split_by_part: arrays of unequal lengths");
+        return NULL;
+    }
+    const uint32_t *keys = b[0].view.buf;
+    const int32_t *slots = b[1].view.buf;
+    int parts = 1 << bits;
+    unsigned int shift = (unsigned int)(32 - bits);
+    Py_ssize_t sizes[256] = {0};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        sizes[keys[i] >> shift]++;
+    }
+    PyObject *result = PyList_New(parts);
+    uint32_t *part_keys[256];
+    int32_t *part_slots[256];
+    if (result == NULL) {
+        release(b, 2);
+        return NULL;
+    }
+    for (int part = 0; part < parts; part++) {
+        PyObject *key_bytes = PyBytes_FromStringAndSize(NULL, 4 * sizes[part]);
+        PyObject *slot_bytes = PyBytes_FromStringAndSize(NULL, 4 * sizes[part]);
+        PyObject *pair = (key_bytes && slot_bytes) ? PyTuple_Pack(2, key_bytes, slot_bytes)
+                                                   : NULL;
+        Py_XDECREF(key_bytes);
+        Py_XDECREF(slot_bytes);
+        if (pair == NULL) {
+            Py_DECREF(result);
+            release(b, 2);
+            return NULL;
+        }
+        part_keys[part] = (uint32_t *)PyBytes_AS_STRING(key_bytes);
+        part_slots[part] = (int32_t *)PyBytes_AS_STRING(slot_bytes);
+        PyList_SET_ITEM(result, part, pair);
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint32_t part = keys[i] >> shift;
+        *part_keys[part]++ = keys[i];
+        *part_slots[part]++ = slots[i];
+    }
+    release(b, 2);
+    return result;
+}
+
 static const char *recent_matches_doc =
     "recent_matches(keys, slots, next, heads, wanted) -> bytes\n\n"
     "The slots of the table's entries whose key equals one of ``wanted`` (uint32): for each\n"
@@ -2732,6 +2806,7 @@ static PyMethodDef methods[] = {
     {"signatures_from_bytes", (PyCFunction)(void (*)(void))signatures_from_bytes,
      METH_FASTCALL, NULL},
     {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, NULL},
+    {"split_by_part", (PyCFunction)(void (*)(void))split_by_part, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2764,6 +2839,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     methods[19].ml_doc = unpack_vectors_doc;
     methods[20].ml_doc = signatures_from_bytes_doc;
     methods[21].ml_doc = sort_pairs_doc;
+    methods[22].ml_doc = split_by_part_doc;
 #ifdef HAVE_SHA_INSTRUCTIONS
     if (cpu_has_sha_instructions()) {
         sha1_compress_fastest = sha1_compress_instructions;

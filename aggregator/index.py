@@ -79,6 +79,31 @@ def sort_part_numpy(keys: np.ndarray, slots: np.ndarray, keys_out: np.ndarray,
     return len(keys)
 
 
+def split_by_part(keys: np.ndarray, slots: np.ndarray,
+                  bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``keys`` (``KEY_DTYPE``) and their ``slots`` (int32) in ``2 ** bits`` parts by the
+    keys' top ``bits`` bits, each part in the order given, each its own arrays (so that a
+    part's memory goes as soon as it is merged, whatever becomes of the others).  Compiled
+    where the package was built with a C compiler (``kernels.split_by_part``: one pass to
+    count, one to place); ``split_by_part_numpy`` is the reference."""
+    if kernels is None:
+        return split_by_part_numpy(keys, slots, bits)
+    return [(np.frombuffer(part_keys, dtype=KEY_DTYPE), np.frombuffer(part_slots, np.int32))
+            for part_keys, part_slots in kernels.split_by_part(keys, slots, bits)]
+
+
+def split_by_part_numpy(keys: np.ndarray, slots: np.ndarray,
+                        bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    # A stable sort of one byte is a radix sort.
+    part_of = (keys >> KEY_DTYPE(KEY_BITS - bits)).astype(np.uint8)
+    order = np.argsort(part_of, kind="stable")
+    keys, slots = keys[order], slots[order]
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(part_of, minlength=1 << bits))))
+    # Copies, not views of the chunk's arrays.
+    return [(keys[low:high].copy(), slots[low:high].copy())
+            for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+
+
 def band_matches(keys: np.ndarray, slots: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """The ``slots`` of every position whose key in ``keys`` (sorted) equals one of
     ``wanted``: each wanted key's run of positions, in turn.  Compiled where the package was
@@ -325,17 +350,9 @@ class BandIndex:
             self._merge()
 
     def _add_bulk(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        # Only split by part here, in the chunk's order (a stable sort of one byte is a radix
-        # sort): each key is then sorted once, in merge_runs, not once here and again there.
-        part_of = (keys >> KEY_DTYPE(KEY_BITS - self.BULK_PART_BITS)).astype(np.uint8)
-        order = np.argsort(part_of, kind="stable")
-        keys, slots = keys[order], slots[order]
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(part_of,
-                                                            minlength=self.BULK_PARTS))))
-        # Copies, not views, so that each part's memory goes as soon as it is merged.
-        self._bulk.append([(keys[low:high].copy(), slots[low:high].copy())
-                           for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(),
-                                                strict=True)])
+        # Only split by part here, in the chunk's order: each key is then sorted once, in
+        # merge_runs, not once here and again there.
+        self._bulk.append(split_by_part(keys, slots, self.BULK_PART_BITS))
 
     def merge_runs(self) -> None:
         """The bulk-loaded chunks into the arrays, part by part: each part's pieces (one per

@@ -45,8 +45,10 @@ when they are missing; the tests hold the two equal:
   into the window's matrices at a restart (``store.unpack_vectors``,
   ``Signer.from_bytes_many``; ``unpack_vectors_numpy`` and ``from_bytes_many_numpy`` are
   the references, and decide what the kernels refuse);
-* ``sort_pairs``: a part of a band index's keys sorted, with their slots, at a restart
-  (``index.sort_part``, a radix sort; ``sort_part_numpy`` is the reference).
+* ``split_by_part`` and ``sort_pairs``: a restart's band keys, with their slots, split
+  into parts of their range chunk by chunk, then each part sorted (``index.split_by_part``
+  and ``index.sort_part``, a radix sort; ``split_by_part_numpy`` and ``sort_part_numpy``
+  are the references).
 
 The first three take the clusterer's decision from about 0.98 to 0.59 ms an article in a
 30,000-article window, ``story_scores`` from 0.56 to 0.45 ms (``benchmarks/propose.py

@@ -2,15 +2,14 @@
 of a restart and with their numpy references, in one process, taking turns.
 
 A restart (``pipeline.load_clusterer``) turns the window's stored rows into the clusterer's
-arrays and band indexes.  Four of its steps have a compiled kernel and a numpy reference
+arrays and band indexes.  Five of its steps have a compiled kernel and a numpy reference
 (``aggregator/native.py``): each signature's band keys (``BandIndex.band_keys``), the
 stored term vectors into padded rows (``store.unpack_vectors``), the stored signatures
-checked and copied (``Signer.from_bytes_many``) and the band indexes' keys sorted, a part of
-their range at a time (``index.sort_part``).  Rounds
-alternate between the two (A B,
-B A, ...), so that the machine's drift between rounds is divided out of each round's
-ratio; each load's four steps are timed too.  The two loads must give the same window:
-the same rows and the same band keys, byte for byte.
+checked and copied (``Signer.from_bytes_many``), each chunk's band keys split into parts of
+their range (``index.split_by_part``) and each part sorted (``index.sort_part``).  Rounds
+alternate between the two (A B, B A, ...), so that the machine's drift between rounds is
+divided out of each round's ratio; each load's five steps are timed too.  The two loads
+must give the same window: the same rows and the same band keys, byte for byte.
 
     python benchmarks/restart.py --store /tmp/k100/stream.sqlite --rounds 8
     python benchmarks/restart.py --articles 3000 --rounds 2     # stores a stream first
@@ -51,6 +50,7 @@ STEPS = {
     "vectors": (pipeline, "unpack_vectors", store.unpack_vectors, store.unpack_vectors_numpy),
     "signatures": (Signer, "from_bytes_many", Signer.from_bytes_many,
                    Signer.from_bytes_many_numpy),
+    "index parts": (index, "split_by_part", index.split_by_part, index.split_by_part_numpy),
     "index sort": (index, "sort_part", index.sort_part, index.sort_part_numpy),
 }
 

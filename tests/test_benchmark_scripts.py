@@ -43,6 +43,7 @@ def test_the_restart_benchmark_loads_the_same_window_both_ways():
     # 600 articles: enough band keys in one chunk for a bulk load, whose parts are sorted.
     result = _last_json("benchmarks/restart.py", "--articles", "600", "--rounds", "2")
     assert result["articles"] == 600 and result["differing"] == []
-    assert set(result["steps_s"]) == {"band keys", "vectors", "signatures", "index sort"}
+    assert set(result["steps_s"]) == {"band keys", "vectors", "signatures", "index parts",
+                                      "index sort"}
     assert all(seconds["compiled"] > 0 and seconds["numpy"] > 0
                for seconds in result["steps_s"].values())

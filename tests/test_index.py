@@ -52,6 +52,8 @@ from aggregator.index import (
     sort_part,
     sort_part_numpy,
     sorted_stably,
+    split_by_part,
+    split_by_part_numpy,
 )
 from aggregator.native import kernels
 from aggregator.store import MIGRATIONS, Store, pack_vector, unpack_vectors, unpack_vectors_numpy
@@ -355,6 +357,38 @@ def test_the_compiled_part_sort_is_a_stable_argsort(keys):
         assert keys_out[:3].tolist() == [11] * 3 and keys_out[3 + len(keys):].tolist() == [11] * 2
         results.append((keys_out.tobytes(), slots_out.tobytes()))
     assert results[0] == results[1]
+
+
+@requires_kernels
+@pytest.mark.parametrize("bits", [1, 6, 8])
+@pytest.mark.parametrize("keys", PART_SORT_KEYS)
+def test_the_compiled_split_by_part_is_numpys(keys, bits):
+    keys = np.asarray(keys, dtype=np.uint64).astype(KEY_DTYPE)
+    slots = np.random.default_rng(len(keys)).integers(0, 2**31, len(keys)).astype(np.int32)
+    compiled, reference = split_by_part(keys, slots, bits), split_by_part_numpy(keys, slots, bits)
+    assert len(compiled) == len(reference) == 1 << bits
+    for part, ((got_keys, got_slots), (want_keys, want_slots)) in enumerate(
+            zip(compiled, reference, strict=True)):
+        assert got_keys.dtype == KEY_DTYPE and got_slots.dtype == np.int32
+        assert got_keys.tobytes() == want_keys.tobytes()
+        assert got_slots.tobytes() == want_slots.tobytes()
+        assert ((got_keys >> KEY_DTYPE(32 - bits)) == part).all()
+    # Every key once, each part's in the order given.
+    order = np.argsort(keys >> KEY_DTYPE(32 - bits), kind="stable")
+    assert np.concatenate([k for k, _s in compiled]).tolist() == keys[order].tolist()
+    assert np.concatenate([s for _k, s in compiled]).tolist() == slots[order].tolist()
+
+
+@requires_kernels
+def test_the_compiled_split_by_part_refuses_what_it_cannot_split():
+    keys, slots = np.array([3, 1, 2], dtype=KEY_DTYPE), np.array([0, 1, 2], dtype=np.int32)
+    for bits in (0, 9):
+        with pytest.raises(ValueError, match="not 1 to 8"):
+            kernels.split_by_part(keys, slots, bits)
+    with pytest.raises(ValueError, match="unequal lengths"):
+        kernels.split_by_part(keys, slots[:2], 6)
+    with pytest.raises(TypeError, match="slots"):
+        kernels.split_by_part(keys, slots.astype(np.int64), 6)
 
 
 @requires_kernels
