@@ -1828,8 +1828,9 @@ static const char *split_by_part_doc =
     "split_by_part(keys, slots, bits) -> list\n\n"
     "``keys`` (uint32) and their ``slots`` (int32) split into ``2 ** bits`` parts by the\n"
     "keys' top ``bits`` bits (1 to 8), each part in the order given: one (keys, slots) pair\n"
-    "of ``bytes`` a part, the lowest bits first (a restart's chunk of band keys, each part\n"
-    "sorted later with the same part of the other chunks; ``index.split_by_part``).";
+    "of ``bytes`` a part, the part of the smallest keys first (a restart's chunk of band\n"
+    "keys, each part sorted later with the same part of the other chunks;\n"
+    "``index.split_by_part``).";
 
 static PyObject *split_by_part(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
