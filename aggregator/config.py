@@ -115,9 +115,9 @@ class Config:
     # Processes that normalise and fingerprint large batches beside the writer; -1: one
     # fewer than the CPUs (at most 4), 0: none (all in the daemon's own process).
     workers: int = -1
-    # A thread of its own writes each write group's rows while the writer decides the next:
-    # about 3% more articles a second on 2 cores since the in-place writer shares its
-    # transactions (a fifth before), for about 17 MB more memory at the peak.
+    # A process of its own writes each write group's rows while the writer decides the
+    # next: about 3% more articles a second on 2 cores since the in-place writer shares its
+    # transactions (a fifth before), for 16% more CPU and a process of about 90 MB.
     write_behind: bool = False
     block_private_addresses: bool = False
     permanent_redirect_after: int = 2

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write-behind", action="store_true",
                         help="both runs with write_behind (each write group written by a "
-                             "thread of its own)")
+                             "process of its own)")
     parser.add_argument("--per-day", type=int, default=14_000)
     parser.add_argument("--window-articles", type=int,
                         default=ClusteringSettings().window_articles)

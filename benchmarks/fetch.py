@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--write-behind", action="store_true",
                         help="our passes with write_behind = true (each write group written "
-                             "on a thread of its own)")
+                             "by a process of its own)")
     args = parser.parse_args()
     queue = multiprocessing.Queue()
     farm = multiprocessing.Process(target=serve_farm, args=(args.feeds, args.entries, queue),

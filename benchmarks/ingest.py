@@ -289,7 +289,7 @@ def main() -> None:
                         help="articles generated, then ingested, at a time")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write-behind", action="store_true",
-                        help="write each write group on a thread of its own (write_behind)")
+                        help="write each write group in a process of its own (write_behind)")
     parser.add_argument("--keep", metavar="DIRECTORY",
                         help="write the stream's store here (stream.sqlite) and keep it")
     parser.add_argument("--restart-only", metavar="DATABASE",
