@@ -209,6 +209,27 @@ class StoredFingerprints(Protocol):
     def shingle_signatures(self, article_ids: list[int]) -> np.ndarray: ...
 
 
+BITS_SET = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
+
+
+def low_bits(signatures: np.ndarray) -> np.ndarray:
+    """The lowest bit of each value of a signature (or of each row of signatures), eight
+    values to a byte."""
+    # The low byte of each little-endian value, not ``signatures & 1``: a restart packs
+    # a whole window's at once, and the byte view makes no copy of the values.
+    low_bytes = np.ascontiguousarray(signatures, dtype="<u4").view(np.uint8)[..., ::4]
+    return np.packbits(low_bytes & 1, axis=-1, bitorder="little")
+
+
+def most_equal_values(bits: np.ndarray, other: np.ndarray, num_perm: int) -> np.ndarray:
+    """For each row of ``bits`` (``low_bits`` of signatures), the most values its signature
+    can have equal to the signature whose low bits are ``other``: two equal values have
+    the same lowest bit, so every differing bit is a differing value.  Unrelated values
+    agree in that bit half the time, so the bound is near the truth only for near-copies.
+    """
+    return num_perm - BITS_SET[bits ^ other].sum(axis=1, dtype=np.int64)
+
+
 def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """How many columns of each row of ``rows`` equal ``values``.
 
@@ -303,9 +324,9 @@ class ArticleRows:
     A slot freed by eviction is reused only after the LSH indexes have dropped it.
     """
 
-    ARRAYS = ("shingle", "salient", "vector_ids", "vector_weights", "article_id", "story_id",
-              "story_row", "alive", "source", "priority", "published_ts", "has_author", "dated",
-              "word_count")
+    ARRAYS = ("shingle", "shingle_bits", "salient", "vector_ids", "vector_weights", "article_id",
+              "story_id", "story_row", "alive", "source", "priority", "published_ts",
+              "has_author", "dated", "word_count")
     # What the canonical policy and the scoring read of a member, 22 bytes a row (as
     # ``ClusterArticle`` objects in a dict they took about 270).
     METADATA = ("source", "priority", "published_ts", "has_author", "dated", "word_count")
@@ -317,6 +338,11 @@ class ArticleRows:
         self.num_perm = num_perm
         self.keep_stored = keep_stored
         self.shingle = np.zeros((0, num_perm if keep_stored else 0), dtype=np.uint32)
+        # Where the store holds the shingle signatures, the lowest bit of each value, 16
+        # bytes a row: enough to see that a member cannot be a duplicate of its story's
+        # canonical without reading either signature back (``most_equal_values``).
+        self.shingle_bits = np.zeros((0, 0 if keep_stored else (num_perm + 7) // 8),
+                                     dtype=np.uint8)
         # Only compared for equality, to rank candidates: the low 16 bits of each value
         # agree by chance once in 65,536 values, which moves a ranking estimate by about
         # 0.002% and halves the largest array of the window.
@@ -376,6 +402,8 @@ class ArticleRows:
             getattr(self, name)[slots] = metadata[name]
         if self.keep_stored:
             self.shingle[slots] = shingles
+        else:
+            self.shingle_bits[slots] = low_bits(shingles)
         self.salient[slots] = salients.astype(np.uint16)  # the low 16 bits
         self._put_padded("vector_ids", slots, vector_ids)
         self._put_padded("vector_weights", slots, vector_weights)
@@ -398,6 +426,8 @@ class ArticleRows:
         self.word_count[slot] = word_count
         if self.keep_stored:
             self.shingle[slot] = shingle
+        else:
+            self.shingle_bits[slot] = low_bits(shingle)
         self.salient[slot] = salient.astype(np.uint16)  # the low 16 bits
         for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights)):
             self._widen(name, len(values))
@@ -1235,9 +1265,8 @@ class Clusterer:
             # A new story's only member: nothing to compare it with.
             return {int(rows.article_id[canonical_slot]): relation_from(
                 True, 1.0, 1.0, self.settings)}
-        signatures = self._shingles(np.append(slots, canonical_slot), newcomer_slot,
-                                    newcomer_shingles)
-        overlaps = (equal_values(signatures[:-1], signatures[-1]) / rows.num_perm).tolist()
+        overlaps = self._overlaps_with(canonical_slot, slots, newcomer_slot,
+                                       newcomer_shingles)
         similarities = self._similarities_of(rows.vector_ids[canonical_slot],
                                              rows.vector_weights[canonical_slot],
                                              slots).tolist()
@@ -1246,6 +1275,30 @@ class Clusterer:
                 for slot, article_id, overlap, similarity in zip(
                     slots.tolist(), rows.article_id[slots].tolist(), overlaps, similarities,
                     strict=True)}
+
+    def _overlaps_with(self, canonical_slot: int, slots: np.ndarray, newcomer_slot: int,
+                       newcomer_shingles: np.ndarray) -> list[float]:
+        """The shingle overlap of each row of ``slots`` with the canonical's row, as far as a
+        relation needs it: where the rows' low bits show that a member is not a duplicate
+        (``most_equal_values``), 0.0, and neither signature is read from the store (the
+        relation stores the similarity then, not the overlap).  Most members are different
+        write-ups, whose signatures agree in no value."""
+        rows = self.rows
+        overlaps = np.zeros(len(slots))
+        if rows.keep_stored:
+            compared = np.arange(len(slots))
+        else:
+            bits = rows.shingle_bits
+            bound = most_equal_values(bits[slots], bits[canonical_slot], rows.num_perm)
+            compared = np.flatnonzero(
+                (bound / rows.num_perm >= self.settings.duplicate_threshold)
+                & (slots != canonical_slot))
+            if not compared.size:
+                return overlaps.tolist()
+        signatures = self._shingles(np.append(slots[compared], canonical_slot), newcomer_slot,
+                                    newcomer_shingles)
+        overlaps[compared] = equal_values(signatures[:-1], signatures[-1]) / rows.num_perm
+        return overlaps.tolist()
 
     def restore_rows(self, article_ids: list[int], story_ids: list[int],
                      canonical_ids: list[int], shingles: np.ndarray, salients: np.ndarray,

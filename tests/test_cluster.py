@@ -32,6 +32,8 @@ from aggregator.cluster import (
     closest_stories,
     decide,
     equal_values,
+    low_bits,
+    most_equal_values,
     most_shared,
     same_story_threshold,
     share_a_band,
@@ -110,11 +112,26 @@ def test_time_factor_counts_from_the_story_span(article, first, last, expected):
     assert time_factor(article, first, last, 1.5) == pytest.approx(expected, abs=1e-3)
 
 
-class Stream:
-    """Feeds small articles through a real Clusterer, as the pipeline does."""
+class SignaturesByArticle(dict):
+    """The store's side of ``StoredFingerprints``: each committed article's shingle
+    signature, and the ids asked for, one list a call."""
 
-    def __init__(self, settings=SETTINGS):
-        self.clusterer = Clusterer(settings)
+    def __init__(self):
+        super().__init__()
+        self.asked: list[list[int]] = []
+
+    def shingle_signatures(self, article_ids: list[int]) -> np.ndarray:
+        self.asked.append(list(article_ids))
+        return np.stack([self[article_id] for article_id in article_ids])
+
+
+class Stream:
+    """Feeds small articles through a real Clusterer, as the pipeline does; with
+    ``stored``, the shingle signatures are read back from it as from the store."""
+
+    def __init__(self, settings=SETTINGS, stored: SignaturesByArticle | None = None):
+        self.clusterer = Clusterer(settings, stored=stored)
+        self.stored = stored
         self.signer = Signer(settings.num_perm)
         self.next_id = 1
         self.settings = settings
@@ -129,7 +146,10 @@ class Stream:
         article.article_id = self.next_id
         self.next_id += 1
         story = decision.story_id if decision.story_id is not None else 100 + article.article_id
-        return decision, self.clusterer.commit(article, story)
+        outcome = self.clusterer.commit(article, story)
+        if self.stored is not None:
+            self.stored[article.article_id] = fingerprint.shingle_signature
+        return decision, outcome
 
 
 ALPHA = "glacier avalanche sherpa crampon icefall summit expedition oxygen base ridge"
@@ -213,6 +233,71 @@ def test_near_copy_is_a_duplicate_and_unrelated_text_is_a_new_story():
     other, _ = stream.add("Volcano erupts", "Lava flowed from the volcano as villagers fled "
                           "the ash cloud towards the coast and the airport closed.")
     assert other.relation == "new_story"
+
+
+@pytest.mark.parametrize("num_perm", [16, 100, 128, 256])
+def test_the_low_bits_bound_the_equal_values(num_perm):
+    """Two signatures agree in at most as many values as their low bits allow: a bound
+    that never excludes a near-copy, is exact for equal signatures, and for unrelated ones
+    stays near half the values."""
+    rng = np.random.default_rng(num_perm)
+    canonical = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
+    rows = np.tile(canonical, (num_perm + 1, 1))
+    for shared in range(num_perm + 1):  # row ``shared`` agrees in ``shared`` values
+        differing = rng.permutation(num_perm)[:num_perm - shared]
+        rows[shared, differing] ^= rng.integers(1, 2**32, len(differing), dtype=np.uint32)
+    assert low_bits(rows).shape == (num_perm + 1, (num_perm + 7) // 8)
+    assert low_bits(rows).tolist() == np.packbits(rows & 1, axis=-1,
+                                                  bitorder="little").tolist()
+    assert low_bits(rows.astype(">u4")).tolist() == low_bits(rows).tolist()
+    assert low_bits(rows[:, ::-1][:, ::-1]).tolist() == low_bits(rows).tolist()
+    assert low_bits(canonical).tolist() == low_bits(rows[-1]).tolist()
+    bound = most_equal_values(low_bits(rows), low_bits(canonical), num_perm)
+    equal = equal_values(rows, canonical)
+    assert equal.tolist() == list(range(num_perm + 1))
+    assert (bound >= equal).all()
+    assert bound[-1] == num_perm
+    unrelated = rng.integers(0, 2**32, (200, num_perm), dtype=np.uint32)
+    spread = most_equal_values(low_bits(unrelated), low_bits(canonical), num_perm)
+    assert abs(spread.mean() - num_perm / 2) < 0.1 * num_perm
+
+
+def test_relations_read_the_signatures_only_of_possible_duplicates():
+    """With the signatures in the store, each relation to the canonical comes out as with
+    them in memory; a different write-up, whose low bits rule out a duplicate, reads no
+    signature, a near-copy reads its own and the canonical's."""
+    body = ("The city council approved a new budget on Tuesday that raises spending on public "
+            "transport by twelve percent and freezes parking fees for two years, after a long "
+            "debate in which opposition members argued the plan relied on optimistic forecasts "
+            "of tax revenue from the new harbour district.")
+    rewrite = ("Councillors voted through the budget on Tuesday: transport spending rises "
+               "twelve percent, parking fees are frozen for two years, and the opposition "
+               "called the harbour district revenue forecasts optimistic.")
+    articles = [  # (title, text, priority): the third is better and becomes the canonical
+        ("Council approves transport budget", body, 0),
+        ("Council passes budget", rewrite, 0),
+        ("Council approves transport budget", body.replace("Tuesday", "Tuesday evening"), 5),
+        ("Budget passes council", rewrite + " The vote was close.", 0),
+    ]
+    stored = SignaturesByArticle()
+    in_memory, reading = Stream(), Stream(stored=stored)
+    asked, outcomes = [], []
+    for title, text, priority in articles:
+        before = len(stored.asked)
+        expected = in_memory.add(title, text, priority=priority)
+        assert reading.add(title, text, priority=priority) == expected
+        asked.append(stored.asked[before:])
+        outcomes.append(expected[1])
+    assert [outcome.canonical_id for outcome in outcomes] == [1, 1, 3, 3]
+    assert outcomes[2].member_relations[1][0] == "duplicate"
+    assert outcomes[2].member_relations[2][0] == "same_story"
+    assert outcomes[3].member_relations[4][0] == "same_story"
+    assert asked[0] == []  # a story of one
+    assert asked[1] == []  # a different write-up: its low bits rule out a duplicate
+    # The near-copy that becomes the canonical reads the article it copies, for the
+    # near-copy search and for its relation; never the rewrite.
+    assert asked[2] == [[1], [1]]
+    assert asked[3] == []
 
 
 @pytest.mark.parametrize(("row", "bands", "rows", "shares"), [
