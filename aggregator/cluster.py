@@ -1284,20 +1284,27 @@ class Clusterer:
         relation stores the similarity then, not the overlap).  Most members are different
         write-ups, whose signatures agree in no value."""
         rows = self.rows
-        overlaps = np.zeros(len(slots))
+        bits, num_perm = rows.shingle_bits, rows.num_perm
         if rows.keep_stored:
             compared = np.arange(len(slots))
+        elif len(slots) == 1:
+            # The newcomer alone (the canonical kept), the usual case: the same bound in
+            # integers, a tenth of the time of numpy's calls on one row.
+            differing = (int.from_bytes(bits[slots[0]].tobytes(), "little")
+                         ^ int.from_bytes(bits[canonical_slot].tobytes(), "little"))
+            if (num_perm - differing.bit_count()) / num_perm < self.settings.duplicate_threshold:
+                return [0.0]
+            compared = np.arange(1)
         else:
-            bits = rows.shingle_bits
-            bound = most_equal_values(bits[slots], bits[canonical_slot], rows.num_perm)
-            compared = np.flatnonzero(
-                (bound / rows.num_perm >= self.settings.duplicate_threshold)
-                & (slots != canonical_slot))
-            if not compared.size:
-                return overlaps.tolist()
+            bound = most_equal_values(bits[slots], bits[canonical_slot], num_perm)
+            compared = np.flatnonzero((bound / num_perm >= self.settings.duplicate_threshold)
+                                      & (slots != canonical_slot))
+        overlaps = np.zeros(len(slots))
+        if not compared.size:
+            return overlaps.tolist()
         signatures = self._shingles(np.append(slots[compared], canonical_slot), newcomer_slot,
                                     newcomer_shingles)
-        overlaps[compared] = equal_values(signatures[:-1], signatures[-1]) / rows.num_perm
+        overlaps[compared] = equal_values(signatures[:-1], signatures[-1]) / num_perm
         return overlaps.tolist()
 
     def restore_rows(self, article_ids: list[int], story_ids: list[int],

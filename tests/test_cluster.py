@@ -278,6 +278,7 @@ def test_relations_read_the_signatures_only_of_possible_duplicates():
         ("Council passes budget", rewrite, 0),
         ("Council approves transport budget", body.replace("Tuesday", "Tuesday evening"), 5),
         ("Budget passes council", rewrite + " The vote was close.", 0),
+        ("Council approves transport budget", body.replace("Tuesday", "Tuesday night"), 0),
     ]
     stored = SignaturesByArticle()
     in_memory, reading = Stream(), Stream(stored=stored)
@@ -288,16 +289,19 @@ def test_relations_read_the_signatures_only_of_possible_duplicates():
         assert reading.add(title, text, priority=priority) == expected
         asked.append(stored.asked[before:])
         outcomes.append(expected[1])
-    assert [outcome.canonical_id for outcome in outcomes] == [1, 1, 3, 3]
+    assert [outcome.canonical_id for outcome in outcomes] == [1, 1, 3, 3, 3]
     assert outcomes[2].member_relations[1][0] == "duplicate"
     assert outcomes[2].member_relations[2][0] == "same_story"
     assert outcomes[3].member_relations[4][0] == "same_story"
+    assert outcomes[4].member_relations[5][0] == "duplicate"
     assert asked[0] == []  # a story of one
     assert asked[1] == []  # a different write-up: its low bits rule out a duplicate
     # The near-copy that becomes the canonical reads the article it copies, for the
     # near-copy search and for its relation; never the rewrite.
     assert asked[2] == [[1], [1]]
     assert asked[3] == []
+    # A near-copy of the canonical, which stays: the canonical is read for its relation.
+    assert asked[4][-1] == [3]
 
 
 @pytest.mark.parametrize(("row", "bands", "rows", "shares"), [
