@@ -94,6 +94,8 @@ class ClusterArticle:
     # Band keys of the signatures, when computed ahead (a batch at once) or already once.
     shingle_keys: np.ndarray | None = None
     salient_keys: np.ndarray | None = None
+    # The shingle signature's ``low_bits``, when computed ahead (a batch at once).
+    shingle_bits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.fingerprint is not None:
@@ -415,9 +417,12 @@ class ArticleRows:
     def put_one(self, slot: int, *, article_id: int, story_id: int, story_row: int,
                 shingle: np.ndarray, salient: np.ndarray, vector_ids: list[int],
                 vector_weights: list[float], source: int, priority: int, published_ts: float,
-                has_author: bool, dated: bool, word_count: int) -> None:
+                has_author: bool, dated: bool, word_count: int,
+                shingle_bits: np.ndarray | None = None) -> None:
         """``put`` for one row, each value of ``METADATA`` by its name: an article committed
-        at a time, where ``put``'s one-row arrays took twice as long."""
+        at a time, where ``put``'s one-row arrays took twice as long.  ``shingle_bits``:
+        ``low_bits(shingle)`` if computed already (for a batch: five numpy calls on one row
+        cost more than the relations they save)."""
         self.source[slot] = source
         self.priority[slot] = priority
         self.published_ts[slot] = published_ts
@@ -427,7 +432,7 @@ class ArticleRows:
         if self.keep_stored:
             self.shingle[slot] = shingle
         else:
-            self.shingle_bits[slot] = low_bits(shingle)
+            self.shingle_bits[slot] = low_bits(shingle) if shingle_bits is None else shingle_bits
         self.salient[slot] = salient.astype(np.uint16)  # the low 16 bits
         for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights)):
             self._widen(name, len(values))
@@ -1133,7 +1138,8 @@ class Clusterer:
                           vector_weights=vector_weights,
                           source=self.source_code(article.source), priority=article.priority,
                           published_ts=article.published_ts, has_author=article.has_author,
-                          dated=article.dated, word_count=article.word_count)
+                          dated=article.dated, word_count=article.word_count,
+                          shingle_bits=article.shingle_bits)
         self._index_rows(slots, fingerprint.shingle_signature[None, :],
                          fingerprint.salient_signature[None, :], article.shingle_keys,
                          article.salient_keys)

@@ -38,6 +38,7 @@ from .cluster import (
     ClusterArticle,
     Clusterer,
     Decision,
+    low_bits,
 )
 from .config import ClusteringSettings, Config, Source
 from .errors import (
@@ -1416,8 +1417,9 @@ class Aggregator:
                                      settings.title_weight, settings.phrase_weight)
             for i, feature in zip(missing, computed, strict=True):
                 chunk_features[i] = feature
-            shingle_keys = self.clusterer.duplicate_index.band_keys(
-                np.stack([f.shingle_signature for f in chunk_features]))
+            signatures = np.stack([f.shingle_signature for f in chunk_features])
+            shingle_keys = self.clusterer.duplicate_index.band_keys(signatures)
+            shingle_bits = None if self.clusterer.rows.keep_stored else low_bits(signatures)
             for offset, (placement, feature) in enumerate(
                     zip(chunk, chunk_features, strict=True)):
                 article_print = fingerprint_of(feature, self.clusterer.stats, self.signer,
@@ -1425,7 +1427,8 @@ class Aggregator:
                 self._place(staged, *placement[:4], article_print, report,
                             stored_id=placement[4],
                             shingle_keys=None if shingle_keys is None
-                            else shingle_keys[offset:offset + 1])
+                            else shingle_keys[offset:offset + 1],
+                            shingle_bits=None if shingle_bits is None else shingle_bits[offset])
                 counted.append(article_print.term_ids)
                 if progress:
                     progress(start + offset + 1, len(placements))
@@ -1493,12 +1496,14 @@ class Aggregator:
 
     def _place(self, staged: StagedWrites, source_id: int, source: str, priority: int,
                article: NormalizedArticle, fingerprint, report: RefreshReport,
-               stored_id: int | None = None, shingle_keys: np.ndarray | None = None) -> None:
+               stored_id: int | None = None, shingle_keys: np.ndarray | None = None,
+               shingle_bits: np.ndarray | None = None) -> None:
         """Decide the article's story and stage its rows: a new article, or (``stored_id``) a
         stored one being clustered again by ``recluster``."""
         candidate = ClusterArticle(None, source, priority, article.published.timestamp(),
                                    article.author is not None, fingerprint,
-                                   dated=article.has_published, shingle_keys=shingle_keys)
+                                   dated=article.has_published, shingle_keys=shingle_keys,
+                                   shingle_bits=shingle_bits)
         decision = self.clusterer.propose(candidate)
         story_id = decision.story_id
         if story_id is None:

@@ -1000,10 +1000,11 @@ def test_the_compiled_ranking_gives_what_the_numpy_ranking_gives(monkeypatch, sl
 ])
 def test_one_row_put_alone_is_the_row_that_put_writes(keep_stored, width, vectors):
     """``ArticleRows.put_one`` (a committed article) fills a row as ``put`` (restored
-    articles) fills it, to the last bit, over a slot that held another article before."""
+    articles) fills it, to the last bit, over a slot that held another article before;
+    so does ``put_one`` given the shingle signature's low bits computed ahead."""
     generator = np.random.default_rng(width)
-    by_rows, by_one = (ArticleRows(16, width, keep_stored) for _ in range(2))
-    for rows in (by_rows, by_one):
+    by_rows, by_one, ahead = (ArticleRows(16, width, keep_stored) for _ in range(3))
+    for rows in (by_rows, by_one, ahead):
         rows.allocate(len(vectors))
     # The second time over the first's rows, the lengths the other way round.
     for slot, length in [*enumerate(vectors), *enumerate(vectors[::-1])]:
@@ -1021,13 +1022,16 @@ def test_one_row_put_alone_is_the_row_that_put_writes(keep_stored, width, vector
                     vector_ids=matrix_ids, vector_weights=matrix_weights,
                     metadata={name: [value] for name, value in zip(
                         ArticleRows.METADATA, values, strict=True)})
-        by_one.put_one(slot, article_id=100 + slot, story_id=7, story_row=2, shingle=shingle,
-                       salient=salient, vector_ids=ids, vector_weights=weights,
-                       **dict(zip(ArticleRows.METADATA, values, strict=True)))
+        for rows, bits in ((by_one, None), (ahead, low_bits(np.stack([shingle, salient]))[0])):
+            rows.put_one(slot, article_id=100 + slot, story_id=7, story_row=2, shingle=shingle,
+                         salient=salient, vector_ids=ids, vector_weights=weights,
+                         shingle_bits=bits, **dict(zip(ArticleRows.METADATA, values, strict=True)))
     for name in ArticleRows.ARRAYS:
-        expected, written = getattr(by_rows, name), getattr(by_one, name)
-        assert written.dtype == expected.dtype, name
-        assert written.tobytes() == expected.tobytes(), name
+        expected = getattr(by_rows, name)
+        for written in (getattr(by_one, name), getattr(ahead, name)):
+            assert written.dtype == expected.dtype, name
+            assert written.tobytes() == expected.tobytes(), name
+    assert by_rows.shingle_bits.shape[1] == (0 if keep_stored else 2)
 
 
 @requires_kernels
