@@ -636,7 +636,14 @@ class Vocabulary:
 
     def _hash(self, numbers: list[int]) -> np.ndarray:
         """Hash the terms numbered ``numbers`` (none hashed yet) and keep their hashes."""
-        values = item_hashes([self.terms[number].encode() for number in numbers])
+        names = [self.terms[number] for number in numbers]
+        if kernels is not None:
+            # A term is a shingle of one token: one compiled pass, in order, with the CPU's
+            # SHA instructions where it has them (Python's SHA-1 and the finalizer's numpy
+            # steps took most of this method's time).
+            values = np.frombuffer(kernels.shingle_hashes(names, 1), dtype=np.uint32)
+        else:
+            values = item_hashes([name.encode() for name in names])
         self.hashes[numbers] = values
         self.hashed[numbers] = True
         return values

@@ -174,6 +174,10 @@ def test_the_compiled_hashes_of_known_terms_are_the_vocabularys():
         expected[::-1] + expected[2:]
     assert kernels.known_hashes(numbers, vocabulary.hashes, vocabulary.hashed, out) == []
     assert out.tolist() == expected
+    # Terms hashed whole, in order: not ASCII, a phrase (two words), a repeat.
+    others = ["café", "новости", "new_york", "東京", "café"]
+    assert vocabulary.hashes_of([vocabulary.id(term) for term in others]).tolist() == \
+        item_hashes([term.encode() for term in others]).tolist()
     for arguments, error, message in [
         (([numbers[0], len(vocabulary.hashes)], np.empty(2, dtype=np.uint32)), IndexError,
          "number .* of term 1 is outside the vocabulary"),
