@@ -1293,21 +1293,23 @@ class Clusterer:
         rows = self.rows
         bits, num_perm = rows.shingle_bits, rows.num_perm
         if rows.keep_stored:
-            compared = np.arange(len(slots))
-        elif len(slots) == 1:
-            # The newcomer alone (the canonical kept), the usual case: the same bound in
-            # integers, a tenth of the time of numpy's calls on one row.
-            differing = (int.from_bytes(bits[slots[0]].tobytes(), "little")
-                         ^ int.from_bytes(bits[canonical_slot].tobytes(), "little"))
-            if (num_perm - differing.bit_count()) / num_perm < self.settings.duplicate_threshold:
-                return [0.0]
-            compared = np.arange(1)
+            compared = list(range(len(slots)))
         else:
-            bound = most_equal_values(bits[slots], bits[canonical_slot], num_perm)
-            compared = np.flatnonzero((bound / num_perm >= self.settings.duplicate_threshold)
-                                      & (slots != canonical_slot))
+            if len(slots) == 1:
+                # The newcomer alone (the canonical kept), the usual case: the same bound
+                # in integers, a tenth of the time of numpy's calls on one row.
+                differing = (int.from_bytes(bits[slots[0]].tobytes(), "little")
+                             ^ int.from_bytes(bits[canonical_slot].tobytes(), "little"))
+                bounds = [num_perm - differing.bit_count()]
+            else:
+                bounds = most_equal_values(bits[slots], bits[canonical_slot],
+                                           num_perm).tolist()
+            threshold = self.settings.duplicate_threshold
+            compared = [position for position, (slot, bound) in enumerate(
+                            zip(slots.tolist(), bounds, strict=True))
+                        if slot != canonical_slot and bound / num_perm >= threshold]
         overlaps = np.zeros(len(slots))
-        if not compared.size:
+        if not compared:
             return overlaps.tolist()
         signatures = self._shingles(np.append(slots[compared], canonical_slot), newcomer_slot,
                                     newcomer_shingles)
