@@ -1617,20 +1617,23 @@ class Store:
         return documents, rows
 
     def recent_term_statistics(self, first_article_id: int) -> tuple[
-            int, int, Iterator[tuple[int, str, int, float, int]], bool]:
+            int, int, Iterator[tuple[int, str, int, float, int]], Iterator[str]]:
         """The term statistics a restart reads: the number of documents, the next free term
         id, the rows ``(id, term, document frequency, prior, last article id)`` of the terms
-        counted in an article from ``first_article_id`` on, and whether those are all the
-        stored terms."""
+        counted in an article from ``first_article_id`` on, and the names of the others
+        (read after the rows)."""
         documents = int(self.db.execute(
             "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
         top = self.db.execute("SELECT coalesce(max(id), 0) FROM term_stats").fetchone()[0]
-        old = self.db.execute("SELECT EXISTS (SELECT 1 FROM term_stats WHERE "
-                              "last_article_id < ?)", [first_article_id]).fetchone()[0]
         rows = self.db.execute(
             f"SELECT {TERM_ROW} FROM term_stats WHERE last_article_id >= ?",
             [first_article_id])
-        return documents, top + 1, rows, not old
+        return documents, top + 1, rows, self._term_names_before(first_article_id)
+
+    def _term_names_before(self, first_article_id: int) -> Iterator[str]:
+        for (term,) in self.db.execute("SELECT term FROM term_stats WHERE last_article_id < ?",
+                                       [first_article_id]):
+            yield term
 
     def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:
         """The stored rows of those of ``terms`` that the store has (see

@@ -5,6 +5,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from aggregator import fingerprint as fingerprint_module
 from aggregator.fingerprint import (
     _WORD,
+    TermsLeftInStore,
     TermStatistics,
     Vocabulary,
     count_words,
@@ -537,16 +539,17 @@ def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
     stats.recall = recall
     # A restart that read the terms of article 4 on: beta stays in the store, id 3 is the
     # highest stored.
-    stats.restore_recent(12, 4, [stored["alpha"], stored["gamma"]], complete=False)
-    assert set(stats.vocabulary.ids) == {"alpha", "gamma"}
+    stats.restore_recent(12, 4, [stored["alpha"], stored["gamma"]], left_in_store=["beta"])
+    assert set(stats.vocabulary.ids) == {"alpha", "gamma"} and stats.incomplete
     vocabulary = stats.vocabulary
     ids = stats.ids_of(["beta", "delta", "alpha"])
-    # beta as stored, delta new after every stored id
+    # beta as stored, delta new after every stored id, and never asked for: it was not
+    # left in the store
     assert vocabulary.stored_ids(ids).tolist() == [2, 4, 1]
-    assert asked == [["beta", "delta"]]
+    assert asked == [["beta"]]
     assert stats.frequency("beta") == 1 and stats.prior("beta") == 0.002
     stats.add_document(stats.ids_of(["delta", "alpha"]), article_id=11)
-    assert asked == [["beta", "delta"]]  # both in memory now
+    assert asked == [["beta"]]  # both in memory now
     # Not counted in article 5 or later: beta (3) and gamma (4) leave memory.
     numbers = len(vocabulary)
     assert stats.forget_unseen_since(5) == 2
@@ -556,6 +559,7 @@ def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
     assert vocabulary.stored_ids(stats.ids_of(["gamma"])).tolist() == [3]
     assert stats.frequencies() == {"alpha": 6, "gamma": 2, "delta": 1}
     epsilon = stats.ids_of(["epsilon"])
+    assert asked == [["beta"], ["gamma"]]  # gamma was forgotten; epsilon never stored
     assert vocabulary.stored_ids(epsilon).tolist() == [5]  # a store id of its own
     assert stats.frequency("epsilon") == 0 and stats.last_articles_of(epsilon).tolist() == [0]
     assert len(vocabulary) == numbers and vocabulary.seen == 5
@@ -566,6 +570,33 @@ def test_forgotten_terms_come_back_with_their_ids_counts_and_priors():
     assert set(vocabulary.ids) == {"alpha", "delta", "gamma"}
 
 
+@pytest.mark.parametrize(("bits", "added", "most_false_held"), [
+    (TermsLeftInStore.BITS, 0, 0.0),  # empty: holds nothing
+    (TermsLeftInStore.BITS, 50_000, 0.0001),
+    (TermsLeftInStore.BITS, 290_000, 0.002),  # the chance it gives: 0.001
+    (1 << 12, 2_000, 1.0),  # full: holds nearly everything, still every name added
+])
+def test_terms_left_in_store_hold_every_name_added_and_few_others(bits, added, most_false_held):
+    left = TermsLeftInStore(bits)
+    names = [f"term{n}" for n in range(added)]
+    left.add(iter(names))  # in chunks, from any iterable
+    assert bool(left) == bool(added)
+    assert left.among(names) == names
+    others = [f"other{n}" for n in range(20_000)]
+    assert len(left.among(others)) / len(others) <= most_false_held
+    left.add(names[:10])  # again: nothing changes for the others
+    assert left.among(names) == names
+
+
+def test_terms_left_in_store_stay_in_their_process():
+    left = TermsLeftInStore()
+    left.add(["harbour"])
+    with pytest.raises(TypeError, match="salted string hashes"):
+        pickle.dumps(left)
+    with pytest.raises(ValueError, match="a power of two"):
+        TermsLeftInStore(1000)
+
+
 def test_stored_vectors_are_numbered_as_their_terms_are_in_memory(caplog):
     # A restart reads the vectors of the window, which name terms by store id: terms not
     # in memory (unseen by the latest articles, but in an older member of a live story)
@@ -574,7 +605,7 @@ def test_stored_vectors_are_numbered_as_their_terms_are_in_memory(caplog):
     recall_ids, asked = recording_store(stored)
     stats = TermStatistics(prior_docs=10)
     stats.recall_ids = recall_ids
-    stats.restore_recent(50, 12, [stored[7]], complete=False)
+    stats.restore_recent(50, 12, [stored[7]], left_in_store=["beta"])
     vectors = np.array([[7, 9, 0], [9, 11, 7]], dtype=np.int32)
     with caplog.at_level(logging.WARNING, logger="aggregator.fingerprint"):
         numbers = stats.numbers_of_stored(vectors)
@@ -591,7 +622,8 @@ def test_statistics_loaded_whole_never_ask_the_store():
     stats = TermStatistics(prior_docs=10)
     stats.recall = lambda terms: pytest.fail(f"asked for {terms}")
     stats.restore_recent(3, 3, [(1, "alpha", 2, 0.01, 2), (2, "beta", 1, 0.01, 1)],
-                         complete=True)
+                         left_in_store=[])
+    assert not stats.incomplete
     assert stats.ids_of(["alpha", "new"]).tolist() == [1, 3]
 
 
@@ -818,7 +850,7 @@ def test_terms_looked_up_in_the_table_get_what_they_get_by_name():
         stats.recall = recall
         asked.append(stats_asked)
         stats.restore_recent(500, 401, [stored[f"w{n}"] for n in range(0, 400, 3)],
-                             complete=False)
+                             left_in_store=[f"w{n}" for n in range(400) if n % 3])
     vocabulary_words = [*stored, *(f"new{n}" for n in range(300))]
     for article in range(300):
         terms = list(dict.fromkeys(generator.choice(vocabulary_words, 40).tolist()))
