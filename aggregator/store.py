@@ -609,6 +609,10 @@ UNCLUSTERED_MARK = "articles_without_fingerprints"
 WINDOW_FLOOR = "window_floor"
 # The columns of ``term_stats`` that a restart and a recall read, as ``fingerprint.TermRow``.
 TERM_ROW = "id, term, document_frequency, prior_fraction, last_article_id"
+# ``json.dumps`` as it writes by default, byte for byte, for the rows staged with every
+# article (its decision, its salient terms): those hold no container twice, so the check
+# for cycles, a quarter of the time, finds none.
+to_json = json.JSONEncoder(check_circular=False).encode
 
 
 def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
@@ -838,7 +842,7 @@ class StagedWrites:
             article.identity_key, article.title, article.author, to_iso(article.published),
             int(article.has_published), to_iso(article.fetched), article.text,
             article.content_hash, fingerprint.word_count, story_id, relation, similarity,
-            json.dumps(decision), fingerprint.counted_terms])
+            to_json(decision), fingerprint.counted_terms])
         self.entries.append((source_id, self.articles[-1][8]))
         if self.first_article_id is None:
             self.first_article_id = article_id
@@ -854,7 +858,7 @@ class StagedWrites:
         """A stored article in its new story, with its new fingerprint and decision (or its
         first: ``recluster``)."""
         self.article_updates.append([article_id, story_id, relation, similarity,
-                                     fingerprint.word_count, json.dumps(decision),
+                                     fingerprint.word_count, to_json(decision),
                                      fingerprint.counted_terms])
         self._stage_fingerprint(article_id, source_id, article, fingerprint, term_vector,
                                 shingle_bytes, salient_bytes)
@@ -865,7 +869,7 @@ class StagedWrites:
         self.fingerprints.append([article_id, source_id, to_iso(article.published),
                                   int(article.author is not None), int(article.has_published),
                                   fingerprint.word_count,
-                                  json.dumps(list(fingerprint.salient))])
+                                  to_json(list(fingerprint.salient))])
         self.fingerprint_blobs.append((term_vector, shingle_bytes, salient_bytes))
         self.signatures[article_id] = shingle_bytes
 

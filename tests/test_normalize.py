@@ -426,6 +426,33 @@ def test_prepared_first_words_keep_nothing_for_a_term_that_is_its_own_first_word
             "Lavrov reported the talks in geneva."))
 
 
+def test_a_fingerprint_learns_its_new_terms_priors_before_it_weighs_them():
+    """``fingerprint_of`` learns priors only for an article that brings a term without
+    one (the compiled weighing tells): each fingerprint must be the one weighed after
+    learning every time, whichever articles bring new terms."""
+    signer = fingerprint_module.Signer(16)
+    articles = [("Geneva talks", "Lavrov reported the talks in Geneva were useful."),
+                ("Geneva talks", "Lavrov reported the talks in Geneva."),  # nothing new
+                ("Running markets", "Traders were running from falling markets."),
+                ("Geneva talks resume", "Lavrov reported that talks resumed in Geneva.")]
+    fused, reference = TermStatistics(prior_docs=10), TermStatistics(prior_docs=10)
+    for article_id, features in enumerate(text_features(articles, signer, 3, 2.5), 1):
+        fingerprint = fingerprint_of(features, fused, signer, 24)
+        terms = features.term_list
+        ids = reference.ids_of(terms)
+        reference.learn_priors(ids, terms, features.first_words, features.prior_positions,
+                               features.priors)
+        weighted, weights, _ids = term_weights(terms, features.counts, reference, ids)
+        assert fingerprint.weighted_terms == weighted
+        assert fingerprint.weights.tolist() == weights.tolist()
+        # Learned from the first word ("running", "reported"), not the stem.
+        assert fused.priors_of(fingerprint.term_ids, terms).tolist() == \
+            reference.priors_of(ids, terms).tolist()
+        assert (fused._prior[fingerprint.term_ids] != TermStatistics.UNKNOWN).all()
+        fused.add_document(fingerprint.term_ids, article_id)
+        reference.add_document(ids, article_id)
+
+
 def terms_and_first_words(text: str, phrases: tuple[str, ...] = ()) -> tuple[str, str]:
     """``TextFeatures``' terms and first words of a text (phrases have no first word)."""
     first = first_surface_words(tokenize(text))
