@@ -29,6 +29,7 @@ import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha1
@@ -523,6 +524,25 @@ class TermsLeftInStore:
                              np.left_shift(1, at & np.uint64(7)).astype(np.uint8))
             self.added += len(chunk)
 
+    def merge(self, other: TermsLeftInStore) -> None:
+        """Hold what ``other`` (of the same size) holds as well."""
+        if other._mask != self._mask:
+            raise ValueError("Bloom filters of different sizes cannot be merged")
+        if other._bytes is None:
+            return
+        if self._bytes is None:
+            self._bytes = bytearray(other._bytes)
+        else:
+            mine = np.frombuffer(self._bytes, dtype=np.uint8)
+            np.bitwise_or(mine, np.frombuffer(other._bytes, dtype=np.uint8), out=mine)
+        self.added += other.added
+
+    def hold_everything(self) -> None:
+        """Hold every name from now on: where the names left in the store are not known,
+        every term new to memory must be looked up."""
+        self._bytes = bytearray(b"\xff" * ((self._mask + 1) // 8))
+        self.added = max(self.added, 1)
+
     def among(self, names: Iterable[str]) -> list[str]:
         """Those of ``names`` that the filter holds: all of those added, and few others."""
         held = self._bytes
@@ -776,6 +796,10 @@ class TermStatistics:
         # or a restart that read only the window's terms).
         self.recall: Callable[[list[str]], list[TermRow]] | None = None
         self.left_in_store = TermsLeftInStore()
+        # The names a restart left in the store, while a thread still reads them
+        # (``restore_recent``): until they are in ``left_in_store``, every term new to
+        # memory is looked up.
+        self._left_by_restart: Future[TermsLeftInStore] | None = None
         # The same by store id (a restart's window vectors name their terms by store id).
         self.recall_ids: Callable[[list[int]], list[TermRow]] | None = None
         # The largest article id counted (``add_document``) or restored.
@@ -823,17 +847,44 @@ class TermStatistics:
 
     @property
     def incomplete(self) -> bool:
-        """Whether the store holds terms that memory does not."""
+        """Whether the store holds terms that memory does not (once a restart's names are
+        read)."""
+        if self._left_by_restart is not None:
+            wait([self._left_by_restart])
+            self._take_restart_names()
         return bool(self.left_in_store)
 
     def _recall(self, terms: list[str]) -> None:
         """Bring back from the store those of ``terms`` (none in memory) that it has: a
         quarter of the articles on a full window miss a term or two, and only those that
         may have been left in the store are looked up, not every term of the article."""
-        if self.recall is not None and self.left_in_store:
+        if self.recall is None:
+            return
+        if self._left_by_restart is not None and not self._take_restart_names():
+            asked = list(dict.fromkeys(terms))
+        elif self.left_in_store:
             asked = self.left_in_store.among(dict.fromkeys(terms))
-            if asked:
-                self._restore_rows(self.recall(asked))
+        else:
+            return
+        if asked:
+            self._restore_rows(self.recall(asked))
+
+    def _take_restart_names(self) -> bool:
+        """Whether the names that a restart left in the store are in ``left_in_store``:
+        put there now if they have just been read."""
+        future = self._left_by_restart
+        if future is None:
+            return True
+        if not future.done():
+            return False
+        self._left_by_restart = None
+        try:
+            self.left_in_store.merge(future.result())
+        except Exception as exc:  # a store that cannot be read: the writer's reads tell
+            log.warning("the names of the terms left in the store could not be read (%s); "
+                        "every term new to memory is looked up in the store", exc)
+            self.left_in_store.hold_everything()
+        return True
 
     def prior(self, term: str) -> float:
         term_id = self.vocabulary.ids.get(term)
@@ -892,15 +943,18 @@ class TermStatistics:
         self._restore_rows((*row, 0) for row in rows)
 
     def restore_recent(self, documents: int, next_id: int, rows: Iterable[TermRow],
-                       left_in_store: Iterable[str]) -> None:
+                       left_in_store: Iterable[str] | Future[TermsLeftInStore]) -> None:
         """Load persisted ``(id, term, document_frequency, prior, last article id)`` rows:
-        some of the stored terms, or all of them; the others (``left_in_store``, their
-        names) are recalled when they are used (``recall``).  Stored ids go up to
-        ``next_id`` (excluded)."""
+        some of the stored terms, or all of them; the others (``left_in_store``: their
+        names, or a filter of them that a thread is still reading) are recalled when they
+        are used (``recall``).  Stored ids go up to ``next_id`` (excluded)."""
         self.documents = documents
         self.vocabulary.reserve(next_id)
         self._restore_rows(rows)
-        self.left_in_store.add(left_in_store)
+        if isinstance(left_in_store, Future):
+            self._left_by_restart = left_in_store
+        else:
+            self.left_in_store.add(left_in_store)
 
     def _restore_rows(self, rows: Iterable[TermRow]) -> None:
         ids, frequencies, priors, last = array("q"), array("q"), array("d"), array("q")

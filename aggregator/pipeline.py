@@ -51,6 +51,7 @@ from .errors import (
 )
 from .fingerprint import (
     Signer,
+    TermsLeftInStore,
     TermStatistics,
     TextFeatures,
     count_words,
@@ -466,13 +467,25 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
     # The terms of as many of the latest articles as the window holds, as the running
     # writer keeps (``_forget_unseen_terms``): the others come back from the store when
     # an article uses them again.
-    stats.restore_recent(*store.recent_term_statistics(
-        store.next_article_id(store.db.conn) - count))
+    first_counted = store.next_article_id(store.db.conn) - count
+    left_in_store: Future[TermsLeftInStore] = Future()
+    stats.restore_recent(*store.recent_term_statistics(first_counted), left_in_store)
     clusterer = Clusterer(settings, stats, stored=StoreFingerprints(reads or store, signer))
     if floor is not None:
         clusterer.floor_ts = floor.timestamp()
-    if not count:
-        return clusterer
+    try:
+        if count:
+            _restore_window(clusterer, store, signer, count, chunks)
+    finally:
+        # Once the window is back: a thread reading beside its restore would contend
+        # with it for the interpreter.
+        read_terms_left_by_restart(store, first_counted, left_in_store)
+    return clusterer
+
+
+def _restore_window(clusterer: Clusterer, store: Store, signer: Signer, count: int,
+                    chunks: Iterable) -> None:
+    stats = clusterer.stats
     clusterer.rows.reserve(count)
     sources = store.source_names()
     for window in chunks:
@@ -488,7 +501,41 @@ def _load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
                                dated=[bool(flag) for flag in window.dated],
                                word_counts=window.word_counts)
     clusterer.finish_restore()
-    return clusterer
+
+
+def read_terms_left_by_restart(store: Store, first_counted: int,
+                               into: Future[TermsLeftInStore]) -> None:
+    """Give ``into`` a filter of the names of the terms that a restart leaves in the store
+    (counted in no article from ``first_counted`` on), read by a thread through a
+    connection of its own: a store that has run for months holds millions of terms, and
+    the restart does not wait for them (the writer looks up every term new to memory
+    meanwhile).  Read here, at once, where no other connection sees the rows: a store in
+    memory, or the writer's open transaction (``recluster``)."""
+
+    def read(conn: sqlite3.Connection) -> None:
+        try:
+            left = TermsLeftInStore()
+            left.add(Store.term_names_before(conn, first_counted))
+            into.set_result(left)
+        except Exception as exc:  # handed to the writer, which reports it
+            into.set_exception(exc)
+
+    if store.path == ":memory:" or store.db.conn.in_transaction:
+        read(store.db.conn)
+        return
+
+    def read_alone() -> None:
+        try:
+            conn = store.reader()
+        except sqlite3.Error as exc:
+            into.set_exception(exc)
+            return
+        try:
+            read(conn)
+        finally:
+            conn.close()
+
+    threading.Thread(target=read_alone, name="terms-left-in-store", daemon=True).start()
 
 
 def numbered_vectors(stats: TermStatistics, stored: list[bytes],

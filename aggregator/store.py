@@ -1621,22 +1621,24 @@ class Store:
         return documents, rows
 
     def recent_term_statistics(self, first_article_id: int) -> tuple[
-            int, int, Iterator[tuple[int, str, int, float, int]], Iterator[str]]:
+            int, int, Iterator[tuple[int, str, int, float, int]]]:
         """The term statistics a restart reads: the number of documents, the next free term
-        id, the rows ``(id, term, document frequency, prior, last article id)`` of the terms
-        counted in an article from ``first_article_id`` on, and the names of the others
-        (read after the rows)."""
+        id, and the rows ``(id, term, document frequency, prior, last article id)`` of the
+        terms counted in an article from ``first_article_id`` on (the others' names:
+        ``term_names_before``)."""
         documents = int(self.db.execute(
             "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
         top = self.db.execute("SELECT coalesce(max(id), 0) FROM term_stats").fetchone()[0]
         rows = self.db.execute(
             f"SELECT {TERM_ROW} FROM term_stats WHERE last_article_id >= ?",
             [first_article_id])
-        return documents, top + 1, rows, self._term_names_before(first_article_id)
+        return documents, top + 1, rows
 
-    def _term_names_before(self, first_article_id: int) -> Iterator[str]:
-        for (term,) in self.db.execute("SELECT term FROM term_stats WHERE last_article_id < ?",
-                                       [first_article_id]):
+    @staticmethod
+    def term_names_before(conn: sqlite3.Connection, first_article_id: int) -> Iterator[str]:
+        """The names of the terms counted in no article from ``first_article_id`` on."""
+        for (term,) in conn.execute("SELECT term FROM term_stats WHERE last_article_id < ?",
+                                    [first_article_id]):
             yield term
 
     def recall_terms(self, terms: list[str]) -> list[tuple[int, str, int, float, int]]:

@@ -7,8 +7,10 @@ import math
 import os
 import pickle
 import re
+import sqlite3
 import subprocess
 import sys
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
@@ -613,6 +615,51 @@ def test_terms_left_in_store_hold_every_name_added_and_few_others(bits, added, m
     assert len(left.among(others)) / len(others) <= most_false_held
     left.add(names[:10])  # again: nothing changes for the others
     assert left.among(names) == names
+
+
+def test_terms_a_restart_left_in_the_store_are_all_asked_for_until_their_names_are_read(
+        caplog):
+    # A restart reads the names of the terms it leaves in the store in a thread
+    # (``pipeline.read_terms_left_by_restart``): until they are in, every term new to memory
+    # is looked up; after, only those the names hold.
+    stored = {"beta": (2, "beta", 1, 0.002, 3), "gamma": (3, "gamma", 2, 0.003, 4)}
+    recall, asked = recording_store(stored)
+    stats = TermStatistics(prior_docs=10)
+    stats.recall = recall
+    reading: Future[TermsLeftInStore] = Future()
+    stats.restore_recent(12, 4, [(1, "alpha", 5, 0.01, 10)], left_in_store=reading)
+    stats.ids_of(["beta", "delta", "alpha"])
+    assert asked == [["beta", "delta"]]
+    left = TermsLeftInStore()
+    left.add(["beta", "gamma"])
+    reading.set_result(left)
+    stats.ids_of(["gamma", "epsilon"])
+    assert asked == [["beta", "delta"], ["gamma"]]
+    assert stats.incomplete and stats.frequency("gamma") == 2
+    # Names that could not be read: every term new to memory is looked up, as before.
+    failed = TermStatistics(prior_docs=10)
+    failed.recall = recall
+    unreadable: Future[TermsLeftInStore] = Future()
+    unreadable.set_exception(sqlite3.OperationalError("database is locked"))
+    failed.restore_recent(12, 4, [], left_in_store=unreadable)
+    with caplog.at_level(logging.WARNING, logger="aggregator.fingerprint"):
+        failed.ids_of(["zeta"])
+    assert asked[-1] == ["zeta"]
+    assert "could not be read (database is locked)" in caplog.text
+
+
+def test_terms_left_in_store_merge_what_another_filter_holds():
+    left, other = TermsLeftInStore(), TermsLeftInStore()
+    left.merge(other)  # nothing added to either
+    assert not left
+    other.add(["beta"])
+    left.merge(other)
+    left.add(["gamma"])
+    assert left.among(["beta", "gamma"]) == ["beta", "gamma"] and left.added == 2
+    with pytest.raises(ValueError, match="different sizes"):
+        left.merge(TermsLeftInStore(1 << 10))
+    left.hold_everything()
+    assert left.among(["anything", "at all"]) == ["anything", "at all"]
 
 
 def test_terms_left_in_store_stay_in_their_process():
