@@ -1547,9 +1547,9 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     """
     terms = features.term_list
     ids = stats.ids_of(terms, features.terms)
-    # Three articles in four bring no term new to memory: the compiled weighing finds that
-    # every prior is learned as it reads them, where a check of its own first cost a
-    # numpy gather of priors that were out of every cache.
+    # On a full window three articles in four bring no term new to memory: the compiled
+    # weighing finds that every prior is learned as it reads them, where a check of its
+    # own first cost a numpy gather of priors that were out of every cache.
     weights = stats.weights_of(ids, features.counts) if terms else None
     if weights is None:
         stats.learn_priors(ids, terms, features.first_words, features.prior_positions,

@@ -509,8 +509,8 @@ def read_terms_left_by_restart(store: Store, first_counted: int,
     (counted in no article from ``first_counted`` on), read by a thread through a
     connection of its own: a store that has run for months holds millions of terms, and
     the restart does not wait for them (the writer looks up every term new to memory
-    meanwhile).  Read here, at once, where no other connection sees the rows: a store in
-    memory, or the writer's open transaction (``recluster``)."""
+    meanwhile).  Read here, at once, where no other connection sees the rows
+    (``Store.readers_see_writes``)."""
 
     def read(conn: sqlite3.Connection) -> None:
         try:
@@ -520,7 +520,7 @@ def read_terms_left_by_restart(store: Store, first_counted: int,
         except Exception as exc:  # handed to the writer, which reports it
             into.set_exception(exc)
 
-    if store.path == ":memory:" or store.db.conn.in_transaction:
+    if not store.readers_see_writes():
         read(store.db.conn)
         return
 

@@ -1480,6 +1480,12 @@ class Store:
         """A separate read-only connection, for threads other than the writer's."""
         return read_only_connection(self.path)
 
+    def readers_see_writes(self) -> bool:
+        """Whether a ``reader`` sees what the writer's connection sees: not for a store in
+        memory (a reader opens another, empty one), nor inside the writer's open
+        transaction (``recluster``), whose rows only that connection sees."""
+        return self.path != ":memory:" and not self.db.conn.in_transaction
+
     @staticmethod
     def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
         return {row[0] for row in select_in(
@@ -1770,7 +1776,7 @@ class Store:
         in memory.  Inside a transaction (``recluster``) the writer's own connection reads,
         sequentially: only it sees the uncommitted rows.
         """
-        if self.db.conn.in_transaction or self.path == ":memory:" or len(parts) < 2:
+        if not self.readers_see_writes() or len(parts) < 2:
             for part in parts:
                 yield self._read_fingerprints(self.db.conn, part)
             return
