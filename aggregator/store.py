@@ -693,8 +693,16 @@ def write_rows(conn: sqlite3.Connection, statement: str, rows: Sequence[Sequence
     conn.executemany(_one_row(statement), rows)
 
 
-INSERT_STORIES = ("INSERT INTO stories (id, first_seen, last_seen, first_published, "
-                  f"last_published) SELECT {_columns(5)} FROM {{rows}}")
+# A story's title is its canonical's: given where the canonical is staged with it, else
+# read from the stored article (``recluster`` places stored articles).
+_CANONICAL_TITLE = "coalesce({title}, (SELECT title FROM articles WHERE id = {canonical}))"
+# A new story is written once, with what its articles staged since it was created: an update
+# of each row just inserted cost as much again (an index entry moved, a title read back).
+INSERT_STORIES = (
+    "INSERT INTO stories (id, canonical_article_id, title, first_seen, last_seen, "
+    "first_published, last_published, article_count, source_count) SELECT c0, c1, "
+    + _CANONICAL_TITLE.format(title="c2", canonical="c1")
+    + f", {_columns(9, 3)} FROM {{rows}}")
 ARTICLE_COLUMNS = ("id, source_id, guid, url, canonical_url, identity_key, title, author, "
                    "published, published_from_feed, fetched, text, content_hash, word_count, "
                    "story_id, relation, similarity, decision, counted_terms")
@@ -709,10 +717,12 @@ UPDATE_RELATIONS = ("UPDATE articles SET relation = u.c1, similarity = u.c2 "
                     "FROM {rows} AS u WHERE articles.id = u.c0")
 INSERT_HISTORY = ("INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
                   f"reason, changed_at) SELECT {_columns(5)} FROM {{rows}}")
-UPDATE_STORIES = ("UPDATE stories SET canonical_article_id = u.c1, "
-                  "title = (SELECT title FROM articles WHERE id = u.c1), last_seen = u.c2, "
-                  "first_published = u.c3, last_published = u.c4, article_count = u.c5, "
-                  "source_count = u.c6 FROM {rows} AS u WHERE stories.id = u.c0")
+# The title is read again only when the canonical changed: no article's title changes.
+UPDATE_STORIES = (
+    "UPDATE stories SET canonical_article_id = u.c1, title = CASE WHEN canonical_article_id "
+    "IS u.c1 THEN title ELSE " + _CANONICAL_TITLE.format(title="u.c7", canonical="u.c1")
+    + " END, last_seen = u.c2, first_published = u.c3, last_published = u.c4, "
+    "article_count = u.c5, source_count = u.c6 FROM {rows} AS u WHERE stories.id = u.c0")
 COUNT_LINES = ("INSERT INTO source_lines (source_id, line_key, articles, last_seen) "
                f"SELECT {_columns(4)} FROM {{rows}} WHERE true "
                "ON CONFLICT(source_id, line_key) DO UPDATE SET "
@@ -992,7 +1002,8 @@ class StagedWrites:
         commit to index (``Store.transaction``); without it they are indexed here.
         """
         write = partial(write_rows, conn)
-        write(INSERT_STORIES, self.stories)
+        new_stories, story_updates = self._story_rows()
+        write(INSERT_STORIES, new_stories)
         write(INSERT_ARTICLES, self.articles)
         write(COUNT_ARTICLES, [[source_id, count] for source_id, count
                                in Counter(row[1] for row in self.articles).items()])
@@ -1004,7 +1015,7 @@ class StagedWrites:
         write(UPDATE_RELATIONS, [[member, relation, similarity] for member,
                                  (relation, similarity) in self.relations.items()])
         write(INSERT_HISTORY, self.history)
-        write(UPDATE_STORIES, list(self.story_updates.values()))
+        write(UPDATE_STORIES, story_updates)
         write(COUNT_LINES, [[source_id, key, count, seen] for (source_id, key), (count, seen)
                             in self.lines.items()])
         if self.window_floor is not None:
@@ -1025,6 +1036,30 @@ class StagedWrites:
             conn.execute("INSERT INTO articles_fts (rowid, title, text) SELECT id, title, "
                          "text FROM articles WHERE id BETWEEN ? AND ?",
                          [self.articles[0][0], self.articles[-1][0]])
+
+    def _story_rows(self) -> tuple[list[list], list[list]]:
+        """Rows for ``INSERT_STORIES`` (the stories created here, each with its last update)
+        and for ``UPDATE_STORIES`` (the stories stored before), with the canonical's title
+        where its article is staged here (else None: the statements read it)."""
+        titles = {row[0]: row[6] for row in self.articles}
+        created = set()
+        new_stories = []
+        for story_id, first_seen, last_seen, first_published, last_published in self.stories:
+            created.add(story_id)
+            update = self.story_updates.get(story_id)
+            if update is None:
+                new_stories.append([story_id, None, "", first_seen, last_seen,
+                                    first_published, last_published, 0, 0])
+            else:
+                _id, canonical, last_seen, first_published, last_published, articles, \
+                    sources = update
+                new_stories.append([story_id, canonical, titles.get(canonical), first_seen,
+                                    last_seen, first_published, last_published, articles,
+                                    sources])
+        story_updates = [[*update, titles.get(update[1])]
+                         for story_id, update in self.story_updates.items()
+                         if story_id not in created]
+        return new_stories, story_updates
 
     def _write_source_states(self, write: Callable[..., None]) -> None:
         """The sources' new fetch states, in order; the states with the same columns in a
