@@ -173,8 +173,9 @@ static const char *closest_doc =
     "The story rows of the first ``count`` distinct stories, closest first, among the live\n"
     "slots of ``found`` (int32, a slot once per band key shared): of those, the ``limit``\n"
     "sharing the most bands (ties to the newest article), then by the number of values of\n"
-    "their ``salient`` row (uint16, one row a slot) equal to ``signature``, newest first;\n"
-    "slots agreeing in no value are dropped.  ``band_counts``: uint16 scratch with a zero\n"
+    "their salient row equal to ``signature`` (uint16), newest first; slots agreeing in no\n"
+    "value are dropped.  ``salient``: uint8, a row of 2 x width bytes a slot, the high\n"
+    "bytes of its values, then their low bytes.  ``band_counts``: uint16 scratch with a zero\n"
     "for every slot, left so.  Writes the rows to ``out`` (int64) and returns how many.";
 
 static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -194,7 +195,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             || take(args[1], &b[ALIVE], 1, "?bB", 0, "alive") < 0
             || take(args[2], &b[ARTICLE_ID], 8, "lq", 0, "article_id") < 0
             || take(args[3], &b[STORY_ROW], 4, "il", 0, "story_row") < 0
-            || take(args[4], &b[SALIENT], 2, "H", 0, "salient") < 0
+            || take(args[4], &b[SALIENT], 1, "B", 0, "salient") < 0
             || take(args[5], &b[SIGNATURE], 2, "H", 0, "signature") < 0
             || take(args[8], &b[COUNTS], 2, "H", 1, "band_counts") < 0
             || take(args[9], &b[OUT], 8, "lq", 1, "out") < 0) {
@@ -205,7 +206,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     const uint8_t *alive = b[ALIVE].view.buf;
     const int64_t *article_id = b[ARTICLE_ID].view.buf;
     const int32_t *story_row = b[STORY_ROW].view.buf;
-    const uint16_t *salient = b[SALIENT].view.buf;
+    const uint8_t *salient = b[SALIENT].view.buf;
     const uint16_t *signature = b[SIGNATURE].view.buf;
     uint16_t *band_counts = b[COUNTS].view.buf;
     int64_t *out = b[OUT].view.buf;
@@ -248,6 +249,11 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     int most_bands = 0;
     for (Py_ssize_t i = 0; i < found_size; i++) {
         int32_t slot = found[i];
+#if defined(__GNUC__)
+        if (i + 2 * PREFETCH_AHEAD < found_size) {
+            __builtin_prefetch(band_counts + found[i + 2 * PREFETCH_AHEAD], 1);
+        }
+#endif
         if (band_counts[slot]++ == 0) {
             ranked[distinct].slot = slot;
             distinct++;
@@ -268,6 +274,11 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     }
     for (Py_ssize_t i = 0; i < distinct; i++) {
         int32_t slot = ranked[i].slot;
+#if defined(__GNUC__)
+        if (i + 2 * PREFETCH_AHEAD < distinct) {
+            __builtin_prefetch(alive + ranked[i + 2 * PREFETCH_AHEAD].slot);
+        }
+#endif
         int bands = band_counts[slot];
         band_counts[slot] = 0;
         if (alive[slot]) {
@@ -290,6 +301,11 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         Py_ssize_t wanted = limit - above, tied = 0;
         kept = 0;
         for (Py_ssize_t i = 0; i < live; i++) {
+#if defined(__GNUC__)
+            if (i + 2 * PREFETCH_AHEAD < live && ranked[i + 2 * PREFETCH_AHEAD].agreeing == cut) {
+                __builtin_prefetch(article_id + ranked[i + 2 * PREFETCH_AHEAD].slot);
+            }
+#endif
             if (ranked[i].agreeing > cut) {
                 ranked[kept++] = ranked[i];
             } else if (ranked[i].agreeing == cut) {
@@ -304,30 +320,137 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             ranked[kept++] = ordered[i];
         }
     }
-    /* The values each kept slot agrees in, and a counting sort by them, most first. */
+    /* The values each kept slot agrees in, and a counting sort by them, most first.  A
+     * value agrees only where its high byte does: the high bytes, half of each row, bound
+     * every slot's count first, and the full rows are read in order of that bound only
+     * until the stories that will be taken are certain (a full window: about one slot in
+     * ten of those kept). */
     {
-        Py_ssize_t genuine = 0;
+        size_t row_bytes = 2 * (size_t)width;
+        uint8_t *high = PyMem_Malloc(row_bytes);
+        /* A story row's best count so far: open addressing, ``rows`` -1 where free. */
+        size_t table_slots = 2;
+        while (table_slots < 2 * (size_t)(kept ? kept : 1)) {
+            table_slots <<= 1;
+        }
+        int32_t *story_rows = PyMem_Malloc(sizeof(int32_t) * table_slots);
+        int32_t *best = PyMem_Malloc(sizeof(int32_t) * table_slots);
+        Py_ssize_t *stories_at = PyMem_Calloc((size_t)width + 2, sizeof(Py_ssize_t));
+        if (high == NULL || story_rows == NULL || best == NULL || stories_at == NULL) {
+            PyMem_Free(high);
+            PyMem_Free(story_rows);
+            PyMem_Free(best);
+            PyMem_Free(stories_at);
+            written = -1;
+            goto done;
+        }
+        uint8_t *low = high + width;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            high[j] = (uint8_t)(signature[j] >> 8);
+            low[j] = (uint8_t)(signature[j] & 0xFF);
+        }
+        Py_ssize_t bounded = 0;
         for (Py_ssize_t i = 0; i < kept; i++) {
-            const uint16_t *row = salient + (size_t)ranked[i].slot * (size_t)width;
+            const uint8_t *row = salient + (size_t)ranked[i].slot * row_bytes;
 #if defined(__GNUC__)
             if (i + PREFETCH_AHEAD < kept) {
                 const char *ahead = (const char *)(
-                    salient + (size_t)ranked[i + PREFETCH_AHEAD].slot * (size_t)width);
-                for (size_t byte = 0; byte < (size_t)width * 2; byte += 64) {
+                    salient + (size_t)ranked[i + PREFETCH_AHEAD].slot * row_bytes);
+                for (size_t byte = 0; byte < (size_t)width; byte += 64) {
                     __builtin_prefetch(ahead + byte);
                 }
             }
 #endif
-            int32_t agreeing = 0;
+            int32_t bound = 0;
             for (Py_ssize_t j = 0; j < width; j++) {
-                agreeing += row[j] == signature[j];
+                bound += row[j] == high[j];
             }
-            if (agreeing) {
-                ranked[genuine] = ranked[i];
+            if (bound) {
+                ranked[bounded] = ranked[i];
+                ranked[bounded].agreeing = bound;
+                by_values[bound]++;
+                bounded++;
+            }
+        }
+        Py_ssize_t offset = 0;
+        for (Py_ssize_t bound = width; bound >= 1; bound--) {
+            Py_ssize_t size = by_values[bound];
+            by_values[bound] = offset;
+            offset += size;
+        }
+        for (Py_ssize_t i = 0; i < bounded; i++) {
+            ordered[by_values[ranked[i].agreeing]++] = ranked[i];
+        }
+        memset(story_rows, 0xff, sizeof(int32_t) * table_slots);
+        size_t mask = table_slots - 1;
+        Py_ssize_t genuine = 0, read = 0;
+        while (read < bounded) {
+            /* Every slot of this bound, read in full. */
+            int32_t level = ordered[read].agreeing;
+            Py_ssize_t end = read;
+            while (end < bounded && ordered[end].agreeing == level) {
+                end++;
+            }
+            for (Py_ssize_t i = read; i < end; i++) {
+                int32_t slot = ordered[i].slot;
+                const uint8_t *row = salient + (size_t)slot * row_bytes;
+#if defined(__GNUC__)
+                if (i + PREFETCH_AHEAD < bounded) {
+                    const char *ahead = (const char *)(
+                        salient + (size_t)ordered[i + PREFETCH_AHEAD].slot * row_bytes);
+                    for (size_t byte = 0; byte < row_bytes; byte += 64) {
+                        __builtin_prefetch(ahead + byte);
+                    }
+                    __builtin_prefetch(story_row + ordered[i + PREFETCH_AHEAD].slot);
+                }
+#endif
+                int32_t agreeing = 0;
+                for (Py_ssize_t j = 0; j < width; j++) {
+                    agreeing += (row[j] == high[j]) & (row[width + j] == low[j]);
+                }
+                if (!agreeing) {
+                    continue;
+                }
+                ranked[genuine].slot = slot;
                 ranked[genuine].agreeing = agreeing;
-                by_values[agreeing]++;
                 genuine++;
+                int32_t story = story_row[slot];
+                size_t at = ((uint32_t)story * 2654435761u) & mask;
+                while (story_rows[at] != -1 && story_rows[at] != story) {
+                    at = (at + 1) & mask;
+                }
+                if (story_rows[at] == -1) {
+                    story_rows[at] = story;
+                    best[at] = agreeing;
+                    stories_at[agreeing]++;
+                } else if (agreeing > best[at]) {
+                    stories_at[best[at]]--;
+                    stories_at[agreeing]++;
+                    best[at] = agreeing;
+                }
             }
+            read = end;
+            if (read < bounded) {
+                /* The slots not read agree in at most ``next`` values: once ``count``
+                 * stories have a slot agreeing in more, the walk below ends before it
+                 * reaches any of them. */
+                int32_t next = ordered[read].agreeing;
+                Py_ssize_t certain = 0;
+                for (Py_ssize_t agreeing = width; agreeing > next; agreeing--) {
+                    certain += stories_at[agreeing];
+                }
+                if (certain >= count) {
+                    break;
+                }
+            }
+        }
+        PyMem_Free(high);
+        PyMem_Free(story_rows);
+        PyMem_Free(best);
+        PyMem_Free(stories_at);
+        memset(by_values, 0, sizeof(Py_ssize_t) * ((size_t)width + 2));
+        for (Py_ssize_t i = 0; i < genuine; i++) {
+            by_values[ranked[i].agreeing]++;
         }
         /* Start of each count's run in ``ordered``, the highest count first. */
         Py_ssize_t start = 0;

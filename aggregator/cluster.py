@@ -245,6 +245,20 @@ def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.count_nonzero(equal, axis=1)
 
 
+def salient_bytes(values: np.ndarray) -> np.ndarray:
+    """Salient signatures (a row, or rows) as ``ArticleRows`` keeps them: of each value's low
+    16 bits, the high bytes of the row, then its low bytes."""
+    values = np.asarray(values)
+    return np.concatenate([((values >> 8) & 0xFF).astype(np.uint8),
+                           (values & 0xFF).astype(np.uint8)], axis=-1)
+
+
+def salient_values(rows: np.ndarray) -> np.ndarray:
+    """The low 16 bits of each value of salient rows kept as ``salient_bytes``."""
+    width = rows.shape[-1] // 2
+    return (rows[..., :width].astype(np.uint16) << 8) | rows[..., width:]
+
+
 def share_a_band(signatures: np.ndarray, signature: np.ndarray, bands: int,
                  rows: int) -> np.ndarray:
     """Whether each row of ``signatures`` equals ``signature`` in a whole band."""
@@ -348,8 +362,10 @@ class ArticleRows:
                                      dtype=np.uint8)
         # Only compared for equality, to rank candidates: the low 16 bits of each value
         # agree by chance once in 65,536 values, which moves a ranking estimate by about
-        # 0.002% and halves the largest array of the window.
-        self.salient = np.zeros((0, num_perm), dtype=np.uint16)
+        # 0.002% and halves the largest array of the window.  Kept as bytes, a row's high
+        # bytes before its low ones (``salient_bytes``): the ranking reads every candidate's
+        # high bytes, half the row, and the low bytes only of those that can still rank.
+        self.salient = np.zeros((0, 2 * num_perm), dtype=np.uint8)
         self.vector_ids = np.zeros((0, max(1, vector_width)), dtype=np.int32)
         self.vector_weights = np.zeros((0, max(1, vector_width)), dtype=np.float32)
         self.article_id = np.zeros(0, dtype=np.int64)
@@ -407,7 +423,7 @@ class ArticleRows:
             self.shingle[slots] = shingles
         else:
             self.shingle_bits[slots] = low_bits(shingles)
-        self.salient[slots] = salients.astype(np.uint16)  # the low 16 bits
+        self.salient[slots] = salient_bytes(salients)
         self._put_padded("vector_ids", slots, vector_ids)
         self._put_padded("vector_weights", slots, vector_weights)
         self.article_id[slots] = article_ids
@@ -434,7 +450,10 @@ class ArticleRows:
             self.shingle[slot] = shingle
         else:
             self.shingle_bits[slot] = low_bits(shingle) if shingle_bits is None else shingle_bits
-        self.salient[slot] = salient.astype(np.uint16)  # the low 16 bits
+        # ``salient_bytes`` of one row; an assignment keeps the low byte of each value.
+        row, width = self.salient[slot], self.num_perm
+        row[:width] = salient >> 8
+        row[width:] = salient
         for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights)):
             self._widen(name, len(values))
             row = getattr(self, name)[slot]
@@ -876,7 +895,7 @@ class Clusterer:
             return np.zeros(0, dtype=np.int64)
         rows = self.rows
         # The count of equal values orders the slots as their Jaccard estimate does.
-        agreeing = equal_values(rows.salient.take(slots, axis=0), signature)
+        agreeing = equal_values(salient_values(rows.salient.take(slots, axis=0)), signature)
         # A genuine slot holds a whole band, so agrees in at least one value; one found by
         # a band key shared by chance agrees in none (but once in 512, by its 16 bits).
         genuine = agreeing > 0

@@ -35,6 +35,8 @@ from aggregator.cluster import (
     low_bits,
     most_equal_values,
     most_shared,
+    salient_bytes,
+    salient_values,
     same_story_threshold,
     share_a_band,
     time_factor,
@@ -956,7 +958,7 @@ def clusterer_with_rows(generator, slots: int, stories: int, width: int,
     rows.alive[:slots] = generator.random(slots) < generator.choice([0.0, 0.5, 0.9, 1.0])
     rows.article_id[:slots] = generator.permutation(10 * slots + 1)[:slots] + 1
     rows.story_row[:slots] = generator.integers(0, max(1, stories), slots)
-    rows.salient[:slots] = generator.integers(0, values, (slots, width))
+    rows.salient[:slots] = salient_bytes(generator.integers(0, values, (slots, width)))
     return clusterer
 
 
@@ -991,6 +993,52 @@ def test_the_compiled_ranking_gives_what_the_numpy_ranking_gives(monkeypatch, sl
         assert ranked.tolist() == expected.tolist()
         assert ranked.dtype == np.int64
         assert not clusterer._band_counts.any()  # the scratch is left as it was found
+
+
+@requires_kernels
+@pytest.mark.parametrize(("slots", "stories", "width", "values", "found", "count"), [
+    (3000, 1500, 128, 65536, 6000, 50),  # high bytes agree by chance once in 256 values
+    (3000, 200, 128, 65536, 6000, 50),  # stories of many members
+    (3000, 1500, 128, 512, 6000, 50),  # high bytes of 0 or 1: they bound the count loosely
+    (2000, 2000, 16, 65536, 4000, 50),  # narrow rows: many slots of one bound
+    (600, 100, 128, 65536, 1200, 200),  # fewer stories than wanted: every row read in full
+    (600, 600, 128, 65536, 1200, 1),
+    (600, 600, 128, 65536, 1200, 3),  # few stories wanted: the last one decided by a tie
+    (3000, 3000, 128, 65536, 6000, 5),
+])
+def test_the_compiled_ranking_reads_in_full_only_the_rows_that_can_rank(
+        slots, stories, width, values, found, count):
+    # The kernel reads every candidate's high bytes and the low bytes only of the rows
+    # whose high bytes still allow a place among the stories taken: with rows close to
+    # the signature in shares drawn as a window's are (most far, a few near), whatever it
+    # skips must not change the ranking.
+    for case in range(4):
+        generator = np.random.default_rng([slots, stories, values, count, case])
+        clusterer = clusterer_with_rows(generator, slots, stories, width, values)
+        clusterer.settings = replace(clusterer.settings, max_candidates=count)
+        signature = generator.integers(0, values, width).astype(np.uint16)
+        rows = clusterer.rows
+        rows.alive[:slots] = generator.random(slots) < 0.9
+        share = generator.beta(0.5, 4, slots)[:, None]
+        agreeing = generator.random((slots, width)) < share
+        rows.salient[:slots] = salient_bytes(
+            np.where(agreeing, signature, salient_values(rows.salient[:slots])))
+        hits = generator.integers(0, slots, found).astype(np.int32)
+        expected = clusterer._closest_story_rows_numpy(hits, signature)
+        assert len(expected)
+        assert clusterer.closest_story_rows(hits, signature).tolist() == expected.tolist()
+
+
+def test_salient_rows_are_kept_as_high_bytes_then_low_bytes():
+    values = np.array([[0x12345678, 0xFFFF0001, 0x00000100]], dtype=np.uint32)
+    assert salient_bytes(values).tolist() == [[0x56, 0x00, 0x01, 0x78, 0x01, 0x00]]
+    assert salient_values(salient_bytes(values)).tolist() == [[0x5678, 0x0001, 0x0100]]
+    rows = ArticleRows(num_perm=3, vector_width=1)
+    slot = int(rows.allocate(1)[0])
+    rows.put_one(slot, article_id=1, story_id=1, story_row=0, shingle=np.zeros(3, np.uint32),
+                 salient=values[0], vector_ids=[], vector_weights=[], source=0, priority=0,
+                 published_ts=0.0, has_author=False, dated=True, word_count=1)
+    assert rows.salient[slot].tolist() == salient_bytes(values)[0].tolist()
 
 
 @pytest.mark.parametrize(("keep_stored", "width", "vectors"), [
@@ -1075,8 +1123,8 @@ def test_the_compiled_term_products_are_the_numpy_ones_to_the_last_bit(terms, wi
     (0, np.array([0, 7], dtype=np.int32), ValueError, "slot 7 outside the 5 rows"),
     (0, np.array([-1], dtype=np.int32), ValueError, "slot -1 outside"),
     (0, np.array([0, 1], dtype=np.int64), TypeError, "found: items of 4 bytes"),
-    (4, np.zeros((5, 16), dtype=np.uint32), TypeError, "salient: items of 2 bytes"),
-    (4, np.zeros((5, 8), dtype=np.uint16), ValueError, "unequal lengths"),
+    (4, np.zeros((5, 32), dtype=np.uint16), TypeError, "salient: items of 1 bytes"),
+    (4, np.zeros((5, 16), dtype=np.uint8), ValueError, "unequal lengths"),
     (8, np.zeros(2, dtype=np.uint16), ValueError, "unequal lengths"),
     (9, np.zeros(50, dtype=np.int64)[::2], ValueError, "contiguous"),
 ])
