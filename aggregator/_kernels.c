@@ -327,20 +327,22 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
      * ten of those kept). */
     {
         size_t row_bytes = 2 * (size_t)width;
-        uint8_t *high = PyMem_Malloc(row_bytes);
-        /* A story row's best count so far: open addressing, ``rows`` -1 where free. */
+        uint8_t *high = PyMem_Malloc(row_bytes);  /* the signature's high, then low bytes */
+        /* Each story row's best count so far: open addressing, ``story_keys`` -1 where
+         * free. */
         size_t table_slots = 2;
         while (table_slots < 2 * (size_t)(kept ? kept : 1)) {
             table_slots <<= 1;
         }
-        int32_t *story_rows = PyMem_Malloc(sizeof(int32_t) * table_slots);
-        int32_t *best = PyMem_Malloc(sizeof(int32_t) * table_slots);
-        Py_ssize_t *stories_at = PyMem_Calloc((size_t)width + 2, sizeof(Py_ssize_t));
-        if (high == NULL || story_rows == NULL || best == NULL || stories_at == NULL) {
+        int32_t *story_keys = PyMem_Malloc(sizeof(int32_t) * table_slots);
+        int32_t *best_counts = PyMem_Malloc(sizeof(int32_t) * table_slots);
+        Py_ssize_t *stories_by_best = PyMem_Calloc((size_t)width + 2, sizeof(Py_ssize_t));
+        if (high == NULL || story_keys == NULL || best_counts == NULL
+                || stories_by_best == NULL) {
             PyMem_Free(high);
-            PyMem_Free(story_rows);
-            PyMem_Free(best);
-            PyMem_Free(stories_at);
+            PyMem_Free(story_keys);
+            PyMem_Free(best_counts);
+            PyMem_Free(stories_by_best);
             written = -1;
             goto done;
         }
@@ -381,7 +383,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         for (Py_ssize_t i = 0; i < bounded; i++) {
             ordered[by_values[ranked[i].agreeing]++] = ranked[i];
         }
-        memset(story_rows, 0xff, sizeof(int32_t) * table_slots);
+        memset(story_keys, 0xff, sizeof(int32_t) * table_slots);
         size_t mask = table_slots - 1;
         Py_ssize_t genuine = 0, read = 0;
         while (read < bounded) {
@@ -416,17 +418,17 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
                 genuine++;
                 int32_t story = story_row[slot];
                 size_t at = ((uint32_t)story * 2654435761u) & mask;
-                while (story_rows[at] != -1 && story_rows[at] != story) {
+                while (story_keys[at] != -1 && story_keys[at] != story) {
                     at = (at + 1) & mask;
                 }
-                if (story_rows[at] == -1) {
-                    story_rows[at] = story;
-                    best[at] = agreeing;
-                    stories_at[agreeing]++;
-                } else if (agreeing > best[at]) {
-                    stories_at[best[at]]--;
-                    stories_at[agreeing]++;
-                    best[at] = agreeing;
+                if (story_keys[at] == -1) {
+                    story_keys[at] = story;
+                    best_counts[at] = agreeing;
+                    stories_by_best[agreeing]++;
+                } else if (agreeing > best_counts[at]) {
+                    stories_by_best[best_counts[at]]--;
+                    stories_by_best[agreeing]++;
+                    best_counts[at] = agreeing;
                 }
             }
             read = end;
@@ -437,7 +439,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
                 int32_t next = ordered[read].agreeing;
                 Py_ssize_t certain = 0;
                 for (Py_ssize_t agreeing = width; agreeing > next; agreeing--) {
-                    certain += stories_at[agreeing];
+                    certain += stories_by_best[agreeing];
                 }
                 if (certain >= count) {
                     break;
@@ -445,9 +447,9 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
             }
         }
         PyMem_Free(high);
-        PyMem_Free(story_rows);
-        PyMem_Free(best);
-        PyMem_Free(stories_at);
+        PyMem_Free(story_keys);
+        PyMem_Free(best_counts);
+        PyMem_Free(stories_by_best);
         memset(by_values, 0, sizeof(Py_ssize_t) * ((size_t)width + 2));
         for (Py_ssize_t i = 0; i < genuine; i++) {
             by_values[ranked[i].agreeing]++;
