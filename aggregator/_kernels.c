@@ -167,6 +167,22 @@ static int seen_before(int64_t *table, int64_t mask, int64_t row) {
     return 0;
 }
 
+/* ``from[0..n)`` into ``to`` in runs of equal ``agreeing``, the largest first (a counting
+ * sort: ``counts[v]`` says how many agree in v values, for v from 1 to ``most``, and is
+ * left as the end of each run). */
+static void most_agreeing_first(const Ranked *from, Py_ssize_t n, Py_ssize_t *counts,
+                                Py_ssize_t most, Ranked *to) {
+    Py_ssize_t start = 0;
+    for (Py_ssize_t agreeing = most; agreeing >= 1; agreeing--) {
+        Py_ssize_t size = counts[agreeing];
+        counts[agreeing] = start;
+        start += size;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        to[counts[from[i].agreeing]++] = from[i];
+    }
+}
+
 static const char *closest_doc =
     "closest_story_rows(found, alive, article_id, story_row, salient, signature, limit,\n"
     "                   count, band_counts, out) -> int\n\n"
@@ -374,15 +390,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
                 bounded++;
             }
         }
-        Py_ssize_t offset = 0;
-        for (Py_ssize_t bound = width; bound >= 1; bound--) {
-            Py_ssize_t size = by_values[bound];
-            by_values[bound] = offset;
-            offset += size;
-        }
-        for (Py_ssize_t i = 0; i < bounded; i++) {
-            ordered[by_values[ranked[i].agreeing]++] = ranked[i];
-        }
+        most_agreeing_first(ranked, bounded, by_values, width, ordered);
         memset(story_keys, 0xff, sizeof(int32_t) * table_slots);
         size_t mask = table_slots - 1;
         Py_ssize_t genuine = 0, read = 0;
@@ -454,16 +462,7 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         for (Py_ssize_t i = 0; i < genuine; i++) {
             by_values[ranked[i].agreeing]++;
         }
-        /* Start of each count's run in ``ordered``, the highest count first. */
-        Py_ssize_t start = 0;
-        for (Py_ssize_t agreeing = width; agreeing >= 1; agreeing--) {
-            Py_ssize_t size = by_values[agreeing];
-            by_values[agreeing] = start;
-            start += size;
-        }
-        for (Py_ssize_t i = 0; i < genuine; i++) {
-            ordered[by_values[ranked[i].agreeing]++] = ranked[i];
-        }
+        most_agreeing_first(ranked, genuine, by_values, width, ordered);
         memset(taken, 0xff, sizeof(int64_t) * table_size);
         /* Walk the runs, each taken newest first (from a heap) only when reached and only
          * as far as needed. */
