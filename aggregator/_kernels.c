@@ -265,11 +265,6 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     int most_bands = 0;
     for (Py_ssize_t i = 0; i < found_size; i++) {
         int32_t slot = found[i];
-#if defined(__GNUC__)
-        if (i + 2 * PREFETCH_AHEAD < found_size) {
-            __builtin_prefetch(band_counts + found[i + 2 * PREFETCH_AHEAD], 1);
-        }
-#endif
         if (band_counts[slot]++ == 0) {
             ranked[distinct].slot = slot;
             distinct++;
@@ -290,11 +285,6 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
     }
     for (Py_ssize_t i = 0; i < distinct; i++) {
         int32_t slot = ranked[i].slot;
-#if defined(__GNUC__)
-        if (i + 2 * PREFETCH_AHEAD < distinct) {
-            __builtin_prefetch(alive + ranked[i + 2 * PREFETCH_AHEAD].slot);
-        }
-#endif
         int bands = band_counts[slot];
         band_counts[slot] = 0;
         if (alive[slot]) {
@@ -317,11 +307,6 @@ static PyObject *closest_story_rows(PyObject *module, PyObject *const *args, Py_
         Py_ssize_t wanted = limit - above, tied = 0;
         kept = 0;
         for (Py_ssize_t i = 0; i < live; i++) {
-#if defined(__GNUC__)
-            if (i + 2 * PREFETCH_AHEAD < live && ranked[i + 2 * PREFETCH_AHEAD].agreeing == cut) {
-                __builtin_prefetch(article_id + ranked[i + 2 * PREFETCH_AHEAD].slot);
-            }
-#endif
             if (ranked[i].agreeing > cut) {
                 ranked[kept++] = ranked[i];
             } else if (ranked[i].agreeing == cut) {
