@@ -53,6 +53,11 @@ def check_store(store: Store, settings: ClusteringSettings,
         "WHERE (a.relation = 'canonical') != (s.canonical_article_id = a.id)",
         lambda r: f"article {r[0]} in story {r[1]}: relation and canonical disagree"))
     q(_query_violations(
+        store, "a story's title is its canonical's",
+        "SELECT s.id, s.title, a.title FROM stories s JOIN articles a "
+        "ON a.id = s.canonical_article_id WHERE s.title IS NOT a.title",
+        lambda r: f"story {r[0]} has title {r[1]!r}, its canonical {r[2]!r}"))
+    q(_query_violations(
         store, "stored counts equal real counts",
         "SELECT s.id, s.article_count, count(a.id), s.source_count, "
         "count(DISTINCT a.source_id) FROM stories s LEFT JOIN articles a ON a.story_id = s.id "

@@ -483,6 +483,81 @@ def test_staged_rows_are_stored_exactly_as_given(tmp_path, text, count, behind):
     store.close()
 
 
+def _joined(staged, number: int, story_id: int, canonical: int, previous: int | None,
+            members: int):
+    """Article ``number`` staged into stored or staged story ``story_id``, which has
+    ``members`` articles after it, with ``canonical`` its canonical from now on."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from aggregator.cluster import StoryOutcome
+
+    article = _article(number, f"Story {number}", "Harbour news.")
+    staged.insert_article(article_id=number, source_id=1, article=article, story_id=story_id,
+                          relation="canonical" if canonical == number else "same_story",
+                          similarity=0.5, fingerprint=SimpleNamespace(
+                              word_count=2, counted_terms="harbour", salient=("harbour",)),
+                          term_vector=b"", shingle_bytes=bytes([number]) * 8,
+                          salient_bytes=b"\x00\x01", decision={"joined": story_id})
+    relations = {member: ("canonical", 1.0) if member == canonical else ("same_story", 0.5)
+                 for member in range(story_id, number + 1)}
+    staged.apply_story_outcome(number, StoryOutcome(
+        story_id, canonical, previous, None if previous == canonical else "better",
+        relations, datetime(2026, 3, 1, story_id, tzinfo=UTC).timestamp(),
+        article.published.timestamp(), members, 1), article.fetched)
+
+
+@pytest.mark.parametrize("behind", [False, True], ids=["in place", "behind"])
+def test_a_story_row_holds_its_last_canonical_title_and_counts(tmp_path, behind):
+    """A story created and joined in one write is stored with what the last join left; a
+    later write's join keeps the title while the canonical stays and takes the new
+    canonical's title, staged with it or stored before, when it changes."""
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+    from aggregator.store import StagedWrites, WriteBehind
+
+    store = Store(str(tmp_path / "a.db"))
+    store.sync_sources(_sources())
+    writer = WriteBehind(store.path) if behind else None
+
+    def write(staged):
+        if writer is not None:
+            writer.submit(staged).result()
+        else:
+            with store.transaction() as conn:
+                store.write_staged(conn, staged)
+
+    def story():
+        return store.db.execute(
+            "SELECT canonical_article_id, title, article_count, first_published, "
+            "last_published FROM stories").fetchall()
+
+    first = StagedWrites()
+    _staged_article(first, 1, "Harbour news.")
+    _joined(first, 2, story_id=1, canonical=2, previous=1, members=2)
+    write(first)
+    assert story() == [(2, "Story 2", 2, "2026-03-01T01:00:00Z", "2026-03-01T02:00:00Z")]
+    kept = StagedWrites()
+    _joined(kept, 3, story_id=1, canonical=2, previous=2, members=3)
+    write(kept)
+    assert story() == [(2, "Story 2", 3, "2026-03-01T01:00:00Z", "2026-03-01T03:00:00Z")]
+    back = StagedWrites()
+    _joined(back, 4, story_id=1, canonical=1, previous=2, members=4)
+    write(back)
+    assert story() == [(1, "Story 1", 4, "2026-03-01T01:00:00Z", "2026-03-01T04:00:00Z")]
+    if writer is not None:
+        writer.close()
+
+    def title_violations():
+        return [v.detail for v in check_store(store, ClusteringSettings(), signatures=False)
+                if "title" in v.invariant]
+
+    assert title_violations() == []
+    store.db.execute("UPDATE stories SET title = 'Story 2'")
+    assert title_violations() == ["story 1 has title 'Story 2', its canonical 'Story 1'"]
+    store.close()
+
+
 def _sources():
     from aggregator.config import Source
 
