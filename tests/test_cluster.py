@@ -19,6 +19,7 @@ from aggregator import cluster as cluster_module
 from aggregator import pipeline as pipeline_module
 from aggregator import store as store_module
 from aggregator.cluster import (
+    FIRST_VERSION,
     HELD_BACK_ONE_TERM,
     HELD_BACK_UNSUPPORTED,
     ArticleRows,
@@ -396,7 +397,9 @@ def test_the_canonical_is_always_the_best_member_under_the_policy_in_force(seed,
         outcome = clusterer.commit(article, 1)
         ranked = sorted(members, key=lambda a, p=policy: canonical_key(a, p))
         assert outcome.canonical_id == ranked[0].article_id
-        if outcome.canonical_reason is not None and number > 1:
+        if number == 1:
+            assert outcome.canonical_reason == FIRST_VERSION
+        elif outcome.canonical_reason is not None:
             assert outcome.canonical_reason == canonical_reason(ranked[0], ranked[1], policy)
 
 
