@@ -248,12 +248,18 @@ def equal_values(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.count_nonzero(equal, axis=1)
 
 
-def salient_bytes(values: np.ndarray) -> np.ndarray:
+def salient_bytes(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Salient signatures (a row, or rows) as ``ArticleRows`` keeps them: of each value's low
-    16 bits, the high bytes of the row, then its low bytes."""
+    16 bits, the high bytes of the row, then its low bytes; written into ``out`` (uint8) if
+    given, such as the window's own row."""
     values = np.asarray(values)
-    return np.concatenate([((values >> 8) & 0xFF).astype(np.uint8),
-                           (values & 0xFF).astype(np.uint8)], axis=-1)
+    width = values.shape[-1]
+    if out is None:
+        out = np.empty((*values.shape[:-1], 2 * width), dtype=np.uint8)
+    # An assignment to uint8 keeps the low byte of each value.
+    out[..., :width] = values >> 8
+    out[..., width:] = values
+    return out
 
 
 def salient_values(rows: np.ndarray) -> np.ndarray:
@@ -453,10 +459,7 @@ class ArticleRows:
             self.shingle[slot] = shingle
         else:
             self.shingle_bits[slot] = low_bits(shingle) if shingle_bits is None else shingle_bits
-        # ``salient_bytes`` of one row; an assignment keeps the low byte of each value.
-        row, width = self.salient[slot], self.num_perm
-        row[:width] = salient >> 8
-        row[width:] = salient
+        salient_bytes(salient, out=self.salient[slot])
         for name, values in (("vector_ids", vector_ids), ("vector_weights", vector_weights)):
             self._widen(name, len(values))
             row = getattr(self, name)[slot]
