@@ -1067,9 +1067,14 @@ _NONE_GIVEN = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float64))
 def give_priors_ahead() -> None:
     """Make this process (a worker) give priors with the articles it prepares.  The writer's
     own process does not: it works them out itself when it learns them, and the terms it
-    gave would only be held twice."""
+    gave would only be held twice.
+
+    The English list is loaded now, as the process starts, not with the first article it
+    prepares: it takes about 0.2 s, and the writer would wait that long for the first
+    source of its first pass."""
     global _giving_priors
     _giving_priors = True
+    english_frequencies()
 
 
 def first_word(term: str, kept: str) -> str:
