@@ -1153,9 +1153,11 @@ def term_weights(terms: list[str], counts: np.ndarray, stats: TermStatistics,
             return [], np.zeros(0), ids[:0]
         weights = log_tf_idf(counts, stats.frequencies_of(ids), stats.priors_of(ids, terms),
                              stats.documents + stats.prior_docs, stats.prior_docs)
-    weighty = weights > 0
-    if weighty.all():
+    # One reduction where nearly every article has no weightless term (a NaN is not above
+    # 0 either way).
+    if not len(weights) or weights.min() > 0:
         return terms, weights, ids
+    weighty = weights > 0
     return ([term for term, keep in zip(terms, weighty.tolist(), strict=True) if keep],
             weights[weighty], ids[weighty])
 
@@ -1231,22 +1233,29 @@ def normalised_positions(terms: list[str], weights: np.ndarray,
 
 
 def salient_terms(terms: list[str], weights: np.ndarray, titles: Sequence[str],
-                  limit: int) -> tuple[str, ...]:
-    """Title terms (the first ``limit`` of ``titles``, in its order) plus the strongest
-    TF-IDF terms, ``limit`` in all at most, sorted."""
-    weighted = set(terms)
-    chosen = [t for t in titles if t in weighted][:limit]
+                  limit: int, titles_weighted: bool = False) -> tuple[str, ...]:
+    """Title terms (the first ``limit`` of ``titles``, in its order, that are among
+    ``terms``) plus the strongest TF-IDF terms, ``limit`` in all at most, sorted.
+    ``titles_weighted``: the caller knows every title term is among ``terms`` (a set of
+    the hundred-odd terms to find them cost as much as the rest of the choice)."""
+    if titles_weighted:
+        chosen = list(titles[:limit])
+    else:
+        weighted = set(terms)
+        chosen = [t for t in titles if t in weighted][:limit]
     if not len(weights):
         return tuple(sorted(chosen))
     # Ranked by the weights normalised over every term, as salient sets always were (the
     # division can make two weights equal, and then the name decides).
     norm = l2_norm(weights.tolist())
     values = weights / norm if norm else weights
-    for position in strongest(terms, values, limit + len(chosen)):
-        if len(chosen) >= limit:
-            break
-        if terms[position] not in chosen:
-            chosen.append(terms[position])
+    room = limit - len(chosen)
+    if room > 0:
+        # ``strongest`` gives each term once; only the title terms can be there already.
+        taken = set(chosen)
+        chosen += [term for term in map(terms.__getitem__,
+                                        strongest(terms, values, limit + len(chosen)))
+                   if term not in taken][:room]
     return tuple(sorted(chosen))
 
 
@@ -1560,7 +1569,10 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
         stats.learn_priors(ids, terms, features.first_words, features.prior_positions,
                            features.priors)
     weighted, weights, weighted_ids = term_weights(terms, features.counts, stats, ids, weights)
-    salient = salient_terms(weighted, weights, features.title_term_list, salient_limit)
+    # Every title term is counted (``terms_of_tokens``): where no term was left out for
+    # want of weight, each is among the weighted.
+    salient = salient_terms(weighted, weights, features.title_term_list, salient_limit,
+                            titles_weighted=weighted is terms)
     if salient:
         vocabulary = stats.vocabulary
         salient_signature = signer.sign_hashes(vocabulary.hashes_of(

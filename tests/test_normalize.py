@@ -384,6 +384,11 @@ def test_weights_vectors_and_salient_terms_equal_their_definitions(counts, frequ
     assert list(vector) == list(reference_vector(expected, vector_limit))
     assert salient_terms(terms, weights, titles, salient_limit) == reference_salient(
         expected, titles, salient_limit)
+    # A caller that knows every title term is weighted is spared the search for them.
+    weighted_titles = [term for term in titles if term in terms]
+    assert salient_terms(terms, weights, weighted_titles, salient_limit,
+                         titles_weighted=True) == reference_salient(
+        expected, weighted_titles, salient_limit)
 
 
 def test_a_title_with_more_terms_than_the_salient_set_keeps_its_first_ones():
