@@ -1572,7 +1572,7 @@ def fingerprint_of(features: TextFeatures, stats: TermStatistics, signer: Signer
     # Every title term is counted (``terms_of_tokens``): where no term was left out for
     # want of weight, each is among the weighted.
     salient = salient_terms(weighted, weights, features.title_term_list, salient_limit,
-                            titles_weighted=weighted is terms)
+                            titles_weighted=len(weighted) == len(terms))
     if salient:
         vocabulary = stats.vocabulary
         salient_signature = signer.sign_hashes(vocabulary.hashes_of(
