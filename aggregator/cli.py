@@ -11,13 +11,16 @@ import sys
 import time
 from datetime import timedelta
 from functools import wraps
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
 from .config import ClusteringSettings, load_config, parse_duration
 from .errors import AggregatorError, ConfigError
-from .store import Store, utcnow
+
+if TYPE_CHECKING:
+    from .store import Store
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False),
@@ -41,8 +44,17 @@ def handle_errors(command):
     return wrapper
 
 
+def store_at(database: str) -> Store:
+    """The store, imported here and not with this module: a worker process imports the
+    daemon's main script again (``multiprocessing``'s spawn), and with it this module; the
+    store's module would cost each worker memory it never uses."""
+    from .store import Store
+
+    return Store(database)
+
+
 def open_store(config_path: str | None) -> Store:
-    return Store(load_config(config_path).database)
+    return store_at(load_config(config_path).database)
 
 
 @click.group()
@@ -214,7 +226,7 @@ def serve(config_path, host, port) -> None:
     from .web import create_app
 
     config = load_config(config_path)
-    Store(config.database).close()  # create or migrate, so the replica has views to read
+    store_at(config.database).close()  # create or migrate, so the replica has views to read
     app = create_app(config.database, None, config.http.base_url)
     uvicorn.run(app, host=host or config.http.host, port=port or config.http.port,
                 log_level="warning")
@@ -250,6 +262,8 @@ def _since(value: str | None):
     if not value:
         return None
     try:
+        from .store import utcnow
+
         return utcnow() - timedelta(seconds=parse_duration(value))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
@@ -333,7 +347,7 @@ def sources(config_path, as_json) -> None:
         aggregator sources
     """
     config = load_config(config_path)
-    store = Store(config.database)
+    store = store_at(config.database)
     store.sync_sources(config.sources)
     rows = store.sources_overview()
     if as_json:
@@ -378,7 +392,7 @@ def check(config_path, no_signatures) -> None:
     from .check import check_store
 
     config = load_config(config_path)
-    store = Store(config.database)
+    store = store_at(config.database)
     violations = check_store(store, config.clustering, signatures=not no_signatures)
     articles, stories_count = store.db.execute(
         "SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM stories)").fetchone()

@@ -56,7 +56,6 @@ from .fingerprint import (
     TextFeatures,
     count_words,
     fingerprint_of,
-    give_priors_ahead,
     text_features,
 )
 from .memory import enlarge, release_free_memory
@@ -65,11 +64,22 @@ from .normalize import (
     canonical_url,
     html_to_text,
     identity_keys,
-    normalize_entry,
     strip_lines,
     template_line_keys,
 )
 from .parse import ParsedEntry, parse_feed, text_as_html
+from .prepare import (
+    MAX_ENTRIES_PER_FETCH,
+    Prepared,
+    PreparedDocument,
+    PrepareSettings,
+    exit_with_parent,
+    prepare_document,
+    prepare_entries,
+    prepare_new_entries,
+    start_worker,
+)
+from .readers import thread_reader
 from .schedule import (
     PollResponse,
     PollState,
@@ -85,7 +95,6 @@ from .store import (
     TermCounts,
     WriteBehind,
     pack_vector,
-    read_only_connection,
     to_iso,
     unpack_vectors,
     utcnow,
@@ -128,8 +137,6 @@ PLACEMENT_CHUNK = 512
 # Terms that the latest articles did not use leave memory when the vocabulary has grown by a
 # quarter of the terms it kept, and by at least this many (a small store keeps every term).
 FORGET_TERMS_MIN = 20_000
-# A feed with more entries than this is truncated: no real feed needs more in one document.
-MAX_ENTRIES_PER_FETCH = 10_000
 # Polite to servers: never more than this many requests to one host at once.
 PER_HOST_CONCURRENCY = 2
 # Lines repeated in this many articles of one source are its template, not news.
@@ -139,117 +146,6 @@ TEMPLATE_LINE_MEMORY = timedelta(days=30)
 PRUNE_EVERY = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class PrepareSettings:
-    num_perm: int
-    shingle_size: int
-    title_weight: float
-    phrase_weight: float
-    # False with clustering off: the writer needs no text features then.
-    features: bool = True
-    max_entries: int = MAX_ENTRIES_PER_FETCH
-
-
-@dataclass
-class Prepared:
-    """Entries normalised, with the text features of those not already stored.
-
-    ``features[i]`` is None for an article that was known when it was prepared (the writer
-    checks again) or whose features are left to the writer.  With clustering off there are
-    no features, and ``word_counts`` holds each text's word count instead.
-    """
-
-    articles: list[NormalizedArticle]
-    features: list[TextFeatures | None]
-    word_counts: list[int] | None = None
-
-
-_signers: dict[int, Signer] = {}
-
-
-def prepare_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: datetime,
-                    settings: PrepareSettings, signer: Signer | None = None) -> Prepared:
-    """Normalise entries and compute what does not depend on the store: pure, so it runs in
-    worker processes."""
-    return prepare_articles(normalize_entries(entries, source, fetched), settings,
-                            signer=signer)
-
-
-def normalize_entries(entries: tuple[ParsedEntry, ...], source: str,
-                      fetched: datetime) -> list[NormalizedArticle]:
-    """The entries as articles, without those that have neither a title nor a text."""
-    return [a for a in (normalize_entry(e, source, fetched) for e in entries)
-            if a.title or a.text]
-
-
-def prepare_articles(articles: list[NormalizedArticle], settings: PrepareSettings,
-                     known: frozenset[str] = frozenset(),
-                     signer: Signer | None = None) -> Prepared:
-    if not settings.features:
-        return _without_features(articles)
-    if signer is None:
-        signer = _signers.get(settings.num_perm)
-        if signer is None:
-            signer = _signers[settings.num_perm] = Signer(settings.num_perm)
-    fresh = [i for i, a in enumerate(articles) if not known.intersection(a.identity_keys)]
-    computed = text_features([(articles[i].title, articles[i].text) for i in fresh], signer,
-                             settings.shingle_size, settings.title_weight,
-                             settings.phrase_weight)
-    features: list[TextFeatures | None] = [None] * len(articles)
-    for i, feature in zip(fresh, computed, strict=True):
-        features[i] = feature
-    return Prepared(articles, features)
-
-
-def _without_features(articles: list[NormalizedArticle]) -> Prepared:
-    # Counted here, in a worker process: with clustering off the writer's own work is
-    # little more than SQLite's, and counting took a twentieth of its process's time.
-    return Prepared(articles, [None] * len(articles), [count_words(a.text) for a in articles])
-
-
-@dataclass
-class PreparedDocument:
-    """A fetched document parsed and prepared (in a worker process, or a fetch thread)."""
-
-    entries_in_feed: int
-    prepared: Prepared
-    ttl_minutes: int | None
-    skip_hours: frozenset[int]
-    skip_days: frozenset[str]
-    # Seconds spent parsing, and normalising and computing features, by prepare_document
-    # (for benchmarks: a worker's time is not visible from the daemon's process).
-    parse_s: float = 0.0
-    prepare_s: float = 0.0
-
-
-def prepare_document(body: bytes, content_type: str | None, source: str, fetched: datetime,
-                     settings: PrepareSettings, database: str) -> PreparedDocument:
-    """Parse a feed document and prepare its first ``settings.max_entries`` entries;
-    ``database`` is read for the entries already stored, which need no features."""
-    started = time.perf_counter()
-    feed = parse_feed(body, source, content_type)
-    parsed = time.perf_counter()
-    prepared = prepare_new_entries(feed.entries[:settings.max_entries], source, fetched,
-                                   settings, database)
-    return PreparedDocument(len(feed.entries), prepared, feed.ttl_minutes, feed.skip_hours,
-                            feed.skip_days, parse_s=parsed - started,
-                            prepare_s=time.perf_counter() - parsed)
-
-
-def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: datetime,
-                        settings: PrepareSettings, database: str) -> Prepared:
-    """``prepare_articles`` with the articles already in ``database`` known."""
-    articles = normalize_entries(entries, source, fetched)
-    if not settings.features or not articles:
-        return _without_features(articles)
-    known = frozenset(Store.known_keys(thread_reader(database),
-                                       [k for a in articles for k in a.identity_keys]))
-    return prepare_articles(articles, settings, known)
-
-
-# How often a worker process looks whether the daemon is still there.
-PARENT_CHECK_S = 1.0
-
 
 def text_size(entries: Sequence[ParsedEntry]) -> int:
     """The length of the entries' titles and texts: what preparing them costs goes with it
@@ -258,42 +154,6 @@ def text_size(entries: Sequence[ParsedEntry]) -> int:
     ``WORKER_MIN_BYTES``."""
     return sum(len(entry.title) + len(entry.content or entry.summary or "")
                for entry in entries)
-
-
-def exit_with_parent(parent: int) -> None:
-    """In a worker process: exit once ``parent`` (the daemon) is gone.
-
-    A daemon killed outright (SIGKILL, out of memory) cannot stop its workers, and they
-    would wait on their task queue for ever: each worker holds that queue's writing end
-    too, so it never reads an end of file.
-    """
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_CHECK_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def start_worker(parent: int) -> None:
-    """A worker process's start: it exits with the daemon (``exit_with_parent``) and gives
-    the priors of new terms with the articles it prepares (``give_priors_ahead``)."""
-    exit_with_parent(parent)
-    give_priors_ahead()
-
-
-_thread_readers = threading.local()
-
-
-def thread_reader(database: str) -> sqlite3.Connection:
-    """This thread's read-only connection to ``database`` (one per thread and process)."""
-    readers = getattr(_thread_readers, "by_path", None)
-    if readers is None:
-        readers = _thread_readers.by_path = {}
-    reader = readers.get(database)
-    if reader is None:
-        reader = readers[database] = read_only_connection(database)
-    return reader
 
 
 @dataclass

@@ -32,8 +32,8 @@ import sqlite_utils
 from .errors import SchemaTooNewError, StoreError
 from .native import kernels
 from .normalize import NormalizedArticle
+from .readers import BUSY_TIMEOUT_MS, read_only_connection, select_in, stored_keys
 
-BUSY_TIMEOUT_MS = 30_000
 # The page size of a new store (an existing one keeps its own).  An article's fingerprint row
 # is about 2 KB: with 4 KB pages each takes a page of its own, half of it empty, and a restart
 # with a cold page cache waits on one small read per article of the window.  With 16 KB
@@ -613,24 +613,6 @@ TERM_ROW = "id, term, document_frequency, prior_fraction, last_article_id"
 # article (its decision, its salient terms): those hold no container twice, so the check
 # for cycles (a tenth of the time of a decision) finds none.
 to_json = json.JSONEncoder(check_circular=False).encode
-
-
-def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
-    """The rows of ``sql`` whose ``{}`` becomes the placeholders of ``values`` (after
-    ``params``), asked 500 values at a time: SQLite caps the parameters of a statement."""
-    rows: list[tuple] = []
-    for start in range(0, len(values), 500):
-        chunk = values[start:start + 500]
-        rows += conn.execute(sql.format(",".join("?" * len(chunk))),
-                             [*params, *chunk]).fetchall()
-    return rows
-
-
-def read_only_connection(path: str) -> sqlite3.Connection:
-    """A connection that cannot write, for readers beside the writer (threads, processes)."""
-    uri = f"file:{Path(path).resolve()}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                           check_same_thread=False)
 
 
 def writer_connection(path: str) -> sqlite3.Connection:
@@ -1523,8 +1505,7 @@ class Store:
 
     @staticmethod
     def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
-        return {row[0] for row in select_in(
-            conn, "SELECT key FROM article_keys WHERE key IN ({})", keys)}
+        return stored_keys(conn, keys)
 
     @staticmethod
     def next_article_id(conn: sqlite3.Connection) -> int:

@@ -2,7 +2,7 @@
 timed with the compiled kernels and without them, in one process.
 
 Each source's entries of the synthetic stream (``stream.py``, the first ``--articles``) go
-through ``pipeline.prepare_entries`` as a worker runs it: normalised, tokenised, their
+through ``prepare.prepare_entries`` as a worker runs it: normalised, tokenised, their
 terms counted, the priors of terms new to the worker looked up, their shingles hashed and
 signed.  Rounds alternate between the kernels (``aggregator/native.py``; the shingle
 hashes, ``fingerprint.shingle_hashes``) and the Python code that runs without them, after

@@ -892,19 +892,28 @@ def test_a_version_4_store_is_migrated_to_the_fingerprints_table(tmp_path):
     migrated.close()
 
 
-def test_worker_processes_prepare_what_the_writer_would(tmp_path):
+def with_one_worker(tmp_path):
+    """An aggregator with one worker process (not started yet), and twelve entries whose
+    text is long enough to be prepared in it."""
     from aggregator.config import Config, Source
     from aggregator.parse import ParsedEntry
-    from aggregator.pipeline import WORKER_MIN_BYTES, Aggregator, prepare_entries, text_size
+    from aggregator.pipeline import Aggregator
 
     config = Config(path=str(tmp_path / "c.toml"), database=str(tmp_path / "w.db"),
                     workers=1, sources=(Source(name="s", url="x.xml", interval_s=60),))
-    aggregator = Aggregator(config)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     entries = tuple(ParsedEntry(guid=f"g{n}", link=f"https://e.example/{n}",
                                 title=f"Story {n}", published=start + timedelta(minutes=n),
                                 content=f"<p>Councils voted on budget {n} today.</p>" * 10)
                     for n in range(12))
+    return Aggregator(config), entries, start
+
+
+def test_worker_processes_prepare_what_the_writer_would(tmp_path):
+    from aggregator.pipeline import WORKER_MIN_BYTES, text_size
+    from aggregator.prepare import prepare_entries
+
+    aggregator, entries, start = with_one_worker(tmp_path)
     inline = prepare_entries(entries, "s", start, aggregator._prepare_settings())
     try:
         # A batch of little text is prepared at once, here: no worker is started for it.
@@ -928,6 +937,39 @@ def test_worker_processes_prepare_what_the_writer_would(tmp_path):
         assert all(stored)
     finally:
         aggregator.close()
+
+
+# The writer's part of the package, and what only it uses: a worker process that imported
+# them would hold their memory for nothing.
+WRITER_ONLY_MODULES = {"aggregator.pipeline", "aggregator.store", "aggregator.cluster",
+                       "aggregator.index", "aggregator.fetch", "aggregator.schedule",
+                       "httpx", "sqlite_utils", "apscheduler"}
+
+
+def test_worker_processes_import_only_what_preparing_needs(tmp_path):
+    import subprocess
+    import sys
+
+    aggregator, entries, start = with_one_worker(tmp_path)
+    try:
+        aggregator.prepare_async("s", entries, start).result(timeout=120)
+        # In a worker too, reading which entries the store holds already.
+        assert len(aggregator._prepare_entries("s", entries, start).articles) == 12
+        assert aggregator._workers is not None
+        # ``eval`` travels by name, so the worker lists its own modules.
+        in_worker = set(aggregator._worker_pool().submit(
+            eval, "list(__import__('sys').modules)").result(timeout=60))
+    finally:
+        aggregator.close()
+    assert {"aggregator.prepare", "aggregator.fingerprint", "aggregator.readers"} <= in_worker
+    assert not WRITER_ONLY_MODULES & in_worker
+    # A worker of the daemon also imports its main script again (spawn), which imports the
+    # command line's module.
+    with_cli = subprocess.run(
+        [sys.executable, "-c", "import sys, aggregator.cli; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert "aggregator.cli" in with_cli
+    assert not WRITER_ONLY_MODULES & set(with_cli)
 
 
 def test_clustering_settings_name_the_index_backend(tmp_path):

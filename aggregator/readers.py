@@ -1,0 +1,53 @@
+"""Read-only access to the store, for the threads and processes beside the writer.
+
+It imports nothing but ``sqlite3``: the worker processes read through it which of the
+entries they prepare are already stored, and a worker that imported the store's module
+(``sqlite_utils`` with it) would carry its memory for nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
+    """The rows of ``sql`` whose ``{}`` becomes the placeholders of ``values`` (after
+    ``params``), asked 500 values at a time: SQLite caps the parameters of a statement."""
+    rows: list[tuple] = []
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        rows += conn.execute(sql.format(",".join("?" * len(chunk))),
+                             [*params, *chunk]).fetchall()
+    return rows
+
+
+def read_only_connection(path: str) -> sqlite3.Connection:
+    """A connection that cannot write, for readers beside the writer (threads, processes)."""
+    uri = f"file:{Path(path).resolve()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+
+
+_thread_readers = threading.local()
+
+
+def thread_reader(database: str) -> sqlite3.Connection:
+    """This thread's read-only connection to ``database`` (one per thread and process)."""
+    readers = getattr(_thread_readers, "by_path", None)
+    if readers is None:
+        readers = _thread_readers.by_path = {}
+    reader = readers.get(database)
+    if reader is None:
+        reader = readers[database] = read_only_connection(database)
+    return reader
+
+
+def stored_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    """Which of ``keys`` (identity keys, ``normalize.identity_keys``) an article holds."""
+    return {row[0] for row in select_in(
+        conn, "SELECT key FROM article_keys WHERE key IN ({})", keys)}
