@@ -47,3 +47,13 @@ def test_the_restart_benchmark_loads_the_same_window_both_ways():
                                       "index sort"}
     assert all(seconds["compiled"] > 0 and seconds["numpy"] > 0
                for seconds in result["steps_s"].values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_worker_benchmark_measures_the_daemons_worker():
+    # Ten entries of 120 words a feed: documents long enough to be parsed in a worker.
+    result = _last_json("benchmarks/workers.py", "--feeds", "4", "--entries", "10",
+                        "--rounds", "1")
+    assert result["feeds"] == 4
+    (peak,), (cpu,) = result["this"]["worker_peak_rss_mb"], result["this"]["worker_cpu_s"]
+    assert peak > 20 and cpu > 0
