@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from . import fetch as fetching
+from .children import exit_with_parent
 from .cluster import (
     DAY_S,
     FIRST_VERSION,
@@ -73,7 +74,6 @@ from .prepare import (
     Prepared,
     PreparedDocument,
     PrepareSettings,
-    exit_with_parent,
     prepare_document,
     prepare_entries,
     prepare_new_entries,

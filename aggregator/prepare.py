@@ -11,12 +11,11 @@ and starts sooner.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from .children import exit_with_parent
 from .fingerprint import Signer, TextFeatures, count_words, give_priors_ahead, text_features
 from .normalize import NormalizedArticle, normalize_entry
 from .parse import ParsedEntry, parse_feed
@@ -132,25 +131,6 @@ def prepare_new_entries(entries: tuple[ParsedEntry, ...], source: str, fetched: 
     known = frozenset(stored_keys(thread_reader(database),
                                   [k for a in articles for k in a.identity_keys]))
     return prepare_articles(articles, settings, known)
-
-
-# How often a worker process looks whether the daemon is still there.
-PARENT_CHECK_S = 1.0
-
-
-def exit_with_parent(parent: int) -> None:
-    """In a worker process: exit once ``parent`` (the daemon) is gone.
-
-    A daemon killed outright (SIGKILL, out of memory) cannot stop its workers, and they
-    would wait on their task queue for ever: each worker holds that queue's writing end
-    too, so it never reads an end of file.
-    """
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_CHECK_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def start_worker(parent: int) -> None:

@@ -1503,9 +1503,7 @@ class Store:
         transaction (``recluster``), whose rows only that connection sees."""
         return self.path != ":memory:" and not self.db.conn.in_transaction
 
-    @staticmethod
-    def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
-        return stored_keys(conn, keys)
+    known_keys = staticmethod(stored_keys)
 
     @staticmethod
     def next_article_id(conn: sqlite3.Connection) -> int:
