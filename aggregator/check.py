@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .config import ClusteringSettings
 from .fingerprint import Signer, shingles
+from .readers import PURGED_DOCUMENTS
 from .store import Store
 
 MAX_REPORTED = 20
@@ -75,6 +76,10 @@ def check_store(store: Store, settings: ClusteringSettings,
         "ON a.id = k.article_id WHERE a.id IS NULL",
         lambda r: f"key {r[0]!r} points at missing article {r[1]}"))
     q(_query_violations(
+        store, "no two articles share an identity key",
+        "SELECT k.key, k.article_id FROM article_keys k JOIN retired_keys r ON r.key = k.key",
+        lambda r: f"key {r[0]!r} of article {r[1]} is also the key of a deleted article"))
+    q(_query_violations(
         store, "stored counts equal real counts",
         "SELECT s.name, s.article_count, count(a.id) FROM sources s LEFT JOIN articles a "
         "ON a.source_id = s.id GROUP BY s.id HAVING s.article_count != count(a.id)",
@@ -111,9 +116,11 @@ def check_store(store: Store, settings: ClusteringSettings,
 
 
 def _check_statistics(store: Store) -> list[Violation]:
-    documents, rows = store.term_statistics()
+    """The statistics count every article placed, those that retention deleted since
+    (``Store.purge_stories``) included: their share is recorded apart and added back."""
+    documents, _rows = store.term_statistics()
     real: Counter[str] = Counter()
-    articles = 0
+    articles = Store.purged_totals(store.db.conn).get(PURGED_DOCUMENTS, 0)
     for (terms,) in store.db.execute("SELECT a.counted_terms FROM articles a JOIN "
                                      "article_fingerprints f ON f.article_id = a.id"):
         real.update(terms.split())
@@ -121,8 +128,15 @@ def _check_statistics(store: Store) -> list[Violation]:
     found = []
     if documents != articles:
         found.append(Violation("the index statistics agree with the store",
-                               f"meta says {documents} documents, the store has {articles}"))
-    stored = {term: frequency for _id, term, frequency, _prior in rows if frequency}
+                               f"meta says {documents} documents, the store has {articles} "
+                               "(deleted ones included)"))
+    stored = {}
+    for term, frequency, purged in store.db.execute(
+            "SELECT term, document_frequency, purged_frequency FROM term_stats"):
+        if frequency:
+            stored[term] = frequency
+        if purged:
+            real[term] += purged
     wrong = [t for t in set(stored) | set(real) if stored.get(t, 0) != real.get(t, 0)]
     for term in sorted(wrong)[:MAX_REPORTED]:
         found.append(Violation("the index statistics agree with the store",

@@ -92,6 +92,7 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
         AGGREGATOR_DB=/data/a.db aggregator run --config /etc/aggregator.toml
     """
     from .pipeline import Aggregator
+    from .retention import holding_window
     from .schedule import Daemon
 
     config = load_config(config_path)
@@ -100,49 +101,57 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tick") from None
     aggregator = Aggregator(config)
+    # Taken once the store exists (it makes the database's folder): while this process
+    # keeps a window, ``aggregator purge`` leaves the store to its retention.
     try:
-        if once:
-            reports = aggregator.run_pass(force=force_all)
-            for report in reports:
-                detail = f": {report.error}" if report.error else ""
-                click.echo(f"{report.source}: {report.outcome}, {report.entries} entries, "
-                           f"{report.new_articles} new{detail}")
-            if not reports:
-                click.echo("no source is due")
-            return
-        from .web import DaemonStatus
-
-        status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
-                              index_article_limit=lambda: aggregator.settings.window_articles,
-                              vocabulary_terms=aggregator.vocabulary_terms,
-                              tick_s=tick_s)
-        watcher = ConfigWatcher(config.path)
-
-        def one_pass(stopping) -> None:
-            watcher.reload_if_changed(aggregator)
-            started = time.monotonic()
-            aggregator.run_pass(stopping)
-            status.last_pass_seconds = time.monotonic() - started
-            status.last_pass_finished = time.time()
-
-        daemon = Daemon(one_pass, tick_s=tick_s)
-        aggregator.start_workers()
-        server = start_web_server(config, status) if config.http.enabled else None
-
-        def stop(signum, _frame):
-            click.echo(f"received {signal.Signals(signum).name}; finishing the current write",
-                       err=True)
-            if server is not None:
-                server.should_exit = True
-            daemon.stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
-        click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
-        daemon.start()
+        with holding_window(config.database):
+            _run(aggregator, config, once, force_all, tick_s, Daemon)
     finally:
         aggregator.close()
+
+
+def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon) -> None:
+    """``run`` with its store open and the window lock held."""
+    if once:
+        reports = aggregator.run_pass(force=force_all)
+        for report in reports:
+            detail = f": {report.error}" if report.error else ""
+            click.echo(f"{report.source}: {report.outcome}, {report.entries} entries, "
+                       f"{report.new_articles} new{detail}")
+        if not reports:
+            click.echo("no source is due")
+        return
+    from .web import DaemonStatus
+
+    status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
+                          index_article_limit=lambda: aggregator.settings.window_articles,
+                          vocabulary_terms=aggregator.vocabulary_terms,
+                          tick_s=tick_s)
+    watcher = ConfigWatcher(config.path)
+
+    def one_pass(stopping) -> None:
+        watcher.reload_if_changed(aggregator)
+        started = time.monotonic()
+        aggregator.run_pass(stopping)
+        status.last_pass_seconds = time.monotonic() - started
+        status.last_pass_finished = time.time()
+
+    daemon = Daemon(one_pass, tick_s=tick_s)
+    aggregator.start_workers()
+    server = start_web_server(config, status) if config.http.enabled else None
+
+    def stop(signum, _frame):
+        click.echo(f"received {signal.Signals(signum).name}; finishing the current write",
+                   err=True)
+        if server is not None:
+            server.should_exit = True
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
+    click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
+    daemon.start()
 
 
 class ConfigWatcher:
@@ -546,6 +555,72 @@ def recluster(config_path, since) -> None:
     finally:
         aggregator.close()
     click.echo(f"placed {placed} articles again; {stories_now} stories in the database")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--older-than", default=None, metavar="DURATION",
+              help="The retention period for this run (90d, 26w): at least "
+                   "clustering.window_days plus one day [default: the configuration's "
+                   "retention].")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@handle_errors
+def purge(config_path, older_than, dry_run) -> None:
+    """Delete the stories that retention no longer keeps, with their articles.
+
+    A story goes once none of its articles has been fetched for the retention period
+    (`retention` in the configuration, or --older-than) and it has left the clustering
+    window.  Its articles' identity keys are kept, so a feed that still lists an old entry
+    does not bring it back as new; fetch attempts older than the period go too.  The daemon
+    does the same once an hour when `retention` is set; this runs it now, in transactions
+    of 500 stories, and refuses while a daemon runs on the store (the daemon's window may
+    still hold a story that looks due).  The file keeps its size and reuses the freed
+    pages; `sqlite3 FILE 'VACUUM'` with the daemon stopped gives them back.
+
+    \b
+    Examples:
+        aggregator purge --dry-run
+        aggregator purge --older-than 90d
+    """
+    from datetime import UTC, datetime
+
+    from . import retention
+
+    config = load_config(config_path)
+    window_days = config.clustering.window_days
+    retention_s = config.retention_s
+    if older_than is not None:
+        try:
+            retention_s = parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        if retention_s < (window_days + 1) * 86400:
+            raise click.BadParameter(f"must be at least clustering.window_days plus one day "
+                                     f"({window_days + 1:g}d)", param_hint="--older-than")
+    if not retention_s:
+        raise click.UsageError(f"{config.path}: retention is 0 (keep everything): set "
+                               "retention in the configuration or give --older-than")
+    store = store_at(config.database)
+    try:
+        now = datetime.now(UTC)
+        if dry_run:
+            report = retention.purge_batch(store, store.db.conn, now, retention_s,
+                                           window_days, dry_run=True)
+            click.echo(f"would delete {report}")
+            return
+        with retention.window_to_self(config.database) as alone:
+            if not alone:
+                raise click.ClickException(
+                    f"{config.database}: a daemon is running on it (it holds "
+                    f"{retention.window_lock_path(config.database)}); it deletes what "
+                    "retention no longer keeps on its own, once an hour, when retention is "
+                    "set in its configuration")
+            report = retention.purge(
+                store, now, retention_s, window_days,
+                progress=lambda so_far: click.echo(f"deleted so far: {so_far}", err=True))
+    finally:
+        store.close()
+    click.echo(f"deleted {report}")
 
 
 @main.command(name="eval")

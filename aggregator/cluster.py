@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from itertools import islice
 from operator import attrgetter
 from typing import Literal, Protocol
@@ -1467,3 +1468,14 @@ class Clusterer:
         """Bytes held by the window's arrays and the LSH indexes (not Python objects)."""
         return (self.rows.nbytes() + self.story_columns.nbytes()
                 + self.duplicate_index.nbytes() + self.candidate_index.nbytes())
+
+
+def window_start(newest: datetime | None, floor: datetime | None,
+                 window_days: float) -> datetime | None:
+    """The oldest newest-member time of a story in the window: ``window_days`` before the
+    newest stored article, or the stored ``floor`` where the article limit has cut the window
+    short; None for an empty store."""
+    if newest is None:
+        return None
+    since = newest - timedelta(days=window_days)
+    return since if floor is None else max(since, floor)

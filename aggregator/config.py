@@ -124,6 +124,9 @@ class Config:
     min_host_interval_s: float = 0.0
     min_interval_s: float = 300.0
     max_interval_s: float = 86400.0
+    # Stories whose newest member was fetched longer ago than this leave the store, with
+    # their members and fetch attempts as old (0: the store keeps everything).
+    retention_s: float = 0.0
     service_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -388,8 +391,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
                         "read_timeout", "total_timeout", "max_body_bytes", "max_concurrency",
                         "workers", "write_behind", "block_private_addresses",
                         "permanent_redirect_after",
-                        "min_host_interval", "min_interval", "max_interval", "service_groups",
-                        "clustering", "http", "sources"})
+                        "min_host_interval", "min_interval", "max_interval", "retention",
+                        "service_groups", "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -403,6 +406,14 @@ def load_config(path: str | os.PathLike[str] | None = None,
         seen.add(source.name)
         sources.append(source)
 
+    clustering = _load_clustering(shown, raw.get("clustering", {}))
+    retention_s = _optional_duration(top, "retention")
+    if retention_s and retention_s < (clustering.window_days + 1) * _DURATION_UNITS["d"]:
+        # A story may leave the store only once it has left the clustering window, which
+        # reads its members' rows back.
+        raise top.fail("retention", "must be 0 (keep everything) or at least "
+                                    "clustering.window_days plus one day "
+                                    f"({clustering.window_days + 1:g}d)")
     database = environ.get(DB_ENV) or top.get("database", str, "aggregator.db")
     if database != ":memory:":
         database = _resolve_path(base, database) if DB_ENV not in environ else database
@@ -421,12 +432,13 @@ def load_config(path: str | os.PathLike[str] | None = None,
         min_host_interval_s=_optional_duration(top, "min_host_interval"),
         min_interval_s=top.duration("min_interval", defaults.min_interval_s),
         max_interval_s=top.duration("max_interval", defaults.max_interval_s),
+        retention_s=retention_s,
         service_groups=_load_service_groups(shown, raw.get("service_groups", {})),
         max_body_bytes=int(top.number("max_body_bytes", defaults.max_body_bytes, 1024, 2**40)),
         max_concurrency=int(top.number("max_concurrency", defaults.max_concurrency, 1, 1024)),
         workers=int(top.number("workers", defaults.workers, -1, 64)),
         write_behind=top.get("write_behind", bool, defaults.write_behind),
-        clustering=_load_clustering(shown, raw.get("clustering", {})),
+        clustering=clustering,
         http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),
     )

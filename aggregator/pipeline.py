@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from . import fetch as fetching
+from . import retention
 from .children import exit_with_parent
 from .cluster import (
     DAY_S,
@@ -40,6 +41,7 @@ from .cluster import (
     Clusterer,
     Decision,
     low_bits,
+    window_start,
 )
 from .config import ClusteringSettings, Config, Source
 from .errors import (
@@ -144,6 +146,9 @@ TEMPLATE_LINE_MIN_ARTICLES = 3
 # A line seen once is forgotten after this long; the table would otherwise grow forever.
 TEMPLATE_LINE_MEMORY = timedelta(days=30)
 PRUNE_EVERY = timedelta(hours=1)
+# Retention (``retention.purge``) runs once an hour at most, and for at most this long in a
+# pass: what is left waits for the next pass.
+PURGE_BUDGET_S = 10.0
 
 
 
@@ -406,17 +411,6 @@ def numbered_vectors(stats: TermStatistics, stored: list[bytes],
     return stats.numbers_of_stored(ids), weights
 
 
-def window_start(newest: datetime | None, floor: datetime | None,
-                 window_days: float) -> datetime | None:
-    """The oldest newest-member time of a story in the window: ``window_days`` before the
-    newest stored article, or the stored ``floor`` where the article limit has cut the window
-    short; None for an empty store."""
-    if newest is None:
-        return None
-    since = newest - timedelta(days=window_days)
-    return since if floor is None else max(since, floor)
-
-
 class StoreFingerprints:
     """The clusterer's view of ``article_fingerprints``: what it does not hold in memory."""
 
@@ -570,6 +564,7 @@ class Aggregator:
         # Terms in memory after the last ``_forget_unseen_terms``.
         self._terms_kept = 0
         self._last_prune: datetime | None = None
+        self._last_purge: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
         self._workers_lock = threading.Lock()
 
@@ -608,6 +603,8 @@ class Aggregator:
                                             for key in structural})
         if settings != self.settings:
             changes.append("clustering settings")
+        if config.retention_s != self.config.retention_s:
+            changes.append("retention")
         turned_on = settings.enabled and not self.settings.enabled
         workers_before = self.worker_count
         with self._write_lock:
@@ -1653,6 +1650,7 @@ class Aggregator:
             self._forgive_outage(sources[:len(reports)], rows, now)
         try:
             self._prune_template_lines(now)
+            self.purge_expired(now)
             self.store.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
             log.error("database %s: %s", self.store.path, exc)
@@ -1697,12 +1695,45 @@ class Aggregator:
         return self._submit_group([source.name for source, _row, _fetched in group],
                                   [partial(write, *member) for member in group])
 
+    def purge_expired(self, now: datetime, budget_s: float = PURGE_BUDGET_S,
+                      force: bool = False) -> retention.PurgeReport:
+        """Let the stories that ``retention`` no longer keeps leave the store
+        (``retention.purge``), once an hour (or now, with ``force``), for at most
+        ``budget_s``; what is left goes at the next pass.  Each transaction holds the write
+        lock, so fetched sources are written between them."""
+        report = retention.PurgeReport()
+        if not self.config.retention_s or not force and self._last_purge is not None \
+                and now - self._last_purge < PRUNE_EVERY:
+            return report
+        started = time.monotonic()
+        # The window evicts every ``EVICT_EVERY`` articles, and a story it still holds
+        # stays: a quiet store would wait long for its old stories to go.
+        with self._writing() as conn, self._staging(conn) as staged:
+            self._clusterer_changes += 1
+            self._evict(staged)
+        report = retention.purge(
+            self.store, now, self.config.retention_s, self.settings.window_days,
+            transaction=self._upkeep, held=self.clusterer.stories,
+            until=lambda: time.monotonic() - started > budget_s)
+        if report.complete:
+            self._last_purge = now
+        if report.stories or report.fetch_attempts:
+            log.info("retention (%g days): deleted %s%s", self.config.retention_s / DAY_S,
+                     report, "" if report.complete else "; the rest at the next pass")
+        return report
+
+    @contextmanager
+    def _upkeep(self) -> Iterator[sqlite3.Connection]:
+        """A transaction of the store's upkeep (retention, template lines) between writes."""
+        with self._write_lock:
+            self._settle_in_flight()
+            with self.store.transaction() as conn:
+                yield conn
+
     def _prune_template_lines(self, now: datetime) -> None:
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
-        with self._write_lock:
-            self._settle_in_flight()
-            with self.store.transaction() as conn:
-                self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
+        with self._upkeep() as conn:
+            self.store.prune_lines(conn, now - TEMPLATE_LINE_MEMORY)
 

@@ -13,6 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 30_000
+# In ``meta``: how many rows retention has deleted (``Store.purge_stories``), by kind; the
+# fetch attempts by outcome, under ``PURGED_FETCHES`` followed by the outcome.
+PURGED_ARTICLES = "purged_articles"
+PURGED_DOCUMENTS = "purged_documents"
+PURGED_DUPLICATES = "purged_duplicates"
+PURGED_SAME_STORY = "purged_same_story"
+PURGED_FETCHES = "purged_fetches:"
 
 
 def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
@@ -48,6 +55,19 @@ def thread_reader(database: str) -> sqlite3.Connection:
 
 
 def stored_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
-    """Which of ``keys`` (identity keys, ``normalize.identity_keys``) an article holds."""
-    return {row[0] for row in select_in(
+    """Which of ``keys`` (identity keys, ``normalize.identity_keys``) an article holds, or
+    an article held before retention deleted it (``retired_keys``): an entry that a feed
+    still lists is not new again once its article has gone."""
+    held = {row[0] for row in select_in(
         conn, "SELECT key FROM article_keys WHERE key IN ({})", keys)}
+    others = [key for key in keys if key not in held]
+    if others:
+        held.update(row[0] for row in select_in(
+            conn, "SELECT key FROM retired_keys WHERE key IN ({})", others))
+    return held
+
+
+def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:
+    """What retention has deleted so far, by ``meta`` key (``PURGED_*``)."""
+    return {key: int(value) for key, value in conn.execute(
+        "SELECT key, value FROM meta WHERE key LIKE 'purged\\_%' ESCAPE '\\'")}

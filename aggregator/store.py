@@ -32,7 +32,18 @@ import sqlite_utils
 from .errors import SchemaTooNewError, StoreError
 from .native import kernels
 from .normalize import NormalizedArticle
-from .readers import BUSY_TIMEOUT_MS, read_only_connection, select_in, stored_keys
+from .readers import (
+    BUSY_TIMEOUT_MS,
+    PURGED_ARTICLES,
+    PURGED_DOCUMENTS,
+    PURGED_DUPLICATES,
+    PURGED_FETCHES,
+    PURGED_SAME_STORY,
+    purged_totals,
+    read_only_connection,
+    select_in,
+    stored_keys,
+)
 
 # The page size of a new store (an existing one keeps its own).  An article's fingerprint row
 # is about 2 KB: with 4 KB pages each takes a page of its own, half of it empty, and a restart
@@ -541,6 +552,27 @@ def _m012_search_merges(db: sqlite_utils.Database) -> None:
                         (option, value))
 
 
+def _m013_retention(db: sqlite_utils.Database) -> None:
+    """What the store needs to let old stories go (``retention``, ``Store.purge_stories``).
+
+    ``retired_keys``: the identity keys of deleted articles, so that a feed which still
+    lists an old entry does not bring it back as a new article.  ``article_keys`` gets an
+    index by article, to find an article's keys when it is deleted (its ids only grow, so
+    each insert lands at the end of the index).  ``term_stats.purged_frequency``: the
+    statistics keep counting the articles they learned from after those are deleted, and
+    say how many of each term's documents are gone, so that ``aggregator check`` can still
+    recount them from the store.  ``meta`` keeps what was deleted by kind, so that the
+    counters of ``/metrics`` never go down."""
+    _run_script(db, """
+    CREATE TABLE retired_keys (
+        key TEXT PRIMARY KEY,
+        retired_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX article_keys_article ON article_keys(article_id);
+    ALTER TABLE term_stats ADD COLUMN purged_frequency INTEGER NOT NULL DEFAULT 0;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -554,6 +586,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("010_counted_terms", _m010_counted_terms),
     ("011_article_counts_by_writer", _m011_article_counts_by_writer),
     ("012_search_merges", _m012_search_merges),
+    ("013_retention", _m013_retention),
 ]
 
 
@@ -636,6 +669,15 @@ def writer_connection(path: str) -> sqlite3.Connection:
         raise StoreError(f"{path}: cannot open the database: {exc}") from None
     return conn
 
+
+# The stories that retention may delete (``Store.expired_stories``): ``?1`` the time before
+# which their members were last fetched, ``?2`` before which the newest was published.
+# Never the story of the newest article id nor the newest story id: ids come from the
+# largest stored (``next_article_id``), and an id given twice would make older records
+# (decisions, term statistics) name the wrong row.
+EXPIRED = ("last_seen < ?1 AND last_published < ?2 "
+           "AND id != (SELECT coalesce(max(id), 0) FROM stories) "
+           "AND id IS NOT (SELECT story_id FROM articles ORDER BY id DESC LIMIT 1)")
 
 @lru_cache(maxsize=256)
 def _one_row(statement: str) -> str:
@@ -1490,6 +1532,101 @@ class Store:
         """Forget lines seen in only one article and not since ``before``."""
         return conn.execute("DELETE FROM source_lines WHERE articles = 1 AND last_seen < ?",
                             [to_iso(before)]).rowcount
+
+    # -- retention ---------------------------------------------------------------------------
+
+    @staticmethod
+    def expired_stories(conn: sqlite3.Connection, seen_before: datetime,
+                        published_before: datetime, limit: int) -> list[int]:
+        """Up to ``limit`` stories that may leave the store, the longest unseen first: none
+        of their members fetched since ``seen_before`` nor published since
+        ``published_before`` (``EXPIRED``)."""
+        return [row[0] for row in conn.execute(
+            f"SELECT id FROM stories WHERE {EXPIRED} ORDER BY last_seen LIMIT ?3",
+            [to_iso(seen_before), to_iso(published_before), limit])]
+
+    @staticmethod
+    def count_expired(conn: sqlite3.Connection, seen_before: datetime,
+                      published_before: datetime) -> tuple[int, int, int]:
+        """What retention would delete now, all of it: stories (``expired_stories``), their
+        articles, and fetch attempts started before ``seen_before``."""
+        stories, articles = conn.execute(
+            f"SELECT count(*), coalesce(sum(article_count), 0) FROM stories WHERE {EXPIRED}",
+            [to_iso(seen_before), to_iso(published_before)]).fetchone()
+        fetches = conn.execute("SELECT count(*) FROM fetch_attempts WHERE started_at < ?",
+                               [to_iso(seen_before)]).fetchone()[0]
+        return stories, articles, fetches
+
+    @staticmethod
+    def purge_stories(conn: sqlite3.Connection, story_ids: list[int], now: datetime) -> int:
+        """Delete the stories ``story_ids``, their members and everything kept for them (the
+        fingerprint rows, the full-text rows, the canonical history), in the open
+        transaction; returns how many articles left.
+
+        The members' identity keys move to ``retired_keys``, and their counts stay in the
+        term statistics, recorded as purged (``_m013_retention``)."""
+        if not story_ids:
+            return 0
+        stories = json.dumps(story_ids)
+        members = conn.execute(
+            "SELECT a.id, a.relation, a.counted_terms, f.article_id IS NOT NULL "
+            "FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "
+            "WHERE a.story_id IN (SELECT value FROM json_each(?1))", [stories]).fetchall()
+        articles = json.dumps([row[0] for row in members])
+        conn.execute("INSERT OR IGNORE INTO retired_keys (key, retired_at) SELECT key, ?2 "
+                     "FROM article_keys WHERE article_id IN (SELECT value FROM json_each(?1))",
+                     [articles, to_iso(now)])
+        conn.execute("DELETE FROM article_keys "
+                     "WHERE article_id IN (SELECT value FROM json_each(?1))", [articles])
+        # Articles stored with clustering off (no fingerprint) were never counted.
+        counted = [row for row in members if row[3]]
+        purged_terms = Counter(term for row in counted for term in row[2].split())
+        conn.executemany("UPDATE term_stats SET purged_frequency = purged_frequency + ? "
+                         "WHERE term = ?", [(count, term)
+                                            for term, count in purged_terms.items()])
+        conn.execute("DELETE FROM canonical_history "
+                     "WHERE story_id IN (SELECT value FROM json_each(?1))", [stories])
+        # The fingerprint rows go by cascade, the full-text rows and the sources' counts by
+        # trigger (``articles_fts_delete``, ``articles_count_delete``).
+        conn.execute("DELETE FROM articles WHERE story_id IN (SELECT value FROM json_each(?1))",
+                     [stories])
+        conn.execute("DELETE FROM stories WHERE id IN (SELECT value FROM json_each(?1))",
+                     [stories])
+        relations = Counter(row[1] for row in members)
+        Store._add_to_totals(conn, {
+            PURGED_ARTICLES: len(members), PURGED_DOCUMENTS: len(counted),
+            PURGED_DUPLICATES: relations["duplicate"],
+            PURGED_SAME_STORY: relations["same_story"]})
+        return len(members)
+
+    @staticmethod
+    def purge_fetch_attempts(conn: sqlite3.Connection, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest fetch attempts started before ``before``;
+        returns how many.  Each outcome's count is kept in ``meta`` (``purged_totals``)."""
+        ids = [row[0] for row in conn.execute(
+            "SELECT id FROM fetch_attempts WHERE started_at < ? ORDER BY started_at LIMIT ?",
+            [to_iso(before), limit])]
+        if not ids:
+            return 0
+        attempts = json.dumps(ids)
+        outcomes = conn.execute(
+            "SELECT outcome, count(*) FROM fetch_attempts "
+            "WHERE id IN (SELECT value FROM json_each(?1)) GROUP BY outcome",
+            [attempts]).fetchall()
+        conn.execute("DELETE FROM fetch_attempts WHERE id IN (SELECT value FROM json_each(?1))",
+                     [attempts])
+        Store._add_to_totals(conn, {PURGED_FETCHES + outcome: count
+                                    for outcome, count in outcomes})
+        return len(ids)
+
+    @staticmethod
+    def _add_to_totals(conn: sqlite3.Connection, totals: Mapping[str, int]) -> None:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
+            "DO UPDATE SET value = CAST(value AS INTEGER) + ?2",
+            [(key, count) for key, count in totals.items() if count])
+
+    purged_totals = staticmethod(purged_totals)
 
     # -- articles ---------------------------------------------------------------------------
 

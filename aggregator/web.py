@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,13 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import __version__
+from .readers import (
+    PURGED_ARTICLES,
+    PURGED_DUPLICATES,
+    PURGED_FETCHES,
+    PURGED_SAME_STORY,
+    purged_totals,
+)
 
 FEED_SIZE = 50
 PAGE_SIZE = 100
@@ -295,23 +303,37 @@ class StoreCollector:
         self.status = status
 
     def collect(self):
+        # Counters never go down: what retention deleted (``Store.purge_stories``) is added
+        # back from the totals it keeps.
+        conn = _reader(self.database)
+        try:
+            purged = purged_totals(conn)
+        finally:
+            conn.close()
         rows = _rows(self.database, "SELECT outcome, count(*) AS n FROM fetch_attempts "
                                     "GROUP BY outcome")
+        by_outcome = Counter({key.removeprefix(PURGED_FETCHES): count
+                              for key, count in purged.items()
+                              if key.startswith(PURGED_FETCHES)})
+        for row in rows:
+            by_outcome[row["outcome"]] += row["n"]
         fetches = CounterMetricFamily("aggregator_fetches", "Fetch attempts by outcome",
                                       labels=["outcome"])
-        for row in rows:
-            fetches.add_metric([row["outcome"]], row["n"])
+        for outcome, count in sorted(by_outcome.items()):
+            fetches.add_metric([outcome], count)
         yield fetches
         counts = _rows(self.database, """SELECT count(*) AS articles,
                 coalesce(sum(relation = 'duplicate'), 0) AS duplicates,
                 coalesce(sum(relation = 'same_story'), 0) AS same_story FROM articles""")[0]
         yield CounterMetricFamily("aggregator_articles_ingested", "Articles stored",
-                                  value=counts["articles"])
+                                  value=counts["articles"] + purged.get(PURGED_ARTICLES, 0))
         yield CounterMetricFamily("aggregator_duplicates", "Articles linked as duplicates",
-                                  value=counts["duplicates"])
+                                  value=counts["duplicates"]
+                                  + purged.get(PURGED_DUPLICATES, 0))
         yield CounterMetricFamily("aggregator_same_story_joins",
                                   "Articles linked as other write-ups of a story",
-                                  value=counts["same_story"])
+                                  value=counts["same_story"]
+                                  + purged.get(PURGED_SAME_STORY, 0))
         sizes = _rows(self.database, "SELECT article_count AS size, count(*) AS n FROM stories "
                                      "GROUP BY article_count")
         buckets, total, running = [], 0, 0

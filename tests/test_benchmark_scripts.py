@@ -57,3 +57,11 @@ def test_the_worker_benchmark_measures_the_daemons_worker():
     assert result["feeds"] == 4
     (peak,), (cpu,) = result["this"]["worker_peak_rss_mb"], result["this"]["worker_cpu_s"]
     assert peak > 20 and cpu > 0
+
+
+def test_the_retention_benchmark_keeps_the_store_level_beside_one_that_grows():
+    result = _last_json("benchmarks/retention.py", "--days", "11", "--per-day", "40",
+                        "--tables")
+    assert result["purged_articles"] > 0 and result["purge_articles_per_s"] > 0
+    assert result["kept_articles"] + result["purged_articles"] == result["articles"]
+    assert result["used_mb_with_retention"] < result["used_mb_without_retention"]
