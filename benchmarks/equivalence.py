@@ -69,17 +69,30 @@ def store_stream(directory: Path, args: argparse.Namespace, varied: bool) -> Pat
     return directory / "stream.sqlite"
 
 
+def shared_columns(db: sqlite3.Connection, table: str) -> str:
+    """The columns of ``table`` that both stores have, in the first one's order: two
+    versions compared across a migration that adds a column (``turns.py --against``) still
+    compare every row on the rest."""
+    def columns(schema: str) -> list[str]:
+        return [row[1] for row in db.execute(f"PRAGMA {schema}.table_info({table})")]
+
+    other = set(columns("varied"))
+    return ", ".join(column for column in columns("main") if column in other)
+
+
 def compare(plain: Path, varied: Path) -> dict:
     db = sqlite3.connect(plain)
     db.execute("ATTACH ? AS varied", [str(varied)])
     differing = {}
     for table in TABLES:
+        shared = shared_columns(db, table)
         differing[table] = db.execute(
-            f"SELECT (SELECT count(*) FROM (SELECT * FROM main.{table} EXCEPT "
-            f"SELECT * FROM varied.{table})) + (SELECT count(*) FROM (SELECT * FROM "
-            f"varied.{table} EXCEPT SELECT * FROM main.{table}))").fetchone()[0]
-    first = db.execute("SELECT min(id) FROM (SELECT * FROM main.articles EXCEPT "
-                       "SELECT * FROM varied.articles)").fetchone()[0]
+            f"SELECT (SELECT count(*) FROM (SELECT {shared} FROM main.{table} EXCEPT "
+            f"SELECT {shared} FROM varied.{table})) + (SELECT count(*) FROM (SELECT {shared} "
+            f"FROM varied.{table} EXCEPT SELECT {shared} FROM main.{table}))").fetchone()[0]
+    shared = shared_columns(db, "articles")
+    first = db.execute(f"SELECT min(id) FROM (SELECT {shared} FROM main.articles EXCEPT "
+                       f"SELECT {shared} FROM varied.articles)").fetchone()[0]
     rows = db.execute("SELECT count(*) FROM main.articles").fetchone()[0]
     db.close()
     return {"articles": rows, "differing_rows": differing, "first_differing_article": first}
