@@ -9,6 +9,8 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
 from typing import TYPE_CHECKING
@@ -51,6 +53,19 @@ def store_at(database: str) -> Store:
     from .store import Store
 
     return Store(database)
+
+
+@contextmanager
+def window_alone(database: str, advice: str) -> Iterator[None]:
+    """The store's window lock held alone (``retention.window_to_self``) for a command that
+    changes stories under any window kept in memory; a clear error while a daemon holds it."""
+    from .retention import window_lock_path, window_to_self
+
+    with window_to_self(database) as alone:
+        if not alone:
+            raise click.ClickException(f"{database}: a daemon is running on it (it holds "
+                                       f"{window_lock_path(database)}); {advice}")
+        yield
 
 
 def open_store(config_path: str | None) -> Store:
@@ -531,7 +546,8 @@ def recluster(config_path, since) -> None:
 
     Use it after changing [clustering] in the configuration.  Stories with a member in the
     period are dissolved and their articles placed again, oldest first, in one transaction;
-    dashboards see the old stories until it commits.  A running daemon waits meanwhile.
+    dashboards see the old stories until it commits.  It refuses while a daemon runs on
+    the store: the daemon's window would keep the stories it dissolves.
 
     \b
     Examples:
@@ -545,7 +561,8 @@ def recluster(config_path, since) -> None:
     start = _since_date(since)
     aggregator = Aggregator(config)
     try:
-        with click.progressbar(length=1, label="reclustering", file=sys.stderr) as bar:
+        with window_alone(config.database, "stop it, recluster, then start it again"), \
+                click.progressbar(length=1, label="reclustering", file=sys.stderr) as bar:
             def advance(done: int, total: int) -> None:
                 bar.length = total
                 bar.update(done - bar.pos)
@@ -608,13 +625,9 @@ def purge(config_path, older_than, dry_run) -> None:
                                            window_days, dry_run=True)
             click.echo(f"would delete {report}")
             return
-        with retention.window_to_self(config.database) as alone:
-            if not alone:
-                raise click.ClickException(
-                    f"{config.database}: a daemon is running on it (it holds "
-                    f"{retention.window_lock_path(config.database)}); it deletes what "
-                    "retention no longer keeps on its own, once an hour, when retention is "
-                    "set in its configuration")
+        with window_alone(config.database, "it deletes what retention no longer keeps on "
+                                           "its own, once an hour, when retention is set in "
+                                           "its configuration"):
             report = retention.purge(
                 store, now, retention_s, window_days,
                 progress=lambda so_far: click.echo(f"deleted so far: {so_far}", err=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -335,3 +336,26 @@ def test_the_newest_article_and_story_ids_are_never_given_again(tmp_path):
     assert aggregator.store.next_article_id(conn) == newest_article + 1
     assert aggregator.store.next_story_id(conn) == newest_story + 1
     aggregator.close()
+
+
+def test_recluster_refuses_while_a_daemon_keeps_a_window_of_the_store(tmp_path):
+    # The daemon's window would keep the stories that recluster dissolves, and under new
+    # settings their ids go to other stories.
+    aggregator, _stories = filled(tmp_path)
+    aggregator.close()
+    config = write_config(tmp_path / "c.toml", [{"name": "desk", "url": "d.xml"},
+                                               {"name": "wire", "url": "w.xml"}],
+                          database=str(tmp_path / "r.db"))
+    def stories():
+        with closing(sqlite3.connect(tmp_path / "r.db")) as reader:
+            return reader.execute("SELECT id, canonical_article_id FROM stories").fetchall()
+
+    before = stories()
+    with holding_window(str(tmp_path / "r.db")):
+        refused = subprocess.run([sys.executable, "-m", "aggregator.cli", "recluster",
+                                  "--config", str(config)], capture_output=True, text=True)
+    assert refused.returncode == 1 and "a daemon is running on it" in refused.stderr
+    assert stories() == before
+    done = subprocess.run([sys.executable, "-m", "aggregator.cli", "recluster", "--config",
+                           str(config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
