@@ -596,8 +596,8 @@ def purge(config_path, older_than, dry_run) -> None:
 
     \b
     Examples:
-        aggregator purge --dry-run
-        aggregator purge --older-than 90d
+        aggregator purge --older-than 180d --dry-run
+        aggregator purge                     # with retention set in the configuration
     """
     from datetime import UTC, datetime
 

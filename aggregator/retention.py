@@ -111,22 +111,23 @@ def purge(store: Store, now: datetime, retention_s: float, window_days: float,
           held: Container[int] = (), until: Callable[[], bool] = lambda: False,
           progress: Callable[[PurgeReport], None] | None = None) -> PurgeReport:
     """Transactions of ``purge_batch`` until nothing due is left or ``until()`` says stop
-    (then ``complete`` is False).  ``transaction``: a context manager giving the writing
-    connection (the daemon's, under its write lock), by default ``store.transaction``."""
+    (then ``complete`` is False); ``progress`` hears the totals before each further one.
+    ``transaction``: a context manager giving the writing connection (the daemon's, under
+    its write lock), by default ``store.transaction``."""
     transaction = transaction or store.transaction
     report = PurgeReport()
     while True:
         with transaction() as conn:
             batch = purge_batch(store, conn, now, retention_s, window_days, held)
         report.add(batch)
-        if progress:
-            progress(report)
         if batch.stories < PURGE_STORIES_AT_ONCE and batch.fetch_attempts < \
                 PURGE_FETCHES_AT_ONCE:
             return report
         if until():
             report.complete = False
             return report
+        if progress:
+            progress(report)
 
 
 def window_lock_path(database: str) -> str:
