@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
+from feed_server import Reply
 from test_store import _article, _migrated_again, _store_migrated_to
 
 from aggregator import retention
@@ -359,3 +360,51 @@ def test_recluster_refuses_while_a_daemon_keeps_a_window_of_the_store(tmp_path):
     done = subprocess.run([sys.executable, "-m", "aggregator.cli", "recluster", "--config",
                            str(config)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_daemon_lets_old_stories_go_and_a_feed_that_still_lists_them_adds_nothing(
+        tmp_path, feed_server):
+    # Old stories stored in March; the daemon, with 30 days of retention, polls a real feed
+    # that lists one of them again beside a new entry, twice.
+    from email.utils import format_datetime
+
+    from aggregator.store import Store
+
+    config = write_config(tmp_path / "c.toml", [{"name": "desk",
+                                                 "url": feed_server.url("/desk")}],
+                          database=str(tmp_path / "r.db"), extra='retention = "30d"')
+    old = Aggregator(load_config(config))
+    for number in range(1, 4):
+        old.ingest_entries("desk", 0, [entry(number, TOPICS[number], START + number * DAY)],
+                           START + number * DAY)
+    old.close()
+    now = datetime.now(UTC)
+    items = "".join(
+        f"<item><guid>{guid}</guid><title>{title}</title><link>https://news.example/{guid}"
+        f"</link><pubDate>{format_datetime(when)}</pubDate><description>{title}: {text}"
+        f"</description></item>"
+        for guid, title, text, when in [
+            ("g1", f"Report {TOPICS[1]}", TOPICS[1], START + DAY),
+            ("fresh", f"Report {TOPICS[9]}", TOPICS[9], now)])
+    feed_server.route("/desk", Reply(200, (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Desk</title>'
+        f"{items}</channel></rss>").encode()))
+
+    def run_once():
+        done = subprocess.run([sys.executable, "-m", "aggregator.cli", "run", "--once",
+                               "--all", "--config", str(config)], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "2 entries, 1 new" in run_once()
+    store = Store(str(tmp_path / "r.db"))
+    guids = "SELECT guid FROM articles ORDER BY id"
+    assert store.db.execute(guids).fetchall() == [("fresh",)]
+    assert store.db.execute("SELECT count(*) FROM retired_keys").fetchone()[0] > 0
+    store.close()
+    assert "2 entries, 0 new" in run_once()
+    store = Store(str(tmp_path / "r.db"))
+    assert store.db.execute(guids).fetchall() == [("fresh",)]
+    assert check_store(store, ClusteringSettings()) == []
+    store.close()
