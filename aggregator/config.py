@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,19 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """What a source sends with each request to its own site (the scheme, host and port of
+    ``site``, its configured URL): HTTP Basic authentication and extra headers.  Never sent
+    to another site: not after a redirect there, not to a moved feed's new site, not with
+    the entries' pages (``full_text``).  Kept out of ``repr``, so out of logs."""
+
+    site: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
 class Source:
     name: str
     url: str
@@ -95,6 +109,7 @@ class Source:
     enabled: bool = True
     full_text: bool = False
     adaptive: bool = False
+    credentials: Credentials | None = None
 
     @property
     def is_local(self) -> bool:
@@ -331,14 +346,14 @@ def _load_http(path: str, table: Any) -> HttpSettings:
 
 
 def _load_source(path: str, base: Path, index: int, table: Any,
-                 default_interval_s: float) -> Source:
+                 default_interval_s: float, environ: Mapping[str, str]) -> Source:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key=f"sources[{index}]")
     name = table.get("name")
     label = name if isinstance(name, str) and name.strip() else f"#{index + 1}"
     reader = _Reader(path, table, source=label)
     reader.reject_unknown({"name", "url", "interval", "priority", "tags", "enabled",
-                           "full_text"})
+                           "full_text", "username", "password", "password_env", "headers"})
     if "name" not in table:
         raise reader.fail("name", "is required")
     name = reader.get("name", str, "")
@@ -361,7 +376,54 @@ def _load_source(path: str, base: Path, index: int, table: Any,
         tags=tuple(tags),
         enabled=reader.get("enabled", bool, True),
         full_text=reader.get("full_text", bool, False),
+        credentials=_load_credentials(reader, url, environ),
     )
+
+
+# An HTTP header's name (RFC 9110 token), and the headers a source may not set: the
+# conditional GET's, which the fetcher keeps per feed, and those that frame the request.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection",
+                     "if-none-match", "if-modified-since"}
+
+
+def _load_credentials(reader: _Reader, url: str,
+                      environ: Mapping[str, str]) -> Credentials | None:
+    """``username`` with ``password`` (or ``password_env``, the name of an environment
+    variable that holds it, for containers' secrets) and ``headers``, a table of extra
+    request headers, for http(s) sources."""
+    keys = {"username", "password", "password_env", "headers"} & set(reader.table)
+    if not keys:
+        return None
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise reader.fail(sorted(keys)[0], "credentials apply to http(s) sources only")
+    username = reader.get("username", str, None)
+    password = reader.get("password", str, None)
+    variable = reader.get("password_env", str, None)
+    if password is not None and variable is not None:
+        raise reader.fail("password_env", "give password or password_env, not both")
+    if variable is not None:
+        password = environ.get(variable)
+        if password is None:
+            raise reader.fail("password_env", f"environment variable {variable} is not set")
+    if (username is None) != (password is None):
+        raise reader.fail("username" if username is None else "password",
+                          "username and password come together")
+    table = reader.get("headers", dict, {})
+    headers = []
+    for name, value in table.items():
+        if not _HEADER_NAME.match(name):
+            raise reader.fail("headers", f"{name!r} is not a header name")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise reader.fail("headers", f"{name}: expected a string on one line")
+        if name.lower() in _RESERVED_HEADERS or (
+                username is not None and name.lower() == "authorization"):
+            raise reader.fail("headers", f"{name} is set by the fetcher"
+                              + (" (from username and password)"
+                                 if name.lower() == "authorization" else ""))
+        headers.append((name, value))
+    return Credentials(site=url, username=username, password=password,
+                       headers=tuple(headers))
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -400,7 +462,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     sources: list[Source] = []
     seen: set[str] = set()
     for index, table in enumerate(sources_raw):
-        source = _load_source(shown, base, index, table, default_interval_s)
+        source = _load_source(shown, base, index, table, default_interval_s, environ)
         if source.name in seen:
             raise ConfigError(shown, "duplicate source name", source=source.name, key="name")
         seen.add(source.name)

@@ -19,7 +19,10 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from .config import Credentials
 from .errors import FetchError, SourceGoneError
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Outcome(StrEnum):
@@ -168,15 +171,35 @@ def make_client(limits: FetchLimits) -> httpx.Client:
     )
 
 
+def site_of(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host and port (the scheme's default where none is given)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def request_credentials(credentials: Credentials | None,
+                        url: str) -> tuple[dict[str, str], httpx.BasicAuth | None]:
+    """The headers and authentication a request to ``url`` carries from ``credentials``:
+    all of them on the source's own site, nothing anywhere else."""
+    if credentials is None or site_of(url) != site_of(credentials.site):
+        return {}, None
+    auth = (httpx.BasicAuth(credentials.username, credentials.password)
+            if credentials.username is not None else None)
+    return dict(credentials.headers), auth
+
+
 def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
-               last_modified: str | None, limits: FetchLimits) -> FetchResult:
+               last_modified: str | None, limits: FetchLimits,
+               credentials: Credentials | None = None) -> FetchResult:
     """One conditional GET, following at most ``max_redirects`` redirects by hand so that a
-    chain made only of permanent ones (301/308) can be reported as the feed's new address."""
-    headers = {}
+    chain made only of permanent ones (301/308) can be reported as the feed's new address.
+    ``credentials`` go with each hop on the source's own site (``request_credentials``)."""
+    conditional = {}
     if etag:
-        headers["If-None-Match"] = etag
+        conditional["If-None-Match"] = etag
     if last_modified:
-        headers["If-Modified-Since"] = last_modified
+        conditional["If-Modified-Since"] = last_modified
     now = datetime.now(UTC)
     deadline = time.monotonic() + limits.total_timeout_s
     current = url
@@ -185,8 +208,10 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
     for _hop in range(limits.max_redirects + 1):
         if limits.block_private_addresses:
             refuse_private_address(source, current)
+        extra, auth = request_credentials(credentials, current)
         try:
-            with client.stream("GET", current, headers=headers) as response:
+            with client.stream("GET", current, headers={**extra, **conditional},
+                               auth=auth) as response:
                 if response.has_redirect_location:
                     target = str(response.url.join(response.headers.get("location", "")))
                     scheme = urlsplit(target).scheme
@@ -222,7 +247,10 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
     if outcome is Outcome.GONE:
         raise SourceGoneError(source, f"{final_url} answered 410 Gone", status)
     if outcome in (Outcome.THROTTLED, Outcome.ERROR):
-        raise FetchError(source, f"{final_url} answered HTTP {status}", status, retry_after)
+        hint = (": it wants credentials (username and password, or headers, in the "
+                "source's configuration), or refused those sent" if status == 401 else "")
+        raise FetchError(source, f"{final_url} answered HTTP {status}{hint}", status,
+                         retry_after)
     body = _limited_body(response, source, final_url, limits, deadline)
     if outcome is Outcome.NOT_MODIFIED:
         # Read all the same (it should be empty): an unread response closes its connection,
@@ -262,10 +290,11 @@ def _limited_body(response: httpx.Response, source: str, final_url: str, limits:
 
 
 def fetch(client: httpx.Client | None, source: str, url: str, etag: str | None,
-          last_modified: str | None, limits: FetchLimits) -> FetchResult:
+          last_modified: str | None, limits: FetchLimits,
+          credentials: Credentials | None = None) -> FetchResult:
     scheme = urlsplit(url).scheme
     if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
         return fetch_local(source, url, last_modified, limits)
     if client is None:
         raise FetchError(source, "no HTTP client available")
-    return fetch_http(client, source, url, etag, last_modified, limits)
+    return fetch_http(client, source, url, etag, last_modified, limits, credentials)

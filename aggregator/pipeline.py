@@ -744,7 +744,8 @@ class Aggregator:
             with self._host_slot(row.url):
                 fetched.result = fetching.fetch(self.client if not source.is_local else None,
                                                 source.name, row.url, row.etag,
-                                                row.last_modified, self.limits)
+                                                row.last_modified, self.limits,
+                                                source.credentials)
             if fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED:
                 document = self._parsed_and_prepared(source, fetched.result, fetched.started)
                 if document.entries_in_feed > MAX_ENTRIES_PER_FETCH:

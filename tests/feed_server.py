@@ -21,6 +21,8 @@ class Reply:
     endless: bool = False
     trickle_s: float = 0.0
     body_factory: object = None  # a callable returning fresh bytes on each request
+    # Request headers the reply needs (credentials): without them, 401 Unauthorized.
+    requires: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +78,13 @@ class FeedServer:
                         reply = replies[0] if len(replies) == 1 else replies.pop(0)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if any(self.headers.get(name) != value
+                       for name, value in reply.requires.items()):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="feeds"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = dict(reply.headers)
                 etag = headers.get("ETag")
                 if (reply.honour_etag and etag and reply.status == 200

@@ -117,6 +117,8 @@ def test_the_readme_configuration_example_is_valid(tmp_path):
     example = re.search(r"```toml\n(.*?)```", readme, re.DOTALL).group(1)
     path = tmp_path / "example.toml"
     path.write_text(example, encoding="utf-8")
-    config = load_config(path, environ={})
+    # The example's private feed reads its password from the environment.
+    config = load_config(path, environ={"FEED_PASSWORD": "s3cret"})
     assert config.sources[0].name == "Example"
+    assert config.sources[0].credentials.password == "s3cret"
     assert config.service_groups == (("tumblr", ("*.tumblr.com", "tumblr.com")),)

@@ -777,3 +777,113 @@ def test_a_service_group_shares_one_limit_spacing_and_cooldown(tmp_path, feed_se
     # The 429 from localhost cools the whole group, 127.0.0.1 included, for its two hours.
     assert aggregator.due_sources(datetime.now(UTC) + timedelta(hours=1)) == []
     assert len(aggregator.due_sources(datetime.now(UTC) + timedelta(hours=3))) == 5
+
+
+BASIC_ANN = "Basic " + __import__("base64").b64encode(b"ann:s3cret").decode()
+
+
+def test_credentials_go_with_every_request_to_the_sources_own_site_and_nowhere_else(
+        feed_server):
+    from aggregator.config import Credentials
+    from aggregator.errors import FetchError
+
+    feed_server.route("/private", Reply(200, FEED, requires={"Authorization": BASIC_ANN,
+                                                             "X-Api-Key": "k1"}))
+    # A redirect to the same feed on another site (another host name for this server).
+    elsewhere = feed_server.url("/private").replace("127.0.0.1", "localhost")
+    feed_server.route("/away", Reply(302, b"", {"Location": elsewhere}))
+    feed_server.route("/here", Reply(302, b"", {"Location": "/private"}))
+    limits = FetchLimits(user_agent="test")
+    credentials = Credentials(site=feed_server.url("/here"), username="ann", password="s3cret",
+                              headers=(("X-Api-Key", "k1"), ("User-Agent", "custom/1")))
+    with make_client(limits) as client:
+        # On its own site, across a redirect there too.
+        result = fetch_http(client, "s", feed_server.url("/here"), None, None, limits,
+                            credentials)
+        assert result.outcome is Outcome.OK and result.body == FEED
+        # Without them: a 401 that says what to do.
+        with pytest.raises(FetchError, match="wants credentials"):
+            fetch_http(client, "s", feed_server.url("/private"), None, None, limits)
+        # Redirected to another site, the request there carries none of them.
+        with pytest.raises(FetchError, match="answered HTTP 401"):
+            fetch_http(client, "s", feed_server.url("/away"), None, None, limits, credentials)
+    sent = [(r.headers.get("Host", "").split(":")[0], r.headers.get("Authorization"),
+             r.headers.get("X-Api-Key"), r.headers.get("User-Agent"))
+            for r in feed_server.requests_to("/private")]
+    assert sent == [("127.0.0.1", BASIC_ANN, "k1", "custom/1"),
+                    ("127.0.0.1", None, None, "test"),
+                    ("localhost", None, None, "test")]
+
+
+def test_a_source_with_credentials_is_polled_with_them_and_its_moved_feed_without(
+        tmp_path, feed_server):
+    # Configured credentials reach the feed through the daemon; once the feed has moved
+    # for good to another site, they stay behind.
+    feed_server.route("/private", Reply(200, FEED, requires={"Authorization": BASIC_ANN}))
+    config = write_config(tmp_path / "c.toml", [{
+        "name": "private", "url": feed_server.url("/private"), "username": "ann",
+        "password_env": "FEED_PASSWORD"}])
+    aggregator = Aggregator(load_config(config, environ={"FEED_PASSWORD": "s3cret"}))
+    try:
+        report = aggregator.refresh(aggregator.config.source("private"))
+        assert report.outcome == "ok" and report.new_articles > 0
+        assert "s3cret" not in repr(aggregator.config.source("private"))
+        moved = feed_server.url("/private").replace("127.0.0.1", "localhost")
+        with aggregator.store.transaction() as conn:
+            conn.execute("UPDATE sources SET url = ? WHERE name = 'private'", [moved])
+        again = aggregator.refresh(aggregator.config.source("private"))
+        assert again.outcome == "error" and "wants credentials" in again.error
+    finally:
+        aggregator.close()
+    assert [r.headers.get("Authorization") for r in feed_server.requests_to("/private")] == \
+        [BASIC_ANN, None]
+
+
+@pytest.mark.parametrize(("keys", "environ", "error"), [
+    ({"username": "ann", "password": "s3cret"}, {}, None),
+    ({"username": "ann", "password_env": "P"}, {"P": "s3cret"}, None),
+    ({"headers": {"X-Api-Key": "k1", "User-Agent": "mine/1"}}, {}, None),
+    ({"username": "ann"}, {}, "key 'password': username and password come together"),
+    ({"password": "s3cret"}, {}, "key 'username': username and password come together"),
+    ({"username": "ann", "password_env": "P"}, {}, "environment variable P is not set"),
+    ({"username": "ann", "password": "a", "password_env": "P"}, {"P": "b"}, "not both"),
+    ({"headers": {"If-None-Match": "x"}}, {}, "If-None-Match is set by the fetcher"),
+    ({"username": "ann", "password": "a", "headers": {"Authorization": "x"}}, {},
+     "from username and password"),
+    ({"headers": {"Bad Name": "x"}}, {}, "'Bad Name' is not a header name"),
+    ({"headers": {"X-Key": "a\nInjected: b"}}, {}, "X-Key: expected a string on one line"),
+    ({"headers": "X-Key: a"}, {}, "key 'headers': expected a table"),
+])
+def test_credentials_in_the_configuration_are_checked(tmp_path, keys, environ, error):
+    from aggregator.errors import ConfigError
+
+    lines = ['database = "t.db"', "[[sources]]", 'name = "private"',
+             'url = "https://feeds.example/private.xml"']
+    for key, value in keys.items():
+        if isinstance(value, dict):
+            lines.append(f"{key} = {{ " + ", ".join(
+                f'"{name}" = {json_string(text)}' for name, text in value.items()) + " }")
+        else:
+            lines.append(f"{key} = {json_string(value)}")
+    path = tmp_path / "c.toml"
+    path.write_text("\n".join(lines) + "\n")
+    if error is None:
+        credentials = load_config(path, environ=environ).source("private").credentials
+        assert credentials.site == "https://feeds.example/private.xml"
+        assert "s3cret" not in repr(credentials) and "k1" not in repr(credentials)
+        return
+    with pytest.raises(ConfigError, match=error):
+        load_config(path, environ=environ)
+
+
+def json_string(value: str) -> str:
+    return __import__("json").dumps(value)
+
+
+def test_credentials_for_a_local_file_are_refused(tmp_path):
+    from aggregator.errors import ConfigError
+
+    config = write_config(tmp_path / "c.toml", [{"name": "local", "url": "feed.xml",
+                                                 "username": "ann", "password": "x"}])
+    with pytest.raises(ConfigError, match="credentials apply to http"):
+        load_config(config, environ={})
