@@ -131,8 +131,9 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         reports = aggregator.run_pass(force=force_all)
         for report in reports:
             detail = f": {report.error}" if report.error else ""
+            filtered = f", {report.filtered} filtered out" if report.filtered else ""
             click.echo(f"{report.source}: {report.outcome}, {report.entries} entries, "
-                       f"{report.new_articles} new{detail}")
+                       f"{report.new_articles} new{filtered}{detail}")
         if not reports:
             click.echo("no source is due")
         return

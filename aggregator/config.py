@@ -100,6 +100,23 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class EntryFilter:
+    """Which new entries of a source are stored: those whose title or link matches one of
+    the ``include`` patterns (when there are any) and none of the ``exclude`` patterns
+    (regular expressions, ``re.search``; ``(?i)`` for any case)."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def keeps(self, title: str, link: str | None) -> bool:
+        def matches(patterns: tuple[str, ...]) -> bool:
+            return any(re.search(pattern, title) or (link and re.search(pattern, link))
+                       for pattern in patterns)
+
+        return (not self.include or matches(self.include)) and not matches(self.exclude)
+
+
+@dataclass(frozen=True)
 class Source:
     name: str
     url: str
@@ -110,6 +127,7 @@ class Source:
     full_text: bool = False
     adaptive: bool = False
     credentials: Credentials | None = None
+    entry_filter: EntryFilter | None = None
 
     @property
     def is_local(self) -> bool:
@@ -346,14 +364,16 @@ def _load_http(path: str, table: Any) -> HttpSettings:
 
 
 def _load_source(path: str, base: Path, index: int, table: Any,
-                 default_interval_s: float, environ: Mapping[str, str]) -> Source:
+                 default_interval_s: float, environ: Mapping[str, str],
+                 excluded_everywhere: tuple[str, ...]) -> Source:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key=f"sources[{index}]")
     name = table.get("name")
     label = name if isinstance(name, str) and name.strip() else f"#{index + 1}"
     reader = _Reader(path, table, source=label)
     reader.reject_unknown({"name", "url", "interval", "priority", "tags", "enabled",
-                           "full_text", "username", "password", "password_env", "headers"})
+                           "full_text", "username", "password", "password_env", "headers",
+                           "include", "exclude"})
     if "name" not in table:
         raise reader.fail("name", "is required")
     name = reader.get("name", str, "")
@@ -377,7 +397,28 @@ def _load_source(path: str, base: Path, index: int, table: Any,
         enabled=reader.get("enabled", bool, True),
         full_text=reader.get("full_text", bool, False),
         credentials=_load_credentials(reader, url, environ),
+        entry_filter=_load_filter(reader, excluded_everywhere),
     )
+
+
+def _patterns(reader: _Reader, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each checked here, so that a broken one is reported
+    with its key at start-up and not at the first entry it meets."""
+    patterns = reader.get(key, list, [])
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise reader.fail(key, "expected a list of regular expressions (strings)")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise reader.fail(key, f"{pattern!r} is not a regular expression: {exc}") from None
+    return tuple(patterns)
+
+
+def _load_filter(reader: _Reader, excluded_everywhere: tuple[str, ...]) -> EntryFilter | None:
+    include = _patterns(reader, "include")
+    exclude = excluded_everywhere + _patterns(reader, "exclude")
+    return EntryFilter(include, exclude) if include or exclude else None
 
 
 # An HTTP header's name (RFC 9110 token), and the headers a source may not set: the
@@ -454,15 +495,18 @@ def load_config(path: str | os.PathLike[str] | None = None,
                         "workers", "write_behind", "block_private_addresses",
                         "permanent_redirect_after",
                         "min_host_interval", "min_interval", "max_interval", "retention",
-                        "service_groups", "clustering", "http", "sources"})
+                        "exclude", "service_groups", "clustering", "http", "sources"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
+    # Entries no source stores (``exclude`` at the top), before each source's own.
+    excluded_everywhere = _patterns(top, "exclude")
     sources_raw = top.get("sources", list, [])
     sources: list[Source] = []
     seen: set[str] = set()
     for index, table in enumerate(sources_raw):
-        source = _load_source(shown, base, index, table, default_interval_s, environ)
+        source = _load_source(shown, base, index, table, default_interval_s, environ,
+                              excluded_everywhere)
         if source.name in seen:
             raise ConfigError(shown, "duplicate source name", source=source.name, key="name")
         seen.add(source.name)

@@ -43,7 +43,7 @@ from .cluster import (
     low_bits,
     window_start,
 )
-from .config import ClusteringSettings, Config, Source
+from .config import ClusteringSettings, Config, EntryFilter, Source
 from .errors import (
     AggregatorError,
     FetchError,
@@ -247,6 +247,8 @@ class RefreshReport:
     entries: int = 0
     new_articles: int = 0
     repeats: int = 0
+    # New entries that the source's ``include``/``exclude`` patterns left out.
+    filtered: int = 0
     error: str | None = None
     # Each new article's id and decision; None where nobody reads them: a pass keeps its
     # reports to its end, and a decision with its candidates holds 2-3 KB (what ``aggregator
@@ -527,6 +529,7 @@ class Aggregator:
     def __init__(self, config: Config, store: Store | None = None):
         self.config = config
         self.settings = config.clustering
+        self._sources_by_name = {source.name: source for source in config.sources}
         self.store = store or Store(config.database)
         # Fetch threads and worker processes open their own read-only connections to it.
         self._database = str(Path(self.store.path).resolve())
@@ -611,6 +614,7 @@ class Aggregator:
             self._settle_in_flight()
             self.store.sync_sources(config.sources)
             self.config = replace(config, clustering=settings)
+            self._sources_by_name = {source.name: source for source in config.sources}
             self.settings = settings
             self.clusterer.settings = settings
         if self.worker_count != workers_before:
@@ -785,7 +789,10 @@ class Aggregator:
                                       [k for _entry, keys in keyed for k in keys])
         result = []
         for entry, keys in keyed:
-            if (entry.link and entry.link.startswith(("http://", "https://"))
+            # An entry the source's patterns leave out costs its site no page request.
+            wanted = source.entry_filter is None or source.entry_filter.keeps(entry.title,
+                                                                              entry.link)
+            if (wanted and entry.link and entry.link.startswith(("http://", "https://"))
                     and not known.intersection(keys)):
                 entry = self._page_text(source, entry)
             result.append(entry)
@@ -1249,10 +1256,14 @@ class Aggregator:
         word_counts: list[int | None] = []
         # Keys stored before this batch, and those of the batch's own earlier entries.
         seen = self._reads.known_keys([k for a in prepared.articles for k in a.identity_keys])
+        entry_filter = self._entry_filter(source)
         for number, (article, feature) in enumerate(zip(prepared.articles, prepared.features,
                                                         strict=True)):
             if seen.intersection(article.identity_keys):
                 report.repeats += 1
+                continue
+            if entry_filter is not None and not entry_filter.keeps(article.title, article.url):
+                report.filtered += 1
                 continue
             seen.update(article.identity_keys)
             fresh.append(article)
@@ -1284,6 +1295,12 @@ class Aggregator:
         self._cluster_and_store(conn, staged, [(source_id, source, priority, article, None)
                                                for article in stripped], report,
                                 features=features)
+
+    def _entry_filter(self, source: str) -> EntryFilter | None:
+        """The configured source's entry filter; None for a source no longer configured
+        (its entries come from ``ingest_entries``: eval, imports)."""
+        configured = self._sources_by_name.get(source)
+        return configured.entry_filter if configured else None
 
     def _store_unclustered(self, conn, source_id: int, articles: list[NormalizedArticle],
                            word_counts: list[int], report: RefreshReport) -> None:

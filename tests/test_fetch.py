@@ -887,3 +887,71 @@ def test_credentials_for_a_local_file_are_refused(tmp_path):
                                                  "username": "ann", "password": "x"}])
     with pytest.raises(ConfigError, match="credentials apply to http"):
         load_config(config, environ={})
+
+
+@pytest.mark.parametrize(("include", "exclude", "title", "link", "kept"), [
+    ((), (), "Harbour bridge reopens", "https://n.example/a", True),
+    ((), ("(?i)sponsored",), "SPONSORED: a better mattress", "https://n.example/b", False),
+    ((), ("(?i)sponsored",), "Harbour bridge reopens", "https://n.example/sponsored/c", False),
+    ((), ("(?i)sponsored",), "Harbour bridge reopens", None, True),
+    (("(?i)bridge|ferry",), (), "Ferry strike ends", "https://n.example/d", True),
+    (("(?i)bridge|ferry",), (), "Election results", "https://n.example/e", False),
+    (("/world/",), ("(?i)live:",), "Live: election results", "https://n.example/world/f",
+     False),
+    (("/world/",), ("(?i)live:",), "Election results", "https://n.example/world/g", True),
+])
+def test_an_entry_is_kept_when_an_include_pattern_matches_and_no_exclude_pattern(
+        include, exclude, title, link, kept):
+    from aggregator.config import EntryFilter
+
+    assert EntryFilter(include, exclude).keeps(title, link) is kept
+
+
+def _items(*entries: tuple[str, str]) -> bytes:
+    return ("<rss version='2.0'><channel><title>Desk</title>" + "".join(
+        f"<item><title>{title}</title><link>{link}</link><guid>{link}</guid>"
+        f"<description>{title}, reported at length by the desk.</description></item>"
+        for title, link in entries) + "</channel></rss>").encode()
+
+
+def test_filtered_entries_are_not_stored_and_their_pages_are_not_fetched(tmp_path,
+                                                                         feed_server):
+    base = feed_server.url("/news")
+    feed_server.route("/desk", Reply(200, _items(
+        ("Harbour bridge reopens", f"{base}/bridge"),
+        ("Sponsored: a better mattress", f"{base}/mattress"),
+        ("Ferry strike ends", f"{base}/promo/ferry"))))
+    for page in ("bridge", "mattress", "promo/ferry"):
+        feed_server.route(f"/news/{page}", Reply(200, ARTICLE_PAGE,
+                                                 {"Content-Type": "text/html"}))
+    config = write_config(tmp_path / "c.toml", [
+        {"name": "desk", "url": feed_server.url("/desk"), "full_text": True,
+         "exclude": ["/promo/"]}], extra='exclude = ["(?i)^sponsored"]')
+    result = CliRunner().invoke(main, ["run", "--once", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "desk: ok, 3 entries, 1 new, 2 filtered out" in result.output
+    result = CliRunner().invoke(main, ["run", "--once", "--all", "--config", str(config)])
+    assert "desk: ok, 3 entries, 0 new, 2 filtered out" in result.output
+    aggregator = Aggregator(load_config(config, environ={}))
+    assert aggregator.store.db.execute("SELECT url FROM articles").fetchall() == \
+        [(f"{base}/bridge",)]
+    aggregator.close()
+    assert len(feed_server.requests_to("/news/bridge")) == 1
+    assert feed_server.requests_to("/news/mattress") == []
+    assert feed_server.requests_to("/news/promo/ferry") == []
+
+
+@pytest.mark.parametrize(("extra", "source_keys", "error"), [
+    ('exclude = ["(unclosed"]', {}, "key 'exclude': '(unclosed' is not a regular expression"),
+    ("", {"include": ["ok", 3]}, "expected a list of regular expressions"),
+    ("", {"exclude": "(?i)sponsored"}, "key 'exclude': expected a list"),
+])
+def test_entry_patterns_are_checked_when_the_configuration_loads(tmp_path, extra,
+                                                                  source_keys, error):
+    from aggregator.errors import ConfigError
+
+    config = write_config(tmp_path / "c.toml", [{"name": "desk", "url": "https://n.example/f",
+                                                 **source_keys}], extra=extra)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config, environ={})
+    assert error in str(raised.value)
