@@ -61,7 +61,7 @@ def test_the_worker_benchmark_measures_the_daemons_worker():
 
 
 def test_the_retention_benchmark_keeps_the_store_level_beside_one_that_grows():
-    result = _last_json("benchmarks/retention.py", "--days", "11", "--per-day", "40",
+    result = _last_json("benchmarks/retention.py", "--days", "10", "--per-day", "20",
                         "--tables")
     assert result["purged_articles"] > 0 and result["purge_articles_per_s"] > 0
     assert result["kept_articles"] + result["purged_articles"] == result["articles"]
