@@ -327,6 +327,9 @@ class StoreCollector:
                 coalesce(sum(relation = 'same_story'), 0) AS same_story FROM articles""")[0]
         yield CounterMetricFamily("aggregator_articles_ingested", "Articles stored",
                                   value=counts["articles"] + purged.get(PURGED_ARTICLES, 0))
+        yield CounterMetricFamily("aggregator_articles_purged",
+                                  "Articles deleted by retention (the retention setting)",
+                                  value=purged.get(PURGED_ARTICLES, 0))
         yield CounterMetricFamily("aggregator_duplicates", "Articles linked as duplicates",
                                   value=counts["duplicates"]
                                   + purged.get(PURGED_DUPLICATES, 0))
