@@ -13,8 +13,10 @@ Deleting runs in transactions of ``PURGE_STORIES_AT_ONCE`` stories, so that the 
 the readers are never held up for long: the daemon runs one pass an hour between its
 writes, ``aggregator purge`` on demand.  A process that keeps a window in memory
 (``aggregator run``) holds the store's window lock shared (``holding_window``), and
-``aggregator purge`` deletes only while it can hold it alone (``window_to_self``): a window
-may hold a story past its time until the next eviction, which only its own process knows.
+``aggregator purge`` deletes (and ``aggregator recluster`` rebuilds stories) only while it
+can hold it alone (``window_to_self``): a window may hold a story past its time until its
+next eviction (every ``EVICT_EVERY`` articles, and before the daemon purges), which only its
+own process knows.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ PURGE_STORIES_AT_ONCE = 500
 PURGE_FETCHES_AT_ONCE = 5000
 log = logging.getLogger(__name__)
 
-# How far behind the window's start a story must be: the daemon evicts at each write, and a
-# write group in flight may move the window on before the purge sees its rows.
+# How far behind the window's start a story must be: a write group in flight may move the
+# window on before the purge sees its rows.
 WINDOW_MARGIN = timedelta(days=1)
 
 
