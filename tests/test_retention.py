@@ -286,12 +286,17 @@ def test_retention_is_off_or_longer_than_the_window(tmp_path, value, error):
     assert "retention" in str(raised.value) and error in str(raised.value)
 
 
-def test_the_purge_command_counts_then_deletes(tmp_path):
+def filled_config(tmp_path):
+    """``filled``'s store, closed, and a configuration file naming it and its sources."""
     aggregator, _stories = filled(tmp_path)
     aggregator.close()
-    config = write_config(tmp_path / "c.toml", [{"name": "desk", "url": "d.xml"},
-                                               {"name": "wire", "url": "w.xml"}],
-                          database=str(tmp_path / "r.db"))
+    return write_config(tmp_path / "c.toml", [{"name": "desk", "url": "d.xml"},
+                                              {"name": "wire", "url": "w.xml"}],
+                        database=str(tmp_path / "r.db"))
+
+
+def test_the_purge_command_counts_then_deletes(tmp_path):
+    config = filled_config(tmp_path)
 
     def purge(*args):
         return subprocess.run([sys.executable, "-m", "aggregator.cli", "purge", "--config",
@@ -345,11 +350,7 @@ def test_the_newest_article_and_story_ids_are_never_given_again(tmp_path):
 def test_recluster_refuses_while_a_daemon_keeps_a_window_of_the_store(tmp_path):
     # The daemon's window would keep the stories that recluster dissolves, and under new
     # settings their ids go to other stories.
-    aggregator, _stories = filled(tmp_path)
-    aggregator.close()
-    config = write_config(tmp_path / "c.toml", [{"name": "desk", "url": "d.xml"},
-                                               {"name": "wire", "url": "w.xml"}],
-                          database=str(tmp_path / "r.db"))
+    config = filled_config(tmp_path)
     def stories():
         with closing(sqlite3.connect(tmp_path / "r.db")) as reader:
             return reader.execute("SELECT id, canonical_article_id FROM stories").fetchall()
