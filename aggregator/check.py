@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .config import ClusteringSettings
 from .fingerprint import Signer, shingles
-from .readers import PURGED_DOCUMENTS
+from .readers import PURGED_DOCUMENTS, purged_totals
 from .store import Store
 
 MAX_REPORTED = 20
@@ -118,9 +118,10 @@ def check_store(store: Store, settings: ClusteringSettings,
 def _check_statistics(store: Store) -> list[Violation]:
     """The statistics count every article placed, those that retention deleted since
     (``Store.purge_stories``) included: their share is recorded apart and added back."""
-    documents, _rows = store.term_statistics()
+    documents = int(store.db.execute(
+        "SELECT value FROM meta WHERE key = 'documents'").fetchone()[0])
     real: Counter[str] = Counter()
-    articles = Store.purged_totals(store.db.conn).get(PURGED_DOCUMENTS, 0)
+    articles = purged_totals(store.db.conn).get(PURGED_DOCUMENTS, 0)
     for (terms,) in store.db.execute("SELECT a.counted_terms FROM articles a JOIN "
                                      "article_fingerprints f ON f.article_id = a.id"):
         real.update(terms.split())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__
-from .config import ClusteringSettings, load_config, parse_duration
+from .config import ClusteringSettings, load_config, parse_duration, too_short_a_retention
 from .errors import AggregatorError, ConfigError
 
 if TYPE_CHECKING:
@@ -560,18 +560,21 @@ def recluster(config_path, since) -> None:
 
     config = load_config(config_path)
     start = _since_date(since)
-    aggregator = Aggregator(config)
-    try:
-        with window_alone(config.database, "stop it, recluster, then start it again"), \
-                click.progressbar(length=1, label="reclustering", file=sys.stderr) as bar:
-            def advance(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - bar.pos)
+    store = store_at(config.database)
+    # Refused before the window is loaded, which takes seconds on a large store.
+    with window_alone(config.database, "stop it, recluster, then start it again"):
+        aggregator = Aggregator(config, store)
+        try:
+            with click.progressbar(length=1, label="reclustering", file=sys.stderr) as bar:
+                def advance(done: int, total: int) -> None:
+                    bar.length = total
+                    bar.update(done - bar.pos)
 
-            placed = aggregator.recluster(start, progress=advance)
-        stories_now = aggregator.store.db.execute("SELECT count(*) FROM stories").fetchone()[0]
-    finally:
-        aggregator.close()
+                placed = aggregator.recluster(start, progress=advance)
+            stories_now = aggregator.store.db.execute(
+                "SELECT count(*) FROM stories").fetchone()[0]
+        finally:
+            aggregator.close()
     click.echo(f"placed {placed} articles again; {stories_now} stories in the database")
 
 
@@ -612,9 +615,8 @@ def purge(config_path, older_than, dry_run) -> None:
             retention_s = parse_duration(older_than)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--older-than") from None
-        if retention_s < (window_days + 1) * 86400:
-            raise click.BadParameter(f"must be at least clustering.window_days plus one day "
-                                     f"({window_days + 1:g}d)", param_hint="--older-than")
+        if shortfall := too_short_a_retention(retention_s, config.clustering):
+            raise click.BadParameter(f"must be {shortfall}", param_hint="--older-than")
     if not retention_s:
         raise click.UsageError(f"{config.path}: retention is 0 (keep everything): set "
                                "retention in the configuration or give --older-than")
@@ -622,8 +624,7 @@ def purge(config_path, older_than, dry_run) -> None:
     try:
         now = datetime.now(UTC)
         if dry_run:
-            report = retention.purge_batch(store, store.db.conn, now, retention_s,
-                                           window_days, dry_run=True)
+            report = retention.count_due(store, store.db.conn, now, retention_s, window_days)
             click.echo(f"would delete {report}")
             return
         with window_alone(config.database, "it deletes what retention no longer keeps on "

@@ -467,6 +467,15 @@ def _load_credentials(reader: _Reader, url: str,
                        headers=tuple(headers))
 
 
+def too_short_a_retention(retention_s: float, clustering: ClusteringSettings) -> str | None:
+    """Why ``retention_s`` is too short a retention period, None if it is not: a story may
+    leave the store only once it has left the clustering window, which reads its members'
+    rows back."""
+    if retention_s >= (clustering.window_days + 1) * _DURATION_UNITS["d"]:
+        return None
+    return f"at least clustering.window_days plus one day ({clustering.window_days + 1:g}d)"
+
+
 def load_config(path: str | os.PathLike[str] | None = None,
                 environ: dict[str, str] | None = None) -> Config:
     """Read the configuration named by ``path``, else ``$AGGREGATOR_CONFIG``, else the default.
@@ -514,12 +523,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
     clustering = _load_clustering(shown, raw.get("clustering", {}))
     retention_s = _optional_duration(top, "retention")
-    if retention_s and retention_s < (clustering.window_days + 1) * _DURATION_UNITS["d"]:
-        # A story may leave the store only once it has left the clustering window, which
-        # reads its members' rows back.
-        raise top.fail("retention", "must be 0 (keep everything) or at least "
-                                    "clustering.window_days plus one day "
-                                    f"({clustering.window_days + 1:g}d)")
+    if retention_s and (shortfall := too_short_a_retention(retention_s, clustering)):
+        raise top.fail("retention", f"must be 0 (keep everything) or {shortfall}")
     database = environ.get(DB_ENV) or top.get("database", str, "aggregator.db")
     if database != ":memory:":
         database = _resolve_path(base, database) if DB_ENV not in environ else database

@@ -21,8 +21,7 @@ import httpx
 
 from .config import Credentials
 from .errors import FetchError, SourceGoneError
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
+from .normalize import DEFAULT_PORTS
 
 
 class Outcome(StrEnum):

@@ -25,7 +25,7 @@ _TRACKING_PARAMS = re.compile(
     r"outputtype|amp)$",
     re.IGNORECASE,
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def canonical_url(url: str | None) -> str | None:
@@ -50,7 +50,7 @@ def canonical_url(url: str | None) -> str | None:
         host = host[4:]
     if host.startswith("amp."):
         host = host[4:]
-    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
     path = re.sub(r"/{2,}", "/", parts.path or "/")
     path = re.sub(r"/amp(?:\.html)?/?$", "/", path)
     path = re.sub(r"\.amp(\.html?)$", r"\1", path)

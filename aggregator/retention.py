@@ -85,21 +85,32 @@ class PurgeReport:
                 f"{self.fetch_attempts:,} fetch attempts")
 
 
-def purge_batch(store: Store, conn: sqlite3.Connection, now: datetime, retention_s: float,
-                window_days: float, held: Container[int] = (),
-                dry_run: bool = False) -> PurgeReport:
-    """One transaction's worth, in the transaction open on ``conn``: at most
-    ``PURGE_STORIES_AT_ONCE`` stories and ``PURGE_FETCHES_AT_ONCE`` fetch attempts.
-    ``held``: stories the caller's clustering window holds, never deleted.  With
-    ``dry_run`` nothing is deleted and the report counts everything that would be."""
-    # The store's own connection: ``conn`` is it, in its open transaction.
-    cutoffs = purge_cutoffs(now, retention_s, store.newest_published(),
-                            store.window_floor(), window_days)
+def _cutoffs(store: Store, now: datetime, retention_s: float,
+             window_days: float) -> Cutoffs | None:
+    """``purge_cutoffs`` as the store stands, read through its own connection (in its open
+    transaction, if any)."""
+    return purge_cutoffs(now, retention_s, store.newest_published(), store.window_floor(),
+                         window_days)
+
+
+def count_due(store: Store, conn: sqlite3.Connection, now: datetime, retention_s: float,
+              window_days: float) -> PurgeReport:
+    """Everything that ``purge`` would delete now, counted, nothing deleted."""
+    cutoffs = _cutoffs(store, now, retention_s, window_days)
     if cutoffs is None:
         return PurgeReport()
-    if dry_run:
-        return PurgeReport(*store.count_expired(conn, cutoffs.seen_before,
-                                                cutoffs.published_before))
+    return PurgeReport(*store.count_expired(conn, cutoffs.seen_before,
+                                            cutoffs.published_before))
+
+
+def purge_batch(store: Store, conn: sqlite3.Connection, now: datetime, retention_s: float,
+                window_days: float, held: Container[int] = ()) -> PurgeReport:
+    """One transaction's worth, in the transaction open on ``conn``: at most
+    ``PURGE_STORIES_AT_ONCE`` stories and ``PURGE_FETCHES_AT_ONCE`` fetch attempts.
+    ``held``: stories the caller's clustering window holds, never deleted."""
+    cutoffs = _cutoffs(store, now, retention_s, window_days)
+    if cutoffs is None:
+        return PurgeReport()
     stories = [story_id for story_id in store.expired_stories(
         conn, cutoffs.seen_before, cutoffs.published_before, PURGE_STORIES_AT_ONCE)
         if story_id not in held]
@@ -137,35 +148,39 @@ def window_lock_path(database: str) -> str:
 
 
 @contextmanager
+def _window_lock_file(database: str) -> Iterator[int]:
+    """The lock file's descriptor; its lock goes with it when it is closed."""
+    lock = os.open(window_lock_path(database), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        yield lock
+    finally:
+        os.close(lock)
+
+
+@contextmanager
 def holding_window(database: str) -> Iterator[None]:
     """The window lock of ``database``, shared, for as long as this process keeps a window
     of it in memory; it waits for an ``aggregator purge`` that is deleting."""
     if database == ":memory:":
         yield
         return
-    lock = os.open(window_lock_path(database), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _window_lock_file(database) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             log.warning("waiting for aggregator purge to finish with %s", database)
             fcntl.flock(lock, fcntl.LOCK_SH)
         yield
-    finally:
-        os.close(lock)
 
 
 @contextmanager
 def window_to_self(database: str) -> Iterator[bool]:
     """The window lock of ``database`` held alone, if no other process holds it: yields
     whether it is (False while a daemon runs on the store)."""
-    lock = os.open(window_lock_path(database), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _window_lock_file(database) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         yield True
-    finally:
-        os.close(lock)

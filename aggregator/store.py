@@ -39,7 +39,6 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
-    purged_totals,
     read_only_connection,
     select_in,
     stored_keys,
@@ -1602,7 +1601,8 @@ class Store:
     @staticmethod
     def purge_fetch_attempts(conn: sqlite3.Connection, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` of the oldest fetch attempts started before ``before``;
-        returns how many.  Each outcome's count is kept in ``meta`` (``purged_totals``)."""
+        returns how many.  Each outcome's count is kept in ``meta``
+        (``readers.purged_totals``)."""
         ids = [row[0] for row in conn.execute(
             "SELECT id FROM fetch_attempts WHERE started_at < ? ORDER BY started_at LIMIT ?",
             [to_iso(before), limit])]
@@ -1625,8 +1625,6 @@ class Store:
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
             "DO UPDATE SET value = CAST(value AS INTEGER) + ?2",
             [(key, count) for key, count in totals.items() if count])
-
-    purged_totals = staticmethod(purged_totals)
 
     # -- articles ---------------------------------------------------------------------------
 
