@@ -13,12 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
-from .config import ClusteringSettings, load_config, parse_duration, too_short_a_retention
+from .config import (
+    ClusteringSettings,
+    config_file_path,
+    load_config,
+    parse_duration,
+    too_short_a_retention,
+)
 from .errors import AggregatorError, ConfigError
 
 if TYPE_CHECKING:
@@ -444,12 +451,113 @@ def import_opml_command(config_path, opml_file) -> None:
     Example:
         aggregator import-opml subscriptions.opml
     """
-    from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH
     from .opml import import_opml
 
-    path = config_path or os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG_PATH)
+    path = str(config_file_path(config_path))
     added, skipped = import_opml(path, opml_file)
     click.echo(f"added {len(added)} sources to {path}; skipped {len(skipped)} already there")
+
+
+def _feed_address(url: str) -> str:
+    """A URL as typed, made fetchable: ``example.com`` means https, a local file is made
+    absolute."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        return url
+    if Path(url).exists():
+        return str(Path(url).resolve())
+    return f"https://{url}"
+
+
+def _comparable(url: str) -> str:
+    from .normalize import canonical_url
+
+    return (canonical_url(url) or url) if url.startswith(("http://", "https://")) else url
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("url")
+@click.option("--name", default=None, help="The source's name [default: the feed's title].")
+@click.option("--tag", "tags", multiple=True, help="A tag for the source (repeatable).")
+@click.option("--interval", default=None,
+              help='How often to poll it, e.g. "15m", or "adaptive" [default: default_interval].')
+@click.option("--priority", type=int, default=None, help="Higher wins the canonical election.")
+@click.option("--full-text", is_flag=True,
+              help="Fetch each new entry's page for its article text (summary-only feeds).")
+@click.option("--dry-run", is_flag=True, help="Find the feed and show its table; change nothing.")
+@handle_errors
+def add(config_path, url, name, tags, interval, priority, full_text, dry_run) -> None:
+    """Find the feed of URL (a feed, or a web page that names one) and add it as a source.
+
+    A web page's advertised feeds (<link rel="alternate">) are the candidates; where it
+    names none, the usual addresses (/feed, /rss.xml, /atom.xml...) are tried.  Every
+    candidate is fetched and parsed under the configuration's limits and User-Agent.  When
+    the page names several feeds, they are listed and nothing is added: add the one you
+    want by its URL.  The configuration file is changed only if the result is valid; a
+    running daemon polls the new source at once.  Exit status 0 when the source was added
+    (or is configured already), 1 when no single feed was found.
+
+    \b
+    Examples:
+        aggregator add https://example.com/blog/
+        aggregator add example.com/feed.xml --name "Example" --tag world --interval 15m
+    """
+    from . import fetch as fetching
+    from .config import append_sources, source_table, unique_source_name
+    from .discover import find_feeds
+
+    path = config_file_path(config_path)
+    config = load_config(path, secrets=False)
+    address = _feed_address(url)
+    configured = {_comparable(s.url): s.name for s in config.sources}
+
+    def already(feed_url: str) -> bool:
+        if (known := configured.get(_comparable(feed_url))) is not None:
+            click.echo(f"{feed_url} is configured already, as source {known!r}")
+            return True
+        return False
+
+    if already(address):
+        return
+    limits = fetching.FetchLimits.of(config)
+    last_request = [0.0]
+
+    def get(target: str) -> fetching.FetchResult:
+        # The daemon's spacing between two requests to one site holds here too.
+        time.sleep(max(0.0, last_request[0] + config.min_host_interval_s - time.monotonic()))
+        last_request[0] = time.monotonic()
+        return fetching.fetch(client, target, target, None, None, limits)
+
+    with fetching.make_client(limits) as client:
+        discovery = find_feeds(address, get)
+    for rejected, why in discovery.rejected:
+        click.echo(f"  not a feed: {rejected}: {why}", err=True)
+    if not discovery.feeds:
+        raise AggregatorError(f"{address}: a web page that names no feed, and none of the "
+                              "usual feed addresses answered with one")
+    if len(discovery.feeds) > 1:
+        click.echo(f"{address} names {len(discovery.feeds)} feeds; add the one you want by "
+                   "its URL:")
+        for found in discovery.feeds:
+            click.echo(f"  {found.url}  {found.title or '(no title)'} ({found.format}, "
+                       f"{found.entries} entries)")
+        sys.exit(1)
+    found = discovery.feeds[0]
+    if already(found.url):
+        return
+    chosen = unique_source_name((name or found.title or "").strip() or found.url,
+                                set(configured.values()))
+    # The daemon resolves a local path against the configuration's folder.
+    written = (found.url if found.url.startswith(("http://", "https://", "file:")) else
+               os.path.relpath(found.url, path.resolve().parent))
+    table = source_table(chosen, written, interval=interval, priority=priority,
+                         tags=list(tags), full_text=full_text or None)
+    if dry_run:
+        click.echo(table.strip("\n"))
+        return
+    append_sources(path, [table], f"adding {found.url}")
+    click.echo(f"added source {chosen!r} to {path}: {found.url} ({found.format}, "
+               f"{found.entries} entries; {discovery.how})")
 
 
 @main.command(name="export-opml")
@@ -465,7 +573,7 @@ def export_opml_command(config_path, output) -> None:
     """
     from .opml import export_opml
 
-    document = export_opml(load_config(config_path))
+    document = export_opml(load_config(config_path, secrets=False))
     if output:
         with open(output, "wb") as handle:
             handle.write(document)

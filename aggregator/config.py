@@ -7,8 +7,11 @@ Nothing here touches the network or the database.  Every problem is reported as 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import AggregatorError, ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/aggregator.toml")
 CONFIG_ENV = "AGGREGATOR_CONFIG"
@@ -365,7 +368,7 @@ def _load_http(path: str, table: Any) -> HttpSettings:
 
 def _load_source(path: str, base: Path, index: int, table: Any,
                  default_interval_s: float, environ: Mapping[str, str],
-                 excluded_everywhere: tuple[str, ...]) -> Source:
+                 excluded_everywhere: tuple[str, ...], secrets: bool = True) -> Source:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key=f"sources[{index}]")
     name = table.get("name")
@@ -396,7 +399,7 @@ def _load_source(path: str, base: Path, index: int, table: Any,
         tags=tuple(tags),
         enabled=reader.get("enabled", bool, True),
         full_text=reader.get("full_text", bool, False),
-        credentials=_load_credentials(reader, url, environ),
+        credentials=_load_credentials(reader, url, environ, secrets),
         entry_filter=_load_filter(reader, excluded_everywhere),
     )
 
@@ -428,11 +431,13 @@ _RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection"
                      "if-none-match", "if-modified-since"}
 
 
-def _load_credentials(reader: _Reader, url: str,
-                      environ: Mapping[str, str]) -> Credentials | None:
+def _load_credentials(reader: _Reader, url: str, environ: Mapping[str, str],
+                      secrets: bool = True) -> Credentials | None:
     """``username`` with ``password`` (or ``password_env``, the name of an environment
     variable that holds it, for containers' secrets) and ``headers``, a table of extra
-    request headers, for http(s) sources."""
+    request headers, for http(s) sources.  Without ``secrets`` a variable that is not set
+    stands for an empty password: commands that only edit or list the sources run where
+    the daemon's secrets are not."""
     keys = {"username", "password", "password_env", "headers"} & set(reader.table)
     if not keys:
         return None
@@ -444,7 +449,7 @@ def _load_credentials(reader: _Reader, url: str,
     if password is not None and variable is not None:
         raise reader.fail("password_env", "give password or password_env, not both")
     if variable is not None:
-        password = environ.get(variable)
+        password = environ.get(variable, None if secrets else "")
         if password is None:
             raise reader.fail("password_env", f"environment variable {variable} is not set")
     if (username is None) != (password is None):
@@ -477,11 +482,12 @@ def too_short_a_retention(retention_s: float, clustering: ClusteringSettings) ->
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
-                environ: dict[str, str] | None = None) -> Config:
+                environ: dict[str, str] | None = None, secrets: bool = True) -> Config:
     """Read the configuration named by ``path``, else ``$AGGREGATOR_CONFIG``, else the default.
 
     ``$AGGREGATOR_DB`` overrides the database path.  Relative paths in the file are resolved
     against the file's own folder, so the result does not depend on the working directory.
+    ``secrets = False`` reads a ``password_env`` that is not set as an empty password.
     """
     environ = os.environ if environ is None else environ
     config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
@@ -515,7 +521,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     seen: set[str] = set()
     for index, table in enumerate(sources_raw):
         source = _load_source(shown, base, index, table, default_interval_s, environ,
-                              excluded_everywhere)
+                              excluded_everywhere, secrets)
         if source.name in seen:
             raise ConfigError(shown, "duplicate source name", source=source.name, key="name")
         seen.add(source.name)
@@ -553,3 +559,60 @@ def load_config(path: str | os.PathLike[str] | None = None,
         http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),
     )
+
+
+def config_file_path(path: str | os.PathLike[str] | None = None,
+                     environ: Mapping[str, str] | None = None) -> Path:
+    """The configuration file that ``load_config(path)`` reads."""
+    environ = os.environ if environ is None else environ
+    return Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def _toml_value(value: str | int | bool | list[str]) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    # JSON's string escapes are TOML's basic-string escapes; ASCII escapes would write
+    # characters beyond the Basic Multilingual Plane as surrogate pairs, which TOML refuses.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def source_table(name: str, url: str, **settings: str | int | bool | list[str] | None) -> str:
+    """A ``[[sources]]`` table as TOML text, for ``append_sources``; settings that are None
+    or empty are left out, so the configuration's defaults apply."""
+    lines = ["", "[[sources]]", f"name = {_toml_value(name)}", f"url = {_toml_value(url)}"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()
+              if value is not None and value != []]
+    return "\n".join(lines) + "\n"
+
+
+def unique_source_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... when sources have it already."""
+    chosen, number = name, 2
+    while chosen in taken:
+        chosen, number = f"{name} ({number})", number + 1
+    return chosen
+
+
+def append_sources(config_path: str | os.PathLike[str], tables: list[str], what: str) -> None:
+    """Append source tables (``source_table``) to a configuration file, comments and order
+    kept.  The file is replaced, permissions and all, only when the result is a valid
+    configuration; else the error names ``what`` and the problem, and the file is as it
+    was.  A running daemon notices the change and polls the new sources."""
+    target = Path(config_path)
+    original = target.read_text(encoding="utf-8")
+    updated = original.rstrip("\n") + "\n" + "".join(tables)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
+                                     suffix=".toml", delete=False) as handle:
+        handle.write(updated)
+    try:
+        load_config(handle.name, environ={}, secrets=False)
+    except ConfigError as exc:
+        os.unlink(handle.name)
+        where = "".join(f"{label} {value!r}: " for label, value in
+                        (("source", exc.source), ("key", exc.key)) if value is not None)
+        raise AggregatorError(f"{what} would break the configuration {target}: "
+                              f"{where}{exc.message}") from None
+    shutil.copymode(target, handle.name)
+    os.replace(handle.name, target)

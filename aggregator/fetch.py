@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .config import Credentials
+from .config import Config, Credentials
 from .errors import FetchError, SourceGoneError
 from .normalize import DEFAULT_PORTS
 
@@ -108,6 +108,14 @@ class FetchLimits:
     max_body_bytes: int = 20 * 1024 * 1024
     max_redirects: int = 5
     block_private_addresses: bool = False
+
+    @classmethod
+    def of(cls, config: Config) -> FetchLimits:
+        return cls(user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
+                   read_timeout_s=config.read_timeout_s,
+                   total_timeout_s=config.total_timeout_s,
+                   max_body_bytes=config.max_body_bytes,
+                   block_private_addresses=config.block_private_addresses)
 
 
 def refuse_private_address(source: str, url: str) -> None:

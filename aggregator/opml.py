@@ -6,18 +6,15 @@ folders and ``category`` attributes become tags.  Export writes every configured
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from pathlib import Path
 
 from lxml import etree
 
-from .config import Config, load_config
-from .errors import AggregatorError, ConfigError
+from .config import Config, append_sources, load_config, source_table, unique_source_name
+from .errors import AggregatorError
 
 
 @dataclass(frozen=True)
@@ -56,49 +53,27 @@ def read_opml(path: str | os.PathLike[str]) -> list[Subscription]:
     return found
 
 
-def _toml_block(subscription: Subscription) -> str:
-    # JSON string escapes are valid TOML basic-string escapes.
-    return (f"\n[[sources]]\nname = {json.dumps(subscription.name)}\n"
-            f"url = {json.dumps(subscription.url)}\n"
-            f"tags = {json.dumps(list(subscription.tags))}\n")
-
-
 def import_opml(config_path: str, opml_path: str) -> tuple[list[str], list[str]]:
     """Append the OPML's new sources to the configuration; returns (added, skipped).
 
     A source is skipped when its URL is configured already.  The file is replaced only when
     the result validates, so a failed import leaves it as it was.
     """
-    config = load_config(config_path)
+    config = load_config(config_path, secrets=False)
     known_urls = {s.url for s in config.sources}
     names = {s.name for s in config.sources}
-    added, skipped, blocks = [], [], []
+    added, skipped, tables = [], [], []
     for subscription in read_opml(opml_path):
         if subscription.url in known_urls:
             skipped.append(subscription.name)
             continue
-        name, number = subscription.name, 2
-        while name in names:
-            name, number = f"{subscription.name} ({number})", number + 1
+        name = unique_source_name(subscription.name, names)
         names.add(name)
         known_urls.add(subscription.url)
-        blocks.append(_toml_block(Subscription(name, subscription.url, subscription.tags)))
+        tables.append(source_table(name, subscription.url, tags=list(subscription.tags)))
         added.append(name)
-    if not blocks:
-        return added, skipped
-    original = Path(config_path).read_text(encoding="utf-8")
-    updated = original.rstrip("\n") + "\n" + "".join(blocks)
-    folder = Path(config_path).resolve().parent
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".toml",
-                                     delete=False) as handle:
-        handle.write(updated)
-    try:
-        load_config(handle.name, environ={})
-    except ConfigError as exc:
-        os.unlink(handle.name)
-        raise AggregatorError(f"{opml_path}: importing would break the configuration: "
-                              f"{exc.message}") from None
-    os.replace(handle.name, config_path)
+    if tables:
+        append_sources(config_path, tables, f"importing {opml_path}")
     return added, skipped
 
 

@@ -11,8 +11,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
+from urllib.parse import urljoin, urlsplit
 
 import feedparser
+import lxml.html
+from lxml import etree
 
 from .errors import ParseError
 
@@ -67,13 +70,84 @@ def _looks_like_json(body: bytes) -> bool:
     return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{"
 
 
-def parse_feed(body: bytes, source: str, content_type: str | None = None) -> ParsedFeed:
-    """Parse one fetched document.  Raises ``ParseError`` naming the source when it is no feed."""
+def parse_feed(body: bytes, source: str, content_type: str | None = None,
+               url: str | None = None) -> ParsedFeed:
+    """Parse one fetched document.  Raises ``ParseError`` naming the source when it is no feed
+    (for a web page, with the feeds it advertises, ``url`` being the page's address)."""
     if not body.strip():
         raise ParseError(source, "the document is empty")
     if _looks_like_json(body) or (content_type or "").split(";")[0].strip().endswith("json"):
         return _parse_json_feed(body, source)
-    return _parse_xml_feed(body, source, content_type)
+    return _parse_xml_feed(body, source, content_type, url)
+
+
+@dataclass(frozen=True)
+class FeedLink:
+    """A feed a web page names in its ``<link rel="alternate">`` elements."""
+
+    url: str
+    title: str | None
+    kind: str  # "rss", "atom" or "json"
+
+
+# The RSS autodiscovery convention and its Atom and JSON Feed counterparts.
+FEED_LINK_TYPES = {"application/rss+xml": "rss", "application/rdf+xml": "rss",
+                   "application/atom+xml": "atom", "application/feed+json": "json",
+                   "application/json": "json"}
+_HTML_START = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)[\s>]",
+                         re.IGNORECASE | re.DOTALL)
+
+
+def looks_like_html(body: bytes, content_type: str | None) -> bool:
+    """Whether a document is a web page (by its type, or by how it starts)."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type in ("text/html", "application/xhtml+xml"):
+        return True
+    return bool(_HTML_START.match(body.lstrip(b"\xef\xbb\xbf")[:4096]))
+
+
+def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
+    """The feeds a web page advertises, in page order, as absolute http(s) URLs.
+
+    A ``<base href>`` moves what relative links resolve against.  JSON links into a
+    WordPress REST API (``wp-json``) are pages of the API, not feeds.
+    """
+    try:
+        document = lxml.html.document_fromstring(body)
+    except (etree.ParserError, ValueError):
+        return []
+    base = page_url
+    for element in document.iter("base"):
+        href = (element.get("href") or "").strip()
+        if href:
+            base = urljoin(page_url, href)
+            break
+    found: dict[str, FeedLink] = {}
+    for element in document.iter("link"):
+        rel = (element.get("rel") or "").lower().split()
+        media_type = (element.get("type") or "").split(";")[0].strip().lower()
+        href = (element.get("href") or "").strip()
+        kind = FEED_LINK_TYPES.get(media_type)
+        if not href or kind is None or not {"alternate", "feed"} & set(rel):
+            continue
+        if kind == "json" and media_type == "application/json" and "wp-json" in href:
+            continue
+        url = urljoin(base, href)
+        if urlsplit(url).scheme in ("http", "https") and url not in found:
+            found[url] = FeedLink(url, (element.get("title") or "").strip() or None, kind)
+    return list(found.values())
+
+
+def _not_a_feed(body: bytes, content_type: str | None, url: str | None, reason) -> str:
+    if not looks_like_html(body, content_type):
+        return f"not an RSS, Atom or JSON feed{f': {reason}' if reason else ''}"
+    links = advertised_feeds(body, url) if url else []
+    if not links:
+        return ("not an RSS, Atom or JSON feed: a web page, which names no feed (`aggregator "
+                "add` with the site's address also tries the usual feed addresses)")
+    others = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+    return (f"not an RSS, Atom or JSON feed: a web page, which names the feed {links[0].url}"
+            f"{others}: use that as the source's url")
 
 
 def _struct_to_datetime(value) -> datetime | None:
@@ -107,7 +181,8 @@ def repair_utf8(body: bytes, content_type: str | None) -> bytes:
         return body.decode("utf-8", errors="replace").encode("utf-8")
 
 
-def _parse_xml_feed(body: bytes, source: str, content_type: str | None) -> ParsedFeed:
+def _parse_xml_feed(body: bytes, source: str, content_type: str | None,
+                    url: str | None) -> ParsedFeed:
     body = repair_utf8(body, content_type)
     headers = {"content-type": content_type} if content_type else None
     # Markup in entries is only ever turned into plain text (``normalize.html_to_text``, which
@@ -116,9 +191,8 @@ def _parse_xml_feed(body: bytes, source: str, content_type: str | None) -> Parse
     result = feedparser.parse(body, response_headers=headers, sanitize_html=False,
                               resolve_relative_uris=False)
     if not result.get("version") and not result.entries:
-        reason = result.get("bozo_exception")
-        detail = f": {reason}" if reason else ""
-        raise ParseError(source, f"not an RSS, Atom or JSON feed{detail}")
+        raise ParseError(source, _not_a_feed(body, content_type, url,
+                                             result.get("bozo_exception")))
     entries = []
     for item in result.entries:
         content = None

@@ -539,11 +539,7 @@ class Aggregator:
         self._reads = StagedReads(self.store)
         self.clusterer = self._load_clusterer()
         self._warn_of_unclustered()
-        self.limits = fetching.FetchLimits(
-            user_agent=config.user_agent, connect_timeout_s=config.connect_timeout_s,
-            read_timeout_s=config.read_timeout_s, total_timeout_s=config.total_timeout_s,
-            max_body_bytes=config.max_body_bytes,
-            block_private_addresses=config.block_private_addresses)
+        self.limits = fetching.FetchLimits.of(config)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._host_slots: dict[str, threading.Semaphore] = {}
@@ -726,7 +722,7 @@ class Aggregator:
                           fetched: datetime) -> PreparedDocument:
         return self._in_worker(source, len(result.body) >= WORKER_MIN_BYTES,
                                prepare_document, result.body, result.content_type, source,
-                               fetched, self._prepare_settings(), self._database)
+                               fetched, self._prepare_settings(), self._database, result.url)
 
     def _prepare_entries(self, source: str, entries: tuple[ParsedEntry, ...],
                          fetched: datetime) -> Prepared:
@@ -769,7 +765,7 @@ class Aggregator:
         entries come back to this thread first, for their pages to be fetched."""
         if not source.full_text:
             return self._prepare_document(source.name, result, started)
-        feed = parse_feed(result.body, source.name, result.content_type)
+        feed = parse_feed(result.body, source.name, result.content_type, result.url)
         entries = self._with_full_text(source, feed.entries[:MAX_ENTRIES_PER_FETCH])
         return PreparedDocument(len(feed.entries),
                                 self._prepare_entries(source.name, entries, started),

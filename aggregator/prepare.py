@@ -109,11 +109,13 @@ class PreparedDocument:
 
 
 def prepare_document(body: bytes, content_type: str | None, source: str, fetched: datetime,
-                     settings: PrepareSettings, database: str) -> PreparedDocument:
-    """Parse a feed document and prepare its first ``settings.max_entries`` entries;
-    ``database`` is read for the entries already stored, which need no features."""
+                     settings: PrepareSettings, database: str,
+                     url: str | None = None) -> PreparedDocument:
+    """Parse a feed document (fetched from ``url``) and prepare its first
+    ``settings.max_entries`` entries; ``database`` is read for the entries already stored,
+    which need no features."""
     started = time.perf_counter()
-    feed = parse_feed(body, source, content_type)
+    feed = parse_feed(body, source, content_type, url)
     parsed = time.perf_counter()
     prepared = prepare_new_entries(feed.entries[:settings.max_entries], source, fetched,
                                    settings, database)

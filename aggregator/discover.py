@@ -1,0 +1,96 @@
+"""Finding a site's feed from an address a person has at hand, for ``aggregator add``.
+
+The address may be the feed itself.  Else it is a web page: the feeds it advertises
+(``parse.advertised_feeds``) are the candidates, and where it advertises none that answer,
+the addresses where feeds usually live, in the page's own folder and then at the site's
+root.  Every candidate is fetched and parsed, so only real feeds are offered, and the first
+of the usual addresses that is a feed ends the search: sites answer the same feed at several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+from .errors import FetchError, ParseError
+from .fetch import FetchResult
+from .parse import advertised_feeds, looks_like_html, parse_feed
+
+# The paths of Miniflux's well-known feed addresses, with the bare /feed and /rss of
+# WordPress, Ghost, Substack and Tumblr and the JSON Feed that static site generators write.
+USUAL_FEED_PATHS = ("feed", "feed/", "rss", "rss/", "feed.xml", "rss.xml", "atom.xml",
+                    "index.xml", "feed.atom", "index.rss", "rss/feed.xml", "feed.json")
+
+# Statuses that ask a client to stop: no more of the usual addresses are tried on that site.
+_STOP_STATUSES = (401, 403, 429, 503)
+
+
+@dataclass(frozen=True)
+class FoundFeed:
+    url: str  # where to poll it: after permanent redirects, before temporary ones
+    title: str | None
+    format: str
+    entries: int
+
+
+@dataclass(frozen=True)
+class Discovery:
+    feeds: tuple[FoundFeed, ...]
+    how: str  # "the address is a feed", "advertised by the page", "at a usual address", ""
+    # Candidates that were not feeds, with why: (URL, reason).
+    rejected: tuple[tuple[str, str], ...] = ()
+
+
+def usual_feed_urls(page_url: str) -> list[str]:
+    """The usual feed addresses for a page: in its own folder first, then at the site root."""
+    folder, root = urljoin(page_url, "./"), urljoin(page_url, "/")
+    bases = [folder] if folder == root else [folder, root]
+    return list(dict.fromkeys(urljoin(base, path) for base in bases for path in USUAL_FEED_PATHS))
+
+
+def _as_feed(url: str, result: FetchResult) -> FoundFeed:
+    feed = parse_feed(result.body, url, result.content_type, result.url)
+    return FoundFeed(result.permanent_redirect or url, feed.title, feed.format,
+                     len(feed.entries))
+
+
+def _try(get: Callable[[str], FetchResult], url: str) -> FoundFeed | str:
+    """The feed at ``url``, or why there is none."""
+    try:
+        return _as_feed(url, get(url))
+    except (FetchError, ParseError) as error:
+        return error.message
+
+
+def find_feeds(url: str, get: Callable[[str], FetchResult]) -> Discovery:
+    """The feeds to be found from ``url``; ``get`` fetches one URL (``fetch.fetch`` under the
+    configuration's limits).  A ``FetchError`` for ``url`` itself, or a ``ParseError`` for a
+    document that is neither a feed nor a web page, goes to the caller."""
+    result = get(url)
+    try:
+        return Discovery((_as_feed(url, result),), "the address is a feed")
+    except ParseError:
+        if not looks_like_html(result.body, result.content_type):
+            raise
+    feeds: dict[str, FoundFeed] = {}
+    rejected: list[tuple[str, str]] = []
+    for link in advertised_feeds(result.body, result.url):
+        found = _try(get, link.url)
+        if isinstance(found, str):
+            rejected.append((link.url, found))
+        else:
+            feeds.setdefault(found.url, found)
+    if feeds:
+        return Discovery(tuple(feeds.values()), "advertised by the page", tuple(rejected))
+    for candidate in usual_feed_urls(result.url):
+        try:
+            return Discovery((_as_feed(candidate, get(candidate)),), "at a usual address",
+                             tuple(rejected))
+        except ParseError:
+            continue
+        except FetchError as error:
+            if error.status in _STOP_STATUSES or error.unreachable:
+                rejected.append((candidate, error.message))
+                break
+    return Discovery((), "", tuple(rejected))
