@@ -26,7 +26,7 @@ from .config import (
     parse_duration,
     too_short_a_retention,
 )
-from .errors import AggregatorError, ConfigError
+from .errors import AggregatorError, ConfigError, SourceError
 
 if TYPE_CHECKING:
     from .store import Store
@@ -529,7 +529,11 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
         return fetching.fetch(client, target, target, None, None, limits)
 
     with fetching.make_client(limits) as client:
-        discovery = find_feeds(address, get)
+        try:
+            discovery = find_feeds(address, get)
+        except SourceError as error:
+            raise AggregatorError(error.message if address in error.message
+                                  else f"{address}: {error.message}") from None
     for rejected, why in discovery.rejected:
         click.echo(f"  not a feed: {rejected}: {why}", err=True)
     if not discovery.feeds:
