@@ -305,18 +305,21 @@ def _since(value: str | None):
 @CONFIG_OPTION
 @click.option("--since", default=None, help="Only stories seen in this period, e.g. 24h or 7d.")
 @click.option("--limit", default=50, show_default=True, help="At most this many stories.")
+@click.option("--min-sources", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Only stories that this many sources or more report.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
-def stories(config_path, since, limit, as_json) -> None:
+def stories(config_path, since, limit, min_sources, as_json) -> None:
     """List stories, newest first, with their sources and members.
 
     \b
     Examples:
         aggregator stories --since 24h
+        aggregator stories --since 24h --min-sources 3
         aggregator stories --json | jq '.[0].members'
     """
     store = open_store(config_path)
-    found = store.stories(_since(since), limit)
+    found = store.stories(_since(since), limit, min_sources)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

@@ -7,6 +7,7 @@ entries they prepare are already stored, and a worker that imported the store's 
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -65,6 +66,37 @@ def stored_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
         held.update(row[0] for row in select_in(
             conn, "SELECT key FROM retired_keys WHERE key IN ({})", others))
     return held
+
+
+# The source counts that stories have, from a threshold on: one index seek each
+# (``stories_sources_last_seen``), however many stories share a count.
+SOURCE_COUNTS = """
+WITH RECURSIVE counts(k) AS (
+    SELECT (SELECT min(source_count) FROM stories WHERE source_count >= ?)
+    UNION ALL
+    SELECT (SELECT min(source_count) FROM stories WHERE source_count > k)
+    FROM counts WHERE k IS NOT NULL
+)
+SELECT k FROM counts WHERE k IS NOT NULL
+"""
+
+
+def newest_story_ids(conn: sqlite3.Connection, limit: int, min_sources: int,
+                     since: str = "0000", where: str = "", params: Sequence = ()) -> list[int]:
+    """The ids of the ``limit`` newest stories (by ``last_seen``, then id) that
+    ``min_sources`` or more sources report, seen at ``since`` or later, newest first.
+
+    Read per source count, each the newest ``limit`` of one range of the index
+    ``stories_sources_last_seen``, then merged: a scan of stories by time would read them
+    all where few reach the threshold.  ``where`` adds conditions on the ``stories`` row
+    (``AND ...``, with ``params``)."""
+    found: list[tuple[str, int]] = []
+    for (count,) in conn.execute(SOURCE_COUNTS, [min_sources]).fetchall():
+        found += conn.execute(
+            f"SELECT last_seen, id FROM stories WHERE source_count = ? AND last_seen >= ? "
+            f"{where} ORDER BY last_seen DESC, id DESC LIMIT ?",
+            [count, since, *params, limit]).fetchall()
+    return [story_id for _seen, story_id in heapq.nlargest(limit, found)]
 
 
 def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:

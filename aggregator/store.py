@@ -39,6 +39,7 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    newest_story_ids,
     read_only_connection,
     select_in,
     stored_keys,
@@ -572,6 +573,14 @@ def _m013_retention(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m014_stories_by_coverage(db: sqlite_utils.Database) -> None:
+    """The newest stories that several sources report (``aggregator stories
+    --min-sources``, the web's ``?min_sources=``), read one source count at a time
+    (``readers.newest_story_ids``).  Through ``stories_last_seen`` alone, a threshold that
+    few stories reach read every story: 177 ms at p95 on 1,000,000 articles."""
+    db.conn.execute("CREATE INDEX stories_sources_last_seen ON stories(source_count, last_seen)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -586,6 +595,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("011_article_counts_by_writer", _m011_article_counts_by_writer),
     ("012_search_merges", _m012_search_merges),
     ("013_retention", _m013_retention),
+    ("014_stories_by_coverage", _m014_stories_by_coverage),
 ]
 
 
@@ -1972,14 +1982,22 @@ class Store:
 
     # -- reads for the CLI and dashboards ------------------------------------------------------
 
-    def stories(self, since: datetime | None = None, limit: int = 50) -> list[dict]:
+    def stories(self, since: datetime | None = None, limit: int = 50,
+                min_sources: int = 1) -> list[dict]:
         since_iso = to_iso(since) if since else "0000"
-        stories = [dict(zip(("id", "title", "first_seen", "last_seen", "article_count",
-                             "source_count", "canonical_article_id"), row, strict=True))
-                   for row in self.db.execute(
-                       "SELECT id, title, first_seen, last_seen, article_count, source_count, "
-                       "canonical_article_id FROM stories WHERE last_seen >= ? "
-                       "ORDER BY last_seen DESC, id DESC LIMIT ?", [since_iso, limit])]
+        columns = ("id", "title", "first_seen", "last_seen", "article_count", "source_count",
+                   "canonical_article_id")
+        if min_sources > 1:
+            ids = newest_story_ids(self.db.conn, limit, min_sources, since_iso)
+            position = {story_id: index for index, story_id in enumerate(ids)}
+            rows = sorted(select_in(self.db.conn, f"SELECT {', '.join(columns)} FROM stories "
+                                                  "WHERE id IN ({})", ids),
+                          key=lambda row: position[row[0]])
+        else:
+            rows = self.db.execute(f"SELECT {', '.join(columns)} FROM stories "
+                                   "WHERE last_seen >= ? ORDER BY last_seen DESC, id DESC "
+                                   "LIMIT ?", [since_iso, limit]).fetchall()
+        stories = [dict(zip(columns, row, strict=True)) for row in rows]
         for story in stories:
             story["members"] = self.story_members(story["id"])
         return stories

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import nh3
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -32,6 +33,7 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    newest_story_ids,
     purged_totals,
 )
 
@@ -69,24 +71,38 @@ def _rows(database: str, sql: str, params=()) -> list[dict]:
         conn.close()
 
 
+# Each filter's condition on a story whose id is ``{story}``.
 _STORY_FILTERS = {
     "source": "EXISTS (SELECT 1 FROM articles m JOIN sources s ON s.id = m.source_id "
-              "WHERE m.story_id = latest_stories.story_id AND s.name = ?)",
+              "WHERE m.story_id = {story} AND s.name = ?)",
     "tag": "EXISTS (SELECT 1 FROM articles m JOIN sources s ON s.id = m.source_id, "
-           "json_each(s.tags) t WHERE m.story_id = latest_stories.story_id AND t.value = ?)",
+           "json_each(s.tags) t WHERE m.story_id = {story} AND t.value = ?)",
 }
 
 
-def latest_stories(database: str, limit: int, **filters: str | None) -> list[dict]:
-    clauses, params = [], []
-    for name, value in filters.items():
-        if value:
-            clauses.append(_STORY_FILTERS[name])
-            params.append(value)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    stories = _rows(database, f"SELECT * FROM latest_stories {where} "
-                              f"ORDER BY last_updated DESC, story_id DESC LIMIT ?",
-                    [*params, limit])
+def latest_stories(database: str, limit: int, min_sources: int | None = None,
+                   **filters: str | None) -> list[dict]:
+    """The newest stories with their members; ``min_sources``: only those that this many
+    sources or more report (the coverage that deduplication makes countable)."""
+    chosen = [(_STORY_FILTERS[name], value) for name, value in filters.items() if value]
+    params = [value for _condition, value in chosen]
+    order = "ORDER BY last_updated DESC, story_id DESC"
+    if min_sources and min_sources > 1:
+        conn = _reader(database)
+        try:
+            ids = newest_story_ids(
+                conn, limit, min_sources,
+                where="".join(f" AND {c.format(story='stories.id')}" for c, _v in chosen),
+                params=params)
+        finally:
+            conn.close()
+        stories = _rows(database, f"SELECT * FROM latest_stories WHERE story_id IN "
+                                  f"({','.join('?' * len(ids))}) {order}", ids)
+    else:
+        where = " AND ".join(c.format(story="latest_stories.story_id") for c, _v in chosen)
+        stories = _rows(database, f"SELECT * FROM latest_stories "
+                                  f"{'WHERE ' + where if where else ''} {order} LIMIT ?",
+                        [*params, limit])
     if stories:
         ids = [s["story_id"] for s in stories]
         members: dict[int, list[dict]] = {i: [] for i in ids}
@@ -126,8 +142,8 @@ def _link(url: str | None, text: str) -> str:
 
 async def home(request: Request) -> HTMLResponse:
     database = request.app.state.database
-    stories = latest_stories(database, PAGE_SIZE, tag=request.query_params.get("tag"),
-                             source=request.query_params.get("source"))
+    filters = _filters(request)
+    stories = latest_stories(database, PAGE_SIZE, **filters)
     items = []
     for story in stories:
         others = [m for m in story["members"] if not m["is_canonical"]]
@@ -141,8 +157,21 @@ async def home(request: Request) -> HTMLResponse:
             f'{story["source_count"]} sources</a></div>'
             + (f'<div class="also">Also covered by {also}</div>' if also else "")
             + "</article>")
-    body = "<h1>Latest stories</h1>" + ("".join(items) or "<p>No stories yet.</p>")
-    return _page("Latest stories", body)
+    title = "Latest stories" + (f" covered by {filters['min_sources']} or more sources"
+                                if filters["min_sources"] else "")
+    kept = {k: v for k, v in filters.items() if v and k != "min_sources"}
+
+    def choice(minimum: int, label: str) -> str:
+        if (filters["min_sources"] or 1) == minimum:
+            return escape(label)
+        query = urlencode({**kept, "min_sources": minimum} if minimum > 1 else kept)
+        return f'<a href="/{"?" + escape(query) if query else ""}">{escape(label)}</a>'
+
+    choices = " · ".join(choice(minimum, label) for minimum, label in (
+        (1, "all"), (2, "2+ sources"), (3, "3+ sources"), (5, "5+ sources")))
+    body = (f'<h1>{escape(title)}</h1><p class="meta">Show: {choices}</p>'
+            + ("".join(items) or "<p>No stories yet.</p>"))
+    return _page(title, body)
 
 
 async def story_page(request: Request) -> Response:
@@ -198,8 +227,16 @@ def _base_url(request: Request) -> str:
 
 
 def _filters(request: Request) -> dict:
+    """The story filters of a page's or a feed's query string: ``tag``, ``source`` and
+    ``min_sources`` (a whole number from 1)."""
+    min_sources = request.query_params.get("min_sources")
+    if min_sources and not (min_sources.isascii() and min_sources.isdigit()
+                                        and 1 <= int(min_sources) <= 1_000_000):
+        raise HTTPException(400, f"min_sources: expected a whole number from 1, "
+                                 f"got {min_sources[:40]!r}")
     return {"tag": request.query_params.get("tag"),
-            "source": request.query_params.get("source")}
+            "source": request.query_params.get("source"),
+            "min_sources": int(min_sources) if min_sources else None}
 
 
 async def feed_atom(request: Request) -> Response:

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wordfreq import top_n_list  # noqa: E402
 
+from aggregator.readers import SOURCE_COUNTS, newest_story_ids, select_in  # noqa: E402
 from aggregator.store import Store, to_iso  # noqa: E402
 
 QUERIES = {
@@ -38,6 +39,16 @@ QUERIES = {
          "ORDER BY last_seen DESC, id DESC LIMIT 50", "since"),
     "latest_stories view, newest 50 with sources":
         ("SELECT * FROM latest_stories ORDER BY last_updated DESC LIMIT 50", None),
+    "latest stories covered by N or more sources (web `/?min_sources=N`; N from 2 to 9, "
+    "9 more than any story has)":
+        (lambda reader, bound: covered_stories(
+            reader, bound, "SELECT * FROM latest_stories WHERE story_id IN ({}) "
+                           "ORDER BY last_updated DESC, story_id DESC"), "min_sources"),
+    "the same, `aggregator stories --min-sources N`":
+        (lambda reader, bound: covered_stories(
+            reader, bound, "SELECT id, title, first_seen, last_seen, article_count, "
+                           "source_count, canonical_article_id FROM stories WHERE id IN ({})"),
+         "min_sources"),
     "canned stories_today (Datasette)":
         ("SELECT story_id, title, canonical_source, source_count, article_count, sources, "
          "last_updated FROM latest_stories WHERE last_updated >= :since "
@@ -55,6 +66,19 @@ QUERIES = {
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),
 }
+
+
+def covered_stories(reader: sqlite3.Connection, bound: dict, sql: str) -> list:
+    """What the web and ``aggregator stories`` run for ``min_sources``: the ids per source
+    count (``readers.newest_story_ids``), then the rows."""
+    ids = newest_story_ids(reader, 50, bound["min_sources"])
+    return select_in(reader, sql, ids)
+
+
+# The statements ``newest_story_ids`` runs, for their query plans.
+COVERED_PLAN = [SOURCE_COUNTS.replace("?", ":min_sources"),
+                "SELECT last_seen, id FROM stories WHERE source_count = :min_sources "
+                "AND last_seen >= '0000' ORDER BY last_seen DESC, id DESC LIMIT 50"]
 
 
 def build(path: str, articles: int, seed: int = 3) -> Store:
@@ -132,6 +156,8 @@ def parameters(kind: str | None, rng: random.Random, stories: int, newest: str,
         return {"since": to_iso(day)}
     if kind == "story":
         return {"story_id": rng.randint(1, stories)}
+    if kind == "min_sources":
+        return {"min_sources": rng.randint(2, 9)}
     if kind == "query":
         return {"query": rng.choice(words)}
     return {}
@@ -161,15 +187,18 @@ def main() -> None:
             for _ in range(args.runs):
                 bound = parameters(kind, rng, stories, newest, words)
                 started = time.perf_counter()
-                reader.execute(sql, bound).fetchall()
+                if callable(sql):
+                    sql(reader, bound)
+                else:
+                    reader.execute(sql, bound).fetchall()
                 timings.append((time.perf_counter() - started) * 1000)
             timings.sort()
             median = statistics.median(timings)
             p95 = timings[int(0.95 * (len(timings) - 1))]
             results[name] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
-            plan = [row[3] for row in reader.execute(f"EXPLAIN QUERY PLAN {sql}",
-                                                      parameters(kind, rng, stories, newest,
-                                                                 words))]
+            plan = [row[3] for statement in (COVERED_PLAN if callable(sql) else [sql])
+                    for row in reader.execute(f"EXPLAIN QUERY PLAN {statement}",
+                                              parameters(kind, rng, stories, newest, words))]
             print(f"{name}: median {median:.2f} ms, p95 {p95:.2f} ms")
             for step in plan:
                 print(f"    {step}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from starlette.testclient import TestClient
 from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.pipeline import Aggregator
+from aggregator.readers import newest_story_ids
 from aggregator.store import Store
 from aggregator.web import DaemonStatus, create_app
 
@@ -129,6 +131,42 @@ def test_atom_feed_parses_and_links_the_other_versions(filled):
     assert len(by_source.entries) == 1
 
 
+@pytest.mark.parametrize("query, stories", [
+    ("", 7), ("?min_sources=1", 7), ("?min_sources=2", 1), ("?min_sources=3", 1),
+    ("?min_sources=4", 0), ("?min_sources=2&tag=world", 1), ("?min_sources=2&tag=wire", 0),
+])
+def test_stories_covered_by_several_sources(filled, query, stories):
+    config, database = filled
+    client = TestClient(create_app(database))
+    atom = feedparser.parse(client.get(f"/feed.atom{query}").content)
+    assert len(atom.entries) == stories
+    assert len(client.get(f"/feed.json{query}").json()["items"]) == stories
+    home = client.get(f"/{query}").text
+    assert home.count('class="story"') == stories
+    if query == "?min_sources=2&tag=world":  # the other choices keep the tag
+        assert 'href="/?tag=world&amp;min_sources=3"' in home
+        assert 'href="/?tag=world"' in home and "· 2+ sources ·" in home
+    if stories < 7:
+        assert all("diplomat" in e.title.lower() for e in atom.entries)
+    minimum = query.split("min_sources=")[1].split("&")[0] if "min_sources" in query else "1"
+    if "tag" not in query:
+        listed = CliRunner().invoke(main, ["stories", "--config", str(config), "--json",
+                                           "--min-sources", minimum])
+        assert listed.exit_code == 0 and len(json.loads(listed.output)) == stories
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "", "\u0663", "9" * 30])
+def test_a_bad_min_sources_is_a_400_naming_it(filled, value):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    for path in ("/", "/feed.atom", "/feed.json"):
+        response = client.get(path, params={"min_sources": value})
+        if value == "":
+            assert response.status_code == 200  # an empty field is no filter
+            continue
+        assert response.status_code == 400 and "min_sources" in response.text
+
+
 def test_json_feed_is_valid_json_feed_1_1(filled):
     _config, database = filled
     client = TestClient(create_app(database))
@@ -225,6 +263,11 @@ def test_datasette_serves_views_and_canned_queries(filled):
                           params={"query": "Lavrov", "_shape": "array"}).json()
         assert [f["story_id"] for f in found] == [story_id]
         assert httpx.get(f"{base}/failing_sources.json?_shape=array").json() == []
+        for minimum, expected in (("3", [story_id]), ("4", []), ("1", None)):
+            covered = httpx.get(f"{base}/covered_today.json",
+                                params={"min_sources": minimum, "_shape": "array"}).json()
+            assert [c["story_id"] for c in covered] == expected or (
+                expected is None and len(covered) == 7)
     finally:
         process.terminate()
         process.wait(10)
@@ -265,3 +308,31 @@ def test_pages_in_a_real_browser(filled, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_newest_story_ids_are_what_a_scan_by_time_finds(tmp_path, seed):
+    """Read per source count through the index, the newest stories reaching a threshold are
+    exactly those a plain scan of every story finds, ties on the time broken by id."""
+    rng = random.Random(seed)
+    store = Store(str(tmp_path / "s.db"))
+    rows = [(i, f"2026-12-0{rng.randint(1, 3)}T{rng.randint(0, 2):02d}:00:00Z",
+             rng.choice([1, 1, 1, 2, 2, 3, 5, 12])) for i in range(1, 1501)]
+    with store.transaction():
+        store.db.conn.executemany(
+            "INSERT INTO stories (id, first_seen, last_seen, first_published, "
+            "last_published, source_count) VALUES (?, ?2, ?2, ?2, ?2, ?3)", rows)
+    conn = store.db.conn
+    for limit, threshold, since, where, params in [
+            (50, 2, "0000", "", ()), (50, 5, "0000", "", ()), (500, 2, "0000", "", ()),
+            (20, 13, "0000", "", ()), (30, 3, "2026-12-02", "", ()),
+            (10, 2, "0000", " AND stories.id % 7 = ?", (3,))]:
+        scanned = [r[0] for r in conn.execute(
+            f"SELECT id FROM stories WHERE source_count >= ? AND last_seen >= ? {where} "
+            "ORDER BY last_seen DESC, id DESC LIMIT ?", [threshold, since, *params, limit])]
+        assert newest_story_ids(conn, limit, threshold, since, where, params) == scanned
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT last_seen, id FROM stories WHERE source_count = 3 AND "
+        "last_seen >= '0000' ORDER BY last_seen DESC, id DESC LIMIT 50"))
+    assert "stories_sources_last_seen" in plan and "TEMP B-TREE" not in plan
+    store.close()
