@@ -462,8 +462,12 @@ def import_opml_command(config_path, opml_file) -> None:
 
 
 def _feed_address(url: str) -> str:
-    """A URL as typed, made fetchable: ``example.com`` means https, a local file is made
-    absolute."""
+    """A URL as typed, made fetchable: ``example.com`` means https, the ``feed:`` links of
+    some sites are http(s), a local file is made absolute."""
+    url = url.strip()
+    if url.lower().startswith("feed:"):
+        url = url[5:]
+        url = f"http:{url}" if url.startswith("//") else url
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
         return url
     if Path(url).exists():
@@ -552,7 +556,7 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
     found = discovery.feeds[0]
     if already(found.url):
         return
-    chosen = unique_source_name((name or found.title or "").strip() or found.url,
+    chosen = unique_source_name(" ".join((name or found.title or "").split()) or found.url,
                                 set(configured.values()))
     # The daemon resolves a local path against the configuration's folder.
     written = (found.url if found.url.startswith(("http://", "https://", "file:")) else

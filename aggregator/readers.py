@@ -99,6 +99,29 @@ def newest_story_ids(conn: sqlite3.Connection, limit: int, min_sources: int,
     return [story_id for _seen, story_id in heapq.nlargest(limit, found)]
 
 
+# A search ranks the best this many matching articles: a common word matches a good part
+# of a large store, and ranking all of them would make a search slow.
+SEARCH_ARTICLES = 500
+
+
+SEARCH_STORIES = """
+SELECT a.story_id, count(*) FROM (
+    SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH :query
+    ORDER BY rank LIMIT :articles) f
+JOIN articles a ON a.id = f.rowid
+WHERE a.story_id IS NOT NULL
+GROUP BY a.story_id ORDER BY min(f.rank) LIMIT :limit
+"""
+
+
+def search_stories(conn: sqlite3.Connection, query: str, limit: int) -> list[tuple[int, int]]:
+    """The stories whose articles match an FTS5 query, best match first: (story id, matching
+    articles among the best ``SEARCH_ARTICLES``).  A query FTS5 cannot read raises
+    ``sqlite3.OperationalError``."""
+    return conn.execute(SEARCH_STORIES, {"query": query, "articles": SEARCH_ARTICLES,
+                                         "limit": limit}).fetchall()
+
+
 def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:
     """What retention has deleted so far, by ``meta`` key (``PURGED_*``)."""
     return {key: int(value) for key, value in conn.execute(

@@ -41,6 +41,7 @@ from .readers import (
     PURGED_SAME_STORY,
     newest_story_ids,
     read_only_connection,
+    search_stories,
     select_in,
     stored_keys,
 )
@@ -52,7 +53,6 @@ from .readers import (
 # writer's time per article is the same.
 PAGE_SIZE = 16384
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
-SEARCH_ARTICLES = 500
 # Articles read at a time when the window is rebuilt at start-up.
 WINDOW_CHUNK = 4096
 # Connections reading the window's fingerprints at a restart (see _fingerprint_rows).
@@ -2025,26 +2025,16 @@ class Store:
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Stories whose articles match an FTS5 query, best match first, one row per story."""
         try:
-            # The best SEARCH_ARTICLES matches only: a common word matches a good part of a
-            # large store, and ranking all of them would make a search slow.
-            rows = list(self.db.query(
-                """SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles
-                   FROM (SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH ?
-                         ORDER BY rank LIMIT ?) f
-                   JOIN articles a ON a.id = f.rowid
-                   WHERE a.story_id IS NOT NULL
-                   GROUP BY a.story_id ORDER BY rank LIMIT ?""",
-                [query, SEARCH_ARTICLES, limit]))
+            found = dict(search_stories(self.db.conn, query, limit))
         except sqlite3.OperationalError as exc:
             raise StoreError(f"invalid search query {query!r}: {exc}") from None
-        stories = {row["story_id"]: row for row in rows}
-        if not stories:
+        if not found:
             return []
         details = {row["story_id"]: row for row in self.db.query(
-            f"SELECT * FROM latest_stories WHERE story_id IN ({','.join('?' * len(stories))})",
-            list(stories))}
-        return [{**details[story_id], "matching_articles": row["matching_articles"]}
-                for story_id, row in stories.items() if story_id in details]
+            f"SELECT * FROM latest_stories WHERE story_id IN ({','.join('?' * len(found))})",
+            list(found))}
+        return [{**details[story_id], "matching_articles": matching}
+                for story_id, matching in found.items() if story_id in details]
 
     def article(self, article_id: int) -> dict | None:
         rows = list(self.db.query(

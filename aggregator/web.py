@@ -7,6 +7,7 @@ blocks the writer and can run as a replica (``aggregator serve``) beside a daemo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import xml.etree.ElementTree as ET
@@ -35,6 +36,7 @@ from .readers import (
     PURGED_SAME_STORY,
     newest_story_ids,
     purged_totals,
+    search_stories,
 )
 
 FEED_SIZE = 50
@@ -103,6 +105,11 @@ def latest_stories(database: str, limit: int, min_sources: int | None = None,
         stories = _rows(database, f"SELECT * FROM latest_stories "
                                   f"{'WHERE ' + where if where else ''} {order} LIMIT ?",
                         [*params, limit])
+    return _with_members(database, stories)
+
+
+def _with_members(database: str, stories: list[dict]) -> list[dict]:
+    """Each story (a row of ``latest_stories``) with ``members``, the canonical first."""
     if stories:
         ids = [s["story_id"] for s in stories]
         members: dict[int, list[dict]] = {i: [] for i in ids}
@@ -140,23 +147,33 @@ def _link(url: str | None, text: str) -> str:
     return escape(text)
 
 
+def _story_item(story: dict, matching: int | None = None) -> str:
+    """One story of a list: the canonical's title and link, when, how many versions, and
+    the other outlets; ``matching``: how many of its versions a search matched."""
+    others = [m for m in story["members"] if not m["is_canonical"]]
+    also = ", ".join(_link(m["url"], m["source"]) for m in others)
+    matched = f" ({matching} matching)" if matching is not None else ""
+    return (
+        f'<article class="story"><h2>{_link(story["canonical_url"], story["title"])}</h2>'
+        f'<div class="meta">{escape(story["canonical_source"])} · '
+        f'<time datetime="{escape(story["last_updated"])}">'
+        f'{escape(story["last_published"][:16].replace("T", " "))} UTC</time> · '
+        f'<a href="/story/{story["story_id"]}">{story["article_count"]} versions from '
+        f'{story["source_count"]} sources</a>{matched}</div>'
+        + (f'<div class="also">Also covered by {also}</div>' if also else "")
+        + "</article>")
+
+
+def _search_form(query: str = "") -> str:
+    return ('<form action="/search" role="search"><input type="search" name="q" '
+            f'value="{escape(query)}" aria-label="Search stories"> '
+            '<button type="submit">Search</button></form>')
+
+
 async def home(request: Request) -> HTMLResponse:
     database = request.app.state.database
     filters = _filters(request)
-    stories = latest_stories(database, PAGE_SIZE, **filters)
-    items = []
-    for story in stories:
-        others = [m for m in story["members"] if not m["is_canonical"]]
-        also = ", ".join(_link(m["url"], m["source"]) for m in others)
-        items.append(
-            f'<article class="story"><h2>{_link(story["canonical_url"], story["title"])}</h2>'
-            f'<div class="meta">{escape(story["canonical_source"])} · '
-            f'<time datetime="{escape(story["last_updated"])}">'
-            f'{escape(story["last_published"][:16].replace("T", " "))} UTC</time> · '
-            f'<a href="/story/{story["story_id"]}">{story["article_count"]} versions from '
-            f'{story["source_count"]} sources</a></div>'
-            + (f'<div class="also">Also covered by {also}</div>' if also else "")
-            + "</article>")
+    items = [_story_item(story) for story in latest_stories(database, PAGE_SIZE, **filters)]
     title = "Latest stories" + (f" covered by {filters['min_sources']} or more sources"
                                 if filters["min_sources"] else "")
     kept = {k: v for k, v in filters.items() if v and k != "min_sources"}
@@ -169,9 +186,50 @@ async def home(request: Request) -> HTMLResponse:
 
     choices = " · ".join(choice(minimum, label) for minimum, label in (
         (1, "all"), (2, "2+ sources"), (3, "3+ sources"), (5, "5+ sources")))
-    body = (f'<h1>{escape(title)}</h1><p class="meta">Show: {choices}</p>'
+    body = (f'<h1>{escape(title)}</h1>{_search_form()}<p class="meta">Show: {choices}</p>'
             + ("".join(items) or "<p>No stories yet.</p>"))
     return _page(title, body)
+
+
+def _fts_words(query: str) -> str:
+    """Free text as an FTS5 query: each word a quoted term, all of them required."""
+    return " ".join(f'"{word}"' for word in re.findall(r"\w+", query))
+
+
+async def search_page(request: Request) -> HTMLResponse:
+    """Full-text search, one result per story.  FTS5's syntax where the query is written in
+    it (``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``); any other text (``U.S. talks``,
+    ``don't``) is searched as its words."""
+    database = request.app.state.database
+    query = request.query_params.get("q", "").strip()[:500]
+    heading = f"Search: {query}" if query else "Search"
+    if not query:
+        return _page(heading, f"<h1>Search</h1>{_search_form()}"
+                              '<p><a href="/">← Latest stories</a></p>')
+    conn = _reader(database)
+    note = ""
+    try:
+        try:
+            found = search_stories(conn, query, PAGE_SIZE)
+        except sqlite3.OperationalError:
+            words = _fts_words(query)
+            found = search_stories(conn, words, PAGE_SIZE) if words else []
+            note = (f'<p class="meta">Searched for the words {escape(words)}'
+                    if words else '<p class="meta">No words to search for')
+            note += " (the query is not in FTS5 syntax).</p>"
+    finally:
+        conn.close()
+    matching = dict(found)
+    rank = {story_id: position for position, story_id in enumerate(matching)}
+    stories = _with_members(database, sorted(
+        _rows(database, f"SELECT * FROM latest_stories WHERE story_id IN "
+                        f"({','.join('?' * len(matching))})", list(matching)),
+        key=lambda story: rank[story["story_id"]]))
+    items = "".join(_story_item(story, matching[story["story_id"]]) for story in stories)
+    body = (f'<p><a href="/">← Latest stories</a></p><h1>{escape(heading)}</h1>'
+            f'{_search_form(query)}{note}'
+            + (items or "<p>No story matches.</p>"))
+    return _page(heading, body)
 
 
 async def story_page(request: Request) -> Response:
@@ -431,6 +489,7 @@ def create_app(database: str, status: DaemonStatus | None = None,
     app = Starlette(routes=[
         Route("/", home),
         Route("/story/{story_id:int}", story_page),
+        Route("/search", search_page),
         Route("/feed.atom", feed_atom),
         Route("/feed.json", feed_json),
         Route("/healthz", healthz),

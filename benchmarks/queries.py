@@ -29,7 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wordfreq import top_n_list  # noqa: E402
 
-from aggregator.readers import SOURCE_COUNTS, newest_story_ids, select_in  # noqa: E402
+from aggregator.readers import (  # noqa: E402
+    SEARCH_ARTICLES,
+    SEARCH_STORIES,
+    SOURCE_COUNTS,
+    newest_story_ids,
+    select_in,
+)
 from aggregator.store import Store, to_iso  # noqa: E402
 
 QUERIES = {
@@ -57,11 +63,9 @@ QUERIES = {
         ("SELECT article_id, source, title, url, published, relation, similarity, "
          "is_canonical FROM article_stories WHERE story_id = :story_id "
          "ORDER BY is_canonical DESC, published", "story"),
-    "full-text search, stories by best match (`aggregator search`)":
-        ("SELECT a.story_id, min(f.rank) AS rank, count(*) AS matching_articles "
-         "FROM (SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH :query "
-         "ORDER BY rank LIMIT 500) f JOIN articles a ON a.id = f.rowid "
-         "WHERE a.story_id IS NOT NULL GROUP BY a.story_id ORDER BY rank LIMIT 20", "query"),
+    "full-text search, stories by best match (`aggregator search`, web `/search`)":
+        (SEARCH_STORIES.replace(":articles", str(SEARCH_ARTICLES)).replace(":limit", "20"),
+         "query"),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),

@@ -261,6 +261,22 @@ def test_add_names_unique_and_any_title_valid_toml(tmp_path, feed_server):
     assert names == ['Wire \U0001F4F0 "quoted" \\ back', 'Wire \U0001F4F0 "quoted" \\ back (2)']
 
 
+@pytest.mark.parametrize("typed, fetched", [
+    ("feed://{host}/rss", "http://{host}/rss"),
+    ("feed:http://{host}/rss", "http://{host}/rss"),
+    ("  http://{host}/rss ", "http://{host}/rss"),
+])
+def test_add_takes_a_url_as_people_paste_it(tmp_path, feed_server, typed, fetched):
+    titled = FEED.replace(b"<title>Test Wire</title>", b"<title>\n  Test\n  Wire </title>", 1)
+    feed_server.route("/rss", Reply(200, titled, RSS))
+    host = feed_server.base.split("://")[1]
+    config = write_config(tmp_path / "a.toml", [])
+    result = add(config, typed.format(host=host))
+    assert result.exit_code == 0, result.output
+    [source] = load_config(config, environ={}).sources
+    assert (source.name, source.url) == ("Test Wire", fetched.format(host=host))
+
+
 def test_add_dry_run_shows_the_table_and_changes_nothing(tmp_path, feed_server):
     feed_server.route("/rss", Reply(200, FEED, RSS))
     config = write_config(tmp_path / "a.toml", [])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from html import escape
 from pathlib import Path
 
 import feedparser
@@ -165,6 +167,38 @@ def test_a_bad_min_sources_is_a_400_naming_it(filled, value):
             assert response.status_code == 200  # an empty field is no filter
             continue
         assert response.status_code == 400 and "min_sources" in response.text
+
+
+@pytest.mark.parametrize("query, titles, note", [
+    ("Lavrov", ["diplomat"], None),
+    ('"security guarantees" AND Ukraine', ["diplomat"], None),
+    ("snow OR Lavrov", ["snow", "diplomat"], None),
+    # not FTS5 syntax: searched as its words
+    ("Lavrov (security", ["diplomat"], '"Lavrov" "security"'),
+    ("Lavrov's", ["diplomat"], '"Lavrov" "s"'),
+    ('"', [], "No words to search for"),
+    ("<script>alert(1)</script>", [], '"script" "alert" "1" "script"'),
+    ("zzzunknownword", [], None),
+])
+def test_search_page_finds_stories_and_reads_free_text_as_words(filled, query, titles, note):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    response = client.get("/search", params={"q": query})
+    assert response.status_code == 200
+    page = response.text
+    found = [h.lower() for h in re.findall(r'<article class="story"><h2>(?:<a [^>]*>)?([^<]*)',
+                                           page)]
+    assert len(found) == len(titles)
+    assert all(word in title for word, title in zip(titles, found, strict=True))
+    assert (f"{escape(note)}" in page) if note else "Searched for the words" not in page
+    assert "<script>" not in page and f'value="{escape(query)}"' in page
+    if titles == ["diplomat"] and note is None and query == "Lavrov":
+        assert "(3 matching)" in page
+    if not titles:
+        assert "No story matches" in page
+    empty = client.get("/search")
+    assert empty.status_code == 200 and 'name="q"' in empty.text
+    assert 'action="/search"' in client.get("/").text
 
 
 def test_json_feed_is_valid_json_feed_1_1(filled):
