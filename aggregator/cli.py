@@ -143,6 +143,8 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
                        f"{report.new_articles} new{filtered}{detail}")
         if not reports:
             click.echo("no source is due")
+        if config.webhooks:
+            click.echo(f"webhooks: {aggregator.last_delivery}")
         return
     from .web import DaemonStatus
 

@@ -138,6 +138,20 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """Where the daemon posts each story once it is reported by ``min_sources`` sources or
+    more (and, with ``tags``, by a source with one of them): one POST a story, however many
+    versions follow.  ``name`` keys its deliveries in the store; the URL and headers, which
+    may hold a token, stay out of ``repr`` and the store."""
+
+    name: str
+    url: str = field(repr=False)
+    min_sources: int = 1
+    tags: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     database: str
@@ -167,6 +181,7 @@ class Config:
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sources: tuple[Source, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
 
     def source(self, name: str) -> Source:
         for source in self.sources:
@@ -455,21 +470,53 @@ def _load_credentials(reader: _Reader, url: str, environ: Mapping[str, str],
     if (username is None) != (password is None):
         raise reader.fail("username" if username is None else "password",
                           "username and password come together")
-    table = reader.get("headers", dict, {})
+    headers = _headers(reader, authorization=username is None)
+    return Credentials(site=url, username=username, password=password, headers=headers)
+
+
+def _headers(reader: _Reader, authorization: bool = True) -> tuple[tuple[str, str], ...]:
+    """``headers``, a table of extra request headers; without ``authorization`` that one
+    is refused too (it comes from a username and password)."""
     headers = []
-    for name, value in table.items():
+    for name, value in reader.get("headers", dict, {}).items():
         if not _HEADER_NAME.match(name):
             raise reader.fail("headers", f"{name!r} is not a header name")
         if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
             raise reader.fail("headers", f"{name}: expected a string on one line")
         if name.lower() in _RESERVED_HEADERS or (
-                username is not None and name.lower() == "authorization"):
+                not authorization and name.lower() == "authorization"):
             raise reader.fail("headers", f"{name} is set by the fetcher"
-                              + (" (from username and password)"
-                                 if name.lower() == "authorization" else ""))
+                              + ("" if authorization else " (from username and password)"))
         headers.append((name, value))
-    return Credentials(site=url, username=username, password=password,
-                       headers=tuple(headers))
+    return tuple(headers)
+
+
+def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
+    if not isinstance(tables, list):
+        raise ConfigError(path, "expected an array of tables ([[webhooks]])", key="webhooks")
+    webhooks: list[Webhook] = []
+    for index, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise ConfigError(path, "expected a table", key=f"webhooks[{index}]")
+        reader = _Reader(path, table, prefix=f"webhooks[{index}].")
+        reader.reject_unknown({"name", "url", "min_sources", "tags", "headers"})
+        name = reader.get("name", str, "").strip()
+        if not name:
+            raise reader.fail("name", "is required")
+        if name in {w.name for w in webhooks}:
+            raise reader.fail("name", f"another webhook is named {name!r}")
+        url = reader.get("url", str, "")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise reader.fail("url", "expected an http(s) URL")
+        tags = reader.get("tags", list, [])
+        if not all(isinstance(tag, str) for tag in tags):
+            raise reader.fail("tags", "expected a list of strings")
+        webhooks.append(Webhook(
+            name=name, url=url,
+            min_sources=int(reader.number("min_sources", 1, 1, 1_000_000)),
+            tags=tuple(tags), headers=_headers(reader)))
+    return tuple(webhooks)
 
 
 def too_short_a_retention(retention_s: float, clustering: ClusteringSettings) -> str | None:
@@ -510,7 +557,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
                         "workers", "write_behind", "block_private_addresses",
                         "permanent_redirect_after",
                         "min_host_interval", "min_interval", "max_interval", "retention",
-                        "exclude", "service_groups", "clustering", "http", "sources"})
+                        "exclude", "service_groups", "clustering", "http", "sources",
+                        "webhooks"})
     defaults = Config(path=shown, database="")
     default_interval_s = top.duration("default_interval", defaults.default_interval_s)
 
@@ -558,6 +606,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         clustering=clustering,
         http=_load_http(shown, raw.get("http", {})),
         sources=tuple(sources),
+        webhooks=_load_webhooks(shown, raw.get("webhooks", [])),
     )
 
 

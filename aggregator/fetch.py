@@ -45,6 +45,26 @@ def classify_status(status: int) -> Outcome:
     return Outcome.ERROR
 
 
+class Delivery(StrEnum):
+    DELIVERED = "delivered"
+    # The receiver cannot take it now (busy, failing, or not configured to): this payload
+    # and the ones after it wait.
+    RETRY = "retry"
+    # The receiver refuses this payload itself: it is not sent again, the others are.
+    REJECTED = "rejected"
+
+
+def classify_delivery(status: int) -> Delivery:
+    """What an HTTP status means for a webhook POST.  Only the statuses about the payload
+    (400, 413, 415, 422) give it up: a 401, 404 or 3xx says the webhook is misconfigured,
+    and once it is mended every story still waiting is delivered."""
+    if 200 <= status < 300:
+        return Delivery.DELIVERED
+    if status in (400, 413, 415, 422):
+        return Delivery.REJECTED
+    return Delivery.RETRY
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date form)."""
     if not value:

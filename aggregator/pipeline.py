@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 from . import fetch as fetching
-from . import retention
+from . import notify, retention
 from .children import exit_with_parent
 from .cluster import (
     DAY_S,
@@ -542,6 +542,8 @@ class Aggregator:
         self.limits = fetching.FetchLimits.of(config)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
+        self.notifier = notify.Notifier(config.user_agent)
+        self.last_delivery = notify.DeliveryReport()
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._host_next_start: dict[str, float] = {}
         self._host_slots_lock = threading.Lock()
@@ -633,6 +635,7 @@ class Aggregator:
 
     def close(self) -> None:
         self._settle_in_flight()
+        self.notifier.close()
         if self._write_behind is not None:
             self._write_behind.close()
         if self._client is not None:
@@ -1665,6 +1668,7 @@ class Aggregator:
         try:
             self._prune_template_lines(now)
             self.purge_expired(now)
+            self.deliver_webhooks(now)
             self.store.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
             log.error("database %s: %s", self.store.path, exc)
@@ -1735,6 +1739,18 @@ class Aggregator:
             log.info("retention (%g days): deleted %s%s", self.config.retention_s / DAY_S,
                      report, "" if report.complete else "; the rest at the next pass")
         return report
+
+    def deliver_webhooks(self, now: datetime) -> notify.DeliveryReport:
+        """Post the stories that the configured webhooks take and have not had yet
+        (``notify``), after what the pass wrote is in the store."""
+        with self._write_lock:
+            self._settle_in_flight()
+        self.last_delivery = self.notifier.run(self.config, self.store.db.conn,
+                                                self._upkeep, now)
+        if self.last_delivery.delivered or self.last_delivery.rejected \
+                or self.last_delivery.failed:
+            log.info("webhooks: %s", self.last_delivery)
+        return self.last_delivery
 
     @contextmanager
     def _upkeep(self) -> Iterator[sqlite3.Connection]:

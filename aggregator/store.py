@@ -581,6 +581,24 @@ def _m014_stories_by_coverage(db: sqlite_utils.Database) -> None:
     db.conn.execute("CREATE INDEX stories_sources_last_seen ON stories(source_count, last_seen)")
 
 
+def _m015_webhook_deliveries(db: sqlite_utils.Database) -> None:
+    """What the daemon posted to each configured webhook (``notify``), by webhook name and
+    story: a story is posted once, however many versions follow, across restarts."""
+    _run_script(db, """
+    CREATE TABLE webhook_deliveries (
+        webhook TEXT NOT NULL,
+        story_id INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        last_attempt_at TEXT NOT NULL,
+        delivered_at TEXT,
+        PRIMARY KEY (webhook, story_id)
+    ) WITHOUT ROWID;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -596,6 +614,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("012_search_merges", _m012_search_merges),
     ("013_retention", _m013_retention),
     ("014_stories_by_coverage", _m014_stories_by_coverage),
+    ("015_webhook_deliveries", _m015_webhook_deliveries),
 ]
 
 
@@ -1593,8 +1612,9 @@ class Store:
         conn.executemany("UPDATE term_stats SET purged_frequency = purged_frequency + ? "
                          "WHERE term = ?", [(count, term)
                                             for term, count in purged_terms.items()])
-        conn.execute("DELETE FROM canonical_history "
-                     "WHERE story_id IN (SELECT value FROM json_each(?1))", [stories])
+        for table in ("canonical_history", "webhook_deliveries"):
+            conn.execute(f"DELETE FROM {table} "
+                         "WHERE story_id IN (SELECT value FROM json_each(?1))", [stories])
         # The fingerprint rows go by cascade, the full-text rows and the sources' counts by
         # trigger (``articles_fts_delete``, ``articles_count_delete``).
         conn.execute("DELETE FROM articles WHERE story_id IN (SELECT value FROM json_each(?1))",

@@ -31,6 +31,8 @@ class Request:
     headers: dict[str, str]
     at: float = 0.0
     client: tuple[str, int] | None = None  # its address: one per connection
+    method: str = "GET"
+    body: bytes = b""
 
 
 class FeedServer:
@@ -51,6 +53,10 @@ class FeedServer:
             def log_message(self, *args):
                 pass
 
+            def do_POST(self):
+                self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.do_GET()
+
             def do_GET(self):
                 host = (self.headers.get("Host") or "").split(":")[0]
                 with server._lock:
@@ -70,7 +76,8 @@ class FeedServer:
             def _get(self):
                 with server._lock:
                     server.requests.append(Request(self.path, dict(self.headers),
-                                                   time.monotonic(), self.client_address))
+                                                   time.monotonic(), self.client_address,
+                                                   self.command, getattr(self, "_body", b"")))
                     replies = server.routes.get(self.path)
                     if not replies:
                         reply = Reply(404, b"not found")
