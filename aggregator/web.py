@@ -443,6 +443,13 @@ class StoreCollector:
         yield HistogramMetricFamily("aggregator_story_size", "Articles per story",
                                     buckets=buckets,
                                     sum_value=sum(r["size"] * r["n"] for r in sizes))
+        webhooks = GaugeMetricFamily(
+            "aggregator_webhook_stories", "Stories by the outcome of their last POST to each "
+            "webhook (retry: not delivered yet)", labels=["webhook", "outcome"])
+        for row in _rows(self.database, "SELECT webhook, outcome, count(*) AS n FROM "
+                                        "webhook_deliveries GROUP BY webhook, outcome"):
+            webhooks.add_metric([row["webhook"], row["outcome"]], row["n"])
+        yield webhooks
         due = _rows(self.database, """SELECT count(*) AS n FROM sources WHERE enabled AND
                 in_config AND disabled_reason IS NULL AND (next_check_at IS NULL OR
                 next_check_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))""")[0]["n"]

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
 from feed_server import Reply
+from starlette.testclient import TestClient
 
 from aggregator.cli import main
 from aggregator.config import Webhook, load_config
@@ -20,6 +21,7 @@ from aggregator.fetch import Delivery, classify_delivery
 from aggregator.notify import RETRY_BASE_S, RETRY_MAX_S, retry_delay
 from aggregator.pipeline import Aggregator
 from aggregator.store import Store, utcnow
+from aggregator.web import create_app
 
 LAVROV = "Russias top diplomat rejects key part of deal to end war with Ukraine"
 
@@ -164,6 +166,9 @@ def test_a_rejected_story_is_recorded_and_the_others_go_on(tmp_path, seed_dir, f
         outcomes = dict(aggregator.store.db.execute(
             "SELECT outcome, count(*) FROM webhook_deliveries GROUP BY outcome").fetchall())
         assert outcomes == {"rejected": 1, "delivered": 5}
+        metrics = TestClient(create_app(aggregator.store.path)).get("/metrics").text
+        assert 'aggregator_webhook_stories{outcome="delivered",webhook="picky"} 5.0' in metrics
+        assert 'aggregator_webhook_stories{outcome="rejected",webhook="picky"} 1.0' in metrics
     finally:
         aggregator.close()
 
