@@ -186,7 +186,8 @@ async def home(request: Request) -> HTMLResponse:
 
     choices = " · ".join(choice(minimum, label) for minimum, label in (
         (1, "all"), (2, "2+ sources"), (3, "3+ sources"), (5, "5+ sources")))
-    body = (f'<h1>{escape(title)}</h1>{_search_form()}<p class="meta">Show: {choices}</p>'
+    body = (f'<h1>{escape(title)}</h1>{_search_form()}<p class="meta">Show: {choices} · '
+            f'<a href="/sources">sources</a></p>'
             + ("".join(items) or "<p>No stories yet.</p>"))
     return _page(title, body)
 
@@ -230,6 +231,37 @@ async def search_page(request: Request) -> HTMLResponse:
             f'{_search_form(query)}{note}'
             + (items or "<p>No story matches.</p>"))
     return _page(heading, body)
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return "never"
+    return f'<time datetime="{escape(stamp)}">{escape(stamp[:16].replace("T", " "))}</time>'
+
+
+async def sources_page(request: Request) -> HTMLResponse:
+    """Each configured source's health, as ``aggregator sources`` shows it, without URLs or
+    error texts: those may carry a private feed's token, and this page may be public."""
+    rows = _rows(request.app.state.database,
+                 "SELECT * FROM source_health WHERE in_config ORDER BY status = 'ok', name")
+    failing = sum(row["status"] != "ok" for row in rows)
+    body_rows = "".join(
+        f'<tr><td><a href="/?{escape(urlencode({"source": row["name"]}))}">'
+        f'{escape(row["name"])}</a></td>'
+        f'<td class="relation">{escape(row["status"])}</td>'
+        f'<td>{escape(row["last_outcome"] or "")}'
+        f'{" (HTTP " + str(row["last_status"]) + ")" if row["last_status"] else ""}'
+        f'<div class="meta">{_when(row["last_checked_at"])}</div></td>'
+        f'<td>{_when(row["last_success_at"])}</td><td>{row["consecutive_errors"]}</td>'
+        f'<td>{_when(row["next_check_at"]) if row["disabled_reason"] is None else "—"}</td>'
+        f'<td>{row["articles"]}</td></tr>' for row in rows)
+    body = ('<p><a href="/">← Latest stories</a></p><h1>Sources</h1>'
+            f'<p class="meta">{len(rows)} sources, {failing} not ok. '
+            "Errors and addresses: <code>aggregator sources</code>.</p>"
+            "<table><thead><tr><th>Source</th><th>Status</th><th>Last check</th>"
+            "<th>Last success</th><th>Errors in a row</th><th>Next check</th>"
+            f"<th>Articles</th></tr></thead><tbody>{body_rows}</tbody></table>")
+    return _page("Sources", body)
 
 
 async def story_page(request: Request) -> Response:
@@ -497,6 +529,7 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/", home),
         Route("/story/{story_id:int}", story_page),
         Route("/search", search_page),
+        Route("/sources", sources_page),
         Route("/feed.atom", feed_atom),
         Route("/feed.json", feed_json),
         Route("/healthz", healthz),

@@ -370,3 +370,26 @@ def test_newest_story_ids_are_what_a_scan_by_time_finds(tmp_path, seed):
         "last_seen >= '0000' ORDER BY last_seen DESC, id DESC LIMIT 50"))
     assert "stories_sources_last_seen" in plan and "TEMP B-TREE" not in plan
     store.close()
+
+
+def test_sources_page_shows_health_without_addresses_or_error_texts(tmp_path, seed_dir,
+                                                                     feed_server):
+    from feed_server import Reply
+
+    feed_server.route("/private?token=s3cret", Reply(500, b"oops"))
+    sources = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
+    sources.append({"name": "Private", "url": feed_server.url("/private?token=s3cret")})
+    config = write_config(tmp_path / "health.toml", sources)
+    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator.run_pass()
+    aggregator.close()
+    client = TestClient(create_app(load_config(config, environ={}).database))
+    page = client.get("/sources")
+    assert page.status_code == 200
+    rows = re.findall(r"<tr><td><a [^>]*>([^<]*)</a></td><td class=\"relation\">([^<]*)",
+                      page.text)
+    assert rows == [("Private", "backoff"), ("Europe Brief", "ok"), ("News18 World", "ok"),
+                    ("World Desk Daily", "ok")]
+    assert "4 sources, 1 not ok" in page.text and "(HTTP 500)" in page.text
+    assert "s3cret" not in page.text and "127.0.0.1" not in page.text
+    assert 'href="/sources"' in client.get("/").text
