@@ -71,23 +71,24 @@ def stories_due(conn: sqlite3.Connection, webhook: Webhook, since: str,
         [since, webhook.min_sources, webhook.name, *webhook.tags, limit]).fetchall()
 
 
+def _dicts(conn: sqlite3.Connection, sql: str, params: list) -> list[dict]:
+    cursor = conn.execute(sql, params)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
 def story_payload(conn: sqlite3.Connection, story_id: int, webhook: Webhook,
                   base_url: str | None) -> dict | None:
     """What is posted for a story: its row of ``latest_stories``, its versions (the
     canonical first), and a one-line ``text`` that chat services (Slack, Mattermost)
     show as it is."""
-    conn.row_factory = sqlite3.Row
-    try:
-        [story] = [dict(row) for row in conn.execute(
-            "SELECT * FROM latest_stories WHERE story_id = ?", [story_id])] or [None]
-        if story is None:
-            return None
-        versions = [dict(row) for row in conn.execute(
-            "SELECT source, title, url, published, relation, similarity, is_canonical "
-            "FROM article_stories WHERE story_id = ? "
-            "ORDER BY is_canonical DESC, published, article_id", [story_id])]
-    finally:
-        conn.row_factory = None
+    [story] = _dicts(conn, "SELECT * FROM latest_stories WHERE story_id = ?",
+                     [story_id]) or [None]
+    if story is None:
+        return None
+    versions = _dicts(conn, "SELECT source, title, url, published, relation, similarity, "
+                            "is_canonical FROM article_stories WHERE story_id = ? "
+                            "ORDER BY is_canonical DESC, published, article_id", [story_id])
     story["page"] = f"{base_url.rstrip('/')}/story/{story_id}" if base_url else None
     link = story["canonical_url"] or story["page"] or ""
     return {"webhook": webhook.name, "story": story, "versions": versions,
