@@ -39,6 +39,11 @@ def check_store(store: Store, settings: ClusteringSettings,
         "WHERE s.id IS NULL",
         lambda r: f"article {r[0]} has story {r[1]}, which does not exist"))
     q(_query_violations(
+        store, "every webhook delivery is of a story in the store",
+        "SELECT d.webhook, d.story_id FROM webhook_deliveries d LEFT JOIN stories s "
+        "ON s.id = d.story_id WHERE s.id IS NULL",
+        lambda r: f"webhook {r[0]!r}: a delivery of story {r[1]}, which does not exist"))
+    q(_query_violations(
         store, "every story has a canonical that is one of its members",
         "SELECT s.id, s.canonical_article_id FROM stories s LEFT JOIN articles a "
         "ON a.id = s.canonical_article_id WHERE a.id IS NULL OR a.story_id IS NOT s.id",

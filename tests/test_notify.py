@@ -14,6 +14,7 @@ from conftest import DATA, SEED_FEEDS, write_config
 from feed_server import Reply
 from starlette.testclient import TestClient
 
+from aggregator.check import check_store
 from aggregator.cli import main
 from aggregator.config import Webhook, load_config
 from aggregator.errors import ConfigError
@@ -122,6 +123,13 @@ def test_each_story_is_posted_once_when_enough_sources_report_it(tmp_path, seed_
         Store.purge_stories(conn, [lavrov["story"]["story_id"]], utcnow())
     assert store.db.execute("SELECT count(*) FROM webhook_deliveries WHERE story_id = ?",
                             [lavrov["story"]["story_id"]]).fetchone()[0] == 0
+    assert check_store(store, load_config(config, environ={}).clustering) == []
+    with store.transaction() as conn:  # what check finds when a delivery outlives its story
+        conn.execute("INSERT INTO webhook_deliveries (webhook, story_id, outcome, attempts, "
+                     "last_attempt_at) VALUES ('everything', 999999, 'delivered', 1, 'x')")
+    [violation] = check_store(store, load_config(config, environ={}).clustering)
+    assert violation.detail == ("webhook 'everything': a delivery of story 999999, "
+                                "which does not exist")
     store.close()
 
 
