@@ -411,6 +411,37 @@ def sources(config_path, as_json) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@handle_errors
+def webhooks(config_path, as_json) -> None:
+    """Show each configured webhook with what it was sent: stories delivered, rejected and
+    waiting (not delivered yet), the last attempt and the last error.
+
+    \b
+    Example:
+        aggregator webhooks
+    """
+    from .notify import webhook_overview
+
+    config = load_config(config_path, secrets=False)
+    rows = webhook_overview(store_at(config.database).db.conn, config)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        tags = f", tags {', '.join(row['tags'])}" if row["tags"] else ""
+        click.echo(f"{row['name']} (stories from {row['min_sources']} sources{tags})")
+        click.echo(f"  {row['delivered']} delivered, {row['rejected']} rejected, "
+                   f"{row['waiting']} waiting; last attempt {row['last_attempt_at'] or 'never'}"
+                   f", since {row['since'] or 'the next pass'}")
+        if row["last_error"]:
+            click.echo(f"  last error: {row['last_error']}")
+    if not rows:
+        click.echo("no webhook is configured ([[webhooks]] in the configuration)")
+
+
+@main.command()
+@CONFIG_OPTION
 @click.option("--no-signatures", is_flag=True,
               help="Skip recomputing every article's signatures (the slowest check).")
 @handle_errors

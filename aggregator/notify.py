@@ -96,6 +96,30 @@ def story_payload(conn: sqlite3.Connection, story_id: int, webhook: Webhook,
                     f"{story['sources']}) {link}".strip()}
 
 
+def webhook_overview(conn: sqlite3.Connection, config: Config) -> list[dict]:
+    """Each configured webhook with the stories it was sent by outcome, its last attempt
+    and last error (never its URL or headers), for ``aggregator webhooks``."""
+    rows = []
+    for webhook in config.webhooks:
+        counts = dict(conn.execute("SELECT outcome, count(*) FROM webhook_deliveries "
+                                   "WHERE webhook = ? GROUP BY outcome", [webhook.name]))
+        last_attempt = conn.execute("SELECT max(last_attempt_at) FROM webhook_deliveries "
+                                    "WHERE webhook = ?", [webhook.name]).fetchone()[0]
+        last_error = conn.execute("SELECT error FROM webhook_deliveries WHERE webhook = ? "
+                                  "AND error IS NOT NULL ORDER BY last_attempt_at DESC "
+                                  "LIMIT 1", [webhook.name]).fetchone()
+        since = conn.execute("SELECT value FROM meta WHERE key = ?",
+                             [_meta_key("since", webhook.name)]).fetchone()
+        rows.append({"name": webhook.name, "min_sources": webhook.min_sources,
+                     "tags": list(webhook.tags), "since": since[0] if since else None,
+                     "delivered": counts.get("delivered", 0),
+                     "rejected": counts.get("rejected", 0),
+                     "waiting": counts.get("retry", 0),
+                     "last_attempt_at": last_attempt,
+                     "last_error": last_error[0] if last_error else None})
+    return rows
+
+
 @dataclass(frozen=True)
 class Attempt:
     story_id: int

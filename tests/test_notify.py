@@ -174,6 +174,17 @@ def test_a_rejected_story_is_recorded_and_the_others_go_on(tmp_path, seed_dir, f
         outcomes = dict(aggregator.store.db.execute(
             "SELECT outcome, count(*) FROM webhook_deliveries GROUP BY outcome").fetchall())
         assert outcomes == {"rejected": 1, "delivered": 5}
+        shown = CliRunner().invoke(main, ["webhooks", "--config", str(config)])
+        assert shown.exit_code == 0, shown.output
+        lines = shown.output.splitlines()
+        assert lines[0] == "picky (stories from 1 sources)"
+        assert lines[1].startswith("  5 delivered, 1 rejected, 0 waiting; last attempt 20")
+        assert lines[2] == "  last error: HTTP 422: no"
+        listed = json.loads(CliRunner().invoke(
+            main, ["webhooks", "--config", str(config), "--json"]).output)
+        assert [(w["name"], w["delivered"], w["rejected"], w["waiting"]) for w in listed] == [
+            ("picky", 5, 1, 0)]
+        assert feed_server.base not in shown.output
         metrics = TestClient(create_app(aggregator.store.path)).get("/metrics").text
         assert 'aggregator_webhook_stories{outcome="delivered",webhook="picky"} 5.0' in metrics
         assert 'aggregator_webhook_stories{outcome="rejected",webhook="picky"} 1.0' in metrics
