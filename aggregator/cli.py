@@ -604,6 +604,66 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
                f"{found.entries} entries; {discovery.how})")
 
 
+def _change_source(config_path: str | None, name: str, enabled: bool | None) -> None:
+    from .config import change_source
+
+    path = config_file_path(config_path)
+    changed = change_source(path, name, enabled)
+    if enabled is None:
+        click.echo(f"removed source {name!r} from {path}; its articles stay in the store, "
+                   "and a running daemon stops polling it")
+    elif not changed:
+        click.echo(f"source {name!r} is {'enabled' if enabled else 'disabled'} already")
+    else:
+        click.echo(f"{'enabled' if enabled else 'disabled'} source {name!r} in {path}; a "
+                   f"running daemon {'polls' if enabled else 'stops polling'} it from its "
+                   "next pass")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("name")
+@handle_errors
+def disable(config_path, name) -> None:
+    """Stop polling the source NAME (``enabled = false`` in its table); its articles and
+    fetch state stay.
+
+    \b
+    Example:
+        aggregator disable "Europe Brief"
+    """
+    _change_source(config_path, name, False)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("name")
+@handle_errors
+def enable(config_path, name) -> None:
+    """Poll the source NAME again (``enabled = true`` in its table).
+
+    \b
+    Example:
+        aggregator enable "Europe Brief"
+    """
+    _change_source(config_path, name, True)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("name")
+@handle_errors
+def remove(config_path, name) -> None:
+    """Take the source NAME out of the configuration file (its table, and the comment lines
+    right above it); the rest of the file stays as it was.  Its articles stay in the store.
+
+    \b
+    Example:
+        aggregator remove "Europe Brief"
+    """
+    _change_source(config_path, name, None)
+
+
 @main.command(name="export-opml")
 @CONFIG_OPTION
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File [default: stdout].")

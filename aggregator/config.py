@@ -651,17 +651,96 @@ def append_sources(config_path: str | os.PathLike[str], tables: list[str], what:
     was.  A running daemon notices the change and polls the new sources."""
     target = Path(config_path)
     original = target.read_text(encoding="utf-8")
-    updated = original.rstrip("\n") + "\n" + "".join(tables)
+    _replace_config(target, original.rstrip("\n") + "\n" + "".join(tables), what)
+
+
+def _replace_config(target: Path, updated: str, what: str,
+                    expected: Config | None = None) -> None:
+    """Replace the configuration file with ``updated`` if it is valid and, when given,
+    reads as ``expected`` (bar its path): an edit of the text that changed anything else is
+    refused, and the file stays as it was."""
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
                                      suffix=".toml", delete=False) as handle:
         handle.write(updated)
     try:
-        load_config(handle.name, environ={}, secrets=False)
+        result = load_config(handle.name, environ={}, secrets=False)
     except ConfigError as exc:
         os.unlink(handle.name)
         where = "".join(f"{label} {value!r}: " for label, value in
                         (("source", exc.source), ("key", exc.key)) if value is not None)
         raise AggregatorError(f"{what} would break the configuration {target}: "
                               f"{where}{exc.message}") from None
+    if expected is not None and dataclasses.replace(result, path=expected.path) != expected:
+        os.unlink(handle.name)
+        raise AggregatorError(f"{target}: {what} cannot be done safely on this file's layout; "
+                              "edit it by hand")
     shutil.copymode(target, handle.name)
     os.replace(handle.name, target)
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[")
+_SOURCES_HEADER = re.compile(r"^\s*\[\[\s*sources\s*\]\]\s*(#.*)?$")
+_ENABLED_LINE = re.compile(r"^(\s*enabled\s*=\s*)(true|false)")
+
+
+def _source_lines(lines: list[str], index: int) -> tuple[int, int]:
+    """The lines ``[start, end)`` of the ``index``-th ``[[sources]]`` table: its header up to
+    the next table's, less the comments and blank lines just before that one (they are the
+    next table's introduction)."""
+    headers = [number for number, line in enumerate(lines) if _SOURCES_HEADER.match(line)]
+    if index >= len(headers):
+        raise IndexError(index)
+    start = headers[index]
+    end = next((number for number in range(start + 1, len(lines))
+                if _TABLE_HEADER.match(lines[number])), len(lines))
+    while end > start + 1 and (not lines[end - 1].strip()
+                               or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    return start, end
+
+
+def change_source(config_path: str | os.PathLike[str], name: str,
+                  enabled: bool | None) -> bool:
+    """Remove the source ``name`` from a configuration file (``enabled`` None), or set its
+    ``enabled``; the rest of the file stays as it was, comments and all.  Returns whether
+    the file changed (not when the source is already as asked).  The result must read as
+    the configuration before with only that change, or the file is left alone."""
+    target = Path(config_path)
+    before = load_config(target, environ={}, secrets=False)
+    names = [source.name for source in before.sources]
+    if name not in names:
+        known = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+        raise AggregatorError(f"{target}: no source is named {name!r} "
+                              f"(sources: {known or 'none'})")
+    what = "removing" if enabled is None else ("enabling" if enabled else "disabling")
+    what += f" source {name!r}"
+    index = names.index(name)
+    if enabled is not None and before.sources[index].enabled == enabled:
+        return False
+    lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        start, end = _source_lines(lines, index)
+    except IndexError:
+        raise AggregatorError(f"{target}: {what} cannot be done safely on this file's "
+                              "layout (sources not written as [[sources]] tables); edit it "
+                              "by hand") from None
+    if enabled is None:
+        # Comment lines right above the header introduce the table: they go with it.
+        while start > 0 and lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        del lines[start:end]
+        sources = tuple(s for s in before.sources if s.name != name)
+    else:
+        value = "true" if enabled else "false"
+        found = [n for n in range(start + 1, end) if _ENABLED_LINE.match(lines[n])]
+        if found:
+            lines[found[0]] = _ENABLED_LINE.sub(rf"\g<1>{value}", lines[found[0]], count=1)
+        else:
+            if not lines[end - 1].endswith("\n"):
+                lines[end - 1] += "\n"
+            lines.insert(end, f"enabled = {value}\n")
+        sources = tuple(dataclasses.replace(s, enabled=enabled) if s.name == name else s
+                        for s in before.sources)
+    _replace_config(target, "".join(lines), what,
+                    expected=dataclasses.replace(before, sources=sources))
+    return True

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
@@ -65,3 +66,84 @@ def test_export_round_trips_through_import(tmp_path):
     config = load_config(default, environ={})
     assert [(s.name, s.url, s.tags) for s in subscriptions] == [
         (s.name, s.url, s.tags) for s in config.sources]
+
+
+LAYOUT = '''# my aggregator
+database = "a.db"   # the store
+
+[clustering]
+window_days = 7
+
+# Wire A: the fastest wire
+[[sources]]
+name = "Wire A"
+url = "https://a.example/feed.xml"   # moved in 2025
+tags = ["world"]
+
+# Europe Brief, daily
+[[sources]]
+name = "Europe Brief"
+url = "https://eb.example/feed.json"
+enabled = true  # keep
+
+[[sources]]
+name = "Last"
+url = "https://c.example/rss"
+[http]
+enabled = false
+'''
+
+
+@pytest.mark.parametrize("command, name, expected", [
+    ("disable", "Wire A",
+     LAYOUT.replace('tags = ["world"]\n', 'tags = ["world"]\nenabled = false\n')),
+    ("disable", "Europe Brief",
+     LAYOUT.replace("enabled = true  # keep", "enabled = false  # keep")),
+    ("disable", "Last", LAYOUT.replace('url = "https://c.example/rss"\n',
+                                       'url = "https://c.example/rss"\nenabled = false\n')),
+    ("remove", "Wire A", LAYOUT.replace(
+        '# Wire A: the fastest wire\n[[sources]]\nname = "Wire A"\n'
+        'url = "https://a.example/feed.xml"   # moved in 2025\ntags = ["world"]\n', "")),
+    ("remove", "Europe Brief", LAYOUT.replace(
+        '# Europe Brief, daily\n[[sources]]\nname = "Europe Brief"\n'
+        'url = "https://eb.example/feed.json"\nenabled = true  # keep\n', "")),
+    ("remove", "Last", LAYOUT.replace(
+        '[[sources]]\nname = "Last"\nurl = "https://c.example/rss"\n', "")),
+])
+def test_sources_are_disabled_and_removed_in_place(tmp_path, command, name, expected):
+    config_path = tmp_path / "a.toml"
+    config_path.write_text(LAYOUT)
+    result = CliRunner().invoke(main, [command, "--config", str(config_path), name])
+    assert result.exit_code == 0, result.output
+    assert config_path.read_text() == expected
+    sources = {s.name: s for s in load_config(config_path, environ={}).sources}
+    assert (name in sources) == (command == "disable")
+    if command == "disable":
+        assert not sources[name].enabled
+        again = CliRunner().invoke(main, ["disable", "--config", str(config_path), name])
+        assert "disabled already" in again.output and config_path.read_text() == expected
+        back = CliRunner().invoke(main, ["enable", "--config", str(config_path), name])
+        assert back.exit_code == 0 and load_config(config_path, environ={}).source(name).enabled
+
+
+def test_changing_a_source_refuses_what_it_cannot_do_safely(tmp_path):
+    config_path = tmp_path / "a.toml"
+    config_path.write_text(LAYOUT)
+    unknown = CliRunner().invoke(main, ["remove", "--config", str(config_path), "Nope"])
+    assert unknown.exit_code == 1
+    assert "no source is named 'Nope' (sources: 'Wire A', 'Europe Brief', 'Last')" in \
+        unknown.output
+    inline = 'database = "a.db"\nsources = [{ name = "X", url = "https://x.example/f" }]\n'
+    config_path.write_text(inline)
+    refused = CliRunner().invoke(main, ["disable", "--config", str(config_path), "X"])
+    assert refused.exit_code == 1 and "edit it by hand" in refused.output
+    assert config_path.read_text() == inline
+    # A multi-line string that looks like a table header: the result would read otherwise.
+    tricky = ('database = "a.db"\n[[sources]]\nname = "X"\nurl = "https://x.example/f"\n'
+              'tags = ["""\n[not a table]"""]\n[[sources]]\nname = "Y"\n'
+              'url = "https://y.example/f"\n')
+    config_path.write_text(tricky)
+    refused = CliRunner().invoke(main, ["disable", "--config", str(config_path), "X"])
+    assert refused.exit_code == 1 and "edit it by hand" in refused.output
+    assert config_path.read_text() == tricky
+    assert not [p for p in tmp_path.iterdir() if p.name != "a.toml"]  # no temporary left
