@@ -122,6 +122,28 @@ def search_stories(conn: sqlite3.Connection, query: str, limit: int) -> list[tup
                                          "limit": limit}).fetchall()
 
 
+# A feed of a search looks at the newest this many matching articles (ids only grow, so
+# the highest ids are the newest): ranking is not needed, and a common word would otherwise
+# make every request read all of its matches.
+MATCHING_ARTICLES = 2000
+NEWEST_MATCHING_STORIES = """
+SELECT a.story_id FROM (
+    SELECT rowid FROM articles_fts WHERE articles_fts MATCH :query
+    ORDER BY rowid DESC LIMIT :articles) f
+JOIN articles a ON a.id = f.rowid
+WHERE a.story_id IS NOT NULL
+GROUP BY a.story_id ORDER BY max(f.rowid) DESC
+"""
+
+
+def newest_matching_story_ids(conn: sqlite3.Connection, query: str) -> list[int]:
+    """The stories with an article among the newest ``MATCHING_ARTICLES`` that match an FTS5
+    query, the one with the newest match first.  A query FTS5 cannot read raises
+    ``sqlite3.OperationalError``."""
+    return [story_id for (story_id,) in conn.execute(
+        NEWEST_MATCHING_STORIES, {"query": query, "articles": MATCHING_ARTICLES})]
+
+
 def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:
     """What retention has deleted so far, by ``meta`` key (``PURGED_*``)."""
     return {key: int(value) for key, value in conn.execute(

@@ -34,6 +34,7 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    newest_matching_story_ids,
     newest_story_ids,
     purged_totals,
     search_stories,
@@ -83,13 +84,29 @@ _STORY_FILTERS = {
 
 
 def latest_stories(database: str, limit: int, min_sources: int | None = None,
-                   **filters: str | None) -> list[dict]:
+                   matching: str | None = None, **filters: str | None) -> list[dict]:
     """The newest stories with their members; ``min_sources``: only those that this many
-    sources or more report (the coverage that deduplication makes countable)."""
+    sources or more report (the coverage that deduplication makes countable); ``matching``:
+    only those with an article among the newest that match a search (``search_query``)."""
     chosen = [(_STORY_FILTERS[name], value) for name, value in filters.items() if value]
     params = [value for _condition, value in chosen]
     order = "ORDER BY last_updated DESC, story_id DESC"
-    if min_sources and min_sources > 1:
+    if matching:
+        conn = _reader(database)
+        try:
+            # The newest of the matching stories from their own rows first: the view works
+            # out each story's sources, which only the ones shown need.
+            ids = search_query(conn, matching, newest_matching_story_ids)[0]
+            where = "".join(f" AND {c.format(story='stories.id')}" for c, _v in chosen)
+            ids = [story_id for (story_id,) in conn.execute(
+                f"SELECT id FROM stories WHERE id IN ({','.join('?' * len(ids))}) "
+                f"AND source_count >= ? {where} ORDER BY last_seen DESC, id DESC LIMIT ?",
+                [*ids, min_sources or 1, *params, limit])]
+        finally:
+            conn.close()
+        stories = _rows(database, f"SELECT * FROM latest_stories WHERE story_id IN "
+                                  f"({','.join('?' * len(ids))}) {order}", ids)
+    elif min_sources and min_sources > 1:
         conn = _reader(database)
         try:
             ids = newest_story_ids(
@@ -197,6 +214,17 @@ def _fts_words(query: str) -> str:
     return " ".join(f'"{word}"' for word in re.findall(r"\w+", query))
 
 
+def search_query(conn: sqlite3.Connection, query: str, search) -> tuple[list, str | None]:
+    """``search(conn, query)``'s result, in FTS5's syntax where the query is written in it
+    (``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``) and as its words otherwise (``U.S.
+    talks``, ``don't``); and the words searched for in that case (empty: none)."""
+    try:
+        return search(conn, query), None
+    except sqlite3.OperationalError:
+        words = _fts_words(query)
+        return (search(conn, words) if words else []), words
+
+
 async def search_page(request: Request) -> HTMLResponse:
     """Full-text search, one result per story.  FTS5's syntax where the query is written in
     it (``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``); any other text (``U.S. talks``,
@@ -208,18 +236,17 @@ async def search_page(request: Request) -> HTMLResponse:
         return _page(heading, f"<h1>Search</h1>{_search_form()}"
                               '<p><a href="/">← Latest stories</a></p>')
     conn = _reader(database)
-    note = ""
     try:
-        try:
-            found = search_stories(conn, query, PAGE_SIZE)
-        except sqlite3.OperationalError:
-            words = _fts_words(query)
-            found = search_stories(conn, words, PAGE_SIZE) if words else []
-            note = (f'<p class="meta">Searched for the words {escape(words)}'
-                    if words else '<p class="meta">No words to search for')
-            note += " (the query is not in FTS5 syntax).</p>"
+        found, words = search_query(
+            conn, query, lambda c, q: search_stories(c, q, PAGE_SIZE))
     finally:
         conn.close()
+    note = "" if words is None else (
+        (f'<p class="meta">Searched for the words {escape(words)}' if words else
+         '<p class="meta">No words to search for') + " (the query is not in FTS5 syntax).</p>")
+    follow = escape(urlencode({"q": query}))
+    note += (f'<p class="meta">Follow it: <a href="/feed.atom?{follow}">Atom</a> · '
+             f'<a href="/feed.json?{follow}">JSON Feed</a> (newest matches first)</p>')
     matching = dict(found)
     rank = {story_id: position for position, story_id in enumerate(matching)}
     stories = _with_members(database, sorted(
@@ -329,9 +356,15 @@ def _filters(request: Request) -> dict:
             "min_sources": int(min_sources) if min_sources else None}
 
 
+def _feed_title(request: Request) -> str:
+    query = request.query_params.get("q", "").strip()
+    return f"Latest stories{f' matching {query!r}' if query else ''} (deduplicated)"
+
+
 async def feed_atom(request: Request) -> Response:
     base = _base_url(request)
-    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request))
+    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request),
+                             matching=request.query_params.get("q", "").strip()[:500])
     ET.register_namespace("", ATOM)
     feed = ET.Element(f"{{{ATOM}}}feed")
 
@@ -342,7 +375,7 @@ async def feed_atom(request: Request) -> Response:
         return element
 
     sub(feed, "id", f"{base}/feed.atom")
-    sub(feed, "title", "Latest stories (deduplicated)")
+    sub(feed, "title", _feed_title(request))
     sub(feed, "updated", stories[0]["last_updated"] if stories else
         datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     sub(feed, "link", rel="self", href=str(request.url))
@@ -368,10 +401,11 @@ async def feed_atom(request: Request) -> Response:
 
 async def feed_json(request: Request) -> Response:
     base = _base_url(request)
-    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request))
+    stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request),
+                             matching=request.query_params.get("q", "").strip()[:500])
     document = {
         "version": "https://jsonfeed.org/version/1.1",
-        "title": "Latest stories (deduplicated)",
+        "title": _feed_title(request),
         "home_page_url": f"{base}/",
         "feed_url": str(request.url),
         "items": [{

@@ -30,9 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wordfreq import top_n_list  # noqa: E402
 
 from aggregator.readers import (  # noqa: E402
+    MATCHING_ARTICLES,
+    NEWEST_MATCHING_STORIES,
     SEARCH_ARTICLES,
     SEARCH_STORIES,
     SOURCE_COUNTS,
+    newest_matching_story_ids,
     newest_story_ids,
     select_in,
 )
@@ -66,6 +69,8 @@ QUERIES = {
     "full-text search, stories by best match (`aggregator search`, web `/search`)":
         (SEARCH_STORIES.replace(":articles", str(SEARCH_ARTICLES)).replace(":limit", "20"),
          "query"),
+    "feed of a search, newest 50 matching stories (`/feed.atom?q=`)":
+        (lambda reader, bound: matching_stories(reader, bound), "query"),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),
@@ -77,6 +82,16 @@ def covered_stories(reader: sqlite3.Connection, bound: dict, sql: str) -> list:
     count (``readers.newest_story_ids``), then the rows."""
     ids = newest_story_ids(reader, 50, bound["min_sources"])
     return select_in(reader, sql, ids)
+
+
+def matching_stories(reader: sqlite3.Connection, bound: dict) -> list:
+    """What the feeds run for ``?q=``: the stories of the newest matching articles
+    (``readers.newest_matching_story_ids``), then the newest 50 of their rows."""
+    ids = newest_matching_story_ids(reader, bound["query"])
+    newest = [story_id for (story_id,) in reader.execute(
+        f"SELECT id FROM stories WHERE id IN ({','.join('?' * len(ids))}) "
+        "ORDER BY last_seen DESC, id DESC LIMIT 50", ids)]
+    return select_in(reader, "SELECT * FROM latest_stories WHERE story_id IN ({})", newest)
 
 
 # The statements ``newest_story_ids`` runs, for their query plans.
@@ -200,7 +215,10 @@ def main() -> None:
             median = statistics.median(timings)
             p95 = timings[int(0.95 * (len(timings) - 1))]
             results[name] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
-            plan = [row[3] for statement in (COVERED_PLAN if callable(sql) else [sql])
+            plans = {"min_sources": COVERED_PLAN,
+                     "query": [NEWEST_MATCHING_STORIES.replace(":articles",
+                                                               str(MATCHING_ARTICLES))]}
+            plan = [row[3] for statement in (plans[kind] if callable(sql) else [sql])
                     for row in reader.execute(f"EXPLAIN QUERY PLAN {statement}",
                                               parameters(kind, rng, stories, newest, words))]
             print(f"{name}: median {median:.2f} ms, p95 {p95:.2f} ms")

@@ -13,6 +13,7 @@ import sys
 import time
 from html import escape
 from pathlib import Path
+from urllib.parse import urlencode
 
 import feedparser
 import httpx
@@ -199,6 +200,31 @@ def test_search_page_finds_stories_and_reads_free_text_as_words(filled, query, t
     empty = client.get("/search")
     assert empty.status_code == 200 and 'name="q"' in empty.text
     assert 'action="/search"' in client.get("/").text
+
+
+@pytest.mark.parametrize("params, titles", [
+    ({"q": "Lavrov"}, ["diplomat"]),
+    ({"q": "Lavrov's"}, ["diplomat"]),  # not FTS5 syntax: its words
+    ({"q": "snow OR Lavrov"}, ["snow", "diplomat"]),
+    ({"q": "Lavrov", "tag": "wire"}, []),
+    ({"q": "snow OR Lavrov", "min_sources": "3"}, ["diplomat"]),
+    ({"q": "zzzunknownword"}, []),
+    ({"q": '"'}, []),
+])
+def test_feeds_of_a_search_follow_its_newest_matches(filled, params, titles):
+    _config, database = filled
+    client = TestClient(create_app(database))
+    atom = feedparser.parse(client.get("/feed.atom", params=params).content)
+    document = client.get("/feed.json", params=params).json()
+    assert f"matching {params['q']!r}" in atom.feed.title == document["title"]
+    for found in ([e.title for e in atom.entries], [i["title"] for i in document["items"]]):
+        assert len(found) == len(titles)
+        assert all(any(word in title.lower() for title in found) for word in titles)
+    if titles == ["snow", "diplomat"]:
+        updated = [e.updated for e in atom.entries]
+        assert updated == sorted(updated, reverse=True)  # newest first, not best match
+    search = client.get("/search", params={"q": params["q"]}).text
+    assert f'href="/feed.atom?{escape(urlencode({"q": params["q"]}))}"' in search
 
 
 def test_json_feed_is_valid_json_feed_1_1(filled):
