@@ -335,7 +335,8 @@ def stories(config_path, since, limit, min_sources, as_json) -> None:
             click.echo(f"  - [{member['relation']}{similarity}] {member['source']}: "
                        f"{member['title']}")
     if not found:
-        click.echo("no stories yet; run `aggregator run --once` first")
+        click.echo("no story matches" if since or min_sources > 1 else
+                   "no stories yet; run `aggregator run --once` first")
 
 
 @main.command()

@@ -156,6 +156,10 @@ def test_stories_covered_by_several_sources(filled, query, stories):
         listed = CliRunner().invoke(main, ["stories", "--config", str(config), "--json",
                                            "--min-sources", minimum])
         assert listed.exit_code == 0 and len(json.loads(listed.output)) == stories
+        text = CliRunner().invoke(main, ["stories", "--config", str(config),
+                                         "--min-sources", minimum]).output
+        assert text.count("\nstory ") + text.startswith("story ") == stories
+        assert ("no story matches" in text) == (stories == 0)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "", "\u0663", "9" * 30])
