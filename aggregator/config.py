@@ -149,6 +149,9 @@ class Webhook:
     min_sources: int = 1
     tags: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # "json": the story, its versions and a line of text; "text": that line alone, as
+    # text/plain, for receivers that take a message body (ntfy, Gotify bridges, logs).
+    format: str = "json"
 
 
 @dataclass(frozen=True)
@@ -499,7 +502,7 @@ def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
         if not isinstance(table, dict):
             raise ConfigError(path, "expected a table", key=f"webhooks[{index}]")
         reader = _Reader(path, table, prefix=f"webhooks[{index}].")
-        reader.reject_unknown({"name", "url", "min_sources", "tags", "headers"})
+        reader.reject_unknown({"name", "url", "min_sources", "tags", "headers", "format"})
         name = reader.get("name", str, "").strip()
         if not name:
             raise reader.fail("name", "is required")
@@ -512,10 +515,13 @@ def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
         tags = reader.get("tags", list, [])
         if not all(isinstance(tag, str) for tag in tags):
             raise reader.fail("tags", "expected a list of strings")
+        body = reader.get("format", str, "json")
+        if body not in ("json", "text"):
+            raise reader.fail("format", f'expected "json" or "text", got {body!r}')
         webhooks.append(Webhook(
             name=name, url=url,
             min_sources=int(reader.number("min_sources", 1, 1, 1_000_000)),
-            tags=tuple(tags), headers=_headers(reader)))
+            tags=tuple(tags), headers=_headers(reader), format=body))
     return tuple(webhooks)
 
 

@@ -132,10 +132,13 @@ class Attempt:
 def post(client: httpx.Client, webhook: Webhook, payload: dict) -> tuple[Delivery, int | None,
                                                                          str | None]:
     """One POST: the outcome, the HTTP status, and what went wrong."""
+    if webhook.format == "text":
+        body, media_type = payload["text"], "text/plain; charset=utf-8"
+    else:
+        body, media_type = json.dumps(payload, ensure_ascii=False), "application/json"
     try:
-        response = client.post(webhook.url, content=json.dumps(payload, ensure_ascii=False),
-                               headers={"Content-Type": "application/json",
-                                        **dict(webhook.headers)})
+        response = client.post(webhook.url, content=body.encode("utf-8"),
+                               headers={"Content-Type": media_type, **dict(webhook.headers)})
     except httpx.HTTPError as exc:
         return Delivery.RETRY, None, f"{type(exc).__name__}: {exc}"[:500]
     outcome = classify_delivery(response.status_code)

@@ -213,6 +213,11 @@ def test_a_new_webhook_posts_what_is_updated_after_it_not_the_past(tmp_path, see
     aggregator = Aggregator(load_config(config, environ={}))
     try:
         aggregator.run_pass()  # every story stored before the webhook exists
+        # ... a minute before: times in the store have whole seconds, and a story updated in
+        # the second the daemon first sees a webhook is posted to it.
+        with aggregator.store.transaction() as conn:
+            conn.execute("UPDATE stories SET last_seen = ?",
+                         [(utcnow() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")])
     finally:
         aggregator.close()
     text = config.read_text()
@@ -244,6 +249,22 @@ def test_a_new_webhook_posts_what_is_updated_after_it_not_the_past(tmp_path, see
         removed.close()
 
 
+def test_a_text_webhook_gets_the_line_alone(tmp_path, seed_dir, feed_server):
+    feed_server.route("/ntfy", Reply(200, b"ok"))
+    config = seeds_with_webhooks(tmp_path, seed_dir, hook(feed_server, "phone", "/ntfy",
+                                                          min_sources=3, format="text"))
+    aggregator = Aggregator(load_config(config, environ={}))
+    try:
+        aggregator.run_pass()
+    finally:
+        aggregator.close()
+    [request] = feed_server.requests_to("/ntfy")
+    assert request.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert request.body.decode() == (
+        f"{LAVROV} (3 sources: Europe Brief, News18 World, World Desk Daily) "
+        "https://world-desk.example/world/russias-top-diplomat-rejects-key-part-of-deal")
+
+
 def test_run_once_says_what_the_webhooks_got(tmp_path, seed_dir, feed_server):
     feed_server.route("/h", Reply(200, b"ok"))
     config = seeds_with_webhooks(tmp_path, seed_dir, hook(feed_server, "h", "/h",
@@ -263,6 +284,7 @@ def test_run_once_says_what_the_webhooks_got(tmp_path, seed_dir, feed_server):
     ('name = "a"\nurl = "https://x.example/"\nheaders = { "Bad Name" = "x" }',
      "is not a header name"),
     ('name = "a"\nurl = "https://x.example/"\nsecret = 1', "unknown key"),
+    ('name = "a"\nurl = "https://x.example/"\nformat = "xml"', 'expected "json" or "text"'),
     ('name = "a"\nurl = "https://x.example/"\n[[webhooks]]\nname = "a"\n'
      'url = "https://y.example/"', "another webhook is named 'a'"),
 ])
@@ -280,5 +302,5 @@ def test_a_webhook_keeps_its_url_and_headers_out_of_logs(tmp_path):
                     'min_sources = 2\ntags = ["world"]\nheaders = { Authorization = "x" }\n')
     [webhook] = load_config(path, environ={}).webhooks
     assert webhook == Webhook("chat", "https://hooks.example/T0/B0/token123", 2, ("world",),
-                              (("Authorization", "x"),))
+                              (("Authorization", "x"),), "json")
     assert "token123" not in repr(webhook) and "Authorization" not in repr(webhook)
