@@ -525,9 +525,16 @@ def _comparable(url: str) -> str:
 @click.option("--priority", type=int, default=None, help="Higher wins the canonical election.")
 @click.option("--full-text", is_flag=True,
               help="Fetch each new entry's page for its article text (summary-only feeds).")
+@click.option("--username", default=None, help="HTTP Basic user name, for a private feed.")
+@click.option("--password-env", default=None, metavar="VARIABLE",
+              help="The environment variable that holds the password (read now, and by the "
+                   "daemon: the password itself is not written).")
+@click.option("--header", "headers", multiple=True, metavar='"NAME: VALUE"',
+              help="An extra request header, e.g. an API key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Find the feed and show its table; change nothing.")
 @handle_errors
-def add(config_path, url, name, tags, interval, priority, full_text, dry_run) -> None:
+def add(config_path, url, name, tags, interval, priority, full_text, username, password_env,
+        headers, dry_run) -> None:
     """Find the feed of URL (a feed, or a web page that names one) and add it as a source.
 
     A web page's advertised feeds (<link rel="alternate">) are the candidates; where it
@@ -538,10 +545,15 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
     running daemon polls the new source at once.  Exit status 0 when the source was added
     (or is configured already), 1 when no single feed was found.
 
+    A private feed's credentials (--username with --password-env, --header) go with the
+    requests to URL's own site only, as the daemon sends them, and into the source's table.
+
     \b
     Examples:
         aggregator add https://example.com/blog/
         aggregator add example.com/feed.xml --name "Example" --tag world --interval 15m
+        FEED_PASSWORD=... aggregator add https://private.example/feed \\
+            --username ann --password-env FEED_PASSWORD
     """
     from . import fetch as fetching
     from .config import append_sources, source_table, unique_source_name
@@ -560,6 +572,7 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
 
     if already(address):
         return
+    credentials = _credentials(address, username, password_env, headers)
     limits = fetching.FetchLimits.of(config)
     last_request = [0.0]
 
@@ -567,7 +580,7 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
         # The daemon's spacing between two requests to one site holds here too.
         time.sleep(max(0.0, last_request[0] + config.min_host_interval_s - time.monotonic()))
         last_request[0] = time.monotonic()
-        return fetching.fetch(client, target, target, None, None, limits)
+        return fetching.fetch(client, target, target, None, None, limits, credentials)
 
     with fetching.make_client(limits) as client:
         try:
@@ -596,13 +609,42 @@ def add(config_path, url, name, tags, interval, priority, full_text, dry_run) ->
     written = (found.url if found.url.startswith(("http://", "https://", "file:")) else
                os.path.relpath(found.url, path.resolve().parent))
     table = source_table(chosen, written, interval=interval, priority=priority,
-                         tags=list(tags), full_text=full_text or None)
+                         tags=list(tags), full_text=full_text or None, username=username,
+                         password_env=password_env,
+                         headers=dict(credentials.headers) if credentials else None)
     if dry_run:
         click.echo(table.strip("\n"))
         return
     append_sources(path, [table], f"adding {found.url}")
     click.echo(f"added source {chosen!r} to {path}: {found.url} ({found.format}, "
                f"{found.entries} entries; {discovery.how})")
+
+
+def _credentials(address: str, username: str | None, password_env: str | None,
+                 headers: tuple[str, ...]):
+    """What ``add`` sends to the site of ``address`` while it looks for the feed: the
+    credentials the source's table will name."""
+    from .config import Credentials, header_problem
+
+    if (username is None) != (password_env is None):
+        raise click.UsageError("--username and --password-env come together")
+    password = None
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if password is None:
+            raise click.UsageError(f"environment variable {password_env} is not set")
+    pairs = []
+    for header in headers:
+        header_name, colon, value = header.partition(":")
+        if not colon:
+            raise click.UsageError(f'--header {header!r}: expected "NAME: VALUE"')
+        if problem := header_problem(header_name.strip(), value.strip(), username is None):
+            raise click.UsageError(f"--header {header!r}: {problem}")
+        pairs.append((header_name.strip(), value.strip()))
+    if username is None and not pairs:
+        return None
+    return Credentials(site=address, username=username, password=password,
+                       headers=tuple(pairs))
 
 
 def _change_source(config_path: str | None, name: str, enabled: bool | None) -> None:

@@ -482,16 +482,23 @@ def _headers(reader: _Reader, authorization: bool = True) -> tuple[tuple[str, st
     is refused too (it comes from a username and password)."""
     headers = []
     for name, value in reader.get("headers", dict, {}).items():
-        if not _HEADER_NAME.match(name):
-            raise reader.fail("headers", f"{name!r} is not a header name")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            raise reader.fail("headers", f"{name}: expected a string on one line")
-        if name.lower() in _RESERVED_HEADERS or (
-                not authorization and name.lower() == "authorization"):
-            raise reader.fail("headers", f"{name} is set by the fetcher"
-                              + ("" if authorization else " (from username and password)"))
+        if problem := header_problem(name, value, authorization):
+            raise reader.fail("headers", problem)
         headers.append((name, value))
     return tuple(headers)
+
+
+def header_problem(name: str, value: object, authorization: bool = True) -> str | None:
+    """What is wrong with an extra request header, if anything."""
+    if not _HEADER_NAME.match(name):
+        return f"{name!r} is not a header name"
+    if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+        return f"{name}: expected a string on one line"
+    if name.lower() in _RESERVED_HEADERS or (
+            not authorization and name.lower() == "authorization"):
+        return (f"{name} is set by the fetcher"
+                + ("" if authorization else " (from username and password)"))
+    return None
 
 
 def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
@@ -623,22 +630,26 @@ def config_file_path(path: str | os.PathLike[str] | None = None,
     return Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def _toml_value(value: str | int | bool | list[str]) -> str:
+def _toml_value(value: str | int | bool | list[str] | dict[str, str]) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
     # JSON's string escapes are TOML's basic-string escapes; ASCII escapes would write
     # characters beyond the Basic Multilingual Plane as surrogate pairs, which TOML refuses.
     return json.dumps(value, ensure_ascii=False)
 
 
-def source_table(name: str, url: str, **settings: str | int | bool | list[str] | None) -> str:
+def source_table(name: str, url: str,
+                 **settings: str | int | bool | list[str] | dict[str, str] | None) -> str:
     """A ``[[sources]]`` table as TOML text, for ``append_sources``; settings that are None
     or empty are left out, so the configuration's defaults apply."""
     lines = ["", "[[sources]]", f"name = {_toml_value(name)}", f"url = {_toml_value(url)}"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()
-              if value is not None and value != []]
+              if value is not None and value != [] and value != {}]
     return "\n".join(lines) + "\n"
 
 

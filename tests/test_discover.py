@@ -299,6 +299,44 @@ def test_add_runs_where_the_daemon_secrets_are_not(tmp_path, feed_server, monkey
     assert [s.name for s in load_config(config).sources] == ["Private", "Test Wire"]
 
 
+def test_add_a_private_feed_sends_its_credentials_to_its_site_only(tmp_path, feed_server,
+                                                                   monkeypatch):
+    auth = {"Authorization": "Basic YW5uOnMzY3JldA==", "X-Api-Key": "k1"}  # ann:s3cret
+    feed_server.route("/members/", Reply(200, page(rss_link("/members/rss.xml")), HTML,
+                                         requires=auth))
+    feed_server.route("/members/rss.xml", Reply(200, FEED, RSS, requires=auth))
+    config = write_config(tmp_path / "a.toml", [])
+    monkeypatch.setenv("FEED_SECRET", "s3cret")
+    result = add(config, feed_server.url("/members/"), "--username", "ann",
+                 "--password-env", "FEED_SECRET", "--header", "X-Api-Key: k1")
+    assert result.exit_code == 0, result.output
+    text = config.read_text()
+    assert 'username = "ann"' in text and 'password_env = "FEED_SECRET"' in text
+    assert 'headers = { "X-Api-Key" = "k1" }' in text and "s3cret" not in text
+    [source] = load_config(config).sources
+    assert source.credentials.password == "s3cret"
+    assert source.credentials.headers == (("X-Api-Key", "k1"),)
+    # Without them: a 401, and the hint to configure credentials.
+    other = write_config(tmp_path / "b.toml", [])
+    refused = add(other, feed_server.url("/members/rss.xml"))
+    assert refused.exit_code == 1 and "wants credentials" in refused.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--username", "ann"], "--username and --password-env come together"),
+    (["--username", "ann", "--password-env", "NOT_SET_ANYWHERE"],
+     "environment variable NOT_SET_ANYWHERE is not set"),
+    (["--header", "no colon"], 'expected "NAME: VALUE"'),
+    (["--header", "Bad Name: x"], "is not a header name"),
+    (["--header", "If-None-Match: x"], "is set by the fetcher"),
+])
+def test_add_checks_credentials_before_any_request(tmp_path, feed_server, args, message):
+    config = write_config(tmp_path / "a.toml", [])
+    result = add(config, feed_server.url("/rss"), *args)
+    assert result.exit_code == 2 and message in result.output
+    assert feed_server.requests == []
+
+
 def test_add_a_local_file_relative_to_the_configuration(tmp_path, monkeypatch):
     (tmp_path / "feeds").mkdir()
     (tmp_path / "feeds" / "local.xml").write_bytes(FEED)
