@@ -265,6 +265,26 @@ def test_a_text_webhook_gets_the_line_alone(tmp_path, seed_dir, feed_server):
         "https://world-desk.example/world/russias-top-diplomat-rejects-key-part-of-deal")
 
 
+def test_a_webhook_added_to_a_running_daemon_is_used_from_its_next_pass(tmp_path, seed_dir,
+                                                                         feed_server):
+    feed_server.route("/later", Reply(200, b"ok"))
+    config = seeds_with_webhooks(tmp_path, seed_dir, "")
+    aggregator = Aggregator(load_config(config, environ={}))
+    try:
+        config.write_text(config.read_text() + hook(feed_server, "later", "/later",
+                                                    min_sources=3))
+        aggregator.reload(load_config(config, environ={}))  # what SIGHUP or an edit does
+        aggregator.run_pass()
+        assert [p["story"]["title"] for p in posted(feed_server, "/later")] == [LAVROV]
+        config.write_text(config.read_text().split("[[webhooks]]")[0])
+        aggregator.reload(load_config(config, environ={}))
+        aggregator.run_pass(force=True)
+        assert aggregator.last_delivery.delivered == 0
+        assert len(feed_server.requests_to("/later")) == 1
+    finally:
+        aggregator.close()
+
+
 def test_run_once_says_what_the_webhooks_got(tmp_path, seed_dir, feed_server):
     feed_server.route("/h", Reply(200, b"ok"))
     config = seeds_with_webhooks(tmp_path, seed_dir, hook(feed_server, "h", "/h",
