@@ -676,9 +676,14 @@ def _replace_config(target: Path, updated: str, what: str,
     """Replace the configuration file with ``updated`` if it is valid and, when given,
     reads as ``expected`` (bar its path): an edit of the text that changed anything else is
     refused, and the file stays as it was."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
-                                     suffix=".toml", delete=False) as handle:
-        handle.write(updated)
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
+                                         suffix=".toml", delete=False) as handle:
+            handle.write(updated)
+    except OSError as exc:
+        # A configuration mounted read-only (the Docker setup) is edited on the host.
+        raise AggregatorError(f"{target}: {what} needs to write the configuration's folder: "
+                              f"{exc.strerror or exc}") from None
     try:
         result = load_config(handle.name, environ={}, secrets=False)
     except ConfigError as exc:

@@ -147,3 +147,18 @@ def test_changing_a_source_refuses_what_it_cannot_do_safely(tmp_path):
     assert refused.exit_code == 1 and "edit it by hand" in refused.output
     assert config_path.read_text() == tricky
     assert not [p for p in tmp_path.iterdir() if p.name != "a.toml"]  # no temporary left
+
+
+def test_a_configuration_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+    config_path = tmp_path / "a.toml"
+    config_path.write_text(LAYOUT)
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("aggregator.config.tempfile.NamedTemporaryFile", read_only)
+    result = CliRunner().invoke(main, ["disable", "--config", str(config_path), "Last"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {config_path}: disabling source 'Last' needs to "
+                                    "write the configuration's folder: Read-only file system")
+    assert config_path.read_text() == LAYOUT
