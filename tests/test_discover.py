@@ -15,9 +15,14 @@ from test_fetch import make_aggregator, source_state
 
 from aggregator.cli import main
 from aggregator.config import load_config, source_table
-from aggregator.discover import USUAL_FEED_PATHS, find_feeds, usual_feed_urls
-from aggregator.errors import ParseError
-from aggregator.fetch import FetchLimits, fetch, make_client
+from aggregator.discover import (
+    USUAL_FEED_PATHS,
+    find_feeds,
+    known_feed_urls,
+    usual_feed_urls,
+)
+from aggregator.errors import FetchError, ParseError
+from aggregator.fetch import FetchLimits, FetchResult, Outcome, fetch, make_client
 from aggregator.parse import FeedLink, advertised_feeds, looks_like_html, parse_feed
 
 FEED = (DATA / "other_topics.rss.xml").read_bytes()
@@ -161,6 +166,61 @@ def test_find_feeds(feed_server, routes, start, expected_feeds, how, rejected):
     assert discovery.how == how
     assert [url for url, _why in discovery.rejected] == [feed_server.url(p) for p in rejected]
     assert all(f.entries == 5 and f.format == "rss20" for f in discovery.feeds)
+
+
+@pytest.mark.parametrize("page_url, expected", [
+    ("https://www.reddit.com/r/worldnews/", ["https://www.reddit.com/r/worldnews/.rss"]),
+    ("https://old.reddit.com/r/europe/comments/abc/title/",
+     ["https://www.reddit.com/r/europe/.rss"]),
+    ("https://reddit.com/u/someone", ["https://www.reddit.com/user/someone/.rss"]),
+    ("https://www.youtube.com/channel/UCabc-DEF_123/videos",
+     ["https://www.youtube.com/feeds/videos.xml?channel_id=UCabc-DEF_123"]),
+    ("https://m.youtube.com/watch?v=x&list=PLxyz",
+     ["https://www.youtube.com/feeds/videos.xml?playlist_id=PLxyz"]),
+    ("https://github.com/owner/repo.js/issues", ["https://github.com/owner/repo.js/releases.atom"]),
+    ("https://mastodon.example/@reporter", ["https://mastodon.example/@reporter.rss"]),
+    ("https://www.youtube.com/@handle", []),  # the page advertises its feed itself
+    ("https://news.example/world/", []),
+    ("https://github.com/", []),
+])
+def test_known_feed_urls(page_url, expected):
+    assert known_feed_urls(page_url) == expected
+
+
+def scripted(replies: dict):
+    """A fetcher for one decision: each URL's FetchResult, or the FetchError it raises."""
+    def get(url):
+        reply = replies.get(url, FetchError(url, f"{url} answered HTTP 404", 404))
+        if isinstance(reply, FetchError):
+            raise reply
+        return reply
+    return get
+
+
+REDDIT = "https://www.reddit.com/r/worldnews/"
+REDDIT_RSS = "https://www.reddit.com/r/worldnews/.rss"
+
+
+@pytest.mark.parametrize("replies, how", [
+    # the page refuses scripts, its feed does not
+    ({REDDIT: FetchError(REDDIT, "answered HTTP 403", 403),
+      REDDIT_RSS: FetchResult(Outcome.OK, REDDIT_RSS, 200, FEED, "application/atom+xml")},
+     "the site's feed address"),
+    # the page answers with a page
+    ({REDDIT: FetchResult(Outcome.OK, REDDIT, 200, page(), "text/html"),
+      REDDIT_RSS: FetchResult(Outcome.OK, REDDIT_RSS, 200, FEED, "application/atom+xml")},
+     "the site's feed address"),
+])
+def test_find_feeds_tries_a_sites_known_feed_address(replies, how):
+    discovery = find_feeds(REDDIT, scripted(replies))
+    assert [f.url for f in discovery.feeds] == [REDDIT_RSS] and discovery.how == how
+
+
+def test_a_refused_page_without_a_known_feed_is_the_pages_error():
+    refused = FetchError(REDDIT, "answered HTTP 403", 403)
+    with pytest.raises(FetchError) as error:
+        find_feeds(REDDIT, scripted({REDDIT: refused}))
+    assert error.value is refused
 
 
 def test_find_feeds_asks_the_usual_addresses_in_order_and_stops_when_told_to(feed_server):
