@@ -291,11 +291,11 @@ def test_add_without_a_feed_is_an_error_and_changes_nothing(tmp_path, feed_serve
     assert f"not a feed: {feed_server.url('/gone.xml')}: " in result.output
     assert config.read_text() == original
     down = add(config, "http://127.0.0.1:9/feed")  # nothing listens on the discard port
-    assert down.output.startswith("error: cannot fetch http://127.0.0.1:9/feed: ")
+    assert "error: cannot fetch http://127.0.0.1:9/feed: " in down.output
     feed_server.route("/text", Reply(200, b"words", {"Content-Type": "text/plain"}))
     text = add(config, feed_server.url("/text"))
-    assert text.exit_code == 1 and text.output.startswith(
-        f"error: {feed_server.url('/text')}: not an RSS, Atom or JSON feed")
+    assert text.exit_code == 1 and (
+        f"error: {feed_server.url('/text')}: not an RSS, Atom or JSON feed" in text.output)
 
 
 def test_add_refuses_what_would_break_the_configuration(tmp_path, feed_server):
