@@ -668,7 +668,7 @@ def _change_source(config_path: str | None, name: str, enabled: bool | None) -> 
 @click.argument("name")
 @handle_errors
 def disable(config_path, name) -> None:
-    """Stop polling the source NAME (``enabled = false`` in its table); its articles and
+    """Stop polling the source NAME ("enabled = false" in its table); its articles and
     fetch state stay.
 
     \b
@@ -683,7 +683,7 @@ def disable(config_path, name) -> None:
 @click.argument("name")
 @handle_errors
 def enable(config_path, name) -> None:
-    """Poll the source NAME again (``enabled = true`` in its table).
+    """Poll the source NAME again ("enabled = true" in its table).
 
     \b
     Example:
