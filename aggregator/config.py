@@ -550,7 +550,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     ``secrets = False`` reads a ``password_env`` that is not set as an empty password.
     """
     environ = os.environ if environ is None else environ
-    config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    config_path = config_file_path(path, environ)
     shown = str(config_path)
     try:
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))

@@ -127,21 +127,25 @@ def search_stories(conn: sqlite3.Connection, query: str, limit: int) -> list[tup
 # make every request read all of its matches.
 MATCHING_ARTICLES = 2000
 NEWEST_MATCHING_STORIES = """
-SELECT a.story_id FROM (
-    SELECT rowid FROM articles_fts WHERE articles_fts MATCH :query
-    ORDER BY rowid DESC LIMIT :articles) f
-JOIN articles a ON a.id = f.rowid
-WHERE a.story_id IS NOT NULL
-GROUP BY a.story_id ORDER BY max(f.rowid) DESC
+SELECT id FROM stories WHERE id IN (
+    SELECT a.story_id FROM (
+        SELECT rowid FROM articles_fts WHERE articles_fts MATCH ?
+        ORDER BY rowid DESC LIMIT ?) f
+    JOIN articles a ON a.id = f.rowid)
+AND source_count >= ? {where} ORDER BY last_seen DESC, id DESC LIMIT ?
 """
 
 
-def newest_matching_story_ids(conn: sqlite3.Connection, query: str) -> list[int]:
-    """The stories with an article among the newest ``MATCHING_ARTICLES`` that match an FTS5
-    query, the one with the newest match first.  A query FTS5 cannot read raises
-    ``sqlite3.OperationalError``."""
+def newest_matching_story_ids(conn: sqlite3.Connection, query: str, limit: int,
+                              min_sources: int = 1, where: str = "",
+                              params: Sequence = ()) -> list[int]:
+    """The ids of the ``limit`` newest stories (by ``last_seen``, then id) with an article
+    among the newest ``MATCHING_ARTICLES`` that match an FTS5 query and ``min_sources``
+    sources or more, newest first; ``where`` adds conditions on the ``stories`` row (``AND
+    ...``, with ``params``).  A query FTS5 cannot read raises ``sqlite3.OperationalError``."""
     return [story_id for (story_id,) in conn.execute(
-        NEWEST_MATCHING_STORIES, {"query": query, "articles": MATCHING_ARTICLES})]
+        NEWEST_MATCHING_STORIES.format(where=where),
+        [query, MATCHING_ARTICLES, min_sources, *params, limit])]
 
 
 def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:

@@ -91,28 +91,17 @@ def latest_stories(database: str, limit: int, min_sources: int | None = None,
     chosen = [(_STORY_FILTERS[name], value) for name, value in filters.items() if value]
     params = [value for _condition, value in chosen]
     order = "ORDER BY last_updated DESC, story_id DESC"
-    if matching:
+    if matching or (min_sources or 1) > 1:
+        # The stories to show are chosen from their own rows first: the view works out each
+        # story's sources, which only the ones shown need.
+        where = "".join(f" AND {c.format(story='stories.id')}" for c, _v in chosen)
         conn = _reader(database)
         try:
-            # The newest of the matching stories from their own rows first: the view works
-            # out each story's sources, which only the ones shown need.
-            ids = search_query(conn, matching, newest_matching_story_ids)[0]
-            where = "".join(f" AND {c.format(story='stories.id')}" for c, _v in chosen)
-            ids = [story_id for (story_id,) in conn.execute(
-                f"SELECT id FROM stories WHERE id IN ({','.join('?' * len(ids))}) "
-                f"AND source_count >= ? {where} ORDER BY last_seen DESC, id DESC LIMIT ?",
-                [*ids, min_sources or 1, *params, limit])]
-        finally:
-            conn.close()
-        stories = _rows(database, f"SELECT * FROM latest_stories WHERE story_id IN "
-                                  f"({','.join('?' * len(ids))}) {order}", ids)
-    elif min_sources and min_sources > 1:
-        conn = _reader(database)
-        try:
-            ids = newest_story_ids(
-                conn, limit, min_sources,
-                where="".join(f" AND {c.format(story='stories.id')}" for c, _v in chosen),
-                params=params)
+            if matching:
+                ids = search_query(conn, matching, lambda c, q: newest_matching_story_ids(
+                    c, q, limit, min_sources or 1, where, params))[0]
+            else:
+                ids = newest_story_ids(conn, limit, min_sources, where=where, params=params)
         finally:
             conn.close()
         stories = _rows(database, f"SELECT * FROM latest_stories WHERE story_id IN "

@@ -85,19 +85,22 @@ def covered_stories(reader: sqlite3.Connection, bound: dict, sql: str) -> list:
 
 
 def matching_stories(reader: sqlite3.Connection, bound: dict) -> list:
-    """What the feeds run for ``?q=``: the stories of the newest matching articles
-    (``readers.newest_matching_story_ids``), then the newest 50 of their rows."""
-    ids = newest_matching_story_ids(reader, bound["query"])
-    newest = [story_id for (story_id,) in reader.execute(
-        f"SELECT id FROM stories WHERE id IN ({','.join('?' * len(ids))}) "
-        "ORDER BY last_seen DESC, id DESC LIMIT 50", ids)]
-    return select_in(reader, "SELECT * FROM latest_stories WHERE story_id IN ({})", newest)
+    """What the feeds run for ``?q=``: the newest 50 stories of the newest matching articles
+    (``readers.newest_matching_story_ids``), then their rows."""
+    ids = newest_matching_story_ids(reader, bound["query"], 50)
+    return select_in(reader, "SELECT * FROM latest_stories WHERE story_id IN ({})", ids)
 
 
-# The statements ``newest_story_ids`` runs, for their query plans.
-COVERED_PLAN = [SOURCE_COUNTS.replace("?", ":min_sources"),
-                "SELECT last_seen, id FROM stories WHERE source_count = :min_sources "
-                "AND last_seen >= '0000' ORDER BY last_seen DESC, id DESC LIMIT 50"]
+# The statements the functions above run, for their query plans: each with how its
+# parameters come from those the query is timed with.
+PLANS = {
+    "min_sources": [(SOURCE_COUNTS.replace("?", ":min_sources"), dict),
+                    ("SELECT last_seen, id FROM stories WHERE source_count = :min_sources "
+                     "AND last_seen >= '0000' ORDER BY last_seen DESC, id DESC LIMIT 50",
+                     dict)],
+    "query": [(NEWEST_MATCHING_STORIES.format(where=""),
+               lambda bound: [bound["query"], MATCHING_ARTICLES, 1, 50])],
+}
 
 
 def build(path: str, articles: int, seed: int = 3) -> Store:
@@ -215,12 +218,11 @@ def main() -> None:
             median = statistics.median(timings)
             p95 = timings[int(0.95 * (len(timings) - 1))]
             results[name] = {"median_ms": round(median, 2), "p95_ms": round(p95, 2)}
-            plans = {"min_sources": COVERED_PLAN,
-                     "query": [NEWEST_MATCHING_STORIES.replace(":articles",
-                                                               str(MATCHING_ARTICLES))]}
-            plan = [row[3] for statement in (plans[kind] if callable(sql) else [sql])
+            bound = parameters(kind, rng, stories, newest, words)
+            plan = [row[3] for statement, arguments in (PLANS[kind] if callable(sql)
+                                                         else [(sql, dict)])
                     for row in reader.execute(f"EXPLAIN QUERY PLAN {statement}",
-                                              parameters(kind, rng, stories, newest, words))]
+                                              arguments(bound))]
             print(f"{name}: median {median:.2f} ms, p95 {p95:.2f} ms")
             for step in plan:
                 print(f"    {step}")
