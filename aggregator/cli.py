@@ -224,7 +224,7 @@ def start_web_server(config, status):
 
     from .web import create_app
 
-    app = create_app(config.database, status, config.http.base_url)
+    app = create_app(config.database, status, config.http.base_url, config.http.fever)
     server = uvicorn.Server(uvicorn.Config(app, host=config.http.host, port=config.http.port,
                                            log_level="warning"))
     # Signals belong to the daemon, which stops the server itself.
@@ -261,7 +261,7 @@ def serve(config_path, host, port) -> None:
 
     config = load_config(config_path)
     store_at(config.database).close()  # create or migrate, so the replica has views to read
-    app = create_app(config.database, None, config.http.base_url)
+    app = create_app(config.database, None, config.http.base_url, config.http.fever)
     uvicorn.run(app, host=host or config.http.host, port=port or config.http.port,
                 log_level="warning")
 

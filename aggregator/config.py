@@ -80,13 +80,26 @@ class ClusteringSettings:
 
 
 @dataclass(frozen=True)
+class FeverAccount:
+    """The account of the Fever API (``[http.fever]``), through which reading apps list the
+    stories and mark them read or saved.  Stories updated longer ago than ``unread_for``
+    count as read, as a feed reader lets old entries go, so that an app's first sync of a
+    large store does not fetch every story ever stored."""
+
+    username: str
+    password: str = field(repr=False)
+    unread_for_s: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
 class HttpSettings:
-    """The daemon's own web server (story pages, feeds, health, metrics)."""
+    """The daemon's own web server (story pages, feeds, health, metrics, the Fever API)."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     base_url: str | None = None
+    fever: FeverAccount | None = None
 
 
 @dataclass(frozen=True)
@@ -367,11 +380,12 @@ def _load_service_groups(path: str, table: Any) -> tuple[tuple[str, tuple[str, .
     return tuple(groups)
 
 
-def _load_http(path: str, table: Any) -> HttpSettings:
+def _load_http(path: str, table: Any, environ: Mapping[str, str],
+               secrets: bool = True) -> HttpSettings:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key="http")
     reader = _Reader(path, table, prefix="http.")
-    reader.reject_unknown({"enabled", "host", "port", "base_url"})
+    reader.reject_unknown({"enabled", "host", "port", "base_url", "fever"})
     defaults = HttpSettings()
     base_url = reader.get("base_url", str, None)
     if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
@@ -381,7 +395,34 @@ def _load_http(path: str, table: Any) -> HttpSettings:
         host=reader.get("host", str, defaults.host),
         port=int(reader.number("port", defaults.port, 0, 65535)),
         base_url=base_url,
+        fever=_load_fever(path, reader.get("fever", dict, None), environ, secrets),
     )
+
+
+def _load_fever(path: str, table: dict | None, environ: Mapping[str, str],
+                secrets: bool = True) -> FeverAccount | None:
+    """``[http.fever]``: ``username`` with ``password`` or ``password_env``, and
+    ``unread_for``."""
+    if table is None:
+        return None
+    reader = _Reader(path, table, prefix="http.fever.")
+    reader.reject_unknown({"username", "password", "password_env", "unread_for"})
+    username = reader.get("username", str, "")
+    if not username.strip():
+        raise reader.fail("username", "is required")
+    password = reader.get("password", str, None)
+    variable = reader.get("password_env", str, None)
+    if (password is None) == (variable is None):
+        raise reader.fail("password", "give password or password_env (one of them)")
+    if variable is not None:
+        password = environ.get(variable, None if secrets else "")
+        if password is None:
+            raise reader.fail("password_env", f"environment variable {variable} is not set")
+    if secrets and not password:
+        raise reader.fail("password", "must not be empty")
+    return FeverAccount(username=username, password=password,
+                        unread_for_s=reader.duration("unread_for",
+                                                     FeverAccount.unread_for_s))
 
 
 def _load_source(path: str, base: Path, index: int, table: Any,
@@ -617,7 +658,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         workers=int(top.number("workers", defaults.workers, -1, 64)),
         write_behind=top.get("write_behind", bool, defaults.write_behind),
         clustering=clustering,
-        http=_load_http(shown, raw.get("http", {})),
+        http=_load_http(shown, raw.get("http", {}), environ, secrets),
         sources=tuple(sources),
         webhooks=_load_webhooks(shown, raw.get("webhooks", [])),
     )

@@ -599,6 +599,26 @@ def _m015_webhook_deliveries(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m016_reading_marks(db: sqlite_utils.Database) -> None:
+    """What a reader has read and saved (``reading``, the Fever API), kept per article so
+    that it follows the articles through ``aggregator recluster``: a story is read when one
+    of its versions is, so a version that joins later does not bring it back unread.  The
+    partial index finds the saved ones without reading every mark; ``story_marks`` gives
+    each story's marks to dashboards."""
+    _run_script(db, """
+    CREATE TABLE article_marks (
+        article_id INTEGER PRIMARY KEY REFERENCES articles(id) ON DELETE CASCADE,
+        read_at TEXT,
+        saved_at TEXT
+    );
+    CREATE INDEX article_marks_saved ON article_marks(article_id) WHERE saved_at IS NOT NULL;
+    CREATE VIEW story_marks AS
+    SELECT a.story_id, max(m.read_at) AS read_at, max(m.saved_at) AS saved_at
+    FROM article_marks m JOIN articles a ON a.id = m.article_id
+    GROUP BY a.story_id;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -615,6 +635,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("013_retention", _m013_retention),
     ("014_stories_by_coverage", _m014_stories_by_coverage),
     ("015_webhook_deliveries", _m015_webhook_deliveries),
+    ("016_reading_marks", _m016_reading_marks),
 ]
 
 
@@ -702,10 +723,13 @@ def writer_connection(path: str) -> sqlite3.Connection:
 # which their members were last fetched, ``?2`` before which the newest was published.
 # Never the story of the newest article id nor the newest story id: ids come from the
 # largest stored (``next_article_id``), and an id given twice would make older records
-# (decisions, term statistics) name the wrong row.
+# (decisions, term statistics) name the wrong row.  Never a story a reader saved.
 EXPIRED = ("last_seen < ?1 AND last_published < ?2 "
            "AND id != (SELECT coalesce(max(id), 0) FROM stories) "
-           "AND id IS NOT (SELECT story_id FROM articles ORDER BY id DESC LIMIT 1)")
+           "AND id IS NOT (SELECT story_id FROM articles ORDER BY id DESC LIMIT 1) "
+           "AND NOT EXISTS (SELECT 1 FROM articles a JOIN article_marks m "
+           "ON m.article_id = a.id WHERE a.story_id = stories.id "
+           "AND m.saved_at IS NOT NULL)")
 
 @lru_cache(maxsize=256)
 def _one_row(statement: str) -> str:

@@ -1,7 +1,10 @@
-"""The read side over HTTP: story pages, deduplicated feeds, health and metrics.
+"""The read side over HTTP: story pages, deduplicated feeds, health and metrics, and the
+Fever API for reading apps (``fever``).
 
 Every request reads the database through its own read-only connection, so the web side never
-blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.
+blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.  The one
+exception is the Fever API's marks (read, saved): short transactions of their own, which
+wait for the daemon's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import __version__
+from .config import FeverAccount
+from .fever import fever_endpoint
 from .readers import (
     PURGED_ARTICLES,
     PURGED_DUPLICATES,
@@ -547,7 +552,7 @@ async def metrics(request: Request) -> Response:
 
 
 def create_app(database: str, status: DaemonStatus | None = None,
-               base_url: str | None = None) -> Starlette:
+               base_url: str | None = None, fever: FeverAccount | None = None) -> Starlette:
     app = Starlette(routes=[
         Route("/", home),
         Route("/story/{story_id:int}", story_page),
@@ -558,7 +563,10 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/fever/", fever_endpoint, methods=["GET", "POST"]),
+        Route("/fever", fever_endpoint, methods=["GET", "POST"]),
     ])
+    app.state.fever = fever
     app.state.database = database
     app.state.status = status
     app.state.base_url = base_url.rstrip("/") if base_url else None

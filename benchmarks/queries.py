@@ -39,7 +39,15 @@ from aggregator.readers import (  # noqa: E402
     newest_story_ids,
     select_in,
 )
-from aggregator.store import Store, to_iso  # noqa: E402
+from aggregator.reading import (  # noqa: E402
+    mark_stories,
+    marks_connection,
+    saved_story_ids,
+    story_ids_after,
+    story_items,
+    unread_story_ids,
+)
+from aggregator.store import Store, from_iso, to_iso  # noqa: E402
 
 QUERIES = {
     "latest stories (web /, `aggregator stories`)":
@@ -89,6 +97,40 @@ def matching_stories(reader: sqlite3.Connection, bound: dict) -> list:
     (``readers.newest_matching_story_ids``), then their rows."""
     ids = newest_matching_story_ids(reader, bound["query"], 50)
     return select_in(reader, "SELECT * FROM latest_stories WHERE story_id IN ({})", ids)
+
+
+# What a reading app asks through the Fever API (``aggregator/fever.py``) at each sync: not
+# dashboard queries, timed apart.  Each is given the connection, the store's newest time,
+# and a random story id.
+FEVER_CALLS = {
+    "unread_item_ids (stories updated in the last 30 days, none of whose versions is read)":
+        lambda reader, newest, _story: unread_story_ids(reader, newest - timedelta(days=30)),
+    "saved_item_ids":
+        lambda reader, _newest, _story: saved_story_ids(reader),
+    "items&since_id=ID (the 50 stories after ID, with their versions and marks)":
+        lambda reader, _newest, story: story_items(reader, story_ids_after(reader, story, 50)),
+}
+
+
+def mark_as_a_daily_reader(path: str) -> None:
+    """Marks as a reader who reads every day leaves them: every story last updated a day or
+    more before the newest read, and one article in 500 saved (when the store has none)."""
+    conn = marks_connection(path)
+    try:
+        if conn.execute("SELECT count(*) FROM article_marks").fetchone()[0]:
+            return
+        newest = conn.execute("SELECT max(last_seen) FROM stories").fetchone()[0]
+        day_before = to_iso(from_iso(newest) - timedelta(days=1))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO article_marks (article_id, read_at) SELECT a.id, ?1 "
+                     "FROM articles a JOIN stories s ON s.id = a.story_id "
+                     "WHERE s.last_seen < ?1", [day_before])
+        conn.execute("INSERT INTO article_marks (article_id, saved_at) SELECT id, ?1 "
+                     "FROM articles WHERE id % 500 = 0 ON CONFLICT (article_id) "
+                     "DO UPDATE SET saved_at = excluded.saved_at", [day_before])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 # The statements the functions above run, for their query plans: each with how its
@@ -227,9 +269,56 @@ def main() -> None:
             for step in plan:
                 print(f"    {step}")
         reader.close()
+        fever = fever_calls(path, args.runs, rng)
     print(json.dumps({"articles": articles, "stories": stories,
                       "worst_p95_ms": max(r["p95_ms"] for r in results.values()),
-                      "queries": results}))
+                      "queries": results,
+                      "fever_worst_p95_ms": max(r["p95_ms"] for r in fever.values()),
+                      "fever_calls": fever}))
+
+
+def timed(timings: list[float]) -> dict:
+    timings = sorted(timings)
+    return {"median_ms": round(statistics.median(timings), 2),
+            "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2)}
+
+
+def fever_calls(path: str, runs: int, rng: random.Random) -> dict:
+    """The Fever API's reads and a mark, on the store marked as a daily reader would."""
+    Store(path).close()  # a store kept from before the marks takes their migration
+    mark_as_a_daily_reader(path)
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    newest = from_iso(reader.execute("SELECT max(last_seen) FROM stories").fetchone()[0])
+    stories = reader.execute("SELECT max(id) FROM stories").fetchone()[0]
+    unread = unread_story_ids(reader, newest - timedelta(days=30))
+    saved = len(saved_story_ids(reader))
+    print(f"Fever API calls ({len(unread):,} stories unread, {saved:,} saved; "
+          f"{runs // 10} runs each):")
+    results = {}
+    for name, call in FEVER_CALLS.items():
+        timings = []
+        for _ in range(runs // 10):
+            story = rng.randint(1, stories)
+            started = time.perf_counter()
+            call(reader, newest, story)
+            timings.append((time.perf_counter() - started) * 1000)
+        results[name] = timed(timings)
+        print(f"{name}: median {results[name]['median_ms']:.2f} ms, "
+              f"p95 {results[name]['p95_ms']:.2f} ms")
+    reader.close()
+    writer, timings = marks_connection(path), []
+    # An unread story marked read, then unread again: the store is left as it was.
+    for story in rng.sample(unread, min(len(unread), runs // 10)):
+        started = time.perf_counter()
+        mark_stories(writer, [story], "read", True, newest)
+        timings.append((time.perf_counter() - started) * 1000)
+        mark_stories(writer, [story], "read", False, newest)
+    writer.close()
+    name = "mark=item&as=read (every version of the story, one transaction)"
+    results[name] = timed(timings)
+    print(f"{name}: median {results[name]['median_ms']:.2f} ms, "
+          f"p95 {results[name]['p95_ms']:.2f} ms")
+    return results
 
 
 if __name__ == "__main__":

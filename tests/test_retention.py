@@ -20,6 +20,7 @@ from aggregator.config import ClusteringSettings, Config, Source, load_config
 from aggregator.errors import ConfigError
 from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator
+from aggregator.reading import mark_stories, marks_connection
 from aggregator.retention import Cutoffs, holding_window, purge_cutoffs, window_to_self
 from aggregator.web import StoreCollector
 
@@ -181,6 +182,25 @@ def test_a_story_in_the_window_or_that_the_window_holds_stays(tmp_path):
     assert report.stories == 4
     left = {row[0] for row in rows(aggregator, "SELECT id FROM stories")}
     assert left == {stories["day60"], stories["day100"], fetched_early}
+    aggregator.close()
+
+
+def test_a_saved_story_stays_and_a_read_one_goes_with_its_marks(tmp_path):
+    """A reader's saved story is kept however old (as feed readers keep starred entries);
+    being read keeps nothing, and the marks of what goes go with it."""
+    aggregator, stories = filled(tmp_path)
+    with closing(marks_connection(aggregator.store.path)) as conn:
+        mark_stories(conn, [stories["day10"]], "saved", True, NOW)
+        mark_stories(conn, [stories["twice"], stories["day10"]], "read", True, NOW)
+    report = aggregator.purge_expired(NOW + timedelta(hours=1))
+    assert (report.stories, report.articles) == (3, 4)
+    assert {row[0] for row in rows(aggregator, "SELECT id FROM stories")} == \
+        {stories["day10"], stories["day100"], stories["late"]}
+    assert rows(aggregator, "SELECT a.story_id, m.read_at IS NOT NULL, m.saved_at IS NOT NULL "
+                            "FROM article_marks m JOIN articles a ON a.id = m.article_id") == \
+        [(stories["day10"], 1, 1)]
+    assert rows(aggregator, "SELECT count(*) FROM article_marks") == [(1,)]
+    assert check_store(aggregator.store, aggregator.settings) == []
     aggregator.close()
 
 

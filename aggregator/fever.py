@@ -1,0 +1,267 @@
+"""The Fever API (version 3) over the stories, for reading apps (Reeder, Unread, Fiery
+Feeds, ReadKit, Read You, Fluent Reader...).
+
+Each item is a story, not an article: the app shows its canonical, with the other versions
+listed under it, and marking it read or saved marks the whole story (``reading``).  An app
+syncs the stories, not the twenty copies of each.  Served at ``/fever/`` when the
+configuration has ``[http.fever]``; the key an app sends is the MD5 of
+``username:password``, as Fever defined it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+import zlib
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from html import escape
+from urllib.parse import urlsplit
+
+import nh3
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .config import FeverAccount
+from .errors import AggregatorError
+from .readers import read_only_connection
+from .reading import (
+    StoryItem,
+    mark_read_before,
+    mark_stories,
+    marks_connection,
+    saved_story_ids,
+    story_ids_after,
+    story_ids_before,
+    story_items,
+    unread_story_ids,
+)
+
+API_VERSION = 3
+# Fever's page of items, and the most ``with_ids`` may ask for.
+ITEMS_A_REQUEST = 50
+# ``mark=group&id=0``: every feed (Fever's "Kindling"); -1 is its "Sparks", which this
+# aggregator does not have.
+ALL_FEEDS = 0
+
+
+class FeverRequestError(AggregatorError):
+    """A request the Fever API cannot answer: names the parameter and what was wrong."""
+
+
+def api_key(username: str, password: str) -> str:
+    return hashlib.md5(f"{username}:{password}".encode()).hexdigest()
+
+
+def group_id(tag: str) -> int:
+    """A tag's group id: the same across restarts and whatever other tags come and go."""
+    return zlib.crc32(tag.encode()) & 0x7FFFFFFF or 1
+
+
+def _unix(stamp: str | None) -> int:
+    if not stamp:
+        return 0
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+def _whole_number(params: Mapping[str, str], name: str, default: int | None = None) -> int:
+    value = params.get(name, "")
+    if value == "" and default is not None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise FeverRequestError(f"{name}: expected a whole number, got {value[:40]!r}") from None
+
+
+def _ids(params: Mapping[str, str], name: str) -> list[int]:
+    values = [v for v in params.get(name, "").split(",") if v.strip()]
+    try:
+        ids = [int(v) for v in values]
+    except ValueError:
+        raise FeverRequestError(f"{name}: expected comma-separated whole numbers") from None
+    if len(ids) > ITEMS_A_REQUEST:
+        raise FeverRequestError(f"{name}: at most {ITEMS_A_REQUEST} ids, got {len(ids)}")
+    return ids
+
+
+def item_html(item: StoryItem, story_page: str) -> str:
+    """The canonical's text, then the other versions of the story, linked."""
+    paragraphs = [p.strip() for p in item.text.split("\n") if p.strip()]
+    parts = [f"<p>{escape(p)}</p>" for p in paragraphs]
+    if item.others:
+        links = "".join(
+            f"<li>{_link(v.url, v.title)} — {escape(v.source)} ({escape(v.relation or '')}"
+            + (f", {v.similarity:.2f}" if v.similarity is not None else "") + ")</li>"
+            for v in item.others)
+        parts.append(f"<p>Also covered by:</p><ul>{links}</ul>")
+    parts.append(f'<p><a href="{escape(story_page)}">Every version of this story</a></p>')
+    # The text and titles come from feeds: cleaned once more, whatever slipped through.
+    return nh3.clean("".join(parts))
+
+
+def _link(url: str | None, text: str) -> str:
+    if url and url.startswith(("http://", "https://")):
+        return f'<a href="{escape(url)}">{escape(text)}</a>'
+    return escape(text)
+
+
+def _site_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/" if parts.scheme in ("http", "https") else ""
+
+
+class FeverApi:
+    """Answers one request's parameters against ``database``."""
+
+    def __init__(self, database: str, account: FeverAccount, base_url: str, now: datetime):
+        self.database = database
+        self.account = account
+        self.base_url = base_url
+        self.now = now
+        self.updated_since = now - timedelta(seconds=account.unread_for_s)
+
+    def answer(self, params: Mapping[str, str]) -> dict:
+        answer: dict = {}
+        wanted = set(params)
+        if "mark" in params:
+            # Fever answers a change with the list of ids it changed.
+            wanted.add(self.mark(params))
+        conn = read_only_connection(self.database)
+        try:
+            answer["last_refreshed_on_time"] = _unix(conn.execute(
+                "SELECT max(last_checked_at) FROM sources").fetchone()[0])
+            if "groups" in wanted or "feeds" in wanted:
+                groups, feeds_groups, feeds = self.feeds(conn)
+                if "groups" in wanted:
+                    answer["groups"] = groups
+                if "feeds" in wanted:
+                    answer["feeds"] = feeds
+                answer["feeds_groups"] = feeds_groups
+            if "favicons" in wanted:
+                answer["favicons"] = []
+            if "links" in wanted:
+                answer["links"] = []
+            if "items" in wanted:
+                answer.update(self.items(conn, params))
+            if "unread_item_ids" in wanted:
+                answer["unread_item_ids"] = ",".join(
+                    map(str, unread_story_ids(conn, self.updated_since)))
+            if "saved_item_ids" in wanted:
+                answer["saved_item_ids"] = ",".join(map(str, saved_story_ids(conn)))
+        finally:
+            conn.close()
+        return answer
+
+    def feeds(self, conn: sqlite3.Connection) -> tuple[list, list, list]:
+        """Fever's groups (the sources' tags), feeds_groups and feeds (the sources, those
+        removed from the configuration too while their stories are stored)."""
+        rows = conn.execute(
+            "SELECT s.id, s.name, s.url, s.last_success_at, t.value FROM sources s "
+            "LEFT JOIN json_each(s.tags) t WHERE s.in_config OR s.article_count > 0 "
+            "ORDER BY s.id").fetchall()
+        feeds: dict[int, dict] = {}
+        tags: dict[str, list[int]] = {}
+        for source_id, name, url, last_success, tag in rows:
+            feeds.setdefault(source_id, {
+                "id": source_id, "favicon_id": 0, "title": name, "url": url,
+                "site_url": _site_url(url), "is_spark": 0,
+                "last_updated_on_time": _unix(last_success)})
+            if tag is not None:
+                tags.setdefault(tag, []).append(source_id)
+        groups = [{"id": group_id(tag), "title": tag} for tag in sorted(tags)]
+        feeds_groups = [{"group_id": group_id(tag), "feed_ids": ",".join(map(str, ids))}
+                        for tag, ids in sorted(tags.items())]
+        return groups, feeds_groups, list(feeds.values())
+
+    def items(self, conn: sqlite3.Connection, params: Mapping[str, str]) -> dict:
+        if params.get("with_ids"):
+            ids = _ids(params, "with_ids")
+        elif params.get("max_id"):
+            max_id = _whole_number(params, "max_id")
+            ids = story_ids_before(conn, max_id if max_id > 0 else 2**62, ITEMS_A_REQUEST)
+        else:
+            ids = story_ids_after(conn, _whole_number(params, "since_id", 0), ITEMS_A_REQUEST)
+        total = conn.execute(
+            "SELECT count(*) FROM stories WHERE canonical_article_id IS NOT NULL").fetchone()[0]
+        return {"total_items": total, "items": [{
+            "id": item.story_id,
+            "feed_id": item.source_id,
+            "title": item.title,
+            "author": item.author or "",
+            "html": item_html(item, f"{self.base_url}/story/{item.story_id}"),
+            "url": item.url or "",
+            "is_saved": int(item.saved),
+            "is_read": int(item.read),
+            "created_on_time": _unix(item.first_seen),
+        } for item in story_items(conn, ids)]}
+
+    def mark(self, params: Mapping[str, str]) -> str:
+        """``mark=item`` (``as`` read, unread, saved or unsaved), ``mark=feed`` or
+        ``mark=group`` (``as=read``, with ``before``, the time of the app's list: what
+        arrived after it stays unread).  Returns the name of the list of ids that the
+        change affects, which the answer carries."""
+        kind, action = params.get("mark", ""), params.get("as", "")
+        target = _whole_number(params, "id")
+        conn = marks_connection(self.database)
+        try:
+            if kind == "item":
+                if action not in ("read", "unread", "saved", "unsaved"):
+                    raise FeverRequestError(f"as: expected read, unread, saved or unsaved "
+                                            f"for an item, got {action[:20]!r}")
+                mark = "saved" if action in ("saved", "unsaved") else "read"
+                mark_stories(conn, [target], mark, action in ("read", "saved"), self.now)
+                wanted = "saved_item_ids" if mark == "saved" else "unread_item_ids"
+            elif kind in ("feed", "group"):
+                if action != "read":
+                    raise FeverRequestError(f"as: a {kind} can only be marked read, "
+                                            f"got {action[:20]!r}")
+                before = datetime.fromtimestamp(_whole_number(params, "before", 0) or
+                                                self.now.timestamp(), UTC)
+                sources = [target] if kind == "feed" else self._group_sources(conn, target)
+                if sources is None or sources:
+                    mark_read_before(conn, before, self.updated_since, self.now, sources)
+                wanted = "unread_item_ids"
+            else:
+                raise FeverRequestError(f"mark: expected item, feed or group, "
+                                        f"got {kind[:20]!r}")
+        finally:
+            conn.close()
+        return wanted
+
+    @staticmethod
+    def _group_sources(conn: sqlite3.Connection, group: int) -> list[int] | None:
+        """The sources of the group ``group``; None for every source."""
+        if group == ALL_FEEDS:
+            return None
+        return [source_id for source_id, tag in conn.execute(
+            "SELECT s.id, t.value FROM sources s, json_each(s.tags) t") if group_id(tag) == group]
+
+
+async def fever_endpoint(request: Request) -> JSONResponse:
+    state = request.app.state
+    account: FeverAccount | None = state.fever
+    if account is None:
+        raise HTTPException(404, "the Fever API is off: add [http.fever] to the configuration")
+    params = dict(request.query_params)
+    if request.method == "POST":
+        params.update({k: v for k, v in (await request.form()).items() if isinstance(v, str)})
+    answer: dict = {"api_version": API_VERSION, "auth": 0}
+    given = params.get("api_key", "").strip().lower().encode()
+    if not hmac.compare_digest(given, api_key(account.username, account.password).encode()):
+        return JSONResponse(answer)
+    answer["auth"] = 1
+    base_url = state.base_url or str(request.base_url).rstrip("/")
+    api = FeverApi(state.database, account, base_url, datetime.now(UTC))
+    try:
+        answer.update(await run_in_threadpool(api.answer, params))
+    except FeverRequestError as exc:
+        return JSONResponse({**answer, "error": str(exc)}, status_code=400)
+    except sqlite3.OperationalError as exc:
+        # A replica given a read-only file, or a writer that held the store too long.
+        return JSONResponse({**answer, "error": f"the store cannot be changed now: {exc}"},
+                            status_code=503)
+    return JSONResponse(answer)
