@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
@@ -21,6 +21,7 @@ import click
 from . import __version__
 from .config import (
     ClusteringSettings,
+    Config,
     config_file_path,
     load_config,
     parse_duration,
@@ -152,7 +153,7 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
                           index_article_limit=lambda: aggregator.settings.window_articles,
                           vocabulary_terms=aggregator.vocabulary_terms,
                           tick_s=tick_s)
-    watcher = ConfigWatcher(config.path)
+    watcher = ConfigWatcher(config.path, on_reload=lambda new: follow_web_settings(server, new))
 
     def one_pass(stopping) -> None:
         watcher.reload_if_changed(aggregator)
@@ -185,10 +186,12 @@ class ConfigWatcher:
     A broken new file is reported and the daemon goes on with the configuration it has.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, on_reload: Callable[[Config], None] | None = None):
         self.path = path
         self.requested = False
         self.mtime = self._mtime()
+        # What else takes the new configuration, after the aggregator.
+        self.on_reload = on_reload
 
     def _mtime(self) -> float | None:
         try:
@@ -211,9 +214,19 @@ class ConfigWatcher:
             logging.getLogger(__name__).error("configuration not reloaded: %s", exc)
             return None
         changes = aggregator.reload(config)
+        if self.on_reload is not None:
+            self.on_reload(config)
         logging.getLogger(__name__).warning("configuration reloaded: %s",
                                             ", ".join(changes) or "no change")
         return changes
+
+
+def follow_web_settings(server, config: Config) -> None:
+    """What a reloaded configuration changes in the running web server: the Fever account,
+    so that a new password takes effect without a restart.  Its address, port and base URL
+    are read once, at the start."""
+    if server is not None:
+        server.config.app.state.fever = config.http.fever
 
 
 def start_web_server(config, status):

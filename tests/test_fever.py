@@ -389,3 +389,48 @@ def test_an_app_syncs_over_http_from_the_daemons_server(seeds, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_path, seed_dir):
+    """A mark written while the daemon writes its passes (every second), and a password
+    changed in the file taking effect at the next reload, without a restart."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from test_web import free_port, wait_for
+
+    port = free_port()
+    sources = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
+    http = f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+    path = write_config(tmp_path / "daemon.toml", sources, extra=http + FEVER)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(path), "--tick", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/fever/?api"
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        deadline = time.monotonic() + 30
+        while not (answer := httpx.post(url + "&unread_item_ids", data={"api_key": KEY})
+                   .json()).get("unread_item_ids"):
+            assert time.monotonic() < deadline, "no story came"
+            time.sleep(0.2)
+        [story] = ids(answer["unread_item_ids"])
+        marked = httpx.post(url, data={"api_key": KEY, "mark": "item", "as": "saved",
+                                       "id": str(story)}).json()
+        assert ids(marked["saved_item_ids"]) == [story]
+
+        new_key = hashlib.md5(f"{ACCOUNT.username}:another one".encode()).hexdigest()
+        write_config(path, sources, extra=http + FEVER.replace(ACCOUNT.password, "another one"))
+        deadline = time.monotonic() + 30
+        while httpx.post(url, data={"api_key": new_key}).json()["auth"] != 1:
+            assert time.monotonic() < deadline, "the new password never took effect"
+            time.sleep(0.2)
+        assert httpx.post(url, data={"api_key": KEY}).json()["auth"] == 0
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
