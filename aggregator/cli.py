@@ -226,7 +226,7 @@ def follow_web_settings(server, config: Config) -> None:
     so that a new password takes effect without a restart.  Its address, port and base URL
     are read once, at the start."""
     if server is not None:
-        server.config.app.state.fever = config.http.fever
+        server.config.app.state.apps = config.http.apps
 
 
 def start_web_server(config, status):
@@ -237,7 +237,7 @@ def start_web_server(config, status):
 
     from .web import create_app
 
-    app = create_app(config.database, status, config.http.base_url, config.http.fever)
+    app = create_app(config.database, status, config.http.base_url, config.http.apps)
     server = uvicorn.Server(uvicorn.Config(app, host=config.http.host, port=config.http.port,
                                            log_level="warning"))
     # Signals belong to the daemon, which stops the server itself.
@@ -274,7 +274,7 @@ def serve(config_path, host, port) -> None:
 
     config = load_config(config_path)
     store_at(config.database).close()  # create or migrate, so the replica has views to read
-    app = create_app(config.database, None, config.http.base_url, config.http.fever)
+    app = create_app(config.database, None, config.http.base_url, config.http.apps)
     uvicorn.run(app, host=host or config.http.host, port=port or config.http.port,
                 log_level="warning")
 

@@ -80,11 +80,12 @@ class ClusteringSettings:
 
 
 @dataclass(frozen=True)
-class FeverAccount:
-    """The account of the Fever API (``[http.fever]``), through which reading apps list the
-    stories and mark them read or saved.  Stories updated longer ago than ``unread_for``
-    count as read, as a feed reader lets old entries go, so that an app's first sync of a
-    large store does not fetch every story ever stored."""
+class AppAccount:
+    """The account that reading apps sign in with (``[http.apps]``), through the Fever API
+    and the Google Reader API, to list the stories and mark them read or saved.  Stories
+    updated longer ago than ``unread_for`` count as read, as a feed reader lets old entries
+    go, so that an app's first sync of a large store does not fetch every story ever
+    stored."""
 
     username: str
     password: str = field(repr=False)
@@ -93,13 +94,14 @@ class FeverAccount:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """The daemon's own web server (story pages, feeds, health, metrics, the Fever API)."""
+    """The daemon's own web server (story pages, feeds, health, metrics, the reading apps'
+    APIs)."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     base_url: str | None = None
-    fever: FeverAccount | None = None
+    apps: AppAccount | None = None
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,7 @@ def _load_http(path: str, table: Any, environ: Mapping[str, str],
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key="http")
     reader = _Reader(path, table, prefix="http.")
-    reader.reject_unknown({"enabled", "host", "port", "base_url", "fever"})
+    reader.reject_unknown({"enabled", "host", "port", "base_url", "apps"})
     defaults = HttpSettings()
     base_url = reader.get("base_url", str, None)
     if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
@@ -395,17 +397,17 @@ def _load_http(path: str, table: Any, environ: Mapping[str, str],
         host=reader.get("host", str, defaults.host),
         port=int(reader.number("port", defaults.port, 0, 65535)),
         base_url=base_url,
-        fever=_load_fever(path, reader.get("fever", dict, None), environ, secrets),
+        apps=_load_app_account(path, reader.get("apps", dict, None), environ, secrets),
     )
 
 
-def _load_fever(path: str, table: dict | None, environ: Mapping[str, str],
-                secrets: bool = True) -> FeverAccount | None:
-    """``[http.fever]``: ``username`` with ``password`` or ``password_env``, and
+def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
+                      secrets: bool = True) -> AppAccount | None:
+    """``[http.apps]``: ``username`` with ``password`` or ``password_env``, and
     ``unread_for``."""
     if table is None:
         return None
-    reader = _Reader(path, table, prefix="http.fever.")
+    reader = _Reader(path, table, prefix="http.apps.")
     reader.reject_unknown({"username", "password", "password_env", "unread_for"})
     username = reader.get("username", str, "")
     if not username.strip():
@@ -420,9 +422,9 @@ def _load_fever(path: str, table: dict | None, environ: Mapping[str, str],
             raise reader.fail("password_env", f"environment variable {variable} is not set")
     if secrets and not password:
         raise reader.fail("password", "must not be empty")
-    return FeverAccount(username=username, password=password,
+    return AppAccount(username=username, password=password,
                         unread_for_s=reader.duration("unread_for",
-                                                     FeverAccount.unread_for_s))
+                                                     AppAccount.unread_for_s))
 
 
 def _load_source(path: str, base: Path, index: int, table: Any,

@@ -4,7 +4,7 @@ Feeds, ReadKit, Read You, Fluent Reader...).
 Each item is a story, not an article: the app shows its canonical, with the other versions
 listed under it, and marking it read or saved marks the whole story (``reading``).  An app
 syncs the stories, not the twenty copies of each.  Served at ``/fever/`` when the
-configuration has ``[http.fever]``; the key an app sends is the MD5 of
+configuration has ``[http.apps]``; the key an app sends is the MD5 of
 ``username:password``, as Fever defined it.
 """
 
@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .config import FeverAccount
+from .config import AppAccount
 from .errors import AggregatorError
 from .readers import read_only_connection
 from .reading import (
@@ -117,7 +117,7 @@ def _site_url(url: str) -> str:
 class FeverApi:
     """Answers one request's parameters against ``database``."""
 
-    def __init__(self, database: str, account: FeverAccount, base_url: str, now: datetime):
+    def __init__(self, database: str, account: AppAccount, base_url: str, now: datetime):
         self.database = database
         self.account = account
         self.base_url = base_url
@@ -243,9 +243,9 @@ class FeverApi:
 
 async def fever_endpoint(request: Request) -> JSONResponse:
     state = request.app.state
-    account: FeverAccount | None = state.fever
+    account: AppAccount | None = state.apps
     if account is None:
-        raise HTTPException(404, "the Fever API is off: add [http.fever] to the configuration")
+        raise HTTPException(404, "the Fever API is off: add [http.apps] to the configuration")
     params = dict(request.query_params)
     if request.method == "POST":
         params.update({k: v for k, v in (await request.form()).items() if isinstance(v, str)})

@@ -32,7 +32,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .config import FeverAccount
+from .config import AppAccount
 from .fever import fever_endpoint
 from .readers import (
     PURGED_ARTICLES,
@@ -552,7 +552,7 @@ async def metrics(request: Request) -> Response:
 
 
 def create_app(database: str, status: DaemonStatus | None = None,
-               base_url: str | None = None, fever: FeverAccount | None = None) -> Starlette:
+               base_url: str | None = None, apps: AppAccount | None = None) -> Starlette:
     app = Starlette(routes=[
         Route("/", home),
         Route("/story/{story_id:int}", story_page),
@@ -566,7 +566,7 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/fever/", fever_endpoint, methods=["GET", "POST"]),
         Route("/fever", fever_endpoint, methods=["GET", "POST"]),
     ])
-    app.state.fever = fever
+    app.state.apps = apps
     app.state.database = database
     app.state.status = status
     app.state.base_url = base_url.rstrip("/") if base_url else None

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from aggregator.cli import main
-from aggregator.config import FeverAccount, load_config, parse_duration
+from aggregator.config import AppAccount, load_config, parse_duration
 from aggregator.errors import ConfigError
 
 GOOD_SOURCE = '[[sources]]\nname = "A"\nurl = "https://a.example/feed"\n'
@@ -119,8 +119,8 @@ def test_the_readme_configuration_example_is_valid(tmp_path):
     path.write_text(example, encoding="utf-8")
     # The example's private feed and its Fever account read their passwords from the
     # environment.
-    config = load_config(path, environ={"FEED_PASSWORD": "s3cret", "FEVER_PASSWORD": "f"})
+    config = load_config(path, environ={"FEED_PASSWORD": "s3cret", "APPS_PASSWORD": "f"})
     assert config.sources[0].name == "Example"
     assert config.sources[0].credentials.password == "s3cret"
-    assert config.http.fever == FeverAccount("ann", "f", 30 * 86400.0)
+    assert config.http.apps == AppAccount("ann", "f", 30 * 86400.0)
     assert config.service_groups == (("tumblr", ("*.tumblr.com", "tumblr.com")),)

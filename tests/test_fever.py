@@ -18,9 +18,9 @@ from starlette.testclient import TestClient
 
 from aggregator.cli import main
 from aggregator.config import (
+    AppAccount,
     ClusteringSettings,
     Config,
-    FeverAccount,
     HttpSettings,
     Source,
     load_config,
@@ -31,16 +31,16 @@ from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator
 from aggregator.web import create_app
 
-ACCOUNT = FeverAccount(username="reader@example.org", password="correct horse")
+ACCOUNT = AppAccount(username="reader@example.org", password="correct horse")
 KEY = hashlib.md5(b"reader@example.org:correct horse").hexdigest()
 FEVER = f"""
-[http.fever]
+[http.apps]
 username = "{ACCOUNT.username}"
 password = "{ACCOUNT.password}"
 """
 
 
-def client(database: str, account: FeverAccount | None = ACCOUNT) -> TestClient:
+def client(database: str, account: AppAccount | None = ACCOUNT) -> TestClient:
     return TestClient(create_app(database, None, "https://news.example", account))
 
 
@@ -139,7 +139,7 @@ def stories_store(tmp_path, count: int) -> Config:
                     sources=(Source(name="desk", url=str(tmp_path / "desk.xml"),
                                     interval_s=3600),),
                     clustering=ClusteringSettings(window_days=7),
-                    http=HttpSettings(fever=ACCOUNT))
+                    http=HttpSettings(apps=ACCOUNT))
     aggregator = Aggregator(config)
     now = datetime.now(UTC)
     entries = []
@@ -273,7 +273,7 @@ def test_stories_not_updated_for_unread_for_count_as_read(seeds):
         conn.execute("UPDATE stories SET last_seen = '2020-01-01T00:00:00Z' WHERE id != ?",
                      [story])
     assert ids(call(client(seeds.database), "unread_item_ids")["unread_item_ids"]) == [story]
-    week = FeverAccount(ACCOUNT.username, ACCOUNT.password, unread_for_s=0.5)
+    week = AppAccount(ACCOUNT.username, ACCOUNT.password, unread_for_s=0.5)
     time.sleep(1.1)
     assert call(client(seeds.database, week), "unread_item_ids")["unread_item_ids"] == ""
 
@@ -329,32 +329,32 @@ def test_the_items_text_is_cleaned(tmp_path, seed_dir):
 
 
 @pytest.mark.parametrize(("table", "environ", "error"), [
-    ('username = "a"', {}, "key 'http.fever.password': give password or password_env"),
+    ('username = "a"', {}, "key 'http.apps.password': give password or password_env"),
     ('username = "a"\npassword = "p"\npassword_env = "P"', {},
-     "key 'http.fever.password': give password or password_env"),
-    ('password = "p"', {}, "key 'http.fever.username': is required"),
-    ('username = "a"\npassword_env = "FEVER_PASSWORD"', {},
-     "key 'http.fever.password_env': environment variable FEVER_PASSWORD is not set"),
-    ('username = "a"\npassword = ""', {}, "key 'http.fever.password': must not be empty"),
-    ('username = "a"\npassword = "p"\nunread_for = "soon"', {}, "key 'http.fever.unread_for'"),
-    ('username = "a"\npassword = "p"\nkey = "k"', {}, "key 'http.fever.key': unknown key"),
+     "key 'http.apps.password': give password or password_env"),
+    ('password = "p"', {}, "key 'http.apps.username': is required"),
+    ('username = "a"\npassword_env = "APPS_PASSWORD"', {},
+     "key 'http.apps.password_env': environment variable APPS_PASSWORD is not set"),
+    ('username = "a"\npassword = ""', {}, "key 'http.apps.password': must not be empty"),
+    ('username = "a"\npassword = "p"\nunread_for = "soon"', {}, "key 'http.apps.unread_for'"),
+    ('username = "a"\npassword = "p"\nkey = "k"', {}, "key 'http.apps.key': unknown key"),
 ])
 def test_a_broken_fever_table_is_refused_with_where(tmp_path, table, environ, error):
-    path = write_config(tmp_path / "c.toml", [], extra=f"[http.fever]\n{table}")
+    path = write_config(tmp_path / "c.toml", [], extra=f"[http.apps]\n{table}")
     with pytest.raises(ConfigError) as raised:
         load_config(path, environ=environ)
     assert error in str(raised.value)
 
 
 def test_the_password_may_come_from_the_environment(tmp_path):
-    path = write_config(tmp_path / "c.toml", [], extra='[http.fever]\nusername = "a"\n'
-                                                     'password_env = "FEVER_PASSWORD"\n'
+    path = write_config(tmp_path / "c.toml", [], extra='[http.apps]\nusername = "a"\n'
+                                                     'password_env = "APPS_PASSWORD"\n'
                                                      'unread_for = "7d"')
-    account = load_config(path, environ={"FEVER_PASSWORD": "p"}).http.fever
-    assert account == FeverAccount("a", "p", 7 * 86400.0)
-    assert "p" not in repr(account).replace("password", "")
+    account = load_config(path, environ={"APPS_PASSWORD": "s3cr3t-value"}).http.apps
+    assert account == AppAccount("a", "s3cr3t-value", 7 * 86400.0)
+    assert "s3cr3t" not in repr(account)
     # Commands that only edit the configuration run without the daemon's secrets.
-    assert load_config(path, environ={}, secrets=False).http.fever.password == ""
+    assert load_config(path, environ={}, secrets=False).http.apps.password == ""
 
 
 def test_an_app_syncs_over_http_from_the_daemons_server(seeds, tmp_path):
