@@ -15,11 +15,8 @@ import hmac
 import sqlite3
 import zlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from html import escape
-from urllib.parse import urlsplit
+from datetime import UTC, datetime
 
-import nh3
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,7 +26,9 @@ from .config import AppAccount
 from .errors import AggregatorError
 from .readers import read_only_connection
 from .reading import (
-    StoryItem,
+    AppRequest,
+    app_sources,
+    item_html,
     mark_read_before,
     mark_stories,
     marks_connection,
@@ -37,6 +36,7 @@ from .reading import (
     story_ids_after,
     story_ids_before,
     story_items,
+    unix_time,
     unread_story_ids,
 )
 
@@ -61,12 +61,6 @@ def group_id(tag: str) -> int:
     return zlib.crc32(tag.encode()) & 0x7FFFFFFF or 1
 
 
-def _unix(stamp: str | None) -> int:
-    if not stamp:
-        return 0
-    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
-
-
 def _whole_number(params: Mapping[str, str], name: str, default: int | None = None) -> int:
     value = params.get(name, "")
     if value == "" and default is not None:
@@ -88,41 +82,8 @@ def _ids(params: Mapping[str, str], name: str) -> list[int]:
     return ids
 
 
-def item_html(item: StoryItem, story_page: str) -> str:
-    """The canonical's text, then the other versions of the story, linked."""
-    paragraphs = [p.strip() for p in item.text.split("\n") if p.strip()]
-    parts = [f"<p>{escape(p)}</p>" for p in paragraphs]
-    if item.others:
-        links = "".join(
-            f"<li>{_link(v.url, v.title)} — {escape(v.source)} ({escape(v.relation or '')}"
-            + (f", {v.similarity:.2f}" if v.similarity is not None else "") + ")</li>"
-            for v in item.others)
-        parts.append(f"<p>Also covered by:</p><ul>{links}</ul>")
-    parts.append(f'<p><a href="{escape(story_page)}">Every version of this story</a></p>')
-    # The text and titles come from feeds: cleaned once more, whatever slipped through.
-    return nh3.clean("".join(parts))
-
-
-def _link(url: str | None, text: str) -> str:
-    if url and url.startswith(("http://", "https://")):
-        return f'<a href="{escape(url)}">{escape(text)}</a>'
-    return escape(text)
-
-
-def _site_url(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/" if parts.scheme in ("http", "https") else ""
-
-
-class FeverApi:
-    """Answers one request's parameters against ``database``."""
-
-    def __init__(self, database: str, account: AppAccount, base_url: str, now: datetime):
-        self.database = database
-        self.account = account
-        self.base_url = base_url
-        self.now = now
-        self.updated_since = now - timedelta(seconds=account.unread_for_s)
+class FeverApi(AppRequest):
+    """Answers one request of the Fever API."""
 
     def answer(self, params: Mapping[str, str]) -> dict:
         answer: dict = {}
@@ -132,7 +93,7 @@ class FeverApi:
             wanted.add(self.mark(params))
         conn = read_only_connection(self.database)
         try:
-            answer["last_refreshed_on_time"] = _unix(conn.execute(
+            answer["last_refreshed_on_time"] = unix_time(conn.execute(
                 "SELECT max(last_checked_at) FROM sources").fetchone()[0])
             if "groups" in wanted or "feeds" in wanted:
                 groups, feeds_groups, feeds = self.feeds(conn)
@@ -156,26 +117,22 @@ class FeverApi:
             conn.close()
         return answer
 
-    def feeds(self, conn: sqlite3.Connection) -> tuple[list, list, list]:
-        """Fever's groups (the sources' tags), feeds_groups and feeds (the sources, those
-        removed from the configuration too while their stories are stored)."""
-        rows = conn.execute(
-            "SELECT s.id, s.name, s.url, s.last_success_at, t.value FROM sources s "
-            "LEFT JOIN json_each(s.tags) t WHERE s.in_config OR s.article_count > 0 "
-            "ORDER BY s.id").fetchall()
-        feeds: dict[int, dict] = {}
+    @staticmethod
+    def feeds(conn: sqlite3.Connection) -> tuple[list, list, list]:
+        """Fever's groups (the sources' tags), feeds_groups and feeds (``app_sources``)."""
+        sources = app_sources(conn)
         tags: dict[str, list[int]] = {}
-        for source_id, name, url, last_success, tag in rows:
-            feeds.setdefault(source_id, {
-                "id": source_id, "favicon_id": 0, "title": name, "url": url,
-                "site_url": _site_url(url), "is_spark": 0,
-                "last_updated_on_time": _unix(last_success)})
-            if tag is not None:
-                tags.setdefault(tag, []).append(source_id)
+        for source in sources:
+            for tag in source.tags:
+                tags.setdefault(tag, []).append(source.source_id)
         groups = [{"id": group_id(tag), "title": tag} for tag in sorted(tags)]
         feeds_groups = [{"group_id": group_id(tag), "feed_ids": ",".join(map(str, ids))}
                         for tag, ids in sorted(tags.items())]
-        return groups, feeds_groups, list(feeds.values())
+        feeds = [{"id": source.source_id, "favicon_id": 0, "title": source.name,
+                  "url": source.url, "site_url": source.site_url, "is_spark": 0,
+                  "last_updated_on_time": unix_time(source.last_success)}
+                 for source in sources]
+        return groups, feeds_groups, feeds
 
     def items(self, conn: sqlite3.Connection, params: Mapping[str, str]) -> dict:
         if params.get("with_ids"):
@@ -192,11 +149,11 @@ class FeverApi:
             "feed_id": item.source_id,
             "title": item.title,
             "author": item.author or "",
-            "html": item_html(item, f"{self.base_url}/story/{item.story_id}"),
+            "html": item_html(item, self.story_page(item.story_id)),
             "url": item.url or "",
             "is_saved": int(item.saved),
             "is_read": int(item.read),
-            "created_on_time": _unix(item.first_seen),
+            "created_on_time": unix_time(item.first_seen),
         } for item in story_items(conn, ids)]}
 
     def mark(self, params: Mapping[str, str]) -> str:

@@ -4,20 +4,26 @@ Marks are kept per article and read per story: a story is read when one of its v
 and saved when one of them is.  Marking a story marks every version it has, so the mark
 follows the articles when ``aggregator recluster`` rebuilds the stories, and a version that
 joins the story later does not bring it back unread: deduplication is for reading a story
-once.  Only ``sqlite3``: the web side calls these beside the daemon's writer, through a
-connection of its own (``marks_connection``).
+once.  The web side writes marks beside the daemon's writer through a connection of its own
+(``marks_connection``).  What the reading apps' APIs share is here too: the stories as
+items (``story_items``, ``item_html``) and the sources as feeds (``app_sources``).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from html import escape
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from .readers import BUSY_TIMEOUT_MS, select_in
+import nh3
+
+from .config import AppAccount
+from .readers import BUSY_TIMEOUT_MS, read_only_connection, select_in
 
 # A mark's column, by what it says.
 _COLUMNS = {"read": "read_at", "saved": "saved_at"}
@@ -107,6 +113,10 @@ def mark_read_before(conn: sqlite3.Connection, before: datetime, updated_since: 
     """Mark read the unread stories first seen before ``before`` (an app's "mark all as
     read", which leaves alone what arrived after the list it showed); ``source_ids``: only
     those whose canonical comes from one of these sources.  Returns how many stories."""
+    # Store times are whole seconds, cut short: what was seen before 12:00:00.5 is stored
+    # as 12:00:00 or earlier.
+    if before.microsecond:
+        before = before.replace(microsecond=0) + timedelta(seconds=1)
     where = ""
     params: list = [_stamp(updated_since), _stamp(before)]
     if source_ids is not None:
@@ -143,6 +153,8 @@ class StoryItem:
     url: str | None
     text: str
     first_seen: str
+    published: str
+    updated: str
     others: tuple[Version, ...]
     read: bool
     saved: bool
@@ -154,7 +166,8 @@ def story_items(conn: sqlite3.Connection, story_ids: Sequence[int]) -> list[Stor
     if not ids:
         return []
     stories = {row[0]: row for row in select_in(
-        conn, "SELECT s.id, c.source_id, s.title, c.author, c.url, c.text, s.first_seen "
+        conn, "SELECT s.id, c.source_id, s.title, c.author, c.url, c.text, s.first_seen, "
+              "s.first_published, s.last_published "
               "FROM stories s JOIN articles c ON c.id = s.canonical_article_id "
               "WHERE s.id IN ({})", ids)}
     others: dict[int, list[Version]] = {story_id: [] for story_id in stories}
@@ -168,8 +181,8 @@ def story_items(conn: sqlite3.Connection, story_ids: Sequence[int]) -> list[Stor
     read = marked_story_ids(conn, list(stories), "read")
     saved = marked_story_ids(conn, list(stories), "saved")
     return [StoryItem(story_id=story_id, source_id=row[1], title=row[2], author=row[3],
-                      url=row[4], text=row[5], first_seen=row[6],
-                      others=tuple(others[story_id]), read=story_id in read,
+                      url=row[4], text=row[5], first_seen=row[6], published=row[7],
+                      updated=row[8], others=tuple(others[story_id]), read=story_id in read,
                       saved=story_id in saved)
             for story_id in ids if (row := stories.get(story_id))]
 
@@ -186,3 +199,144 @@ def story_ids_before(conn: sqlite3.Connection, before_id: int, limit: int) -> li
     return [row[0] for row in conn.execute(
         "SELECT id FROM stories WHERE id < ? AND canonical_article_id IS NOT NULL "
         "ORDER BY id DESC LIMIT ?", [before_id, limit])]
+
+
+def item_html(item: StoryItem, story_page: str) -> str:
+    """The canonical's text, then the other versions of the story, linked."""
+    paragraphs = [p.strip() for p in item.text.split("\n") if p.strip()]
+    parts = [f"<p>{escape(p)}</p>" for p in paragraphs]
+    if item.others:
+        links = "".join(
+            f"<li>{_link(v.url, v.title)} — {escape(v.source)} ({escape(v.relation or '')}"
+            + (f", {v.similarity:.2f}" if v.similarity is not None else "") + ")</li>"
+            for v in item.others)
+        parts.append(f"<p>Also covered by:</p><ul>{links}</ul>")
+    parts.append(f'<p><a href="{escape(story_page)}">Every version of this story</a></p>')
+    # The text and titles come from feeds: cleaned once more, whatever slipped through.
+    return nh3.clean("".join(parts))
+
+
+def _link(url: str | None, text: str) -> str:
+    if url and url.startswith(("http://", "https://")):
+        return f'<a href="{escape(url)}">{escape(text)}</a>'
+    return escape(text)
+
+
+def unix_time(stamp: str | None) -> int:
+    """A store time (``YYYY-MM-DDTHH:MM:SSZ``) in seconds since the epoch; 0 for none."""
+    if not stamp:
+        return 0
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+@dataclass(frozen=True)
+class AppSource:
+    """A source as the apps list it: a feed, in a folder for each tag."""
+
+    source_id: int
+    name: str
+    url: str
+    last_success: str | None
+    tags: tuple[str, ...]
+
+    @property
+    def site_url(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}/" if parts.scheme in ("http", "https") else ""
+
+
+def app_sources(conn: sqlite3.Connection) -> list[AppSource]:
+    """The configured sources, and those removed from the configuration whose stories are
+    still stored (their items name them), by id."""
+    return [AppSource(source_id, name, url, last_success, tuple(json.loads(tags)))
+            for source_id, name, url, last_success, tags in conn.execute(
+                "SELECT id, name, url, last_success_at, tags FROM sources "
+                "WHERE in_config OR article_count > 0 ORDER BY id")]
+
+
+@dataclass(frozen=True)
+class StreamQuery:
+    """Which stories a list asks for, and in which order (the Google Reader API's
+    streams): ``sources``, only those whose canonical comes from one of them; ``read``,
+    only the read (True) or the unread (False) ones; ``saved``, only the saved ones;
+    ``oldest``/``newest``, first seen in that span (``newest`` excluded); ``after_id``, the
+    list goes on after that story (the page before ended there)."""
+
+    limit: int
+    sources: tuple[int, ...] | None = None
+    read: bool | None = None
+    saved: bool = False
+    oldest: datetime | None = None
+    newest: datetime | None = None
+    oldest_first: bool = False
+    after_id: int | None = None
+
+
+def stream_story_ids(conn: sqlite3.Connection, query: StreamQuery,
+                     updated_since: datetime) -> list[int]:
+    """The ids of one page of the stories ``query`` asks for, by id in its order.  Stories
+    updated before ``updated_since`` count as read, as in ``unread_story_ids``."""
+    where = ["s.canonical_article_id IS NOT NULL"]
+    params: list = []
+    if query.read is False or query.saved:
+        # From the short lists, not a walk through every story checking each.
+        chosen = (unread_story_ids(conn, updated_since) if query.read is False
+                  else saved_story_ids(conn))
+        where.append("s.id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(chosen))
+    if query.read is False and query.saved:
+        where.append(_MARKED.format(column="saved_at").replace("stories.id", "s.id"))
+    if query.read:
+        where.append(f"(s.last_seen < ? OR {_MARKED.format(column='read_at')})"
+                     .replace("stories.id", "s.id"))
+        params.append(_stamp(updated_since))
+    if query.sources is not None:
+        where.append("s.canonical_article_id IN (SELECT id FROM articles "
+                     "WHERE source_id IN (SELECT value FROM json_each(?)))")
+        params.append(json.dumps(list(query.sources)))
+    for bound, operator in ((query.oldest, ">="), (query.newest, "<")):
+        if bound is not None:
+            where.append(f"s.first_seen {operator} ?")
+            params.append(_stamp(bound))
+    if query.after_id is not None:
+        where.append(f"s.id {'>' if query.oldest_first else '<'} ?")
+        params.append(query.after_id)
+    order = "ASC" if query.oldest_first else "DESC"
+    return [row[0] for row in conn.execute(
+        f"SELECT s.id FROM stories s WHERE {' AND '.join(where)} ORDER BY s.id {order} "
+        "LIMIT ?", [*params, query.limit])]
+
+
+def unread_counts(conn: sqlite3.Connection, updated_since: datetime
+                  ) -> list[tuple[int, int, str]]:
+    """The unread stories by the source of their canonical: (source id, how many, when
+    the newest was first seen)."""
+    return conn.execute(
+        "SELECT c.source_id, count(*), max(s.first_seen) FROM stories s "
+        "JOIN articles c ON c.id = s.canonical_article_id "
+        "WHERE s.id IN (SELECT value FROM json_each(?)) GROUP BY c.source_id",
+        [json.dumps(unread_story_ids(conn, updated_since))]).fetchall()
+
+
+class AppRequest:
+    """One request of a reading app: the store, the account, the server's address for
+    links to story pages, and the time it is answered at."""
+
+    def __init__(self, database: str, account: AppAccount, base_url: str, now: datetime):
+        self.database = database
+        self.account = account
+        self.base_url = base_url
+        self.now = now
+        # Stories updated before this count as read.
+        self.updated_since = now - timedelta(seconds=account.unread_for_s)
+
+    def read(self, answer: Callable[[sqlite3.Connection], object]) -> object:
+        """``answer`` of a read-only connection of its own."""
+        conn = read_only_connection(self.database)
+        try:
+            return answer(conn)
+        finally:
+            conn.close()
+
+    def story_page(self, story_id: int) -> str:
+        return f"{self.base_url}/story/{story_id}"

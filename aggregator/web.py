@@ -1,9 +1,9 @@
 """The read side over HTTP: story pages, deduplicated feeds, health and metrics, and the
-Fever API for reading apps (``fever``).
+reading apps' APIs (``fever``, ``greader``).
 
 Every request reads the database through its own read-only connection, so the web side never
 blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.  The one
-exception is the Fever API's marks (read, saved): short transactions of their own, which
+exception is the reading apps' marks (read, saved): short transactions of their own, which
 wait for the daemon's.
 """
 
@@ -34,6 +34,7 @@ from starlette.routing import Route
 from . import __version__
 from .config import AppAccount
 from .fever import fever_endpoint
+from .greader import client_login, reader_api
 from .readers import (
     PURGED_ARTICLES,
     PURGED_DUPLICATES,
@@ -565,6 +566,8 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/metrics", metrics),
         Route("/fever/", fever_endpoint, methods=["GET", "POST"]),
         Route("/fever", fever_endpoint, methods=["GET", "POST"]),
+        Route("/accounts/ClientLogin", client_login, methods=["GET", "POST"]),
+        Route("/reader/api/0/{path:path}", reader_api, methods=["GET", "POST"]),
     ])
     app.state.apps = apps
     app.state.database = database

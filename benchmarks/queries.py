@@ -40,11 +40,14 @@ from aggregator.readers import (  # noqa: E402
     select_in,
 )
 from aggregator.reading import (  # noqa: E402
+    StreamQuery,
     mark_stories,
     marks_connection,
     saved_story_ids,
     story_ids_after,
     story_items,
+    stream_story_ids,
+    unread_counts,
     unread_story_ids,
 )
 from aggregator.store import Store, from_iso, to_iso  # noqa: E402
@@ -99,16 +102,25 @@ def matching_stories(reader: sqlite3.Connection, bound: dict) -> list:
     return select_in(reader, "SELECT * FROM latest_stories WHERE story_id IN ({})", ids)
 
 
-# What a reading app asks through the Fever API (``aggregator/fever.py``) at each sync: not
-# dashboard queries, timed apart.  Each is given the connection, the store's newest time,
-# and a random story id.
-FEVER_CALLS = {
-    "unread_item_ids (stories updated in the last 30 days, none of whose versions is read)":
+# What a reading app asks at each sync, through the Fever API (``aggregator/fever.py``) or
+# the Google Reader API (``aggregator/greader.py``): not dashboard queries, timed apart.
+# Each is given the connection, the store's newest time, and a random story id.
+APP_CALLS = {
+    "Fever unread_item_ids (stories updated in the last 30 days, none of whose versions "
+    "is read)":
         lambda reader, newest, _story: unread_story_ids(reader, newest - timedelta(days=30)),
-    "saved_item_ids":
+    "Fever saved_item_ids":
         lambda reader, _newest, _story: saved_story_ids(reader),
-    "items&since_id=ID (the 50 stories after ID, with their versions and marks)":
+    "Fever items&since_id=ID (the 50 stories after ID, with their versions and marks)":
         lambda reader, _newest, story: story_items(reader, story_ids_after(reader, story, 50)),
+    "Google Reader stream/items/ids, unread (xt=read), n=1000":
+        lambda reader, newest, _story: stream_story_ids(
+            reader, StreamQuery(limit=1000, read=False), newest - timedelta(days=30)),
+    "Google Reader stream/items/ids, reading list before ID (c=ID), n=1000":
+        lambda reader, newest, story: stream_story_ids(
+            reader, StreamQuery(limit=1000, after_id=story), newest - timedelta(days=30)),
+    "Google Reader unread-count":
+        lambda reader, newest, _story: unread_counts(reader, newest - timedelta(days=30)),
 }
 
 
@@ -269,12 +281,12 @@ def main() -> None:
             for step in plan:
                 print(f"    {step}")
         reader.close()
-        fever = fever_calls(path, args.runs, rng)
+        apps = app_calls(path, args.runs, rng)
     print(json.dumps({"articles": articles, "stories": stories,
                       "worst_p95_ms": max(r["p95_ms"] for r in results.values()),
                       "queries": results,
-                      "fever_worst_p95_ms": max(r["p95_ms"] for r in fever.values()),
-                      "fever_calls": fever}))
+                      "apps_worst_p95_ms": max(r["p95_ms"] for r in apps.values()),
+                      "app_calls": apps}))
 
 
 def timed(timings: list[float]) -> dict:
@@ -283,8 +295,8 @@ def timed(timings: list[float]) -> dict:
             "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2)}
 
 
-def fever_calls(path: str, runs: int, rng: random.Random) -> dict:
-    """The Fever API's reads and a mark, on the store marked as a daily reader would."""
+def app_calls(path: str, runs: int, rng: random.Random) -> dict:
+    """The reading apps' reads and a mark, on the store marked as a daily reader would."""
     Store(path).close()  # a store kept from before the marks takes their migration
     mark_as_a_daily_reader(path)
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -292,10 +304,10 @@ def fever_calls(path: str, runs: int, rng: random.Random) -> dict:
     stories = reader.execute("SELECT max(id) FROM stories").fetchone()[0]
     unread = unread_story_ids(reader, newest - timedelta(days=30))
     saved = len(saved_story_ids(reader))
-    print(f"Fever API calls ({len(unread):,} stories unread, {saved:,} saved; "
+    print(f"Reading apps' calls ({len(unread):,} stories unread, {saved:,} saved; "
           f"{runs // 10} runs each):")
     results = {}
-    for name, call in FEVER_CALLS.items():
+    for name, call in APP_CALLS.items():
         timings = []
         for _ in range(runs // 10):
             story = rng.randint(1, stories)
@@ -314,7 +326,7 @@ def fever_calls(path: str, runs: int, rng: random.Random) -> dict:
         timings.append((time.perf_counter() - started) * 1000)
         mark_stories(writer, [story], "read", False, newest)
     writer.close()
-    name = "mark=item&as=read (every version of the story, one transaction)"
+    name = "a story marked read (every version of it, one transaction)"
     results[name] = timed(timings)
     print(f"{name}: median {results[name]['median_ms']:.2f} ms, "
           f"p95 {results[name]['p95_ms']:.2f} ms")

@@ -1,5 +1,6 @@
-"""The Fever API: reading apps list stories (one item a story), mark them read or saved,
-and a mark holds for the whole story, through new versions, a recluster and retention."""
+"""The reading apps' APIs, Fever and Google Reader: apps list stories (one item a story),
+mark them read or saved, and a mark holds for the whole story, through new versions, a
+recluster and retention."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ from aggregator.parse import ParsedEntry
 from aggregator.pipeline import Aggregator
 from aggregator.web import create_app
 
+READING_LIST = "user/-/state/com.google/reading-list"
+READ = "user/-/state/com.google/read"
+STARRED = "user/-/state/com.google/starred"
 ACCOUNT = AppAccount(username="reader@example.org", password="correct horse")
 KEY = hashlib.md5(b"reader@example.org:correct horse").hexdigest()
-FEVER = f"""
+APPS = f"""
 [http.apps]
 username = "{ACCOUNT.username}"
 password = "{ACCOUNT.password}"
@@ -63,7 +67,7 @@ def seeds(tmp_path, seed_dir):
                for n, f in SEED_FEEDS.items()]
     sources.append({"name": "Test Wire", "url": str(seed_dir / "other.rss.xml"),
                     "tags": ["wire"]})
-    config = load_config(write_config(tmp_path / "fever.toml", sources, extra=FEVER),
+    config = load_config(write_config(tmp_path / "fever.toml", sources, extra=APPS),
                          environ={})
     aggregator = Aggregator(config)
     aggregator.run_pass()
@@ -197,7 +201,7 @@ def test_a_story_read_stays_read_when_a_new_version_joins_it(tmp_path, seed_dir)
     """Deduplication is for reading a story once: the third write-up of a story read as
     two does not bring it back."""
     feeds = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
-    path = write_config(tmp_path / "two.toml", feeds[:2], extra=FEVER)
+    path = write_config(tmp_path / "two.toml", feeds[:2], extra=APPS)
     aggregator = Aggregator(load_config(path, environ={}))
     aggregator.run_pass()
     aggregator.close()
@@ -207,7 +211,7 @@ def test_a_story_read_stays_read_when_a_new_version_joins_it(tmp_path, seed_dir)
     answer = call(fever, "", mark="item", **{"as": "read"}, id=str(story))
     assert answer["unread_item_ids"] == ""
 
-    write_config(path, feeds, extra=FEVER)
+    write_config(path, feeds, extra=APPS)
     aggregator = Aggregator(load_config(path, environ={}))
     assert sum(report.new_articles for report in aggregator.run_pass()) == 1
     aggregator.close()
@@ -319,7 +323,7 @@ def test_the_items_text_is_cleaned(tmp_path, seed_dir):
         b"</item></channel></rss>")
     path = write_config(tmp_path / "h.toml", [{"name": "H", "url": str(seed_dir /
                                                                         "hostile.rss.xml")}],
-                        extra=FEVER)
+                        extra=APPS)
     aggregator = Aggregator(load_config(path, environ={}))
     aggregator.run_pass()
     aggregator.close()
@@ -339,7 +343,7 @@ def test_the_items_text_is_cleaned(tmp_path, seed_dir):
     ('username = "a"\npassword = "p"\nunread_for = "soon"', {}, "key 'http.apps.unread_for'"),
     ('username = "a"\npassword = "p"\nkey = "k"', {}, "key 'http.apps.key': unknown key"),
 ])
-def test_a_broken_fever_table_is_refused_with_where(tmp_path, table, environ, error):
+def test_a_broken_apps_table_is_refused_with_where(tmp_path, table, environ, error):
     path = write_config(tmp_path / "c.toml", [], extra=f"[http.apps]\n{table}")
     with pytest.raises(ConfigError) as raised:
         load_config(path, environ=environ)
@@ -357,18 +361,17 @@ def test_the_password_may_come_from_the_environment(tmp_path):
     assert load_config(path, environ={}, secrets=False).http.apps.password == ""
 
 
-def test_an_app_syncs_over_http_from_the_daemons_server(seeds, tmp_path):
-    """``aggregator serve`` answers a real HTTP client the way an app asks: the key in a
-    form, the sections in the query."""
-    import socket
+def test_apps_sync_over_http_from_the_replica(seeds, tmp_path):
+    """``aggregator serve`` answers real HTTP clients the way the apps ask: Fever's key in a
+    form and the sections in the query; Google Reader's sign-in, then its token in a
+    header.  A mark made through one API shows in the other."""
     import subprocess
     import sys
 
     import httpx
+    from test_web import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "aggregator.cli", "serve", "--config", seeds.path, "--port",
          str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -386,6 +389,22 @@ def test_an_app_syncs_over_http_from_the_daemons_server(seeds, tmp_path):
                             data={"api_key": KEY, "mark": "item", "as": "read",
                                   "id": str(story)}, timeout=5).json()
         assert story not in ids(marked["unread_item_ids"])
+
+        base = f"http://127.0.0.1:{port}"
+        login = httpx.post(f"{base}/accounts/ClientLogin",
+                           data={"Email": ACCOUNT.username, "Passwd": ACCOUNT.password})
+        token = dict(line.split("=", 1) for line in login.text.split())["Auth"]
+        headers = {"Authorization": f"GoogleLogin auth={token}"}
+        unread = httpx.get(f"{base}/reader/api/0/stream/items/ids",
+                           params={"s": READING_LIST, "xt": READ, "n": "1000"},
+                           headers=headers).json()
+        assert len(unread["itemRefs"]) == 5 and str(story) not in \
+            {ref["id"] for ref in unread["itemRefs"]}
+        assert httpx.post(f"{base}/reader/api/0/edit-tag", headers=headers,
+                          data={"i": str(story), "a": STARRED}).text == "OK"
+        saved = httpx.post(f"http://127.0.0.1:{port}/fever/?api&saved_item_ids",
+                           data={"api_key": KEY}).json()
+        assert ids(saved["saved_item_ids"]) == [story]
     finally:
         server.terminate()
         server.wait(10)
@@ -404,7 +423,7 @@ def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_pat
     port = free_port()
     sources = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
     http = f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
-    path = write_config(tmp_path / "daemon.toml", sources, extra=http + FEVER)
+    path = write_config(tmp_path / "daemon.toml", sources, extra=http + APPS)
     process = subprocess.Popen(
         [sys.executable, "-m", "aggregator.cli", "run", "--config", str(path), "--tick", "1s"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -422,7 +441,7 @@ def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_pat
         assert ids(marked["saved_item_ids"]) == [story]
 
         new_key = hashlib.md5(f"{ACCOUNT.username}:another one".encode()).hexdigest()
-        write_config(path, sources, extra=http + FEVER.replace(ACCOUNT.password, "another one"))
+        write_config(path, sources, extra=http + APPS.replace(ACCOUNT.password, "another one"))
         deadline = time.monotonic() + 30
         while httpx.post(url, data={"api_key": new_key}).json()["auth"] != 1:
             assert time.monotonic() < deadline, "the new password never took effect"
@@ -434,3 +453,227 @@ def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_pat
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0
+
+
+# The Google Reader API.
+
+
+def reader(database: str, account: AppAccount | None = ACCOUNT) -> TestClient:
+    """A client signed in as an app signs in: ClientLogin, then the token in a header."""
+    app = client(database, account)
+    login = app.post("/accounts/ClientLogin", data={"Email": ACCOUNT.username,
+                                                    "Passwd": ACCOUNT.password})
+    assert login.status_code == 200, login.text
+    token = dict(line.split("=", 1) for line in login.text.split())["Auth"]
+    app.headers["Authorization"] = f"GoogleLogin auth={token}"
+    return app
+
+
+def get(app: TestClient, path: str, status: int = 200, **params):
+    response = app.get(f"/reader/api/0/{path}", params=params)
+    assert response.status_code == status, response.text
+    return response.json() if status == 200 and path != "token" else response.text
+
+
+def post(app: TestClient, path: str, status: int = 200, **form) -> str:
+    response = app.post(f"/reader/api/0/{path}", data=form)
+    assert response.status_code == status, response.text
+    return response.text
+
+
+def ref_ids(answer: dict) -> list[int]:
+    return [int(ref["id"]) for ref in answer["itemRefs"]]
+
+
+@pytest.mark.parametrize(("email", "password", "status"), [
+    (ACCOUNT.username, ACCOUNT.password, 200),
+    (ACCOUNT.username, "wrong", 401),
+    ("someone@example.org", ACCOUNT.password, 401),
+    ("", "", 401),
+])
+def test_client_login_gives_a_token_for_the_account_only(seeds, email, password, status):
+    response = client(seeds.database).post("/accounts/ClientLogin",
+                                           data={"Email": email, "Passwd": password})
+    assert response.status_code == status
+    assert ("Auth=" in response.text) == (status == 200)
+    if status == 401:
+        assert response.text.startswith("Error=BadAuthentication")
+
+
+def test_calls_need_the_token_and_a_new_password_ends_it(seeds):
+    app = reader(seeds.database)
+    assert get(app, "user-info")["userName"] == ACCOUNT.username
+    assert get(app, "token").strip()
+    anonymous = client(seeds.database)
+    assert anonymous.get("/reader/api/0/user-info").status_code == 401
+    anonymous.headers["Authorization"] = "GoogleLogin auth=reader@example.org/0000"
+    assert anonymous.get("/reader/api/0/user-info").status_code == 401
+    changed = client(seeds.database, AppAccount(ACCOUNT.username, "new password"))
+    changed.headers["Authorization"] = app.headers["Authorization"]
+    assert changed.get("/reader/api/0/user-info").status_code == 401
+    off = client(seeds.database, None)
+    assert off.post("/accounts/ClientLogin", data={"Email": "a", "Passwd": "b"}
+                    ).status_code == 404
+    assert off.get("/reader/api/0/user-info").status_code == 404
+
+
+def test_subscriptions_are_the_sources_in_folders_of_their_tags(seeds):
+    app = reader(seeds.database)
+    subscriptions = {s["title"]: s for s in get(app, "subscription/list")["subscriptions"]}
+    assert set(subscriptions) == {*SEED_FEEDS, "Test Wire"}
+    assert subscriptions["Test Wire"]["categories"] == [{"id": "user/-/label/wire",
+                                                         "label": "wire"}]
+    assert all(s["id"].startswith("feed/") for s in subscriptions.values())
+    assert get(app, "tag/list")["tags"] == [
+        {"id": STARRED}, {"id": "user/-/label/wire", "type": "folder"},
+        {"id": "user/-/label/world", "type": "folder"}]
+
+
+@pytest.mark.parametrize(("params", "pages"), [
+    # 20 a page unless asked, newest first: the pages go on until one is not full.
+    ({}, [list(range(120 - 20 * n, 100 - 20 * n, -1)) for n in range(6)] + [[]]),
+    ({"r": "o", "n": "50"}, [list(range(1, 51)), list(range(51, 101)),
+                             list(range(101, 121))]),
+    ({"n": "60"}, [list(range(120, 60, -1)), list(range(60, 0, -1)), []]),
+    ({"n": "10000", "xt": READ}, [list(range(120, 0, -1))]),
+    ({"it": STARRED}, [[]]),
+    ({"s": READ}, [[]]),
+])
+def test_item_ids_come_in_pages_with_a_continuation(many, params, pages):
+    app = reader(many.database)
+    continuation = None
+    for number, expected in enumerate(pages):
+        answer = get(app, "stream/items/ids", **params,
+                     **({"c": continuation} if continuation else {}))
+        assert ref_ids(answer) == expected, number
+        continuation = answer.get("continuation")
+        assert (continuation is None) == (number == len(pages) - 1)
+
+
+def test_item_ids_within_a_span_of_time(many):
+    app = reader(many.database)
+    now = int(time.time())
+    assert len(ref_ids(get(app, "stream/items/ids", n="200", ot=str(now - 3600)))) == 120
+    assert ref_ids(get(app, "stream/items/ids", ot=str(now + 3600))) == []
+    assert ref_ids(get(app, "stream/items/ids", n="200", nt=str(now - 3600))) == []
+
+
+def test_an_item_is_a_story_with_its_versions_state_and_folders(seeds):
+    app = reader(seeds.database)
+    story, canonical_source = lavrov(seeds.database)
+    long_id = f"tag:google.com,2005:reader/item/{story:016x}"
+    by_long = app.post("/reader/api/0/stream/items/contents", data={"i": long_id}).json()
+    by_decimal = app.post("/reader/api/0/stream/items/contents", data={"i": str(story)}).json()
+    assert by_long == by_decimal
+    [item] = by_long["items"]
+    assert item["id"] == long_id
+    assert item["origin"]["streamId"] == f"feed/{canonical_source}"
+    assert item["categories"] == [READING_LIST, "user/-/label/world"]
+    assert item["alternate"][0]["href"].startswith("https://")
+    assert item["summary"]["content"].count("<li>") == 2
+    assert int(item["timestampUsec"]) // 1_000_000 > time.time() - 3600
+
+    assert post(app, "edit-tag", i=long_id, a=[READ, STARRED]) == "OK"
+    [item] = app.post("/reader/api/0/stream/items/contents", data={"i": long_id}
+                      ).json()["items"]
+    assert item["categories"][:3] == [READING_LIST, READ, STARRED]
+    assert ids(call(client(seeds.database), "saved_item_ids")["saved_item_ids"]) == [story]
+
+
+def test_edit_tag_reads_unreads_stars_and_unstars_whole_stories(seeds):
+    app = reader(seeds.database)
+    story, _source = lavrov(seeds.database)
+    everything = ref_ids(get(app, "stream/items/ids", xt=READ))
+    assert len(everything) == 6
+
+    def unread():
+        return ref_ids(get(app, "stream/items/ids", xt=READ))
+
+    post(app, "edit-tag", i=str(story), a=READ)
+    assert story not in unread()
+    assert ref_ids(get(app, "stream/items/ids", s=READ)) == [story]
+    post(app, "edit-tag", i=str(story), a="user/-/state/com.google/kept-unread", r=READ)
+    assert unread() == everything
+    post(app, "edit-tag", i=str(story), a=STARRED)
+    assert ref_ids(get(app, "stream/items/ids", s=STARRED)) == [story]
+    assert ref_ids(get(app, "stream/items/ids", it=STARRED, xt=READ)) == [story]
+    post(app, "edit-tag", i=str(story), r=STARRED)
+    assert ref_ids(get(app, "stream/items/ids", s=STARRED)) == []
+    # Labels on items are not kept here: refused, nothing changed.
+    assert "not kept here" in post(app, "edit-tag", status=400, i=str(story),
+                                   a="user/-/label/later")
+    assert unread() == everything
+
+
+def test_streams_of_a_feed_and_a_folder_and_their_unread_counts(seeds):
+    app = reader(seeds.database)
+    story, canonical_source = lavrov(seeds.database)
+    wire = next(s["id"] for s in get(app, "subscription/list")["subscriptions"]
+                if s["title"] == "Test Wire")
+    assert len(ref_ids(get(app, "stream/items/ids", s=wire))) == 5
+    assert ref_ids(get(app, "stream/items/ids", s="user/-/label/world")) == [story]
+    assert ref_ids(get(app, "stream/items/ids", s=f"feed/{canonical_source}")) == [story]
+    counts = {c["id"]: c["count"] for c in get(app, "unread-count")["unreadcounts"]}
+    assert counts == {READING_LIST: 6, "user/-/label/world": 1, "user/-/label/wire": 5,
+                      wire: 5, f"feed/{canonical_source}": 1}
+    contents = get(app, "stream/contents/user/-/label/world")
+    assert [item["id"] for item in contents["items"]] == \
+        [f"tag:google.com,2005:reader/item/{story:016x}"]
+
+
+def test_mark_all_as_read_leaves_what_came_after_the_apps_list(seeds):
+    app = reader(seeds.database)
+    story, _source = lavrov(seeds.database)
+    before = int((time.time() - 3600) * 1_000_000)
+    after = int((time.time() + 5) * 1_000_000)
+    assert post(app, "mark-all-as-read", s="user/-/label/wire", ts=str(before)) == "OK"
+    assert len(ref_ids(get(app, "stream/items/ids", xt=READ))) == 6
+    post(app, "mark-all-as-read", s="user/-/label/wire", ts=str(after))
+    assert ref_ids(get(app, "stream/items/ids", xt=READ)) == [story]
+    post(app, "mark-all-as-read", s=READING_LIST)
+    assert ref_ids(get(app, "stream/items/ids", xt=READ)) == []
+    assert get(app, "unread-count")["unreadcounts"] == []
+
+
+@pytest.mark.parametrize(("method", "path", "params", "status", "says"), [
+    ("get", "stream/items/ids", {"n": "0"}, 400, "n: "),
+    ("get", "stream/items/ids", {"n": "many"}, 400, "n: "),
+    ("get", "stream/items/ids", {"c": "next-page"}, 400, "c: "),
+    ("get", "stream/items/ids", {"s": "feed/https://a.example/rss"}, 400, "s: "),
+    ("get", "stream/items/ids", {"ot": "yesterday"}, 400, "ot: "),
+    ("post", "stream/items/contents", {"i": "tag:google.com,2005:reader/item/zz"}, 400, "i: "),
+    ("post", "edit-tag", {"a": READ}, 400, "i: no item"),
+    ("get", "edit-tag", {"i": "1", "a": READ}, 405, "POST only"),
+    ("post", "mark-all-as-read", {"s": "user/-/state/com.google/like"}, 400, "s: "),
+    ("post", "subscription/quickadd", {"quickadd": "https://a.example/rss"}, 400,
+     "aggregator add URL"),
+    ("get", "preference/stream/list", {}, 404, "not a call of this server"),
+])
+def test_a_call_it_cannot_answer_says_why(many, method, path, params, status, says):
+    app = reader(many.database)
+    response = (app.get(f"/reader/api/0/{path}", params=params) if method == "get"
+                else app.post(f"/reader/api/0/{path}", data=params))
+    assert response.status_code == status and says in response.text
+
+
+def test_a_store_that_cannot_be_written_refuses_marks_and_keeps_serving(seeds, monkeypatch):
+    """A replica given a read-only file: marks are refused with a 503 and nothing else
+    changes; the lists are still served."""
+    import aggregator.fever
+    import aggregator.greader
+
+    def read_only(database):
+        return sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
+
+    story, _source = lavrov(seeds.database)
+    app = reader(seeds.database)
+    for module in (aggregator.fever, aggregator.greader):
+        monkeypatch.setattr(module, "marks_connection", read_only)
+    answer = call(client(seeds.database), "", status=503, mark="item", id=str(story),
+                  **{"as": "read"})
+    assert "cannot be changed now" in answer["error"]
+    response = app.post("/reader/api/0/edit-tag", data={"i": str(story), "a": READ})
+    assert response.status_code == 503 and "cannot be changed now" in response.text
+    assert len(ref_ids(get(app, "stream/items/ids", xt=READ))) == 6
+    with sqlite3.connect(seeds.database) as conn:
+        assert conn.execute("SELECT count(*) FROM article_marks").fetchone() == (0,)
