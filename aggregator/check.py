@@ -44,6 +44,13 @@ def check_store(store: Store, settings: ClusteringSettings,
         "ON s.id = d.story_id WHERE s.id IS NULL",
         lambda r: f"webhook {r[0]!r}: a delivery of story {r[1]}, which does not exist"))
     q(_query_violations(
+        store, "every reader's mark is of a stored article and marks something",
+        "SELECT m.article_id, a.id IS NULL FROM article_marks m LEFT JOIN articles a "
+        "ON a.id = m.article_id WHERE a.id IS NULL OR (m.read_at IS NULL "
+        "AND m.saved_at IS NULL)",
+        lambda r: f"mark of article {r[0]}: " + ("the article does not exist" if r[1]
+                                                  else "neither read nor saved")))
+    q(_query_violations(
         store, "every story has a canonical that is one of its members",
         "SELECT s.id, s.canonical_article_id FROM stories s LEFT JOIN articles a "
         "ON a.id = s.canonical_article_id WHERE a.id IS NULL OR a.story_id IS NOT s.id",

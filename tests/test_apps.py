@@ -677,3 +677,28 @@ def test_a_store_that_cannot_be_written_refuses_marks_and_keeps_serving(seeds, m
     assert len(ref_ids(get(app, "stream/items/ids", xt=READ))) == 6
     with sqlite3.connect(seeds.database) as conn:
         assert conn.execute("SELECT count(*) FROM article_marks").fetchone() == (0,)
+
+
+def test_check_finds_marks_of_nothing_and_of_missing_articles(seeds):
+    from aggregator.check import check_store
+    from aggregator.store import Store
+
+    story, _source = lavrov(seeds.database)
+    call(client(seeds.database), "", mark="item", id=str(story), **{"as": "saved"})
+    store = Store(seeds.database)
+
+    def violations() -> list[str]:
+        return [v.detail for v in check_store(store, ClusteringSettings())
+                if "mark" in v.invariant]
+
+    assert violations() == []
+    with store.transaction() as conn:
+        conn.execute("UPDATE article_marks SET saved_at = NULL WHERE article_id = "
+                     "(SELECT min(article_id) FROM article_marks)")
+    first = store.db.execute("SELECT min(article_id) FROM article_marks").fetchone()[0]
+    store.db.conn.execute("PRAGMA foreign_keys = OFF")
+    store.db.conn.execute("INSERT INTO article_marks (article_id, read_at) "
+                          "VALUES (99999, '2026-01-01T00:00:00Z')")
+    assert violations() == [f"mark of article {first}: neither read nor saved",
+                            "mark of article 99999: the article does not exist"]
+    store.close()
