@@ -296,6 +296,9 @@ _READS = {"user-info": ReaderApi.user_info, "subscription/list": ReaderApi.subsc
           "stream/items/contents": ReaderApi.item_contents}
 _WRITES = {"edit-tag": ReaderApi.edit_tag, "mark-all-as-read": ReaderApi.mark_all_as_read}
 _REFUSED = ("subscription/edit", "subscription/quickadd", "rename-tag", "disable-tag")
+# Preferences some apps read at sign-in and do without: none are kept.
+_NO_PREFERENCES = {"preference/list": {"prefs": []},
+                   "preference/stream/list": {"streamprefs": {}}}
 
 
 async def _params(request: Request) -> Params:
@@ -348,6 +351,8 @@ async def reader_api(request: Request) -> Response:
             return PlainTextResponse(await run_in_threadpool(_WRITES[path], api, params))
         if path in _READS:
             return JSONResponse(await run_in_threadpool(_READS[path], api, params))
+        if path in _NO_PREFERENCES:
+            return JSONResponse(_NO_PREFERENCES[path])
         if path.startswith("stream/contents"):
             stream = path[len("stream/contents"):].strip("/")
             return JSONResponse(await run_in_threadpool(api.stream_contents, params, stream))

@@ -568,6 +568,10 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/fever", fever_endpoint, methods=["GET", "POST"]),
         Route("/accounts/ClientLogin", client_login, methods=["GET", "POST"]),
         Route("/reader/api/0/{path:path}", reader_api, methods=["GET", "POST"]),
+        # FreshRSS's address of the same API, which users of FreshRSS give their apps.
+        Route("/api/greader.php/accounts/ClientLogin", client_login, methods=["GET", "POST"]),
+        Route("/api/greader.php/reader/api/0/{path:path}", reader_api,
+              methods=["GET", "POST"]),
     ])
     app.state.apps = apps
     app.state.database = database

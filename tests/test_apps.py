@@ -647,7 +647,7 @@ def test_mark_all_as_read_leaves_what_came_after_the_apps_list(seeds):
     ("post", "mark-all-as-read", {"s": "user/-/state/com.google/like"}, 400, "s: "),
     ("post", "subscription/quickadd", {"quickadd": "https://a.example/rss"}, 400,
      "aggregator add URL"),
-    ("get", "preference/stream/list", {}, 404, "not a call of this server"),
+    ("get", "friend/list", {}, 404, "not a call of this server"),
 ])
 def test_a_call_it_cannot_answer_says_why(many, method, path, params, status, says):
     app = reader(many.database)
@@ -702,3 +702,19 @@ def test_check_finds_marks_of_nothing_and_of_missing_articles(seeds):
     assert violations() == [f"mark of article {first}: neither read nor saved",
                             "mark of article 99999: the article does not exist"]
     store.close()
+
+
+def test_freshrss_address_and_preferences_that_apps_read_at_sign_in(seeds):
+    """Users of FreshRSS give their apps its address of the API; some apps read the
+    preferences first, of which there are none."""
+    app = client(seeds.database)
+    login = app.post("/api/greader.php/accounts/ClientLogin",
+                     data={"Email": ACCOUNT.username, "Passwd": ACCOUNT.password})
+    token = dict(line.split("=", 1) for line in login.text.split())["Auth"]
+    app.headers["Authorization"] = f"GoogleLogin auth={token}"
+    assert app.get("/api/greader.php/reader/api/0/preference/stream/list").json() == \
+        {"streamprefs": {}}
+    assert app.get("/reader/api/0/preference/list").json() == {"prefs": []}
+    answer = app.get("/api/greader.php/reader/api/0/stream/items/ids",
+                     params={"xt": READ}).json()
+    assert len(answer["itemRefs"]) == 6
