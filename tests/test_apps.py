@@ -718,3 +718,16 @@ def test_freshrss_address_and_preferences_that_apps_read_at_sign_in(seeds):
     answer = app.get("/api/greader.php/reader/api/0/stream/items/ids",
                      params={"xt": READ}).json()
     assert len(answer["itemRefs"]) == 6
+
+
+def test_the_form_parser_is_installed_with_the_package():
+    """Starlette reads forms only with python-multipart, which the development extras bring
+    in by way of other packages: the package must ask for it itself, or the APIs fail with
+    a 500 on an installation without them."""
+    import tomllib
+
+    from conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert any(requirement.startswith("python-multipart")
+               for requirement in project["project"]["dependencies"])
