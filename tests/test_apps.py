@@ -5,16 +5,20 @@ recluster and retention."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import pytest
 from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from aggregator.cli import main
@@ -731,3 +735,41 @@ def test_the_form_parser_is_installed_with_the_package():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert any(requirement.startswith("python-multipart")
                for requirement in project["project"]["dependencies"])
+
+
+FEVER_NAMES = ["items", "since_id", "max_id", "with_ids", "mark", "as", "id", "before",
+               "groups", "feeds", "unread_item_ids", "saved_item_ids", "links", "favicons"]
+READER_NAMES = ["s", "xt", "it", "ot", "nt", "r", "n", "c", "i", "a", "r", "ts", "output", "T"]
+READER_CALLS = ["stream/items/ids", "stream/items/contents", "stream/contents/feed/1",
+                "stream/contents/user/-/label/wire", "edit-tag", "mark-all-as-read",
+                "unread-count", "subscription/list", "tag/list", "token", "user-info"]
+hostile_values = st.one_of(
+    st.text(max_size=30), st.integers(-2**70, 2**70).map(str),
+    st.sampled_from(["", "0", "-1", "1,2,x", ",,,", "9" * 40, READ, STARRED, READING_LIST,
+                     "feed/", "feed/1", "user/-/label/", "tag:google.com,2005:reader/item/",
+                     "tag:google.com,2005:reader/item/-1", "1e9", "nan", "\x00", "😀"]))
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory):
+    """A store of its own, for requests that mark what they like."""
+    return stories_store(tmp_path_factory.mktemp("fuzzed"), 30)
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(fever=st.dictionaries(st.sampled_from(FEVER_NAMES), hostile_values, max_size=6),
+       call=st.sampled_from(READER_CALLS),
+       greader=st.lists(st.tuples(st.sampled_from(READER_NAMES), hostile_values), max_size=6))
+def test_whatever_an_app_sends_the_answer_is_an_answer_or_a_named_refusal(
+        fuzzed, fever, call, greader):
+    """No request makes the server fail (a 500): it answers, or refuses naming why."""
+    answer = client(fuzzed.database).post("/fever/?api", data={"api_key": KEY, **fever})
+    assert answer.status_code in (200, 400), answer.text
+    assert "error" in answer.json() or answer.status_code == 200
+    app = reader(fuzzed.database)
+    for method in (app.get, app.post):
+        response = (method(f"/reader/api/0/{call}", params=greader) if method == app.get
+                    else method(f"/reader/api/0/{call}", content=urlencode(greader),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"}))
+        assert response.status_code in (200, 400, 405), response.text
