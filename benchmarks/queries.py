@@ -52,6 +52,11 @@ from aggregator.reading import (  # noqa: E402
 )
 from aggregator.store import Store, from_iso, to_iso  # noqa: E402
 
+# The canned query of the Datasette dashboards, as they run it.
+SAVED_STORIES = json.loads((Path(__file__).resolve().parent.parent / "docker" /
+                            "datasette-metadata.json").read_text(encoding="utf-8")
+                           )["databases"]["aggregator"]["queries"]["saved_stories"]["sql"]
+
 QUERIES = {
     "latest stories (web /, `aggregator stories`)":
         ("SELECT id, title, first_seen, last_seen, article_count, source_count, "
@@ -82,6 +87,8 @@ QUERIES = {
          "query"),
     "feed of a search, newest 50 matching stories (`/feed.atom?q=`)":
         (lambda reader, bound: matching_stories(reader, bound), "query"),
+    "stories starred in a reading app, latest 200 (canned saved_stories)":
+        (SAVED_STORIES, None),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),

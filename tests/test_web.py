@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import closing
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from urllib.parse import urlencode
@@ -27,6 +29,7 @@ from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.pipeline import Aggregator
 from aggregator.readers import newest_story_ids
+from aggregator.reading import mark_stories, marks_connection
 from aggregator.store import Store
 from aggregator.web import DaemonStatus, create_app
 
@@ -307,6 +310,9 @@ def test_datasette_serves_views_and_canned_queries(filled):
     _config, database = filled
     target = Path(database).with_name("aggregator.db")
     shutil.copy(database, target)  # Datasette names the database after the file
+    saved = lavrov_story_id(str(target))
+    with closing(marks_connection(str(target))) as conn:
+        mark_stories(conn, [saved], "saved", True, datetime.now(UTC))
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "datasette", "serve", str(target), "--metadata",
@@ -327,6 +333,8 @@ def test_datasette_serves_views_and_canned_queries(filled):
                           params={"query": "Lavrov", "_shape": "array"}).json()
         assert [f["story_id"] for f in found] == [story_id]
         assert httpx.get(f"{base}/failing_sources.json?_shape=array").json() == []
+        starred = httpx.get(f"{base}/saved_stories.json?_shape=array").json()
+        assert [(row["story_id"], row["source_count"]) for row in starred] == [(saved, 3)]
         for minimum, expected in (("3", [story_id]), ("4", []), ("1", None)):
             covered = httpx.get(f"{base}/covered_today.json",
                                 params={"min_sources": minimum, "_shape": "array"}).json()
