@@ -70,7 +70,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit also takes "²", which float refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -100,8 +101,9 @@ def parse_max_age(cache_control: str | None) -> float | None:
         return None
     for directive in cache_control.split(","):
         name, _, value = directive.strip().partition("=")
-        if name.lower() == "max-age" and value.strip().strip('"').isdigit():
-            return float(value.strip().strip('"'))
+        seconds = value.strip().strip('"')
+        if name.lower() == "max-age" and seconds.isascii() and seconds.isdigit():
+            return float(seconds)
     return None
 
 

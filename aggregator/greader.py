@@ -94,6 +94,11 @@ def _timestamp(value: str, name: str) -> datetime:
                              f"got {value[:40]!r}")
 
 
+def _whole(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` takes "²")."""
+    return text.isascii() and text.isdigit()
+
+
 @dataclass
 class Params:
     """A request's parameters, from its query and its form, each name with all its values."""
@@ -151,7 +156,7 @@ class ReaderApi(AppRequest):
         ``xt``, ``it``, ``ot``, ``nt``, ``r``, ``n`` and ``c`` asks for."""
         stream = stream or params.one("s", READING_LIST)
         limit = params.one("n", str(PAGE))
-        if not limit.isdigit() or not 1 <= int(limit) <= LARGEST_PAGE:
+        if not _whole(limit) or not 1 <= int(limit) <= LARGEST_PAGE:
             raise ReaderRequestError(f"n: expected a whole number from 1 to {LARGEST_PAGE}, "
                                      f"got {limit[:40]!r}")
         read: bool | None = None
@@ -167,7 +172,7 @@ class ReaderApi(AppRequest):
         if READ in params.all("xt"):
             read = False
         continuation = params.one("c")
-        if continuation and not continuation.isdigit():
+        if continuation and not _whole(continuation):
             raise ReaderRequestError(f"c: {continuation[:40]!r} is not a continuation "
                                      "this server gave")
         return StreamQuery(
@@ -179,7 +184,7 @@ class ReaderApi(AppRequest):
 
     def _sources_of(self, stream: str) -> tuple[int, ...]:
         """The sources of a feed's stream (``feed/ID``) or a folder's (``user/-/label/TAG``)."""
-        if stream.startswith(FEED) and stream[len(FEED):].isdigit():
+        if stream.startswith(FEED) and _whole(stream[len(FEED):]):
             return (int(stream[len(FEED):]),)
         if stream.startswith(LABEL):
             tag = stream[len(LABEL):]

@@ -216,7 +216,8 @@ def _parse_xml_feed(body: bytes, source: str, content_type: str | None,
         link=feed.get("link"),
         format=result.get("version") or "unknown",
         entries=tuple(entries),
-        ttl_minutes=int(ttl) if isinstance(ttl, str) and ttl.strip().isdigit() else None,
+        ttl_minutes=(int(ttl) if isinstance(ttl, str) and ttl.strip().isascii()
+                     and ttl.strip().isdigit() else None),
         skip_hours=skip_hours,
         skip_days=skip_days,
     )

@@ -642,6 +642,9 @@ def test_mark_all_as_read_leaves_what_came_after_the_apps_list(seeds):
 @pytest.mark.parametrize(("method", "path", "params", "status", "says"), [
     ("get", "stream/items/ids", {"n": "0"}, 400, "n: "),
     ("get", "stream/items/ids", {"n": "many"}, 400, "n: "),
+    ("get", "stream/items/ids", {"n": "²"}, 400, "n: "),
+    ("get", "stream/items/ids", {"c": "٣"}, 400, "c: "),
+    ("get", "stream/items/ids", {"s": "feed/²"}, 400, "s: "),
     ("get", "stream/items/ids", {"c": "next-page"}, 400, "c: "),
     ("get", "stream/items/ids", {"s": "feed/https://a.example/rss"}, 400, "s: "),
     ("get", "stream/items/ids", {"ot": "yesterday"}, 400, "ot: "),

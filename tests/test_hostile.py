@@ -187,3 +187,23 @@ def test_a_worker_process_that_dies_fails_its_sources_not_the_daemon(tmp_path, f
     assert {aggregator.store.source(f"w{n}").consecutive_errors for n in range(3)} == {0}
     assert aggregator.store.db.execute("SELECT count(*) FROM articles").fetchone()[0] == 18
     aggregator.close()
+
+
+TTL_FEED = FEED.replace(b"<channel>", b"<channel><ttl>\xc2\xb2</ttl>", 1)
+
+
+@pytest.mark.parametrize(("reply", "outcome"), [
+    # Digits that are not ASCII ("2" as a superscript, in a header's Latin-1): str.isdigit
+    # takes them, int and float do not.
+    (Reply(429, b"", {"Retry-After": "\u00b2"}), "throttled"),
+    (Reply(200, FEED, {"Cache-Control": "max-age=\u00b2"}), "ok"),
+    (Reply(200, TTL_FEED), "ok"),
+])
+def test_numbers_in_digits_that_are_not_ascii_are_ignored(tmp_path, feed_server, reply,
+                                                          outcome):
+    feed_server.route("/odd", reply)
+    aggregator = make_aggregator(tmp_path, feed_server, ["/odd"])
+    [report] = aggregator.run_pass()
+    assert report.outcome == outcome, report.error
+    assert source_state(aggregator, "odd")["next_check_at"] is not None
+    aggregator.close()
