@@ -207,3 +207,15 @@ def test_numbers_in_digits_that_are_not_ascii_are_ignored(tmp_path, feed_server,
     assert report.outcome == outcome, report.error
     assert source_state(aggregator, "odd")["next_check_at"] is not None
     aggregator.close()
+
+
+def test_a_redirect_to_an_address_that_cannot_be_read_is_an_error_of_that_source(
+        tmp_path, feed_server):
+    feed_server.route("/moved", Reply(301, b"", {"Location": "http://[::1"}))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/moved", "/fine"])
+    reports = {r.source: r for r in aggregator.run_pass()}
+    assert reports["moved"].outcome == "error"
+    assert "Invalid URL in location header" in reports["moved"].error
+    assert reports["fine"].new_articles == 5
+    aggregator.close()
