@@ -98,3 +98,24 @@ def test_arbitrary_json_feed_structures(items):
     body = json.dumps({"version": "https://jsonfeed.org/version/1.1", "title": "j",
                        "items": items})
     pipeline(body.encode("utf-8", errors="surrogatepass"), "application/feed+json")
+
+
+# Any Latin-1 text, and short runs of what numbers are made of, including the digits that
+# Latin-1 has beyond ASCII ("¹²³", which str.isdigit takes and int refuses).
+header_text = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60),
+    st.text(alphabet="0123456789\u00b9\u00b2\u00b3 +-.\"", max_size=8))
+
+
+@FUZZ
+@given(retry_after=header_text, expires=header_text,
+       cache_control=st.one_of(header_text, header_text.map(lambda v: f"max-age={v}")))
+def test_whatever_a_server_sends_in_its_caching_headers_is_read_or_ignored(
+        retry_after, expires, cache_control):
+    """Header values come in Latin-1 from servers we do not control: each is read as a
+    number of seconds or ignored (None), never an exception."""
+    from aggregator.fetch import parse_expires, parse_max_age, parse_retry_after
+
+    for seconds in (parse_retry_after(retry_after, FETCHED), parse_expires(expires, FETCHED),
+                    parse_max_age(cache_control)):
+        assert seconds is None or seconds >= 0
