@@ -537,6 +537,9 @@ def header_problem(name: str, value: object, authorization: bool = True) -> str 
         return f"{name!r} is not a header name"
     if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
         return f"{name}: expected a string on one line"
+    if not value.isascii():
+        # httpx sends header values as ASCII and refuses anything else at every request.
+        return f"{name}: expected ASCII text"
     if name.lower() in _RESERVED_HEADERS or (
             not authorization and name.lower() == "authorization"):
         return (f"{name} is set by the fetcher"

@@ -218,6 +218,26 @@ def request_credentials(credentials: Credentials | None,
     return dict(credentials.headers), auth
 
 
+def validator(response: httpx.Response, name: bytes) -> str | None:
+    """A validator (``ETag``, ``Last-Modified``) as the server sent it: its bytes read as
+    Latin-1, one character a byte, so that the conditional GET sends them back unchanged
+    (``validator_bytes``).  httpx reads bytes beyond ASCII as UTF-8 where they are, and
+    sends only ASCII text: a server's non-ASCII ETag failed every later request."""
+    for key, value in response.headers.raw:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def validator_bytes(value: str) -> bytes:
+    # Values stored before validators were kept as Latin-1 may hold text that httpx read
+    # as UTF-8: those go back as UTF-8, their bytes as they came.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
 def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
                last_modified: str | None, limits: FetchLimits,
                credentials: Credentials | None = None) -> FetchResult:
@@ -226,9 +246,9 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
     ``credentials`` go with each hop on the source's own site (``request_credentials``)."""
     conditional = {}
     if etag:
-        conditional["If-None-Match"] = etag
+        conditional["If-None-Match"] = validator_bytes(etag)
     if last_modified:
-        conditional["If-Modified-Since"] = last_modified
+        conditional["If-Modified-Since"] = validator_bytes(last_modified)
     now = datetime.now(UTC)
     deadline = time.monotonic() + limits.total_timeout_s
     current = url
@@ -291,8 +311,8 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         status=status,
         body=body,
         content_type=response.headers.get("content-type"),
-        etag=response.headers.get("etag"),
-        last_modified=response.headers.get("last-modified"),
+        etag=validator(response, b"etag"),
+        last_modified=validator(response, b"last-modified"),
         # Cache-Control max-age wins over Expires, as in HTTP caching.
         max_age_s=parse_max_age(response.headers.get("cache-control"))
         or parse_expires(response.headers.get("expires"), now),

@@ -852,6 +852,7 @@ def test_a_source_with_credentials_is_polled_with_them_and_its_moved_feed_withou
      "from username and password"),
     ({"headers": {"Bad Name": "x"}}, {}, "'Bad Name' is not a header name"),
     ({"headers": {"X-Key": "a\nInjected: b"}}, {}, "X-Key: expected a string on one line"),
+    ({"headers": {"X-Key": "caf\u00e9"}}, {}, "X-Key: expected ASCII text"),
     ({"headers": "X-Key: a"}, {}, "key 'headers': expected a table"),
 ])
 def test_credentials_in_the_configuration_are_checked(tmp_path, keys, environ, error):

@@ -219,3 +219,19 @@ def test_a_redirect_to_an_address_that_cannot_be_read_is_an_error_of_that_source
     assert "Invalid URL in location header" in reports["moved"].error
     assert reports["fine"].new_articles == 5
     aggregator.close()
+
+
+@pytest.mark.parametrize("header", ["ETag", "Last-Modified"])
+def test_a_validator_beyond_ascii_goes_back_byte_for_byte(tmp_path, feed_server, header):
+    """A server's ETag or Last-Modified with bytes beyond ASCII (here Latin-1 "é"): the
+    next conditional GET sends the same bytes back, and a matching ETag gets its 304."""
+    value = '"caf\u00e9"' if header == "ETag" else "Fri, 30 Jan 2026 12:00:00 GMT \u00e9"
+    feed_server.route("/odd", Reply(200, FEED, {header: value}))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/odd"])
+    [first] = aggregator.run_pass(force=True)
+    [second] = aggregator.run_pass(force=True)
+    aggregator.close()
+    asked = "If-None-Match" if header == "ETag" else "If-Modified-Since"
+    assert feed_server.requests_to("/odd")[1].headers[asked] == value
+    assert first.outcome == "ok"
+    assert second.outcome == ("not_modified" if header == "ETag" else "ok"), second.error
