@@ -106,6 +106,17 @@ def looks_like_html(body: bytes, content_type: str | None) -> bool:
     return bool(_HTML_START.match(body.lstrip(b"\xef\xbb\xbf")[:4096]))
 
 
+def _resolved(base: str, href: str) -> str | None:
+    """``href`` made absolute against ``base``; None for one that is no URL at all (an
+    unclosed IPv6 address, a port beyond 65535), which urljoin refuses with ValueError."""
+    try:
+        url = urljoin(base, href)
+        _ = urlsplit(url).port  # reading the port is what checks it
+    except ValueError:
+        return None
+    return url
+
+
 def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
     """The feeds a web page advertises, in page order, as absolute http(s) URLs.
 
@@ -120,7 +131,7 @@ def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
     for element in document.iter("base"):
         href = (element.get("href") or "").strip()
         if href:
-            base = urljoin(page_url, href)
+            base = _resolved(page_url, href) or page_url
             break
     found: dict[str, FeedLink] = {}
     for element in document.iter("link"):
@@ -132,8 +143,8 @@ def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
             continue
         if kind == "json" and media_type == "application/json" and "wp-json" in href:
             continue
-        url = urljoin(base, href)
-        if urlsplit(url).scheme in ("http", "https") and url not in found:
+        url = _resolved(base, href)
+        if url and urlsplit(url).scheme in ("http", "https") and url not in found:
             found[url] = FeedLink(url, (element.get("title") or "").strip() or None, kind)
     return list(found.values())
 

@@ -69,6 +69,11 @@ def rss_link(href: str, title: str = "", kind: str = "application/rss+xml",
                            FeedLink("http://x.example/a", None, "atom")]),
     (b"", "https://x.example/", []),
     (b"\x00\xff garbage", "https://x.example/", []),
+    # links that are no URL at all (an unclosed IPv6 address, a port beyond 65535) are
+    # passed over, and such a <base href> is ignored
+    (page(rss_link("http://[::1/feed"), rss_link("http://x.example:99999/f"),
+          rss_link("/rss"), base="http://[::1"),
+     "https://x.example/", [FeedLink("https://x.example/rss", None, "rss")]),
 ])
 def test_advertised_feeds(body, page_url, expected):
     assert advertised_feeds(body, page_url) == expected
