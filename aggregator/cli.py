@@ -25,6 +25,7 @@ from .config import (
     config_file_path,
     load_config,
     parse_duration,
+    split_url,
     too_short_a_retention,
 )
 from .errors import AggregatorError, ConfigError, SourceError
@@ -575,6 +576,10 @@ def add(config_path, url, name, tags, interval, priority, full_text, username, p
     path = config_file_path(config_path)
     config = load_config(path, secrets=False)
     address = _feed_address(url)
+    try:
+        split_url(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
     configured = {_comparable(s.url): s.name for s in config.sources}
 
     def already(feed_url: str) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import AggregatorError, ConfigError
 
@@ -270,8 +270,26 @@ def _resolve_path(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def split_url(url: str) -> SplitResult:
+    """``url``'s parts; ``ValueError`` naming what is wrong for text that is no URL at all
+    (an unclosed IPv6 address, a port beyond 65535), which urlsplit refuses only in part."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading the port is what checks it
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL: {exc}") from None
+    return parts
+
+
+def _split(reader: _Reader, key: str, url: str) -> SplitResult:
+    try:
+        return split_url(url)
+    except ValueError as exc:
+        raise reader.fail(key, str(exc)) from None
+
+
 def _check_url(reader: _Reader, base: Path, url: str) -> str:
-    parts = urlsplit(url)
+    parts = _split(reader, "url", url)
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise reader.fail("url", f"{url!r} has no host")
@@ -390,7 +408,8 @@ def _load_http(path: str, table: Any, environ: Mapping[str, str],
     reader.reject_unknown({"enabled", "host", "port", "base_url", "apps"})
     defaults = HttpSettings()
     base_url = reader.get("base_url", str, None)
-    if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
+    if base_url is not None and _split(reader, "base_url", base_url).scheme not in (
+            "http", "https"):
         raise reader.fail("base_url", f"{base_url!r} is not an http(s) URL")
     return HttpSettings(
         enabled=reader.get("enabled", bool, defaults.enabled),
@@ -562,7 +581,7 @@ def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
         if name in {w.name for w in webhooks}:
             raise reader.fail("name", f"another webhook is named {name!r}")
         url = reader.get("url", str, "")
-        parts = urlsplit(url)
+        parts = _split(reader, "url", url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise reader.fail("url", "expected an http(s) URL")
         tags = reader.get("tags", list, [])

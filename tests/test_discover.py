@@ -303,6 +303,18 @@ def test_add_without_a_feed_is_an_error_and_changes_nothing(tmp_path, feed_serve
         f"error: {feed_server.url('/text')}: not an RSS, Atom or JSON feed" in text.output)
 
 
+@pytest.mark.parametrize(("typed", "says"), [
+    ("http://[::1/feed", "Invalid IPv6 URL"),
+    ("http://a.example:99999/feed", "Port out of range"),
+])
+def test_add_refuses_text_that_is_no_url_before_any_request(tmp_path, typed, says):
+    config = write_config(tmp_path / "a.toml", [])
+    original = config.read_text()
+    result = add(config, typed)
+    assert result.exit_code == 2 and "is not a URL" in result.output and says in result.output
+    assert config.read_text() == original
+
+
 def test_add_refuses_what_would_break_the_configuration(tmp_path, feed_server):
     feed_server.route("/rss", Reply(200, FEED, RSS))
     config = write_config(tmp_path / "a.toml", [])

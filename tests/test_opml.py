@@ -50,6 +50,12 @@ def test_import_refuses_a_broken_file_and_leaves_the_config(tmp_path):
     result = CliRunner().invoke(main, ["import-opml", "--config", str(config_path), str(bad)])
     assert result.exit_code == 1 and "would break the configuration" in result.output
     assert config_path.read_text() == 'database = "a.db"\n'
+    unreadable = tmp_path / "unreadable.opml"
+    unreadable.write_text("<opml><body><outline xmlUrl='http://[::1/feed'/></body></opml>")
+    result = CliRunner().invoke(main, ["import-opml", "--config", str(config_path),
+                                       str(unreadable)])
+    assert result.exit_code == 1 and "is not a URL" in result.output, result.output
+    assert config_path.read_text() == 'database = "a.db"\n'
     garbage = tmp_path / "garbage.opml"
     garbage.write_text("not xml")
     result = CliRunner().invoke(main, ["import-opml", "--config", str(config_path),
