@@ -26,6 +26,7 @@ from .config import AppAccount
 from .errors import AggregatorError
 from .readers import read_only_connection
 from .reading import (
+    LARGEST_ID,
     AppRequest,
     app_sources,
     item_html,
@@ -66,9 +67,22 @@ def _whole_number(params: Mapping[str, str], name: str, default: int | None = No
     if value == "" and default is not None:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise FeverRequestError(f"{name}: expected a whole number, got {value[:40]!r}") from None
+    if abs(number) > LARGEST_ID:
+        raise FeverRequestError(f"{name}: {value[:40]} is beyond any id or time")
+    return number
+
+
+def _time(seconds: int) -> datetime | None:
+    """``before``'s time (seconds since the epoch); None for 0, which apps send for none."""
+    if not seconds:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise FeverRequestError(f"before: {seconds} is not a time") from None
 
 
 def _ids(params: Mapping[str, str], name: str) -> list[int]:
@@ -77,6 +91,8 @@ def _ids(params: Mapping[str, str], name: str) -> list[int]:
         ids = [int(v) for v in values]
     except ValueError:
         raise FeverRequestError(f"{name}: expected comma-separated whole numbers") from None
+    if any(abs(i) > LARGEST_ID for i in ids):
+        raise FeverRequestError(f"{name}: an id beyond any id")
     if len(ids) > ITEMS_A_REQUEST:
         raise FeverRequestError(f"{name}: at most {ITEMS_A_REQUEST} ids, got {len(ids)}")
     return ids
@@ -176,8 +192,7 @@ class FeverApi(AppRequest):
                 if action != "read":
                     raise FeverRequestError(f"as: a {kind} can only be marked read, "
                                             f"got {action[:20]!r}")
-                before = datetime.fromtimestamp(_whole_number(params, "before", 0) or
-                                                self.now.timestamp(), UTC)
+                before = _time(_whole_number(params, "before", 0)) or self.now
                 sources = [target] if kind == "feed" else self._group_sources(conn, target)
                 if sources is None or sources:
                     mark_read_before(conn, before, self.updated_since, self.now, sources)

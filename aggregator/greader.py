@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from .config import AppAccount
 from .errors import AggregatorError
 from .reading import (
+    LARGEST_ID,
     AppRequest,
     AppSource,
     StreamQuery,
@@ -72,11 +73,12 @@ def parse_item_id(value: str) -> int:
     """A story id from either form an app sends: the long one (hexadecimal) or the
     decimal one that ``stream/items/ids`` gives."""
     try:
-        if value.startswith(ITEM):
-            return int(value[len(ITEM):], 16)
-        return int(value)
+        story_id = int(value[len(ITEM):], 16) if value.startswith(ITEM) else int(value)
     except ValueError:
         raise ReaderRequestError(f"i: {value[:60]!r} is not an item id") from None
+    if not 0 <= story_id <= LARGEST_ID:
+        raise ReaderRequestError(f"i: {value[:60]!r} is beyond any item id")
+    return story_id
 
 
 def _timestamp(value: str, name: str) -> datetime:
@@ -172,7 +174,7 @@ class ReaderApi(AppRequest):
         if READ in params.all("xt"):
             read = False
         continuation = params.one("c")
-        if continuation and not _whole(continuation):
+        if continuation and not (_whole(continuation) and int(continuation) <= LARGEST_ID):
             raise ReaderRequestError(f"c: {continuation[:40]!r} is not a continuation "
                                      "this server gave")
         return StreamQuery(
@@ -184,7 +186,8 @@ class ReaderApi(AppRequest):
 
     def _sources_of(self, stream: str) -> tuple[int, ...]:
         """The sources of a feed's stream (``feed/ID``) or a folder's (``user/-/label/TAG``)."""
-        if stream.startswith(FEED) and _whole(stream[len(FEED):]):
+        if stream.startswith(FEED) and _whole(stream[len(FEED):]) and \
+                int(stream[len(FEED):]) <= LARGEST_ID:
             return (int(stream[len(FEED):]),)
         if stream.startswith(LABEL):
             tag = stream[len(LABEL):]

@@ -25,6 +25,10 @@ import nh3
 from .config import AppAccount
 from .readers import BUSY_TIMEOUT_MS, read_only_connection, select_in
 
+# The largest id SQLite stores (a signed 64-bit integer): a larger one asked for by an app
+# matches nothing, and would make the query fail.
+LARGEST_ID = 2**63 - 1
+
 # A mark's column, by what it says.
 _COLUMNS = {"read": "read_at", "saved": "saved_at"}
 

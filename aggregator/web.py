@@ -45,6 +45,7 @@ from .readers import (
     purged_totals,
     search_stories,
 )
+from .reading import LARGEST_ID
 
 FEED_SIZE = 50
 PAGE_SIZE = 100
@@ -289,7 +290,9 @@ async def sources_page(request: Request) -> HTMLResponse:
 async def story_page(request: Request) -> Response:
     database = request.app.state.database
     story_id = request.path_params["story_id"]
-    found = _rows(database, "SELECT * FROM latest_stories WHERE story_id = ?", [story_id])
+    # Beyond SQLite's integers no story can be, and the query would fail.
+    found = _rows(database, "SELECT * FROM latest_stories WHERE story_id = ?",
+                  [story_id]) if story_id <= LARGEST_ID else []
     if not found:
         return HTMLResponse("<h1>No such story</h1>", status_code=404)
     story = found[0]

@@ -195,6 +195,13 @@ def test_items_come_fifty_at_a_time_by_id(many, query, expected):
     ("", {"mark": "item", "as": "starred", "id": "1"}, "as"),
     ("", {"mark": "feed", "as": "saved", "id": "1"}, "as"),
     ("", {"mark": "story", "as": "read", "id": "1"}, "mark"),
+    # Beyond SQLite's 64-bit integers: refused, not a failed query.
+    ("items&since_id=" + "9" * 23, {}, "since_id"),
+    ("items&max_id=" + "9" * 23, {}, "max_id"),
+    ("items&since_id=-" + "9" * 23, {}, "since_id"),
+    ("items&with_ids=1," + "9" * 23, {}, "with_ids"),
+    ("", {"mark": "item", "as": "read", "id": "9" * 23}, "id"),
+    ("", {"mark": "feed", "as": "read", "id": "1", "before": "9" * 18}, "before"),
 ])
 def test_a_request_it_cannot_answer_names_the_parameter(many, query, form, named):
     answer = call(client(many.database), query, status=400, **form)
@@ -655,6 +662,12 @@ def test_mark_all_as_read_leaves_what_came_after_the_apps_list(seeds):
     ("post", "subscription/quickadd", {"quickadd": "https://a.example/rss"}, 400,
      "aggregator add URL"),
     ("get", "friend/list", {}, 404, "not a call of this server"),
+    ("get", "stream/items/ids", {"c": "9" * 23}, 400, "c: "),
+    ("get", "stream/items/ids", {"s": "feed/" + "9" * 23}, 400, "s: "),
+    ("post", "stream/items/contents", {"i": "9" * 23}, 400, "i: "),
+    ("post", "stream/items/contents", {"i": "tag:google.com,2005:reader/item/" + "f" * 20},
+     400, "i: "),
+    ("post", "edit-tag", {"i": "-1", "a": READ}, 400, "i: "),
 ])
 def test_a_call_it_cannot_answer_says_why(many, method, path, params, status, says):
     app = reader(many.database)

@@ -114,6 +114,8 @@ def test_pages_show_stories_and_sanitize_feed_html(filled):
         assert "onerror" not in lowered and "<iframe" not in lowered
         assert "alert(" not in lowered
     assert client.get("/story/99999").status_code == 404
+    # Beyond SQLite's integers: no such story either, not a failed query.
+    assert client.get("/story/" + "9" * 23).status_code == 404
 
 
 def test_atom_feed_parses_and_links_the_other_versions(filled):
