@@ -33,6 +33,11 @@ from .errors import AggregatorError, ConfigError, SourceError
 if TYPE_CHECKING:
     from .store import Store
 
+# Ids and counts as SQLite stores them (signed 64-bit integers); a larger number typed
+# would make a query fail rather than find nothing.
+STORED_ID = click.IntRange(1, 2**63 - 1)
+COUNT = click.IntRange(1, 1_000_000_000)
+
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False),
     help="Configuration file [default: $AGGREGATOR_CONFIG or config/aggregator.toml].")
@@ -283,7 +288,8 @@ def serve(config_path, host, port) -> None:
 @main.command()
 @CONFIG_OPTION
 @click.argument("query")
-@click.option("--limit", default=20, show_default=True, help="At most this many stories.")
+@click.option("--limit", default=20, show_default=True, type=COUNT,
+              help="At most this many stories.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
 def search(config_path, query, limit, as_json) -> None:
@@ -320,8 +326,9 @@ def _since(value: str | None):
 @main.command()
 @CONFIG_OPTION
 @click.option("--since", default=None, help="Only stories seen in this period, e.g. 24h or 7d.")
-@click.option("--limit", default=50, show_default=True, help="At most this many stories.")
-@click.option("--min-sources", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=COUNT,
+              help="At most this many stories.")
+@click.option("--min-sources", default=1, show_default=True, type=COUNT,
               help="Only stories that this many sources or more report.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
@@ -355,7 +362,7 @@ def stories(config_path, since, limit, min_sources, as_json) -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.argument("story_id", type=int)
+@click.argument("story_id", type=STORED_ID)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
 def story(config_path, story_id, as_json) -> None:
@@ -536,7 +543,8 @@ def _comparable(url: str) -> str:
 @click.option("--tag", "tags", multiple=True, help="A tag for the source (repeatable).")
 @click.option("--interval", default=None,
               help='How often to poll it, e.g. "15m", or "adaptive" [default: default_interval].')
-@click.option("--priority", type=int, default=None, help="Higher wins the canonical election.")
+@click.option("--priority", type=click.IntRange(-1_000_000, 1_000_000), default=None,
+              help="Higher wins the canonical election.")
 @click.option("--full-text", is_flag=True,
               help="Fetch each new entry's page for its article text (summary-only feeds).")
 @click.option("--username", default=None, help="HTTP Basic user name, for a private feed.")
@@ -748,7 +756,7 @@ def export_opml_command(config_path, output) -> None:
 
 @main.command(name="explain")
 @CONFIG_OPTION
-@click.argument("article_id", type=int)
+@click.argument("article_id", type=STORED_ID)
 @handle_errors
 def explain(config_path, article_id) -> None:
     """Why an article joined its story, or why it started a new one.

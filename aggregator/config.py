@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -29,19 +30,29 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Beyond a century a duration is a mistake, and times that far ahead overflow Python's
+# datetime (TOML also allows inf and nan).
+LONGEST_DURATION_S = 100 * 365.25 * 86400
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from an int/float of seconds or a string such as ``"90s"``, ``"15m"``, ``"2h"``."""
     if isinstance(value, bool):
         raise ValueError("expected a duration, got a boolean")
+    seconds = None
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(f"expected a duration such as 900, \"15m\" or \"2h\", got {value!r}")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"expected a duration such as 900, \"15m\" or \"2h\", got {value!r}")
+    if not seconds <= LONGEST_DURATION_S:  # nan fails this too
+        raise ValueError(f"a duration of at most 100 years, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,8 @@ class _Reader:
     def number(self, key: str, default: float, low: float | None = None,
                high: float | None = None) -> float:
         value = self.get(key, (int, float), default)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number, got {value}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.fail(key, f"must be between {low} and {high}, got {value}")
         return float(value)
@@ -446,6 +459,13 @@ def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
                                                      AppAccount.unread_for_s))
 
 
+def _priority(reader: _Reader) -> int:
+    priority = reader.get("priority", int, 0)
+    if not -1_000_000 <= priority <= 1_000_000:
+        raise reader.fail("priority", f"must be between -1000000 and 1000000, got {priority}")
+    return priority
+
+
 def _load_source(path: str, base: Path, index: int, table: Any,
                  default_interval_s: float, environ: Mapping[str, str],
                  excluded_everywhere: tuple[str, ...], secrets: bool = True) -> Source:
@@ -475,7 +495,7 @@ def _load_source(path: str, base: Path, index: int, table: Any,
         adaptive=adaptive,
         interval_s=default_interval_s if adaptive else
         reader.duration("interval", default_interval_s),
-        priority=int(reader.get("priority", int, 0)),
+        priority=_priority(reader),
         tags=tuple(tags),
         enabled=reader.get("enabled", bool, True),
         full_text=reader.get("full_text", bool, False),

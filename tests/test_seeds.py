@@ -83,6 +83,26 @@ def test_stories_command_shows_the_story_with_three_sources(seed_config):
     assert len(stories[0]["members"]) == 3
 
 
+@pytest.mark.parametrize(("arguments", "named"), [
+    (["story", "9" * 23], "STORY_ID"),
+    (["story", "0"], "STORY_ID"),
+    (["explain", "9" * 23], "ARTICLE_ID"),
+    (["stories", "--limit", "-5"], "--limit"),
+    (["stories", "--limit", "9" * 23], "--limit"),
+    (["stories", "--min-sources", "9" * 23], "--min-sources"),
+    (["search", "lavrov", "--limit", "9" * 23], "--limit"),
+    (["purge", "--older-than", "9" * 23 + "d", "--dry-run"], "--older-than"),
+])
+def test_numbers_no_store_can_hold_are_refused_naming_the_parameter(seed_config, arguments,
+                                                                   named):
+    """Beyond SQLite's 64-bit integers a query fails, and beyond a century a time
+    overflows: such numbers are refused before anything runs, with the usage error."""
+    run_once(seed_config)
+    result = CliRunner().invoke(main, [*arguments, "--config", str(seed_config)])
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_second_pass_adds_nothing(seed_config):
     run_once(seed_config)
     second = run_once(seed_config, "--all")
