@@ -22,6 +22,7 @@ from . import __version__
 from .config import (
     ClusteringSettings,
     Config,
+    check_clustering_table,
     config_file_path,
     load_config,
     parse_duration,
@@ -1006,13 +1007,22 @@ def _parse_overrides(pairs) -> dict:
         current = getattr(ClusteringSettings(), key)
         try:
             if isinstance(current, tuple):
-                values[key] = tuple(p for p in re.split(r"[,\s]+", raw) if p)
+                values[key] = [p for p in re.split(r"[,\s]+", raw) if p]
+            elif isinstance(current, bool):
+                # bool("false") is True: the words are read as the configuration writes them.
+                values[key] = {"true": True, "false": False}[raw.strip().lower()]
             else:
                 values[key] = type(current)(raw)
-        except ValueError:
+        except (KeyError, ValueError):
             raise click.BadParameter(f"{pair!r}: {raw!r} is not a {type(current).__name__}",
                                      param_hint="--set") from None
-    return values
+    try:
+        # The same checks as the configuration's [clustering] table (ranges, finite numbers).
+        check_clustering_table(values)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--set: "), param_hint="--set") from None
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in values.items()}
 
 
 if __name__ == "__main__":

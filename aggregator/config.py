@@ -328,6 +328,12 @@ def _window_articles(reader: _Reader, default: int) -> int:
     return value
 
 
+def check_clustering_table(values: dict[str, Any]) -> None:
+    """Check clustering settings given outside a configuration file (``eval --set``) as a
+    ``[clustering]`` table is checked; a ConfigError names the first wrong one."""
+    _load_clustering("--set", values)
+
+
 def _load_clustering(path: str, table: Any) -> ClusteringSettings:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table", key="clustering")

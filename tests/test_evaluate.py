@@ -83,6 +83,31 @@ def test_eval_names_an_assignments_file_it_cannot_write(tmp_path):
     assert (tmp_path / "assign.one.tsv").read_text().count("\n") == 3
 
 
+@pytest.mark.parametrize(("setting", "says"), [
+    ("same_story_threshold=nan", "expected a finite number"),
+    ("window_days=inf", "expected a finite number"),
+    ("num_perm=5", "must be between 16 and 1024"),
+    ("canonical_policy=earliest,bogus", "unknown criterion 'bogus'"),
+    ("enabled=maybe", "'maybe' is not a bool"),
+    ("colour=blue", "expected KEY=VALUE"),
+])
+def test_eval_checks_its_settings_as_the_configuration_does(tmp_path, setting, says):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text('{"id": "1", "cluster": "a", "title": "t", "text": "x"}\n')
+    result = CliRunner().invoke(main, ["eval", str(path), "--set", setting])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_eval_reads_false_as_false(tmp_path):
+    """With clustering off every article is a story of its own (bool("false") is True)."""
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "cluster": c, "title": t, "text": x})
+                              for i, c, t, x in ARTICLES) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", str(path), "--json", "--set", "enabled=false"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["bcubed_recall"] < 1.0
+
+
 def test_eval_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "1", "cluster": "a", "title": "t", "text": "x"}\n{oops\n')
