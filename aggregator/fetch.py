@@ -284,6 +284,8 @@ def fetch_http(client: httpx.Client, source: str, url: str, etag: str | None,
                              unreachable=True) from None
         except httpx.HTTPError as exc:
             raise FetchError(source, f"cannot fetch {current}: {exc}") from None
+        except httpx.InvalidURL as exc:
+            raise FetchError(source, f"{current} is not a URL: {exc}") from None
     raise FetchError(source, f"more than {limits.max_redirects} redirects from {url}")
 
 

@@ -43,7 +43,7 @@ from .cluster import (
     low_bits,
     window_start,
 )
-from .config import ClusteringSettings, Config, EntryFilter, Source
+from .config import ClusteringSettings, Config, EntryFilter, Source, split_url
 from .errors import (
     AggregatorError,
     FetchError,
@@ -523,6 +523,18 @@ class GroupWrite:
         return self.reports
 
 
+
+def _fetchable(link: str | None) -> bool:
+    """Whether an entry's link is an http(s) URL whose page can be asked for: a feed's
+    links are the feed's to write, and one that is no URL at all (an unclosed IPv6
+    address, a port beyond 65535, a control character) is passed over."""
+    if not link or not link.startswith(("http://", "https://")):
+        return False
+    try:
+        return bool(split_url(link).hostname) and link.isprintable()
+    except ValueError:
+        return False
+
 class Aggregator:
     """The daemon's working parts: configuration, store, clusterer and HTTP client."""
 
@@ -791,8 +803,7 @@ class Aggregator:
             # An entry the source's patterns leave out costs its site no page request.
             wanted = source.entry_filter is None or source.entry_filter.keeps(entry.title,
                                                                               entry.link)
-            if (wanted and entry.link and entry.link.startswith(("http://", "https://"))
-                    and not known.intersection(keys)):
+            if (wanted and _fetchable(entry.link) and not known.intersection(keys)):
                 entry = self._page_text(source, entry)
             result.append(entry)
         return tuple(result)

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from html import escape
 
 import httpx
 import pytest
@@ -754,6 +755,24 @@ def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
     assert report.new_articles == 1 and report.error is None
     [text] = aggregator.store.db.execute("SELECT text FROM articles").fetchone()
     assert text == "Ferries run again after a two-day strike."
+
+
+@pytest.mark.parametrize("link", ["http://[::1/news", "http://news.example:99999/a",
+                                  "https://news.example/a\x7fb"])
+def test_full_text_passes_over_a_link_that_is_no_url(tmp_path, feed_server, link):
+    """A feed's links are the feed's to write: one that is no URL at all keeps its summary,
+    and no request is made for it."""
+    feed = (f"<rss version='2.0'><channel><title>S</title><item><title>Ferry strike ends"
+            f"</title><link>{escape(link)}</link><guid>g1</guid><description>Ferries run again "
+            f"after a two-day strike.</description></item></channel></rss>").encode()
+    feed_server.route("/summaries", Reply(200, feed))
+    config = write_config(tmp_path / "full.toml", [
+        {"name": "summaries", "url": feed_server.url("/summaries"), "full_text": True}])
+    aggregator = Aggregator(load_config(config, environ={}))
+    [report] = aggregator.run_pass()
+    assert report.outcome == "ok" and report.new_articles == 1, report.error
+    assert [r.path for r in feed_server.requests] == ["/summaries"]
+    aggregator.close()
 
 
 def test_a_service_group_shares_one_limit_spacing_and_cooldown(tmp_path, feed_server):
