@@ -630,7 +630,10 @@ def add(config_path, url, name, tags, interval, priority, full_text, username, p
     found = discovery.feeds[0]
     if already(found.url):
         return
-    chosen = unique_source_name(" ".join((name or found.title or "").split()) or found.url,
+    # A feed's title may hold control characters, which no source name may (JSON Feed
+    # titles are any JSON string): they go with the whitespace.
+    title = "".join(c if c.isprintable() else " " for c in found.title or "")
+    chosen = unique_source_name(" ".join((name or title).split()) or found.url,
                                 set(configured.values()))
     # The daemon resolves a local path against the configuration's folder.
     written = (found.url if found.url.startswith(("http://", "https://", "file:")) else

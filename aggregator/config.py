@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,6 +466,21 @@ def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
                                                      AppAccount.unread_for_s))
 
 
+def _text(reader: _Reader, key: str, value: str) -> str:
+    """``value`` if it has no control characters but tab, line feed and carriage return:
+    names and tags go into OPML and XML feeds, which cannot hold the others, and logs."""
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+        raise reader.fail(key, f"{value!r} has a control character")
+    return value
+
+
+def _tags(reader: _Reader) -> list[str]:
+    tags = reader.get("tags", list, [])
+    if not all(isinstance(tag, str) for tag in tags):
+        raise reader.fail("tags", "expected a list of strings")
+    return [_text(reader, "tags", tag) for tag in tags]
+
+
 def _priority(reader: _Reader) -> int:
     priority = reader.get("priority", int, 0)
     if not -1_000_000 <= priority <= 1_000_000:
@@ -485,15 +501,13 @@ def _load_source(path: str, base: Path, index: int, table: Any,
                            "include", "exclude"})
     if "name" not in table:
         raise reader.fail("name", "is required")
-    name = reader.get("name", str, "")
+    name = _text(reader, "name", reader.get("name", str, ""))
     if not name.strip():
         raise reader.fail("name", "must not be empty")
     if "url" not in table:
         raise reader.fail("url", "is required")
     url = _check_url(reader, base, reader.get("url", str, ""))
-    tags = reader.get("tags", list, [])
-    if not all(isinstance(tag, str) for tag in tags):
-        raise reader.fail("tags", "expected a list of strings")
+    tags = _tags(reader)
     adaptive = table.get("interval") == "adaptive"
     return Source(
         name=name,
@@ -601,7 +615,7 @@ def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
             raise ConfigError(path, "expected a table", key=f"webhooks[{index}]")
         reader = _Reader(path, table, prefix=f"webhooks[{index}].")
         reader.reject_unknown({"name", "url", "min_sources", "tags", "headers", "format"})
-        name = reader.get("name", str, "").strip()
+        name = _text(reader, "name", reader.get("name", str, "")).strip()
         if not name:
             raise reader.fail("name", "is required")
         if name in {w.name for w in webhooks}:
@@ -610,9 +624,7 @@ def _load_webhooks(path: str, tables: Any) -> tuple[Webhook, ...]:
         parts = _split(reader, "url", url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise reader.fail("url", "expected an http(s) URL")
-        tags = reader.get("tags", list, [])
-        if not all(isinstance(tag, str) for tag in tags):
-            raise reader.fail("tags", "expected a list of strings")
+        tags = _tags(reader)
         body = reader.get("format", str, "json")
         if body not in ("json", "text"):
             raise reader.fail("format", f'expected "json" or "text", got {body!r}')

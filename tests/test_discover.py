@@ -338,6 +338,19 @@ def test_add_names_unique_and_any_title_valid_toml(tmp_path, feed_server):
     assert names == ['Wire \U0001F4F0 "quoted" \\ back', 'Wire \U0001F4F0 "quoted" \\ back (2)']
 
 
+def test_add_leaves_a_titles_control_characters_out_of_the_name(tmp_path, feed_server):
+    feed = json.dumps({"version": "https://jsonfeed.org/version/1.1",
+                       "title": "Wire\u0001 One\u0007",
+                       "items": [{"id": "1", "url": "https://w.example/1",
+                                  "content_text": "Harbour cranes were idle."}]}).encode()
+    feed_server.route("/feed.json", Reply(200, feed, {"Content-Type": "application/feed+json"}))
+    config = write_config(tmp_path / "a.toml", [])
+    result = add(config, feed_server.url("/feed.json"))
+    assert result.exit_code == 0, result.output
+    assert [s.name for s in load_config(config, environ={}).sources] == ["Wire One"]
+    assert CliRunner().invoke(main, ["export-opml", "--config", str(config)]).exit_code == 0
+
+
 @pytest.mark.parametrize("typed, fetched", [
     ("feed://{host}/rss", "http://{host}/rss"),
     ("feed:http://{host}/rss", "http://{host}/rss"),
