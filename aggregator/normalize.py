@@ -314,7 +314,9 @@ def normalize_entry(entry: ParsedEntry, source: str, fetched: datetime) -> Norma
         url=entry.link,
         canonical_url=canonical,
         title=title,
-        author=(entry.author or "").strip() or None,
+        # One line without control characters, as the title: it goes into JSON and pages.
+        author=" ".join(_CONTROL_CHARACTERS.sub(" ", entry.author or "").split())[
+            :MAX_TITLE_CHARS] or None,
         published=effective_published(entry.published, fetched),
         has_published=entry.published is not None,
         fetched=fetched,

@@ -100,6 +100,19 @@ def test_end_marker_early_in_the_text_does_not_cut_the_article():
     assert strip_boilerplate(text).count("Sentence number") == 20
 
 
+@pytest.mark.parametrize(("author", "expected"), [
+    ("  Ann Lee ", "Ann Lee"),
+    ("Ann\x02 Lee\n\tand\x7f Bo", "Ann Lee and Bo"),
+    ("\x01\x02", None),
+    (None, None),
+    ("A" * 5000, "A" * 1000),
+])
+def test_an_author_is_one_line_of_text(author, expected):
+    entry = ParsedEntry(guid="g", link="https://a.example/1", title="Harbour",
+                        content="<p>Cranes.</p>", author=author)
+    assert normalize_entry(entry, "s", datetime(2026, 1, 30, tzinfo=UTC)).author == expected
+
+
 def test_future_dates_are_clamped_to_fetch_time():
     fetched = datetime(2026, 1, 30, tzinfo=UTC)
     assert effective_published(datetime(2030, 1, 1, tzinfo=UTC), fetched) == fetched
