@@ -481,6 +481,13 @@ def _tags(reader: _Reader) -> list[str]:
     return [_text(reader, "tags", tag) for tag in tags]
 
 
+def _user_agent(reader: _Reader, default: str) -> str:
+    user_agent = reader.get("user_agent", str, default)
+    if problem := header_problem("User-Agent", user_agent):
+        raise reader.fail("user_agent", problem)
+    return user_agent
+
+
 def _priority(reader: _Reader) -> int:
     priority = reader.get("priority", int, 0)
     if not -1_000_000 <= priority <= 1_000_000:
@@ -702,7 +709,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         path=shown,
         database=database,
         default_interval_s=default_interval_s,
-        user_agent=top.get("user_agent", str, defaults.user_agent),
+        user_agent=_user_agent(top, defaults.user_agent),
         connect_timeout_s=top.duration("connect_timeout", defaults.connect_timeout_s),
         read_timeout_s=top.duration("read_timeout", defaults.read_timeout_s),
         total_timeout_s=top.duration("total_timeout", defaults.total_timeout_s),

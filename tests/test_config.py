@@ -50,6 +50,11 @@ BROKEN = [
                  id="tag-with-a-control-character"),
     pytest.param('[[webhooks]]\nname = "w\\u0007"\nurl = "https://hooks.example/x"\n',
                  ["webhooks[0].name", "control character"], id="webhook-name-control"),
+    # httpx sends header text as ASCII only, and one line.
+    pytest.param('user_agent = "Agr\\u00e9gateur/1.0"\n', ["user_agent", "ASCII"],
+                 id="user-agent-beyond-ascii"),
+    pytest.param('user_agent = "Agg\\nX-Evil: 1"\n', ["user_agent", "one line"],
+                 id="user-agent-on-two-lines"),
     pytest.param('[http]\nbase_url = "https://[::1/news"\n',
                  ["http.base_url", "is not a URL"], id="base-url-not-a-url"),
     pytest.param('[[webhooks]]\nname = "w"\nurl = "https://hooks.example:70000/x"\n',
