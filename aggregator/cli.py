@@ -170,8 +170,12 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         status.last_pass_finished = time.time()
 
     daemon = Daemon(one_pass, tick_s=tick_s)
+    try:
+        server = start_web_server(config, status) if config.http.enabled else None
+    except AggregatorError:
+        aggregator.close()
+        raise
     aggregator.start_workers()
-    server = start_web_server(config, status) if config.http.enabled else None
 
     def stop(signum, _frame):
         click.echo(f"received {signal.Signals(signum).name}; finishing the current write",
@@ -236,6 +240,10 @@ def follow_web_settings(server, config: Config) -> None:
         server.config.app.state.apps = config.http.apps
 
 
+# How long the web server may take to start listening.
+WEB_START_S = 10.0
+
+
 def start_web_server(config, status):
     """The web server in a background thread of the daemon; returns the uvicorn server."""
     import threading
@@ -249,7 +257,18 @@ def start_web_server(config, status):
                                            log_level="warning"))
     # Signals belong to the daemon, which stops the server itself.
     server.install_signal_handlers = lambda: None
-    threading.Thread(target=server.run, name="http", daemon=True).start()
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    # uvicorn ends its thread when it cannot listen (the port taken, an unknown host): the
+    # daemon then stops before it polls, rather than run on without the pages it was asked
+    # to serve.
+    deadline = time.monotonic() + WEB_START_S
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        raise AggregatorError(f"cannot serve on {config.http.host}:{config.http.port} "
+                              "([http] host and port): see the error above")
     click.echo(f"serving http://{config.http.host}:{config.http.port}/", err=True)
     return server
 

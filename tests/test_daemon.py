@@ -80,6 +80,30 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
     assert process.returncode == 0
 
 
+def test_the_daemon_stops_before_polling_when_it_cannot_serve_its_pages(tmp_path, seed_dir):
+    """[http] enabled on a port another process holds: one line naming host and port, exit
+    1, nothing polled (not a daemon that runs on without the pages it was asked for)."""
+    import socket
+
+    from conftest import SEED_FEEDS, write_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "http.toml", [{"name": n, "url": str(seed_dir / f)}
+                                     for n, f in SEED_FEEDS.items()],
+            extra=f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n')
+        done = subprocess.run([sys.executable, "-m", "aggregator.cli", "run", "--config",
+                               str(config), "--tick", "1s"], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot serve on 127.0.0.1:{port}" in done.stderr
+    with sqlite3.connect(tmp_path / "test.db") as conn:
+        assert conn.execute("SELECT count(*) FROM articles").fetchone() == (0,)
+
+
 def test_config_changes_are_applied_without_a_restart(tmp_path, seed_dir, caplog):
     from conftest import SEED_FEEDS, write_config
 
