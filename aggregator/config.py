@@ -663,7 +663,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     config_path = config_file_path(path, environ)
     shown = str(config_path)
     try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        # utf-8-sig: editors on Windows may start the file with a byte order mark.
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(shown, "file not found") from None
     except OSError as exc:
@@ -777,8 +778,21 @@ def append_sources(config_path: str | os.PathLike[str], tables: list[str], what:
     configuration; else the error names ``what`` and the problem, and the file is as it
     was.  A running daemon notices the change and polls the new sources."""
     target = Path(config_path)
-    original = target.read_text(encoding="utf-8")
-    _replace_config(target, original.rstrip("\n") + "\n" + "".join(tables), what)
+    original = _file_text(target)
+    newline = _newline(original)
+    _replace_config(target, original.rstrip("\r\n") + newline
+                    + "".join(tables).replace("\n", newline), what)
+
+
+def _file_text(target: Path) -> str:
+    """The configuration file's text as it is on disk: line endings (CRLF from Windows
+    editors) and a byte order mark kept, so that an edit changes only what it means to."""
+    with open(target, encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def _newline(text: str) -> str:
+    return "\r\n" if "\r\n" in text else "\n"
 
 
 def _replace_config(target: Path, updated: str, what: str,
@@ -787,8 +801,9 @@ def _replace_config(target: Path, updated: str, what: str,
     reads as ``expected`` (bar its path): an edit of the text that changed anything else is
     refused, and the file stays as it was."""
     try:
+        # newline="": the text keeps the file's own line endings (``_file_text``).
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
-                                         suffix=".toml", delete=False) as handle:
+                                         suffix=".toml", delete=False, newline="") as handle:
             handle.write(updated)
     except OSError as exc:
         # A configuration mounted read-only (the Docker setup) is edited on the host.
@@ -849,7 +864,11 @@ def change_source(config_path: str | os.PathLike[str], name: str,
     index = names.index(name)
     if enabled is not None and before.sources[index].enabled == enabled:
         return False
-    lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = _file_text(target)
+    newline = _newline(text)
+    # A byte order mark stays where it is, out of the way of the first line's table header.
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    lines = text[len(bom):].splitlines(keepends=True)
     try:
         start, end = _source_lines(lines, index)
     except IndexError:
@@ -869,10 +888,10 @@ def change_source(config_path: str | os.PathLike[str], name: str,
             lines[found[0]] = _ENABLED_LINE.sub(rf"\g<1>{value}", lines[found[0]], count=1)
         else:
             if not lines[end - 1].endswith("\n"):
-                lines[end - 1] += "\n"
-            lines.insert(end, f"enabled = {value}\n")
+                lines[end - 1] += newline
+            lines.insert(end, f"enabled = {value}{newline}")
         sources = tuple(dataclasses.replace(s, enabled=enabled) if s.name == name else s
                         for s in before.sources)
-    _replace_config(target, "".join(lines), what,
+    _replace_config(target, bom + "".join(lines), what,
                     expected=dataclasses.replace(before, sources=sources))
     return True

@@ -140,6 +140,14 @@ def test_default_config_is_valid():
     assert all(source.is_local for source in config.sources)
 
 
+def test_a_file_saved_with_a_byte_order_mark_and_crlf_loads(tmp_path):
+    """As Windows editors save it."""
+    path = tmp_path / "w.toml"
+    path.write_bytes('\ufeffdatabase = "w.db"\r\n[[sources]]\r\nname = "A"\r\n'
+                     'url = "https://a.example/feed"\r\n'.encode())
+    assert [s.name for s in load_config(path, environ={}).sources] == ["A"]
+
+
 def test_the_readme_configuration_example_is_valid(tmp_path):
     import re
 

@@ -21,6 +21,19 @@ OPML = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
+def test_import_keeps_the_files_line_endings_and_byte_order_mark(tmp_path):
+    config_path = tmp_path / "a.toml"
+    config_path.write_bytes('\ufeff# mine\r\ndatabase = "a.db"\r\n'.encode())
+    opml = tmp_path / "subs.opml"
+    opml.write_text(OPML.format(existing="https://old.example/feed"))
+    result = CliRunner().invoke(main, ["import-opml", "--config", str(config_path), str(opml)])
+    assert result.exit_code == 0, result.output
+    written = config_path.read_bytes()
+    assert written.startswith('\ufeff# mine\r\ndatabase = "a.db"\r\n'.encode())
+    assert b"\n" not in written.replace(b"\r\n", b"")
+    assert len(load_config(config_path, environ={}).sources) == 4
+
+
 def test_import_appends_new_sources_keeps_the_file_and_skips_known_urls(tmp_path):
     config_path = tmp_path / "a.toml"
     original = ('# my comment\ndatabase = "a.db"\n[[sources]]\nname = "Europe Brief"\n'
@@ -116,12 +129,20 @@ enabled = false
     ("remove", "Last", LAYOUT.replace(
         '[[sources]]\nname = "Last"\nurl = "https://c.example/rss"\n', "")),
 ])
-def test_sources_are_disabled_and_removed_in_place(tmp_path, command, name, expected):
+@pytest.mark.parametrize(("bom", "newline"), [("", "\n"), ("", "\r\n"), ("\ufeff", "\r\n")],
+                         ids=["lf", "crlf", "bom-crlf"])
+def test_sources_are_disabled_and_removed_in_place(tmp_path, command, name, expected, bom,
+                                                   newline):
+    """The file's own line endings (CRLF from Windows editors) and byte order mark stay."""
+    def as_written(text: str) -> bytes:
+        return (bom + text.replace("\n", newline)).encode("utf-8")
+
     config_path = tmp_path / "a.toml"
-    config_path.write_text(LAYOUT)
+    config_path.write_bytes(as_written(LAYOUT))
     result = CliRunner().invoke(main, [command, "--config", str(config_path), name])
     assert result.exit_code == 0, result.output
-    assert config_path.read_text() == expected
+    assert config_path.read_bytes() == as_written(expected)
+    expected = config_path.read_text()
     sources = {s.name: s for s in load_config(config_path, environ={}).sources}
     assert (name in sources) == (command == "disable")
     if command == "disable":
