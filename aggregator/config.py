@@ -467,9 +467,11 @@ def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
 
 
 def _text(reader: _Reader, key: str, value: str) -> str:
-    """``value`` if it has no control characters but tab, line feed and carriage return:
-    names and tags go into OPML and XML feeds, which cannot hold the others, and logs."""
-    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+    """``value`` if it has no control characters but tab, line feed and carriage return,
+    nor the non-characters U+FFFE and U+FFFF: names and tags go into OPML and XML feeds,
+    which cannot hold them, and logs."""
+    if any((unicodedata.category(c) == "Cc" and c not in "\t\n\r") or c in "\ufffe\uffff"
+           for c in value):
         raise reader.fail(key, f"{value!r} has a control character")
     return value
 

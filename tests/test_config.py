@@ -48,6 +48,8 @@ BROKEN = [
     pytest.param(GOOD_SOURCE + 'tags = ["t\\u0002"]\n', ["source 'A'", "tags",
                                                        "control character"],
                  id="tag-with-a-control-character"),
+    pytest.param(GOOD_SOURCE + 'tags = ["t\\uffff"]\n', ["tags", "control character"],
+                 id="tag-with-a-non-character"),
     pytest.param('[[webhooks]]\nname = "w\\u0007"\nurl = "https://hooks.example/x"\n',
                  ["webhooks[0].name", "control character"], id="webhook-name-control"),
     # httpx sends header text as ASCII only, and one line.
