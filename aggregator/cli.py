@@ -350,33 +350,38 @@ def _since(value: str | None):
               help="At most this many stories.")
 @click.option("--min-sources", default=1, show_default=True, type=COUNT,
               help="Only stories that this many sources or more report.")
+@click.option("--starred", is_flag=True,
+              help="Only the stories starred in a reading app (docs/apps.md).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
-def stories(config_path, since, limit, min_sources, as_json) -> None:
-    """List stories, newest first, with their sources and members.
+def stories(config_path, since, limit, min_sources, starred, as_json) -> None:
+    """List stories, newest first, with their sources and members, and whether a reading
+    app marked them read or starred.
 
     \b
     Examples:
         aggregator stories --since 24h
         aggregator stories --since 24h --min-sources 3
+        aggregator stories --starred
         aggregator stories --json | jq '.[0].members'
     """
     store = open_store(config_path)
-    found = store.stories(_since(since), limit, min_sources)
+    found = store.stories(_since(since), limit, min_sources, starred)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
     for story in found:
         click.echo(f"story {story['id']}: {story['title']}")
+        marks = ", ".join(mark for mark in ("read", "starred") if story[mark])
         click.echo(f"  {story['article_count']} articles from {story['source_count']} sources, "
-                   f"last seen {story['last_seen']}")
+                   f"last seen {story['last_seen']}" + (f" ({marks})" if marks else ""))
         for member in story["members"]:
             similarity = "" if member["relation"] == "canonical" else \
                 f" {member['similarity']:.2f}"
             click.echo(f"  - [{member['relation']}{similarity}] {member['source']}: "
                        f"{member['title']}")
     if not found:
-        click.echo("no story matches" if since or min_sources > 1 else
+        click.echo("no story matches" if since or min_sources > 1 or starred else
                    "no stories yet; run `aggregator run --once` first")
 
 

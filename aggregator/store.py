@@ -45,6 +45,7 @@ from .readers import (
     select_in,
     stored_keys,
 )
+from .reading import marked_story_ids, saved_story_ids
 
 # The page size of a new store (an existing one keeps its own).  An article's fingerprint row
 # is about 2 KB: with 4 KB pages each takes a page of its own, half of it empty, and a restart
@@ -2027,11 +2028,19 @@ class Store:
     # -- reads for the CLI and dashboards ------------------------------------------------------
 
     def stories(self, since: datetime | None = None, limit: int = 50,
-                min_sources: int = 1) -> list[dict]:
+                min_sources: int = 1, starred: bool = False) -> list[dict]:
+        """The newest stories (by ``last_seen``) with their members and whether a reader has
+        read or starred them (``reading``); ``starred``: only those starred."""
         since_iso = to_iso(since) if since else "0000"
         columns = ("id", "title", "first_seen", "last_seen", "article_count", "source_count",
                    "canonical_article_id")
-        if min_sources > 1:
+        if starred:
+            # Few enough to sort here: the starred ones a reader keeps.
+            rows = sorted((row for row in select_in(
+                self.db.conn, f"SELECT {', '.join(columns)} FROM stories WHERE id IN ({{}})",
+                saved_story_ids(self.db.conn)) if row[3] >= since_iso and row[5] >= min_sources),
+                key=lambda row: (row[3], row[0]), reverse=True)[:limit]
+        elif min_sources > 1:
             ids = newest_story_ids(self.db.conn, limit, min_sources, since_iso)
             position = {story_id: index for index, story_id in enumerate(ids)}
             rows = sorted(select_in(self.db.conn, f"SELECT {', '.join(columns)} FROM stories "
@@ -2042,7 +2051,11 @@ class Store:
                                    "WHERE last_seen >= ? ORDER BY last_seen DESC, id DESC "
                                    "LIMIT ?", [since_iso, limit]).fetchall()
         stories = [dict(zip(columns, row, strict=True)) for row in rows]
+        ids = [story["id"] for story in stories]
+        read = marked_story_ids(self.db.conn, ids, "read")
+        saved = marked_story_ids(self.db.conn, ids, "saved")
         for story in stories:
+            story["read"], story["starred"] = story["id"] in read, story["id"] in saved
             story["members"] = self.story_members(story["id"])
         return stories
 

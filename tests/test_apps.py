@@ -5,6 +5,7 @@ recluster and retention."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -789,3 +790,20 @@ def test_whatever_an_app_sends_the_answer_is_an_answer_or_a_named_refusal(
                     else method(f"/reader/api/0/{call}", content=urlencode(greader),
                                 headers={"Content-Type": "application/x-www-form-urlencoded"}))
         assert response.status_code in (200, 400, 405), response.text
+
+
+def test_the_stories_command_shows_the_marks_and_lists_the_starred(seeds):
+    story, _source = lavrov(seeds.database)
+    fever = client(seeds.database)
+    call(fever, "", mark="item", id=str(story), **{"as": "saved"})
+    call(fever, "", mark="item", id=str(story), **{"as": "read"})
+    listed = CliRunner().invoke(main, ["stories", "--config", seeds.path, "--json"])
+    marks = {s["id"]: (s["read"], s["starred"]) for s in json.loads(listed.output)}
+    assert marks.pop(story) == (True, True) and set(marks.values()) == {(False, False)}
+    starred = CliRunner().invoke(main, ["stories", "--config", seeds.path, "--starred"])
+    assert starred.exit_code == 0, starred.output
+    assert starred.output.startswith(f"story {story}: ") and "(read, starred)" in starred.output
+    assert sum(line.startswith("story ") for line in starred.output.splitlines()) == 1
+    none = CliRunner().invoke(main, ["stories", "--config", seeds.path, "--starred",
+                                     "--min-sources", "4"])
+    assert none.output.strip() == "no story matches"
