@@ -74,3 +74,8 @@ class SourceGoneError(FetchError):
 
 class ParseError(SourceError):
     """The fetched document is not a feed we can read."""
+
+
+class AppRequestError(AggregatorError):
+    """A reading app's request that the Google Reader or Fever API cannot answer (``greader``,
+    ``fever``): the message names the parameter and what was wrong, and the app gets a 400."""

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .config import AppAccount
-from .errors import AggregatorError
+from .errors import AppRequestError
 from .readers import read_only_connection
 from .reading import (
     LARGEST_ID,
@@ -49,10 +49,6 @@ ITEMS_A_REQUEST = 50
 ALL_FEEDS = 0
 
 
-class FeverRequestError(AggregatorError):
-    """A request the Fever API cannot answer: names the parameter and what was wrong."""
-
-
 def api_key(username: str, password: str) -> str:
     return hashlib.md5(f"{username}:{password}".encode()).hexdigest()
 
@@ -69,9 +65,9 @@ def _whole_number(params: Mapping[str, str], name: str, default: int | None = No
     try:
         number = int(value)
     except ValueError:
-        raise FeverRequestError(f"{name}: expected a whole number, got {value[:40]!r}") from None
+        raise AppRequestError(f"{name}: expected a whole number, got {value[:40]!r}") from None
     if abs(number) > LARGEST_ID:
-        raise FeverRequestError(f"{name}: {value[:40]} is beyond any id or time")
+        raise AppRequestError(f"{name}: {value[:40]} is beyond any id or time")
     return number
 
 
@@ -82,7 +78,7 @@ def _time(seconds: int) -> datetime | None:
     try:
         return datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
-        raise FeverRequestError(f"before: {seconds} is not a time") from None
+        raise AppRequestError(f"before: {seconds} is not a time") from None
 
 
 def _ids(params: Mapping[str, str], name: str) -> list[int]:
@@ -90,11 +86,11 @@ def _ids(params: Mapping[str, str], name: str) -> list[int]:
     try:
         ids = [int(v) for v in values]
     except ValueError:
-        raise FeverRequestError(f"{name}: expected comma-separated whole numbers") from None
+        raise AppRequestError(f"{name}: expected comma-separated whole numbers") from None
     if any(abs(i) > LARGEST_ID for i in ids):
-        raise FeverRequestError(f"{name}: an id beyond any id")
+        raise AppRequestError(f"{name}: an id beyond any id")
     if len(ids) > ITEMS_A_REQUEST:
-        raise FeverRequestError(f"{name}: at most {ITEMS_A_REQUEST} ids, got {len(ids)}")
+        raise AppRequestError(f"{name}: at most {ITEMS_A_REQUEST} ids, got {len(ids)}")
     return ids
 
 
@@ -183,14 +179,14 @@ class FeverApi(AppRequest):
         try:
             if kind == "item":
                 if action not in ("read", "unread", "saved", "unsaved"):
-                    raise FeverRequestError(f"as: expected read, unread, saved or unsaved "
+                    raise AppRequestError(f"as: expected read, unread, saved or unsaved "
                                             f"for an item, got {action[:20]!r}")
                 mark = "saved" if action in ("saved", "unsaved") else "read"
                 mark_stories(conn, [target], mark, action in ("read", "saved"), self.now)
                 wanted = "saved_item_ids" if mark == "saved" else "unread_item_ids"
             elif kind in ("feed", "group"):
                 if action != "read":
-                    raise FeverRequestError(f"as: a {kind} can only be marked read, "
+                    raise AppRequestError(f"as: a {kind} can only be marked read, "
                                             f"got {action[:20]!r}")
                 before = _time(_whole_number(params, "before", 0)) or self.now
                 sources = [target] if kind == "feed" else self._group_sources(conn, target)
@@ -198,7 +194,7 @@ class FeverApi(AppRequest):
                     mark_read_before(conn, before, self.updated_since, self.now, sources)
                 wanted = "unread_item_ids"
             else:
-                raise FeverRequestError(f"mark: expected item, feed or group, "
+                raise AppRequestError(f"mark: expected item, feed or group, "
                                         f"got {kind[:20]!r}")
         finally:
             conn.close()
@@ -230,7 +226,7 @@ async def fever_endpoint(request: Request) -> JSONResponse:
     api = FeverApi(state.database, account, base_url, datetime.now(UTC))
     try:
         answer.update(await run_in_threadpool(api.answer, params))
-    except FeverRequestError as exc:
+    except AppRequestError as exc:
         return JSONResponse({**answer, "error": str(exc)}, status_code=400)
     except sqlite3.OperationalError as exc:
         # A replica given a read-only file, or a writer that held the store too long.

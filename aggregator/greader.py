@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .config import AppAccount
-from .errors import AggregatorError
+from .errors import AppRequestError
 from .reading import (
     LARGEST_ID,
     AppRequest,
@@ -53,11 +53,6 @@ PAGE = 20
 LARGEST_PAGE = 10_000
 
 
-class ReaderRequestError(AggregatorError):
-    """A request the Google Reader API cannot answer: names the parameter and what was
-    wrong."""
-
-
 def auth_token(account: AppAccount) -> str:
     digest = hmac.new(account.password.encode(), b"greader:" + account.username.encode(),
                       hashlib.sha256).hexdigest()
@@ -75,9 +70,9 @@ def parse_item_id(value: str) -> int:
     try:
         story_id = int(value[len(ITEM):], 16) if value.startswith(ITEM) else int(value)
     except ValueError:
-        raise ReaderRequestError(f"i: {value[:60]!r} is not an item id") from None
+        raise AppRequestError(f"i: {value[:60]!r} is not an item id") from None
     if not 0 <= story_id <= LARGEST_ID:
-        raise ReaderRequestError(f"i: {value[:60]!r} is beyond any item id")
+        raise AppRequestError(f"i: {value[:60]!r} is beyond any item id")
     return story_id
 
 
@@ -92,7 +87,7 @@ def _timestamp(value: str, name: str) -> datetime:
                 return datetime.fromtimestamp(number / scale, UTC)
     except (ValueError, OverflowError, OSError):
         pass
-    raise ReaderRequestError(f"{name}: expected a time in seconds or microseconds, "
+    raise AppRequestError(f"{name}: expected a time in seconds or microseconds, "
                              f"got {value[:40]!r}")
 
 
@@ -159,7 +154,7 @@ class ReaderApi(AppRequest):
         stream = stream or params.one("s", READING_LIST)
         limit = params.one("n", str(PAGE))
         if not _whole(limit) or not 1 <= int(limit) <= LARGEST_PAGE:
-            raise ReaderRequestError(f"n: expected a whole number from 1 to {LARGEST_PAGE}, "
+            raise AppRequestError(f"n: expected a whole number from 1 to {LARGEST_PAGE}, "
                                      f"got {limit[:40]!r}")
         read: bool | None = None
         saved = False
@@ -175,7 +170,7 @@ class ReaderApi(AppRequest):
             read = False
         continuation = params.one("c")
         if continuation and not (_whole(continuation) and int(continuation) <= LARGEST_ID):
-            raise ReaderRequestError(f"c: {continuation[:40]!r} is not a continuation "
+            raise AppRequestError(f"c: {continuation[:40]!r} is not a continuation "
                                      "this server gave")
         return StreamQuery(
             limit=int(limit), sources=sources, read=read, saved=saved,
@@ -193,7 +188,7 @@ class ReaderApi(AppRequest):
             tag = stream[len(LABEL):]
             sources: list[AppSource] = self.read(app_sources)
             return tuple(source.source_id for source in sources if tag in source.tags)
-        raise ReaderRequestError(f"s: {stream[:80]!r} is not a stream of this server")
+        raise AppRequestError(f"s: {stream[:80]!r} is not a stream of this server")
 
     def _page(self, query: StreamQuery) -> tuple[list[int], str | None]:
         ids: list[int] = self.read(lambda conn: stream_story_ids(conn, query,
@@ -211,7 +206,7 @@ class ReaderApi(AppRequest):
     def item_contents(self, params: Params) -> dict:
         ids = [parse_item_id(value) for value in params.all("i")]
         if len(ids) > LARGEST_PAGE:
-            raise ReaderRequestError(f"i: at most {LARGEST_PAGE} items, got {len(ids)}")
+            raise AppRequestError(f"i: at most {LARGEST_PAGE} items, got {len(ids)}")
         return {"id": READING_LIST, "updated": int(self.now.timestamp()),
                 "items": self._items(ids)}
 
@@ -260,7 +255,7 @@ class ReaderApi(AppRequest):
         other states and labels are not kept here and are refused."""
         ids = [parse_item_id(value) for value in params.all("i")]
         if not ids:
-            raise ReaderRequestError("i: no item given")
+            raise AppRequestError("i: no item given")
         changes = []
         for action, on in (("a", True), ("r", False)):
             for tag in params.all(action):
@@ -271,7 +266,7 @@ class ReaderApi(AppRequest):
                 elif tag == STARRED:
                     changes.append(("saved", on))
                 elif tag != KEPT_UNREAD:
-                    raise ReaderRequestError(f"{action}: {tag[:80]!r} is not kept here "
+                    raise AppRequestError(f"{action}: {tag[:80]!r} is not kept here "
                                              "(read and starred are)")
         conn = marks_connection(self.database)
         try:
@@ -367,7 +362,7 @@ async def reader_api(request: Request) -> Response:
         if path in _REFUSED:
             return PlainTextResponse(f"{path}: sources are kept in the configuration file "
                                      "(aggregator add URL)\n", status_code=400)
-    except ReaderRequestError as exc:
+    except AppRequestError as exc:
         return PlainTextResponse(f"{exc}\n", status_code=400)
     except sqlite3.OperationalError as exc:
         return PlainTextResponse(f"the store cannot be changed now: {exc}\n", status_code=503)
