@@ -110,7 +110,7 @@ def main(verbose: int) -> None:
               help="With --once: fetch every enabled source, due or not (a source disabled "
                    "by a 410 Gone is enabled again if it answers).")
 @click.option("--tick", default="30s", show_default=True,
-              help="How often the daemon looks for due sources.")
+              help="How often the daemon looks for due sources (at least 1s).")
 @handle_errors
 def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None:
     """Poll the configured feeds and cluster their entries into stories.
@@ -130,6 +130,10 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
         tick_s = parse_duration(tick)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tick") from None
+    if tick_s < MIN_TICK_S:
+        # Below a second the scheduler skips tick after tick while a pass runs, and warns
+        # each time: a pass is what takes the time, not the waiting between them.
+        raise click.BadParameter(f"at least {MIN_TICK_S:g}s, got {tick!r}", param_hint="--tick")
     aggregator = Aggregator(config)
     # Taken once the store exists (it makes the database's folder): while this process
     # keeps a window, ``aggregator purge`` leaves the store to its retention.
@@ -239,6 +243,9 @@ def follow_web_settings(server, config: Config) -> None:
     if server is not None:
         server.config.app.state.apps = config.http.apps
 
+
+# The shortest wait between two of the daemon's looks at what is due.
+MIN_TICK_S = 1.0
 
 # How long the web server may take to start listening.
 WEB_START_S = 10.0

@@ -92,11 +92,14 @@ def test_stories_command_shows_the_story_with_three_sources(seed_config):
     (["stories", "--min-sources", "9" * 23], "--min-sources"),
     (["search", "lavrov", "--limit", "9" * 23], "--limit"),
     (["purge", "--older-than", "9" * 23 + "d", "--dry-run"], "--older-than"),
+    (["run", "--tick", "0"], "--tick"),
+    (["run", "--tick", "0.001"], "--tick"),
 ])
 def test_numbers_no_store_can_hold_are_refused_naming_the_parameter(seed_config, arguments,
                                                                    named):
-    """Beyond SQLite's 64-bit integers a query fails, and beyond a century a time
-    overflows: such numbers are refused before anything runs, with the usage error."""
+    """Beyond SQLite's 64-bit integers a query fails, beyond a century a time overflows, and
+    a tick under a second only makes the scheduler skip and warn: such numbers are refused
+    before anything runs, with the usage error."""
     run_once(seed_config)
     result = CliRunner().invoke(main, [*arguments, "--config", str(seed_config)])
     assert result.exit_code == 2 and named in result.output, result.output
