@@ -673,10 +673,10 @@ def add(config_path, url, name, tags, interval, priority, full_text, username, p
                          tags=list(tags), full_text=full_text or None, username=username,
                          password_env=password_env,
                          headers=dict(credentials.headers) if credentials else None)
+    append_sources(path, [table], f"adding {found.url}", dry_run=dry_run)
     if dry_run:
         click.echo(table.strip("\n"))
         return
-    append_sources(path, [table], f"adding {found.url}")
     click.echo(f"added source {chosen!r} to {path}: {found.url} ({found.format}, "
                f"{found.entries} entries; {discovery.how})")
 

@@ -774,16 +774,18 @@ def unique_source_name(name: str, taken: set[str]) -> str:
     return chosen
 
 
-def append_sources(config_path: str | os.PathLike[str], tables: list[str], what: str) -> None:
+def append_sources(config_path: str | os.PathLike[str], tables: list[str], what: str,
+                   dry_run: bool = False) -> None:
     """Append source tables (``source_table``) to a configuration file, comments and order
     kept.  The file is replaced, permissions and all, only when the result is a valid
     configuration; else the error names ``what`` and the problem, and the file is as it
-    was.  A running daemon notices the change and polls the new sources."""
+    was.  A running daemon notices the change and polls the new sources.  ``dry_run``:
+    only the check, so that what is shown is what would be written."""
     target = Path(config_path)
     original = _file_text(target)
     newline = _newline(original)
     _replace_config(target, original.rstrip("\r\n") + newline
-                    + "".join(tables).replace("\n", newline), what)
+                    + "".join(tables).replace("\n", newline), what, dry_run=dry_run)
 
 
 def _file_text(target: Path) -> str:
@@ -798,13 +800,16 @@ def _newline(text: str) -> str:
 
 
 def _replace_config(target: Path, updated: str, what: str,
-                    expected: Config | None = None) -> None:
+                    expected: Config | None = None, dry_run: bool = False) -> None:
     """Replace the configuration file with ``updated`` if it is valid and, when given,
     reads as ``expected`` (bar its path): an edit of the text that changed anything else is
-    refused, and the file stays as it was."""
+    refused, and the file stays as it was.  ``dry_run``: check, and leave the file; the
+    check is made in the system's temporary folder, as the configuration's may be
+    read-only (the relative paths it resolves are not opened)."""
+    folder = tempfile.gettempdir() if dry_run else target.resolve().parent
     try:
         # newline="": the text keeps the file's own line endings (``_file_text``).
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.resolve().parent,
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder,
                                          suffix=".toml", delete=False, newline="") as handle:
             handle.write(updated)
     except OSError as exc:
@@ -823,6 +828,9 @@ def _replace_config(target: Path, updated: str, what: str,
         os.unlink(handle.name)
         raise AggregatorError(f"{target}: {what} cannot be done safely on this file's layout; "
                               "edit it by hand")
+    if dry_run:
+        os.unlink(handle.name)
+        return
     shutil.copymode(target, handle.name)
     os.replace(handle.name, target)
 

@@ -375,6 +375,12 @@ def test_add_dry_run_shows_the_table_and_changes_nothing(tmp_path, feed_server):
     assert result.exit_code == 0 and config.read_text() == original
     assert result.output.strip() == source_table(
         "Mine", feed_server.url("/rss"), full_text=True).strip()
+    # What is shown is what would be written: a table the configuration would refuse is
+    # refused here too, and no temporary file is left anywhere near the configuration.
+    broken = add(config, feed_server.url("/rss"), "--interval", "soon", "--dry-run")
+    assert broken.exit_code == 1 and "would break the configuration" in broken.output
+    assert config.read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml"]
 
 
 def test_add_runs_where_the_daemon_secrets_are_not(tmp_path, feed_server, monkeypatch):
