@@ -742,19 +742,24 @@ def test_full_text_fetches_each_new_entry_page_once(tmp_path, feed_server):
     assert "aggregator" in feed_server.requests_to("/news/bridge")[0].headers["User-Agent"]
 
 
-def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
-    link = feed_server.url("/news/missing")
+def full_text_of(tmp_path, feed_server, link: str) -> Aggregator:
+    """A ``full_text`` source whose one entry, a summary, links to ``link``."""
     feed = (f"<rss version='2.0'><channel><title>S</title><item><title>Ferry strike ends"
-            f"</title><link>{link}</link><description>Ferries run again after a two-day "
-            f"strike.</description></item></channel></rss>").encode()
+            f"</title><link>{escape(link)}</link><guid>g1</guid><description>Ferries run again "
+            f"after a two-day strike.</description></item></channel></rss>").encode()
     feed_server.route("/summaries", Reply(200, feed))
     config = write_config(tmp_path / "full.toml", [
         {"name": "summaries", "url": feed_server.url("/summaries"), "full_text": True}])
-    aggregator = Aggregator(load_config(config, environ={}))
+    return Aggregator(load_config(config, environ={}))
+
+
+def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
+    aggregator = full_text_of(tmp_path, feed_server, feed_server.url("/news/missing"))
     [report] = aggregator.run_pass()
     assert report.new_articles == 1 and report.error is None
     [text] = aggregator.store.db.execute("SELECT text FROM articles").fetchone()
     assert text == "Ferries run again after a two-day strike."
+    aggregator.close()
 
 
 @pytest.mark.parametrize("link", ["http://[::1/news", "http://news.example:99999/a",
@@ -762,13 +767,7 @@ def test_full_text_failure_keeps_the_summary(tmp_path, feed_server):
 def test_full_text_passes_over_a_link_that_is_no_url(tmp_path, feed_server, link):
     """A feed's links are the feed's to write: one that is no URL at all keeps its summary,
     and no request is made for it."""
-    feed = (f"<rss version='2.0'><channel><title>S</title><item><title>Ferry strike ends"
-            f"</title><link>{escape(link)}</link><guid>g1</guid><description>Ferries run again "
-            f"after a two-day strike.</description></item></channel></rss>").encode()
-    feed_server.route("/summaries", Reply(200, feed))
-    config = write_config(tmp_path / "full.toml", [
-        {"name": "summaries", "url": feed_server.url("/summaries"), "full_text": True}])
-    aggregator = Aggregator(load_config(config, environ={}))
+    aggregator = full_text_of(tmp_path, feed_server, link)
     [report] = aggregator.run_pass()
     assert report.outcome == "ok" and report.new_articles == 1, report.error
     assert [r.path for r in feed_server.requests] == ["/summaries"]
