@@ -237,9 +237,9 @@ class ConfigWatcher:
 
 
 def follow_web_settings(server, config: Config) -> None:
-    """What a reloaded configuration changes in the running web server: the Fever account,
-    so that a new password takes effect without a restart.  Its address, port and base URL
-    are read once, at the start."""
+    """What a reloaded configuration changes in the running web server: the reading apps'
+    account, so that a new password takes effect without a restart.  Its address, port and
+    base URL are read once, at the start."""
     if server is not None:
         server.config.app.state.apps = config.http.apps
 

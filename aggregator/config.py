@@ -16,6 +16,7 @@ import tempfile
 import tomllib
 import unicodedata
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,6 +441,18 @@ def _load_http(path: str, table: Any, environ: Mapping[str, str],
     )
 
 
+def _password_from(reader: _Reader, variable: str, environ: Mapping[str, str],
+                   secrets: bool) -> str:
+    """The password in the environment variable ``variable`` (``password_env``, for
+    containers' secrets).  Without ``secrets`` a variable that is not set stands for an
+    empty password: commands that only edit or list the configuration run where the
+    daemon's secrets are not."""
+    password = environ.get(variable, None if secrets else "")
+    if password is None:
+        raise reader.fail("password_env", f"environment variable {variable} is not set")
+    return password
+
+
 def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
                       secrets: bool = True) -> AppAccount | None:
     """``[http.apps]``: ``username`` with ``password`` or ``password_env``, and
@@ -456,14 +469,11 @@ def _load_app_account(path: str, table: dict | None, environ: Mapping[str, str],
     if (password is None) == (variable is None):
         raise reader.fail("password", "give password or password_env (one of them)")
     if variable is not None:
-        password = environ.get(variable, None if secrets else "")
-        if password is None:
-            raise reader.fail("password_env", f"environment variable {variable} is not set")
+        password = _password_from(reader, variable, environ, secrets)
     if secrets and not password:
         raise reader.fail("password", "must not be empty")
     return AppAccount(username=username, password=password,
-                        unread_for_s=reader.duration("unread_for",
-                                                     AppAccount.unread_for_s))
+                      unread_for_s=reader.duration("unread_for", AppAccount.unread_for_s))
 
 
 def _text(reader: _Reader, key: str, value: str) -> str:
@@ -564,9 +574,7 @@ def _load_credentials(reader: _Reader, url: str, environ: Mapping[str, str],
                       secrets: bool = True) -> Credentials | None:
     """``username`` with ``password`` (or ``password_env``, the name of an environment
     variable that holds it, for containers' secrets) and ``headers``, a table of extra
-    request headers, for http(s) sources.  Without ``secrets`` a variable that is not set
-    stands for an empty password: commands that only edit or list the sources run where
-    the daemon's secrets are not."""
+    request headers, for http(s) sources (``secrets``: ``_password_from``)."""
     keys = {"username", "password", "password_env", "headers"} & set(reader.table)
     if not keys:
         return None
@@ -578,9 +586,7 @@ def _load_credentials(reader: _Reader, url: str, environ: Mapping[str, str],
     if password is not None and variable is not None:
         raise reader.fail("password_env", "give password or password_env, not both")
     if variable is not None:
-        password = environ.get(variable, None if secrets else "")
-        if password is None:
-            raise reader.fail("password_env", f"environment variable {variable} is not set")
+        password = _password_from(reader, variable, environ, secrets)
     if (username is None) != (password is None):
         raise reader.fail("username" if username is None else "password",
                           "username and password come together")
@@ -817,22 +823,23 @@ def _replace_config(target: Path, updated: str, what: str,
         raise AggregatorError(f"{target}: {what} needs to write the configuration's folder: "
                               f"{exc.strerror or exc}") from None
     try:
-        result = load_config(handle.name, environ={}, secrets=False)
-    except ConfigError as exc:
-        os.unlink(handle.name)
-        where = "".join(f"{label} {value!r}: " for label, value in
-                        (("source", exc.source), ("key", exc.key)) if value is not None)
-        raise AggregatorError(f"{what} would break the configuration {target}: "
-                              f"{where}{exc.message}") from None
-    if expected is not None and dataclasses.replace(result, path=expected.path) != expected:
-        os.unlink(handle.name)
-        raise AggregatorError(f"{target}: {what} cannot be done safely on this file's layout; "
-                              "edit it by hand")
-    if dry_run:
-        os.unlink(handle.name)
-        return
-    shutil.copymode(target, handle.name)
-    os.replace(handle.name, target)
+        try:
+            result = load_config(handle.name, environ={}, secrets=False)
+        except ConfigError as exc:
+            where = "".join(f"{label} {value!r}: " for label, value in
+                            (("source", exc.source), ("key", exc.key)) if value is not None)
+            raise AggregatorError(f"{what} would break the configuration {target}: "
+                                  f"{where}{exc.message}") from None
+        if expected is not None and dataclasses.replace(result, path=expected.path) != expected:
+            raise AggregatorError(f"{target}: {what} cannot be done safely on this file's "
+                                  "layout; edit it by hand")
+        if not dry_run:
+            shutil.copymode(target, handle.name)
+            os.replace(handle.name, target)
+    finally:
+        # Whatever was not moved into place goes: a refused edit, a dry run.
+        with suppress(FileNotFoundError):
+            os.unlink(handle.name)
 
 
 _TABLE_HEADER = re.compile(r"^\s*\[")

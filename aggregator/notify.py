@@ -31,7 +31,7 @@ import httpx
 from .config import Config, Webhook
 from .fetch import Delivery, classify_delivery
 from .readers import select_in
-from .store import to_iso
+from .store import from_iso, to_iso
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,7 @@ class Notifier:
                 report.waiting += 1
                 continue
             since, cursor = marks[webhook.name]
-            begin = max(since, to_iso(datetime.fromisoformat(cursor.replace("Z", "+00:00"))
-                                      - CURSOR_OVERLAP))
+            begin = max(since, to_iso(from_iso(cursor) - CURSOR_OVERLAP))
             attempts = []
             for story_id, last_seen in stories_due(conn, webhook, begin, STORIES_A_PASS):
                 if self.clock() - started > budget_s:

@@ -17,6 +17,7 @@ import feedparser
 import lxml.html
 from lxml import etree
 
+from .config import split_url
 from .errors import ParseError
 
 # feedparser would otherwise fetch a URL if given a string that looks like one; we only ever
@@ -108,10 +109,10 @@ def looks_like_html(body: bytes, content_type: str | None) -> bool:
 
 def _resolved(base: str, href: str) -> str | None:
     """``href`` made absolute against ``base``; None for one that is no URL at all (an
-    unclosed IPv6 address, a port beyond 65535), which urljoin refuses with ValueError."""
+    unclosed IPv6 address, a port beyond 65535: ``config.split_url``)."""
     try:
         url = urljoin(base, href)
-        _ = urlsplit(url).port  # reading the port is what checks it
+        split_url(url)
     except ValueError:
         return None
     return url

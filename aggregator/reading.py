@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import nh3
 
 from .config import AppAccount
-from .readers import BUSY_TIMEOUT_MS, read_only_connection, select_in
+from .readers import BUSY_TIMEOUT_MS, from_iso, read_only_connection, select_in, to_iso
 
 # The largest id SQLite stores (a signed 64-bit integer): a larger one asked for by an app
 # matches nothing, and would make the query fail.
@@ -50,10 +50,6 @@ def marks_connection(database: str) -> sqlite3.Connection:
     return conn
 
 
-def _stamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def mark_stories(conn: sqlite3.Connection, story_ids: Sequence[int], mark: str, on: bool,
                  now: datetime) -> int:
     """Set (``on``) or clear the mark ``mark`` ("read" or "saved") on every version of the
@@ -68,7 +64,7 @@ def mark_stories(conn: sqlite3.Connection, story_ids: Sequence[int], mark: str, 
                 f"INSERT INTO article_marks (article_id, {column}) SELECT id, ?2 "
                 "FROM articles WHERE story_id IN (SELECT value FROM json_each(?1)) "
                 f"ON CONFLICT (article_id) DO UPDATE SET {column} = excluded.{column} "
-                f"WHERE {column} IS NULL", [stories, _stamp(now)]).rowcount
+                f"WHERE {column} IS NULL", [stories, to_iso(now)]).rowcount
         else:
             changed = conn.execute(
                 f"UPDATE article_marks SET {column} = NULL "
@@ -98,7 +94,7 @@ def unread_story_ids(conn: sqlite3.Connection, updated_since: datetime) -> list[
     # against 205 for a 30-day list (sorting the ids afterwards costs a few).
     return sorted(row[0] for row in conn.execute(
         "SELECT id FROM stories INDEXED BY stories_last_seen WHERE last_seen >= ? "
-        f"AND NOT {_MARKED.format(column='read_at')}", [_stamp(updated_since)]))
+        f"AND NOT {_MARKED.format(column='read_at')}", [to_iso(updated_since)]))
 
 
 def saved_story_ids(conn: sqlite3.Connection) -> list[int]:
@@ -122,7 +118,7 @@ def mark_read_before(conn: sqlite3.Connection, before: datetime, updated_since: 
     if before.microsecond:
         before = before.replace(microsecond=0) + timedelta(seconds=1)
     where = ""
-    params: list = [_stamp(updated_since), _stamp(before)]
+    params: list = [to_iso(updated_since), to_iso(before)]
     if source_ids is not None:
         where = (" AND canonical_article_id IN (SELECT id FROM articles WHERE source_id IN "
                  "(SELECT value FROM json_each(?)))")
@@ -211,7 +207,7 @@ def item_html(item: StoryItem, story_page: str) -> str:
     parts = [f"<p>{escape(p)}</p>" for p in paragraphs]
     if item.others:
         links = "".join(
-            f"<li>{_link(v.url, v.title)} — {escape(v.source)} ({escape(v.relation or '')}"
+            f"<li>{html_link(v.url, v.title)} — {escape(v.source)} ({escape(v.relation or '')}"
             + (f", {v.similarity:.2f}" if v.similarity is not None else "") + ")</li>"
             for v in item.others)
         parts.append(f"<p>Also covered by:</p><ul>{links}</ul>")
@@ -220,7 +216,9 @@ def item_html(item: StoryItem, story_page: str) -> str:
     return nh3.clean("".join(parts))
 
 
-def _link(url: str | None, text: str) -> str:
+def html_link(url: str | None, text: str) -> str:
+    """``text`` as a link to ``url`` where that is an http(s) URL (a feed's links may be
+    anything), else as plain text; both escaped."""
     if url and url.startswith(("http://", "https://")):
         return f'<a href="{escape(url)}">{escape(text)}</a>'
     return escape(text)
@@ -228,9 +226,7 @@ def _link(url: str | None, text: str) -> str:
 
 def unix_time(stamp: str | None) -> int:
     """A store time (``YYYY-MM-DDTHH:MM:SSZ``) in seconds since the epoch; 0 for none."""
-    if not stamp:
-        return 0
-    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+    return int(from_iso(stamp).timestamp()) if stamp else 0
 
 
 @dataclass(frozen=True)
@@ -293,7 +289,7 @@ def stream_story_ids(conn: sqlite3.Connection, query: StreamQuery,
     if query.read:
         where.append(f"(s.last_seen < ? OR {_MARKED.format(column='read_at')})"
                      .replace("stories.id", "s.id"))
-        params.append(_stamp(updated_since))
+        params.append(to_iso(updated_since))
     if query.sources is not None:
         where.append("s.canonical_article_id IN (SELECT id FROM articles "
                      "WHERE source_id IN (SELECT value FROM json_each(?)))")
@@ -301,7 +297,7 @@ def stream_story_ids(conn: sqlite3.Connection, query: StreamQuery,
     for bound, operator in ((query.oldest, ">="), (query.newest, "<")):
         if bound is not None:
             where.append(f"s.first_seen {operator} ?")
-            params.append(_stamp(bound))
+            params.append(to_iso(bound))
     if query.after_id is not None:
         where.append(f"s.id {'>' if query.oldest_first else '<'} ?")
         params.append(query.after_id)

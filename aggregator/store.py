@@ -39,11 +39,13 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    from_iso,
     newest_story_ids,
     read_only_connection,
     search_stories,
     select_in,
     stored_keys,
+    to_iso,
 )
 from .reading import marked_story_ids, saved_story_ids
 
@@ -58,27 +60,6 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 WINDOW_CHUNK = 4096
 # Connections reading the window's fingerprints at a restart (see _fingerprint_rows).
 WINDOW_READERS = 4
-
-
-# An article's rows hold its times several times, and a pass's articles share their fetch
-# time: each time is formatted once.
-@lru_cache(maxsize=4096)
-def to_iso(value: datetime | None) -> str | None:
-    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, the form every time in the store has."""
-    if value is None:
-        return None
-    value = value.astimezone(UTC)
-    if value.year < 1000:
-        # strftime writes such a year without leading zeros (glibc); kept as it was.
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    # isoformat is a third faster than strftime, and an article's rows hold several times.
-    return value.isoformat(timespec="seconds")[:19] + "Z"
-
-
-def from_iso(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def utcnow() -> datetime:
@@ -2035,11 +2016,12 @@ class Store:
         columns = ("id", "title", "first_seen", "last_seen", "article_count", "source_count",
                    "canonical_article_id")
         if starred:
-            # Few enough to sort here: the starred ones a reader keeps.
-            rows = sorted((row for row in select_in(
-                self.db.conn, f"SELECT {', '.join(columns)} FROM stories WHERE id IN ({{}})",
-                saved_story_ids(self.db.conn)) if row[3] >= since_iso and row[5] >= min_sources),
-                key=lambda row: (row[3], row[0]), reverse=True)[:limit]
+            rows = self.db.execute(
+                f"SELECT {', '.join(columns)} FROM stories "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ? "
+                "AND source_count >= ? ORDER BY last_seen DESC, id DESC LIMIT ?",
+                [json.dumps(saved_story_ids(self.db.conn)), since_iso, min_sources,
+                 limit]).fetchall()
         elif min_sources > 1:
             ids = newest_story_ids(self.db.conn, limit, min_sources, since_iso)
             position = {story_id: index for index, story_id in enumerate(ids)}

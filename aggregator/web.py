@@ -45,7 +45,7 @@ from .readers import (
     purged_totals,
     search_stories,
 )
-from .reading import LARGEST_ID
+from .reading import LARGEST_ID, html_link
 
 FEED_SIZE = 50
 PAGE_SIZE = 100
@@ -154,20 +154,14 @@ table {{ border-collapse: collapse; width: 100%; }} td, th {{ text-align: left;
 <footer class="meta">news-dedup-aggregator {__version__}</footer></body></html>""")
 
 
-def _link(url: str | None, text: str) -> str:
-    if url and url.startswith(("http://", "https://")):
-        return f'<a href="{escape(url)}">{escape(text)}</a>'
-    return escape(text)
-
-
 def _story_item(story: dict, matching: int | None = None) -> str:
     """One story of a list: the canonical's title and link, when, how many versions, and
     the other outlets; ``matching``: how many of its versions a search matched."""
     others = [m for m in story["members"] if not m["is_canonical"]]
-    also = ", ".join(_link(m["url"], m["source"]) for m in others)
+    also = ", ".join(html_link(m["url"], m["source"]) for m in others)
     matched = f" ({matching} matching)" if matching is not None else ""
     return (
-        f'<article class="story"><h2>{_link(story["canonical_url"], story["title"])}</h2>'
+        f'<article class="story"><h2>{html_link(story["canonical_url"], story["title"])}</h2>'
         f'<div class="meta">{escape(story["canonical_source"])} · '
         f'<time datetime="{escape(story["last_updated"])}">'
         f'{escape(story["last_published"][:16].replace("T", " "))} UTC</time> · '
@@ -303,7 +297,7 @@ async def story_page(request: Request) -> Response:
     history = _rows(database, "SELECT * FROM canonical_history WHERE story_id = ? ORDER BY id",
                     [story_id])
     rows = "".join(
-        f'<tr><td>{_link(m["url"], m["title"])}<div class="meta">'
+        f'<tr><td>{html_link(m["url"], m["title"])}<div class="meta">'
         f'{escape(m["text"][:280])}{"…" if len(m["text"]) > 280 else ""}</div></td>'
         f'<td>{escape(m["source"])}</td><td>{escape(m["published"])}</td>'
         f'<td class="relation">{escape(m["relation"] or "")}</td>'
