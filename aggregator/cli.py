@@ -134,14 +134,18 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
         # Below a second the scheduler skips tick after tick while a pass runs, and warns
         # each time: a pass is what takes the time, not the waiting between them.
         raise click.BadParameter(f"at least {MIN_TICK_S:g}s, got {tick!r}", param_hint="--tick")
-    aggregator = Aggregator(config)
-    # Taken once the store exists (it makes the database's folder): while this process
-    # keeps a window, ``aggregator purge`` leaves the store to its retention.
-    try:
-        with holding_window(config.database):
+    # Taken before the window is loaded: while this process keeps a window,
+    # ``aggregator purge`` leaves the store to its retention, and ``recluster``, ``split``
+    # and ``merge`` leave its stories to the daemon (a change made between the loading and
+    # the lock would be missing from the window).
+    if config.database != ":memory:":
+        Path(config.database).parent.mkdir(parents=True, exist_ok=True)
+    with holding_window(config.database):
+        aggregator = Aggregator(config)
+        try:
             _run(aggregator, config, once, force_all, tick_s, Daemon)
-    finally:
-        aggregator.close()
+        finally:
+            aggregator.close()
 
 
 def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon) -> None:
@@ -809,6 +813,12 @@ def explain(config_path, article_id) -> None:
     click.echo(f"story {article['story_id']}, relation now {article['relation']} "
                f"(similarity to the canonical {article['similarity']:.3f})")
     click.echo(f"decision when it arrived: {decision['reason']}")
+    for correction_id, kind, applied_at in store.db.execute(
+            "SELECT id, kind, applied_at FROM story_corrections WHERE applied_at IS NOT NULL "
+            "AND error IS NULL AND ? IN (SELECT value FROM json_each(article_ids)) ORDER BY id",
+            [article_id]):
+        click.echo(f"moved by a reader since: correction {correction_id} ({kind}, "
+                   f"{applied_at}; `aggregator corrections` lists it)")
     # No fingerprint: stored while clustering was off, and not reclustered since.
     salient_terms = json.loads(article["salient_terms"] or "[]")
     click.echo(f"salient terms: {', '.join(salient_terms) or '-'}")
@@ -832,6 +842,140 @@ def explain(config_path, article_id) -> None:
                    f"{candidate['cosine']:.3f} x time {candidate['time_factor']:.3f} "
                    f"(threshold {candidate['threshold']:.3f}); shared salient terms: "
                    f"{', '.join(shared) or '-'}")
+
+
+CORRECTION_WAIT_OPTION = click.option(
+    "--wait", default="60s", show_default=True, metavar="DURATION",
+    help="While a daemon runs: how long to wait for it to carry the correction out.")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("article_ids", metavar="ARTICLE_ID...", nargs=-1, required=True,
+                type=STORED_ID)
+@CORRECTION_WAIT_OPTION
+@handle_errors
+def split(config_path, article_ids, wait) -> None:
+    """Take articles out of a story that took them wrongly: they become a story of their
+    own (together, when several are named; they must be one story's, and not all of it).
+
+    The correction is kept: `aggregator recluster` makes it again.  Only stories in the
+    clustering window can change.  While a daemon runs on the store, it carries the
+    correction out at its next tick; this command waits for it (--wait).
+
+    \b
+    Examples:
+        aggregator split 42
+        aggregator split 42 43
+    """
+    store = open_store(config_path)
+    missing = [a for a in article_ids if store.article(a) is None]
+    if missing:
+        raise AggregatorError(f"no article {missing[0]}")
+    _correct(config_path, store, "split", list(dict.fromkeys(article_ids)), wait)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("story_ids", metavar="STORY_ID STORY_ID...", nargs=-1, required=True,
+                type=STORED_ID)
+@CORRECTION_WAIT_OPTION
+@handle_errors
+def merge(config_path, story_ids, wait) -> None:
+    """Make stories that tell the same story one: the oldest (the lowest id) takes the
+    other stories' articles, and its canonical is elected among all of them.
+
+    The correction is kept (by one article of each story): `aggregator recluster` makes it
+    again.  Only stories in the clustering window can change.  While a daemon runs on the
+    store, it carries the correction out at its next tick; this command waits for it
+    (--wait).
+
+    \b
+    Example:
+        aggregator merge 12 15
+    """
+    store = open_store(config_path)
+    stories = list(dict.fromkeys(story_ids))
+    if len(stories) < 2:
+        raise click.UsageError("name two stories or more")
+    canonicals = []
+    for story_id in stories:
+        row = store.db.execute("SELECT canonical_article_id FROM stories WHERE id = ?",
+                               [story_id]).fetchone()
+        if row is None:
+            raise AggregatorError(f"no story {story_id}")
+        canonicals.append(row[0])
+    _correct(config_path, store, "merge", canonicals, wait)
+
+
+def _correct(config_path, store, kind: str, article_ids: list[int], wait: str) -> None:
+    """Keep the correction, then carry it out here, or wait for the running daemon to."""
+    from .pipeline import Aggregator
+    from .retention import window_to_self
+    from .store import utcnow
+
+    try:
+        wait_s = parse_duration(wait)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait") from None
+    config = load_config(config_path)
+    correction_id = store.request_correction(kind, article_ids, utcnow())
+    with window_to_self(config.database) as alone:
+        if alone:
+            aggregator = Aggregator(config, store)
+            try:
+                aggregator.apply_corrections()
+                applied_at, story_id, error = store.correction_state(correction_id)
+            finally:
+                aggregator.close()
+        else:
+            deadline = time.monotonic() + wait_s
+            applied_at, story_id, error = store.correction_state(correction_id)
+            while applied_at is None and time.monotonic() < deadline:
+                time.sleep(CORRECTION_POLL_S)
+                applied_at, story_id, error = store.correction_state(correction_id)
+    if applied_at is None:
+        click.echo(f"correction {correction_id} kept: the running daemon carries it out at "
+                   "its next tick (`aggregator corrections` shows when)")
+    elif error is not None:
+        raise AggregatorError(f"correction {correction_id} not carried out: {error}")
+    else:
+        click.echo(f"correction {correction_id}: the articles are in story {story_id} now")
+
+
+# How often a correction's command looks whether the daemon carried it out.
+CORRECTION_POLL_S = 0.25
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a correction.")
+@handle_errors
+def corrections(config_path, as_json) -> None:
+    """The corrections made with `aggregator split` and `merge`, oldest first: the
+    articles named, when each was carried out and the story it gave, or why it could not
+    be carried out.
+
+    \b
+    Example:
+        aggregator corrections
+    """
+    store = open_store(config_path)
+    rows = list(store.db.query("SELECT id, kind, article_ids, requested_at, applied_at, "
+                               "story_id, error FROM story_corrections ORDER BY id"))
+    for row in rows:
+        row["article_ids"] = json.loads(row["article_ids"])
+        if as_json:
+            click.echo(json.dumps(row))
+            continue
+        named = ", ".join(map(str, row["article_ids"]))
+        state = ("waiting for the daemon" if row["applied_at"] is None else
+                 f"not carried out: {row['error']}" if row["error"] is not None else
+                 f"carried out {row['applied_at']}: story {row['story_id']}")
+        click.echo(f"{row['id']}: {row['kind']} of articles {named} "
+                   f"(asked {row['requested_at']}); {state}")
+    if not rows and not as_json:
+        click.echo("no corrections")
 
 
 def _since_date(value: str | None):

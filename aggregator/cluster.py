@@ -1195,6 +1195,88 @@ class Clusterer:
         return self.rows.article_id[np.frombuffer(self.stories[story_id].slots,
                                                   dtype=np.int64)].tolist()
 
+    def memberships(self, article_ids: list[int]) -> tuple[dict[int, int], dict[int, list[int]]]:
+        """For the articles of ``article_ids`` in the window: each one's story, and the
+        members of those stories (what ``corrections.plan`` reads)."""
+        rows = self.rows
+        slots = np.flatnonzero(rows.alive[:rows.used]
+                               & np.isin(rows.article_id[:rows.used], article_ids))
+        story_of = dict(zip(rows.article_id[slots].tolist(), rows.story_id[slots].tolist(),
+                            strict=True))
+        return story_of, {story_id: self.members(story_id)
+                          for story_id in set(story_of.values())}
+
+    def regroup(self, moves: dict[int, int], losing: tuple[int, ...]) -> list[StoryOutcome]:
+        """Move window articles to other stories (``moves``: article id -> story id, a new
+        story where the id is not one of the window's), then elect the canonical of every
+        story that lost or gained members among all its members again; a story left with
+        no member leaves the window.  Returns the changed stories' outcomes, with every
+        member's relation to its canonical; none for the stories left empty."""
+        rows = self.rows
+        slots = np.flatnonzero(rows.alive[:rows.used]
+                               & np.isin(rows.article_id[:rows.used], list(moves)))
+        targets = {story_id: self.stories.get(story_id) for story_id in set(moves.values())}
+        made = [story_id for story_id, story in targets.items() if story is None]
+        for story in self._new_stories(made):
+            targets[story.story_id] = story
+        touched = {story_id: self.stories[story_id] for story_id in losing}
+        touched.update(targets)
+        for slot, article_id in zip(slots.tolist(), rows.article_id[slots].tolist(),
+                                    strict=True):
+            story = targets[moves[article_id]]
+            rows.story_id[slot] = story.story_id
+            rows.story_row[slot] = story.row
+        outcomes = []
+        for story in touched.values():
+            members = np.flatnonzero(rows.alive[:rows.used]
+                                     & (rows.story_id[:rows.used] == story.story_id))
+            if not members.size:
+                self._drop_story(story)
+                continue
+            self._set_members(story, members)
+            outcomes.append(self._elect_among_all(story))
+        return outcomes
+
+    def _drop_story(self, story: StoryState) -> None:
+        del self.stories[story.story_id]
+        self._story_at[story.row] = None
+        self.story_columns.release([story.row])
+
+    def _set_members(self, story: StoryState, slots: np.ndarray) -> None:
+        """A story's members and the columns that follow from them, from its rows
+        (``slots``, in order of arrival: the article ids' order)."""
+        rows, columns, row = self.rows, self.story_columns, story.row
+        slots = slots[np.argsort(rows.article_id[slots], kind="stable")]
+        story.slots = array("q", slots.tolist())
+        times = rows.published_ts[slots]
+        dated = times[rows.dated[slots].astype(bool)]
+        columns.size[row] = len(slots)
+        columns.first_ts[row], columns.last_ts[row] = times.min(), times.max()
+        columns.dated_first_ts[row] = dated.min() if dated.size else math.inf
+        columns.dated_last_ts[row] = dated.max() if dated.size else -math.inf
+
+    def _elect_among_all(self, story: StoryState) -> StoryOutcome:
+        """``_elect`` for a story whose members changed other than by a newcomer: every
+        member is ranked, and every member's relation given."""
+        policy, rows = self.settings.canonical_policy, self.rows
+        slots = np.frombuffer(story.slots, dtype=np.int64).copy()
+        story.elected_under = None
+        best_slot, runner_up_slot = self._best_two(story, -1, slots, policy)
+        best_id = int(rows.article_id[best_slot])
+        previous = story.canonical_id
+        story.canonical_id, story.canonical_slot = best_id, best_slot
+        story.elected_under = policy
+        reason = None
+        if previous != best_id:
+            reason = FIRST_VERSION if runner_up_slot is None else canonical_reason(
+                self.member(best_slot), self.member(runner_up_slot), policy)
+        return StoryOutcome(
+            story_id=story.story_id, canonical_id=best_id, previous_canonical_id=previous,
+            canonical_reason=reason,
+            member_relations=self._relations(best_slot, slots, -1, None),
+            first_ts=story.first_ts, last_ts=story.last_ts, article_count=len(slots),
+            source_count=len(set(rows.source[slots].tolist())))
+
     def terms_held(self) -> np.ndarray:
         """Which term numbers the window's vectors hold (by number: a term can only leave
         memory, and its number go to another, once no vector of the window holds it)."""

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -44,6 +44,7 @@ from .cluster import (
     window_start,
 )
 from .config import ClusteringSettings, Config, EntryFilter, Source, split_url
+from .corrections import NEW_STORY, Correction, CorrectionError, describe, plan
 from .errors import (
     AggregatorError,
     FetchError,
@@ -1521,10 +1522,67 @@ class Aggregator:
                 self._cluster_and_store(conn, staged, [(a.source_id, a.article.source,
                                                         a.priority, a.article, a.id)
                                                        for a in articles], report, progress)
+            self.store.carry_deliveries(conn)
+            # A reader's corrections outlast new settings: made again, in order, on the
+            # new stories (those that no longer apply are passed over).
+            now = utcnow()
+            for correction in self.store.corrections(conn, pending=False):
+                with suppress(CorrectionError):
+                    self._carry_out(conn, correction, now)
             if since is None:
                 self.store.forget_unclustered(conn)
         self.clusterer = self._load_clusterer()
         return report.new_articles
+
+    # -- a reader's corrections ---------------------------------------------------------------
+
+    def apply_corrections(self, now: datetime | None = None) -> list[tuple[Correction,
+                                                                           int | None,
+                                                                           str | None]]:
+        """Carry out the corrections not carried out yet (``aggregator split`` and ``merge``
+        keep them in the store), in one transaction, in the order made: for each, the story
+        its articles are in afterwards, or why it could not be carried out (also recorded).
+        Cheap when there are none: one look-up in a partial index."""
+        if not self.store.corrections(self.store.db.conn, pending=True):
+            return []
+        now = now or utcnow()
+        results: list[tuple[Correction, int | None, str | None]] = []
+        with self._writing() as conn:
+            for correction in self.store.corrections(conn, pending=True):
+                story_id, error = None, None
+                try:
+                    if not self.settings.enabled:
+                        raise CorrectionError("clustering is off ([clustering] enabled = "
+                                              "false): stories cannot change")
+                    story_id = self._carry_out(conn, correction, now)
+                except CorrectionError as exc:
+                    error = str(exc)
+                    log.info("%s: not carried out: %s", describe(correction), error)
+                else:
+                    log.info("%s: now story %d", describe(correction), story_id)
+                self.store.record_correction(conn, correction.id, now, story_id, error)
+                results.append((correction, story_id, error))
+        return results
+
+    def _carry_out(self, conn, correction: Correction, now: datetime) -> int:
+        """One correction, in the clusterer and in the open transaction; returns the story
+        of its first article afterwards."""
+        clusterer = self.clusterer
+        story_of, members_of = clusterer.memberships(list(correction.article_ids))
+        regrouping = plan(correction, story_of, members_of)
+        moves = regrouping.moves
+        if NEW_STORY in moves.values():
+            new_story = self._reads.new_story_id()
+            moves = {article_id: new_story if story_id == NEW_STORY else story_id
+                     for article_id, story_id in moves.items()}
+        # The clusterer changes before the store: a failure from here on rebuilds it from
+        # what the store kept (``_writing``).
+        self._clusterer_changes += 1
+        outcomes = clusterer.regroup(moves, regrouping.losing)
+        taker = dict.fromkeys(regrouping.emptied, next(iter(moves.values())))
+        self.store.regroup_stories(conn, moves, outcomes, taker, describe(correction), now)
+        first = correction.article_ids[0]
+        return moves.get(first, story_of[first])
 
     # -- passes -----------------------------------------------------------------------------
 
@@ -1566,6 +1624,9 @@ class Aggregator:
         which bounds the memory that fetched, not yet stored sources hold.
         """
         now = utcnow()
+        # A reader's corrections first: the entries of this pass then meet the corrected
+        # stories.
+        self.apply_corrections(now)
         rows = self._source_rows()
         sources = [s for s in self.config.sources if s.enabled] if force else \
             self._due(now, rows)

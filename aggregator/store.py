@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
+from .corrections import Correction
 from .errors import SchemaTooNewError, StoreError
 from .native import kernels
 from .normalize import NormalizedArticle
@@ -601,6 +602,24 @@ def _m016_reading_marks(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m017_story_corrections(db: sqlite_utils.Database) -> None:
+    """A reader's corrections of the clustering (``corrections``): kept by article ids,
+    which ``aggregator recluster`` keeps, so that it can make them again.  The partial index
+    finds the ones not carried out yet, which the daemon looks for at every tick."""
+    _run_script(db, """
+    CREATE TABLE story_corrections (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('split', 'merge')),
+        article_ids TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        applied_at TEXT,
+        story_id INTEGER,
+        error TEXT
+    );
+    CREATE INDEX story_corrections_pending ON story_corrections(id) WHERE applied_at IS NULL;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -618,6 +637,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("014_stories_by_coverage", _m014_stories_by_coverage),
     ("015_webhook_deliveries", _m015_webhook_deliveries),
     ("016_reading_marks", _m016_reading_marks),
+    ("017_story_corrections", _m017_story_corrections),
 ]
 
 
@@ -1758,6 +1778,98 @@ class Store:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
                      "WHERE key = 'documents'", [documents])
 
+    # -- a reader's corrections (``corrections``) -------------------------------------------
+
+    def request_correction(self, kind: str, article_ids: Sequence[int], now: datetime) -> int:
+        """Keep a correction for the writer to carry out; returns its id.  One short
+        transaction, which waits for a running daemon's to end."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            correction_id = conn.execute(
+                "INSERT INTO story_corrections (kind, article_ids, requested_at) "
+                "VALUES (?, ?, ?)", [kind, json.dumps([int(a) for a in article_ids]),
+                                     to_iso(now)]).lastrowid
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback(conn)
+            raise
+        return correction_id
+
+    @staticmethod
+    def corrections(conn: sqlite3.Connection, pending: bool) -> list[Correction]:
+        """The corrections not carried out yet (``pending``), or those carried out without
+        an error, in the order they were made."""
+        where = ("applied_at IS NULL" if pending
+                 else "applied_at IS NOT NULL AND error IS NULL")
+        return [Correction(correction_id, kind, tuple(json.loads(article_ids)))
+                for correction_id, kind, article_ids in conn.execute(
+                    f"SELECT id, kind, article_ids FROM story_corrections WHERE {where} "
+                    "ORDER BY id")]
+
+    def correction_state(self, correction_id: int) -> tuple[str | None, int | None,
+                                                             str | None]:
+        """``(applied_at, story_id, error)`` of a correction: when it was carried out (None:
+        not yet), the story its articles are in then, and why it could not be."""
+        row = self.db.execute("SELECT applied_at, story_id, error FROM story_corrections "
+                              "WHERE id = ?", [correction_id]).fetchone()
+        if row is None:
+            raise StoreError(f"no correction {correction_id}")
+        return row[0], row[1], row[2]
+
+    @staticmethod
+    def record_correction(conn: sqlite3.Connection, correction_id: int, now: datetime,
+                          story_id: int | None, error: str | None) -> None:
+        conn.execute("UPDATE story_corrections SET applied_at = ?, story_id = ?, error = ? "
+                     "WHERE id = ?", [to_iso(now), story_id, error, correction_id])
+
+    @staticmethod
+    def regroup_stories(conn: sqlite3.Connection, moves: Mapping[int, int], outcomes: list,
+                        emptied: Mapping[int, int], note: str, now: datetime) -> None:
+        """Write what the clusterer's ``regroup`` decided: the moved articles' stories (a
+        story not stored yet is made), every changed story's canonical, relations and row
+        (its times and counts read from its members), the canonical's history with the
+        reason and ``note``; the stories left empty (``emptied``: each with the story that
+        took its members) go, their webhook deliveries carried to that story so that it is
+        not posted again."""
+        made = [story_id for story_id in dict.fromkeys(moves.values())
+                if conn.execute("SELECT 1 FROM stories WHERE id = ?", [story_id]).fetchone()
+                is None]
+        conn.executemany("INSERT INTO stories (id, first_seen, last_seen, first_published, "
+                         "last_published) VALUES (?, '', '', '', '')",
+                         [[story_id] for story_id in made])
+        conn.executemany("UPDATE articles SET story_id = ? WHERE id = ?",
+                         [[story_id, article_id] for article_id, story_id in moves.items()])
+        conn.executemany("UPDATE articles SET relation = ?, similarity = ? WHERE id = ?",
+                         [[relation, similarity, member] for outcome in outcomes
+                          for member, (relation, similarity)
+                          in outcome.member_relations.items()])
+        conn.executemany(
+            "INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
+            "reason, changed_at) VALUES (?, ?, ?, ?, ?)",
+            [[outcome.story_id, outcome.canonical_id, outcome.previous_canonical_id,
+              f"{outcome.canonical_reason} ({note})", to_iso(now)]
+             for outcome in outcomes if outcome.canonical_reason is not None])
+        conn.executemany(
+            "UPDATE stories SET canonical_article_id = ?1, title = (SELECT title FROM "
+            "articles WHERE id = ?1), first_seen = m.first_seen, last_seen = m.last_seen, "
+            "first_published = m.first_published, last_published = m.last_published, "
+            "article_count = m.articles, source_count = m.sources "
+            "FROM (SELECT min(fetched) AS first_seen, max(fetched) AS last_seen, "
+            "min(published) AS first_published, max(published) AS last_published, "
+            "count(*) AS articles, count(DISTINCT source_id) AS sources FROM articles "
+            "WHERE story_id = ?2) AS m WHERE stories.id = ?2",
+            [[outcome.canonical_id, outcome.story_id] for outcome in outcomes])
+        for story_id, taker in emptied.items():
+            conn.execute("INSERT OR IGNORE INTO webhook_deliveries (webhook, story_id, "
+                         "outcome, attempts, status, error, last_attempt_at, delivered_at) "
+                         "SELECT webhook, ?, outcome, attempts, status, error, "
+                         "last_attempt_at, delivered_at FROM webhook_deliveries "
+                         "WHERE story_id = ?", [taker, story_id])
+            for table in ("webhook_deliveries", "canonical_history"):
+                conn.execute(f"DELETE FROM {table} WHERE story_id = ?", [story_id])
+            conn.execute("DELETE FROM stories WHERE id = ?", [story_id])
+
     def detach_stories(self, conn: sqlite3.Connection,
                        since: datetime | None) -> list[ReplayArticle]:
         """Dissolve the stories with a member published since ``since`` (all when None).
@@ -1784,6 +1896,17 @@ class Store:
                      "WHERE story_id IN (SELECT story_id FROM temp.detached)")
         conn.execute("DELETE FROM canonical_history "
                      "WHERE story_id IN (SELECT story_id FROM temp.detached)")
+        # A dissolved story's webhook deliveries wait for the story its canonical lands in
+        # (``carry_deliveries``): left under its id, they would be another story's once
+        # a new story takes that id, and that story would never be posted.
+        conn.execute("DROP TABLE IF EXISTS temp.carried_deliveries")
+        conn.execute("CREATE TEMP TABLE carried_deliveries AS SELECT d.webhook, "
+                     "s.canonical_article_id AS article_id, d.outcome, d.attempts, d.status, "
+                     "d.error, d.last_attempt_at, d.delivered_at FROM webhook_deliveries d "
+                     "JOIN stories s ON s.id = d.story_id "
+                     "WHERE d.story_id IN (SELECT story_id FROM temp.detached)")
+        conn.execute("DELETE FROM webhook_deliveries "
+                     "WHERE story_id IN (SELECT story_id FROM temp.detached)")
         conn.execute("DELETE FROM stories WHERE id IN (SELECT story_id FROM temp.detached)")
         conn.execute("DROP TABLE temp.detached")
         removed: dict[str, int] = {}
@@ -1801,6 +1924,19 @@ class Store:
             author=row[9], published=from_iso(row[10]), has_published=bool(row[11]),
             fetched=from_iso(row[12]), text=row[13], content_hash=row[14],
             identity_keys=(row[7],))) for row in rows]
+
+    @staticmethod
+    def carry_deliveries(conn: sqlite3.Connection) -> None:
+        """After ``detach_stories``' articles are placed again: each dissolved story's
+        webhook deliveries go to the story its canonical is in now (a delivered one first,
+        where two of them land in one story), so that nothing is posted twice."""
+        conn.execute("INSERT OR IGNORE INTO webhook_deliveries (webhook, story_id, outcome, "
+                     "attempts, status, error, last_attempt_at, delivered_at) "
+                     "SELECT c.webhook, a.story_id, c.outcome, c.attempts, c.status, c.error, "
+                     "c.last_attempt_at, c.delivered_at FROM temp.carried_deliveries c "
+                     "JOIN articles a ON a.id = c.article_id "
+                     "ORDER BY c.delivered_at IS NULL, c.rowid")
+        conn.execute("DROP TABLE temp.carried_deliveries")
 
     # -- state for the clusterer -------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -324,3 +325,31 @@ def test_a_webhook_keeps_its_url_and_headers_out_of_logs(tmp_path):
     assert webhook == Webhook("chat", "https://hooks.example/T0/B0/token123", 2, ("world",),
                               (("Authorization", "x"),), "json")
     assert "token123" not in repr(webhook) and "Authorization" not in repr(webhook)
+
+
+def test_a_recluster_posts_nothing_again_and_leaves_no_delivery_behind(tmp_path, seed_dir,
+                                                                       feed_server):
+    feed_server.route("/all", Reply(200, b"ok"))
+    config = load_config(seeds_with_webhooks(tmp_path, seed_dir,
+                                             hook(feed_server, "everything", "/all")),
+                         environ={})
+    # The wire's stories after the Lavrov story, which is stored first.
+    wire = seed_dir / "other.rss.xml"
+    wire.write_text(wire.read_text().replace(" Jan 2026", " Mar 2026"))
+    aggregator = Aggregator(config)
+    try:
+        aggregator.run_pass()
+        assert len(posted(feed_server, "/all")) == 6
+        # Reclustered under settings that keep the Lavrov write-ups apart: the stories
+        # are numbered anew (the wire's after three Lavrov stories), two of them new.
+        aggregator.settings = replace(config.clustering, same_story_threshold=0.99,
+                                      long_text_threshold=0.99)
+        aggregator.recluster()
+        assert check_store(aggregator.store, config.clustering) == []
+        aggregator.run_pass(force=True)
+        titles = [payload["story"]["title"] for payload in posted(feed_server, "/all")]
+        assert len(titles) == 8 and len(set(titles)) == 8
+        assert aggregator.store.db.execute(
+            "SELECT count(*) FROM webhook_deliveries").fetchone()[0] == 8
+    finally:
+        aggregator.close()
