@@ -772,6 +772,39 @@ def remove(config_path, name) -> None:
     _change_source(config_path, name, None)
 
 
+@main.command()
+@CONFIG_OPTION
+@click.argument("destination", metavar="DEST")
+@click.option("--compact", is_flag=True,
+              help="Rewrite the copy without free pages (VACUUM INTO): smaller, slower.")
+@click.option("--no-check", "skip_check", is_flag=True,
+              help="Skip SQLite's quick_check of the copy.")
+@handle_errors
+def backup(config_path, destination, compact, skip_check) -> None:
+    """Copy the database to DEST, consistently, while a daemon may be writing to it.
+
+    DEST is a file (replaced only once the new copy is whole and checked) or a folder (the
+    copy is named after the database and the time).  The copy holds every transaction
+    committed before it began; it is readable by its owner alone.  To restore, stop the
+    daemon and put the copy in the database's place.
+
+    \b
+    Examples:
+        aggregator backup /backups/aggregator.db
+        aggregator backup /backups/              # aggregator-20261207T120000Z.db
+        aggregator backup /backups/ --compact
+    """
+    from .backup import back_up, backup_path
+    from .store import utcnow
+
+    config = load_config(config_path)
+    report = back_up(config.database, backup_path(config.database, destination, utcnow()),
+                     compact=compact, check=not skip_check)
+    click.echo(f"backed up {config.database} to {report.path}: {report.size:,} bytes, "
+               f"{report.articles:,} articles in {report.stories:,} stories, "
+               f"{report.seconds:.1f} s")
+
+
 @main.command(name="export-opml")
 @CONFIG_OPTION
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File [default: stdout].")
