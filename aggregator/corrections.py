@@ -14,10 +14,14 @@ pure functions over the window's story membership (``plan_split``, ``plan_merge`
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .errors import AggregatorError
+from .readers import to_iso
 
 SPLIT = "split"
 MERGE = "merge"
@@ -55,6 +59,23 @@ class Regrouping:
     @property
     def gaining(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(self.moves.values()))
+
+
+def request_correction(conn: sqlite3.Connection, kind: str, article_ids: Sequence[int],
+                       now: datetime) -> int:
+    """Keep a correction for the writer to carry out, in a transaction of its own (which
+    waits for the daemon's to end); returns its id."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        correction_id = conn.execute(
+            "INSERT INTO story_corrections (kind, article_ids, requested_at) VALUES (?, ?, ?)",
+            [kind, json.dumps([int(a) for a in article_ids]), to_iso(now)]).lastrowid
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return correction_id
 
 
 def _stories_of(article_ids: Sequence[int], story_of: Mapping[int, int]) -> dict[int, int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .corrections import Correction
+from .corrections import Correction, request_correction
 from .errors import SchemaTooNewError, StoreError
 from .native import kernels
 from .normalize import NormalizedArticle
@@ -1781,20 +1781,8 @@ class Store:
     # -- a reader's corrections (``corrections``) -------------------------------------------
 
     def request_correction(self, kind: str, article_ids: Sequence[int], now: datetime) -> int:
-        """Keep a correction for the writer to carry out; returns its id.  One short
-        transaction, which waits for a running daemon's to end."""
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            correction_id = conn.execute(
-                "INSERT INTO story_corrections (kind, article_ids, requested_at) "
-                "VALUES (?, ?, ?)", [kind, json.dumps([int(a) for a in article_ids]),
-                                     to_iso(now)]).lastrowid
-            conn.execute("COMMIT")
-        except BaseException:
-            self.rollback(conn)
-            raise
-        return correction_id
+        """``corrections.request_correction`` through the store's connection."""
+        return request_correction(self.db.conn, kind, article_ids, now)
 
     @staticmethod
     def corrections(conn: sqlite3.Connection, pending: bool) -> list[Correction]:

@@ -2,13 +2,17 @@
 reading apps' APIs (``fever``, ``greader``).
 
 Every request reads the database through its own read-only connection, so the web side never
-blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.  The one
-exception is the reading apps' marks (read, saved): short transactions of their own, which
-wait for the daemon's.
+blocks the writer and can run as a replica (``aggregator serve``) beside a daemon.  The two
+exceptions are the reading apps' marks (read, saved) and the corrections asked for from a
+story's page (``story_corrections``, which the daemon carries out): short transactions of
+their own, which wait for the daemon's.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import re
 import sqlite3
@@ -20,19 +24,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import nh3
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import __version__
 from .config import AppAccount
+from .corrections import KINDS, request_correction
 from .fever import fever_endpoint
 from .greader import client_login, reader_api
 from .readers import (
@@ -45,7 +51,7 @@ from .readers import (
     purged_totals,
     search_stories,
 )
-from .reading import LARGEST_ID, html_link
+from .reading import LARGEST_ID, html_link, marks_connection
 
 FEED_SIZE = 50
 PAGE_SIZE = 100
@@ -150,6 +156,7 @@ h1 {{ font-size: 1.5rem; }} .story {{ margin: 0 0 1.4rem; }}
 table {{ border-collapse: collapse; width: 100%; }} td, th {{ text-align: left;
         padding: .35rem .5rem; border-bottom: 1px solid #ddd; vertical-align: top; }}
 .relation {{ font-variant: small-caps; }} a {{ color: #0645ad; }}
+.notice {{ background: #fff8d6; padding: .5rem .75rem; }}
 </style></head><body>{body}
 <footer class="meta">news-dedup-aggregator {__version__}</footer></body></html>""")
 
@@ -296,24 +303,161 @@ async def story_page(request: Request) -> Response:
                     [story_id])
     history = _rows(database, "SELECT * FROM canonical_history WHERE story_id = ? ORDER BY id",
                     [story_id])
+    # Corrections are offered where the reading apps' account can sign them, and a story
+    # of one version has nothing to split from.
+    correcting = request.app.state.apps is not None
+    splitting = correcting and len(members) > 1
     rows = "".join(
         f'<tr><td>{html_link(m["url"], m["title"])}<div class="meta">'
         f'{escape(m["text"][:280])}{"…" if len(m["text"]) > 280 else ""}</div></td>'
         f'<td>{escape(m["source"])}</td><td>{escape(m["published"])}</td>'
         f'<td class="relation">{escape(m["relation"] or "")}</td>'
-        f'<td>{m["similarity"]:.2f}</td></tr>' for m in members)
+        f'<td>{m["similarity"]:.2f}</td>'
+        + (_split_form(story_id, m["article_id"]) if splitting else "")
+        + "</tr>" for m in members)
     changes = "".join(
         f'<li>{escape(h["changed_at"])}: article {h["article_id"]}'
         + (f' replaced article {h["previous_article_id"]}' if h["previous_article_id"] else "")
         + f' — {escape(h["reason"])}</li>' for h in history)
-    body = (f'<p><a href="/">← Latest stories</a></p><h1>{escape(story["title"])}</h1>'
+    body = (f'<p><a href="/">← Latest stories</a></p>'
+            f'{_correction_notice(database, request.query_params.get("correction"))}'
+            f'<h1>{escape(story["title"])}</h1>'
             f'<p class="meta">{story["article_count"]} versions from {story["source_count"]} '
             f'sources · first seen {escape(story["first_seen"])} · last updated '
             f'{escape(story["last_updated"])}</p>'
             '<table><thead><tr><th>Version</th><th>Source</th><th>Published</th>'
-            f'<th>Relation</th><th>Similarity</th></tr></thead><tbody>{rows}</tbody></table>'
-            f'<h2>Why this canonical</h2><ul>{changes}</ul>')
+            '<th>Relation</th><th>Similarity</th>' + ("<th></th>" if splitting else "")
+            + f'</tr></thead><tbody>{rows}</tbody></table>'
+            + (_merge_form(story_id) if correcting else "")
+            + f'<h2>Why this canonical</h2><ul>{changes}</ul>')
     return _page(story["title"], body)
+
+
+def _split_form(story_id: int, article_id: int) -> str:
+    return (f'<td><form method="post" action="/story/{story_id}/split">'
+            f'<input type="hidden" name="article_id" value="{article_id}">'
+            '<button type="submit" title="This version tells another story: take it out">'
+            'Not this story</button></form></td>')
+
+
+def _merge_form(story_id: int) -> str:
+    return (f'<form method="post" action="/story/{story_id}/merge" class="meta">'
+            '<label>Another story that tells this one: story <input type="number" '
+            'name="story_id" min="1" required></label> <button type="submit">Merge</button>'
+            "</form>")
+
+
+def _correction_notice(database: str, correction: str | None) -> str:
+    """Where a correction asked for from this page stands (``?correction=N``)."""
+    if correction is None or not correction.isascii() or not correction.isdigit() \
+            or int(correction) > LARGEST_ID:
+        return ""
+    found = _rows(database, "SELECT applied_at, story_id, error FROM story_corrections "
+                            "WHERE id = ?", [int(correction)])
+    if not found:
+        return ""
+    state = found[0]
+    if state["applied_at"] is None:
+        text = ("waiting: the daemon carries it out at its next tick (reload this page to "
+                "see it)")
+    elif state["error"] is not None:
+        text = f"not carried out: {escape(state['error'])}"
+    else:
+        text = (f'carried out: the articles are in <a href="/story/{state["story_id"]}">'
+                f'story {state["story_id"]}</a>')
+    return f'<p class="notice">Correction {int(correction)}: {text}</p>'
+
+
+async def correct_story(request: Request) -> Response:
+    """``POST /story/ID/split`` (``article_id``, one or more: versions of the story) and
+    ``POST /story/ID/merge`` (``story_id``: the other story): a correction kept for the
+    daemon, as ``aggregator split`` and ``merge`` keep it; then back to the story's page,
+    which says where it stands.  Signed with the reading apps' account (HTTP Basic), and
+    refused from another site's page (its ``Origin``), since a browser sends the account
+    with any form that posts here."""
+    if request.path_params["kind"] not in KINDS:
+        return PlainTextResponse("Not Found\n", status_code=404)
+    account: AppAccount | None = request.app.state.apps
+    if account is None:
+        return PlainTextResponse("corrections from the web need [http.apps] in the "
+                                 "configuration (its account signs them)\n", status_code=404)
+    if not _same_origin(request):
+        return PlainTextResponse("a correction must come from this site's pages\n",
+                                 status_code=403)
+    if not _signed(request, account):
+        return PlainTextResponse("sign in with the reading apps' account\n", status_code=401,
+                                 headers={"WWW-Authenticate":
+                                          'Basic realm="aggregator", charset="UTF-8"'})
+    story_id = request.path_params["story_id"]
+    kind = request.path_params["kind"]
+    form = await request.form()
+    try:
+        article_ids = await run_in_threadpool(
+            _correction_articles, request.app.state.database, story_id, kind, form)
+    except ValueError as exc:
+        return PlainTextResponse(f"{exc}\n", status_code=400)
+    conn = marks_connection(request.app.state.database)
+    try:
+        correction_id = await run_in_threadpool(request_correction, conn, kind, article_ids,
+                                                datetime.now(UTC))
+    finally:
+        conn.close()
+    return RedirectResponse(f"/story/{story_id}?correction={correction_id}", status_code=303)
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
+def _signed(request: Request, account: AppAccount) -> bool:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        username, colon, password = base64.b64decode(credentials, validate=True).decode(
+            "utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # Both compared whatever the first gives, in constant time.
+    same_user = hmac.compare_digest(username.encode(), account.username.encode())
+    same_password = hmac.compare_digest(password.encode(), account.password.encode())
+    return bool(colon) and same_user and same_password
+
+
+def _form_id(value: str, name: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= LARGEST_ID:
+        raise ValueError(f"{name}: expected an id, got {value[:40]!r}")
+    return int(value)
+
+
+def _correction_articles(database: str, story_id: int, kind: str, form) -> list[int]:
+    """The articles a correction names, from the story's page's form; a ``ValueError``
+    names what is wrong."""
+    if story_id > LARGEST_ID:
+        raise ValueError(f"no story {story_id}")
+    members = {row["id"] for row in _rows(database, "SELECT id FROM articles "
+                                                    "WHERE story_id = ?", [story_id])}
+    if not members:
+        raise ValueError(f"no story {story_id}")
+    if kind == "split":
+        named = [_form_id(value, "article_id") for value in form.getlist("article_id")]
+        if not named:
+            raise ValueError("article_id: name the versions to take out")
+        strangers = [article_id for article_id in named if article_id not in members]
+        if strangers:
+            raise ValueError(f"article_id: article {strangers[0]} is not a version of story "
+                             f"{story_id}")
+        return list(dict.fromkeys(named))
+    other = _form_id(str(form.get("story_id", "")), "story_id")
+    if other == story_id:
+        raise ValueError("story_id: a story other than this one")
+    canonicals = {row["id"]: row["canonical_article_id"] for row in _rows(
+        database, "SELECT id, canonical_article_id FROM stories WHERE id IN (?, ?)",
+        [story_id, other])}
+    if other not in canonicals:
+        raise ValueError(f"story_id: no story {other}")
+    return [canonicals[story_id], canonicals[other]]
 
 
 def _entry_html(story: dict) -> str:
@@ -554,6 +698,7 @@ def create_app(database: str, status: DaemonStatus | None = None,
     app = Starlette(routes=[
         Route("/", home),
         Route("/story/{story_id:int}", story_page),
+        Route("/story/{story_id:int}/{kind:str}", correct_story, methods=["POST"]),
         Route("/search", search_page),
         Route("/sources", sources_page),
         Route("/feed.atom", feed_atom),

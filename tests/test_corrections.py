@@ -4,6 +4,7 @@ memory left as a restart would rebuild it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,14 +17,16 @@ import time
 import pytest
 from click.testing import CliRunner
 from conftest import DATA, SEED_FEEDS, write_config
+from starlette.testclient import TestClient
 
 from aggregator.check import check_store
 from aggregator.cli import main
-from aggregator.config import load_config
+from aggregator.config import AppAccount, load_config
 from aggregator.corrections import NEW_STORY, CorrectionError, plan_merge, plan_split
 from aggregator.pipeline import Aggregator, load_clusterer
 from aggregator.retention import window_to_self
 from aggregator.store import Store, utcnow
+from aggregator.web import create_app
 
 # Two stories of the window: 1 (articles 10, 11, 12) and 2 (20, 21); 3 (30) alone.
 STORY_OF = {10: 1, 11: 1, 12: 1, 20: 2, 21: 2, 30: 3}
@@ -303,3 +306,71 @@ def test_a_daemon_that_starts_during_a_correction_loads_the_corrected_window(see
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+ACCOUNT = AppAccount(username="reader@example.org", password="correct horse")
+SIGNED = {"Authorization": "Basic " + base64.b64encode(b"reader@example.org:correct horse")
+          .decode()}
+
+
+def test_a_story_page_asks_for_corrections_signed_by_the_apps_account(seeds):
+    config = load_config(seeds, environ={})
+    story_id, [canonical, second, _third] = lavrov(config.database)
+    web = TestClient(create_app(config.database, apps=ACCOUNT))
+    page = web.get(f"/story/{story_id}").text
+    assert page.count(f'action="/story/{story_id}/split"') == 3
+    assert f'action="/story/{story_id}/merge"' in page
+    split = {"article_id": str(second)}
+    assert web.post(f"/story/{story_id}/split", data=split).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"reader@example.org:guess").decode()}
+    assert web.post(f"/story/{story_id}/split", data=split, headers=wrong).status_code == 401
+    # Another site's page cannot post it with the browser's credentials.
+    refused = web.post(f"/story/{story_id}/split", data=split,
+                       headers={**SIGNED, "Origin": "https://elsewhere.example"})
+    assert refused.status_code == 403
+    for data, message in [({"article_id": "99"}, f"article 99 is not a version of story "
+                                                 f"{story_id}"),
+                          ({"article_id": "x"}, "article_id: expected an id, got 'x'"),
+                          ({}, "article_id: name the versions to take out")]:
+        answer = web.post(f"/story/{story_id}/split", data=data, headers=SIGNED)
+        assert (answer.status_code, message in answer.text) == (400, True)
+    assert web.post(f"/story/{story_id}/undo", data=split, headers=SIGNED).status_code == 404
+    with sqlite3.connect(config.database) as conn:
+        assert conn.execute("SELECT count(*) FROM story_corrections").fetchone() == (0,)
+    answer = web.post(f"/story/{story_id}/split", data=split,
+                      headers={**SIGNED, "Origin": "http://testserver"},
+                      follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/story/{story_id}?correction=1"
+    assert "Correction 1: waiting: the daemon carries it out" in web.get(
+        answer.headers["location"]).text
+    # The daemon's next tick.
+    aggregator = Aggregator(config)
+    try:
+        aggregator.run_pass()
+    finally:
+        aggregator.close()
+    [new_story] = [s for s, (c, _m) in stories(config.database).items() if c == second]
+    assert (f'Correction 1: carried out: the articles are in <a href="/story/{new_story}">'
+            in web.get(f"/story/{story_id}?correction=1").text)
+    # Merged back from the page.
+    for data, message in [({"story_id": str(new_story)}, "a story other than this one"),
+                          ({"story_id": "999"}, "story_id: no story 999")]:
+        answer = web.post(f"/story/{new_story}/merge", data=data, headers=SIGNED)
+        assert (answer.status_code, message in answer.text) == (400, True)
+    answer = web.post(f"/story/{new_story}/merge", data={"story_id": str(story_id)},
+                      headers=SIGNED, follow_redirects=False)
+    assert answer.headers["location"] == f"/story/{new_story}?correction=2"
+    with sqlite3.connect(config.database) as conn:
+        assert json.loads(conn.execute("SELECT article_ids FROM story_corrections WHERE id = 2")
+                          .fetchone()[0]) == [second, canonical]
+
+
+def test_without_the_apps_account_the_story_page_offers_no_corrections(seeds):
+    config = load_config(seeds, environ={})
+    story_id, [_canonical, second, _third] = lavrov(config.database)
+    web = TestClient(create_app(config.database))
+    assert "Not this story" not in web.get(f"/story/{story_id}").text
+    answer = web.post(f"/story/{story_id}/split", data={"article_id": str(second)},
+                      headers=SIGNED)
+    assert answer.status_code == 404 and "[http.apps]" in answer.text
