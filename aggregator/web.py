@@ -657,6 +657,23 @@ class StoreCollector:
                 next_check_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))""")[0]["n"]
         yield GaugeMetricFamily("aggregator_sources_due", "Sources due for a fetch now "
                                 "(the queue length)", value=due)
+        # What an alert on failing feeds needs: the daemon never drops one, so a feed that
+        # fails for weeks shows here, not by going quiet.
+        sources = GaugeMetricFamily(
+            "aggregator_sources", "Sources by state (source_health.status: ok, backoff, "
+            "cooldown, disabled, disabled in config, never fetched)", labels=["status"])
+        for row in _rows(self.database, "SELECT status, count(*) AS n FROM source_health "
+                                        "WHERE in_config GROUP BY status ORDER BY status"):
+            sources.add_metric([row["status"]], row["n"])
+        yield sources
+        corrections = GaugeMetricFamily(
+            "aggregator_corrections", "Readers' corrections (aggregator split and merge, the "
+            "story pages) by state: waiting for the daemon, done, refused", labels=["state"])
+        for row in _rows(self.database, """SELECT CASE WHEN applied_at IS NULL THEN 'waiting'
+                WHEN error IS NULL THEN 'done' ELSE 'refused' END AS state, count(*) AS n
+                FROM story_corrections GROUP BY state ORDER BY state"""):
+            corrections.add_metric([row["state"]], row["n"])
+        yield corrections
         if self.status is not None:
             if self.status.last_pass_seconds is not None:
                 yield GaugeMetricFamily("aggregator_pass_duration_seconds",

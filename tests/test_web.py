@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -260,6 +261,10 @@ def test_metrics_parse_with_the_prometheus_parser(filled):
     status = DaemonStatus(last_pass_finished=time.time(), last_pass_seconds=0.5,
                           index_articles=lambda: 9, index_article_limit=lambda: 100_000,
                           vocabulary_terms=lambda: (50_000, 31_000))
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE sources SET consecutive_errors = 3 WHERE name = 'Hostile'")
+        conn.execute("INSERT INTO story_corrections (kind, article_ids, requested_at) "
+                     "VALUES ('split', '[1]', '2026-12-07T12:00:00Z')")
     client = TestClient(create_app(database, status))
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -275,6 +280,9 @@ def test_metrics_parse_with_the_prometheus_parser(filled):
     assert samples["aggregator_vocabulary_terms_in_memory{}"] == 31_000
     assert samples["aggregator_pass_duration_seconds{}"] == 0.5
     assert "aggregator_sources_due" in families
+    assert samples['aggregator_sources{"status": "ok"}'] == 4
+    assert samples['aggregator_sources{"status": "backoff"}'] == 1
+    assert samples['aggregator_corrections{"state": "waiting"}'] == 1
 
 
 def test_health_and_readiness(filled):
