@@ -1540,28 +1540,38 @@ class Aggregator:
                                                                            int | None,
                                                                            str | None]]:
         """Carry out the corrections not carried out yet (``aggregator split`` and ``merge``
-        keep them in the store), in one transaction, in the order made: for each, the story
-        its articles are in afterwards, or why it could not be carried out (also recorded).
-        Cheap when there are none: one look-up in a partial index."""
-        if not self.store.corrections(self.store.db.conn, pending=True):
+        keep them in the store), each in a transaction of its own, in the order made: for
+        each, the story its articles are in afterwards, or why it could not be carried out
+        (also recorded).  Cheap when there are none: one look-up in a partial index."""
+        pending = self.store.corrections(self.store.db.conn, pending=True)
+        if not pending:
             return []
         now = now or utcnow()
         results: list[tuple[Correction, int | None, str | None]] = []
-        with self._writing() as conn:
-            for correction in self.store.corrections(conn, pending=True):
-                story_id, error = None, None
-                try:
-                    if not self.settings.enabled:
-                        raise CorrectionError("clustering is off ([clustering] enabled = "
-                                              "false): stories cannot change")
-                    story_id = self._carry_out(conn, correction, now)
-                except CorrectionError as exc:
-                    error = str(exc)
-                    log.info("%s: not carried out: %s", describe(correction), error)
-                else:
-                    log.info("%s: now story %d", describe(correction), story_id)
-                self.store.record_correction(conn, correction.id, now, story_id, error)
-                results.append((correction, story_id, error))
+        for correction in pending:
+            story_id, error = None, None
+            try:
+                with self._writing() as conn:
+                    try:
+                        if not self.settings.enabled:
+                            raise CorrectionError("clustering is off ([clustering] enabled "
+                                                  "= false): stories cannot change")
+                        story_id = self._carry_out(conn, correction, now)
+                    except CorrectionError as exc:
+                        error = str(exc)
+                    self.store.record_correction(conn, correction.id, now, story_id, error)
+            except Exception as exc:
+                # Rolled back (and the window rebuilt from the store); recorded as failed,
+                # so that it is not tried again before every later pass.
+                log.exception("%s failed", describe(correction))
+                story_id, error = None, f"failed: {type(exc).__name__}: {exc}"
+                with self._writing() as conn:
+                    self.store.record_correction(conn, correction.id, now, None, error)
+            if error is None:
+                log.info("%s: now story %d", describe(correction), story_id)
+            else:
+                log.info("%s: not carried out: %s", describe(correction), error)
+            results.append((correction, story_id, error))
         return results
 
     def _carry_out(self, conn, correction: Correction, now: datetime) -> int:
@@ -1625,8 +1635,11 @@ class Aggregator:
         """
         now = utcnow()
         # A reader's corrections first: the entries of this pass then meet the corrected
-        # stories.
-        self.apply_corrections(now)
+        # stories.  Whatever goes wrong with them, the sources are polled.
+        try:
+            self.apply_corrections(now)
+        except Exception:
+            log.exception("readers' corrections not carried out; polling goes on")
         rows = self._source_rows()
         sources = [s for s in self.config.sources if s.enabled] if force else \
             self._due(now, rows)

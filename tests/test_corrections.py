@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from aggregator.check import check_store
 from aggregator.cli import main
+from aggregator.cluster import Clusterer
 from aggregator.config import AppAccount, load_config
 from aggregator.corrections import NEW_STORY, CorrectionError, plan_merge, plan_split
 from aggregator.pipeline import Aggregator, load_clusterer
@@ -374,3 +375,45 @@ def test_without_the_apps_account_the_story_page_offers_no_corrections(seeds):
     answer = web.post(f"/story/{story_id}/split", data={"article_id": str(second)},
                       headers=SIGNED)
     assert answer.status_code == 404 and "[http.apps]" in answer.text
+
+
+def test_a_correction_that_fails_unexpectedly_stops_neither_polling_nor_the_next(
+        seeds, monkeypatch, caplog):
+    config = load_config(seeds, environ={})
+    story_id, [_canonical, second, third] = lavrov(config.database)
+    before = stories(config.database)
+    aggregator = Aggregator(config)
+    try:
+        real_regroup = Clusterer.regroup
+        calls = []
+
+        def regroup_failing_once(self, moves, losing):
+            calls.append(moves)
+            if len(calls) == 1:
+                real_regroup(self, moves, losing)  # the window changed, then the failure
+                raise RuntimeError("disk on fire")
+            return real_regroup(self, moves, losing)
+
+        monkeypatch.setattr(Clusterer, "regroup", regroup_failing_once)
+        aggregator.store.request_correction("split", [second], utcnow())
+        aggregator.store.request_correction("split", [third], utcnow())
+        reports = aggregator.run_pass(force=True)
+        assert len(reports) == 4 and all(report.error is None for report in reports)
+        after = stories(config.database)
+        # The first rolled back: the second version is still in the story; the second done.
+        assert [a for a, _relation in after[story_id][1]] == sorted(
+            set(a for a, _relation in before[story_id][1]) - {third})
+        assert next(m for c, m in after.values() if c == third) == [(third, "canonical")]
+        # The failed one was rolled back, window and all, and is not tried again.
+        assert window(aggregator.clusterer) == window(load_clusterer(
+            aggregator.store, config.clustering, aggregator.signer))
+        aggregator.run_pass(force=True)
+        assert len(calls) == 2
+    finally:
+        aggregator.close()
+    result = cli("corrections", "--config", str(seeds), "--json")
+    made = [json.loads(line) for line in result.output.splitlines()]
+    assert made[0]["error"] == "failed: RuntimeError: disk on fire"
+    assert made[1]["error"] is None
+    assert "disk on fire" in caplog.text
+    assert cli("check", "--config", str(seeds)).exit_code == 0
