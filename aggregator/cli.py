@@ -402,7 +402,8 @@ def stories(config_path, since, limit, min_sources, starred, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @handle_errors
 def story(config_path, story_id, as_json) -> None:
-    """Show one story: the canonical, every linked version, and the canonical's history.
+    """Show one story: the canonical, every linked version, the canonical's history, and
+    the close calls: the other stories its versions came closest to joining.
 
     \b
     Example:
@@ -428,6 +429,13 @@ def story(config_path, story_id, as_json) -> None:
             if change["previous_article_id"] else ""
         click.echo(f"  {change['changed_at']}: article {change['article_id']}{was}: "
                    f"{change['reason']}")
+    if found["close_calls"]:
+        click.echo("close calls (stories its versions nearly joined; `aggregator merge "
+                   f"{story_id} ID` if one tells this story):")
+    for close in found["close_calls"]:
+        click.echo(f"  story {close['story_id']} ({close['article_count']} articles), "
+                   f"{close['closeness']:.0%} of its threshold for article "
+                   f"{close['article_id']}: {close['title']}")
 
 
 @main.command()

@@ -179,3 +179,33 @@ def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:
     """What retention has deleted so far, by ``meta`` key (``PURGED_*``)."""
     return {key: int(value) for key, value in conn.execute(
         "SELECT key, value FROM meta WHERE key LIKE 'purged\\_%' ESCAPE '\\'")}
+
+
+# How many close calls a story shows.
+CLOSE_CALLS = 5
+
+
+def close_calls(conn: sqlite3.Connection, story_id: int,
+                limit: int = CLOSE_CALLS) -> list[dict]:
+    """The other stories that the story's versions came closest to joining, closest first:
+    each version's decision keeps its best candidate stories, scored (a story whose version
+    started a story of its own missed them all).  A candidate is found again by its
+    canonical at the time, so a story renumbered since (a merge, a recluster) is still
+    found.  Each: ``story_id``, ``title``, ``article_count``, ``closeness`` (the best
+    cosine x time factor over its threshold), ``article_id`` (the version that came
+    closest) -- what a reader needs to merge a story that the clusterer missed."""
+    rows = conn.execute(
+        """SELECT other.story_id, s.title, s.article_count,
+                  max(json_extract(c.value, '$.cosine') * json_extract(c.value, '$.time_factor')
+                      / json_extract(c.value, '$.threshold')) AS closeness, a.id
+           FROM articles a, json_each(a.decision, '$.candidates') c
+           JOIN articles other
+             ON other.id = json_extract(c.value, '$.canonical_article_id')
+           JOIN stories s ON s.id = other.story_id
+           WHERE a.story_id = ?1 AND other.story_id != ?1
+             AND json_extract(c.value, '$.threshold') > 0
+           GROUP BY other.story_id ORDER BY closeness DESC, other.story_id LIMIT ?2""",
+        [story_id, limit]).fetchall()
+    return [{"story_id": row[0], "title": row[1], "article_count": row[2],
+             "closeness": round(row[3], 4), "article_id": row[4]} for row in rows]
+

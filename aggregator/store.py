@@ -40,6 +40,7 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    close_calls,
     from_iso,
     newest_story_ids,
     read_only_connection,
@@ -2180,6 +2181,7 @@ class Store:
         story["canonical_history"] = list(self.db.query(
             "SELECT article_id, previous_article_id, reason, changed_at FROM canonical_history "
             "WHERE story_id = ? ORDER BY id", [story_id]))
+        story["close_calls"] = close_calls(self.db.conn, story_id)
         return story
 
     def sources_overview(self) -> list[dict]:

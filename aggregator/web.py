@@ -46,6 +46,7 @@ from .readers import (
     PURGED_DUPLICATES,
     PURGED_FETCHES,
     PURGED_SAME_STORY,
+    close_calls,
     newest_matching_story_ids,
     newest_story_ids,
     purged_totals,
@@ -329,8 +330,29 @@ async def story_page(request: Request) -> Response:
             '<th>Relation</th><th>Similarity</th>' + ("<th></th>" if splitting else "")
             + f'</tr></thead><tbody>{rows}</tbody></table>'
             + (_merge_form(story_id) if correcting else "")
-            + f'<h2>Why this canonical</h2><ul>{changes}</ul>')
+            + f'<h2>Why this canonical</h2><ul>{changes}</ul>'
+            + _close_calls_html(database, story_id, correcting))
     return _page(story["title"], body)
+
+
+def _close_calls_html(database: str, story_id: int, correcting: bool) -> str:
+    conn = _reader(database)
+    try:
+        calls = close_calls(conn, story_id)
+    finally:
+        conn.close()
+    if not calls:
+        return ""
+    items = "".join(
+        f'<li><a href="/story/{c["story_id"]}">{escape(c["title"])}</a> '
+        f'<span class="meta">{c["article_count"]} versions · article {c["article_id"]} '
+        f'scored {c["closeness"]:.0%} of its threshold</span>'
+        + (f'<form method="post" action="/story/{story_id}/merge" style="display:inline">'
+           f'<input type="hidden" name="story_id" value="{c["story_id"]}"> '
+           '<button type="submit">Same story: merge</button></form>' if correcting else "")
+        + "</li>" for c in calls)
+    return ("<h2>Close calls</h2><p class=\"meta\">The other stories its versions came "
+            f"closest to joining.</p><ul>{items}</ul>")
 
 
 def _split_form(story_id: int, article_id: int) -> str:

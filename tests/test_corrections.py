@@ -417,3 +417,38 @@ def test_a_correction_that_fails_unexpectedly_stops_neither_polling_nor_the_next
     assert made[1]["error"] is None
     assert "disk on fire" in caplog.text
     assert cli("check", "--config", str(seeds)).exit_code == 0
+
+
+def test_close_calls_name_the_stories_a_story_nearly_joined(seeds):
+    config = load_config(seeds, environ={})
+    story_id, [_canonical, _second, third] = lavrov(config.database)
+    assert cli("split", str(third), "--config", str(seeds)).exit_code == 0
+    [alone] = [s for s, (c, _m) in stories(config.database).items() if c == third]
+    # The split version had joined the Lavrov story: it stays its closest call.
+    found = json.loads(cli("story", str(alone), "--json", "--config", str(seeds)).output)
+    [closest, *_others] = found["close_calls"]
+    assert (closest["story_id"], closest["article_id"]) == (story_id, third)
+    assert closest["closeness"] >= 1 and closest["article_count"] == 2
+    assert all(c["closeness"] <= closest["closeness"] for c in found["close_calls"])
+    assert all(c["story_id"] != alone for c in found["close_calls"])
+    text = cli("story", str(alone), "--config", str(seeds)).output
+    assert f"close calls (stories its versions nearly joined; `aggregator merge {alone} ID`" \
+        in text
+    assert f"  story {story_id} (2 articles), " in text
+    web = TestClient(create_app(config.database, apps=ACCOUNT))
+    page = web.get(f"/story/{alone}").text
+    assert "<h2>Close calls</h2>" in page
+    assert (f'<input type="hidden" name="story_id" value="{story_id}"> <button '
+            'type="submit">Same story: merge</button>') in page
+    assert "Same story: merge" not in TestClient(create_app(config.database)).get(
+        f"/story/{alone}").text
+    answer = web.post(f"/story/{alone}/merge", data={"story_id": str(story_id)},
+                      headers=SIGNED, follow_redirects=False)
+    assert answer.status_code == 303
+    aggregator = Aggregator(config)
+    try:
+        [(_correction, merged, error)] = aggregator.apply_corrections()
+    finally:
+        aggregator.close()
+    assert (merged, error) == (story_id, None)
+    assert len(stories(config.database)[story_id][1]) == 3
