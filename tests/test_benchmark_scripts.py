@@ -102,3 +102,20 @@ def test_two_stores_are_compared_on_the_columns_both_have(tmp_path):
     old.commit()
     old.close()
     assert compare(*paths)["differing_rows"]["term_stats"] == 2
+
+
+def test_the_close_calls_benchmark_counts_missed_joins_against_the_calls(tmp_path):
+    texts = [("1", "storm", "Storm floods coastal city", "A storm flooded the coastal city "
+              "before dawn, closing roads and the harbour."),
+             ("2", "storm", "Harbour shut as storm hits coast", "The harbour was shut after "
+              "a storm hit the coast overnight, officials said."),
+             ("3", "cup", "Champions win cup final", "The champions won the cup final on "
+              "penalties after a goalless draw.")]
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "cluster": c, "title": t, "text": x,
+                                          "source": f"s{i}", "published": None, "url": None})
+                              for i, c, t, x in texts) + "\n", encoding="utf-8")
+    [row] = _last_json("benchmarks/close_calls.py", str(path))["files"]
+    assert row["articles"] == 3 and row["missed_story_pairs"] in (0, 1)
+    assert 0 <= row["one_click_away"] <= row["missed_story_pairs"]
+    assert 0 <= row["closest_call_right"] <= row["stories_with_close_calls"] <= 3
