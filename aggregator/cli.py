@@ -813,6 +813,38 @@ def backup(config_path, destination, compact, skip_check) -> None:
                f"{report.seconds:.1f} s")
 
 
+@main.command()
+@CONFIG_OPTION
+@click.argument("backup_file", metavar="BACKUP")
+@handle_errors
+def restore(config_path, backup_file) -> None:
+    """Put a backup (`aggregator backup`) in the place of the database.
+
+    The backup is checked first (SQLite's quick_check; a store of this aggregator, of this
+    version or an older one, which is migrated).  The database it replaces is kept beside
+    it as NAME.before-restore-TIME.db.  Refused while a daemon runs on the store: stop it,
+    and whatever else reads the database (Datasette, `aggregator serve`), first.
+
+    \b
+    Example:
+        aggregator restore /backups/aggregator-20261207T120000Z.db
+    """
+    from .backup import restore as restore_backup
+    from .store import MIGRATIONS, Store, utcnow
+
+    config = load_config(config_path)
+    if config.database != ":memory:":
+        Path(config.database).parent.mkdir(parents=True, exist_ok=True)
+    with window_alone(config.database, "stop it, restore, then start it again"):
+        report = restore_backup(config.database, Path(backup_file).expanduser(),
+                                [name for name, _migration in MIGRATIONS], utcnow())
+        store = Store(config.database)  # a backup of an older version is migrated here
+        store.close()
+    kept = f"; the database replaced is kept at {report.previous}" if report.previous else ""
+    click.echo(f"restored {backup_file} to {config.database}: {report.articles:,} articles "
+               f"in {report.stories:,} stories{kept}")
+
+
 @main.command(name="export-opml")
 @CONFIG_OPTION
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File [default: stdout].")
