@@ -30,6 +30,7 @@ from .config import (
     too_short_a_retention,
 )
 from .errors import AggregatorError, ConfigError, SourceError
+from .readers import counted
 
 if TYPE_CHECKING:
     from .store import Store
@@ -384,7 +385,8 @@ def stories(config_path, since, limit, min_sources, starred, as_json) -> None:
     for story in found:
         click.echo(f"story {story['id']}: {story['title']}")
         marks = ", ".join(mark for mark in ("read", "starred") if story[mark])
-        click.echo(f"  {story['article_count']} articles from {story['source_count']} sources, "
+        click.echo(f"  {counted(story['article_count'], 'article')} from "
+                   f"{counted(story['source_count'], 'source')}, "
                    f"last seen {story['last_seen']}" + (f" ({marks})" if marks else ""))
         for member in story["members"]:
             similarity = "" if member["relation"] == "canonical" else \
@@ -418,7 +420,8 @@ def story(config_path, story_id, as_json) -> None:
         return
     click.echo(f"story {found['id']}: {found['title']}")
     click.echo(f"first seen {found['first_seen']}, last seen {found['last_seen']}, "
-               f"{found['article_count']} articles from {found['source_count']} sources")
+               f"{counted(found['article_count'], 'article')} from "
+               f"{counted(found['source_count'], 'source')}")
     for member in found["members"]:
         click.echo(f"  article {member['article_id']} [{member['relation']}, similarity "
                    f"{member['similarity']:.3f}] {member['source']}: {member['title']}")

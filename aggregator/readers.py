@@ -50,6 +50,11 @@ PURGED_SAME_STORY = "purged_same_story"
 PURGED_FETCHES = "purged_fetches:"
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 article``, ``3 articles``: a count with its noun."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def select_in(conn, sql: str, values: list, params: Sequence = ()) -> list[tuple]:
     """The rows of ``sql`` whose ``{}`` becomes the placeholders of ``values`` (after
     ``params``), asked 500 values at a time: SQLite caps the parameters of a statement."""

@@ -47,6 +47,7 @@ from .readers import (
     PURGED_FETCHES,
     PURGED_SAME_STORY,
     close_calls,
+    counted,
     newest_matching_story_ids,
     newest_story_ids,
     purged_totals,
@@ -173,8 +174,8 @@ def _story_item(story: dict, matching: int | None = None) -> str:
         f'<div class="meta">{escape(story["canonical_source"])} · '
         f'<time datetime="{escape(story["last_updated"])}">'
         f'{escape(story["last_published"][:16].replace("T", " "))} UTC</time> · '
-        f'<a href="/story/{story["story_id"]}">{story["article_count"]} versions from '
-        f'{story["source_count"]} sources</a>{matched}</div>'
+        f'<a href="/story/{story["story_id"]}">{counted(story["article_count"], "version")} '
+        f'from {counted(story["source_count"], "source")}</a>{matched}</div>'
         + (f'<div class="also">Also covered by {also}</div>' if also else "")
         + "</article>")
 
@@ -323,9 +324,9 @@ async def story_page(request: Request) -> Response:
     body = (f'<p><a href="/">← Latest stories</a></p>'
             f'{_correction_notice(database, request.query_params.get("correction"))}'
             f'<h1>{escape(story["title"])}</h1>'
-            f'<p class="meta">{story["article_count"]} versions from {story["source_count"]} '
-            f'sources · first seen {escape(story["first_seen"])} · last updated '
-            f'{escape(story["last_updated"])}</p>'
+            f'<p class="meta">{counted(story["article_count"], "version")} from '
+            f'{counted(story["source_count"], "source")} · first seen '
+            f'{escape(story["first_seen"])} · last updated {escape(story["last_updated"])}</p>'
             '<table><thead><tr><th>Version</th><th>Source</th><th>Published</th>'
             '<th>Relation</th><th>Similarity</th>' + ("<th></th>" if splitting else "")
             + f'</tr></thead><tbody>{rows}</tbody></table>'
