@@ -29,6 +29,7 @@ from .reading import (
     LARGEST_ID,
     AppRequest,
     app_sources,
+    data_url,
     item_html,
     mark_read_before,
     mark_stories,
@@ -115,7 +116,11 @@ class FeverApi(AppRequest):
                     answer["feeds"] = feeds
                 answer["feeds_groups"] = feeds_groups
             if "favicons" in wanted:
-                answer["favicons"] = []
+                # A feed's favicon id is its own id (``feeds``).
+                answer["favicons"] = [{"id": source_id, "data": data_url(media_type, data)}
+                                      for source_id, media_type, data in conn.execute(
+                                          "SELECT source_id, media_type, data FROM "
+                                          "source_icons ORDER BY source_id")]
             if "links" in wanted:
                 answer["links"] = []
             if "items" in wanted:
@@ -140,7 +145,9 @@ class FeverApi(AppRequest):
         groups = [{"id": group_id(tag), "title": tag} for tag in sorted(tags)]
         feeds_groups = [{"group_id": group_id(tag), "feed_ids": ",".join(map(str, ids))}
                         for tag, ids in sorted(tags.items())]
-        feeds = [{"id": source.source_id, "favicon_id": 0, "title": source.name,
+        feeds = [{"id": source.source_id,
+                  "favicon_id": source.source_id if source.has_icon else 0,
+                  "title": source.name,
                   "url": source.url, "site_url": source.site_url, "is_spark": 0,
                   "last_updated_on_time": unix_time(source.last_success)}
                  for source in sources]

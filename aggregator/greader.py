@@ -121,7 +121,8 @@ class ReaderApi(AppRequest):
         return {"subscriptions": [{
             "id": f"{FEED}{source.source_id}", "title": source.name,
             "categories": [{"id": f"{LABEL}{tag}", "label": tag} for tag in source.tags],
-            "url": source.url, "htmlUrl": source.site_url, "iconUrl": "",
+            "url": source.url, "htmlUrl": source.site_url,
+            "iconUrl": self.base_url + source.icon_path if source.has_icon else "",
         } for source in sources]}
 
     def tags(self, _params: Params) -> dict:

@@ -107,7 +107,7 @@ def looks_like_html(body: bytes, content_type: str | None) -> bool:
     return bool(_HTML_START.match(body.lstrip(b"\xef\xbb\xbf")[:4096]))
 
 
-def _resolved(base: str, href: str) -> str | None:
+def resolved_link(base: str, href: str) -> str | None:
     """``href`` made absolute against ``base``; None for one that is no URL at all (an
     unclosed IPv6 address, a port beyond 65535: ``config.split_url``)."""
     try:
@@ -132,7 +132,7 @@ def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
     for element in document.iter("base"):
         href = (element.get("href") or "").strip()
         if href:
-            base = _resolved(page_url, href) or page_url
+            base = resolved_link(page_url, href) or page_url
             break
     found: dict[str, FeedLink] = {}
     for element in document.iter("link"):
@@ -144,7 +144,7 @@ def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
             continue
         if kind == "json" and media_type == "application/json" and "wp-json" in href:
             continue
-        url = _resolved(base, href)
+        url = resolved_link(base, href)
         if url and urlsplit(url).scheme in ("http", "https") and url not in found:
             found[url] = FeedLink(url, (element.get("title") or "").strip() or None, kind)
     return list(found.values())

@@ -62,6 +62,7 @@ from .fingerprint import (
     fingerprint_of,
     text_features,
 )
+from .icons import Icon, SiteIcons, find_icon, icon_due, site_root
 from .memory import enlarge, release_free_memory
 from .normalize import (
     NormalizedArticle,
@@ -175,6 +176,9 @@ class Fetched:
     skip_hours: frozenset[int] = frozenset()
     skip_days: frozenset[str] = frozenset()
     error: SourceError | None = None
+    # Whether the site was asked for its icon, and the icon it gave (``icons``).
+    icon_checked: bool = False
+    icon: Icon | None = None
 
 
 # (source id, source name, source priority, article, stored id or None for a new one)
@@ -560,6 +564,7 @@ class Aggregator:
         self._host_slots: dict[str, threading.Semaphore] = {}
         self._host_next_start: dict[str, float] = {}
         self._host_slots_lock = threading.Lock()
+        self._site_icons = SiteIcons()
         # Reentrant: a write group whose transaction failed is written again, source by
         # source, by the thread that waits on it, under the lock it holds.
         self._write_lock = threading.RLock()
@@ -771,6 +776,12 @@ class Aggregator:
                 fetched.entry_count = min(document.entries_in_feed, MAX_ENTRIES_PER_FETCH)
                 fetched.ttl_s = document.ttl_minutes * 60.0 if document.ttl_minutes else None
                 fetched.skip_hours, fetched.skip_days = document.skip_hours, document.skip_days
+            if not source.is_local and icon_due(row.icon_checked_at, row.has_icon,
+                                                fetched.started):
+                fetched.icon = self._site_icons.icon(site_root(row.url), partial(
+                    find_icon, self.client, source.name, row.url, self.limits,
+                    self._host_slot))
+                fetched.icon_checked = True
         except SourceError as error:
             fetched.error = error
         return fetched
@@ -891,6 +902,11 @@ class Aggregator:
         if result.etag or result.last_modified or result.outcome is fetching.Outcome.OK:
             state["etag"] = result.etag
             state["last_modified"] = result.last_modified
+        if fetched.icon_checked:
+            state["icon_checked_at"] = started
+        if fetched.icon is not None:
+            icon = fetched.icon
+            staged.store_icon(row.id, icon.url, icon.media_type, icon.data, started)
         state.update(redirect_state(row, result.permanent_redirect,
                                     self.config.permanent_redirect_after))
         staged.record_fetch(

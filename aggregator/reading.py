@@ -11,6 +11,7 @@ items (``story_items``, ``item_html``) and the sources as feeds (``app_sources``
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -238,6 +239,12 @@ class AppSource:
     url: str
     last_success: str | None
     tags: tuple[str, ...]
+    # Whether its site's icon is stored (``icons``; served at ``icon_path``).
+    has_icon: bool = False
+
+    @property
+    def icon_path(self) -> str:
+        return f"/icons/{self.source_id}"
 
     @property
     def site_url(self) -> str:
@@ -245,12 +252,19 @@ class AppSource:
         return f"{parts.scheme}://{parts.netloc}/" if parts.scheme in ("http", "https") else ""
 
 
+def data_url(media_type: str, data: bytes) -> str:
+    """An icon as Fever gives it: ``image/png;base64,...``."""
+    return f"{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def app_sources(conn: sqlite3.Connection) -> list[AppSource]:
     """The configured sources, and those removed from the configuration whose stories are
     still stored (their items name them), by id."""
-    return [AppSource(source_id, name, url, last_success, tuple(json.loads(tags)))
-            for source_id, name, url, last_success, tags in conn.execute(
-                "SELECT id, name, url, last_success_at, tags FROM sources "
+    return [AppSource(source_id, name, url, last_success, tuple(json.loads(tags)),
+                      bool(has_icon))
+            for source_id, name, url, last_success, tags, has_icon in conn.execute(
+                "SELECT id, name, url, last_success_at, tags, EXISTS (SELECT 1 FROM "
+                "source_icons i WHERE i.source_id = sources.id) FROM sources "
                 "WHERE in_config OR article_count > 0 ORDER BY id")]
 
 

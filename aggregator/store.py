@@ -621,6 +621,21 @@ def _m017_story_corrections(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m018_source_icons(db: sqlite_utils.Database) -> None:
+    """Each source's site icon for the reading apps (``icons``), and when its site was last
+    asked for it: a site without one is asked again a week later, not at every fetch."""
+    _run_script(db, """
+    ALTER TABLE sources ADD COLUMN icon_checked_at TEXT;
+    CREATE TABLE source_icons (
+        source_id INTEGER PRIMARY KEY REFERENCES sources(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        fetched_at TEXT NOT NULL
+    );
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -639,6 +654,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("015_webhook_deliveries", _m015_webhook_deliveries),
     ("016_reading_marks", _m016_reading_marks),
     ("017_story_corrections", _m017_story_corrections),
+    ("018_source_icons", _m018_source_icons),
 ]
 
 
@@ -658,6 +674,8 @@ class SourceRow:
     disabled_reason: str | None
     redirect_target: str | None = None
     redirect_sightings: int = 0
+    icon_checked_at: datetime | None = None
+    has_icon: bool = False
 
 
 @dataclass
@@ -794,6 +812,10 @@ COUNT_ARTICLES = ("UPDATE sources SET article_count = article_count + u.c1 "
 INSERT_KEYS = "INSERT OR IGNORE INTO article_keys (key, article_id) SELECT c0, c1 FROM {rows}"
 UPDATE_RELATIONS = ("UPDATE articles SET relation = u.c1, similarity = u.c2 "
                     "FROM {rows} AS u WHERE articles.id = u.c0")
+UPSERT_ICON = ("INSERT INTO source_icons (source_id, url, media_type, data, fetched_at) "
+               "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source_id) DO UPDATE SET url = excluded.url, "
+               "media_type = excluded.media_type, data = excluded.data, "
+               "fetched_at = excluded.fetched_at")
 INSERT_HISTORY = ("INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
                   f"reason, changed_at) SELECT {_columns(5)} FROM {{rows}}")
 # The title is read again only when the canonical changed: no article's title changes.
@@ -883,6 +905,7 @@ class StagedWrites:
         self.window_floor: datetime | None = None
         self.fetches: list[list] = []
         self.source_states: list[tuple[int, dict[str, object]]] = []
+        self.icons: list[list] = []
         self.term_counts: list[TermCounts] = []
         self._terms_by_name: dict[str, int] | None = None
         self._terms_by_id: dict[int, int] | None = None
@@ -914,7 +937,7 @@ class StagedWrites:
         self.stories, self.articles, self.article_updates = [], [], []
         self.fingerprints, self.fingerprint_blobs, self.keys = [], [], []
         self.relations, self.history, self.story_updates = {}, [], {}
-        self.fetches, self.source_states = [], []
+        self.fetches, self.source_states, self.icons = [], [], []
 
     # -- staging ------------------------------------------------------------------------------
 
@@ -1006,6 +1029,11 @@ class StagedWrites:
                 key: to_iso(value) if isinstance(value, datetime) else value
                 for key, value in state.items()}))
 
+    def store_icon(self, source_id: int, url: str, media_type: str, data: bytes,
+                   fetched: datetime) -> None:
+        """A source's site icon, in place of the one it had."""
+        self.icons.append([source_id, url, media_type, data, to_iso(fetched)])
+
     def count_terms(self, counts: TermCounts) -> None:
         """Articles added to the term statistics."""
         self.term_counts.append(counts)
@@ -1037,6 +1065,7 @@ class StagedWrites:
         self.window_floor = other.window_floor or self.window_floor
         self.fetches += other.fetches
         self.source_states += other.source_states
+        self.icons += other.icons
         for counts in other.term_counts:
             self.count_terms(counts)
 
@@ -1101,6 +1130,7 @@ class StagedWrites:
             Store.raise_window_floor(conn, self.window_floor)
         write(INSERT_FETCHES, self.fetches)
         self._write_source_states(write)
+        conn.executemany(UPSERT_ICON, self.icons)
         for counts in self.term_counts:
             for rows in counts.chunks():
                 write(COUNT_TERMS, rows)
@@ -1551,12 +1581,14 @@ class Store:
         row = self.db.execute(
             "SELECT id, name, url, config_url, priority, enabled, etag, last_modified, "
             "consecutive_errors, next_check_at, cooldown_until, disabled_reason, "
-            "redirect_target, redirect_sightings FROM sources WHERE name = ?",
-            [name]).fetchone()
+            "redirect_target, redirect_sightings, icon_checked_at, "
+            "EXISTS (SELECT 1 FROM source_icons i WHERE i.source_id = sources.id) "
+            "FROM sources WHERE name = ?", [name]).fetchone()
         if row is None:
             raise StoreError(f"{self.path}: no source named {name!r}")
         return SourceRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
-                         row[8], from_iso(row[9]), from_iso(row[10]), row[11], row[12], row[13])
+                         row[8], from_iso(row[9]), from_iso(row[10]), row[11], row[12], row[13],
+                         from_iso(row[14]), bool(row[15]))
 
     def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
                      status: int | None, outcome: str, error: str | None, size: int | None,

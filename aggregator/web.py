@@ -588,6 +588,21 @@ async def feed_json(request: Request) -> Response:
                     media_type="application/feed+json; charset=utf-8")
 
 
+async def source_icon(request: Request) -> Response:
+    """A source's site icon (``icons``), for the reading apps' feed lists.  Only raster
+    images are stored; ``nosniff`` keeps a browser to the type given."""
+    source_id = request.path_params["source_id"]
+    found = _rows(request.app.state.database, "SELECT media_type, data FROM source_icons "
+                                              "WHERE source_id = ?",
+                  [source_id]) if source_id <= LARGEST_ID else []
+    if not found:
+        return PlainTextResponse("no icon\n", status_code=404)
+    return Response(found[0]["data"], media_type=found[0]["media_type"],
+                    headers={"Cache-Control": "public, max-age=86400",
+                             "X-Content-Type-Options": "nosniff",
+                             "Content-Security-Policy": "default-src 'none'"})
+
+
 async def healthz(_request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok\n")
 
@@ -742,6 +757,7 @@ def create_app(database: str, status: DaemonStatus | None = None,
         Route("/search", search_page),
         Route("/sources", sources_page),
         Route("/feed.atom", feed_atom),
+        Route("/icons/{source_id:int}", source_icon),
         Route("/feed.json", feed_json),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -770,7 +770,8 @@ def test_full_text_passes_over_a_link_that_is_no_url(tmp_path, feed_server, link
     aggregator = full_text_of(tmp_path, feed_server, link)
     [report] = aggregator.run_pass()
     assert report.outcome == "ok" and report.new_articles == 1, report.error
-    assert [r.path for r in feed_server.requests] == ["/summaries"]
+    # The feed, then its site's icon (``icons``): nothing for the entry's link.
+    assert [r.path for r in feed_server.requests] == ["/summaries", "/", "/favicon.ico"]
     aggregator.close()
 
 
