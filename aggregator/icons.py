@@ -26,7 +26,7 @@ from lxml import etree
 
 from .errors import SourceError
 from .fetch import FetchLimits, Outcome, fetch_http
-from .parse import resolved_link
+from .parse import page_base, resolved_link
 
 DAY_S = 86_400.0
 FOUND_REFRESH_S = 30 * DAY_S
@@ -92,12 +92,7 @@ def icon_links(body: bytes, page_url: str) -> list[str]:
     except (etree.ParserError, ValueError):
         document = None
     if document is not None:
-        base = page_url
-        for element in document.iter("base"):
-            href = (element.get("href") or "").strip()
-            if href:
-                base = resolved_link(page_url, href) or page_url
-                break
+        base = page_base(document, page_url)
         for position, element in enumerate(document.iter("link")):
             rel = " ".join((element.get("rel") or "").lower().split())
             href = (element.get("href") or "").strip()

@@ -118,6 +118,16 @@ def resolved_link(base: str, href: str) -> str | None:
     return url
 
 
+def page_base(document, page_url: str) -> str:
+    """What a page's relative links resolve against: its first ``<base href>``, else its
+    own address."""
+    for element in document.iter("base"):
+        href = (element.get("href") or "").strip()
+        if href:
+            return resolved_link(page_url, href) or page_url
+    return page_url
+
+
 def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
     """The feeds a web page advertises, in page order, as absolute http(s) URLs.
 
@@ -128,12 +138,7 @@ def advertised_feeds(body: bytes, page_url: str) -> list[FeedLink]:
         document = lxml.html.document_fromstring(body)
     except (etree.ParserError, ValueError):
         return []
-    base = page_url
-    for element in document.iter("base"):
-        href = (element.get("href") or "").strip()
-        if href:
-            base = resolved_link(page_url, href) or page_url
-            break
+    base = page_base(document, page_url)
     found: dict[str, FeedLink] = {}
     for element in document.iter("link"):
         rel = (element.get("rel") or "").lower().split()
