@@ -452,3 +452,22 @@ def test_close_calls_name_the_stories_a_story_nearly_joined(seeds):
         aggregator.close()
     assert (merged, error) == (story_id, None)
     assert len(stories(config.database)[story_id][1]) == 3
+
+
+def test_corrections_with_writes_behind_the_writer(tmp_path, seed_dir):
+    path = write_config(tmp_path / "behind.toml",
+                        [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()],
+                        extra="write_behind = true\nworkers = 1")
+    config = load_config(path, environ={})
+    aggregator = Aggregator(config)
+    try:
+        aggregator.run_pass()
+        story_id, [_canonical, second, _third] = lavrov(config.database)
+        aggregator.store.request_correction("split", [second], utcnow())
+        aggregator.run_pass(force=True)
+        assert len(stories(config.database)[story_id][1]) == 2
+        assert window(aggregator.clusterer) == window(load_clusterer(
+            aggregator.store, config.clustering, aggregator.signer))
+        assert check_store(aggregator.store, config.clustering) == []
+    finally:
+        aggregator.close()
