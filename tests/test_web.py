@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 
 from aggregator.cli import main
 from aggregator.config import load_config
+from aggregator.corrections import request_correction
 from aggregator.pipeline import Aggregator
 from aggregator.readers import newest_story_ids
 from aggregator.reading import mark_stories, marks_connection
@@ -323,6 +324,7 @@ def test_datasette_serves_views_and_canned_queries(filled):
     saved = lavrov_story_id(str(target))
     with closing(marks_connection(str(target))) as conn:
         mark_stories(conn, [saved], "saved", True, datetime.now(UTC))
+        request_correction(conn, "split", [1], datetime.now(UTC))
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "datasette", "serve", str(target), "--metadata",
@@ -343,6 +345,8 @@ def test_datasette_serves_views_and_canned_queries(filled):
                           params={"query": "Lavrov", "_shape": "array"}).json()
         assert [f["story_id"] for f in found] == [story_id]
         assert httpx.get(f"{base}/failing_sources.json?_shape=array").json() == []
+        [correction] = httpx.get(f"{base}/corrections.json?_shape=array").json()
+        assert (correction["kind"], correction["state"]) == ("split", "waiting")
         starred = httpx.get(f"{base}/saved_stories.json?_shape=array").json()
         assert [(row["story_id"], row["source_count"]) for row in starred] == [(saved, 3)]
         for minimum, expected in (("3", [story_id]), ("4", []), ("1", None)):
