@@ -429,8 +429,16 @@ async def correct_story(request: Request) -> Response:
 
 
 def _same_origin(request: Request) -> bool:
+    """Whether a browser's post comes from this site's pages: its ``Origin`` (sent with
+    every cross-site post) is the host asked, or the ``base_url``'s (behind a proxy that
+    gives the server a host of its own)."""
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+    if origin is None:
+        return True
+    ours = {request.headers.get("host")}
+    if request.app.state.base_url:
+        ours.add(urlsplit(request.app.state.base_url).netloc)
+    return urlsplit(origin).netloc in ours
 
 
 def _signed(request: Request, account: AppAccount) -> bool:

@@ -329,6 +329,13 @@ def test_a_story_page_asks_for_corrections_signed_by_the_apps_account(seeds):
     refused = web.post(f"/story/{story_id}/split", data=split,
                        headers={**SIGNED, "Origin": "https://elsewhere.example"})
     assert refused.status_code == 403
+    # Behind a proxy the server sees a host of its own: base_url names the public one.
+    proxied = TestClient(create_app(config.database, None, "https://news.example", ACCOUNT))
+    assert proxied.post(f"/story/{story_id}/split", data={"article_id": "x"},
+                        headers={**SIGNED, "Origin": "https://news.example"}).status_code == 400
+    assert proxied.post(f"/story/{story_id}/split", data={"article_id": "x"},
+                        headers={**SIGNED, "Origin": "https://elsewhere.example"}
+                        ).status_code == 403
     for data, message in [({"article_id": "99"}, f"article 99 is not a version of story "
                                                  f"{story_id}"),
                           ({"article_id": "x"}, "article_id: expected an id, got 'x'"),
