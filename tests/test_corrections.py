@@ -108,9 +108,9 @@ def lavrov(database: str) -> tuple[int, list[int]]:
 
 
 def window(clusterer) -> dict[int, tuple]:
-    """What the clusterer keeps of each story of the window."""
+    """What the clusterer keeps of each story of the window (its members in slot order)."""
     rows = clusterer.rows
-    return {story_id: (sorted(clusterer.members(story_id)), story.canonical_id,
+    return {story_id: (clusterer.members(story_id), story.canonical_id,
                        int(rows.article_id[story.canonical_slot]), story.first_ts,
                        story.last_ts, story.dated_first_ts, story.dated_last_ts,
                        int(clusterer.story_columns.size[story.row]))
