@@ -13,6 +13,7 @@ the feed's own state.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -35,6 +36,10 @@ ICON_BYTES = 256 * 1024
 HOME_PAGE_BYTES = 2 * 1024 * 1024
 # Icons tried at most for one site: those its page names first, then /favicon.ico.
 MAX_TRIES = 4
+# The longest one request of a look-up may take, and the whole look-up: the other feeds of
+# the site wait for it (``SiteIcons``), and a slow site must not hold their fetch threads.
+ICON_REQUEST_S = 10.0
+LOOKUP_S = 30.0
 
 # The first bytes of each raster format kept, and its media type.
 _SIGNATURES = (
@@ -143,11 +148,13 @@ def find_icon(client: httpx.Client, source: str, feed_url: str, limits: FetchLim
     root = site_root(feed_url)
     if root is None:
         return None
+    deadline = time.monotonic() + LOOKUP_S
     home = _get(client, source, root, replace(limits, max_body_bytes=HOME_PAGE_BYTES),
-                host_slot)
+                host_slot, deadline)
     candidates = icon_links(home.body if home else b"", home.url if home else root)
     for url in candidates[:MAX_TRIES]:
-        got = _get(client, source, url, replace(limits, max_body_bytes=ICON_BYTES), host_slot)
+        got = _get(client, source, url, replace(limits, max_body_bytes=ICON_BYTES), host_slot,
+                   deadline)
         media_type = image_type(got.body) if got else None
         if media_type is not None:
             return Icon(url, media_type, got.body)
@@ -155,8 +162,13 @@ def find_icon(client: httpx.Client, source: str, feed_url: str, limits: FetchLim
 
 
 def _get(client: httpx.Client, source: str, url: str, limits: FetchLimits,
-         host_slot: Callable[[str], AbstractContextManager[None]]):
-    """One GET's result when it answered 200 with a body, else None (errors included)."""
+         host_slot: Callable[[str], AbstractContextManager[None]], deadline: float):
+    """One GET's result when it answered 200 with a body, else None (errors, and a look-up
+    out of time, included)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    limits = replace(limits, total_timeout_s=min(limits.total_timeout_s, ICON_REQUEST_S, left))
     try:
         with host_slot(url):
             result = fetch_http(client, source, url, None, None, limits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import SEEDS, write_config
 from feed_server import Reply
 from starlette.testclient import TestClient
 
+from aggregator import icons
 from aggregator.config import AppAccount, load_config
 from aggregator.greader import auth_token
 from aggregator.icons import (
@@ -221,3 +223,21 @@ def test_site_icons_keep_the_latest_sites_only():
     icons.icon("https://s1.example/", finder("again"))
     icons.icon("https://s0.example/", finder("first, forgotten"))
     assert looked_up[-2:] == [SiteIcons.SITES_KEPT, "first, forgotten"]
+
+
+def test_a_slow_site_gives_up_its_icon_in_time(tmp_path, feed_server, monkeypatch):
+    monkeypatch.setattr(icons, "ICON_REQUEST_S", 0.5)
+    monkeypatch.setattr(icons, "LOOKUP_S", 1.2)
+    home = Reply(200, b"<html>" + b" " * 100, {"Content-Type": "text/html"}, trickle_s=0.2)
+    site(feed_server, home, favicon_ico=Reply(200, ICO, trickle_s=0.2))
+    aggregator = daemon(tmp_path, feed_server)
+    try:
+        started = time.monotonic()
+        [report] = aggregator.run_pass()
+        elapsed = time.monotonic() - started
+        assert report.outcome == "ok"
+        assert aggregator.store.db.execute("SELECT count(*) FROM source_icons").fetchone() \
+            == (0,)
+    finally:
+        aggregator.close()
+    assert elapsed < 10, "each request stopped at ICON_REQUEST_S, the look-up at LOOKUP_S"
