@@ -423,6 +423,9 @@ async def correct_story(request: Request) -> Response:
     try:
         correction_id = await run_in_threadpool(request_correction, conn, kind, article_ids,
                                                 datetime.now(UTC))
+    except sqlite3.OperationalError as exc:
+        # A replica given a read-only file, or a writer that held the store too long.
+        return PlainTextResponse(f"the store cannot be changed now: {exc}\n", status_code=503)
     finally:
         conn.close()
     return RedirectResponse(f"/story/{story_id}?correction={correction_id}", status_code=303)

@@ -478,3 +478,19 @@ def test_corrections_with_writes_behind_the_writer(tmp_path, seed_dir):
         assert check_store(aggregator.store, config.clustering) == []
     finally:
         aggregator.close()
+
+
+def test_a_correction_asked_while_the_store_is_held_too_long_is_a_503(seeds, monkeypatch):
+    config = load_config(seeds, environ={})
+    story_id, [_canonical, second, _third] = lavrov(config.database)
+    monkeypatch.setattr("aggregator.reading.BUSY_TIMEOUT_MS", 200)
+    writer = sqlite3.connect(config.database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        web = TestClient(create_app(config.database, apps=ACCOUNT))
+        answer = web.post(f"/story/{story_id}/split", data={"article_id": str(second)},
+                          headers=SIGNED)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert answer.status_code == 503 and "the store cannot be changed now" in answer.text
