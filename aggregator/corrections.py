@@ -56,10 +56,6 @@ class Regrouping:
     losing: tuple[int, ...]
     emptied: tuple[int, ...] = ()
 
-    @property
-    def gaining(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(self.moves.values()))
-
 
 def request_correction(conn: sqlite3.Connection, kind: str, article_ids: Sequence[int],
                        now: datetime) -> int:
