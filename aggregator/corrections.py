@@ -48,9 +48,9 @@ class Correction:
 
 @dataclass(frozen=True)
 class Regrouping:
-    """What carrying out a correction changes: each moved article's new story
-    (``NEW_STORY`` for the one a split makes), and the stories that lose members and are
-    left with none (a merge's other stories)."""
+    """What carrying out a correction changes: ``moves``, each moved article's new story
+    (``NEW_STORY`` for the one a split makes); ``losing``, the stories that lose members;
+    ``emptied``, those of them left with none (a merge's other stories)."""
 
     moves: dict[int, int]
     losing: tuple[int, ...]
