@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,47 @@ SEEDS = ROOT / "seeds"
 requires_kernels = pytest.mark.skipif(kernels is None,
                                       reason="built without a C compiler: numpy alone is used")
 DATA = Path(__file__).resolve().parent / "data"
+
+
+def start_daemon(config) -> subprocess.Popen:
+    """``aggregator run`` on ``config`` as a user starts it, looking for due sources every
+    second; its output unbuffered, as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(config), "--tick", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@contextmanager
+def killed_at_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``process``, killed on the way out if a failed check left it running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@contextmanager
+def daemon_running(config) -> Iterator[subprocess.Popen]:
+    with killed_at_exit(start_daemon(config)) as process:
+        yield process
+
+
+def stop_daemon(process: subprocess.Popen) -> str:
+    """SIGTERM, as ``docker stop`` sends it, and the end awaited; the daemon's stderr."""
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=30)
+    return err
+
+
+def wait_until_polling(process: subprocess.Popen) -> str:
+    """The daemon's stderr up to the line saying it polls: its window is loaded and its
+    lock held by then.  Returns that line ("" if the daemon ended first)."""
+    line = process.stderr.readline()
+    while line and not line.startswith("polling"):
+        line = process.stderr.readline()
+    return line
 SEED_FEEDS = {
     "World Desk Daily": "world-desk.rss.xml",
     "News18 World": "news18-world.atom.xml",

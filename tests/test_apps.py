@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, SEED_FEEDS, write_config
+from conftest import DATA, SEED_FEEDS, daemon_running, stop_daemon, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -425,9 +425,6 @@ def test_apps_sync_over_http_from_the_replica(seeds, tmp_path):
 def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_path, seed_dir):
     """A mark written while the daemon writes its passes (every second), and a password
     changed in the file taking effect at the next reload, without a restart."""
-    import signal
-    import subprocess
-    import sys
 
     import httpx
     from test_web import free_port, wait_for
@@ -436,11 +433,8 @@ def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_pat
     sources = [{"name": n, "url": str(seed_dir / f)} for n, f in SEED_FEEDS.items()]
     http = f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
     path = write_config(tmp_path / "daemon.toml", sources, extra=http + APPS)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(path), "--tick", "1s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/fever/?api"
-    try:
+    with daemon_running(path) as process:
         wait_for(f"http://127.0.0.1:{port}/healthz")
         deadline = time.monotonic() + 30
         while not (answer := httpx.post(url + "&unread_item_ids", data={"api_key": KEY})
@@ -459,11 +453,7 @@ def test_the_daemon_answers_apps_while_it_polls_and_takes_a_new_password(tmp_pat
             assert time.monotonic() < deadline, "the new password never took effect"
             time.sleep(0.2)
         assert httpx.post(url, data={"api_key": KEY}).json()["auth"] == 0
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        stop_daemon(process)
     assert process.returncode == 0
 
 

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, SEED_FEEDS, write_config
+from conftest import (
+    DATA,
+    SEED_FEEDS,
+    daemon_running,
+    killed_at_exit,
+    start_daemon,
+    stop_daemon,
+    wait_until_polling,
+    write_config,
+)
 from starlette.testclient import TestClient
 
 from aggregator.check import check_store
@@ -239,16 +245,8 @@ def test_merged_stories_keep_their_webhook_deliveries(seeds):
 def test_the_running_daemon_carries_out_a_correction(seeds):
     database = load_config(seeds, environ={}).database
     story_id, [_canonical, second, _third] = lavrov(database)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(seeds), "--tick", "1s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        # Its window is loaded and its lock held once it says it polls.
-        line = daemon.stderr.readline()
-        while line and not line.startswith("polling"):
-            line = daemon.stderr.readline()
-        assert line.startswith("polling"), daemon.communicate(timeout=30)
+    with daemon_running(seeds) as daemon:
+        assert wait_until_polling(daemon).startswith("polling"), daemon.communicate(timeout=30)
         started = time.monotonic()
         result = cli("split", str(second), "--config", str(seeds), "--wait", "30s")
         assert result.exit_code == 0, result.output
@@ -268,12 +266,8 @@ def test_the_running_daemon_carries_out_a_correction(seeds):
         while time.monotonic() < deadline and len(stories(database)[story_id][1]) != 3:
             time.sleep(0.2)
         assert len(stories(database)[story_id][1]) == 3
-        daemon.send_signal(signal.SIGTERM)
-        _out, err = daemon.communicate(timeout=30)
+        err = stop_daemon(daemon)
         assert daemon.returncode == 0, err
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     assert cli("check", "--config", str(seeds)).exit_code == 0
 
 
@@ -282,10 +276,7 @@ def test_a_daemon_that_starts_during_a_correction_loads_the_corrected_window(see
     story_id, [_canonical, second, _third] = lavrov(config.database)
     with window_to_self(config.database) as alone:
         assert alone
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "aggregator.cli", "run", "--config", str(seeds), "--tick",
-             "1s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        daemon = start_daemon(seeds)
         time.sleep(3)  # long enough for it to start, and to load a window it could
         aggregator = Aggregator(config)
         try:
@@ -294,19 +285,13 @@ def test_a_daemon_that_starts_during_a_correction_loads_the_corrected_window(see
             assert error is None
         finally:
             aggregator.close()
-    try:
-        line = daemon.stderr.readline()
-        while line and not line.startswith("polling"):
-            line = daemon.stderr.readline()
+    with killed_at_exit(daemon):
+        wait_until_polling(daemon)
         # Its window has the split: the merge it carries out finds two stories.
         result = cli("merge", str(story_id), str(new_story), "--config", str(seeds),
                      "--wait", "30s")
         assert result.output == f"correction 2: the articles are in story {story_id} now\n"
-        daemon.send_signal(signal.SIGTERM)
-        daemon.communicate(timeout=30)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
+        stop_daemon(daemon)
 
 
 ACCOUNT = AppAccount(username="reader@example.org", password="correct horse")

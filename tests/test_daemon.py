@@ -11,17 +11,14 @@ import sys
 import time
 
 import pytest
+from conftest import daemon_running, stop_daemon
 
 from aggregator.config import load_config
 
 
 def test_daemon_polls_then_stops_cleanly_on_sigterm(seed_config):
     database = load_config(seed_config, environ={}).database
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(seed_config),
-         "--tick", "1s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with daemon_running(seed_config) as process:
         deadline = time.monotonic() + 30
         stored = 0
         while time.monotonic() < deadline and stored < 3:
@@ -33,11 +30,7 @@ def test_daemon_polls_then_stops_cleanly_on_sigterm(seed_config):
                 except sqlite3.OperationalError:
                     pass
         assert stored == 3, "the daemon stored the three seed articles"
-        process.send_signal(signal.SIGTERM)
-        _out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        err = stop_daemon(process)
     assert process.returncode == 0, err
     assert "SIGTERM" in err
     with sqlite3.connect(database) as conn:
@@ -54,10 +47,7 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
         tmp_path / "http.toml", [{"name": n, "url": str(seed_dir / f)}
                                  for n, f in SEED_FEEDS.items()],
         extra=f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(config), "--tick", "1s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with daemon_running(config) as process:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/healthz")
         deadline = time.monotonic() + 30
@@ -72,11 +62,7 @@ def test_daemon_serves_pages_while_it_polls(tmp_path, seed_dir):
         # The seeds' vocabulary is far below the size at which names leave memory.
         assert float(terms.group(1)) == float(in_memory.group(1)) > 100
         assert "Also covered by" in httpx.get(f"{base}/").text
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        stop_daemon(process)
     assert process.returncode == 0
 
 
