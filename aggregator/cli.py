@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .config import (
+    MAX_PRIORITY,
     ClusteringSettings,
     Config,
     check_clustering_table,
@@ -139,8 +140,6 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
     # ``aggregator purge`` leaves the store to its retention, and ``recluster``, ``split``
     # and ``merge`` leave its stories to the daemon (a change made between the loading and
     # the lock would be missing from the window).
-    if config.database != ":memory:":
-        Path(config.database).parent.mkdir(parents=True, exist_ok=True)
     with holding_window(config.database):
         aggregator = Aggregator(config)
         try:
@@ -590,7 +589,7 @@ def _comparable(url: str) -> str:
 @click.option("--tag", "tags", multiple=True, help="A tag for the source (repeatable).")
 @click.option("--interval", default=None,
               help='How often to poll it, e.g. "15m", or "adaptive" [default: default_interval].')
-@click.option("--priority", type=click.IntRange(-1_000_000, 1_000_000), default=None,
+@click.option("--priority", type=click.IntRange(-MAX_PRIORITY, MAX_PRIORITY), default=None,
               help="Higher wins the canonical election.")
 @click.option("--full-text", is_flag=True,
               help="Fetch each new entry's page for its article text (summary-only feeds).")
@@ -796,8 +795,8 @@ def backup(config_path, destination, compact, skip_check) -> None:
 
     DEST is a file (replaced only once the new copy is whole and checked) or a folder (the
     copy is named after the database and the time).  The copy holds every transaction
-    committed before it began; it is readable by its owner alone.  To restore, stop the
-    daemon and put the copy in the database's place.
+    committed before it began; it is readable by its owner alone.  `aggregator restore`
+    puts it back.
 
     \b
     Examples:
@@ -836,8 +835,6 @@ def restore(config_path, backup_file) -> None:
     from .store import MIGRATIONS, Store, utcnow
 
     config = load_config(config_path)
-    if config.database != ":memory:":
-        Path(config.database).parent.mkdir(parents=True, exist_ok=True)
     with window_alone(config.database, "stop it, restore, then start it again"):
         report = restore_backup(config.database, Path(backup_file).expanduser(),
                                 [name for name, _migration in MIGRATIONS], utcnow())
@@ -944,11 +941,12 @@ def split(config_path, article_ids, wait) -> None:
         aggregator split 42
         aggregator split 42 43
     """
-    store = open_store(config_path)
+    config = load_config(config_path)
+    store = store_at(config.database)
     missing = [a for a in article_ids if store.article(a) is None]
     if missing:
         raise AggregatorError(f"no article {missing[0]}")
-    _correct(config_path, store, "split", list(dict.fromkeys(article_ids)), wait)
+    _correct(config, store, "split", list(dict.fromkeys(article_ids)), wait)
 
 
 @main.command()
@@ -970,7 +968,8 @@ def merge(config_path, story_ids, wait) -> None:
     Example:
         aggregator merge 12 15
     """
-    store = open_store(config_path)
+    config = load_config(config_path)
+    store = store_at(config.database)
     stories = list(dict.fromkeys(story_ids))
     if len(stories) < 2:
         raise click.UsageError("name two stories or more")
@@ -981,10 +980,10 @@ def merge(config_path, story_ids, wait) -> None:
         if row is None:
             raise AggregatorError(f"no story {story_id}")
         canonicals.append(row[0])
-    _correct(config_path, store, "merge", canonicals, wait)
+    _correct(config, store, "merge", canonicals, wait)
 
 
-def _correct(config_path, store, kind: str, article_ids: list[int], wait: str) -> None:
+def _correct(config: Config, store, kind: str, article_ids: list[int], wait: str) -> None:
     """Keep the correction, then carry it out here, or wait for the running daemon to."""
     from .pipeline import Aggregator
     from .retention import window_to_self
@@ -994,7 +993,6 @@ def _correct(config_path, store, kind: str, article_ids: list[int], wait: str) -
         wait_s = parse_duration(wait)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait") from None
-    config = load_config(config_path)
     correction_id = store.request_correction(kind, article_ids, utcnow())
     with window_to_self(config.database) as alone:
         if alone:

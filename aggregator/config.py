@@ -500,10 +500,15 @@ def _user_agent(reader: _Reader, default: str) -> str:
     return user_agent
 
 
+# Priorities go into SQLite's integers and sort keys; beyond this they are a mistake.
+MAX_PRIORITY = 1_000_000
+
+
 def _priority(reader: _Reader) -> int:
     priority = reader.get("priority", int, 0)
-    if not -1_000_000 <= priority <= 1_000_000:
-        raise reader.fail("priority", f"must be between -1000000 and 1000000, got {priority}")
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise reader.fail("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, "
+                                      f"got {priority}")
     return priority
 
 

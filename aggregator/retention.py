@@ -29,6 +29,7 @@ from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from .cluster import window_start
 from .store import Store
@@ -149,7 +150,10 @@ def window_lock_path(database: str) -> str:
 
 @contextmanager
 def _window_lock_file(database: str) -> Iterator[int]:
-    """The lock file's descriptor; its lock goes with it when it is closed."""
+    """The lock file's descriptor; its lock goes with it when it is closed.  Made with the
+    database's folder where neither is there yet (the lock is taken before the store is
+    opened)."""
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(window_lock_path(database), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         yield lock

@@ -1853,24 +1853,20 @@ class Store:
         reason and ``note``; the stories left empty (``emptied``: each with the story that
         took its members) go, their webhook deliveries carried to that story so that it is
         not posted again."""
-        made = [story_id for story_id in dict.fromkeys(moves.values())
-                if conn.execute("SELECT 1 FROM stories WHERE id = ?", [story_id]).fetchone()
-                is None]
-        conn.executemany("INSERT INTO stories (id, first_seen, last_seen, first_published, "
-                         "last_published) VALUES (?, '', '', '', '')",
-                         [[story_id] for story_id in made])
+        # A story made here gets its row's values with the others' below.
+        conn.executemany("INSERT OR IGNORE INTO stories (id, first_seen, last_seen, "
+                         "first_published, last_published) VALUES (?, '', '', '', '')",
+                         [[story_id] for story_id in dict.fromkeys(moves.values())])
         conn.executemany("UPDATE articles SET story_id = ? WHERE id = ?",
                          [[story_id, article_id] for article_id, story_id in moves.items()])
-        conn.executemany("UPDATE articles SET relation = ?, similarity = ? WHERE id = ?",
-                         [[relation, similarity, member] for outcome in outcomes
-                          for member, (relation, similarity)
-                          in outcome.member_relations.items()])
-        conn.executemany(
-            "INSERT INTO canonical_history (story_id, article_id, previous_article_id, "
-            "reason, changed_at) VALUES (?, ?, ?, ?, ?)",
-            [[outcome.story_id, outcome.canonical_id, outcome.previous_canonical_id,
-              f"{outcome.canonical_reason} ({note})", to_iso(now)]
-             for outcome in outcomes if outcome.canonical_reason is not None])
+        write_rows(conn, UPDATE_RELATIONS, [[member, relation, similarity]
+                                            for outcome in outcomes
+                                            for member, (relation, similarity)
+                                            in outcome.member_relations.items()])
+        write_rows(conn, INSERT_HISTORY, [
+            [outcome.story_id, outcome.canonical_id, outcome.previous_canonical_id,
+             f"{outcome.canonical_reason} ({note})", to_iso(now)]
+            for outcome in outcomes if outcome.canonical_reason is not None])
         conn.executemany(
             "UPDATE stories SET canonical_article_id = ?1, title = (SELECT title FROM "
             "articles WHERE id = ?1), first_seen = m.first_seen, last_seen = m.last_seen, "
@@ -1882,10 +1878,8 @@ class Store:
             "WHERE story_id = ?2) AS m WHERE stories.id = ?2",
             [[outcome.canonical_id, outcome.story_id] for outcome in outcomes])
         for story_id, taker in emptied.items():
-            conn.execute("INSERT OR IGNORE INTO webhook_deliveries (webhook, story_id, "
-                         "outcome, attempts, status, error, last_attempt_at, delivered_at) "
-                         "SELECT webhook, ?, outcome, attempts, status, error, "
-                         "last_attempt_at, delivered_at FROM webhook_deliveries "
+            # Where the taker has a delivery of its own to a webhook, that one stays.
+            conn.execute("UPDATE OR IGNORE webhook_deliveries SET story_id = ? "
                          "WHERE story_id = ?", [taker, story_id])
             for table in ("webhook_deliveries", "canonical_history"):
                 conn.execute(f"DELETE FROM {table} WHERE story_id = ?", [story_id])

@@ -372,11 +372,12 @@ def _merge_form(story_id: int) -> str:
 
 def _correction_notice(database: str, correction: str | None) -> str:
     """Where a correction asked for from this page stands (``?correction=N``)."""
-    if correction is None or not correction.isascii() or not correction.isdigit() \
-            or int(correction) > LARGEST_ID:
+    try:
+        correction_id = _form_id(correction or "", "correction")
+    except ValueError:
         return ""
     found = _rows(database, "SELECT applied_at, story_id, error FROM story_corrections "
-                            "WHERE id = ?", [int(correction)])
+                            "WHERE id = ?", [correction_id])
     if not found:
         return ""
     state = found[0]
@@ -388,7 +389,7 @@ def _correction_notice(database: str, correction: str | None) -> str:
     else:
         text = (f'carried out: the articles are in <a href="/story/{state["story_id"]}">'
                 f'story {state["story_id"]}</a>')
-    return f'<p class="notice">Correction {int(correction)}: {text}</p>'
+    return f'<p class="notice">Correction {correction_id}: {text}</p>'
 
 
 async def correct_story(request: Request) -> Response:
