@@ -124,10 +124,11 @@ def newest_story_ids(conn: sqlite3.Connection, limit: int, min_sources: int,
     (``AND ...``, with ``params``)."""
     found: list[tuple[str, int]] = []
     for (count,) in conn.execute(SOURCE_COUNTS, [min_sources]).fetchall():
-        found += conn.execute(
+        # As tuples whatever the connection's row factory: ``sqlite3.Row`` has no order.
+        found += map(tuple, conn.execute(
             f"SELECT last_seen, id FROM stories WHERE source_count = ? AND last_seen >= ? "
             f"{where} ORDER BY last_seen DESC, id DESC LIMIT ?",
-            [count, since, *params, limit]).fetchall()
+            [count, since, *params, limit]))
     return [story_id for _seen, story_id in heapq.nlargest(limit, found)]
 
 
@@ -178,6 +179,32 @@ def newest_matching_story_ids(conn: sqlite3.Connection, query: str, limit: int,
     return [story_id for (story_id,) in conn.execute(
         NEWEST_MATCHING_STORIES.format(where=where),
         [query, MATCHING_ARTICLES, min_sources, *params, limit])]
+
+
+def store_counts(conn: sqlite3.Connection) -> dict:
+    """What ``/metrics`` reports of the store: ``articles``; ``duplicates`` and
+    ``same_story``, the articles linked to a canonical by each relation; ``story_sizes``,
+    how many stories have each number of articles.
+
+    No statement reads every article or story: SQLite counts all articles and all stories
+    from their smallest index, and the partial indexes ``articles_duplicates`` and
+    ``stories_of_three_or_more`` hold the duplicates and the larger stories.  The rest
+    follows from the invariants that ``aggregator check`` holds: every article is in one
+    story, and every story has articles, one of them its canonical.  So the linked articles
+    are all but one a story, and the stories of one and of two articles are what the larger
+    ones leave of both counts."""
+    articles = conn.execute("SELECT count(*) FROM articles").fetchone()[0]
+    stories = conn.execute("SELECT count(*) FROM stories").fetchone()[0]
+    duplicates = conn.execute(
+        "SELECT count(*) FROM articles WHERE relation = 'duplicate'").fetchone()[0]
+    larger = dict(conn.execute(
+        "SELECT article_count, count(*) FROM stories WHERE article_count > 2 "
+        "GROUP BY article_count").fetchall())
+    pairs = articles - stories - sum((size - 1) * count for size, count in larger.items())
+    alone = stories - pairs - sum(larger.values())
+    sizes = {size: count for size, count in ((1, alone), (2, pairs)) if count}
+    return {"articles": articles, "duplicates": duplicates,
+            "same_story": articles - stories - duplicates, "story_sizes": {**sizes, **larger}}
 
 
 def purged_totals(conn: sqlite3.Connection) -> dict[str, int]:

@@ -636,6 +636,18 @@ def _m018_source_icons(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _m019_scrape_counts(db: sqlite_utils.Database) -> None:
+    """What ``/metrics`` counts at every scrape, without a scan of every article and story
+    (0.77 s a scrape on 1,000,000 articles): the duplicates, and the stories of three
+    articles or more by size.  The rest follows from the counts of all articles and all
+    stories, which SQLite reads from its smallest index (``readers.store_counts``).
+    Partial, so that the writer keeps an entry for those rows alone."""
+    _run_script(db, """
+    CREATE INDEX articles_duplicates ON articles(relation) WHERE relation = 'duplicate';
+    CREATE INDEX stories_of_three_or_more ON stories(article_count) WHERE article_count > 2;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -655,6 +667,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("016_reading_marks", _m016_reading_marks),
     ("017_story_corrections", _m017_story_corrections),
     ("018_source_icons", _m018_source_icons),
+    ("019_scrape_counts", _m019_scrape_counts),
 ]
 
 

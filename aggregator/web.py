@@ -6,6 +6,10 @@ blocks the writer and can run as a replica (``aggregator serve``) beside a daemo
 exceptions are the reading apps' marks (read, saved) and the corrections asked for from a
 story's page (``story_corrections``, which the daemon carries out): short transactions of
 their own, which wait for the daemon's.
+
+The handlers that read the database are plain functions, which Starlette runs in its thread
+pool: a slow read (a readiness probe waiting out the writer's transaction, a search of a
+common word) holds one thread, not the event loop that every other request waits on.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from .readers import (
     newest_story_ids,
     purged_totals,
     search_stories,
+    store_counts,
 )
 from .reading import LARGEST_ID, html_link, marks_connection
 
@@ -186,7 +191,7 @@ def _search_form(query: str = "") -> str:
             '<button type="submit">Search</button></form>')
 
 
-async def home(request: Request) -> HTMLResponse:
+def home(request: Request) -> HTMLResponse:
     database = request.app.state.database
     filters = _filters(request)
     items = [_story_item(story) for story in latest_stories(database, PAGE_SIZE, **filters)]
@@ -224,7 +229,7 @@ def search_query(conn: sqlite3.Connection, query: str, search) -> tuple[list, st
         return (search(conn, words) if words else []), words
 
 
-async def search_page(request: Request) -> HTMLResponse:
+def search_page(request: Request) -> HTMLResponse:
     """Full-text search, one result per story.  FTS5's syntax where the query is written in
     it (``"exact phrase"``, ``OR``, ``NOT``, ``prefix*``); any other text (``U.S. talks``,
     ``don't``) is searched as its words."""
@@ -265,7 +270,7 @@ def _when(stamp: str | None) -> str:
     return f'<time datetime="{escape(stamp)}">{escape(stamp[:16].replace("T", " "))}</time>'
 
 
-async def sources_page(request: Request) -> HTMLResponse:
+def sources_page(request: Request) -> HTMLResponse:
     """Each configured source's health, as ``aggregator sources`` shows it, without URLs or
     error texts: those may carry a private feed's token, and this page may be public."""
     rows = _rows(request.app.state.database,
@@ -290,7 +295,7 @@ async def sources_page(request: Request) -> HTMLResponse:
     return _page("Sources", body)
 
 
-async def story_page(request: Request) -> Response:
+def story_page(request: Request) -> Response:
     database = request.app.state.database
     story_id = request.path_params["story_id"]
     # Beyond SQLite's integers no story can be, and the query would fail.
@@ -532,7 +537,7 @@ def _feed_title(request: Request) -> str:
     return f"Latest stories{f' matching {query!r}' if query else ''} (deduplicated)"
 
 
-async def feed_atom(request: Request) -> Response:
+def feed_atom(request: Request) -> Response:
     base = _base_url(request)
     stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request),
                              matching=request.query_params.get("q", "").strip()[:500])
@@ -570,7 +575,7 @@ async def feed_atom(request: Request) -> Response:
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 
 
-async def feed_json(request: Request) -> Response:
+def feed_json(request: Request) -> Response:
     base = _base_url(request)
     stories = latest_stories(request.app.state.database, FEED_SIZE, **_filters(request),
                              matching=request.query_params.get("q", "").strip()[:500])
@@ -600,7 +605,7 @@ async def feed_json(request: Request) -> Response:
                     media_type="application/feed+json; charset=utf-8")
 
 
-async def source_icon(request: Request) -> Response:
+def source_icon(request: Request) -> Response:
     """A source's site icon (``icons``), for the reading apps' feed lists.  Only raster
     images are stored; ``nosniff`` keeps a browser to the type given."""
     source_id = request.path_params["source_id"]
@@ -619,7 +624,7 @@ async def healthz(_request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok\n")
 
 
-async def readyz(request: Request) -> PlainTextResponse:
+def readyz(request: Request) -> PlainTextResponse:
     """Ready when the database answers (and, in the daemon, is writable and a pass is recent)."""
     state = request.app.state
     try:
@@ -669,9 +674,11 @@ class StoreCollector:
         for outcome, count in sorted(by_outcome.items()):
             fetches.add_metric([outcome], count)
         yield fetches
-        counts = _rows(self.database, """SELECT count(*) AS articles,
-                coalesce(sum(relation = 'duplicate'), 0) AS duplicates,
-                coalesce(sum(relation = 'same_story'), 0) AS same_story FROM articles""")[0]
+        conn = _reader(self.database)
+        try:
+            counts = store_counts(conn)
+        finally:
+            conn.close()
         yield CounterMetricFamily("aggregator_articles_ingested", "Articles stored",
                                   value=counts["articles"] + purged.get(PURGED_ARTICLES, 0))
         yield CounterMetricFamily("aggregator_articles_purged",
@@ -684,17 +691,13 @@ class StoreCollector:
                                   "Articles linked as other write-ups of a story",
                                   value=counts["same_story"]
                                   + purged.get(PURGED_SAME_STORY, 0))
-        sizes = _rows(self.database, "SELECT article_count AS size, count(*) AS n FROM stories "
-                                     "GROUP BY article_count")
-        buckets, total, running = [], 0, 0
-        for bound in STORY_SIZE_BUCKETS:
-            running = sum(r["n"] for r in sizes if r["size"] <= bound)
-            buckets.append((str(bound), running))
-        total = sum(r["n"] for r in sizes)
-        buckets.append(("+Inf", total))
+        sizes = counts["story_sizes"]
+        buckets = [(str(bound), sum(n for size, n in sizes.items() if size <= bound))
+                   for bound in STORY_SIZE_BUCKETS]
+        buckets.append(("+Inf", sum(sizes.values())))
         yield HistogramMetricFamily("aggregator_story_size", "Articles per story",
                                     buckets=buckets,
-                                    sum_value=sum(r["size"] * r["n"] for r in sizes))
+                                    sum_value=sum(size * n for size, n in sizes.items()))
         webhooks = GaugeMetricFamily(
             "aggregator_webhook_stories", "Stories by the outcome of their last POST to each "
             "webhook (retry: not delivered yet)", labels=["webhook", "outcome"])
@@ -753,7 +756,7 @@ class StoreCollector:
                                         value=in_memory)
 
 
-async def metrics(request: Request) -> Response:
+def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(StoreCollector(request.app.state.database, request.app.state.status))
     return Response(generate_latest(registry),

@@ -38,6 +38,7 @@ from aggregator.readers import (  # noqa: E402
     newest_matching_story_ids,
     newest_story_ids,
     select_in,
+    store_counts,
 )
 from aggregator.reading import (  # noqa: E402
     StreamQuery,
@@ -92,6 +93,8 @@ QUERIES = {
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),
+    "the store's counts at a scrape of /metrics (articles by relation, stories by size)":
+        (lambda reader, _bound: store_counts(reader), "metrics"),
 }
 
 
@@ -161,6 +164,10 @@ PLANS = {
                      dict)],
     "query": [(NEWEST_MATCHING_STORIES.format(where=""),
                lambda bound: [bound["query"], MATCHING_ARTICLES, 1, 50])],
+    "metrics": [("SELECT count(*) FROM articles WHERE relation = 'duplicate'", dict),
+                ("SELECT article_count, count(*) FROM stories WHERE article_count > 2 "
+                 "GROUP BY article_count", dict),
+                ("SELECT count(*) FROM stories", dict), ("SELECT count(*) FROM articles", dict)],
 }
 
 
@@ -257,6 +264,8 @@ def main() -> None:
         if not Path(path).exists():
             print(f"building a store of {args.articles:,} articles ...", flush=True)
             build(path, args.articles).close()
+        else:
+            Store(path).close()  # a store kept from before takes the indexes made since
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         articles = reader.execute("SELECT count(*) FROM articles").fetchone()[0]
         stories = reader.execute("SELECT max(id) FROM stories").fetchone()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from datetime import UTC, datetime
@@ -30,10 +32,10 @@ from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.corrections import request_correction
 from aggregator.pipeline import Aggregator
-from aggregator.readers import newest_story_ids
+from aggregator.readers import newest_story_ids, store_counts
 from aggregator.reading import mark_stories, marks_connection
 from aggregator.store import Store
-from aggregator.web import DaemonStatus, create_app
+from aggregator.web import DaemonStatus, StoreCollector, create_app
 
 HOSTILE_FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Hostile</title>
 <item><title>&lt;script&gt;alert('title')&lt;/script&gt;Harmless headline about tides</title>
@@ -169,6 +171,40 @@ def test_stories_covered_by_several_sources(filled, query, stories):
         assert ("no story matches" in text) == (stories == 0)
 
 
+@pytest.fixture
+def mirrored(tmp_path, seed_dir):
+    """The seeds, the wire, and a syndicated mirror of the wire (other addresses, the same
+    texts), which gives each of the wire's five stories a second source."""
+    wire = (DATA / "other_topics.rss.xml").read_text(encoding="utf-8")
+    (seed_dir / "wire.rss.xml").write_text(wire, encoding="utf-8")
+    (seed_dir / "mirror.rss.xml").write_text(
+        wire.replace("test-wire.example", "wire-mirror.example"), encoding="utf-8")
+    sources = [{"name": n, "url": str(seed_dir / f), "tags": ["world"]}
+               for n, f in SEED_FEEDS.items()]
+    sources += [{"name": "Test Wire", "url": str(seed_dir / "wire.rss.xml"), "tags": ["wire"]},
+                {"name": "Wire Mirror", "url": str(seed_dir / "mirror.rss.xml")}]
+    config = load_config(write_config(tmp_path / "web.toml", sources), environ={})
+    aggregator = Aggregator(config)
+    aggregator.run_pass()
+    aggregator.close()
+    return config.database
+
+
+def test_several_stories_of_several_sources_are_listed_newest_first(mirrored):
+    """With the Lavrov story, six stories reach two sources."""
+    with closing(sqlite3.connect(mirrored)) as conn:
+        expected = [row[0] for row in conn.execute(
+            "SELECT id FROM stories WHERE source_count >= 2 ORDER BY last_seen DESC, id DESC")]
+    assert len(expected) == 6
+    client = TestClient(create_app(mirrored))
+    home = client.get("/?min_sources=2")
+    assert home.status_code == 200
+    assert [int(i) for i in re.findall(r'<a href="/story/(\d+)">', home.text)] == expected
+    assert client.get("/?min_sources=2&tag=wire").text.count('class="story"') == 5
+    assert client.get("/?min_sources=3").text.count('class="story"') == 1
+    assert len(client.get("/feed.json?min_sources=2").json()["items"]) == 6
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "", "\u0663", "9" * 30])
 def test_a_bad_min_sources_is_a_400_naming_it(filled, value):
     _config, database = filled
@@ -284,6 +320,72 @@ def test_metrics_parse_with_the_prometheus_parser(filled):
     assert samples['aggregator_sources{"status": "ok"}'] == 4
     assert samples['aggregator_sources{"status": "backoff"}'] == 1
     assert samples['aggregator_corrections{"state": "waiting"}'] == 1
+
+
+def test_a_slow_read_holds_no_other_request(filled, monkeypatch):
+    """A scrape that waits (here, until the story page has been answered) keeps a thread of
+    the pool, not the event loop: with the loop held, the page could not be answered while
+    the scrape waits, and the scrape would give up waiting."""
+    _config, database = filled
+    collecting, answered, waited = threading.Event(), threading.Event(), []
+    collect = StoreCollector.collect
+
+    def waiting_collect(self):
+        collecting.set()
+        waited.append(answered.wait(30))
+        yield from collect(self)
+
+    monkeypatch.setattr(StoreCollector, "collect", waiting_collect)
+
+    async def scrape_and_read() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(database))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            scrape = asyncio.create_task(client.get("/metrics"))
+            assert await asyncio.to_thread(collecting.wait, 30)
+            page = await client.get(f"/story/{lavrov_story_id(database)}")
+            answered.set()
+            return await scrape, page
+
+    scrape, page = asyncio.run(scrape_and_read())
+    assert page.status_code == 200 and "Lavrov" in page.text
+    assert scrape.status_code == 200 and "aggregator_story_size" in scrape.text
+    assert waited == [True]
+
+
+@pytest.mark.parametrize("change", [
+    None,
+    # The newest version moved into the oldest story as a duplicate: stories of 1, 2 and 4
+    # articles, and both relations.
+    "UPDATE articles SET story_id = (SELECT min(id) FROM stories), relation = 'duplicate' "
+    "WHERE id = (SELECT max(id) FROM articles)",
+])
+def test_metrics_count_from_indexes_what_a_scan_counts(mirrored, change):
+    with closing(sqlite3.connect(mirrored)) as conn:
+        if change:
+            # The stored counts follow, as the writer keeps them.
+            conn.execute(change)
+            conn.execute("UPDATE stories SET article_count = (SELECT count(*) FROM articles "
+                         "WHERE story_id = stories.id)")
+            conn.execute("DELETE FROM stories WHERE article_count = 0")
+            conn.commit()
+        scanned_sizes = dict(conn.execute(
+            "SELECT article_count, count(*) FROM stories GROUP BY article_count"))
+        scanned = conn.execute(
+            "SELECT count(*), total(relation = 'duplicate'), total(relation = 'same_story') "
+            "FROM articles").fetchone()
+        counts = store_counts(conn)
+        plans = " ".join(row[3] for sql in (
+            "SELECT count(*) FROM articles WHERE relation = 'duplicate'",
+            "SELECT article_count, count(*) FROM stories WHERE article_count > 2 "
+            "GROUP BY article_count") for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert counts == {"articles": scanned[0], "duplicates": scanned[1],
+                      "same_story": scanned[2], "story_sizes": scanned_sizes}
+    assert sorted(scanned_sizes) == ([2, 3] if change is None else [1, 2, 4])
+    assert "articles_duplicates" in plans and "stories_of_three_or_more" in plans
+    samples = {s.name: s.value for f in text_string_to_metric_families(
+        TestClient(create_app(mirrored)).get("/metrics").text) for s in f.samples}
+    assert samples["aggregator_story_size_sum"] == scanned[0]
+    assert samples["aggregator_duplicates_total"] == scanned[1]
 
 
 def test_health_and_readiness(filled):
