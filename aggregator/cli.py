@@ -881,7 +881,9 @@ def explain(config_path, article_id) -> None:
     article = store.article(article_id)
     if article is None:
         raise AggregatorError(f"no article {article_id}")
-    decision = json.loads(article["decision"])
+    # A store filled by other means (the benchmarks' bulk stores) may hold none.
+    decision = json.loads(article["decision"] or "null") or {
+        "reason": "not recorded", "near_copies": [], "candidates": []}
     click.echo(f"article {article_id} ({article['source']}): {article['title']}")
     click.echo(f"story {article['story_id']}, relation now {article['relation']} "
                f"(similarity to the canonical {article['similarity']:.3f})")
@@ -898,7 +900,7 @@ def explain(config_path, article_id) -> None:
     for copy in decision["near_copies"]:
         click.echo(f"  near-copy candidate: article {copy['article_id']} in story "
                    f"{copy['story_id']}, shingle Jaccard {copy['jaccard']:.3f}")
-    if not decision["candidates"]:
+    if not decision["candidates"] and article["decision"]:
         click.echo("  no same-story candidate found by LSH")
     salient = set(salient_terms)
     canonicals = [c["canonical_article_id"] for c in decision["candidates"]

@@ -271,6 +271,16 @@ def test_explain_reads_decisions_that_carry_their_shared_terms(seed_config):
     assert "shared salient terms: stored, terms" in output
 
 
+def test_explain_of_an_article_stored_without_a_decision(seed_config):
+    run_once(seed_config)
+    with sqlite3.connect(load_config(seed_config).database) as conn:
+        conn.execute("UPDATE articles SET decision = NULL WHERE id = 1")
+    result = CliRunner().invoke(main, ["explain", "1", "--config", str(seed_config)])
+    assert result.exit_code == 0, result.output
+    assert "decision when it arrived: not recorded" in result.output
+    assert "candidate" not in result.output
+
+
 def test_explain_says_why_a_story_above_its_threshold_was_held_back(seed_config):
     def held_back(decision):
         decision["candidates"][0].update(score=0.0, cosine=0.171, time_factor=1.0,
