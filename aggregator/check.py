@@ -92,6 +92,13 @@ def check_store(store: Store, settings: ClusteringSettings,
         "SELECT k.key, k.article_id FROM article_keys k JOIN retired_keys r ON r.key = k.key",
         lambda r: f"key {r[0]!r} of article {r[1]} is also the key of a deleted article"))
     q(_query_violations(
+        store, "every fetch attempt stored is counted",
+        # Retention deletes old attempts, and the counts keep them: at least, not equal.
+        "SELECT f.outcome, count(*), coalesce(c.attempts, 0) FROM fetch_attempts f "
+        "LEFT JOIN fetch_counts c ON c.outcome = f.outcome GROUP BY f.outcome "
+        "HAVING count(*) > coalesce(c.attempts, 0)",
+        lambda r: f"outcome {r[0]!r}: {r[1]} attempts stored, {r[2]} counted"))
+    q(_query_violations(
         store, "stored counts equal real counts",
         "SELECT s.name, s.article_count, count(a.id) FROM sources s LEFT JOIN articles a "
         "ON a.source_id = s.id GROUP BY s.id HAVING s.article_count != count(a.id)",

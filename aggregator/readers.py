@@ -41,13 +41,12 @@ def from_iso(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-# In ``meta``: how many rows retention has deleted (``Store.purge_stories``), by kind; the
-# fetch attempts by outcome, under ``PURGED_FETCHES`` followed by the outcome.
+# In ``meta``: how many rows retention has deleted (``Store.purge_stories``), by kind.  (The
+# fetch attempts are counted as they are recorded, in ``fetch_counts``.)
 PURGED_ARTICLES = "purged_articles"
 PURGED_DOCUMENTS = "purged_documents"
 PURGED_DUPLICATES = "purged_duplicates"
 PURGED_SAME_STORY = "purged_same_story"
-PURGED_FETCHES = "purged_fetches:"
 
 
 def counted(count: int, singular: str, plural: str | None = None) -> str:

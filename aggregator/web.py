@@ -22,7 +22,6 @@ import re
 import sqlite3
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +47,6 @@ from .greader import client_login, reader_api
 from .readers import (
     PURGED_ARTICLES,
     PURGED_DUPLICATES,
-    PURGED_FETCHES,
     PURGED_SAME_STORY,
     close_calls,
     counted,
@@ -647,6 +645,33 @@ def readyz(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ready\n")
 
 
+def scrape_figures(conn: sqlite3.Connection) -> dict:
+    """Every figure a scrape of ``/metrics`` reads from the store, from one snapshot of it.
+    None needs a scan of a table that grows with the store (``readers.store_counts``,
+    ``fetch_counts``)."""
+    conn.execute("BEGIN")
+    try:
+        rows = conn.execute
+        return {
+            "purged": purged_totals(conn),
+            "fetches": rows("SELECT outcome, attempts FROM fetch_counts "
+                            "ORDER BY outcome").fetchall(),
+            "counts": store_counts(conn),
+            "webhooks": rows("SELECT webhook, outcome, count(*) FROM webhook_deliveries "
+                             "GROUP BY webhook, outcome").fetchall(),
+            "due": rows("""SELECT count(*) FROM sources WHERE enabled AND in_config AND
+                disabled_reason IS NULL AND (next_check_at IS NULL OR
+                next_check_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))""").fetchone()[0],
+            "sources": rows("SELECT status, count(*) FROM source_health WHERE in_config "
+                            "GROUP BY status ORDER BY status").fetchall(),
+            "corrections": rows("""SELECT CASE WHEN applied_at IS NULL THEN 'waiting'
+                WHEN error IS NULL THEN 'done' ELSE 'refused' END AS state, count(*)
+                FROM story_corrections GROUP BY state ORDER BY state""").fetchall(),
+        }
+    finally:
+        conn.execute("ROLLBACK")
+
+
 class StoreCollector:
     """Prometheus metrics read from the database at scrape time."""
 
@@ -655,30 +680,19 @@ class StoreCollector:
         self.status = status
 
     def collect(self):
-        # Counters never go down: what retention deleted (``Store.purge_stories``) is added
-        # back from the totals it keeps.
         conn = _reader(self.database)
         try:
-            purged = purged_totals(conn)
+            read = scrape_figures(conn)
         finally:
             conn.close()
-        rows = _rows(self.database, "SELECT outcome, count(*) AS n FROM fetch_attempts "
-                                    "GROUP BY outcome")
-        by_outcome = Counter({key.removeprefix(PURGED_FETCHES): count
-                              for key, count in purged.items()
-                              if key.startswith(PURGED_FETCHES)})
-        for row in rows:
-            by_outcome[row["outcome"]] += row["n"]
+        # Counters never go down: what retention deleted (``Store.purge_stories``) is added
+        # back from the totals it keeps; ``fetch_counts`` counts every attempt recorded.
+        purged, counts = read["purged"], read["counts"]
         fetches = CounterMetricFamily("aggregator_fetches", "Fetch attempts by outcome",
                                       labels=["outcome"])
-        for outcome, count in sorted(by_outcome.items()):
-            fetches.add_metric([outcome], count)
+        for outcome, attempts in read["fetches"]:
+            fetches.add_metric([outcome], attempts)
         yield fetches
-        conn = _reader(self.database)
-        try:
-            counts = store_counts(conn)
-        finally:
-            conn.close()
         yield CounterMetricFamily("aggregator_articles_ingested", "Articles stored",
                                   value=counts["articles"] + purged.get(PURGED_ARTICLES, 0))
         yield CounterMetricFamily("aggregator_articles_purged",
@@ -701,31 +715,24 @@ class StoreCollector:
         webhooks = GaugeMetricFamily(
             "aggregator_webhook_stories", "Stories by the outcome of their last POST to each "
             "webhook (retry: not delivered yet)", labels=["webhook", "outcome"])
-        for row in _rows(self.database, "SELECT webhook, outcome, count(*) AS n FROM "
-                                        "webhook_deliveries GROUP BY webhook, outcome"):
-            webhooks.add_metric([row["webhook"], row["outcome"]], row["n"])
+        for webhook, outcome, stories in read["webhooks"]:
+            webhooks.add_metric([webhook, outcome], stories)
         yield webhooks
-        due = _rows(self.database, """SELECT count(*) AS n FROM sources WHERE enabled AND
-                in_config AND disabled_reason IS NULL AND (next_check_at IS NULL OR
-                next_check_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))""")[0]["n"]
         yield GaugeMetricFamily("aggregator_sources_due", "Sources due for a fetch now "
-                                "(the queue length)", value=due)
+                                "(the queue length)", value=read["due"])
         # What an alert on failing feeds needs: the daemon never drops one, so a feed that
         # fails for weeks shows here, not by going quiet.
         sources = GaugeMetricFamily(
             "aggregator_sources", "Sources by state (source_health.status: ok, backoff, "
             "cooldown, disabled, disabled in config, never fetched)", labels=["status"])
-        for row in _rows(self.database, "SELECT status, count(*) AS n FROM source_health "
-                                        "WHERE in_config GROUP BY status ORDER BY status"):
-            sources.add_metric([row["status"]], row["n"])
+        for status, count in read["sources"]:
+            sources.add_metric([status], count)
         yield sources
         corrections = GaugeMetricFamily(
             "aggregator_corrections", "Readers' corrections (aggregator split and merge, the "
             "story pages) by state: waiting for the daemon, done, refused", labels=["state"])
-        for row in _rows(self.database, """SELECT CASE WHEN applied_at IS NULL THEN 'waiting'
-                WHEN error IS NULL THEN 'done' ELSE 'refused' END AS state, count(*) AS n
-                FROM story_corrections GROUP BY state ORDER BY state"""):
-            corrections.add_metric([row["state"]], row["n"])
+        for state, count in read["corrections"]:
+            corrections.add_metric([state], count)
         yield corrections
         if self.status is not None:
             if self.status.last_pass_seconds is not None:

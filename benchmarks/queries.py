@@ -38,7 +38,6 @@ from aggregator.readers import (  # noqa: E402
     newest_matching_story_ids,
     newest_story_ids,
     select_in,
-    store_counts,
 )
 from aggregator.reading import (  # noqa: E402
     StreamQuery,
@@ -52,6 +51,7 @@ from aggregator.reading import (  # noqa: E402
     unread_story_ids,
 )
 from aggregator.store import Store, from_iso, to_iso  # noqa: E402
+from aggregator.web import scrape_figures  # noqa: E402
 
 # The canned query of the Datasette dashboards, as they run it.
 SAVED_STORIES = json.loads((Path(__file__).resolve().parent.parent / "docker" /
@@ -93,8 +93,9 @@ QUERIES = {
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),
-    "the store's counts at a scrape of /metrics (articles by relation, stories by size)":
-        (lambda reader, _bound: store_counts(reader), "metrics"),
+    "what a scrape of /metrics reads (fetches and articles by outcome, stories by size, "
+    "sources by state)":
+        (lambda reader, _bound: scrape_figures(reader), "metrics"),
 }
 
 
@@ -167,7 +168,10 @@ PLANS = {
     "metrics": [("SELECT count(*) FROM articles WHERE relation = 'duplicate'", dict),
                 ("SELECT article_count, count(*) FROM stories WHERE article_count > 2 "
                  "GROUP BY article_count", dict),
-                ("SELECT count(*) FROM stories", dict), ("SELECT count(*) FROM articles", dict)],
+                ("SELECT count(*) FROM stories", dict), ("SELECT count(*) FROM articles", dict),
+                ("SELECT outcome, attempts FROM fetch_counts ORDER BY outcome", dict),
+                ("SELECT status, count(*) FROM source_health WHERE in_config GROUP BY status",
+                 dict)],
 }
 
 

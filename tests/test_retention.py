@@ -237,13 +237,14 @@ def test_without_retention_nothing_leaves(tmp_path):
 def test_old_fetch_attempts_leave_and_the_fetch_counters_keep_counting(tmp_path):
     aggregator, _stories = filled(tmp_path)
     with aggregator.store.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
-            "outcome) VALUES (1, ?, 5, 'u', ?, ?)",
-            [(f"2026-04-{day:02d}T00:00:00Z", status, outcome)
-             for day, status, outcome in [(1, 200, "ok"), (2, 304, "not_modified"),
-                                          (3, 500, "http_error"), (1, 200, "ok")]]
-            + [("2026-06-09T00:00:00Z", 200, "ok")])
+        for started, status, outcome in [
+                ("2026-04-01", 200, "ok"), ("2026-04-02", 304, "not_modified"),
+                ("2026-04-03", 500, "http_error"), ("2026-04-01", 200, "ok"),
+                ("2026-06-09", 200, "ok")]:
+            aggregator.store.record_fetch(
+                1, started=datetime.fromisoformat(f"{started}T00:00:00+00:00"),
+                duration_ms=5, url="u", status=status, outcome=outcome, error=None, size=None,
+                entries=None, new_articles=None, state={}, conn=conn)
 
     def fetches():
         return {sample.labels["outcome"]: sample.value

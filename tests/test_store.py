@@ -258,6 +258,43 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
     store.close()
 
 
+def test_fetch_counts_begin_from_the_stored_and_the_purged_attempts_after_migration_020(
+        tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 19, monkeypatch)
+    with old.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
+            "outcome) VALUES (1, '2026-04-01T00:00:00Z', 5, 'u', ?, ?)",
+            [(200, "ok"), (200, "ok"), (304, "not_modified")])
+        # What retention had deleted, as it kept the totals before 020.
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                         [("purged_fetches:ok", "4"), ("purged_fetches:http_error", "2")])
+    store, _triggers = _migrated_again(old, monkeypatch)
+    counts = "SELECT outcome, attempts FROM fetch_counts ORDER BY outcome"
+    assert store.db.execute(counts).fetchall() == [
+        ("http_error", 2), ("not_modified", 1), ("ok", 6)]
+    assert store.db.execute("SELECT count(*) FROM meta WHERE key LIKE 'purged_fetches%'"
+                            ).fetchone() == (0,)
+    with store.transaction() as conn:
+        store.record_fetch(1, started=datetime(2026, 4, 2, tzinfo=UTC), duration_ms=5,
+                           url="u", status=None, outcome="network_error", error="down",
+                           size=None, entries=None, new_articles=None, state={}, conn=conn)
+    assert store.db.execute(counts).fetchall()[1] == ("network_error", 1)
+    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "fetch" in v.invariant] == []
+    # An attempt stored without being counted (an edit by hand) breaks the invariant.
+    store.db.execute("INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, "
+                     "outcome) VALUES (1, '2026-04-03T00:00:00Z', 5, 'u', 'gone')")
+    assert [v.detail for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "fetch" in v.invariant] == ["outcome 'gone': 1 attempts stored, 0 counted"]
+    store.close()
+
+
 @pytest.mark.parametrize(("statement", "one_row"), [
     ("INSERT INTO t (a, b) SELECT c0, c1 FROM {rows}", "INSERT INTO t (a, b) VALUES (?1, ?2)"),
     ("INSERT INTO t (a, b) SELECT c0, c1 FROM {rows} WHERE true ON CONFLICT(a) DO UPDATE "
