@@ -53,10 +53,11 @@ from aggregator.reading import (  # noqa: E402
 from aggregator.store import Store, from_iso, to_iso  # noqa: E402
 from aggregator.web import scrape_figures  # noqa: E402
 
-# The canned query of the Datasette dashboards, as they run it.
-SAVED_STORIES = json.loads((Path(__file__).resolve().parent.parent / "docker" /
-                            "datasette-metadata.json").read_text(encoding="utf-8")
-                           )["databases"]["aggregator"]["queries"]["saved_stories"]["sql"]
+# Canned queries of the Datasette dashboards, as they run them.
+CANNED = json.loads((Path(__file__).resolve().parent.parent / "docker" /
+                     "datasette-metadata.json").read_text(encoding="utf-8")
+                    )["databases"]["aggregator"]["queries"]
+SAVED_STORIES = CANNED["saved_stories"]["sql"]
 
 QUERIES = {
     "latest stories (web /, `aggregator stories`)":
@@ -90,6 +91,8 @@ QUERIES = {
         (lambda reader, bound: matching_stories(reader, bound), "query"),
     "stories starred in a reading app, latest 200 (canned saved_stories)":
         (SAVED_STORIES, None),
+    "each source's share of repeated news (canned duplicate_share_by_source)":
+        (CANNED["duplicate_share_by_source"]["sql"], None),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),

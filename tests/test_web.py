@@ -449,6 +449,15 @@ def test_datasette_serves_views_and_canned_queries(filled):
         assert httpx.get(f"{base}/failing_sources.json?_shape=array").json() == []
         [correction] = httpx.get(f"{base}/corrections.json?_shape=array").json()
         assert (correction["kind"], correction["state"]) == ("split", "waiting")
+        # Counted from the partial indexes by relation: what the daily figures add up to.
+        shares = httpx.get(f"{base}/duplicate_share_by_source.json?_shape=array").json()
+        with closing(sqlite3.connect(target)) as conn:
+            daily = conn.execute(
+                "SELECT source, sum(articles), sum(duplicates), sum(same_story) FROM "
+                "daily_ingest GROUP BY source ORDER BY source").fetchall()
+        assert sorted((s["source"], s["articles"], s["duplicates"], s["same_story"])
+                      for s in shares) == daily
+        assert shares[0]["repeated_share"] == max(s["repeated_share"] for s in shares) > 0
         starred = httpx.get(f"{base}/saved_stories.json?_shape=array").json()
         assert [(row["story_id"], row["source_count"]) for row in starred] == [(saved, 3)]
         for minimum, expected in (("3", [story_id]), ("4", []), ("1", None)):
