@@ -637,7 +637,7 @@ def _m018_source_icons(db: sqlite_utils.Database) -> None:
 
 def _m019_scrape_counts(db: sqlite_utils.Database) -> None:
     """What ``/metrics`` and the dashboards count, without a scan of every article and story
-    (0.77 s a scrape on 1,000,000 articles; 7.6 s for the canned query
+    (0.77 s a scrape on 1,000,000 articles; 6.8-7.6 s for the canned query
     ``duplicate_share_by_source``): the duplicates and the other write-ups, by source, and
     the stories of three articles or more, by size.  The rest follows from the counts of all
     articles and all stories, which SQLite reads from its smallest index
