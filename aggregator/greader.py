@@ -31,6 +31,7 @@ from .reading import (
     AppSource,
     StreamQuery,
     app_sources,
+    is_whole_number,
     item_html,
     mark_read_before,
     mark_stories,
@@ -91,11 +92,6 @@ def _timestamp(value: str, name: str) -> datetime:
                              f"got {value[:40]!r}")
 
 
-def _whole(text: str) -> bool:
-    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` takes "²")."""
-    return text.isascii() and text.isdigit()
-
-
 @dataclass
 class Params:
     """A request's parameters, from its query and its form, each name with all its values."""
@@ -154,7 +150,7 @@ class ReaderApi(AppRequest):
         ``xt``, ``it``, ``ot``, ``nt``, ``r``, ``n`` and ``c`` asks for."""
         stream = stream or params.one("s", READING_LIST)
         limit = params.one("n", str(PAGE))
-        if not _whole(limit) or not 1 <= int(limit) <= LARGEST_PAGE:
+        if not is_whole_number(limit) or not 1 <= int(limit) <= LARGEST_PAGE:
             raise AppRequestError(f"n: expected a whole number from 1 to {LARGEST_PAGE}, "
                                      f"got {limit[:40]!r}")
         read: bool | None = None
@@ -170,7 +166,7 @@ class ReaderApi(AppRequest):
         if READ in params.all("xt"):
             read = False
         continuation = params.one("c")
-        if continuation and not (_whole(continuation) and int(continuation) <= LARGEST_ID):
+        if continuation and not (is_whole_number(continuation) and int(continuation) <= LARGEST_ID):
             raise AppRequestError(f"c: {continuation[:40]!r} is not a continuation "
                                      "this server gave")
         return StreamQuery(
@@ -182,7 +178,7 @@ class ReaderApi(AppRequest):
 
     def _sources_of(self, stream: str) -> tuple[int, ...]:
         """The sources of a feed's stream (``feed/ID``) or a folder's (``user/-/label/TAG``)."""
-        if stream.startswith(FEED) and _whole(stream[len(FEED):]) and \
+        if stream.startswith(FEED) and is_whole_number(stream[len(FEED):]) and \
                 int(stream[len(FEED):]) <= LARGEST_ID:
             return (int(stream[len(FEED):]),)
         if stream.startswith(LABEL):

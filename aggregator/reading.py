@@ -30,6 +30,13 @@ from .readers import BUSY_TIMEOUT_MS, from_iso, read_only_connection, select_in,
 # matches nothing, and would make the query fail.
 LARGEST_ID = 2**63 - 1
 
+
+def is_whole_number(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` takes "²", which
+    ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 # A mark's column, by what it says.
 _COLUMNS = {"read": "read_at", "saved": "saved_at"}
 
