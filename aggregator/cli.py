@@ -31,7 +31,7 @@ from .config import (
     too_short_a_retention,
 )
 from .errors import AggregatorError, ConfigError, SourceError
-from .readers import counted
+from .readers import counted, newest_only_note
 
 if TYPE_CHECKING:
     from .store import Store
@@ -331,16 +331,19 @@ def search(config_path, query, limit, as_json) -> None:
         aggregator search Lavrov
         aggregator search '"security guarantees" AND Ukraine'
     """
-    found = open_store(config_path).search(query, limit)
+    found, newest_only = open_store(config_path).search(query, limit)
     if as_json:
         click.echo(json.dumps(found, indent=2))
-        return
-    for story in found:
-        click.echo(f"story {story['story_id']}: {story['title']}")
-        click.echo(f"  {story['matching_articles']} of {story['article_count']} versions "
-                   f"match; sources: {story['sources']}")
-    if not found:
-        click.echo("no story matches")
+    else:
+        for story in found:
+            click.echo(f"story {story['story_id']}: {story['title']}")
+            click.echo(f"  {story['matching_articles']} of {story['article_count']} versions "
+                       f"match; sources: {story['sources']}")
+        if not found:
+            click.echo("no story matches")
+    if newest_only:
+        # On standard error, so that --json stays one JSON document.
+        click.echo(newest_only_note(), err=True)
 
 
 def _since(value: str | None):

@@ -2247,19 +2247,22 @@ class Store:
     def sources_overview(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM source_health ORDER BY name"))
 
-    def search(self, query: str, limit: int = 20) -> list[dict]:
-        """Stories whose articles match an FTS5 query, best match first, one row per story."""
+    def search(self, query: str, limit: int = 20) -> tuple[list[dict], bool]:
+        """Stories whose articles match an FTS5 query, best match first, one row per story;
+        and whether only the newest ``SEARCH_NEWEST`` matching articles were ranked."""
         try:
-            found = dict(search_stories(self.db.conn, query, limit))
+            found = search_stories(self.db.conn, query, limit)
         except sqlite3.OperationalError as exc:
             raise StoreError(f"invalid search query {query!r}: {exc}") from None
-        if not found:
-            return []
+        matching = dict(found.stories)
+        if not matching:
+            return [], False
         details = {row["story_id"]: row for row in self.db.query(
-            f"SELECT * FROM latest_stories WHERE story_id IN ({','.join('?' * len(found))})",
-            list(found))}
-        return [{**details[story_id], "matching_articles": matching}
-                for story_id, matching in found.items() if story_id in details]
+            f"SELECT * FROM latest_stories WHERE story_id IN ({','.join('?' * len(matching))})",
+            list(matching))}
+        return [{**details[story_id], "matching_articles": count}
+                for story_id, count in matching.items() if story_id in details], \
+            found.newest_only
 
     def article(self, article_id: int) -> dict | None:
         rows = list(self.db.query(

@@ -52,6 +52,7 @@ from .readers import (
     close_calls,
     counted,
     newest_matching_story_ids,
+    newest_only_note,
     newest_story_ids,
     purged_totals,
     search_stories,
@@ -243,7 +244,9 @@ def search_page(request: Request) -> HTMLResponse:
     with _reading(database) as conn:
         found, words = search_query(
             conn, query, lambda c, q: search_stories(c, q, PAGE_SIZE))
-        matching = dict(found)
+        # Without words to search for, nothing was searched (an empty list).
+        matching = dict(found.stories) if found else {}
+        newest_only = bool(found) and found.newest_only
         rank = {story_id: position for position, story_id in enumerate(matching)}
         stories = _with_members(conn, sorted(
             _dicts(conn, f"SELECT * FROM latest_stories WHERE story_id IN "
@@ -252,6 +255,8 @@ def search_page(request: Request) -> HTMLResponse:
     note = "" if words is None else (
         (f'<p class="meta">Searched for the words {escape(words)}' if words else
          '<p class="meta">No words to search for') + " (the query is not in FTS5 syntax).</p>")
+    if newest_only:
+        note += f'<p class="meta">{escape(newest_only_note())}</p>'
     follow = escape(urlencode({"q": query}))
     note += (f'<p class="meta">Follow it: <a href="/feed.atom?{follow}">Atom</a> · '
              f'<a href="/feed.json?{follow}">JSON Feed</a> (newest matches first)</p>')

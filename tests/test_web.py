@@ -28,6 +28,7 @@ from conftest import DATA, ROOT, SEED_FEEDS, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from aggregator import readers
 from aggregator.cli import main
 from aggregator.config import load_config
 from aggregator.corrections import request_correction
@@ -89,15 +90,56 @@ def test_views_show_the_seed_story(filled):
 def test_full_text_search_finds_stories_not_copies(filled):
     config, database = filled
     store = Store(database)
-    found = store.search("Lavrov")
-    assert [s["story_id"] for s in found] == [lavrov_story_id(database)]
+    found, newest_only = store.search("Lavrov")
+    assert [s["story_id"] for s in found] == [lavrov_story_id(database)] and not newest_only
     assert found[0]["matching_articles"] == 3
-    assert [s["title"] for s in store.search("snow")] == [
+    assert [s["title"] for s in store.search("snow")[0]] == [
         "Storm brings heavy snow and flight cancellations to northern Europe"]
     result = CliRunner().invoke(main, ["search", "--config", str(config), "Lavrov"])
     assert result.exit_code == 0 and result.output.count("story ") == 1
     bad = CliRunner().invoke(main, ["search", "--config", str(config), 'AND "'])
     assert bad.exit_code == 1 and "invalid search query" in bad.output
+
+
+@pytest.mark.parametrize("newest", [1, 2, 3, 4, 5, 5000])
+def test_a_search_ranks_only_its_newest_matching_articles(filled, monkeypatch, newest):
+    config, database = filled
+    query = "snow OR Lavrov"
+    monkeypatch.setattr(readers, "SEARCH_NEWEST", newest)
+    with closing(sqlite3.connect(database)) as conn:
+        matches = [row[0] for row in conn.execute(
+            "SELECT rowid FROM articles_fts WHERE articles_fts MATCH ? ORDER BY rowid DESC",
+            [query])]
+        ranked = matches[:newest]
+        stories = {conn.execute("SELECT story_id FROM articles WHERE id = ?", [article]
+                                ).fetchone()[0] for article in ranked}
+        found = readers.search_stories(conn, query, 20)
+    assert len(matches) == 4  # the three write-ups of the seed story, and the snow story
+    assert found.ranked == len(ranked)
+    assert {story for story, _count in found.stories} == stories
+    assert sum(count for _story, count in found.stories) == len(ranked)
+    assert found.newest_only == (newest <= len(matches))
+    page = TestClient(create_app(database)).get("/search", params={"q": query}).text
+    assert (escape(readers.newest_only_note()) in page) == found.newest_only
+    assert page.count('<article class="story">') == len(stories)
+    printed = CliRunner().invoke(main, ["search", "--config", str(config), "--json", query])
+    assert printed.exit_code == 0
+    assert len(json.loads(printed.stdout)) == len(stories)
+    assert (readers.newest_only_note() in printed.stderr) == found.newest_only
+
+
+@pytest.mark.parametrize("query", ["Lavrov", "snow OR Lavrov", "the", "zzzunknownword"])
+def test_the_dashboards_search_finds_what_the_web_search_finds(filled, query):
+    _config, database = filled
+    canned = json.loads((ROOT / "docker" / "datasette-metadata.json").read_text())[
+        "databases"]["aggregator"]["queries"]["search_stories"]["sql"]
+    # The same bounds, written out in the dashboard's SQL.
+    assert f"LIMIT {readers.SEARCH_NEWEST})" in canned
+    assert f"LIMIT {readers.SEARCH_ARTICLES})" in canned
+    with closing(sqlite3.connect(database)) as conn:
+        rows = conn.execute(canned, {"query": query}).fetchall()
+        found = readers.search_stories(conn, query, 50)
+    assert [(story, count) for story, _rank, count, _title in rows] == found.stories
 
 
 def test_pages_show_stories_and_sanitize_feed_html(filled):
