@@ -100,9 +100,13 @@ def check_store(store: Store, settings: ClusteringSettings,
         lambda r: f"outcome {r[0]!r}: {r[1]} attempts stored, {r[2]} counted"))
     q(_query_violations(
         store, "stored counts equal real counts",
-        "SELECT s.name, s.article_count, count(a.id) FROM sources s LEFT JOIN articles a "
-        "ON a.source_id = s.id GROUP BY s.id HAVING s.article_count != count(a.id)",
-        lambda r: f"source {r[0]!r}: stored {r[1]} articles, real {r[2]}"))
+        "SELECT s.name, s.article_count, count(a.id), s.duplicate_count, "
+        "sum(a.relation IS 'duplicate') AS duplicates, s.same_story_count, "
+        "sum(a.relation IS 'same_story') AS same_story FROM sources s LEFT JOIN articles a "
+        "ON a.source_id = s.id GROUP BY s.id HAVING s.article_count != count(a.id) "
+        "OR s.duplicate_count != duplicates OR s.same_story_count != same_story",
+        lambda r: f"source {r[0]!r}: stored {r[1]} articles, {r[3]} duplicates, {r[5]} "
+                  f"other write-ups; real {r[2]}, {r[4]}, {r[6]}"))
     q(_query_violations(
         store, "every article has its fingerprint",
         # ... except one stored with clustering off: alone in its story, counted nowhere.

@@ -250,8 +250,9 @@ def build(path: str, articles: int, seed: int = 3) -> Store:
     # built once, from the table, as `docs/schema.md` tells an operator to.
     with store.transaction():
         db.execute("INSERT INTO articles_fts(articles_fts) VALUES ('rebuild')")
-        db.execute("UPDATE sources SET article_count = "
-                   "(SELECT count(*) FROM articles WHERE source_id = sources.id)")
+        db.execute("UPDATE sources SET (article_count, duplicate_count, same_story_count) = "
+                   "(SELECT count(*), total(relation = 'duplicate'), "
+                   "total(relation = 'same_story') FROM articles WHERE source_id = sources.id)")
     db.execute("ANALYZE")
     print(f"  full-text index built ({time.perf_counter() - started:.0f} s)", flush=True)
     return store

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import write_config
 from feed_server import Reply
-from test_store import _article, _migrated_again, _store_migrated_to
+from test_store import _migrated_again, _old_solo_article, _store_migrated_to
 
 from aggregator import retention
 from aggregator.check import check_store
@@ -281,8 +281,8 @@ def test_a_store_from_before_retention_takes_it_and_keeps_its_invariants(tmp_pat
     path = str(tmp_path / "a.db")
     old = _store_migrated_to(path, 12, monkeypatch)
     with old.transaction() as conn:
-        old.insert_solo_articles(conn, 1, [_article(1, "Harbour bridge reopens", "Cables.")],
-                                 [1], {}, "first")
+        _old_solo_article(conn, 1, "Harbour bridge reopens", "Cables.")
+        conn.execute("UPDATE sources SET article_count = 1")  # by the writer since 011
     store, _triggers = _migrated_again(old, monkeypatch)
     indexes = {row[0] for row in store.db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index'")}

@@ -8,7 +8,7 @@ from concurrent.futures import Future
 import pytest
 
 from aggregator.errors import SchemaTooNewError, StoreError
-from aggregator.store import MIGRATIONS, PAGE_SIZE, Store
+from aggregator.store import MIGRATIONS, PAGE_SIZE, StagedWrites, Store
 
 
 def test_migrations_are_recorded_and_running_them_again_does_nothing(tmp_path):
@@ -111,6 +111,25 @@ def _store_migrated_to(path: str, migrations: int, monkeypatch) -> Store:
     return old
 
 
+def _old_solo_article(conn, article_id: int, title: str, text: str) -> None:
+    """An article of source 1 alone in its story, stored with clustering off, as the versions
+    before migration 021 wrote it (this version's writer counts into columns it adds); its
+    source's ``article_count`` as the version's own rules keep it."""
+    conn.execute("INSERT INTO stories (id, canonical_article_id, title, first_seen, last_seen, "
+                 "first_published, last_published, article_count, source_count) "
+                 "VALUES (?1, ?1, ?2, 'first', 'first', 'first', 'first', 1, 1)",
+                 [article_id, title])
+    conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
+                 "published_from_feed, fetched, text, content_hash, word_count, story_id, "
+                 "relation, similarity, counted_terms) VALUES (?1, 1, 'key:' || ?1, ?2, "
+                 "'first', 1, 'first', ?3, 'h', 1, ?1, 'canonical', 1.0, '')",
+                 [article_id, title, text])
+    conn.execute("INSERT INTO article_keys (key, article_id) VALUES ('key:' || ?1, ?1)",
+                 [article_id])
+    conn.execute("INSERT INTO articles_fts (rowid, title, text) VALUES (?, ?, ?)",
+                 [article_id, title, text])
+
+
 def _migrated_again(old: Store, monkeypatch) -> tuple[Store, set[str]]:
     """``old`` (from ``_store_migrated_to``) opened with every migration, and its triggers."""
     old.close()
@@ -140,13 +159,17 @@ def test_the_search_index_merges_sixteen_segments_at_a_time_and_finds_what_it_fo
             text=" ".join(picked * (1 + number % 4)), content_hash=f"h{number}",
             identity_keys=(f"guid:g{number}",))
 
-    def fill(store: Store, numbers: range) -> None:
+    def fill(store: Store, numbers: range, as_before: bool = False) -> None:
         # A transaction for every three articles: each writes a segment of its own, so
         # that both stores merge segments many times.
         for start in numbers[::3]:
             batch = [article(n) for n in range(start, min(start + 3, numbers.stop))]
             with store.transaction() as conn:
-                store.insert_solo_articles(conn, 1, batch, [6] * len(batch), {}, "first")
+                if as_before:
+                    for number, written in enumerate(batch, start):
+                        _old_solo_article(conn, number, written.title, written.text)
+                else:
+                    store.insert_solo_articles(conn, 1, batch, [6] * len(batch), {}, "first")
 
     def settings(store: Store) -> dict:
         return dict(store.db.execute("SELECT k, v FROM articles_fts_config").fetchall())
@@ -159,7 +182,7 @@ def test_the_search_index_merges_sixteen_segments_at_a_time_and_finds_what_it_fo
     # A store made before the settings: SQLite's (merges of 4, 1 MB of pending terms).
     before = _store_migrated_to(str(tmp_path / "before.db"), 11, monkeypatch)
     assert "automerge" not in settings(before)
-    fill(before, range(1, 121))
+    fill(before, range(1, 121), as_before=True)
     monkeypatch.undo()
     # The same articles in a store that had the settings from the start ...
     after = Store(str(tmp_path / "after.db"))
@@ -238,10 +261,9 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
     path = str(tmp_path / "a.db")
     old = _store_migrated_to(path, 10, monkeypatch)
     with old.transaction() as conn:
-        old.insert_solo_articles(conn, 1, [_article(1, "Harbour bridge reopens", "Cables.")],
-                                 [1], {}, "first")
-    # Counted twice before 011: by the trigger and by the writer.
-    old.db.execute("UPDATE sources SET article_count = 1")
+        _old_solo_article(conn, 1, "Harbour bridge reopens", "Cables.")
+    # Counted by the trigger before 011.
+    assert old.db.execute("SELECT article_count FROM sources").fetchone() == (1,)
     store, triggers = _migrated_again(old, monkeypatch)
     assert "articles_count_insert" not in triggers and "articles_count_delete" in triggers
     with store.transaction() as conn:
@@ -255,6 +277,62 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
     assert store.db.execute(count).fetchone() == (3,)
     assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
             if "counts" in v.invariant] == []
+    store.close()
+
+
+def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 20, monkeypatch)
+    with old.transaction() as conn:
+        for number in (1, 2, 3, 4):
+            _old_solo_article(conn, number, f"Ferry {number}", "Runs.")
+        conn.execute("UPDATE sources SET article_count = 4")
+        # Articles 2 and 3 joined article 1's story, as a copy and as another write-up.
+        conn.execute("UPDATE articles SET story_id = 1, relation = CASE id WHEN 2 THEN "
+                     "'duplicate' ELSE 'same_story' END WHERE id IN (2, 3)")
+        conn.execute("DELETE FROM stories WHERE id IN (2, 3)")
+        conn.execute("UPDATE stories SET article_count = 3 WHERE id = 1")
+    store, triggers = _migrated_again(old, monkeypatch)
+    assert "articles_relation_count" in triggers
+    counts = "SELECT article_count, duplicate_count, same_story_count FROM sources"
+    violations = lambda: [v for v in check_store(store, ClusteringSettings(),  # noqa: E731
+                                                 signatures=False) if "counts" in v.invariant]
+    assert store.db.execute(counts).fetchone() == (4, 1, 1) and violations() == []
+    indexes = {row[0] for row in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "articles_same_story" not in indexes and "articles_duplicates" in indexes
+    # A relation changed (a new canonical, a correction, recluster) and an article deleted
+    # (retention) are counted by trigger; one written again unchanged is not counted twice.
+    for statement, expected in [
+        ("UPDATE articles SET relation = 'same_story' WHERE id = 2", (4, 0, 2)),
+        ("UPDATE articles SET relation = 'same_story' WHERE id = 2", (4, 0, 2)),
+        ("UPDATE articles SET relation = 'duplicate' WHERE id = 3", (4, 1, 1)),
+        ("UPDATE articles SET relation = NULL WHERE id IN (2, 3)", (4, 0, 0)),
+        ("UPDATE articles SET relation = 'duplicate' WHERE id IN (2, 3)", (4, 2, 0)),
+        ("DELETE FROM article_keys WHERE article_id = 3; DELETE FROM articles WHERE id = 3",
+         (3, 1, 0)),
+    ]:
+        with store.transaction() as conn:
+            for one in statement.split("; "):
+                conn.execute(one)
+        assert store.db.execute(counts).fetchone() == expected, statement
+    # New articles are counted by the writer, by their relation as written.
+    staged = StagedWrites()
+    for number, relation in [(5, "duplicate"), (6, "same_story"), (7, "same_story")]:
+        staged.articles.append([number, 1, f"g{number}", None, None, f"key:{number}", "T",
+                                None, "first", 1, "first", "x", "h", 1, 1, relation, 0.5,
+                                "{}", ""])
+    with store.transaction() as conn:
+        staged.write(conn)
+    assert store.db.execute(counts).fetchone() == (6, 2, 2)
+    with store.transaction() as conn:
+        conn.execute("UPDATE stories SET article_count = 5 WHERE id = 1")  # 1, 2 and 5-7
+        conn.execute("UPDATE sources SET same_story_count = 5")
+    [violation] = violations()
+    assert violation.detail == ("source 'desk': stored 6 articles, 2 duplicates, 5 other "
+                                "write-ups; real 6, 2, 2")
     store.close()
 
 
@@ -344,8 +422,9 @@ def test_the_dashboard_benchmark_builds_a_searchable_store(tmp_path):
     matches = [row[0] for row in store.db.execute(
         "SELECT rowid FROM articles_fts WHERE articles_fts MATCH ?", [f'"{title}"'])]
     assert article_id in matches
+    # ... and its sources' counts, which the canned dashboards read.
     assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
-            if "full-text index" in v.invariant] == []
+            if "full-text index" in v.invariant or "stored counts" in v.invariant] == []
     store.close()
 
 
