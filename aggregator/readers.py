@@ -137,7 +137,8 @@ def newest_story_ids(conn: sqlite3.Connection, limit: int, min_sources: int,
 # article by article, and a word common in a large store matches most of it ("the" in
 # 100,000 stream articles: 0.5 s to rank every match, 26 ms the newest 5,000).
 SEARCH_NEWEST = 5000
-# Of those, the best this many are grouped into stories.
+# Of those, the best this many are grouped into stories; among equal ranks (articles of one
+# length that hold a word as often), the newest first.
 SEARCH_ARTICLES = 500
 
 
@@ -146,10 +147,10 @@ WITH newest AS MATERIALIZED (
     SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH :query
     ORDER BY rowid DESC LIMIT :newest)
 SELECT a.story_id, count(*), (SELECT count(*) FROM newest) FROM (
-    SELECT rowid, rank FROM newest ORDER BY rank LIMIT :articles) f
+    SELECT rowid, rank FROM newest ORDER BY rank, rowid DESC LIMIT :articles) f
 JOIN articles a ON a.id = f.rowid
 WHERE a.story_id IS NOT NULL
-GROUP BY a.story_id ORDER BY min(f.rank), a.story_id LIMIT :limit
+GROUP BY a.story_id ORDER BY min(f.rank), a.story_id DESC LIMIT :limit
 """
 
 

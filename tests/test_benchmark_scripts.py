@@ -71,6 +71,17 @@ def test_the_queries_benchmark_times_the_dashboards_and_the_apps_calls(tmp_path)
                             "AND saved_at IS NULL").fetchone()[0] == 0
 
 
+def test_the_search_benchmark_finds_the_same_stories_where_few_articles_match():
+    result = _last_json("benchmarks/search.py", "--articles", "2000", "--runs", "5",
+                        "--word", "the")
+    assert result["articles"] >= 2000 and result["newest"] == 5000
+    assert set(result["queries"]) == {"one word", "eight words OR'ed", "the"}
+    assert all(q["newest"]["median_ms"] > 0 and q["every_match"]["median_ms"] > 0
+               for q in result["queries"].values())
+    # Fewer articles match than are ranked: both statements find the same stories.
+    assert all(q["differing_below_the_bound"] == 0 for q in result["queries"].values())
+
+
 def test_the_retention_benchmark_keeps_the_store_level_beside_one_that_grows():
     result = _last_json("benchmarks/retention.py", "--days", "10", "--per-day", "20",
                         "--tables")
