@@ -336,6 +336,32 @@ def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
     store.close()
 
 
+def test_saved_marks_are_read_from_their_index_alone_after_migration_022(tmp_path,
+                                                                         monkeypatch):
+    from conftest import ROOT
+
+    from aggregator.reading import saved_story_ids
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 21, monkeypatch)
+    with old.transaction() as conn:
+        for number in (1, 2, 3):
+            _old_solo_article(conn, number, f"Ferry {number}", "Runs.")
+        conn.execute("UPDATE sources SET article_count = 3")
+        conn.executemany("INSERT INTO article_marks (article_id, read_at, saved_at) "
+                         "VALUES (?, ?, ?)", [(1, "r", "2026-03-01T00:00:01Z"),
+                                              (2, None, "2026-03-01T00:00:02Z"),
+                                              (3, "r", None)])
+    store, _triggers = _migrated_again(old, monkeypatch)
+    canned = json.loads((ROOT / "docker" / "datasette-metadata.json").read_text())[
+        "databases"]["aggregator"]["queries"]["saved_stories"]["sql"]
+    assert [(row[0], row[-1]) for row in store.db.execute(canned)] == [
+        (2, "2026-03-01T00:00:02Z"), (1, "2026-03-01T00:00:01Z")]
+    assert saved_story_ids(store.db.conn) == [1, 2]
+    plan = [row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {canned}")]
+    assert "SCAN m USING COVERING INDEX article_marks_saved" in plan
+    store.close()
+
+
 def test_fetch_counts_begin_from_the_stored_and_the_purged_attempts_after_migration_020(
         tmp_path, monkeypatch):
     from datetime import UTC, datetime
