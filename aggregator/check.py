@@ -108,6 +108,40 @@ def check_store(store: Store, settings: ClusteringSettings,
         lambda r: f"source {r[0]!r}: stored {r[1]} articles, {r[3]} duplicates, {r[5]} "
                   f"other write-ups; real {r[2]}, {r[4]}, {r[6]}"))
     q(_query_violations(
+        store, "stored counts equal real counts",
+        # The articles and the counts side by side, by day and source.
+        "SELECT day, source_id, sum(real_articles), sum(real_canonical), "
+        "sum(real_duplicates), sum(real_same_story), sum(articles), sum(canonical), "
+        "sum(duplicates), sum(same_story) FROM ("
+        "SELECT substr(fetched, 1, 10) AS day, source_id, 1 AS real_articles, "
+        "relation IS 'canonical' AS real_canonical, relation IS 'duplicate' AS real_duplicates, "
+        "relation IS 'same_story' AS real_same_story, 0 AS articles, 0 AS canonical, "
+        "0 AS duplicates, 0 AS same_story FROM articles UNION ALL "
+        "SELECT day, source_id, 0, 0, 0, 0, articles, canonical, duplicates, same_story "
+        "FROM ingest_counts) GROUP BY day, source_id "
+        "HAVING sum(real_articles) != sum(articles) OR sum(real_canonical) != sum(canonical) "
+        "OR sum(real_duplicates) != sum(duplicates) OR sum(real_same_story) != sum(same_story)",
+        lambda r: f"day {r[0]} of source {r[1]}: stored {r[6]} articles ({r[7]} canonical, "
+                  f"{r[8]} duplicates, {r[9]} other write-ups), real {r[2]} ({r[3]}, {r[4]}, "
+                  f"{r[5]})"))
+    q(_query_violations(
+        store, "stored counts equal real counts",
+        "SELECT day, source_id, sum(real_fetches), sum(real_ok), sum(real_not_modified), "
+        "sum(real_new), sum(real_ms), sum(fetches), sum(ok), sum(not_modified), sum(new), "
+        "sum(ms) FROM ("
+        "SELECT substr(started_at, 1, 10) AS day, source_id, 1 AS real_fetches, "
+        "outcome IS 'ok' AS real_ok, outcome IS 'not_modified' AS real_not_modified, "
+        "coalesce(new_articles, 0) AS real_new, duration_ms AS real_ms, 0 AS fetches, 0 AS ok, "
+        "0 AS not_modified, 0 AS new, 0 AS ms FROM fetch_attempts UNION ALL "
+        "SELECT day, source_id, 0, 0, 0, 0, 0, fetches, ok, not_modified, new_articles, "
+        "duration_ms FROM fetch_days) GROUP BY day, source_id "
+        "HAVING sum(real_fetches) != sum(fetches) OR sum(real_ok) != sum(ok) "
+        "OR sum(real_not_modified) != sum(not_modified) OR sum(real_new) != sum(new) "
+        "OR sum(real_ms) != sum(ms)",
+        lambda r: f"fetches on {r[0]} of source {r[1]}: stored {r[7]} ({r[8]} ok, {r[9]} not "
+                  f"modified, {r[10]} new articles, {r[11]} ms), real {r[2]} ({r[3]}, {r[4]}, "
+                  f"{r[5]}, {r[6]})"))
+    q(_query_violations(
         store, "every article has its fingerprint",
         # ... except one stored with clustering off: alone in its story, counted nowhere.
         "SELECT a.id FROM articles a LEFT JOIN article_fingerprints f ON f.article_id = a.id "

@@ -719,6 +719,94 @@ def _m022_saved_marks_with_their_time(db: sqlite_utils.Database) -> None:
     """)
 
 
+# ``ingest_counts`` begun from the stored articles (an empty table), as a store filled past
+# the writer must be too.
+COUNT_DAYS_OF_ARTICLES = (
+    "INSERT INTO ingest_counts (day, source_id, articles, canonical, duplicates, same_story) "
+    "SELECT substr(fetched, 1, 10), source_id, count(*), sum(relation IS 'canonical'), "
+    "sum(relation IS 'duplicate'), sum(relation IS 'same_story') FROM articles GROUP BY 1, 2")
+
+
+# ``fetch_days`` begun from the stored attempts.
+COUNT_FETCH_DAYS_OF_ATTEMPTS = (
+    "INSERT INTO fetch_days (day, source_id, fetches, ok, not_modified, new_articles, "
+    "duration_ms) SELECT substr(started_at, 1, 10), source_id, count(*), "
+    "sum(outcome IS 'ok'), sum(outcome IS 'not_modified'), total(new_articles), "
+    "sum(duration_ms) FROM fetch_attempts GROUP BY 1, 2")
+
+
+def _m023_daily_counts(db: sqlite_utils.Database) -> None:
+    """``daily_ingest`` and ``daily_fetches`` read counts kept by day and source
+    (``ingest_counts``, ``fetch_days``) instead of grouping every article and every fetch
+    attempt: 12.6 s on a store of 1,000,000 articles, 8.4 s with 1,344,000 attempts (200
+    feeds every quarter of an hour for 70 days), past the time Datasette gives a query.
+    Kept as ``sources``' counts are (``_m021_repeat_counts``): the writer adds its new rows
+    (``COUNT_DAYS``, ``COUNT_FETCH_DAYS``), triggers a relation changed later and a row
+    deleted.  A day whose rows are all deleted keeps its counts, at zero, which the views
+    leave out, as they left the day out before."""
+    _run_script(db, f"""
+    CREATE TABLE ingest_counts (
+        day TEXT NOT NULL,
+        source_id INTEGER NOT NULL,
+        articles INTEGER NOT NULL,
+        canonical INTEGER NOT NULL,
+        duplicates INTEGER NOT NULL,
+        same_story INTEGER NOT NULL,
+        PRIMARY KEY (day, source_id)
+    ) WITHOUT ROWID;
+    {COUNT_DAYS_OF_ARTICLES};
+    CREATE TRIGGER articles_day_count_delete AFTER DELETE ON articles BEGIN
+        UPDATE ingest_counts SET articles = articles - 1,
+            canonical = canonical - (old.relation IS 'canonical'),
+            duplicates = duplicates - (old.relation IS 'duplicate'),
+            same_story = same_story - (old.relation IS 'same_story')
+        WHERE day = substr(old.fetched, 1, 10) AND source_id = old.source_id;
+    END;
+    CREATE TRIGGER articles_day_relation_count AFTER UPDATE OF relation ON articles
+    WHEN old.relation IS NOT new.relation BEGIN
+        UPDATE ingest_counts SET
+            canonical = canonical + (new.relation IS 'canonical') - (old.relation IS 'canonical'),
+            duplicates = duplicates + (new.relation IS 'duplicate')
+                - (old.relation IS 'duplicate'),
+            same_story = same_story + (new.relation IS 'same_story')
+                - (old.relation IS 'same_story')
+        WHERE day = substr(new.fetched, 1, 10) AND source_id = new.source_id;
+    END;
+    CREATE TABLE fetch_days (
+        day TEXT NOT NULL,
+        source_id INTEGER NOT NULL,
+        fetches INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        not_modified INTEGER NOT NULL,
+        new_articles INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        PRIMARY KEY (day, source_id)
+    ) WITHOUT ROWID;
+    {COUNT_FETCH_DAYS_OF_ATTEMPTS};
+    CREATE TRIGGER fetch_attempts_count_delete AFTER DELETE ON fetch_attempts BEGIN
+        UPDATE fetch_days SET fetches = fetches - 1, ok = ok - (old.outcome IS 'ok'),
+            not_modified = not_modified - (old.outcome IS 'not_modified'),
+            new_articles = new_articles - coalesce(old.new_articles, 0),
+            duration_ms = duration_ms - old.duration_ms
+        WHERE day = substr(old.started_at, 1, 10) AND source_id = old.source_id;
+    END;
+    DROP VIEW daily_fetches;
+    CREATE VIEW daily_fetches AS
+    SELECT d.day, s.name AS source, d.fetches, d.ok, d.not_modified,
+        d.fetches - d.ok - d.not_modified AS failed, d.new_articles,
+        round(1.0 * d.duration_ms / d.fetches) AS mean_duration_ms
+    FROM fetch_days d JOIN sources s ON s.id = d.source_id
+    WHERE d.fetches > 0
+    ORDER BY d.day, s.name;
+    DROP VIEW daily_ingest;
+    CREATE VIEW daily_ingest AS
+    SELECT d.day, s.name AS source, d.articles, d.canonical, d.duplicates, d.same_story
+    FROM ingest_counts d JOIN sources s ON s.id = d.source_id
+    WHERE d.articles > 0
+    ORDER BY d.day, s.name;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -742,6 +830,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("020_fetch_counts", _m020_fetch_counts),
     ("021_repeat_counts", _m021_repeat_counts),
     ("022_saved_marks_with_their_time", _m022_saved_marks_with_their_time),
+    ("023_daily_counts", _m023_daily_counts),
 ]
 
 
@@ -914,6 +1003,59 @@ def source_counts(articles: Iterable[tuple[int, str]]) -> list[list[int]]:
             row[2] += 1
         elif relation == "same_story":
             row[3] += 1
+    return list(counts.values())
+
+
+# New articles by UTC day of their fetch and source: (day, source id, articles, canonical,
+# duplicates, other write-ups), from ``day_counts``.
+COUNT_DAYS = ("INSERT INTO ingest_counts (day, source_id, articles, canonical, duplicates, "
+              f"same_story) SELECT {_columns(6)} FROM {{rows}} WHERE true "
+              "ON CONFLICT (day, source_id) DO UPDATE SET "
+              "articles = articles + excluded.articles, "
+              "canonical = canonical + excluded.canonical, "
+              "duplicates = duplicates + excluded.duplicates, "
+              "same_story = same_story + excluded.same_story")
+RELATION_COLUMN = {"canonical": 3, "duplicate": 4, "same_story": 5}
+# Fetch attempts by UTC day of their start and source: (day, source id, attempts, ok, not
+# modified, new articles, milliseconds), from ``fetch_day_counts``.
+COUNT_FETCH_DAYS = (
+    "INSERT INTO fetch_days (day, source_id, fetches, ok, not_modified, new_articles, "
+    f"duration_ms) SELECT {_columns(7)} FROM {{rows}} WHERE true "
+    "ON CONFLICT (day, source_id) DO UPDATE SET fetches = fetches + excluded.fetches, "
+    "ok = ok + excluded.ok, not_modified = not_modified + excluded.not_modified, "
+    "new_articles = new_articles + excluded.new_articles, "
+    "duration_ms = duration_ms + excluded.duration_ms")
+
+
+def day_counts(articles: Iterable[tuple[str, int, str]]) -> list[list]:
+    """``COUNT_DAYS``' rows for new articles given as (fetch time, source id, relation)."""
+    counts: dict[tuple[str, int], list] = {}
+    for fetched, source_id, relation in articles:
+        key = (fetched[:10], source_id)
+        row = counts.get(key)
+        if row is None:
+            row = counts[key] = [key[0], source_id, 0, 0, 0, 0]
+        row[2] += 1
+        column = RELATION_COLUMN.get(relation)
+        if column is not None:
+            row[column] += 1
+    return list(counts.values())
+
+
+def fetch_day_counts(attempts: Iterable[Sequence]) -> list[list]:
+    """``COUNT_FETCH_DAYS``' rows for fetch attempts given as ``INSERT_FETCHES``' rows."""
+    counts: dict[tuple[str, int], list] = {}
+    for source_id, started, duration_ms, _url, _status, outcome, *_rest, new_articles \
+            in attempts:
+        key = (started[:10], source_id)
+        row = counts.get(key)
+        if row is None:
+            row = counts[key] = [key[0], source_id, 0, 0, 0, 0, 0]
+        row[2] += 1
+        row[3] += outcome == "ok"
+        row[4] += outcome == "not_modified"
+        row[5] += new_articles or 0
+        row[6] += duration_ms
     return list(counts.values())
 
 
@@ -1225,6 +1367,7 @@ class StagedWrites:
         write(INSERT_STORIES, new_stories)
         write(INSERT_ARTICLES, self.articles)
         write(COUNT_ARTICLES, source_counts((row[1], row[15]) for row in self.articles))
+        write(COUNT_DAYS, day_counts((row[10], row[1], row[15]) for row in self.articles))
         write(UPDATE_ARTICLES, self.article_updates)
         conn.executemany(INSERT_FINGERPRINT_ROW, [
             [*row, *blobs] for row, blobs in zip(self.fingerprints, self.fingerprint_blobs,
@@ -1240,6 +1383,7 @@ class StagedWrites:
             Store.raise_window_floor(conn, self.window_floor)
         write(INSERT_FETCHES, self.fetches)
         write(COUNT_FETCHES, list(Counter(row[5] for row in self.fetches).items()))
+        write(COUNT_FETCH_DAYS, fetch_day_counts(self.fetches))
         self._write_source_states(write)
         conn.executemany(UPSERT_ICON, self.icons)
         for counts in self.term_counts:
@@ -1708,12 +1852,11 @@ class Store:
         """Log one fetch attempt and update the source's fetch state (``state`` columns)."""
 
         def write(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
-                "outcome, error, bytes, entries, new_articles) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [source_id, to_iso(started), duration_ms, url, status, outcome, error, size,
-                 entries, new_articles])
+            attempt = [source_id, to_iso(started), duration_ms, url, status, outcome, error,
+                       size, entries, new_articles]
+            write_rows(c, INSERT_FETCHES, [attempt])
             write_rows(c, COUNT_FETCHES, [[outcome, 1]])
+            write_rows(c, COUNT_FETCH_DAYS, fetch_day_counts([attempt]))
             if state:
                 columns = ", ".join(f"{key} = ?" for key in state)
                 values = [to_iso(v) if isinstance(v, datetime) else v for v in state.values()]
@@ -1884,6 +2027,8 @@ class Store:
              for article_id, story_id, a, words, (published, fetched)
              in zip(article_ids, story_ids, articles, word_counts, times, strict=True)])
         write_rows(conn, COUNT_ARTICLES, [[source_id, len(article_ids), 0, 0]])
+        write_rows(conn, COUNT_DAYS, day_counts((fetched, source_id, "canonical")
+                                                for _published, fetched in times))
         self._unindexed.extend((article_id, a.title, a.text)
                                for article_id, a in zip(article_ids, articles, strict=True))
         conn.executemany("INSERT OR IGNORE INTO article_keys (key, article_id) VALUES (?, ?)",

@@ -52,7 +52,13 @@ from aggregator.reading import (  # noqa: E402
     unread_counts,
     unread_story_ids,
 )
-from aggregator.store import Store, from_iso, to_iso  # noqa: E402
+from aggregator.store import (  # noqa: E402
+    COUNT_DAYS_OF_ARTICLES,
+    COUNT_FETCH_DAYS_OF_ATTEMPTS,
+    Store,
+    from_iso,
+    to_iso,
+)
 from aggregator.web import scrape_figures  # noqa: E402
 
 # Canned queries of the Datasette dashboards, as they run them.
@@ -101,6 +107,14 @@ QUERIES = {
         (SAVED_STORIES, None),
     "each source's share of repeated news (canned duplicate_share_by_source)":
         (CANNED["duplicate_share_by_source"]["sql"], None),
+    "daily_ingest view, Datasette's page of it (its first 101 rows)":
+        ("SELECT * FROM daily_ingest LIMIT 101", None),
+    "daily_ingest view, its rows counted (as Datasette counts them)":
+        ("SELECT count(*) FROM daily_ingest", None),
+    "daily_fetches view, Datasette's page of it":
+        ("SELECT * FROM daily_fetches LIMIT 101", None),
+    "daily_fetches view, its rows counted":
+        ("SELECT count(*) FROM daily_fetches", None),
     "source_health view (canned failing_sources, `aggregator sources`)":
         ("SELECT name, status, consecutive_errors, last_error, last_success_at, articles "
          "FROM source_health ORDER BY name", None),
@@ -191,14 +205,20 @@ for search_name in SEARCH_NAMES:
         "limit": 20})]
 
 
+# The benchmark store's articles span 70 days up to this time; its sources are polled every
+# quarter of an hour over them (``add_fetch_attempts``).
+BUILT_AT = datetime(2026, 3, 1, tzinfo=UTC)
+BUILT_SPAN = timedelta(days=70)
+POLLS_A_DAY = 96
+
+
 def build(path: str, articles: int, seed: int = 3) -> Store:
     """A store of ``articles`` synthetic articles, written in bulk."""
     rng = random.Random(seed)
     words = [w for w in top_n_list("en", 20_000) if w.isalpha()]
     store = Store(path)
     db = store.db.conn
-    now = datetime(2026, 3, 1, tzinfo=UTC)
-    span = timedelta(days=70)
+    now, span = BUILT_AT, BUILT_SPAN
     with store.transaction():
         db.executemany(
             "INSERT INTO sources (id, name, config_url, url, created_at, last_checked_at, "
@@ -253,9 +273,36 @@ def build(path: str, articles: int, seed: int = 3) -> Store:
         db.execute("UPDATE sources SET (article_count, duplicate_count, same_story_count) = "
                    "(SELECT count(*), total(relation = 'duplicate'), "
                    "total(relation = 'same_story') FROM articles WHERE source_id = sources.id)")
+        db.execute(COUNT_DAYS_OF_ARTICLES)
     db.execute("ANALYZE")
     print(f"  full-text index built ({time.perf_counter() - started:.0f} s)", flush=True)
     return store
+
+
+def add_fetch_attempts(store: Store, polls: int) -> int:
+    """``polls`` fetch attempts of every source a quarter of an hour apart from the start of
+    the store's 70 days, one in five with new articles, where the store has none; past the
+    writer, so their counts are begun from them as the migrations begin them."""
+    db = store.db.conn
+    if db.execute("SELECT count(*) FROM fetch_attempts").fetchone()[0]:
+        return 0
+    with store.transaction():
+        db.execute(
+            "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
+            "outcome, new_articles) WITH RECURSIVE polls(i) AS (SELECT 0 UNION ALL "
+            "SELECT i + 1 FROM polls WHERE i < ? - 1) "
+            "SELECT s.id, strftime('%Y-%m-%dT%H:%M:%SZ', ?, '+' || (polls.i * 15) || "
+            "' minutes'), 100 + (polls.i + s.id) % 150, s.url, "
+            "CASE WHEN polls.i % 5 THEN 304 ELSE 200 END, "
+            "CASE WHEN polls.i % 5 THEN 'not_modified' ELSE 'ok' END, "
+            "CASE WHEN polls.i % 5 THEN NULL ELSE 3 END FROM sources s, polls",
+            [polls, to_iso(BUILT_AT - BUILT_SPAN)])
+        db.execute("DELETE FROM fetch_days")
+        db.execute(COUNT_FETCH_DAYS_OF_ATTEMPTS)
+        db.execute("DELETE FROM fetch_counts")
+        db.execute("INSERT INTO fetch_counts (outcome, attempts) SELECT outcome, count(*) "
+                   "FROM fetch_attempts GROUP BY outcome")
+    return db.execute("SELECT count(*) FROM fetch_attempts").fetchone()[0]
 
 
 def parameters(kind: str | None, rng: random.Random, stories: int, newest: str,
@@ -282,14 +329,21 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--keep", help="build the store at this path and keep it")
+    parser.add_argument("--fetch-polls", type=int, default=BUILT_SPAN.days * POLLS_A_DAY,
+                        help="fetch attempts of each source (default: every quarter of an "
+                             "hour for 70 days, 1,344,000 in all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         path = args.keep or str(Path(directory) / "queries.sqlite")
         if not Path(path).exists():
             print(f"building a store of {args.articles:,} articles ...", flush=True)
             build(path, args.articles).close()
-        else:
-            Store(path).close()  # a store kept from before takes the indexes made since
+        # A store kept from before takes the indexes made since, and the fetch attempts.
+        store = Store(path)
+        added = add_fetch_attempts(store, args.fetch_polls)
+        store.close()
+        if added:
+            print(f"  {added:,} fetch attempts added", flush=True)
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         articles = reader.execute("SELECT count(*) FROM articles").fetchone()[0]
         stories = reader.execute("SELECT max(id) FROM stories").fetchone()[0]

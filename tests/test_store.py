@@ -336,6 +336,118 @@ def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
     store.close()
 
 
+def test_daily_ingest_reads_counts_kept_by_day_and_source_from_migration_023(tmp_path,
+                                                                             monkeypatch):
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 22, monkeypatch)
+    grouped = ("SELECT substr(a.fetched, 1, 10) AS day, s.name AS source, count(*), "
+               "sum(a.relation = 'canonical'), sum(a.relation = 'duplicate'), "
+               "sum(a.relation = 'same_story') FROM articles a JOIN sources s "
+               "ON s.id = a.source_id GROUP BY day, s.name")
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                     "VALUES (2, 'wire', 'w', 'w', 'now')")
+        for number in range(1, 7):
+            _old_solo_article(conn, number, f"Ferry {number}", "Runs.")
+        # Two days, two sources; 2 and 3 a copy and a write-up of 1, 5 a write-up of 4.
+        conn.execute("UPDATE articles SET fetched = CASE WHEN id <= 3 "
+                     "THEN '2026-03-01T23:59:59Z' ELSE '2026-03-02T00:00:00Z' END, "
+                     "source_id = CASE WHEN id IN (3, 5) THEN 2 ELSE 1 END")
+        conn.execute("UPDATE articles SET story_id = 1, relation = 'duplicate' WHERE id = 2")
+        conn.execute("UPDATE articles SET story_id = 1, relation = 'same_story' WHERE id = 3")
+        conn.execute("UPDATE articles SET story_id = 4, relation = 'same_story' WHERE id = 5")
+        conn.execute("DELETE FROM stories WHERE id IN (2, 3, 5)")
+        conn.execute("UPDATE stories SET article_count = 3, source_count = 2 WHERE id = 1")
+        conn.execute("UPDATE stories SET article_count = 2, source_count = 2 WHERE id = 4")
+        conn.execute("UPDATE sources SET article_count = CASE id WHEN 1 THEN 4 ELSE 2 END, "
+                     "duplicate_count = id = 1, same_story_count = 2 * (id = 2)")
+        before = conn.execute(grouped).fetchall()
+    store, _triggers = _migrated_again(old, monkeypatch)
+    violations = lambda: [v for v in check_store(store, ClusteringSettings(),  # noqa: E731
+                                                 signatures=False) if "counts" in v.invariant]
+    assert store.db.execute("SELECT * FROM daily_ingest").fetchall() == before == [
+        ("2026-03-01", "desk", 2, 1, 1, 0), ("2026-03-01", "wire", 1, 0, 0, 1),
+        ("2026-03-02", "desk", 2, 2, 0, 0), ("2026-03-02", "wire", 1, 0, 0, 1)]
+    assert violations() == []
+    # A new canonical and a deleted article are counted on the day the article was fetched.
+    with store.transaction() as conn:
+        conn.execute("UPDATE articles SET relation = 'canonical' WHERE id = 5")
+        conn.execute("UPDATE articles SET relation = 'same_story' WHERE id = 4")
+        conn.execute("DELETE FROM article_keys WHERE article_id = 6")
+        conn.execute("DELETE FROM articles WHERE id = 6")
+        conn.execute("DELETE FROM stories WHERE id = 6")
+        conn.execute("UPDATE stories SET canonical_article_id = 5 WHERE id = 4")
+    assert store.db.execute("SELECT * FROM daily_ingest").fetchall() == \
+        store.db.execute(grouped).fetchall() == [
+            ("2026-03-01", "desk", 2, 1, 1, 0), ("2026-03-01", "wire", 1, 0, 0, 1),
+            ("2026-03-02", "desk", 1, 0, 0, 1), ("2026-03-02", "wire", 1, 1, 0, 0)]
+    assert violations() == []
+    # Every article of a day deleted: the day leaves the view, as it did.
+    with store.transaction() as conn:
+        conn.execute("UPDATE ingest_counts SET articles = 0, canonical = 0 "
+                     "WHERE day = '2026-03-02' AND source_id = 2")
+    assert ("2026-03-02", "wire", 0, 0, 0, 0) not in store.db.execute(
+        "SELECT * FROM daily_ingest").fetchall()
+    [violation] = violations()
+    assert violation.detail == ("day 2026-03-02 of source 2: stored 0 articles (0 canonical, "
+                                "0 duplicates, 0 other write-ups), real 1 (1, 0, 0)")
+    store.close()
+
+
+def test_daily_fetches_read_counts_kept_by_day_and_source_from_migration_023(tmp_path,
+                                                                             monkeypatch):
+    from datetime import UTC, datetime
+
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 22, monkeypatch)
+    grouped = ("SELECT substr(f.started_at, 1, 10) AS day, s.name AS source, count(*), "
+               "sum(f.outcome = 'ok'), sum(f.outcome = 'not_modified'), "
+               "sum(f.outcome NOT IN ('ok', 'not_modified')), sum(coalesce(f.new_articles, 0)), "
+               "round(avg(f.duration_ms)) FROM fetch_attempts f JOIN sources s "
+               "ON s.id = f.source_id GROUP BY day, s.name")
+    with old.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO fetch_attempts (source_id, started_at, duration_ms, url, status, "
+            "outcome, new_articles) VALUES (1, ?, ?, 'u', ?, ?, ?)",
+            [("2026-03-01T23:59:59Z", 10, 200, "ok", 3), ("2026-03-01T00:00:00Z", 21, 304,
+                                                           "not_modified", None),
+             ("2026-03-02T08:00:00Z", 7, 500, "http_error", None)])
+        before = conn.execute(grouped).fetchall()
+    store, triggers = _migrated_again(old, monkeypatch)
+    assert "fetch_attempts_count_delete" in triggers
+    assert store.db.execute("SELECT * FROM daily_fetches").fetchall() == before == [
+        ("2026-03-01", "desk", 2, 1, 1, 0, 3, 16.0), ("2026-03-02", "desk", 1, 0, 0, 1, 0, 7.0)]
+    # Recorded by the writer, alone and staged with a write group; deleted by retention.
+    store.record_fetch(1, started=datetime(2026, 3, 2, 9, tzinfo=UTC), duration_ms=8, url="u",
+                       status=200, outcome="ok", error=None, size=1, entries=1,
+                       new_articles=1, state={})
+    staged = StagedWrites()
+    staged.record_fetch(1, started=datetime(2026, 3, 3, tzinfo=UTC), duration_ms=5, url="u",
+                        status=304, outcome="not_modified", error=None, size=None,
+                        entries=None, new_articles=None, state={})
+    with store.transaction() as conn:
+        staged.write(conn)
+        store.purge_fetch_attempts(conn, datetime(2026, 3, 1, 12, tzinfo=UTC), 10)
+    assert store.db.execute("SELECT * FROM daily_fetches").fetchall() == \
+        store.db.execute(grouped).fetchall() == [
+            ("2026-03-01", "desk", 1, 1, 0, 0, 3, 10.0),
+            ("2026-03-02", "desk", 2, 1, 0, 1, 1, 8.0),
+            ("2026-03-03", "desk", 1, 0, 1, 0, 0, 5.0)]
+    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "counts" in v.invariant] == []
+    with store.transaction() as conn:
+        conn.execute("UPDATE fetch_days SET not_modified = 0 WHERE day = '2026-03-03'")
+    [violation] = [v for v in check_store(store, ClusteringSettings(), signatures=False)
+                   if "counts" in v.invariant]
+    assert violation.detail == ("fetches on 2026-03-03 of source 1: stored 1 (0 ok, 0 not "
+                                "modified, 0 new articles, 5 ms), real 1 (0, 1, 0, 5)")
+    store.close()
+
+
 def test_saved_marks_are_read_from_their_index_alone_after_migration_022(tmp_path,
                                                                          monkeypatch):
     from conftest import ROOT
@@ -841,9 +953,12 @@ def test_term_counts_become_the_terms_each_article_counted(tmp_path, seed_config
                      "published_from_feed, fetched, text, content_hash, word_count) "
                      "SELECT 99, source_id, 'guid:off', 'Off', published, 1, fetched, 'x', "
                      "'h', 1 FROM articles WHERE id = 1")
-        # Counted as that version's trigger counted it (since 011 the writer counts).
+        # Counted as that version's trigger counted it (since 011 the writer counts), and
+        # by day as this version's writer counts.
         conn.execute("UPDATE sources SET article_count = article_count + 1 "
                      "WHERE id = (SELECT source_id FROM articles WHERE id = 99)")
+        conn.execute("UPDATE ingest_counts SET articles = articles + 1 WHERE (day, source_id) "
+                     "= (SELECT substr(fetched, 1, 10), source_id FROM articles WHERE id = 99)")
         conn.execute("DELETE FROM _migrations WHERE name = '010_counted_terms'")
     store = Store(config.database)
     assert "010_counted_terms" in store.applied_migrations()
