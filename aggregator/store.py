@@ -1015,7 +1015,6 @@ COUNT_DAYS = ("INSERT INTO ingest_counts (day, source_id, articles, canonical, d
               "canonical = canonical + excluded.canonical, "
               "duplicates = duplicates + excluded.duplicates, "
               "same_story = same_story + excluded.same_story")
-RELATION_COLUMN = {"canonical": 3, "duplicate": 4, "same_story": 5}
 # Fetch attempts by UTC day of their start and source: (day, source id, attempts, ok, not
 # modified, new articles, milliseconds), from ``fetch_day_counts``.
 COUNT_FETCH_DAYS = (
@@ -1027,6 +1026,10 @@ COUNT_FETCH_DAYS = (
     "duration_ms = duration_ms + excluded.duration_ms")
 
 
+# Where ``day_counts`` counts an article of each relation in its rows.
+_RELATION_COLUMN = {"canonical": 3, "duplicate": 4, "same_story": 5}
+
+
 def day_counts(articles: Iterable[tuple[str, int, str]]) -> list[list]:
     """``COUNT_DAYS``' rows for new articles given as (fetch time, source id, relation)."""
     counts: dict[tuple[str, int], list] = {}
@@ -1036,7 +1039,7 @@ def day_counts(articles: Iterable[tuple[str, int, str]]) -> list[list]:
         if row is None:
             row = counts[key] = [key[0], source_id, 0, 0, 0, 0]
         row[2] += 1
-        column = RELATION_COLUMN.get(relation)
+        column = _RELATION_COLUMN.get(relation)
         if column is not None:
             row[column] += 1
     return list(counts.values())

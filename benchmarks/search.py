@@ -2,11 +2,11 @@
 
 FTS5 works out ``rank`` (BM25) match by match, so a search that ranked every match took
 as long as its word is common.  ``readers.search_stories`` ranks the newest
-``SEARCH_NEWEST`` matching articles; the baseline is the same statement without that bound
-(what the search ran before).  Both run on each query in turn, in this process, on a
-read-only connection: one random word at a time, then eight OR'ed (in the synthetic store
-of ``queries.py`` every word is in about 0.6% of the articles, so eight stand for a common
-one), then any words given with ``--word``, each timed several times.
+``SEARCH_NEWEST`` matching articles; the baseline is the same statement without that bound,
+which ranks every match as the search did before it.  Both run on each query in turn, in
+this process, on a read-only connection: one random word at a time, then eight OR'ed (in
+the synthetic store of ``queries.py`` every word is in about 0.6% of the articles, so eight
+stand for a common one), then any words given with ``--word``, each timed several times.
 
     python benchmarks/search.py --store /tmp/q1m.sqlite        # a store kept by queries.py
     python benchmarks/search.py --store stream.sqlite --word the --word said
@@ -34,24 +34,16 @@ from wordfreq import top_n_list  # noqa: E402
 
 from aggregator.readers import SEARCH_ARTICLES, SEARCH_NEWEST, SEARCH_STORIES  # noqa: E402
 
-# Every match ranked: the search before its bound (with its order among equal ranks, which
-# it left to chance).
-EVERY_MATCH_RANKED = """
-SELECT a.story_id, count(*) FROM (
-    SELECT rowid, rank FROM articles_fts WHERE articles_fts MATCH :query
-    ORDER BY rank, rowid DESC LIMIT :articles) f
-JOIN articles a ON a.id = f.rowid
-WHERE a.story_id IS NOT NULL
-GROUP BY a.story_id ORDER BY min(f.rank), a.story_id DESC LIMIT :limit
-"""
+# The bound that ranks every match: SQLite reads a negative LIMIT as none.
+EVERY_MATCH = -1
 
 
-def timed(conn: sqlite3.Connection, sql: str, query: str) -> tuple[float, list]:
-    """The time of one search, in milliseconds, and the stories it found."""
-    parameters = {"query": query, "newest": SEARCH_NEWEST, "articles": SEARCH_ARTICLES,
-                  "limit": 20}
+def timed(conn: sqlite3.Connection, query: str, newest: int) -> tuple[float, list]:
+    """The time of one search ranking the ``newest`` matches, in milliseconds, and the
+    stories it found."""
+    parameters = {"query": query, "newest": newest, "articles": SEARCH_ARTICLES, "limit": 20}
     started = time.perf_counter()
-    found = conn.execute(sql, parameters).fetchall()
+    found = conn.execute(SEARCH_STORIES, parameters).fetchall()
     return (time.perf_counter() - started) * 1000, [tuple(row[:2]) for row in found]
 
 
@@ -66,8 +58,8 @@ def compare(conn: sqlite3.Connection, queries: list[str]) -> dict:
     fewer articles than the bound found other stories (none should)."""
     every, newest, differing = [], [], 0
     for query in queries:
-        every_time, every_found = timed(conn, EVERY_MATCH_RANKED, query)
-        newest_time, newest_found = timed(conn, SEARCH_STORIES, query)
+        every_time, every_found = timed(conn, query, EVERY_MATCH)
+        newest_time, newest_found = timed(conn, query, SEARCH_NEWEST)
         every.append(every_time)
         newest.append(newest_time)
         matches = conn.execute("SELECT count(*) FROM articles_fts WHERE articles_fts MATCH ?",

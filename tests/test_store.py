@@ -130,6 +130,15 @@ def _old_solo_article(conn, article_id: int, title: str, text: str) -> None:
                  [article_id, title, text])
 
 
+def _count_violations(store: Store) -> list:
+    """What ``aggregator check`` finds wrong with the store's kept counts."""
+    from aggregator.check import check_store
+    from aggregator.config import ClusteringSettings
+
+    return [v for v in check_store(store, ClusteringSettings(), signatures=False)
+            if "counts" in v.invariant]
+
+
 def _migrated_again(old: Store, monkeypatch) -> tuple[Store, set[str]]:
     """``old`` (from ``_store_migrated_to``) opened with every migration, and its triggers."""
     old.close()
@@ -255,8 +264,6 @@ def test_new_articles_enter_the_search_index_when_their_transaction_commits(tmp_
 
 def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_path,
                                                                           monkeypatch):
-    from aggregator.check import check_store
-    from aggregator.config import ClusteringSettings
 
     path = str(tmp_path / "a.db")
     old = _store_migrated_to(path, 10, monkeypatch)
@@ -275,14 +282,11 @@ def test_source_article_counts_are_kept_by_the_writer_after_migration_011(tmp_pa
             raise RuntimeError("this source fails")
     count = "SELECT article_count FROM sources WHERE id = 1"
     assert store.db.execute(count).fetchone() == (3,)
-    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
-            if "counts" in v.invariant] == []
+    assert _count_violations(store) == []
     store.close()
 
 
 def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
-    from aggregator.check import check_store
-    from aggregator.config import ClusteringSettings
 
     old = _store_migrated_to(str(tmp_path / "a.db"), 20, monkeypatch)
     with old.transaction() as conn:
@@ -297,9 +301,7 @@ def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
     store, triggers = _migrated_again(old, monkeypatch)
     assert "articles_relation_count" in triggers
     counts = "SELECT article_count, duplicate_count, same_story_count FROM sources"
-    violations = lambda: [v for v in check_store(store, ClusteringSettings(),  # noqa: E731
-                                                 signatures=False) if "counts" in v.invariant]
-    assert store.db.execute(counts).fetchone() == (4, 1, 1) and violations() == []
+    assert store.db.execute(counts).fetchone() == (4, 1, 1) and _count_violations(store) == []
     indexes = {row[0] for row in store.db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "articles_same_story" not in indexes and "articles_duplicates" in indexes
@@ -330,7 +332,7 @@ def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
     with store.transaction() as conn:
         conn.execute("UPDATE stories SET article_count = 5 WHERE id = 1")  # 1, 2 and 5-7
         conn.execute("UPDATE sources SET same_story_count = 5")
-    [violation] = violations()
+    [violation] = _count_violations(store)
     assert violation.detail == ("source 'desk': stored 6 articles, 2 duplicates, 5 other "
                                 "write-ups; real 6, 2, 2")
     store.close()
@@ -338,8 +340,6 @@ def test_sources_count_their_repeats_from_migration_021(tmp_path, monkeypatch):
 
 def test_daily_ingest_reads_counts_kept_by_day_and_source_from_migration_023(tmp_path,
                                                                              monkeypatch):
-    from aggregator.check import check_store
-    from aggregator.config import ClusteringSettings
 
     old = _store_migrated_to(str(tmp_path / "a.db"), 22, monkeypatch)
     grouped = ("SELECT substr(a.fetched, 1, 10) AS day, s.name AS source, count(*), "
@@ -365,12 +365,10 @@ def test_daily_ingest_reads_counts_kept_by_day_and_source_from_migration_023(tmp
                      "duplicate_count = id = 1, same_story_count = 2 * (id = 2)")
         before = conn.execute(grouped).fetchall()
     store, _triggers = _migrated_again(old, monkeypatch)
-    violations = lambda: [v for v in check_store(store, ClusteringSettings(),  # noqa: E731
-                                                 signatures=False) if "counts" in v.invariant]
     assert store.db.execute("SELECT * FROM daily_ingest").fetchall() == before == [
         ("2026-03-01", "desk", 2, 1, 1, 0), ("2026-03-01", "wire", 1, 0, 0, 1),
         ("2026-03-02", "desk", 2, 2, 0, 0), ("2026-03-02", "wire", 1, 0, 0, 1)]
-    assert violations() == []
+    assert _count_violations(store) == []
     # A new canonical and a deleted article are counted on the day the article was fetched.
     with store.transaction() as conn:
         conn.execute("UPDATE articles SET relation = 'canonical' WHERE id = 5")
@@ -383,14 +381,14 @@ def test_daily_ingest_reads_counts_kept_by_day_and_source_from_migration_023(tmp
         store.db.execute(grouped).fetchall() == [
             ("2026-03-01", "desk", 2, 1, 1, 0), ("2026-03-01", "wire", 1, 0, 0, 1),
             ("2026-03-02", "desk", 1, 0, 0, 1), ("2026-03-02", "wire", 1, 1, 0, 0)]
-    assert violations() == []
+    assert _count_violations(store) == []
     # Every article of a day deleted: the day leaves the view, as it did.
     with store.transaction() as conn:
         conn.execute("UPDATE ingest_counts SET articles = 0, canonical = 0 "
                      "WHERE day = '2026-03-02' AND source_id = 2")
     assert ("2026-03-02", "wire", 0, 0, 0, 0) not in store.db.execute(
         "SELECT * FROM daily_ingest").fetchall()
-    [violation] = violations()
+    [violation] = _count_violations(store)
     assert violation.detail == ("day 2026-03-02 of source 2: stored 0 articles (0 canonical, "
                                 "0 duplicates, 0 other write-ups), real 1 (1, 0, 0)")
     store.close()
@@ -400,8 +398,6 @@ def test_daily_fetches_read_counts_kept_by_day_and_source_from_migration_023(tmp
                                                                              monkeypatch):
     from datetime import UTC, datetime
 
-    from aggregator.check import check_store
-    from aggregator.config import ClusteringSettings
 
     old = _store_migrated_to(str(tmp_path / "a.db"), 22, monkeypatch)
     grouped = ("SELECT substr(f.started_at, 1, 10) AS day, s.name AS source, count(*), "
@@ -437,12 +433,10 @@ def test_daily_fetches_read_counts_kept_by_day_and_source_from_migration_023(tmp
             ("2026-03-01", "desk", 1, 1, 0, 0, 3, 10.0),
             ("2026-03-02", "desk", 2, 1, 0, 1, 1, 8.0),
             ("2026-03-03", "desk", 1, 0, 1, 0, 0, 5.0)]
-    assert [v for v in check_store(store, ClusteringSettings(), signatures=False)
-            if "counts" in v.invariant] == []
+    assert _count_violations(store) == []
     with store.transaction() as conn:
         conn.execute("UPDATE fetch_days SET not_modified = 0 WHERE day = '2026-03-03'")
-    [violation] = [v for v in check_store(store, ClusteringSettings(), signatures=False)
-                   if "counts" in v.invariant]
+    [violation] = _count_violations(store)
     assert violation.detail == ("fetches on 2026-03-03 of source 1: stored 1 (0 ok, 0 not "
                                 "modified, 0 new articles, 5 ms), real 1 (0, 1, 0, 5)")
     store.close()
