@@ -78,6 +78,13 @@ def check_store(store: Store, settings: ClusteringSettings,
         "OR s.source_count != count(DISTINCT a.source_id)",
         lambda r: f"story {r[0]}: stored {r[1]} articles/{r[3]} sources, real {r[2]}/{r[4]}"))
     q(_query_violations(
+        store, "stored counts equal real counts",
+        "SELECT s.id, s.read_versions, count(m.article_id) FROM stories s "
+        "LEFT JOIN articles a ON a.story_id = s.id LEFT JOIN article_marks m "
+        "ON m.article_id = a.id AND m.read_at IS NOT NULL GROUP BY s.id "
+        "HAVING s.read_versions != count(m.article_id)",
+        lambda r: f"story {r[0]}: stored {r[1]} versions read, real {r[2]}"))
+    q(_query_violations(
         store, "no two articles share an identity key",
         "SELECT a.id, a.identity_key, k.article_id FROM articles a LEFT JOIN article_keys k "
         "ON k.key = a.identity_key WHERE k.article_id IS NOT a.id",

@@ -43,9 +43,10 @@ _COLUMNS = {"read": "read_at", "saved": "saved_at"}
 # The members of the stories in the JSON array ``?1``.
 _MEMBERS = "SELECT id FROM articles WHERE story_id IN (SELECT value FROM json_each(?1))"
 
-# Whether the story ``stories.id`` has a version marked ``{column}``.
-_MARKED = ("EXISTS (SELECT 1 FROM articles a JOIN article_marks m ON m.article_id = a.id "
-           "WHERE a.story_id = stories.id AND m.{column} IS NOT NULL)")
+# Whether the story ``s`` has a saved version.  Whether it has a read one, its own count
+# says (``read_versions``, kept by triggers).
+_SAVED = ("EXISTS (SELECT 1 FROM articles a JOIN article_marks m ON m.article_id = a.id "
+          "WHERE a.story_id = s.id AND m.saved_at IS NOT NULL)")
 
 
 def marks_connection(database: str) -> sqlite3.Connection:
@@ -88,6 +89,10 @@ def mark_stories(conn: sqlite3.Connection, story_ids: Sequence[int], mark: str, 
 
 def marked_story_ids(conn: sqlite3.Connection, story_ids: Sequence[int], mark: str) -> set[int]:
     """Which of ``story_ids`` have a version marked ``mark``."""
+    if mark == "read":
+        return {row[0] for row in select_in(
+            conn, "SELECT id FROM stories WHERE read_versions > 0 AND id IN ({})",
+            list(story_ids))}
     column = _COLUMNS[mark]
     return {row[0] for row in select_in(
         conn, "SELECT DISTINCT a.story_id FROM articles a JOIN article_marks m "
@@ -98,11 +103,11 @@ def marked_story_ids(conn: sqlite3.Connection, story_ids: Sequence[int], mark: s
 def unread_story_ids(conn: sqlite3.Connection, updated_since: datetime) -> list[int]:
     """The stories updated since ``updated_since`` (their newest version's fetch) that no
     version of is read, by id; older ones count as read."""
-    # Through the index by time, not a scan in id order: on 1,000,000 articles, 160 ms
-    # against 205 for a 30-day list (sorting the ids afterwards costs a few).
+    # The partial index holds only the stories with no read version: on 1,000,000 articles
+    # a daily reader leaves a few thousand of the 30 days' 216,000 stories unread.
     return sorted(row[0] for row in conn.execute(
-        "SELECT id FROM stories INDEXED BY stories_last_seen WHERE last_seen >= ? "
-        f"AND NOT {_MARKED.format(column='read_at')}", [to_iso(updated_since)]))
+        "SELECT id FROM stories INDEXED BY stories_unread "
+        "WHERE last_seen >= ? AND read_versions = 0", [to_iso(updated_since)]))
 
 
 def saved_story_ids(conn: sqlite3.Connection) -> list[int]:
@@ -132,8 +137,8 @@ def mark_read_before(conn: sqlite3.Connection, before: datetime, updated_since: 
                  "(SELECT value FROM json_each(?)))")
         params.append(json.dumps([int(source_id) for source_id in source_ids]))
     ids = [row[0] for row in conn.execute(
-        f"SELECT id FROM stories WHERE last_seen >= ? AND first_seen < ?{where} "
-        f"AND NOT {_MARKED.format(column='read_at')}", params)]
+        f"SELECT id FROM stories INDEXED BY stories_unread WHERE last_seen >= ? "
+        f"AND first_seen < ?{where} AND read_versions = 0", params)]
     if ids:
         mark_stories(conn, ids, "read", True, now)
     return len(ids)
@@ -306,10 +311,9 @@ def stream_story_ids(conn: sqlite3.Connection, query: StreamQuery,
         where.append("s.id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(chosen))
     if query.read is False and query.saved:
-        where.append(_MARKED.format(column="saved_at").replace("stories.id", "s.id"))
+        where.append(_SAVED)
     if query.read:
-        where.append(f"(s.last_seen < ? OR {_MARKED.format(column='read_at')})"
-                     .replace("stories.id", "s.id"))
+        where.append("(s.last_seen < ? OR s.read_versions > 0)")
         params.append(to_iso(updated_since))
     if query.sources is not None:
         where.append("s.canonical_article_id IN (SELECT id FROM articles "
@@ -334,9 +338,9 @@ def unread_counts(conn: sqlite3.Connection, updated_since: datetime
     the newest was first seen)."""
     return conn.execute(
         "SELECT c.source_id, count(*), max(s.first_seen) FROM stories s "
-        "JOIN articles c ON c.id = s.canonical_article_id "
-        "WHERE s.id IN (SELECT value FROM json_each(?)) GROUP BY c.source_id",
-        [json.dumps(unread_story_ids(conn, updated_since))]).fetchall()
+        "INDEXED BY stories_unread JOIN articles c ON c.id = s.canonical_article_id "
+        "WHERE s.last_seen >= ? AND s.read_versions = 0 GROUP BY c.source_id",
+        [to_iso(updated_since)]).fetchall()
 
 
 class AppRequest:

@@ -807,6 +807,58 @@ def _m023_daily_counts(db: sqlite_utils.Database) -> None:
     """)
 
 
+# ``stories.read_versions`` begun from the stored marks (every story at 0).
+COUNT_READ_VERSIONS_OF_MARKS = (
+    "UPDATE stories SET read_versions = r.versions FROM (SELECT a.story_id, count(*) AS "
+    "versions FROM article_marks m JOIN articles a ON a.id = m.article_id "
+    "WHERE m.read_at IS NOT NULL AND a.story_id IS NOT NULL GROUP BY a.story_id) AS r "
+    "WHERE stories.id = r.story_id")
+
+
+def _m024_read_versions(db: sqlite_utils.Database) -> None:
+    """Each story keeps how many of its versions are marked read (``read_versions``), and
+    a partial index holds the stories with none, by their last update (the count beside it,
+    else each entry's story row is read to test it): a reading app's
+    unread list (Fever ``unread_item_ids``, Google Reader's unread stream and counts) looked
+    for a read version of every story of its 30 days, 150-190 ms on a store of 1,000,000
+    articles at every sync.  The marks stay per article (they follow the articles through
+    ``recluster`` and corrections); triggers keep the count wherever a read mark or an
+    article's story changes, and before an article is deleted (its mark goes by cascade,
+    after the article, when the story is no longer known)."""
+    _run_script(db, f"""
+    ALTER TABLE stories ADD COLUMN read_versions INTEGER NOT NULL DEFAULT 0;
+    {COUNT_READ_VERSIONS_OF_MARKS};
+    CREATE INDEX stories_unread ON stories(last_seen, read_versions) WHERE read_versions = 0;
+    CREATE TRIGGER article_marks_read_insert AFTER INSERT ON article_marks
+    WHEN new.read_at IS NOT NULL BEGIN
+        UPDATE stories SET read_versions = read_versions + 1
+        WHERE id = (SELECT story_id FROM articles WHERE id = new.article_id);
+    END;
+    CREATE TRIGGER article_marks_read_update AFTER UPDATE OF read_at ON article_marks
+    WHEN (old.read_at IS NULL) != (new.read_at IS NULL) BEGIN
+        UPDATE stories SET read_versions = read_versions + (new.read_at IS NOT NULL)
+            - (old.read_at IS NOT NULL)
+        WHERE id = (SELECT story_id FROM articles WHERE id = new.article_id);
+    END;
+    CREATE TRIGGER article_marks_read_delete AFTER DELETE ON article_marks
+    WHEN old.read_at IS NOT NULL BEGIN
+        UPDATE stories SET read_versions = read_versions - 1
+        WHERE id = (SELECT story_id FROM articles WHERE id = old.article_id);
+    END;
+    CREATE TRIGGER articles_read_delete BEFORE DELETE ON articles
+    WHEN EXISTS (SELECT 1 FROM article_marks WHERE article_id = old.id
+                 AND read_at IS NOT NULL) BEGIN
+        UPDATE stories SET read_versions = read_versions - 1 WHERE id = old.story_id;
+    END;
+    CREATE TRIGGER articles_read_story AFTER UPDATE OF story_id ON articles
+    WHEN old.story_id IS NOT new.story_id AND EXISTS (
+        SELECT 1 FROM article_marks WHERE article_id = new.id AND read_at IS NOT NULL) BEGIN
+        UPDATE stories SET read_versions = read_versions - 1 WHERE id = old.story_id;
+        UPDATE stories SET read_versions = read_versions + 1 WHERE id = new.story_id;
+    END;
+    """)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_source_lines", _m002_source_lines),
@@ -831,6 +883,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("021_repeat_counts", _m021_repeat_counts),
     ("022_saved_marks_with_their_time", _m022_saved_marks_with_their_time),
     ("023_daily_counts", _m023_daily_counts),
+    ("024_read_versions", _m024_read_versions),
 ]
 
 

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -324,6 +325,10 @@ def test_marks_follow_the_articles_through_a_recluster(seeds):
     assert ids(call(fever, "saved_item_ids")["saved_item_ids"]) == [story]
     assert story not in ids(call(fever, "unread_item_ids")["unread_item_ids"])
     assert len(ids(call(fever, "unread_item_ids")["unread_item_ids"])) == 5
+    # The stories' counts of read versions came along (the unread list reads them).
+    with closing(sqlite3.connect(seeds.database)) as conn:
+        assert conn.execute("SELECT id, read_versions FROM stories WHERE read_versions > 0"
+                            ).fetchall() == [(story, 3)]
 
 
 def test_the_items_text_is_cleaned(tmp_path, seed_dir):

@@ -442,6 +442,77 @@ def test_daily_fetches_read_counts_kept_by_day_and_source_from_migration_023(tmp
     store.close()
 
 
+def test_stories_count_their_read_versions_from_migration_024(tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from aggregator.reading import mark_stories, unread_story_ids
+    from aggregator.store import COUNT_DAYS_OF_ARTICLES
+
+    old = _store_migrated_to(str(tmp_path / "a.db"), 23, monkeypatch)
+    with old.transaction() as conn:
+        for number in (1, 2, 3, 4):
+            _old_solo_article(conn, number, f"Ferry {number}", "Runs.")
+        conn.execute("UPDATE sources SET article_count = 4")
+        conn.execute("UPDATE stories SET last_seen = '2026-03-0' || id || 'T00:00:00Z'")
+        # Article 2 joined article 1's story; both versions read, article 3 only saved.
+        conn.execute("UPDATE articles SET story_id = 1, relation = 'same_story' WHERE id = 2")
+        conn.execute("DELETE FROM stories WHERE id = 2")
+        conn.execute("UPDATE stories SET article_count = 2 WHERE id = 1")
+        conn.executemany("INSERT INTO article_marks (article_id, read_at, saved_at) "
+                         "VALUES (?, ?, ?)", [(1, "r", None), (2, "r", "s"), (3, None, "s")])
+        # The daily counts as that version's writer keeps them.
+        conn.execute(COUNT_DAYS_OF_ARTICLES)
+    store, triggers = _migrated_again(old, monkeypatch)
+    assert {"article_marks_read_insert", "article_marks_read_update",
+            "article_marks_read_delete", "articles_read_delete",
+            "articles_read_story"} <= triggers
+    counts = "SELECT id, read_versions FROM stories ORDER BY id"
+    assert store.db.execute(counts).fetchall() == [(1, 2), (3, 0), (4, 0)]
+    assert _count_violations(store) == []
+    since = datetime(2026, 3, 1, tzinfo=UTC)
+    assert unread_story_ids(store.db.conn, since) == [3, 4]
+    plan = [row[3] for row in store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM stories INDEXED BY stories_unread "
+        "WHERE last_seen >= ? AND read_versions = 0", ["x"])]
+    assert plan == ["SEARCH stories USING COVERING INDEX stories_unread (last_seen>?)"]
+    # A mark set, cleared, set again and deleted; an article moved to another story (a
+    # correction, ``recluster``), out of every story and deleted (retention).
+    store.db.conn.isolation_level = None
+    now = datetime(2026, 3, 5, tzinfo=UTC)
+    for change, expected, unread in [
+        (lambda c: mark_stories(c, [3], "read", True, now), [(1, 2), (3, 1), (4, 0)], [4]),
+        (lambda c: mark_stories(c, [3], "read", True, now), [(1, 2), (3, 1), (4, 0)], [4]),
+        (lambda c: mark_stories(c, [1], "read", False, now), [(1, 0), (3, 1), (4, 0)],
+         [1, 4]),
+        (lambda c: mark_stories(c, [1, 4], "read", True, now), [(1, 2), (3, 1), (4, 1)], []),
+        (lambda c: c.execute("UPDATE articles SET story_id = 4 WHERE id = 2"),
+         [(1, 1), (3, 1), (4, 2)], []),
+        (lambda c: c.execute("UPDATE article_marks SET read_at = NULL WHERE article_id = 1"),
+         [(1, 0), (3, 1), (4, 2)], [1]),
+        (lambda c: c.execute("DELETE FROM article_marks WHERE article_id = 3"),
+         [(1, 0), (3, 0), (4, 2)], [1, 3]),
+        (lambda c: c.execute("UPDATE articles SET story_id = NULL WHERE id = 4"),
+         [(1, 0), (3, 0), (4, 1)], [1, 3]),
+        (lambda c: c.execute("UPDATE articles SET story_id = 4 WHERE id = 4"),
+         [(1, 0), (3, 0), (4, 2)], [1, 3]),
+        (lambda c: (c.execute("DELETE FROM article_keys WHERE article_id = 2"),
+                    c.execute("DELETE FROM articles WHERE id = 2")),
+         [(1, 0), (3, 0), (4, 1)], [1, 3]),
+    ]:
+        change(store.db.conn)
+        assert store.db.execute(counts).fetchall() == expected
+        assert unread_story_ids(store.db.conn, since) == unread
+    assert store.db.execute("SELECT count(*) FROM article_marks").fetchone() == (2,)
+    with store.transaction() as conn:
+        conn.execute("UPDATE articles SET story_id = 1 WHERE id = 4")
+        conn.execute("UPDATE stories SET article_count = 2 WHERE id = 1")
+        conn.execute("DELETE FROM stories WHERE id = 4")
+        conn.execute("UPDATE stories SET read_versions = 0 WHERE id = 1")
+    [violation] = _count_violations(store)
+    assert violation.detail == "story 1: stored 0 versions read, real 1"
+    store.close()
+
+
 def test_saved_marks_are_read_from_their_index_alone_after_migration_022(tmp_path,
                                                                          monkeypatch):
     from conftest import ROOT
