@@ -6,6 +6,8 @@ import sqlite3
 from concurrent.futures import Future
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aggregator.errors import SchemaTooNewError, StoreError
 from aggregator.store import MIGRATIONS, PAGE_SIZE, StagedWrites, Store
@@ -510,6 +512,67 @@ def test_stories_count_their_read_versions_from_migration_024(tmp_path, monkeypa
         conn.execute("UPDATE stories SET read_versions = 0 WHERE id = 1")
     [violation] = _count_violations(store)
     assert violation.detail == "story 1: stored 0 versions read, real 1"
+    store.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["read", "unread", "save", "unsave", "move",
+                                           "detach", "delete"]),
+                          st.integers(1, 6), st.integers(1, 4)), max_size=25))
+def test_read_versions_follow_any_order_of_marks_moves_and_deletes(tmp_path, steps):
+    """Whatever the order of marks set and cleared, articles moved between stories, out of
+    every story and deleted, each story's ``read_versions`` is its members' read marks."""
+    from datetime import UTC, datetime
+
+    from aggregator.reading import mark_stories
+
+    path = tmp_path / f"{len(list(tmp_path.iterdir()))}.db"
+    store = Store(str(path))
+    conn = store.db.conn
+    conn.isolation_level = None
+    conn.execute("INSERT INTO sources (id, name, config_url, url, created_at) "
+                 "VALUES (1, 'desk', 'u', 'u', 'now')")
+    for number in range(1, 5):
+        conn.execute("INSERT INTO stories (id, first_seen, last_seen, first_published, "
+                     "last_published) VALUES (?, 'x', 'x', 'x', 'x')", [number])
+    for number in range(1, 7):
+        conn.execute("INSERT INTO articles (id, source_id, identity_key, title, published, "
+                     "published_from_feed, fetched, text, content_hash, word_count, "
+                     "story_id, relation, similarity, counted_terms) VALUES (?1, 1, "
+                     "'key:' || ?1, 't', 'x', 1, 'x', 'x', 'h', 1, ?2, 'canonical', 1.0, '')",
+                     [number, (number - 1) % 4 + 1])
+        conn.execute("INSERT INTO articles_fts (rowid, title, text) VALUES (?, 't', 'x')",
+                     [number])
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    marks = "UPDATE article_marks SET {column} = {value} WHERE article_id = ?"
+    for action, article, story in steps:
+        if action in ("read", "unread", "save", "unsave"):
+            column = "read_at" if action in ("read", "unread") else "saved_at"
+            on = action in ("read", "save")
+            # Through the apps' path (every version of a story), or one mark alone.
+            if article % 2:
+                mark_stories(conn, [story], "read" if column == "read_at" else "saved", on,
+                             now)
+            else:
+                conn.execute("INSERT OR IGNORE INTO article_marks (article_id) "
+                             "SELECT id FROM articles WHERE id = ?", [article])
+                conn.execute(marks.format(column=column, value="'m'" if on else "NULL"),
+                             [article])
+                conn.execute("DELETE FROM article_marks WHERE read_at IS NULL "
+                             "AND saved_at IS NULL")
+        elif action == "move":
+            conn.execute("UPDATE articles SET story_id = ? WHERE id = ?", [story, article])
+        elif action == "detach":
+            conn.execute("UPDATE articles SET story_id = NULL WHERE id = ?", [article])
+        else:
+            conn.execute("DELETE FROM article_keys WHERE article_id = ?", [article])
+            conn.execute("DELETE FROM articles WHERE id = ?", [article])
+    assert conn.execute(
+        "SELECT s.id, s.read_versions FROM stories s ORDER BY s.id").fetchall() == \
+        conn.execute("SELECT s.id, count(m.article_id) FROM stories s LEFT JOIN articles a "
+                     "ON a.story_id = s.id LEFT JOIN article_marks m ON m.article_id = a.id "
+                     "AND m.read_at IS NOT NULL GROUP BY s.id ORDER BY s.id").fetchall()
     store.close()
 
 
