@@ -1348,6 +1348,13 @@ class StagedWrites:
         self.term_counts.append(counts)
         self._terms_by_name = self._terms_by_id = None
 
+    def holds_fetches_only(self) -> bool:
+        """Whether it holds nothing but fetch attempts, sources' fetch states and icons: a
+        source that answered 304, or brought nothing new."""
+        return not (self.stories or self.articles or self.article_updates or self.fingerprints
+                    or self.keys or self.relations or self.history or self.story_updates
+                    or self.lines or self.term_counts or self.window_floor is not None)
+
     def absorb(self, other: StagedWrites) -> None:
         """Stage what ``other`` staged, after what this one did."""
         self.stories += other.stories

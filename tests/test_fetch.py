@@ -109,27 +109,38 @@ def test_304_answers_keep_the_connection_for_the_next_request(feed_server):
     assert len({r.client for r in feed_server.requests_to("/feed")}) == 1
 
 
-def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
-        tmp_path, feed_server, monkeypatch):
-    import time as clock
-
-    paths = [f"/f{n}" for n in range(12)]
+def feeds_fetched_once(tmp_path, feed_server, count: int) -> tuple[Aggregator, list[str]]:
+    """``count`` feeds ``/f0``, ``/f1``... with an ETag, each fetched once: the next pass of
+    them is all 304s."""
+    paths = [f"/f{n}" for n in range(count)]
     for path in paths:
         feed_server.route(path, Reply(200, FEED.replace(b"<title>", f"<title>{path} ".encode(),
                                                         1),
                                       {"ETag": '"v1"', "Content-Type": "application/rss+xml"}))
     aggregator = make_aggregator(tmp_path, feed_server, paths)
     aggregator.run_pass(force=True)
-    transactions = count_transactions(aggregator, monkeypatch)
-    # The first fetch is slow, so that the others have all answered when it is stored.
-    slow = aggregator._fetch_and_parse
+    return aggregator, paths
 
-    def fetch(source, row):
+
+def first_fetch_slow(aggregator, monkeypatch) -> None:
+    """The first source's fetch takes half a second, so that the others have all answered
+    when the writer, which takes the sources in configuration order, gets to it: one
+    write group."""
+    fetch = aggregator._fetch_and_parse
+
+    def slow(source, row):
         if source.name == "f0":
-            clock.sleep(0.5)
-        return slow(source, row)
+            time.sleep(0.5)
+        return fetch(source, row)
 
-    monkeypatch.setattr(aggregator, "_fetch_and_parse", fetch)
+    monkeypatch.setattr(aggregator, "_fetch_and_parse", slow)
+
+
+def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
+        tmp_path, feed_server, monkeypatch):
+    aggregator, paths = feeds_fetched_once(tmp_path, feed_server, 12)
+    transactions = count_transactions(aggregator, monkeypatch)
+    first_fetch_slow(aggregator, monkeypatch)
     reports = aggregator.run_pass(force=True)
     assert [r.outcome for r in reports] == ["not_modified"] * 12
     assert [r.source for r in reports] == [p.strip("/") for p in paths]  # config order
@@ -148,6 +159,48 @@ def test_many_304s_are_recorded_together_and_a_failing_write_fails_alone(
     assert aggregator.store.db.execute(  # nothing of f3's failed write is left
         "SELECT count(*) FROM fetch_attempts a JOIN sources s ON s.id = a.source_id "
         "WHERE s.name = 'f3'").fetchone() == (2,)
+
+
+def test_the_fetches_of_a_group_s_304s_are_written_together_and_one_failing_alone(
+        tmp_path, feed_server, monkeypatch):
+    """A write group's sources that staged nothing but their fetch (a 304) are written in
+    one write, a statement a table; if that write fails, each is written alone, so that
+    only the source whose rows fail is reported failed, and the others' rows are kept."""
+    aggregator, paths = feeds_fetched_once(tmp_path, feed_server, 8)
+    write, writes = StagedWrites.write, []
+
+    def counted(staged, conn, search_rows=None):
+        writes.append(sorted(row[0] for row in staged.fetches))
+        return write(staged, conn, search_rows)
+
+    monkeypatch.setattr(StagedWrites, "write", counted)
+    first_fetch_slow(aggregator, monkeypatch)
+    reports = aggregator.run_pass(force=True)
+    assert [r.outcome for r in reports] == ["not_modified"] * 8
+    ids = {name: aggregator.store.source(name).id for name in (p.strip("/") for p in paths)}
+    assert sorted(ids.values()) in writes and len(writes) < 8
+    # A write that fails on the rows of f3, after writing them: rolled back to the
+    # group's savepoint, the others are written again alone.
+    failing = ids["f3"]
+
+    def fails_on_f3(staged, conn, search_rows=None):
+        counted(staged, conn, search_rows)
+        if any(row[0] == failing for row in staged.fetches):
+            raise sqlite3.OperationalError("constraint failed")
+
+    monkeypatch.setattr(StagedWrites, "write", fails_on_f3)
+    before = source_state(aggregator, "f3")["last_checked_at"]
+    writes.clear()
+    reports = aggregator.run_pass(force=True)
+    assert [r.outcome for r in reports] == ["not_modified"] * 3 + ["store_error"] + \
+        ["not_modified"] * 4
+    assert "constraint failed" in reports[3].error
+    assert [len(fetches) for fetches in writes if len(fetches) > 1] != []
+    assert aggregator.store.db.execute(
+        "SELECT s.name, count(*) FROM fetch_attempts a JOIN sources s ON s.id = a.source_id "
+        "GROUP BY s.name ORDER BY s.name").fetchall() == \
+        [(name, 2 if name == "f3" else 3) for name in sorted(ids)]
+    assert source_state(aggregator, "f3")["last_checked_at"] == before
 
 
 @pytest.mark.parametrize("extra", ["", "write_behind = true"], ids=["in place", "behind"])
