@@ -1001,21 +1001,22 @@ class Aggregator:
 
     @contextmanager
     def _staging(self, conn: sqlite3.Connection,
-                 fetches_only: list[StagedWrites] | None = None) -> Iterator[StagedWrites]:
+                 defer: Callable[[StagedWrites], None] | None = None
+                 ) -> Iterator[StagedWrites]:
         """Rows staged for one source in the open transaction, written through ``conn`` at
         the end unless the source's write failed (its rows are then dropped).  With
-        ``fetches_only``, rows that are only a fetch and a source's state go there instead,
-        for the caller to write with others (``_write_fetches``), unless the source wrote
-        rows of its own through ``conn`` (clustering off, its articles go in directly): its
+        ``defer``, rows that are only a fetch and a source's state go to it instead, for
+        the caller to write with others (``_write_fetches``), unless the source wrote rows
+        of its own through ``conn`` (clustering off, its articles go in directly): its
         fetch is then written with them."""
         staged = StagedWrites()
         self._reads.current = [staged]
         written = conn.total_changes
         try:
             yield staged
-            if fetches_only is not None and staged.holds_fetches_only() \
+            if defer is not None and staged.holds_fetches_only() \
                     and conn.total_changes == written:
-                fetches_only.append(staged)
+                defer(staged)
             else:
                 self.store.write_staged(conn, staged)
         finally:
@@ -1251,17 +1252,20 @@ class Aggregator:
         roll back the whole transaction: then the group fails as one.
         """
         reports = []
-        # The sources that staged only their fetch (a 304, nothing new): written together
-        # at the end, a statement a table for all of them instead of a dozen each.
-        fetches_only: list[StagedWrites] = []
-        positions: list[int] = []
+        # The sources that staged only their fetch (a 304, nothing new), by their place in
+        # the group: written together at the end, a statement a table for all of them
+        # instead of a dozen each.
+        fetches_only: list[tuple[int, StagedWrites]] = []
         for name, write in zip(names, writes, strict=True):
             changes, tallies = self._clusterer_changes, self._tally.mark()
             # Ids follow the largest stored, which a source rolled back gives back.
             self._reads.reset_ids()
             deferred = len(fetches_only)
             try:
-                with self.store.savepoint(conn), self._staging(conn, fetches_only) as staged:
+                # Deferred before this source's report is added: its place is the count.
+                with self.store.savepoint(conn), self._staging(
+                        conn, lambda staged: fetches_only.append((len(reports), staged))
+                ) as staged:
                     report = write(conn, staged)
             except Exception as exc:
                 if not conn.in_transaction:
@@ -1276,20 +1280,19 @@ class Aggregator:
                 report = self._failed_report(name, exc)
             else:
                 self._tally.fold()
-                if len(fetches_only) > deferred:
-                    positions.append(len(reports))
             reports.append(report)
         if fetches_only:
-            self._write_fetches(conn, names, fetches_only, positions, reports)
+            self._write_fetches(conn, names, fetches_only, reports)
         return reports
 
-    def _write_fetches(self, conn, names: list[str], fetches_only: list[StagedWrites],
-                       positions: list[int], reports: list[RefreshReport]) -> None:
-        """The rows of the sources at ``positions`` that staged only their fetch, in one
-        write under a savepoint; if it fails, each source's under a savepoint of its own,
-        so that only a source whose rows fail is reported failed."""
+    def _write_fetches(self, conn, names: list[str],
+                       fetches_only: list[tuple[int, StagedWrites]],
+                       reports: list[RefreshReport]) -> None:
+        """The rows of the sources that staged only their fetch (each with its place in the
+        group), in one write under a savepoint; if it fails, each source's under a
+        savepoint of its own, so that only a source whose rows fail is reported failed."""
         together = StagedWrites()
-        for staged in fetches_only:
+        for _place, staged in fetches_only:
             together.absorb(staged)
         try:
             with self.store.savepoint(conn):
@@ -1298,14 +1301,14 @@ class Aggregator:
         except Exception:
             if not conn.in_transaction:
                 raise
-        for position, staged in zip(positions, fetches_only, strict=True):
+        for place, staged in fetches_only:
             try:
                 with self.store.savepoint(conn):
                     self.store.write_staged(conn, staged)
             except Exception as exc:
                 if not conn.in_transaction:
                     raise
-                reports[position] = self._failed_report(names[position], exc)
+                reports[place] = self._failed_report(names[place], exc)
 
     def _failed_report(self, source: str, exc: Exception) -> RefreshReport:
         if isinstance(exc, StoreError | sqlite3.Error):

@@ -1912,24 +1912,17 @@ class Store:
                      status: int | None, outcome: str, error: str | None, size: int | None,
                      entries: int | None, new_articles: int | None,
                      state: dict[str, object], conn: sqlite3.Connection | None = None) -> None:
-        """Log one fetch attempt and update the source's fetch state (``state`` columns)."""
-
-        def write(c: sqlite3.Connection) -> None:
-            attempt = [source_id, to_iso(started), duration_ms, url, status, outcome, error,
-                       size, entries, new_articles]
-            write_rows(c, INSERT_FETCHES, [attempt])
-            write_rows(c, COUNT_FETCHES, [[outcome, 1]])
-            write_rows(c, COUNT_FETCH_DAYS, fetch_day_counts([attempt]))
-            if state:
-                columns = ", ".join(f"{key} = ?" for key in state)
-                values = [to_iso(v) if isinstance(v, datetime) else v for v in state.values()]
-                c.execute(f"UPDATE sources SET {columns} WHERE id = ?", [*values, source_id])
-
+        """Log one fetch attempt and update the source's fetch state (``state`` columns):
+        staged and written as a pass writes its fetches, counts included."""
+        staged = StagedWrites()
+        staged.record_fetch(source_id, started=started, duration_ms=duration_ms, url=url,
+                            status=status, outcome=outcome, error=error, size=size,
+                            entries=entries, new_articles=new_articles, state=state)
         if conn is not None:
-            write(conn)
+            staged.write(conn)
         else:
             with self.transaction() as c:
-                write(c)
+                staged.write(c)
 
     # -- per-source template lines ------------------------------------------------------------
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from queries import build  # noqa: E402
+from queries import timed as figures  # noqa: E402
 from wordfreq import top_n_list  # noqa: E402
 
 from aggregator.readers import SEARCH_ARTICLES, SEARCH_NEWEST, SEARCH_STORIES  # noqa: E402
@@ -45,12 +45,6 @@ def timed(conn: sqlite3.Connection, query: str, newest: int) -> tuple[float, lis
     started = time.perf_counter()
     found = conn.execute(SEARCH_STORIES, parameters).fetchall()
     return (time.perf_counter() - started) * 1000, [tuple(row[:2]) for row in found]
-
-
-def figures(times: list[float]) -> dict:
-    times = sorted(times)
-    return {"median_ms": round(statistics.median(times), 2),
-            "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2)}
 
 
 def compare(conn: sqlite3.Connection, queries: list[str]) -> dict:
