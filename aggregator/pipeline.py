@@ -135,6 +135,12 @@ WRITE_GROUP_LINGER_S = 0.25
 # A document shorter than this, or a batch of entries whose text is (``text_size``), is
 # prepared in the calling thread: a worker round trip would cost more than it saves.
 WORKER_MIN_BYTES = 4096
+# After worker processes failed to start (a container's process limit, no usable /dev/shm
+# for their queues' semaphores), feeds are prepared in the daemon's own threads, and new
+# workers are tried this long after.
+WORKERS_RETRY_S = 300.0
+# How long new worker processes may take to run their first task (importing the project).
+WORKERS_START_TIMEOUT_S = 60.0
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
 PLACEMENT_CHUNK = 512
@@ -586,6 +592,9 @@ class Aggregator:
         self._last_purge: datetime | None = None
         self._workers: ProcessPoolExecutor | None = None
         self._workers_lock = threading.Lock()
+        # (``time.monotonic``) Before this, no worker processes are started: the last start
+        # failed (``_workers_failed``).
+        self._workers_retry_at = -math.inf
 
     def _warn_of_unclustered(self) -> None:
         since = window_start(self.store.newest_published(), self.store.window_floor(),
@@ -675,31 +684,95 @@ class Aggregator:
                                max_entries=MAX_ENTRIES_PER_FETCH)
 
     def _worker_pool(self) -> ProcessPoolExecutor | None:
-        """The worker processes (started on first use), if the configuration has any."""
+        """The worker processes (started on first use), if the configuration has any and
+        they could start when last tried (``_workers_failed``)."""
         if not self.worker_count:
             return None
         with self._workers_lock:
             if self._workers is None:
-                # spawn, not fork: the daemon has threads, and a forked lock stays locked.
-                self._workers = ProcessPoolExecutor(
-                    self.worker_count, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=start_worker, initargs=(os.getpid(),))
+                if time.monotonic() < self._workers_retry_at:
+                    return None
+                self._workers = self._started_pool()
             return self._workers
 
-    def start_workers(self) -> list[Future]:
-        """Start the worker processes now instead of on first use; returns a future for each
-        that is done once it runs.  Each imports the project first, about a second of CPU:
-        the daemon starts them with itself, so that its first pass does not wait for that."""
-        pool = self._worker_pool()
-        if pool is None:
-            return []
+    def _started_pool(self) -> ProcessPoolExecutor | None:
+        """New worker processes, once they run (each has imported the project, about a
+        second of CPU); None if they cannot (``_workers_failed``).  A process that cannot
+        start (Python or the project missing where spawn looks, a process limit) would
+        otherwise break the pool under the first feed given to it, and that feed would be
+        taken for one that kills its worker, pass after pass for every feed."""
+        pool = None
         try:
+            # spawn, not fork: the daemon has threads, and a forked lock stays locked.  The
+            # pool's queues take semaphores at once (/dev/shm).
+            pool = ProcessPoolExecutor(
+                self.worker_count, mp_context=multiprocessing.get_context("spawn"),
+                initializer=start_worker, initargs=(os.getpid(),))
             # A pool starts a process for a task that finds none idle: one task each.
-            return [pool.submit(os.getpid) for _ in range(self.worker_count)]
-        except Exception as exc:  # e.g. no more processes allowed: the daemon goes on
-            log.warning("worker processes not started ahead (%s); each source that needs "
-                        "one reports the error", exc)
-            return []
+            started = [pool.submit(os.getpid) for _ in range(self.worker_count)]
+            for future in started:
+                future.result(timeout=WORKERS_START_TIMEOUT_S)
+        except (OSError, ImportError, RuntimeError, TimeoutError) as exc:
+            # (``BrokenProcessPool`` is a ``RuntimeError``.)
+            self._workers_failed(pool, exc)
+            return None
+        return pool
+
+    def _workers_failed(self, pool: ProcessPoolExecutor | None, exc: BaseException) -> None:
+        """Worker processes could not start: ``pool`` (if any) is let go, and until
+        ``WORKERS_RETRY_S`` from now feeds are prepared in the calling threads, more slowly
+        but stored all the same.  Call with ``_workers_lock`` held."""
+        if pool is not None:
+            # Its queued work (a task whose process did not start) is dropped with it.
+            if self._workers is pool:
+                self._workers = None
+            pool.shutdown(wait=False, cancel_futures=True)
+        if time.monotonic() >= self._workers_retry_at:  # once a try, not once a source
+            log.warning("worker processes cannot start (%s); feeds are parsed and prepared "
+                        "in the daemon's own process, and workers tried again in %.0f s",
+                        exc, WORKERS_RETRY_S)
+        self._workers_retry_at = time.monotonic() + WORKERS_RETRY_S
+
+    def _drop_workers(self, pool: ProcessPoolExecutor | None) -> None:
+        """Let ``pool`` go if it is still the daemon's (``_workers_lock`` held)."""
+        if pool is not None and self._workers is pool:
+            self._workers = None
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, pool: ProcessPoolExecutor, function: Callable, *args) -> Future | None:
+        """``pool.submit(function, *args)``; None where no process could start for it
+        (``_workers_failed``), or the pool was broken by a worker that died before or shut
+        down by a reload (it is replaced for the next ones): the caller then does the work
+        itself."""
+        try:
+            return pool.submit(function, *args)
+        except RuntimeError:
+            # Broken (``BrokenProcessPool``: a worker died while idle, or preparing another
+            # feed, which that feed's own future reports), or shut down by a reload
+            # meanwhile: this task goes to a new pool.
+            with self._workers_lock:
+                self._drop_workers(pool)
+            fresh = self._worker_pool()
+            return None if fresh is None else self._submit_once(fresh, function, *args)
+        except (OSError, ImportError) as exc:
+            with self._workers_lock:
+                self._workers_failed(pool, exc)
+            return None
+
+    def _submit_once(self, pool: ProcessPoolExecutor, function: Callable, *args) -> Future | None:
+        """``_submit`` to a pool just started: if that one breaks at once too, the caller
+        does the work itself."""
+        try:
+            return pool.submit(function, *args)
+        except (RuntimeError, OSError, ImportError) as exc:
+            with self._workers_lock:
+                self._workers_failed(pool, exc)
+            return None
+
+    def start_workers(self) -> bool:
+        """Start the worker processes now instead of on first use (the daemon starts them
+        with itself); whether they run."""
+        return self._worker_pool() is not None
 
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
                       fetched: datetime) -> Future:
@@ -708,8 +781,10 @@ class Aggregator:
         once, in this thread."""
         pool = self._worker_pool() if text_size(entries) >= WORKER_MIN_BYTES else None
         if pool is not None:
-            return pool.submit(prepare_entries, entries, source, fetched,
-                               self._prepare_settings())
+            submitted = self._submit(pool, prepare_entries, entries, source, fetched,
+                                     self._prepare_settings())
+            if submitted is not None:
+                return submitted
         done: Future = Future()
         done.set_result(self._prepare_here(entries, source, fetched))
         return done
@@ -727,15 +802,14 @@ class Aggregator:
         the daemon: the pool is replaced for the next ones.
         """
         pool = self._worker_pool() if worth_it else None
-        if pool is None:
+        submitted = None if pool is None else self._submit(pool, function, *args)
+        if submitted is None:
             return function(*args)
         try:
-            return pool.submit(function, *args).result()
+            return submitted.result()
         except BrokenProcessPool:
             with self._workers_lock:
-                if self._workers is pool:
-                    self._workers = None
-                    pool.shutdown(wait=False, cancel_futures=True)
+                self._drop_workers(pool)
             raise ParseError(source, "the worker process preparing this feed stopped; "
                                      "it is tried again at the next check") from None
 

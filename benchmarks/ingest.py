@@ -153,6 +153,14 @@ def make_aggregator(directory: Path, name: str, stream: SyntheticStream,
     return Aggregator(config)
 
 
+def start_workers(aggregator: Aggregator) -> None:
+    """Start the aggregator's worker processes and wait until they run, as a running daemon
+    has them (an older checkout, run by ``turns.py --against``, returns a future each)."""
+    started = aggregator.start_workers()
+    if not isinstance(started, bool):
+        wait(started)
+
+
 def ingest(aggregator: Aggregator, articles, one_by_one: bool = False) -> None:
     """Store articles as feed passes would: grouped by source, each source's entries
     prepared (in a worker process) while earlier ones are written, and the sources already
@@ -234,7 +242,7 @@ def naive_comparison(sample_size: int, seed: int, write_behind: bool = False) ->
                                              write_behind)
                 # With its worker processes started, as a running daemon has them (their
                 # start-up, about a second, is a tenth of a 2,000-article sample).
-                wait(aggregator.start_workers())
+                start_workers(aggregator)
             else:
                 aggregator = naive_aggregator(make_aggregator, Path(directory), stream)
             started = time.perf_counter()

@@ -45,12 +45,11 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import wait
 from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
+from ingest import INGEST_CHUNK, ingest, make_aggregator, start_workers  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 
 from aggregator import cluster, fingerprint, index  # noqa: E402
@@ -128,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         stream = SyntheticStream(seed=args.seed)
         aggregator = make_aggregator(Path(directory), "stream", stream, ClusteringSettings())
-        wait(aggregator.start_workers())
+        start_workers(aggregator)
         articles = iter(stream)
         stored = 0
         while stored < args.window:

@@ -56,8 +56,6 @@ def serve(args: argparse.Namespace) -> None:
     """One version's side: restart on the store, then a chunk for each line ``chunk``
     read, its timings written back as one JSON line."""
     sys.path.insert(0, str(HERE))
-    from concurrent.futures import wait
-
     from ingest import (
         behind_pids,
         cpu_s,
@@ -65,6 +63,7 @@ def serve(args: argparse.Namespace) -> None:
         ingest,
         make_aggregator,
         peak_rss_mb,
+        start_workers,
         worker_pids,
     )
     from stream import SyntheticStream
@@ -78,7 +77,7 @@ def serve(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     runner = make_aggregator(directory, "stream", stream, ClusteringSettings(),
                              args.write_behind)
-    wait(runner.start_workers())
+    start_workers(runner)
     reply({"ready": True, "package": str(Path(aggregator.__file__).parent),
            "restart_s": round(time.perf_counter() - started, 2),
            "window": runner.clusterer.window_size})

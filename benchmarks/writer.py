@@ -39,14 +39,13 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import wait
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from farm import Farm, write_farm_config  # noqa: E402
-from ingest import INGEST_CHUNK, ingest, make_aggregator  # noqa: E402
+from ingest import INGEST_CHUNK, ingest, make_aggregator, start_workers  # noqa: E402
 from stream import SyntheticStream  # noqa: E402
 from timing import timed_calls  # noqa: E402
 
@@ -138,7 +137,7 @@ def write_stream(args: argparse.Namespace, directory: Path) -> tuple[int, float,
     stream = SyntheticStream(seed=3)
     settings = replace(ClusteringSettings(), enabled=not args.off)
     aggregator = make_aggregator(directory, "stream", stream, settings)
-    wait(aggregator.start_workers())
+    start_workers(aggregator)
     articles = iter(stream)
     # Whole chunks are timed: a source with little text in a chunk is prepared by the
     # writer itself (``WORKER_MIN_BYTES``), which a partial chunk would time.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.spawn
+import os
 import random
 import sqlite3
 import threading
@@ -651,19 +654,13 @@ def test_a_reloaded_worker_count_replaces_the_pool(tmp_path):
 
 
 def test_workers_started_ahead_are_all_running_before_the_first_pass(tmp_path):
-    import multiprocessing
-    from concurrent.futures import wait
-
     sources = [{"name": "wire", "url": "http://127.0.0.1:9/feed"}]
     config = load_config(write_config(tmp_path / "two.toml", sources, extra="workers = 2"),
                          environ={})
     aggregator = Aggregator(config)
     before = set(multiprocessing.active_children())
     try:
-        started = aggregator.start_workers()
-        assert len(started) == 2
-        wait(started, timeout=60)
-        assert all(future.done() for future in started)
+        assert aggregator.start_workers()
         assert len(set(multiprocessing.active_children()) - before) == 2
         # Workers give the priors of the terms they prepare; this, the writer's process,
         # works them out itself.
@@ -676,25 +673,39 @@ def test_workers_started_ahead_are_all_running_before_the_first_pass(tmp_path):
     one_cpu = load_config(write_config(tmp_path / "none.toml", sources, extra="workers = 0"),
                           environ={})
     without = Aggregator(one_cpu)
-    assert without.start_workers() == []
+    assert not without.start_workers()
     without.close()
 
 
-def test_workers_that_cannot_start_ahead_do_not_stop_the_daemon(tmp_path, monkeypatch,
-                                                                caplog):
-    class NoProcesses:
-        def submit(self, *args):
-            raise OSError(11, "Resource temporarily unavailable")
-
-    sources = [{"name": "wire", "url": "http://127.0.0.1:9/feed"}]
-    config = load_config(write_config(tmp_path / "two.toml", sources, extra="workers = 2"),
-                         environ={})
-    aggregator = Aggregator(config)
-    monkeypatch.setattr(aggregator, "_worker_pool", NoProcesses)
-    assert aggregator.start_workers() == []
-    assert "worker processes not started ahead" in caplog.text
-    assert "Resource temporarily unavailable" in caplog.text
-    aggregator.close()
+def test_feeds_are_prepared_in_the_daemon_while_worker_processes_cannot_start(
+        tmp_path, feed_server, monkeypatch, caplog):
+    """A container whose process limit is reached, or without a /dev/shm for the workers'
+    queues: here no process can start because Python cannot be found where spawn looks."""
+    feed_server.route("/wire", Reply(200, FEED, {"Content-Type": "application/rss+xml"}))
+    assert len(FEED) >= pipeline.WORKER_MIN_BYTES  # a document a worker would prepare
+    aggregator = make_aggregator(tmp_path, feed_server, ["/wire"], extra="workers = 2")
+    python = multiprocessing.spawn.get_executable()
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe",
+                        os.fsencode(tmp_path / "no-python"))
+    before = set(multiprocessing.active_children())
+    try:
+        assert not aggregator.start_workers()
+        [report] = aggregator.run_pass(force=True)
+        assert (report.outcome, report.new_articles) == ("ok", FEED.count(b"<item>"))
+        assert caplog.text.count("worker processes cannot start") == 1
+        assert "failed unexpectedly" not in caplog.text
+        assert set(multiprocessing.active_children()) == before
+        # Python is back; once the retry time has come, the workers start again.
+        monkeypatch.setattr(multiprocessing.spawn, "_python_exe", python)
+        assert aggregator._worker_pool() is None  # not before
+        aggregator._workers_retry_at = time.monotonic()
+        assert aggregator.start_workers()
+        assert len(set(multiprocessing.active_children()) - before) == 2
+        [report] = aggregator.run_pass(force=True)
+        assert (report.outcome, report.new_articles) == ("ok", 0)  # its entries known
+        assert caplog.text.count("worker processes cannot start") == 1
+    finally:
+        aggregator.close()
 
 
 def closed_port() -> int:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import os
 import resource
+import signal
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import DATA, write_config
@@ -157,7 +161,8 @@ def test_public_address_passes():
 
 def test_a_worker_process_that_dies_fails_its_sources_not_the_daemon(tmp_path, feed_server):
     """Feeds are parsed in worker processes: one killed (out of memory, by an operator) costs
-    the feeds it was preparing one failed check, and the next pass has workers again."""
+    the feeds it was given one failed check, no other feed, and the next ones have workers
+    again."""
     paths = [f"/w{n}" for n in range(3)]
     for n, path in enumerate(paths):
         items = "".join(f"<item><title>Report {n}-{i} on harbour cranes and tide tables</title>"
@@ -169,12 +174,25 @@ def test_a_worker_process_that_dies_fails_its_sources_not_the_daemon(tmp_path, f
         feed_server.route(path, Reply(200, body))
     aggregator = make_aggregator(tmp_path, feed_server, paths, extra="workers = 1")
     assert {r.outcome for r in aggregator.run_pass()} == {"ok"}
+    # Killed while idle: the next feeds go to a new pool, and none fails.
     pool = aggregator._workers
     for process in list(pool._processes.values()):
         process.kill()
         process.join()
-    reports = aggregator.run_pass(force=True)
-    # The feeds sent to the dead pool failed; a new pool prepared those that came after.
+    assert {r.outcome for r in aggregator.run_pass(force=True)} == {"ok"}
+    assert aggregator._workers is not pool
+    # Killed with a feed given to it: stopped first, so that the feed waits for it.
+    pool = aggregator._workers
+    [worker] = pool._processes.values()
+    os.kill(worker.pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(1) as running:
+        passing = running.submit(aggregator.run_pass, force=True)
+        deadline = time.monotonic() + 30
+        while not pool._pending_work_items and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool._pending_work_items, "no feed was given to the stopped worker"
+        worker.kill()
+        reports = passing.result(timeout=60)
     failed = [r.source for r in reports if r.outcome != "ok"]
     assert failed
     for report in reports:
