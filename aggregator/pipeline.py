@@ -139,8 +139,9 @@ WORKER_MIN_BYTES = 4096
 # for their queues' semaphores), feeds are prepared in the daemon's own threads, and new
 # workers are tried this long after.
 WORKERS_RETRY_S = 300.0
-# How long new worker processes may take to run their first task (importing the project).
+# How long ``start_workers`` waits for new worker processes to run (importing the project).
 WORKERS_START_TIMEOUT_S = 60.0
+STOPPED_AT_START = "each process stopped before it ran a task"
 # Articles fingerprinted together: large enough for bulk signing to pay, small enough that a
 # recluster of a big store does not hold every article's features at once.
 PLACEMENT_CHUNK = 512
@@ -189,6 +190,35 @@ class Fetched:
 
 # (source id, source name, source priority, article, stored id or None for a new one)
 Placement = tuple[int, str, int, NormalizedArticle, int | None]
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """Worker processes (spawned), each given a first task before any feed.
+
+    A process takes about a second to start (it imports the project), and feeds are given
+    to the pool meanwhile.  One that cannot start (Python or the project missing where
+    spawn looks, no memory) breaks the pool before any first task has run; a feed that
+    kills its worker can only do so after one has.  So the two are told apart
+    (``never_ran``): before, such a pool's first feeds were taken for feeds that kill
+    their worker, pass after pass, every feed of a worker's size.
+    """
+
+    def __init__(self, workers: int, parent_pid: int):
+        # spawn, not fork: the daemon has threads, and a forked lock stays locked.  The
+        # pool's queues take semaphores at once (/dev/shm).
+        super().__init__(workers, mp_context=multiprocessing.get_context("spawn"),
+                         initializer=start_worker, initargs=(parent_pid,))
+        try:
+            # A pool starts a process for a task that finds none idle: one task each.
+            self.first_tasks = [self.submit(os.getpid) for _ in range(workers)]
+        except BaseException:  # no process could start (a process limit)
+            self.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def never_ran(self) -> bool:
+        """Whether no process of the pool has run a task (so far, or before it broke)."""
+        return not any(task.done() and not task.cancelled() and task.exception() is None
+                       for task in self.first_tasks)
 
 
 def worker_count(configured: int, cpus: int, clustering: bool) -> int:
@@ -590,7 +620,7 @@ class Aggregator:
         self._terms_kept = 0
         self._last_prune: datetime | None = None
         self._last_purge: datetime | None = None
-        self._workers: ProcessPoolExecutor | None = None
+        self._workers: WorkerPool | None = None
         self._workers_lock = threading.Lock()
         # (``time.monotonic``) Before this, no worker processes are started: the last start
         # failed (``_workers_failed``).
@@ -683,7 +713,7 @@ class Aggregator:
                                settings.phrase_weight, features=settings.enabled,
                                max_entries=MAX_ENTRIES_PER_FETCH)
 
-    def _worker_pool(self) -> ProcessPoolExecutor | None:
+    def _worker_pool(self) -> WorkerPool | None:
         """The worker processes (started on first use), if the configuration has any and
         they could start when last tried (``_workers_failed``)."""
         if not self.worker_count:
@@ -692,33 +722,15 @@ class Aggregator:
             if self._workers is None:
                 if time.monotonic() < self._workers_retry_at:
                     return None
-                self._workers = self._started_pool()
+                try:
+                    self._workers = WorkerPool(self.worker_count, os.getpid())
+                except (OSError, ImportError, RuntimeError) as exc:
+                    # (``BrokenProcessPool``, a ``RuntimeError``: the first process died
+                    # before the last first task was given.)
+                    self._workers_failed(None, exc)
             return self._workers
 
-    def _started_pool(self) -> ProcessPoolExecutor | None:
-        """New worker processes, once they run (each has imported the project, about a
-        second of CPU); None if they cannot (``_workers_failed``).  A process that cannot
-        start (Python or the project missing where spawn looks, a process limit) would
-        otherwise break the pool under the first feed given to it, and that feed would be
-        taken for one that kills its worker, pass after pass for every feed."""
-        pool = None
-        try:
-            # spawn, not fork: the daemon has threads, and a forked lock stays locked.  The
-            # pool's queues take semaphores at once (/dev/shm).
-            pool = ProcessPoolExecutor(
-                self.worker_count, mp_context=multiprocessing.get_context("spawn"),
-                initializer=start_worker, initargs=(os.getpid(),))
-            # A pool starts a process for a task that finds none idle: one task each.
-            started = [pool.submit(os.getpid) for _ in range(self.worker_count)]
-            for future in started:
-                future.result(timeout=WORKERS_START_TIMEOUT_S)
-        except (OSError, ImportError, RuntimeError, TimeoutError) as exc:
-            # (``BrokenProcessPool`` is a ``RuntimeError``.)
-            self._workers_failed(pool, exc)
-            return None
-        return pool
-
-    def _workers_failed(self, pool: ProcessPoolExecutor | None, exc: BaseException) -> None:
+    def _workers_failed(self, pool: WorkerPool | None, exc: BaseException | str) -> None:
         """Worker processes could not start: ``pool`` (if any) is let go, and until
         ``WORKERS_RETRY_S`` from now feeds are prepared in the calling threads, more slowly
         but stored all the same.  Call with ``_workers_lock`` held."""
@@ -733,13 +745,13 @@ class Aggregator:
                         exc, WORKERS_RETRY_S)
         self._workers_retry_at = time.monotonic() + WORKERS_RETRY_S
 
-    def _drop_workers(self, pool: ProcessPoolExecutor | None) -> None:
+    def _drop_workers(self, pool: WorkerPool | None) -> None:
         """Let ``pool`` go if it is still the daemon's (``_workers_lock`` held)."""
         if pool is not None and self._workers is pool:
             self._workers = None
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _submit(self, pool: ProcessPoolExecutor, function: Callable, *args) -> Future | None:
+    def _submit(self, pool: WorkerPool, function: Callable, *args) -> Future | None:
         """``pool.submit(function, *args)``; None where no process could start for it
         (``_workers_failed``), or the pool was broken by a worker that died before or shut
         down by a reload (it is replaced for the next ones): the caller then does the work
@@ -759,7 +771,7 @@ class Aggregator:
                 self._workers_failed(pool, exc)
             return None
 
-    def _submit_once(self, pool: ProcessPoolExecutor, function: Callable, *args) -> Future | None:
+    def _submit_once(self, pool: WorkerPool, function: Callable, *args) -> Future | None:
         """``_submit`` to a pool just started: if that one breaks at once too, the caller
         does the work itself."""
         try:
@@ -770,9 +782,18 @@ class Aggregator:
             return None
 
     def start_workers(self) -> bool:
-        """Start the worker processes now instead of on first use (the daemon starts them
-        with itself); whether they run."""
-        return self._worker_pool() is not None
+        """Start the worker processes now instead of on first use, and wait until they run
+        (each imports the project first, about a second of CPU); whether they do.  The
+        daemon starts them with itself."""
+        pool = self._worker_pool()
+        if pool is None:
+            return False
+        wait(pool.first_tasks, timeout=WORKERS_START_TIMEOUT_S)
+        if pool.never_ran():
+            with self._workers_lock:
+                self._workers_failed(pool, STOPPED_AT_START)
+            return False
+        return True
 
     def prepare_async(self, source: str, entries: tuple[ParsedEntry, ...],
                       fetched: datetime) -> Future:
@@ -809,7 +830,13 @@ class Aggregator:
             return submitted.result()
         except BrokenProcessPool:
             with self._workers_lock:
-                self._drop_workers(pool)
+                never_ran = pool.never_ran()
+                if never_ran:
+                    self._workers_failed(pool, STOPPED_AT_START)
+                else:
+                    self._drop_workers(pool)
+            if never_ran:  # no feed's doing: none was prepared there
+                return function(*args)
             raise ParseError(source, "the worker process preparing this feed stopped; "
                                      "it is tried again at the next check") from None
 
