@@ -751,13 +751,14 @@ class Aggregator:
             self._workers = None
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _submit(self, pool: WorkerPool, function: Callable, *args) -> Future | None:
-        """``pool.submit(function, *args)``; None where no process could start for it
-        (``_workers_failed``), or the pool was broken by a worker that died before or shut
-        down by a reload (it is replaced for the next ones): the caller then does the work
-        itself."""
+    def _submit(self, pool: WorkerPool, function: Callable,
+                *args) -> tuple[WorkerPool, Future] | None:
+        """``pool.submit(function, *args)``, with the pool it went to: ``pool``, or a new
+        one where ``pool`` was broken by a worker that died before or shut down by a reload.
+        None where no process could start for it (``_workers_failed``): the caller then
+        does the work itself."""
         try:
-            return pool.submit(function, *args)
+            return pool, pool.submit(function, *args)
         except RuntimeError:
             # Broken (``BrokenProcessPool``: a worker died while idle, or preparing another
             # feed, which that feed's own future reports), or shut down by a reload
@@ -771,11 +772,12 @@ class Aggregator:
                 self._workers_failed(pool, exc)
             return None
 
-    def _submit_once(self, pool: WorkerPool, function: Callable, *args) -> Future | None:
+    def _submit_once(self, pool: WorkerPool, function: Callable,
+                     *args) -> tuple[WorkerPool, Future] | None:
         """``_submit`` to a pool just started: if that one breaks at once too, the caller
         does the work itself."""
         try:
-            return pool.submit(function, *args)
+            return pool, pool.submit(function, *args)
         except (RuntimeError, OSError, ImportError) as exc:
             with self._workers_lock:
                 self._workers_failed(pool, exc)
@@ -805,7 +807,7 @@ class Aggregator:
             submitted = self._submit(pool, prepare_entries, entries, source, fetched,
                                      self._prepare_settings())
             if submitted is not None:
-                return submitted
+                return submitted[1]
         done: Future = Future()
         done.set_result(self._prepare_here(entries, source, fetched))
         return done
@@ -826,8 +828,9 @@ class Aggregator:
         submitted = None if pool is None else self._submit(pool, function, *args)
         if submitted is None:
             return function(*args)
+        pool, future = submitted
         try:
-            return submitted.result()
+            return future.result()
         except BrokenProcessPool:
             with self._workers_lock:
                 never_ran = pool.never_ran()
