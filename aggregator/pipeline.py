@@ -734,11 +734,8 @@ class Aggregator:
         """Worker processes could not start: ``pool`` (if any) is let go, and until
         ``WORKERS_RETRY_S`` from now feeds are prepared in the calling threads, more slowly
         but stored all the same.  Call with ``_workers_lock`` held."""
-        if pool is not None:
-            # Its queued work (a task whose process did not start) is dropped with it.
-            if self._workers is pool:
-                self._workers = None
-            pool.shutdown(wait=False, cancel_futures=True)
+        # Its queued work (a task whose process did not start) is dropped with it.
+        self._drop_workers(pool)
         if time.monotonic() >= self._workers_retry_at:  # once a try, not once a source
             log.warning("worker processes cannot start (%s); feeds are parsed and prepared "
                         "in the daemon's own process, and workers tried again in %.0f s",
@@ -746,10 +743,13 @@ class Aggregator:
         self._workers_retry_at = time.monotonic() + WORKERS_RETRY_S
 
     def _drop_workers(self, pool: WorkerPool | None) -> None:
-        """Let ``pool`` go if it is still the daemon's (``_workers_lock`` held)."""
-        if pool is not None and self._workers is pool:
+        """Shut ``pool`` down, and let it go if it is still the daemon's (``_workers_lock``
+        held)."""
+        if pool is None:
+            return
+        if self._workers is pool:
             self._workers = None
-            pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, pool: WorkerPool, function: Callable,
                 *args) -> tuple[WorkerPool, Future] | None:
@@ -757,31 +757,23 @@ class Aggregator:
         one where ``pool`` was broken by a worker that died before or shut down by a reload.
         None where no process could start for it (``_workers_failed``): the caller then
         does the work itself."""
-        try:
-            return pool, pool.submit(function, *args)
-        except RuntimeError:
-            # Broken (``BrokenProcessPool``: a worker died while idle, or preparing another
-            # feed, which that feed's own future reports), or shut down by a reload
-            # meanwhile: this task goes to a new pool.
-            with self._workers_lock:
-                self._drop_workers(pool)
-            fresh = self._worker_pool()
-            return None if fresh is None else self._submit_once(fresh, function, *args)
-        except (OSError, ImportError) as exc:
-            with self._workers_lock:
-                self._workers_failed(pool, exc)
-            return None
-
-    def _submit_once(self, pool: WorkerPool, function: Callable,
-                     *args) -> tuple[WorkerPool, Future] | None:
-        """``_submit`` to a pool just started: if that one breaks at once too, the caller
-        does the work itself."""
-        try:
-            return pool, pool.submit(function, *args)
-        except (RuntimeError, OSError, ImportError) as exc:
-            with self._workers_lock:
-                self._workers_failed(pool, exc)
-            return None
+        for replaced in (False, True):
+            try:
+                return pool, pool.submit(function, *args)
+            except (RuntimeError, OSError, ImportError) as exc:
+                with self._workers_lock:
+                    if replaced or not isinstance(exc, RuntimeError):
+                        self._workers_failed(pool, exc)
+                        return None
+                    # Broken (``BrokenProcessPool``: a worker died while idle, or preparing
+                    # another feed, which that feed's own future reports), or shut down by a
+                    # reload meanwhile: this task goes to a new pool.
+                    self._drop_workers(pool)
+                fresh = self._worker_pool()
+                if fresh is None:
+                    return None
+                pool = fresh
+        return None
 
     def start_workers(self) -> bool:
         """Start the worker processes now instead of on first use, and wait until they run

@@ -1348,12 +1348,14 @@ class StagedWrites:
         self.term_counts.append(counts)
         self._terms_by_name = self._terms_by_id = None
 
+    # What a source that answered 304, or brought nothing new, stages.
+    _FETCH_ROWS = frozenset({"fetches", "source_states", "icons"})
+
     def holds_fetches_only(self) -> bool:
-        """Whether it holds nothing but fetch attempts, sources' fetch states and icons: a
-        source that answered 304, or brought nothing new."""
-        return not (self.stories or self.articles or self.article_updates or self.fingerprints
-                    or self.keys or self.relations or self.history or self.story_updates
-                    or self.lines or self.term_counts or self.window_floor is not None)
+        """Whether it holds nothing but fetch attempts, sources' fetch states and icons (a
+        field staged later counts as more, whatever it is)."""
+        return not any(value for name, value in vars(self).items()
+                       if name not in self._FETCH_ROWS and name not in self._FOR_READS_ONLY)
 
     def absorb(self, other: StagedWrites) -> None:
         """Stage what ``other`` staged, after what this one did."""
