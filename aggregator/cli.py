@@ -121,6 +121,7 @@ def run(config_path: str | None, once: bool, force_all: bool, tick: str) -> None
     Examples:
         aggregator run --once              # one pass, then exit
         aggregator run                     # the daemon; stop with Ctrl-C or SIGTERM
+        kill -HUP PID                      # reload its configuration now
         AGGREGATOR_DB=/data/a.db aggregator run --config /etc/aggregator.toml
     """
     from .pipeline import Aggregator
@@ -194,7 +195,12 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
+
+    def reload(_signum, _frame):
+        watcher.request()
+        daemon.wake()  # rather than wait for the next tick
+
+    signal.signal(signal.SIGHUP, reload)
     click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
     daemon.start()
 

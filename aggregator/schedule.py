@@ -101,7 +101,8 @@ class Daemon:
     """Runs ``run_pass`` on an APScheduler interval until stopped.
 
     Each pass polls the sources that are due; the pass runs in the scheduler's single worker
-    thread, so passes never overlap.  A signal handler calls ``stop``: the pass in progress
+    thread (or, woken by ``wake``, in a thread of its own), one at a time: passes never
+    overlap.  A signal handler calls ``stop``: the pass in progress
     finishes its current write and stops, and ``start`` returns only then, so that the
     caller never closes the store under a write.
     """
@@ -110,13 +111,16 @@ class Daemon:
         self.run_pass = run_pass
         self.stopping = threading.Event()
         self._passing = threading.Lock()
+        self._woken = threading.Lock()  # held while a wake is on its way
         self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": None})
         self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick_s), id="poll",
                                next_run_time=datetime.now().astimezone())
 
-    def _tick(self) -> None:
+    def _tick(self, woken: bool = False) -> None:
         with self._passing:
+            if woken:
+                self._woken.release()  # a wake from now on may find a changed file again
             if self.stopping.is_set():
                 return
             try:
@@ -131,6 +135,14 @@ class Daemon:
         # signal handler, which must not block); the pass is waited for here instead.
         with self._passing:
             pass
+
+    def wake(self) -> None:
+        """A pass now instead of at the next tick (SIGHUP: the configuration is reloaded
+        and applied, and its new sources polled, at once), in a thread of its own: safe in
+        a signal handler, which may have interrupted the scheduler inside its locks.  A pass
+        in progress ends first; wakes asked for before the woken pass starts make one."""
+        if self._woken.acquire(blocking=False):
+            threading.Thread(target=self._tick, args=(True,), name="wake", daemon=True).start()
 
     def stop(self) -> None:
         self.stopping.set()

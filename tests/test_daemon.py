@@ -132,6 +132,46 @@ def test_config_changes_are_applied_without_a_restart(tmp_path, seed_dir, caplog
     aggregator.close()
 
 
+def test_sighup_applies_a_changed_configuration_at_once_not_at_the_next_tick(tmp_path,
+                                                                             seed_dir):
+    """A source added to the file and SIGHUP sent: it is polled within seconds, where the
+    daemon would otherwise look again only at its next tick (a minute here)."""
+    from conftest import SEED_FEEDS, killed_at_exit, wait_until_polling, write_config
+
+    names = list(SEED_FEEDS)
+    path = tmp_path / "live.toml"
+
+    def write(sources):
+        write_config(path, [{"name": n, "url": str(seed_dir / SEED_FEEDS[n])} for n in sources])
+
+    def stored_within(seconds: float, count: int) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(tmp_path / "test.db", timeout=1) as conn:
+                    if conn.execute("SELECT count(*) FROM articles").fetchone()[0] >= count:
+                        return True
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    write(names[:2])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(path), "--tick", "60s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with killed_at_exit(process):
+        assert wait_until_polling(process)
+        assert stored_within(30, 2), "the first pass stored the two seed articles"
+        write(names)
+        process.send_signal(signal.SIGHUP)
+        assert stored_within(15, 3), "the source added was polled after SIGHUP"
+        err = stop_daemon(process)
+    assert process.returncode == 0, err
+    assert f"configuration reloaded: added {names[2]}" in err
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
     try:

@@ -118,3 +118,48 @@ def test_the_daemon_returns_only_once_the_pass_in_progress_has_finished():
     daemon.start()
     stopper.join()
     assert finished == [True]
+
+
+def test_a_wake_makes_a_pass_now_after_the_one_in_progress_and_wakes_before_it_make_one():
+    """SIGHUP wakes the daemon: the reloaded configuration is applied at once, not at the
+    next tick (an hour here)."""
+    from aggregator.schedule import Daemon
+
+    passes: list[float] = []
+    in_first, go_on = threading.Event(), threading.Event()
+
+    def run_pass(stopping):
+        passes.append(time.monotonic())
+        if len(passes) == 1:
+            in_first.set()
+            go_on.wait(10)
+
+    def count_reaches(count: int) -> bool:
+        deadline = time.monotonic() + 10
+        while len(passes) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(passes) == count
+
+    daemon = Daemon(run_pass, tick_s=3600)
+    running = threading.Thread(target=daemon.start)
+    running.start()
+    try:
+        assert in_first.wait(10)
+        for _ in range(3):  # while the first pass runs: one pass after it, not three
+            daemon.wake()
+        time.sleep(0.2)
+        assert len(passes) == 1  # passes never overlap
+        go_on.set()
+        assert count_reaches(2)
+        time.sleep(0.3)
+        assert len(passes) == 2
+        daemon.wake()  # once the woken pass has started, a wake makes a pass of its own
+        assert count_reaches(3)
+    finally:
+        go_on.set()
+        daemon.stop()
+        running.join(10)
+    assert not running.is_alive()
+    daemon.wake()  # stopped: no pass
+    time.sleep(0.2)
+    assert len(passes) == 3
