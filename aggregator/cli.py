@@ -179,6 +179,7 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         status.last_pass_finished = time.time()
 
     daemon = Daemon(one_pass, tick_s=tick_s)
+    status.wake = daemon.wake
     try:
         server = start_web_server(config, status) if config.http.enabled else None
     except AggregatorError:

@@ -26,11 +26,11 @@ requires_kernels = pytest.mark.skipif(kernels is None,
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def start_daemon(config) -> subprocess.Popen:
+def start_daemon(config, tick: str = "1s") -> subprocess.Popen:
     """``aggregator run`` on ``config`` as a user starts it, looking for due sources every
-    second; its output unbuffered, as text."""
+    ``tick``; its output unbuffered, as text."""
     return subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(config), "--tick", "1s"],
+        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(config), "--tick", tick],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -271,6 +271,40 @@ def test_the_running_daemon_carries_out_a_correction(seeds):
     assert cli("check", "--config", str(seeds)).exit_code == 0
 
 
+def test_a_correction_from_the_page_of_a_running_daemon_is_carried_out_at_once(seeds):
+    """The daemon's own web server wakes it: a split asked for from a story's page is
+    carried out by the time the browser follows the redirect, not at the next tick (a
+    minute here)."""
+    import httpx
+    from test_web import free_port, wait_for
+
+    port = free_port()
+    seeds.write_text(seeds.read_text(encoding="utf-8").replace(
+        '"\n', f'"\n[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+                f'[http.apps]\nusername = "{ACCOUNT.username}"\n'
+                f'password = "{ACCOUNT.password}"\n', 1), encoding="utf-8")
+    database = load_config(seeds, environ={}).database
+    story_id, [_canonical, second, _third] = lavrov(database)
+    with killed_at_exit(start_daemon(seeds, tick="60s")) as daemon:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/healthz")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/readyz").status_code != 200:  # its first pass is over
+            assert time.monotonic() < deadline, "the daemon never became ready"
+            time.sleep(0.1)
+        asked = httpx.post(f"{base}/story/{story_id}/split",
+                           data={"article_id": str(second)}, headers=SIGNED)
+        assert asked.status_code == 303, asked.text
+        deadline = time.monotonic() + 15
+        while "Correction 1: carried out" not in httpx.get(
+                base + asked.headers["location"]).text:
+            assert time.monotonic() < deadline, "the correction waits for the next tick"
+            time.sleep(0.1)
+        err = stop_daemon(daemon)
+        assert daemon.returncode == 0, err
+    assert second not in stories(database)[story_id][1]
+
+
 def test_a_daemon_that_starts_during_a_correction_loads_the_corrected_window(seeds):
     config = load_config(seeds, environ={})
     story_id, [_canonical, second, _third] = lavrov(config.database)

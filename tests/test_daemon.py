@@ -136,7 +136,7 @@ def test_sighup_applies_a_changed_configuration_at_once_not_at_the_next_tick(tmp
                                                                              seed_dir):
     """A source added to the file and SIGHUP sent: it is polled within seconds, where the
     daemon would otherwise look again only at its next tick (a minute here)."""
-    from conftest import SEED_FEEDS, killed_at_exit, wait_until_polling, write_config
+    from conftest import SEED_FEEDS, killed_at_exit, start_daemon, wait_until_polling, write_config
 
     names = list(SEED_FEEDS)
     path = tmp_path / "live.toml"
@@ -157,11 +157,7 @@ def test_sighup_applies_a_changed_configuration_at_once_not_at_the_next_tick(tmp
         return False
 
     write(names[:2])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator.cli", "run", "--config", str(path), "--tick", "60s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    with killed_at_exit(process):
+    with killed_at_exit(start_daemon(path, tick="60s")) as process:
         assert wait_until_polling(process)
         assert stored_within(30, 2), "the first pass stored the two seed articles"
         write(names)
