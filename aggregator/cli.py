@@ -163,6 +163,7 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         if config.webhooks:
             click.echo(f"webhooks: {aggregator.last_delivery}")
         return
+    from .corrections import NewCorrections
     from .web import DaemonStatus
 
     status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
@@ -178,7 +179,8 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         status.last_pass_seconds = time.monotonic() - started
         status.last_pass_finished = time.time()
 
-    daemon = Daemon(one_pass, tick_s=tick_s)
+    new_corrections = NewCorrections(config.database)
+    daemon = Daemon(one_pass, tick_s=tick_s, wanted=new_corrections)
     status.wake = daemon.wake
     try:
         server = start_web_server(config, status) if config.http.enabled else None
@@ -203,7 +205,10 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
 
     signal.signal(signal.SIGHUP, reload)
     click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
-    daemon.start()
+    try:
+        daemon.start()
+    finally:
+        new_corrections.close()
 
 
 class ConfigWatcher:
@@ -946,7 +951,8 @@ def split(config_path, article_ids, wait) -> None:
 
     The correction is kept: `aggregator recluster` makes it again.  Only stories in the
     clustering window can change.  While a daemon runs on the store, it carries the
-    correction out at its next tick; this command waits for it (--wait).
+    correction out within about a second (after the pass it may be in); this command waits
+    for it (--wait).
 
     \b
     Examples:
@@ -973,8 +979,8 @@ def merge(config_path, story_ids, wait) -> None:
 
     The correction is kept (by one article of each story): `aggregator recluster` makes it
     again.  Only stories in the clustering window can change.  While a daemon runs on the
-    store, it carries the correction out at its next tick; this command waits for it
-    (--wait).
+    store, it carries the correction out within about a second (after the pass it may be
+    in); this command waits for it (--wait).
 
     \b
     Example:
@@ -1021,8 +1027,8 @@ def _correct(config: Config, store, kind: str, article_ids: list[int], wait: str
                 time.sleep(CORRECTION_POLL_S)
                 applied_at, story_id, error = store.correction_state(correction_id)
     if applied_at is None:
-        click.echo(f"correction {correction_id} kept: the running daemon carries it out at "
-                   "its next tick (`aggregator corrections` shows when)")
+        click.echo(f"correction {correction_id} kept: the running daemon carries it out "
+                   "once its pass in progress ends (`aggregator corrections` shows when)")
     elif error is not None:
         raise AggregatorError(f"correction {correction_id} not carried out: {error}")
     else:

@@ -3,7 +3,8 @@ wrongly, and stories merged that tell the same story.
 
 A correction is kept in ``story_corrections`` by the articles it names (story ids change
 with ``aggregator recluster``; article ids do not), and carried out by the writer: the
-daemon at its next tick, or the command itself when no daemon holds the store.  Carrying
+daemon within about a second (``NewCorrections``), or the command itself when no daemon
+holds the store.  Carrying
 one out moves articles between stories of the window, elects each changed story's
 canonical again and records the reason.  ``aggregator recluster`` makes its corrections
 again, in the order they were made, so that a new setting does not undo them.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import AggregatorError
-from .readers import to_iso
+from .readers import read_only_connection, to_iso
 
 SPLIT = "split"
 MERGE = "merge"
@@ -72,6 +73,35 @@ def request_correction(conn: sqlite3.Connection, kind: str, article_ids: Sequenc
             conn.execute("ROLLBACK")
         raise
     return correction_id
+
+
+class NewCorrections:
+    """Whether a correction was kept since the last look (by ``aggregator split`` or
+    ``merge``, or a replica's story page): the daemon asks every ``WATCH_S`` and, if so,
+    carries it out at once instead of at its next tick.  One look-up in the partial index
+    of the waiting ones, through a read-only connection of its own.  A correction that
+    stays waiting (its pass failed) does not ask again: the ticks retry it."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self._conn: sqlite3.Connection | None = None
+        self._seen: int | None = None
+
+    def __call__(self) -> bool:
+        if self.database == ":memory:":  # no other process can keep one there
+            return False
+        if self._conn is None:
+            self._conn = read_only_connection(self.database)
+        newest = self._conn.execute("SELECT max(id) FROM story_corrections "
+                                    "WHERE applied_at IS NULL").fetchone()[0]
+        new = newest is not None and newest != self._seen
+        self._seen = newest
+        return new
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _stories_of(article_ids: Sequence[int], story_of: Mapping[int, int]) -> dict[int, int]:

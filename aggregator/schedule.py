@@ -17,6 +17,8 @@ from .fetch import Outcome
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 24 * 3600.0
+# How often the daemon asks whether a pass is wanted before its next tick (``Daemon``).
+WATCH_S = 1.0
 MIN_INTERVAL_S = 60.0
 MAX_INTERVAL_S = 24 * 3600.0
 
@@ -107,8 +109,12 @@ class Daemon:
     caller never closes the store under a write.
     """
 
-    def __init__(self, run_pass: Callable[[threading.Event], None], tick_s: float = 30.0):
+    def __init__(self, run_pass: Callable[[threading.Event], None], tick_s: float = 30.0,
+                 wanted: Callable[[], bool] | None = None):
+        """``wanted``: asked every ``WATCH_S`` whether a pass is wanted before the next tick
+        (a reader's correction kept by another process); if so the daemon wakes."""
         self.run_pass = run_pass
+        self.wanted = wanted
         self.stopping = threading.Event()
         self._passing = threading.Lock()
         self._woken = threading.Lock()  # held while a wake is on its way
@@ -130,11 +136,17 @@ class Daemon:
 
     def start(self) -> None:
         """Run passes until ``stop``; return once the pass in progress has finished."""
+        # A thread, not a scheduler job: a job would log two lines a second at -v.
+        watching = threading.Thread(target=self._watch, name="watch", daemon=True)
+        if self.wanted is not None:
+            watching.start()
         self.scheduler.start()
         # The scheduler stops without waiting for its worker thread (``stop`` runs in a
         # signal handler, which must not block); the pass is waited for here instead.
         with self._passing:
             pass
+        if watching.is_alive():  # so that the caller may close what ``wanted`` reads
+            watching.join()
 
     def wake(self) -> None:
         """A pass now instead of at the next tick (SIGHUP: the configuration is reloaded
@@ -143,6 +155,19 @@ class Daemon:
         in progress ends first; wakes asked for before the woken pass starts make one."""
         if self._woken.acquire(blocking=False):
             threading.Thread(target=self._tick, args=(True,), name="wake", daemon=True).start()
+
+    def _watch(self) -> None:
+        failing = False
+        while not self.stopping.wait(WATCH_S):
+            try:
+                if self.wanted():
+                    self.wake()
+                failing = False
+            except Exception:  # the ticks go on regardless
+                if not failing:
+                    log.exception("cannot tell whether a pass is wanted before the next "
+                                  "tick; the daemon goes on ticking")
+                failing = True
 
     def stop(self) -> None:
         self.stopping.set()

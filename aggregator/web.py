@@ -393,8 +393,8 @@ def _correction_notice(conn: sqlite3.Connection, correction: str | None) -> str:
         return ""
     state = found[0]
     if state["applied_at"] is None:
-        text = ("waiting: the daemon carries it out at its next tick (reload this page to "
-                "see it)")
+        text = ("waiting: the daemon carries it out once its pass in progress ends (reload "
+                "this page to see it)")
     elif state["error"] is not None:
         text = f"not carried out: {escape(state['error'])}"
     else:

@@ -29,7 +29,13 @@ from aggregator.check import check_store
 from aggregator.cli import main
 from aggregator.cluster import Clusterer
 from aggregator.config import AppAccount, load_config
-from aggregator.corrections import NEW_STORY, CorrectionError, plan_merge, plan_split
+from aggregator.corrections import (
+    NEW_STORY,
+    CorrectionError,
+    NewCorrections,
+    plan_merge,
+    plan_split,
+)
 from aggregator.pipeline import Aggregator, load_clusterer
 from aggregator.retention import window_to_self
 from aggregator.store import Store, utcnow
@@ -269,6 +275,47 @@ def test_the_running_daemon_carries_out_a_correction(seeds):
         err = stop_daemon(daemon)
         assert daemon.returncode == 0, err
     assert cli("check", "--config", str(seeds)).exit_code == 0
+
+
+def test_new_corrections_are_told_once_each_while_another_connection_keeps_them(tmp_path):
+    """What the daemon asks every second: a correction kept since it last asked, by another
+    connection (``aggregator split`` or a replica's page), on a real store file."""
+    store = Store(str(tmp_path / "kept.db"))
+    new = NewCorrections(store.path)
+    steps = [
+        (None, False),                     # none kept
+        (("split", [1]), True),            # one kept: tell it
+        (None, False),                     # still waiting: not told again
+        (("merge", [1, 2]), True),         # another kept
+        ("carry out 1", False),            # the newest is the same one
+        ("carry out 2", False),            # none waiting
+        (("split", [3]), True),
+    ]
+    for step, told in steps:
+        if isinstance(step, tuple):
+            store.request_correction(*step, utcnow())
+        elif step is not None:
+            with store.transaction() as conn:
+                store.record_correction(conn, int(step.split()[-1]), utcnow(), 1, None)
+        assert new() is told, step
+    new.close()
+    store.close()
+    assert NewCorrections(":memory:")() is False
+
+
+def test_a_correction_kept_by_the_command_is_carried_out_within_seconds_not_at_the_next_tick(
+        seeds):
+    database = load_config(seeds, environ={}).database
+    story_id, [_canonical, second, _third] = lavrov(database)
+    with killed_at_exit(start_daemon(seeds, tick="60s")) as daemon:
+        assert wait_until_polling(daemon).startswith("polling"), daemon.communicate(timeout=30)
+        started = time.monotonic()
+        result = cli("split", str(second), "--config", str(seeds), "--wait", "20s")
+        assert result.output.startswith("correction 1: the articles are in story "), \
+            result.output
+        assert time.monotonic() - started < 10
+        err = stop_daemon(daemon)
+        assert daemon.returncode == 0, err
 
 
 def test_a_correction_from_the_page_of_a_running_daemon_is_carried_out_at_once(seeds):

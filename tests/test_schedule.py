@@ -163,3 +163,30 @@ def test_a_wake_makes_a_pass_now_after_the_one_in_progress_and_wakes_before_it_m
     daemon.wake()  # stopped: no pass
     time.sleep(0.2)
     assert len(passes) == 3
+
+
+def test_the_daemon_asks_whether_a_pass_is_wanted_before_the_next_tick():
+    from aggregator.schedule import WATCH_S, Daemon
+
+    passes: list[float] = []
+    asked: list[float] = []
+
+    def wanted() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) == 2  # the second look finds something (a correction kept)
+
+    daemon = Daemon(lambda stopping: passes.append(time.monotonic()), tick_s=3600,
+                    wanted=wanted)
+    running = threading.Thread(target=daemon.start)
+    running.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(asked) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(passes) == 2  # the first tick's, then the one wanted
+        assert asked[1] <= passes[1] < asked[1] + 1
+        assert asked[1] - asked[0] >= WATCH_S * 0.9
+    finally:
+        daemon.stop()
+        running.join(10)
+    assert not running.is_alive()  # the watch ends with the daemon
