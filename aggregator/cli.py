@@ -180,7 +180,14 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         status.last_pass_finished = time.time()
 
     new_corrections = NewCorrections(config.database)
-    daemon = Daemon(one_pass, tick_s=tick_s, wanted=new_corrections)
+
+    def wanted() -> bool:
+        """A pass before the next tick for a reader's correction kept by another process,
+        or an edited configuration file (``aggregator add``, an editor)."""
+        corrections = new_corrections()  # asked every time: it keeps what it last saw
+        return watcher.changed() or corrections
+
+    daemon = Daemon(one_pass, tick_s=tick_s, wanted=wanted)
     status.wake = daemon.wake
     try:
         server = start_web_server(config, status) if config.http.enabled else None
@@ -198,12 +205,8 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-
-    def reload(_signum, _frame):
-        watcher.request()
-        daemon.wake()  # rather than wait for the next tick
-
-    signal.signal(signal.SIGHUP, reload)
+    # Asked for: the daemon's watch (``wanted``) then passes within a second.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
     click.echo(f"polling {len(config.sources)} sources into {config.database}", err=True)
     try:
         daemon.start()
@@ -212,7 +215,8 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
 
 
 class ConfigWatcher:
-    """Reloads the configuration before a pass when its file changed or SIGHUP asked for it.
+    """Reloads the configuration before a pass when its file changed or SIGHUP asked for it
+    (the daemon asks ``changed`` every second, and passes at once if so).
 
     A broken new file is reported and the daemon goes on with the configuration it has.
     """
@@ -232,6 +236,10 @@ class ConfigWatcher:
 
     def request(self) -> None:
         self.requested = True
+
+    def changed(self) -> bool:
+        """Whether the next ``reload_if_changed`` reloads."""
+        return self.requested or self._mtime() != self.mtime
 
     def reload_if_changed(self, aggregator) -> list[str] | None:
         mtime = self._mtime()

@@ -149,10 +149,11 @@ class Daemon:
             watching.join()
 
     def wake(self) -> None:
-        """A pass now instead of at the next tick (SIGHUP: the configuration is reloaded
-        and applied, and its new sources polled, at once), in a thread of its own: safe in
-        a signal handler, which may have interrupted the scheduler inside its locks.  A pass
-        in progress ends first; wakes asked for before the woken pass starts make one."""
+        """A pass now instead of at the next tick (``wanted`` said so: a changed
+        configuration, SIGHUP, a reader's correction; or the daemon's web server kept a
+        correction), in a thread of its own, so that any thread may ask, the scheduler's
+        included.  A pass in progress ends first; wakes asked for before the woken pass
+        starts make one."""
         if self._woken.acquire(blocking=False):
             threading.Thread(target=self._tick, args=(True,), name="wake", daemon=True).start()
 

@@ -121,8 +121,8 @@ def test_the_daemon_returns_only_once_the_pass_in_progress_has_finished():
 
 
 def test_a_wake_makes_a_pass_now_after_the_one_in_progress_and_wakes_before_it_make_one():
-    """SIGHUP wakes the daemon: the reloaded configuration is applied at once, not at the
-    next tick (an hour here)."""
+    """A wake (a changed configuration, a reader's correction) makes a pass at once, not at
+    the next tick (an hour here)."""
     from aggregator.schedule import Daemon
 
     passes: list[float] = []
