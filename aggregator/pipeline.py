@@ -88,6 +88,7 @@ from .schedule import (
     PollResponse,
     PollState,
     adaptive_interval,
+    as_of_now,
     next_check_at,
     random_jitter,
 )
@@ -1767,8 +1768,12 @@ class Aggregator:
         return {source.name: self.store.source(source.name) for source in self.config.sources}
 
     def _due(self, now: datetime, rows: dict[str, SourceRow]) -> list[Source]:
-        cooling = {self.host_key(row.url) for row in rows.values()
-                   if row.cooldown_until and row.cooldown_until > now}
+        # Both times as of now: a system clock set back must not hold a feed back as long.
+        cooling = set()
+        for row in rows.values():
+            cooldown_until = as_of_now(now, row.last_checked_at, row.cooldown_until)
+            if cooldown_until and cooldown_until > now:
+                cooling.add(self.host_key(row.url))
         due = []
         for source in self.config.sources:
             row = rows[source.name]
@@ -1776,7 +1781,8 @@ class Aggregator:
                 continue
             if not source.is_local and self.host_key(row.url) in cooling:
                 continue
-            if row.next_check_at is None or row.next_check_at <= now:
+            next_check = as_of_now(now, row.last_checked_at, row.next_check_at)
+            if next_check is None or next_check <= now:
                 due.append(source)
         return due
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -19,7 +22,12 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 24 * 3600.0
 # How often the daemon asks whether a pass is wanted before its next tick (``Daemon``).
 WATCH_S = 1.0
+# Ticks without a pass (none running) after which the scheduler is taken to have stalled.
+STALLED_TICKS = 2
 MIN_INTERVAL_S = 60.0
+# How far the last check may be ahead of the clock before the clock is taken to have been
+# set back (``as_of_now``): less is a small correction, which only delays a poll as much.
+CLOCK_SET_BACK_S = 60.0
 MAX_INTERVAL_S = 24 * 3600.0
 
 
@@ -84,6 +92,20 @@ def next_check_at(now: datetime, state: PollState, response: PollResponse,
     return skip_forward(when, response.skip_hours, response.skip_days)
 
 
+def as_of_now(now: datetime, last_checked_at: datetime | None,
+              when: datetime | None) -> datetime | None:
+    """``when`` (a source's next check, or the end of its cooldown), set at its last check:
+    as stored, unless that check is more than ``CLOCK_SET_BACK_S`` later than ``now``: the
+    system clock has been set back since, and how long ago the check really was cannot be
+    told.  Then ``now``: a clock set back a year must not stop a feed for a year.  The
+    source is polled at the next pass (once sooner than its wait, perhaps), and its times are
+    set again from the clock as it is."""
+    if when is None or last_checked_at is None \
+            or (last_checked_at - now).total_seconds() <= CLOCK_SET_BACK_S:
+        return when
+    return min(when, now)
+
+
 def adaptive_interval(entries_last_week: int, min_s: float, max_s: float) -> float:
     """Poll about as often as the feed publishes: a week divided by last week's entries.
 
@@ -107,6 +129,10 @@ class Daemon:
     overlap.  A signal handler calls ``stop``: the pass in progress
     finishes its current write and stops, and ``start`` returns only then, so that the
     caller never closes the store under a write.
+
+    APScheduler keeps time by the system clock: set back an hour, it would wait an hour for
+    its next tick (agronholm/apscheduler#351, #752).  A watch on the monotonic clock sees
+    ``STALLED_TICKS`` ticks go by without a pass, and starts the schedule again from now.
     """
 
     def __init__(self, run_pass: Callable[[threading.Event], None], tick_s: float = 30.0,
@@ -115,7 +141,9 @@ class Daemon:
         (a reader's correction kept by another process); if so the daemon wakes."""
         self.run_pass = run_pass
         self.wanted = wanted
+        self.tick_s = tick_s
         self.stopping = threading.Event()
+        self._last_pass = time.monotonic()  # when the latest pass started or ended
         self._passing = threading.Lock()
         self._woken = threading.Lock()  # held while a wake is on its way
         self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1,
@@ -129,17 +157,20 @@ class Daemon:
                 self._woken.release()  # a wake from now on may find a changed file again
             if self.stopping.is_set():
                 return
+            self._last_pass = time.monotonic()
             try:
                 self.run_pass(self.stopping)
             except Exception:  # a pass must never kill the daemon
                 log.exception("pass failed; the daemon goes on")
+            finally:
+                self._last_pass = time.monotonic()
 
     def start(self) -> None:
         """Run passes until ``stop``; return once the pass in progress has finished."""
-        # A thread, not a scheduler job: a job would log two lines a second at -v.
+        # A thread, not a scheduler job: a job would log two lines a second at -v, and the
+        # watch must not depend on the scheduler it watches.
         watching = threading.Thread(target=self._watch, name="watch", daemon=True)
-        if self.wanted is not None:
-            watching.start()
+        watching.start()
         self.scheduler.start()
         # The scheduler stops without waiting for its worker thread (``stop`` runs in a
         # signal handler, which must not block); the pass is waited for here instead.
@@ -161,14 +192,31 @@ class Daemon:
         failing = False
         while not self.stopping.wait(WATCH_S):
             try:
-                if self.wanted():
+                if self._stalled():
+                    self._restart_schedule()
+                if self.wanted is not None and self.wanted():
                     self.wake()
                 failing = False
             except Exception:  # the ticks go on regardless
                 if not failing:
-                    log.exception("cannot tell whether a pass is wanted before the next "
-                                  "tick; the daemon goes on ticking")
+                    log.exception("the watch between ticks failed; the daemon goes on "
+                                  "ticking")
                 failing = True
+
+    def _stalled(self) -> bool:
+        return (not self._passing.locked()
+                and time.monotonic() - self._last_pass > STALLED_TICKS * self.tick_s + WATCH_S)
+
+    def _restart_schedule(self) -> None:
+        log.warning("no pass for %.0f s (ticks every %.0f s): the scheduler waits for a time "
+                    "that the system clock has left behind (set back?); ticking again from "
+                    "now", time.monotonic() - self._last_pass, self.tick_s)
+        self._last_pass = time.monotonic()  # one warning, not one a second
+        try:
+            self.scheduler.reschedule_job("poll", trigger=IntervalTrigger(seconds=self.tick_s))
+        except (JobLookupError, SchedulerNotRunningError):
+            return  # stopping
+        self.wake()
 
     def stop(self) -> None:
         self.stopping.set()

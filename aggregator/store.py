@@ -905,6 +905,7 @@ class SourceRow:
     redirect_sightings: int = 0
     icon_checked_at: datetime | None = None
     has_icon: bool = False
+    last_checked_at: datetime | None = None
 
 
 @dataclass
@@ -1902,13 +1903,13 @@ class Store:
             "SELECT id, name, url, config_url, priority, enabled, etag, last_modified, "
             "consecutive_errors, next_check_at, cooldown_until, disabled_reason, "
             "redirect_target, redirect_sightings, icon_checked_at, "
-            "EXISTS (SELECT 1 FROM source_icons i WHERE i.source_id = sources.id) "
-            "FROM sources WHERE name = ?", [name]).fetchone()
+            "EXISTS (SELECT 1 FROM source_icons i WHERE i.source_id = sources.id), "
+            "last_checked_at FROM sources WHERE name = ?", [name]).fetchone()
         if row is None:
             raise StoreError(f"{self.path}: no source named {name!r}")
         return SourceRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7],
                          row[8], from_iso(row[9]), from_iso(row[10]), row[11], row[12], row[13],
-                         from_iso(row[14]), bool(row[15]))
+                         from_iso(row[14]), bool(row[15]), from_iso(row[16]))
 
     def record_fetch(self, source_id: int, *, started: datetime, duration_ms: int, url: str,
                      status: int | None, outcome: str, error: str | None, size: int | None,

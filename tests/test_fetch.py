@@ -348,6 +348,33 @@ def test_throttled_source_cools_down_and_is_not_requested(tmp_path, feed_server)
     assert len(feed_server.requests_to("/busy")) == 1
 
 
+def test_a_clock_set_back_a_year_does_not_hold_the_feeds_back_a_year(tmp_path, feed_server):
+    """The times a pass stores (the next check, a host's cooldown) were read off a clock
+    that was later set back: here they are moved a year ahead instead, as the stored rows
+    of such a pass look.  The feeds are polled at the next pass, not in a year; moved a
+    minute ahead (a small correction), they wait as they were told."""
+    feed_server.route("/busy", Reply(429, b"slow down", {"Retry-After": "120"}))
+    feed_server.route("/fine", Reply(200, FEED))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/busy", "/fine"])
+    aggregator.run_pass()
+
+    def move_ahead(modifier: str) -> None:
+        with aggregator.store.transaction() as conn:
+            conn.execute("UPDATE sources SET " + ", ".join(
+                f"{column} = strftime('%Y-%m-%dT%H:%M:%SZ', {column}, '{modifier}')"
+                for column in ("last_checked_at", "next_check_at", "cooldown_until")))
+
+    move_ahead("+1 minute")
+    assert aggregator.run_pass() == []
+    move_ahead("+365 days")
+    reports = {report.source: report.outcome for report in aggregator.run_pass()}
+    assert reports == {"busy": "throttled", "fine": "ok"}
+    assert len(feed_server.requests_to("/busy")) == len(feed_server.requests_to("/fine")) == 2
+    # Their times are set again from the clock as it is: nothing is due now.
+    assert aggregator.run_pass() == []
+    aggregator.close()
+
+
 def test_broken_feed_is_recorded_and_others_go_on(tmp_path, feed_server):
     feed_server.route("/broken", Reply(200, b"<html><body><p>not a feed"))
     feed_server.route("/fine", Reply(200, FEED))

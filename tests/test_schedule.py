@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from aggregator.fetch import Outcome
-from aggregator.schedule import PollResponse, PollState, next_check_at
+from aggregator.schedule import PollResponse, PollState, as_of_now, next_check_at
 
 NOW = datetime(2026, 1, 30, 12, 0, tzinfo=UTC)
 H = 3600.0
@@ -66,6 +68,28 @@ def test_skip_schedule_is_read_from_rss():
     assert feed.skip_hours == frozenset({0, 1}) and feed.skip_days == frozenset({"sunday"})
 
 
+M = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(("last_checked", "when", "expected"), [
+    (NOW - 10 * M, NOW + 20 * M, NOW + 20 * M),   # the clock as it was: as stored
+    (NOW, NOW + 30 * M, NOW + 30 * M),            # checked this very second
+    (NOW - 60 * M, NOW - 30 * M, NOW - 30 * M),   # overdue
+    (None, NOW + 30 * M, NOW + 30 * M),           # never checked (a new source)
+    (NOW - 10 * M, None, None),                   # no next check, no cooldown
+    # Set back a minute or less (a small correction): as stored, a minute late at most.
+    (NOW + M, NOW + 31 * M, NOW + 31 * M),
+    # Set back more, an hour after a check that set a 30-minute wait: due now, not in 90
+    # minutes (how long ago the check really was cannot be told).
+    (NOW + 60 * M, NOW + 90 * M, NOW),
+    # ... and a year: not in a year.
+    (NOW + timedelta(days=365), NOW + timedelta(days=365) + 30 * M, NOW),
+    (NOW + 2 * M, NOW - 5 * M, NOW - 5 * M),      # never later than stored
+])
+def test_times_set_before_the_clock_was_set_back_are_due_now(last_checked, when, expected):
+    assert as_of_now(NOW, last_checked, when) == expected
+
+
 @pytest.mark.parametrize(("entries", "expected"), [
     (0, 86400.0), (1, 86400.0), (7, 86400.0), (70, 8640.0), (100000, 300.0),
 ])
@@ -102,6 +126,25 @@ def test_adaptive_source_is_scheduled_by_its_publishing_rate(tmp_path):
     aggregator.close()
 
 
+@contextmanager
+def running(daemon) -> Iterator[threading.Thread]:
+    """``daemon`` started in a thread of its own, stopped on the way out."""
+    thread = threading.Thread(target=daemon.start)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        daemon.stop()
+        thread.join(10)
+
+
+def within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def test_the_daemon_returns_only_once_the_pass_in_progress_has_finished():
     from aggregator.schedule import Daemon
 
@@ -135,31 +178,25 @@ def test_a_wake_makes_a_pass_now_after_the_one_in_progress_and_wakes_before_it_m
             go_on.wait(10)
 
     def count_reaches(count: int) -> bool:
-        deadline = time.monotonic() + 10
-        while len(passes) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return len(passes) == count
+        return within(10, lambda: len(passes) >= count) and len(passes) == count
 
     daemon = Daemon(run_pass, tick_s=3600)
-    running = threading.Thread(target=daemon.start)
-    running.start()
     try:
-        assert in_first.wait(10)
-        for _ in range(3):  # while the first pass runs: one pass after it, not three
-            daemon.wake()
-        time.sleep(0.2)
-        assert len(passes) == 1  # passes never overlap
-        go_on.set()
-        assert count_reaches(2)
-        time.sleep(0.3)
-        assert len(passes) == 2
-        daemon.wake()  # once the woken pass has started, a wake makes a pass of its own
-        assert count_reaches(3)
+        with running(daemon) as thread:
+            assert in_first.wait(10)
+            for _ in range(3):  # while the first pass runs: one pass after it, not three
+                daemon.wake()
+            time.sleep(0.2)
+            assert len(passes) == 1  # passes never overlap
+            go_on.set()
+            assert count_reaches(2)
+            time.sleep(0.3)
+            assert len(passes) == 2
+            daemon.wake()  # once the woken pass has started, a wake makes a pass of its own
+            assert count_reaches(3)
     finally:
         go_on.set()
-        daemon.stop()
-        running.join(10)
-    assert not running.is_alive()
+    assert not thread.is_alive()
     daemon.wake()  # stopped: no pass
     time.sleep(0.2)
     assert len(passes) == 3
@@ -177,16 +214,40 @@ def test_the_daemon_asks_whether_a_pass_is_wanted_before_the_next_tick():
 
     daemon = Daemon(lambda stopping: passes.append(time.monotonic()), tick_s=3600,
                     wanted=wanted)
-    running = threading.Thread(target=daemon.start)
-    running.start()
-    try:
-        deadline = time.monotonic() + 10
-        while len(asked) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with running(daemon) as thread:
+        within(10, lambda: len(asked) >= 4)
         assert len(passes) == 2  # the first tick's, then the one wanted
-        assert asked[1] <= passes[1] < asked[1] + 1
+        assert asked[1] <= passes[1] < asked[1] + 2
         assert asked[1] - asked[0] >= WATCH_S * 0.9
-    finally:
-        daemon.stop()
-        running.join(10)
-    assert not running.is_alive()  # the watch ends with the daemon
+    assert not thread.is_alive()  # the watch ends with the daemon
+
+
+def test_the_daemon_ticks_again_when_the_system_clock_is_set_back(monkeypatch, caplog):
+    """APScheduler reads the system clock: set back an hour, it would wait an hour for its
+    next tick.  The clock is set back here as the scheduler and its trigger see it."""
+    import apscheduler.schedulers.base
+    import apscheduler.triggers.interval
+
+    from aggregator import schedule
+    from aggregator.schedule import STALLED_TICKS, WATCH_S, Daemon
+
+    class SetBack(datetime):
+        by = timedelta(0)
+
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - cls.by
+
+    for module in (apscheduler.schedulers.base, apscheduler.triggers.interval, schedule):
+        monkeypatch.setattr(module, "datetime", SetBack)
+    passes: list[float] = []
+    daemon = Daemon(lambda stopping: passes.append(time.monotonic()), tick_s=1)
+    with running(daemon):
+        assert within(10, lambda: len(passes) >= 2)  # ticking every second
+        SetBack.by = timedelta(hours=1)
+        set_back = time.monotonic()
+        assert within(10, lambda: len(passes) >= 5), \
+            "the daemon waits for the hour the clock went back"
+        # Seen within the ticks it allows, then ticking on.
+        assert passes[3] - set_back < STALLED_TICKS * 1 + 5 * WATCH_S
+    assert "the system clock has left behind" in caplog.text
