@@ -31,6 +31,7 @@ import httpx
 from .config import Config, Webhook
 from .fetch import Delivery, classify_delivery
 from .readers import select_in
+from .schedule import CLOCK_SET_BACK_S
 from .store import from_iso, to_iso
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,19 @@ DELIVERY_TIMEOUT_S = 10.0
 # Stories updated this long before the cursor are looked at again: a story written late in
 # a pass can carry a fetch time a little earlier than one written before it.
 CURSOR_OVERLAP = timedelta(hours=1)
+
+
+def marks_as_of_now(since: str, cursor: str, now: datetime) -> tuple[str, str]:
+    """A webhook's (since, cursor) as of ``now``: where one is more than
+    ``CLOCK_SET_BACK_S`` ahead of ``now``, the system clock has been set back since it was
+    stamped, and the stories updated since carry earlier times: they would be passed over
+    until the clock caught up.  Then ``now`` (from which ``CURSOR_OVERLAP`` still looks
+    back), stored so."""
+    def as_of_now(stamp: str) -> str:
+        ahead = (from_iso(stamp) - now).total_seconds() > CLOCK_SET_BACK_S
+        return to_iso(now) if ahead else stamp
+
+    return as_of_now(since), as_of_now(cursor)
 
 
 def retry_delay(failures: int) -> float:
@@ -197,7 +211,14 @@ class Notifier:
             if self.clock() < self._next_try.get(webhook.name, 0.0):
                 report.waiting += 1
                 continue
-            since, cursor = marks[webhook.name]
+            since, cursor = marks_as_of_now(*marks[webhook.name], now)
+            if (since, cursor) != marks[webhook.name]:
+                log.warning("webhook %r: its marks are ahead of the clock, which was set "
+                            "back: stories are looked for from now", webhook.name)
+                with transaction() as writer:
+                    writer.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                       [(since, _meta_key("since", webhook.name)),
+                                        (cursor, _meta_key("cursor", webhook.name))])
             begin = max(since, to_iso(from_iso(cursor) - CURSOR_OVERLAP))
             attempts = []
             for story_id, last_seen in stories_due(conn, webhook, begin, STORIES_A_PASS):

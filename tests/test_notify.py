@@ -20,7 +20,7 @@ from aggregator.cli import main
 from aggregator.config import Webhook, load_config
 from aggregator.errors import ConfigError
 from aggregator.fetch import Delivery, classify_delivery
-from aggregator.notify import RETRY_BASE_S, RETRY_MAX_S, retry_delay
+from aggregator.notify import RETRY_BASE_S, RETRY_MAX_S, marks_as_of_now, retry_delay
 from aggregator.pipeline import Aggregator
 from aggregator.store import Store, utcnow
 from aggregator.web import create_app
@@ -46,6 +46,24 @@ def test_classify_delivery(status, outcome):
 ])
 def test_retry_delay_doubles_up_to_a_ceiling(failures, seconds):
     assert retry_delay(failures) == min(seconds, RETRY_MAX_S)
+
+
+@pytest.mark.parametrize(("since", "cursor", "expected"), [
+    ("2026-01-01T00:00:00Z", "2026-03-01T11:00:00Z", ("2026-01-01T00:00:00Z",
+                                                      "2026-03-01T11:00:00Z")),
+    # A minute ahead: a small correction, left as it is.
+    ("2026-01-01T00:00:00Z", "2026-03-01T12:01:00Z", ("2026-01-01T00:00:00Z",
+                                                      "2026-03-01T12:01:00Z")),
+    # The clock set back a day, then a year: from now.
+    ("2026-01-01T00:00:00Z", "2026-03-02T12:00:00Z", ("2026-01-01T00:00:00Z",
+                                                      "2026-03-01T12:00:00Z")),
+    ("2027-03-01T00:00:00Z", "2027-03-01T12:00:00Z", ("2026-03-01T12:00:00Z",
+                                                      "2026-03-01T12:00:00Z")),
+])
+def test_webhook_marks_ahead_of_the_clock_count_from_now(since, cursor, expected):
+    from aggregator.store import from_iso
+
+    assert marks_as_of_now(since, cursor, from_iso("2026-03-01T12:00:00Z")) == expected
 
 
 def seeds_with_webhooks(tmp_path, seed_dir, webhooks: str):
@@ -254,6 +272,37 @@ def test_a_new_webhook_posts_what_is_updated_after_it_not_the_past(tmp_path, see
             "SELECT key FROM meta WHERE key LIKE 'webhook_%'"))
     finally:
         removed.close()
+
+
+def test_a_clock_set_back_does_not_pass_over_the_stories_updated_since(tmp_path, seed_dir,
+                                                                       feed_server, caplog):
+    """A webhook's marks (when it was first seen, the last update it went through) were
+    stamped by a clock later set back: moved a year ahead here, as such marks look.  A
+    story updated now is posted all the same, not once the clock has caught up."""
+    feed_server.route("/hook", Reply(200, b"ok"))
+    config = seeds_with_webhooks(tmp_path, seed_dir, hook(feed_server, "hook", "/hook",
+                                                          min_sources=3))
+    aggregator = Aggregator(load_config(config, environ={}))
+    try:
+        aggregator.run_pass()
+        [first] = posted(feed_server, "/hook")
+        store = aggregator.store
+        with store.transaction() as conn:
+            conn.execute("UPDATE meta SET value = strftime('%Y-%m-%dT%H:%M:%SZ', value, "
+                         "'+365 days') WHERE key LIKE 'webhook\\_%' ESCAPE '\\'")
+            # Another story reaches three sources now.
+            conn.execute("UPDATE stories SET source_count = 3, last_seen = ? WHERE id = "
+                         "(SELECT max(id) FROM stories WHERE source_count < 3)",
+                         [utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")])
+        aggregator.run_pass(force=True)
+        stories = [p["story"]["story_id"] for p in posted(feed_server, "/hook")]
+        assert len(stories) == 2 and stories[0] == first["story"]["story_id"]
+        assert "ahead of the clock" in caplog.text
+        marks = dict(store.db.execute("SELECT key, value FROM meta WHERE key LIKE "
+                                      "'webhook\\_%' ESCAPE '\\'").fetchall())
+        assert max(marks.values()) <= utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+    finally:
+        aggregator.close()
 
 
 def test_a_text_webhook_gets_the_line_alone(tmp_path, seed_dir, feed_server):
