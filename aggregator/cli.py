@@ -572,7 +572,8 @@ def import_opml_command(config_path, opml_file) -> None:
     """Add the feeds of an OPML file to the configuration (folders become tags).
 
     Feeds whose URL is configured already are skipped; the configuration file is changed only
-    if the result is valid.  A running daemon picks the new sources up by itself.
+    if the result is valid.  A running daemon picks the new sources up by itself, within a
+    second.
 
     \b
     Example:
@@ -757,8 +758,8 @@ def _change_source(config_path: str | None, name: str, enabled: bool | None) -> 
         click.echo(f"source {name!r} is {'enabled' if enabled else 'disabled'} already")
     else:
         click.echo(f"{'enabled' if enabled else 'disabled'} source {name!r} in {path}; a "
-                   f"running daemon {'polls' if enabled else 'stops polling'} it from its "
-                   "next pass")
+                   f"running daemon {'polls' if enabled else 'stops polling'} it within a "
+                   "second (after the pass it may be in)")
 
 
 @main.command()
