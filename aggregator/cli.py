@@ -188,7 +188,6 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         return watcher.changed() or corrections
 
     daemon = Daemon(one_pass, tick_s=tick_s, wanted=wanted)
-    status.wake = daemon.wake
     try:
         server = start_web_server(config, status) if config.http.enabled else None
     except AggregatorError:

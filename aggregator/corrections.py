@@ -77,10 +77,11 @@ def request_correction(conn: sqlite3.Connection, kind: str, article_ids: Sequenc
 
 class NewCorrections:
     """Whether a correction was kept since the last look (by ``aggregator split`` or
-    ``merge``, or a replica's story page): the daemon asks every ``WATCH_S`` and, if so,
-    carries it out at once instead of at its next tick.  One look-up in the partial index
-    of the waiting ones, through a read-only connection of its own.  A correction that
-    stays waiting (its pass failed) does not ask again: the ticks retry it."""
+    ``merge``, or a story page, the daemon's own or a replica's): the daemon asks every
+    ``WATCH_S`` and, if so, carries it out at once instead of at its next tick.  One
+    look-up in the partial index of the waiting ones, through a read-only connection of its
+    own.  A correction that stays waiting (its pass failed) does not ask again: the ticks
+    retry it."""
 
     def __init__(self, database: str):
         self.database = database

@@ -31,7 +31,7 @@ import httpx
 from .config import Config, Webhook
 from .fetch import Delivery, classify_delivery
 from .readers import select_in
-from .schedule import CLOCK_SET_BACK_S
+from .schedule import set_back_since
 from .store import from_iso, to_iso
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ def marks_as_of_now(since: str, cursor: str, now: datetime) -> tuple[str, str]:
     until the clock caught up.  Then ``now`` (from which ``CURSOR_OVERLAP`` still looks
     back), stored so."""
     def as_of_now(stamp: str) -> str:
-        ahead = (from_iso(stamp) - now).total_seconds() > CLOCK_SET_BACK_S
-        return to_iso(now) if ahead else stamp
+        return to_iso(now) if set_back_since(from_iso(stamp), now) else stamp
 
     return as_of_now(since), as_of_now(cursor)
 

@@ -92,6 +92,12 @@ def next_check_at(now: datetime, state: PollState, response: PollResponse,
     return skip_forward(when, response.skip_hours, response.skip_days)
 
 
+def set_back_since(stamped: datetime, now: datetime) -> bool:
+    """Whether a time the daemon stamped is more than ``CLOCK_SET_BACK_S`` ahead of
+    ``now``: the system clock has been set back since."""
+    return (stamped - now).total_seconds() > CLOCK_SET_BACK_S
+
+
 def as_of_now(now: datetime, last_checked_at: datetime | None,
               when: datetime | None) -> datetime | None:
     """``when`` (a source's next check, or the end of its cooldown), set at its last check:
@@ -100,8 +106,7 @@ def as_of_now(now: datetime, last_checked_at: datetime | None,
     told.  Then ``now``: a clock set back a year must not stop a feed for a year.  The
     source is polled at the next pass (once sooner than its wait, perhaps), and its times are
     set again from the clock as it is."""
-    if when is None or last_checked_at is None \
-            or (last_checked_at - now).total_seconds() <= CLOCK_SET_BACK_S:
+    if when is None or last_checked_at is None or not set_back_since(last_checked_at, now):
         return when
     return min(when, now)
 
@@ -143,7 +148,7 @@ class Daemon:
         self.wanted = wanted
         self.tick_s = tick_s
         self.stopping = threading.Event()
-        self._last_pass = time.monotonic()  # when the latest pass started or ended
+        self._last_pass = time.monotonic()  # when the latest pass ended
         self._passing = threading.Lock()
         self._woken = threading.Lock()  # held while a wake is on its way
         self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1,
@@ -157,7 +162,6 @@ class Daemon:
                 self._woken.release()  # a wake from now on may find a changed file again
             if self.stopping.is_set():
                 return
-            self._last_pass = time.monotonic()
             try:
                 self.run_pass(self.stopping)
             except Exception:  # a pass must never kill the daemon
@@ -181,10 +185,9 @@ class Daemon:
 
     def wake(self) -> None:
         """A pass now instead of at the next tick (``wanted`` said so: a changed
-        configuration, SIGHUP, a reader's correction; or the daemon's web server kept a
-        correction), in a thread of its own, so that any thread may ask, the scheduler's
-        included.  A pass in progress ends first; wakes asked for before the woken pass
-        starts make one."""
+        configuration, SIGHUP, a reader's correction; or the schedule was restarted), in a
+        thread of its own, so that any thread may ask, the scheduler's included.  A pass in
+        progress ends first; wakes asked for before the woken pass starts make one."""
         if self._woken.acquire(blocking=False):
             threading.Thread(target=self._tick, args=(True,), name="wake", daemon=True).start()
 

@@ -77,9 +77,6 @@ class DaemonStatus:
     # (every term ever seen, the terms whose names are in memory)
     vocabulary_terms: Callable[[], tuple[int, int]] | None = None
     tick_s: float = 30.0
-    # A pass now rather than at the next tick (``Daemon.wake``): a correction asked for
-    # from a story's page is carried out while the reader's browser follows the redirect.
-    wake: Callable[[], None] | None = None
 
 
 def _reading(database: str) -> closing[sqlite3.Connection]:
@@ -440,9 +437,6 @@ async def correct_story(request: Request) -> Response:
         return PlainTextResponse(f"the store cannot be changed now: {exc}\n", status_code=503)
     finally:
         conn.close()
-    status: DaemonStatus | None = request.app.state.status
-    if status is not None and status.wake is not None:
-        status.wake()
     return RedirectResponse(f"/story/{story_id}?correction={correction_id}", status_code=303)
 
 

@@ -319,9 +319,9 @@ def test_a_correction_kept_by_the_command_is_carried_out_within_seconds_not_at_t
 
 
 def test_a_correction_from_the_page_of_a_running_daemon_is_carried_out_at_once(seeds):
-    """The daemon's own web server wakes it: a split asked for from a story's page is
-    carried out by the time the browser follows the redirect, not at the next tick (a
-    minute here)."""
+    """A split asked for from a story page of the daemon's own web server is carried out
+    within seconds (the daemon looks for new corrections every second), not at the next
+    tick (a minute here)."""
     import httpx
     from test_web import free_port, wait_for
 
