@@ -169,6 +169,7 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
     status = DaemonStatus(index_articles=lambda: aggregator.clusterer.window_size,
                           index_article_limit=lambda: aggregator.settings.window_articles,
                           vocabulary_terms=aggregator.vocabulary_terms,
+                          clock_ahead_s=aggregator.server_clocks.ahead_s,
                           tick_s=tick_s)
     watcher = ConfigWatcher(config.path, on_reload=lambda new: follow_web_settings(server, new))
 

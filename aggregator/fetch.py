@@ -65,35 +65,48 @@ def classify_delivery(status: int) -> Delivery:
     return Delivery.RETRY
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date form)."""
-    if not value:
-        return None
-    value = value.strip()
-    # ASCII digits only: str.isdigit also takes "²", which float refuses.
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def parse_expires(value: str | None, now: datetime) -> float | None:
-    """Seconds until an Expires header's date (none when absent, invalid or past)."""
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date header's time (``Date``, ``Expires``, ``Retry-After``), in UTC; None
+    when absent or invalid."""
     if not value:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date form).  ``now``:
+    the response's own ``Date`` where it has one (``server_now``), as the HTTP-date form is a
+    time on the server's clock."""
+    if not value:
+        return None
+    value = value.strip()
+    # ASCII digits only: str.isdigit also takes "²", which float refuses.
+    if value.isascii() and value.isdigit():
+        return float(value)
+    when = parse_http_date(value)
+    return None if when is None else max(0.0, (when - now).total_seconds())
+
+
+def parse_expires(value: str | None, now: datetime) -> float | None:
+    """Seconds until an Expires header's date (none when absent, invalid or past), from
+    ``now`` as ``parse_retry_after`` takes it."""
+    when = parse_http_date(value)
+    if when is None:
+        return None
     seconds = (when - now).total_seconds()
     return seconds if seconds > 0 else None
+
+
+def server_now(date: datetime | None, local_now: datetime) -> datetime:
+    """The time that a response's Expires and Retry-After dates count from: its ``Date``,
+    the server's clock, as HTTP caches count a freshness lifetime (RFC 9111, 4.2.1), so that
+    a local clock some way off the server's neither stretches nor cuts the wait; the local
+    time where the response has no valid ``Date``."""
+    return local_now if date is None else date
 
 
 def parse_max_age(cache_control: str | None) -> float | None:
@@ -119,6 +132,9 @@ class FetchResult:
     max_age_s: float | None = None
     retry_after_s: float | None = None
     permanent_redirect: str | None = None
+    # How far the local clock was ahead of the server's (its ``Date``) when the answer came:
+    # negative when behind; None without a valid ``Date`` (and for local files).
+    clock_ahead_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +310,9 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
                    deadline: float) -> FetchResult:
     status = response.status_code
     outcome = classify_status(status)
+    received = datetime.now(UTC)
+    date = parse_http_date(response.headers.get("date"))
+    now = server_now(date, now)
     retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     if outcome is Outcome.GONE:
         raise SourceGoneError(source, f"{final_url} answered 410 Gone", status)
@@ -320,6 +339,7 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         or parse_expires(response.headers.get("expires"), now),
         retry_after_s=retry_after,
         permanent_redirect=final_url if final_url != url and permanent else None,
+        clock_ahead_s=None if date is None else (received - date).total_seconds(),
     )
 
 

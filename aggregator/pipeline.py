@@ -87,10 +87,13 @@ from .readers import thread_reader
 from .schedule import (
     PollResponse,
     PollState,
+    ServerClocks,
     adaptive_interval,
     as_of_now,
+    clock_too_far_ahead,
     next_check_at,
     random_jitter,
+    upkeep_due,
 )
 from .store import (
     SourceRow,
@@ -621,6 +624,10 @@ class Aggregator:
         self._terms_kept = 0
         self._last_prune: datetime | None = None
         self._last_purge: datetime | None = None
+        # What the feeds' servers say of the system clock (their ``Date`` headers), and
+        # when (``time.monotonic``) a purge held for it was last told of.
+        self.server_clocks = ServerClocks()
+        self._purge_held_told = -math.inf
         self._workers: WorkerPool | None = None
         self._workers_lock = threading.Lock()
         # (``time.monotonic``) Before this, no worker processes are started: the last start
@@ -864,6 +871,8 @@ class Aggregator:
                                                 source.name, row.url, row.etag,
                                                 row.last_modified, self.limits,
                                                 source.credentials)
+            self.server_clocks.record(" ".join(map(str, fetching.site_of(fetched.result.url))),
+                                      fetched.result.clock_ahead_s)
             if fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED:
                 document = self._parsed_and_prepared(source, fetched.result, fetched.started)
                 if document.entries_in_feed > MAX_ENTRIES_PER_FETCH:
@@ -1970,8 +1979,11 @@ class Aggregator:
         ``budget_s``; what is left goes at the next pass.  Each transaction holds the write
         lock, so fetched sources are written between them."""
         report = retention.PurgeReport()
-        if not self.config.retention_s or not force and self._last_purge is not None \
-                and now - self._last_purge < PRUNE_EVERY:
+        if not self.config.retention_s or not force and not upkeep_due(
+                self._last_purge, now, PRUNE_EVERY):
+            return report
+        if self._purge_held_by_clock():
+            report.complete = False
             return report
         started = time.monotonic()
         # The window evicts every ``EVICT_EVERY`` articles, and a story it still holds
@@ -1989,6 +2001,22 @@ class Aggregator:
             log.info("retention (%g days): deleted %s%s", self.config.retention_s / DAY_S,
                      report, "" if report.complete else "; the rest at the next pass")
         return report
+
+    def _purge_held_by_clock(self) -> bool:
+        """Whether the feeds' servers say that the system clock is too far ahead for the
+        purge to trust it (``schedule.clock_too_far_ahead``): it would delete stories that
+        are only older than the wrong clock says, and they could not be brought back.  The
+        purge waits for the clock to be corrected; an operator hears of it once an hour."""
+        ahead, servers = self.server_clocks.ahead_s()
+        if not clock_too_far_ahead(ahead):
+            return False
+        if time.monotonic() - self._purge_held_told >= PRUNE_EVERY.total_seconds():
+            self._purge_held_told = time.monotonic()
+            log.warning("the system clock is %s ahead of the feeds' servers (the median of "
+                        "%d servers' Date headers): retention deletes nothing until it is "
+                        "corrected", f"{ahead / 86400:.1f} days" if ahead >= 2 * 86400
+                        else f"{ahead / 3600:.1f} hours", servers)
+        return True
 
     def deliver_webhooks(self, now: datetime) -> notify.DeliveryReport:
         """Post the stories that the configured webhooks take and have not had yet
@@ -2011,7 +2039,7 @@ class Aggregator:
                 yield conn
 
     def _prune_template_lines(self, now: datetime) -> None:
-        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY:
+        if not upkeep_due(self._last_prune, now, PRUNE_EVERY):
             return
         self._last_prune = now
         with self._upkeep() as conn:

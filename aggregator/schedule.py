@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +31,12 @@ MIN_INTERVAL_S = 60.0
 # set back (``as_of_now``): less is a small correction, which only delays a poll as much.
 CLOCK_SET_BACK_S = 60.0
 MAX_INTERVAL_S = 24 * 3600.0
+# How far the system clock may be ahead of the feeds' servers before it is taken to be wrong
+# (``clock_too_far_ahead``): far more than servers' clocks are ever off, far less than any
+# retention period.  The servers' opinions needed for that, one each, and kept.
+CLOCK_AHEAD_S = 3600.0
+CLOCK_SERVERS_NEEDED = 3
+CLOCK_SERVERS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,58 @@ def as_of_now(now: datetime, last_checked_at: datetime | None,
     return min(when, now)
 
 
+def upkeep_due(last_done: datetime | None, now: datetime, every: timedelta) -> bool:
+    """Whether an upkeep done every ``every`` (retention, template lines) is due at ``now``,
+    last done at ``last_done``: also when that is more than ``CLOCK_SET_BACK_S`` ahead of
+    ``now``, so that a clock set back does not hold it back by as much."""
+    return (last_done is None or set_back_since(last_done, now)
+            or now - last_done >= every)
+
+
+def clock_ahead_of_servers(offsets: Iterable[float],
+                           needed: int = CLOCK_SERVERS_NEEDED) -> float | None:
+    """How far the system clock is ahead of the feeds' servers (negative: behind), from
+    each server's ``offsets`` (the local time less its ``Date`` header, one per server): their
+    median, which a few servers with wrong clocks do not move; None with fewer than
+    ``needed``, too few to tell the local clock from theirs."""
+    values = list(offsets)
+    return statistics.median(values) if len(values) >= max(1, needed) else None
+
+
+def clock_too_far_ahead(ahead_s: float | None) -> bool:
+    """Whether the system clock is so far ahead of the servers (``clock_ahead_of_servers``)
+    that times counted back from it cannot be trusted: what retention would delete as older
+    than its period is then only older than the clock says."""
+    return ahead_s is not None and ahead_s > CLOCK_AHEAD_S
+
+
+class ServerClocks:
+    """The latest clock offset (``FetchResult.clock_ahead_s``) of each of the last
+    ``CLOCK_SERVERS_KEPT`` servers (origins) to answer; fetch threads record, the writer
+    asks.  An offset stays until its server answers again: after the clock is corrected, each
+    server's opinion changes as it is polled again."""
+
+    def __init__(self, kept: int = CLOCK_SERVERS_KEPT):
+        self._kept = kept
+        self._offsets: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, server: str, ahead_s: float | None) -> None:
+        if ahead_s is None:
+            return
+        with self._lock:
+            self._offsets[server] = ahead_s
+            self._offsets.move_to_end(server)
+            while len(self._offsets) > self._kept:
+                self._offsets.popitem(last=False)
+
+    def ahead_s(self) -> tuple[float | None, int]:
+        """``clock_ahead_of_servers`` over the servers kept, and how many there are."""
+        with self._lock:
+            offsets = list(self._offsets.values())
+        return clock_ahead_of_servers(offsets), len(offsets)
+
+
 def adaptive_interval(entries_last_week: int, min_s: float, max_s: float) -> float:
     """Poll about as often as the feed publishes: a week divided by last week's entries.
 
@@ -126,6 +186,20 @@ def random_jitter() -> float:
     return random.random()
 
 
+class Ticks(IntervalTrigger):
+    """APScheduler's interval trigger, except that after a tick that the system clock has
+    left far behind, the next tick is the first from now.  APScheduler lists every tick
+    missed before it coalesces them into one run (``Job._get_run_times``): a clock set
+    forward ten years (a machine without a battery-backed clock, set right as it boots) is
+    ten million ticks of 30 s, minutes in which the scheduler runs nothing."""
+
+    def get_next_fire_time(self, previous_fire_time, now):
+        if previous_fire_time is not None and \
+                (now - previous_fire_time).total_seconds() > 2 * self.interval_length:
+            previous_fire_time = None  # counted from the start, as a new trigger is
+        return super().get_next_fire_time(previous_fire_time, now)
+
+
 class Daemon:
     """Runs ``run_pass`` on an APScheduler interval until stopped.
 
@@ -138,6 +212,7 @@ class Daemon:
     APScheduler keeps time by the system clock: set back an hour, it would wait an hour for
     its next tick (agronholm/apscheduler#351, #752).  A watch on the monotonic clock sees
     ``STALLED_TICKS`` ticks go by without a pass, and starts the schedule again from now.
+    Set forward, the ticks it missed are not listed one by one (``Ticks``).
     """
 
     def __init__(self, run_pass: Callable[[threading.Event], None], tick_s: float = 30.0,
@@ -153,7 +228,7 @@ class Daemon:
         self._woken = threading.Lock()  # held while a wake is on its way
         self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": None})
-        self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick_s), id="poll",
+        self.scheduler.add_job(self._tick, Ticks(seconds=tick_s), id="poll",
                                next_run_time=datetime.now().astimezone())
 
     def _tick(self, woken: bool = False) -> None:
@@ -216,7 +291,7 @@ class Daemon:
                     "now", time.monotonic() - self._last_pass, self.tick_s)
         self._last_pass = time.monotonic()  # one warning, not one a second
         try:
-            self.scheduler.reschedule_job("poll", trigger=IntervalTrigger(seconds=self.tick_s))
+            self.scheduler.reschedule_job("poll", trigger=Ticks(seconds=self.tick_s))
         except (JobLookupError, SchedulerNotRunningError):
             return  # stopping
         self.wake()

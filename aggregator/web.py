@@ -76,6 +76,9 @@ class DaemonStatus:
     index_article_limit: Callable[[], int] | None = None
     # (every term ever seen, the terms whose names are in memory)
     vocabulary_terms: Callable[[], tuple[int, int]] | None = None
+    # How far the system clock is ahead of the feeds' servers, and how many said so
+    # (``ServerClocks.ahead_s``).
+    clock_ahead_s: Callable[[], tuple[float | None, int]] | None = None
     tick_s: float = 30.0
 
 
@@ -762,6 +765,14 @@ class StoreCollector:
                                         "Terms whose names the writer keeps in memory (the "
                                         "others are read back from the store when used)",
                                         value=in_memory)
+            if self.status.clock_ahead_s is not None:
+                ahead, _servers = self.status.clock_ahead_s()
+                if ahead is not None:
+                    yield GaugeMetricFamily("aggregator_clock_ahead_of_servers_seconds",
+                                            "How far the system clock is ahead of the feeds' "
+                                            "servers (negative: behind), the median of their "
+                                            "Date headers; over an hour holds retention",
+                                            value=ahead)
 
 
 def metrics(request: Request) -> Response:

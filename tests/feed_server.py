@@ -43,6 +43,8 @@ class FeedServer:
         self.requests: list[Request] = []
         self.in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
+        # How far this server's clock (its Date headers) is ahead of the real one.
+        self.clock_ahead_s = 0.0
         self._lock = threading.Lock()
         server = self
 
@@ -52,6 +54,10 @@ class FeedServer:
 
             def log_message(self, *args):
                 pass
+
+            def date_time_string(self, timestamp=None):
+                return super().date_time_string(
+                    time.time() + server.clock_ahead_s if timestamp is None else timestamp)
 
             def do_POST(self):
                 self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

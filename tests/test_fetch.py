@@ -28,6 +28,7 @@ from aggregator.fetch import (
     classify_status,
     fetch_http,
     make_client,
+    parse_http_date,
     parse_retry_after,
 )
 from aggregator.fingerprint import given_priors, prior_document_fraction
@@ -800,6 +801,58 @@ def test_expires_header_sets_the_next_check(tmp_path, feed_server):
     state = source_state(aggregator, "cached")
     delay = from_iso(state["next_check_at"]) - from_iso(state["last_checked_at"])
     assert timedelta(hours=2, minutes=55) <= delay <= timedelta(hours=3, minutes=20)
+
+
+@pytest.mark.parametrize("server_ahead", [
+    timedelta(0),
+    timedelta(days=-365),     # this machine's clock a year ahead of the server's
+    timedelta(hours=-5),
+    timedelta(hours=1),       # this machine's clock behind
+])
+def test_expires_and_retry_after_dates_count_from_the_servers_own_clock(
+        tmp_path, feed_server, server_ahead):
+    """An Expires or Retry-After date is a time on the server's clock: counted from the
+    response's Date, as HTTP caches count it, the wait is the one the server meant however
+    far this machine's clock is off.  Counted from the local clock, a clock 5 hours ahead
+    read a 2-hour Expires as past (polled again in 10 minutes), and one an hour behind read a
+    20-minute Retry-After as 80 minutes."""
+    from email.utils import format_datetime
+
+    feed_server.clock_ahead_s = server_ahead.total_seconds()
+    servers_now = datetime.now(UTC) + server_ahead
+    feed_server.route("/cached", Reply(200, FEED, {"Expires": format_datetime(
+        servers_now + timedelta(hours=2), usegmt=True)}))
+    feed_server.route("/busy", Reply(429, b"slow down", {"Retry-After": format_datetime(
+        servers_now + timedelta(minutes=20), usegmt=True)}))
+    aggregator = make_aggregator(tmp_path, feed_server, ["/cached", "/busy"])
+    aggregator.run_pass()
+    delays = {}
+    for name in ("cached", "busy"):
+        state = source_state(aggregator, name)
+        delays[name] = from_iso(state["next_check_at"]) - from_iso(state["last_checked_at"])
+    assert timedelta(hours=1, minutes=58) <= delays["cached"] <= timedelta(hours=2, minutes=15)
+    assert timedelta(minutes=18) <= delays["busy"] <= timedelta(minutes=24)
+    # And what the server's clock says of this one's, which retention heeds.
+    limits = FetchLimits(user_agent="test")
+    with make_client(limits) as client:
+        result = fetch_http(client, "s", feed_server.url("/cached"), None, None, limits)
+    assert abs(result.clock_ahead_s + server_ahead.total_seconds()) <= 2
+    aggregator.close()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("Fri, 30 Jan 2026 12:05:00 GMT", datetime(2026, 1, 30, 12, 5, tzinfo=UTC)),
+    ("Friday, 30-Jan-26 12:05:00 GMT", datetime(2026, 1, 30, 12, 5, tzinfo=UTC)),  # RFC 850
+    ("Fri Jan 30 12:05:00 2026", datetime(2026, 1, 30, 12, 5, tzinfo=UTC)),       # asctime
+    ("Fri, 30 Jan 2026 14:05:00 +0200", datetime(2026, 1, 30, 12, 5, tzinfo=UTC)),
+    ("  Fri, 30 Jan 2026 12:05:00 GMT ", datetime(2026, 1, 30, 12, 5, tzinfo=UTC)),
+    ("0", None),
+    ("yesterday", None),
+    ("", None),
+    (None, None),
+])
+def test_http_dates_are_read_in_each_form_the_protocol_allows(value, expected):
+    assert parse_http_date(value) == expected
 
 
 ARTICLE_PAGE = b"""<html><head><title>Bridge reopens</title></head><body>

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from feed_server import Reply
+from feed_server import FeedServer, Reply
 from test_store import _migrated_again, _old_solo_article, _store_migrated_to
 
 from aggregator import retention
@@ -226,6 +226,15 @@ def test_the_daemon_purges_once_an_hour_and_a_long_purge_goes_on_at_the_next_pas
     aggregator.close()
 
 
+def test_a_clock_set_back_after_a_purge_does_not_hold_the_next_one_back(tmp_path):
+    """The last purge ran by a clock a year ahead, since set back: the next is due at once,
+    not in a year."""
+    aggregator, _stories = filled(tmp_path)
+    aggregator._last_purge = NOW + 365 * DAY
+    assert aggregator.purge_expired(NOW + timedelta(hours=1)).stories == 4
+    aggregator.close()
+
+
 def test_without_retention_nothing_leaves(tmp_path):
     aggregator, _stories = filled(tmp_path, retention_days=0)
     count = rows(aggregator, "SELECT count(*) FROM articles")
@@ -387,6 +396,28 @@ def test_recluster_refuses_while_a_daemon_keeps_a_window_of_the_store(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def stored_in_march(tmp_path, sources: list[dict]):
+    """A configuration of ``sources`` with 30 days of retention, its store holding three
+    stories of the source "desk" published and fetched in March (``g1`` to ``g3``)."""
+    config = write_config(tmp_path / "c.toml", sources, database=str(tmp_path / "r.db"),
+                          extra='retention = "30d"')
+    old = Aggregator(load_config(config))
+    for number in range(1, 4):
+        old.ingest_entries("desk", 0, [entry(number, TOPICS[number], START + number * DAY)],
+                           START + number * DAY)
+    old.close()
+    return config
+
+
+def run_daemon_once(config) -> subprocess.CompletedProcess:
+    """``aggregator run --once --all`` in a process of its own, as an operator runs it."""
+    done = subprocess.run([sys.executable, "-m", "aggregator.cli", "run", "--once", "--all",
+                           "--config", str(config)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_the_daemon_lets_old_stories_go_and_a_feed_that_still_lists_them_adds_nothing(
         tmp_path, feed_server):
     # Old stories stored in March; the daemon, with 30 days of retention, polls a real feed
@@ -395,14 +426,7 @@ def test_the_daemon_lets_old_stories_go_and_a_feed_that_still_lists_them_adds_no
 
     from aggregator.store import Store
 
-    config = write_config(tmp_path / "c.toml", [{"name": "desk",
-                                                 "url": feed_server.url("/desk")}],
-                          database=str(tmp_path / "r.db"), extra='retention = "30d"')
-    old = Aggregator(load_config(config))
-    for number in range(1, 4):
-        old.ingest_entries("desk", 0, [entry(number, TOPICS[number], START + number * DAY)],
-                           START + number * DAY)
-    old.close()
+    config = stored_in_march(tmp_path, [{"name": "desk", "url": feed_server.url("/desk")}])
     now = datetime.now(UTC)
     items = "".join(
         f"<item><guid>{guid}</guid><title>{title}</title><link>https://news.example/{guid}"
@@ -416,11 +440,7 @@ def test_the_daemon_lets_old_stories_go_and_a_feed_that_still_lists_them_adds_no
         f"{items}</channel></rss>").encode()))
 
     def run_once():
-        done = subprocess.run([sys.executable, "-m", "aggregator.cli", "run", "--once",
-                               "--all", "--config", str(config)], capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run_daemon_once(config).stdout
 
     assert "2 entries, 1 new" in run_once()
     store = Store(str(tmp_path / "r.db"))
@@ -433,3 +453,54 @@ def test_the_daemon_lets_old_stories_go_and_a_feed_that_still_lists_them_adds_no
     assert store.db.execute(guids).fetchall() == [("fresh",)]
     assert check_store(store, ClusteringSettings()) == []
     store.close()
+
+
+def test_a_clock_far_ahead_of_the_feeds_servers_deletes_nothing_until_it_is_corrected(
+        tmp_path):
+    """Stories stored in March, 30 days of retention, and three real feed servers whose Date
+    headers say that this machine's clock is a year ahead of theirs: the daemon deletes
+    nothing and says why, where it would otherwise have deleted every old story for being
+    older than a clock that is wrong.  Once the servers' clocks agree with it, it purges."""
+    from aggregator.web import DaemonStatus, StoreCollector
+
+    servers = [FeedServer().start() for _ in range(3)]
+    try:
+        for number, server in enumerate(servers):
+            server.clock_ahead_s = -365 * 86400.0
+            server.route("/feed", Reply(200, (
+                '<?xml version="1.0"?><rss version="2.0"><channel><title>Wire</title><item>'
+                f"<guid>new{number}</guid><title>Report {TOPICS[10 + number]}</title>"
+                f"<description>{TOPICS[10 + number]}</description></item></channel></rss>"
+            ).encode()))
+        config = stored_in_march(tmp_path, [{"name": "desk", "url": str(tmp_path / "d.xml")}]
+                                 + [{"name": f"wire{number}", "url": server.url("/feed")}
+                                    for number, server in enumerate(servers)])
+
+        def run_once() -> str:
+            return run_daemon_once(config).stderr
+
+        def stored() -> list[str]:
+            with closing(sqlite3.connect(tmp_path / "r.db")) as conn:
+                return sorted(row[0] for row in conn.execute("SELECT guid FROM articles"))
+
+        said = run_once()
+        assert stored() == ["g1", "g2", "g3", "new0", "new1", "new2"]
+        assert ("the system clock is 365.0 days ahead of the feeds' servers (the median of "
+                "3 servers' Date headers): retention deletes nothing") in said
+        # Dashboards see it too.
+        daemon = Aggregator(load_config(config))
+        daemon.run_pass(force=True)
+        samples = {sample.name: sample.value for family in StoreCollector(
+            daemon.store.path, DaemonStatus(clock_ahead_s=daemon.server_clocks.ahead_s),
+        ).collect() for sample in family.samples}
+        assert abs(samples["aggregator_clock_ahead_of_servers_seconds"] - 365 * 86400) < 5
+        daemon.close()
+
+        for server in servers:
+            server.clock_ahead_s = 0.0
+        said = run_once()
+        assert stored() == ["new0", "new1", "new2"]
+        assert "system clock" not in said
+    finally:
+        for server in servers:
+            server.stop()

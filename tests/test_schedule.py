@@ -9,7 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aggregator.fetch import Outcome
-from aggregator.schedule import PollResponse, PollState, as_of_now, next_check_at
+from aggregator.schedule import (
+    PollResponse,
+    PollState,
+    ServerClocks,
+    as_of_now,
+    clock_ahead_of_servers,
+    clock_too_far_ahead,
+    next_check_at,
+    upkeep_due,
+)
 
 NOW = datetime(2026, 1, 30, 12, 0, tzinfo=UTC)
 H = 3600.0
@@ -90,6 +99,57 @@ def test_times_set_before_the_clock_was_set_back_are_due_now(last_checked, when,
     assert as_of_now(NOW, last_checked, when) == expected
 
 
+@pytest.mark.parametrize(("last_done", "now", "expected"), [
+    (None, NOW, True),                                    # never done
+    (NOW - timedelta(minutes=59), NOW, False),
+    (NOW - timedelta(hours=1), NOW, True),
+    (NOW - timedelta(days=300), NOW, True),
+    (NOW + timedelta(seconds=30), NOW, False),            # a small correction of the clock
+    (NOW + timedelta(days=365), NOW, True),               # the clock set back a year
+])
+def test_upkeep_is_due_hourly_and_not_held_back_by_a_clock_set_back(last_done, now, expected):
+    assert upkeep_due(last_done, now, timedelta(hours=1)) is expected
+
+
+@pytest.mark.parametrize(("offsets", "expected"), [
+    ([], None),
+    ([0.4, 0.9], None),                                   # too few to tell whose clock is off
+    ([0.4, 0.9, -0.2], 0.4),
+    ([365 * 86400.0, 365 * 86400.0 + 1, 365 * 86400.0 - 2], 365 * 86400.0),
+    # Two servers with wrong clocks (one years behind, one a day ahead) do not move it.
+    ([1.0, 2.0, 3.0, 9e8, -86400.0], 2.0),
+    ([-7200.0, -7201.0, -7199.0, -7200.5], -7200.25),     # this clock behind theirs
+])
+def test_the_clock_is_judged_by_the_median_of_the_servers(offsets, expected):
+    assert clock_ahead_of_servers(offsets) == expected
+
+
+@pytest.mark.parametrize(("ahead_s", "expected"), [
+    (None, False), (-365 * 86400.0, False), (0.0, False), (3600.0, False), (3601.0, True),
+    (365 * 86400.0, True),
+])
+def test_only_a_clock_well_ahead_of_the_servers_is_too_far_ahead(ahead_s, expected):
+    assert clock_too_far_ahead(ahead_s) is expected
+
+
+def test_server_clocks_keep_each_servers_latest_offset_and_the_latest_servers():
+    clocks = ServerClocks(kept=3)
+    assert clocks.ahead_s() == (None, 0)
+    clocks.record("http a.example 80", 9000.0)
+    clocks.record("http b.example 80", 9100.0)
+    clocks.record("http a.example 80", None)              # no Date: nothing said
+    assert clocks.ahead_s() == (None, 2)
+    clocks.record("http c.example 80", 8900.0)
+    assert clocks.ahead_s() == (9000.0, 3)
+    # Corrected: each server's opinion changes as it answers again; the oldest one to
+    # answer leaves when a fourth server does.
+    clocks.record("http a.example 80", 0.5)
+    clocks.record("http b.example 80", 0.2)
+    assert clocks.ahead_s() == (0.5, 3)
+    clocks.record("http d.example 80", 0.1)
+    assert clocks.ahead_s() == (0.2, 3)
+
+
 @pytest.mark.parametrize(("entries", "expected"), [
     (0, 86400.0), (1, 86400.0), (7, 86400.0), (70, 8640.0), (100000, 300.0),
 ])
@@ -128,8 +188,9 @@ def test_adaptive_source_is_scheduled_by_its_publishing_rate(tmp_path):
 
 @contextmanager
 def running(daemon) -> Iterator[threading.Thread]:
-    """``daemon`` started in a thread of its own, stopped on the way out."""
-    thread = threading.Thread(target=daemon.start)
+    """``daemon`` started in a thread of its own, stopped on the way out; a daemon thread,
+    so that a scheduler stuck in a failing test does not hold the test process at exit."""
+    thread = threading.Thread(target=daemon.start, daemon=True)
     thread.start()
     try:
         yield thread
@@ -222,14 +283,14 @@ def test_the_daemon_asks_whether_a_pass_is_wanted_before_the_next_tick():
     assert not thread.is_alive()  # the watch ends with the daemon
 
 
-def test_the_daemon_ticks_again_when_the_system_clock_is_set_back(monkeypatch, caplog):
-    """APScheduler reads the system clock: set back an hour, it would wait an hour for its
-    next tick.  The clock is set back here as the scheduler and its trigger see it."""
+@pytest.fixture
+def scheduler_clock(monkeypatch):
+    """The system clock as APScheduler, its trigger and the daemon read it: set back by
+    ``SetBack.by`` (forward where that is negative)."""
     import apscheduler.schedulers.base
     import apscheduler.triggers.interval
 
     from aggregator import schedule
-    from aggregator.schedule import STALLED_TICKS, WATCH_S, Daemon
 
     class SetBack(datetime):
         by = timedelta(0)
@@ -240,6 +301,15 @@ def test_the_daemon_ticks_again_when_the_system_clock_is_set_back(monkeypatch, c
 
     for module in (apscheduler.schedulers.base, apscheduler.triggers.interval, schedule):
         monkeypatch.setattr(module, "datetime", SetBack)
+    return SetBack
+
+
+def test_the_daemon_ticks_again_when_the_system_clock_is_set_back(scheduler_clock, caplog):
+    """APScheduler reads the system clock: set back an hour, it would wait an hour for its
+    next tick.  The clock is set back here as the scheduler and its trigger see it."""
+    from aggregator.schedule import STALLED_TICKS, WATCH_S, Daemon
+
+    SetBack = scheduler_clock
     passes: list[float] = []
     daemon = Daemon(lambda stopping: passes.append(time.monotonic()), tick_s=1)
     with running(daemon):
@@ -251,3 +321,39 @@ def test_the_daemon_ticks_again_when_the_system_clock_is_set_back(monkeypatch, c
         # Seen within the ticks it allows, then ticking on.
         assert passes[3] - set_back < STALLED_TICKS * 1 + 5 * WATCH_S
     assert "the system clock has left behind" in caplog.text
+
+
+def test_the_daemon_ticks_on_when_the_system_clock_is_set_forward(scheduler_clock):
+    """APScheduler lists every tick missed before it coalesces them, about 1.3 us each
+    here: 60 days of one-second ticks held its scheduler for 7 s or more, no pass meanwhile
+    (ten years of 30-second ticks, 14 s; from 1970 to now, over a minute)."""
+    from aggregator.schedule import Daemon
+
+    passes: list[float] = []
+    daemon = Daemon(lambda stopping: passes.append(time.monotonic()), tick_s=1)
+    with running(daemon):
+        assert within(10, lambda: len(passes) >= 2)
+        scheduler_clock.by = -timedelta(days=60)
+        count = len(passes)
+        assert within(4, lambda: len(passes) >= count + 3), "the scheduler lists 60 days"
+
+
+@pytest.mark.parametrize(("behind", "listed"), [
+    (timedelta(seconds=10), 1),            # on time
+    (timedelta(seconds=45), 2),            # one tick missed: listed, then coalesced
+    (timedelta(seconds=61), 1),            # over two ticks behind: from now
+    (timedelta(minutes=5), 2),             # far behind: the next tick from now
+    (timedelta(days=3652), 2),
+])
+def test_ticks_far_behind_the_clock_are_not_listed_one_by_one(behind, listed):
+    from aggregator.schedule import Ticks
+
+    start = NOW - behind
+    ticks = Ticks(seconds=30, start_date=start)
+    # As APScheduler's Job._get_run_times lists the ticks due at NOW.
+    due, tick = [], start
+    while tick <= NOW and len(due) <= 10:
+        due.append(tick)
+        tick = ticks.get_next_fire_time(tick, NOW)
+    assert len(due) == listed
+    assert NOW < tick <= NOW + timedelta(seconds=30)
