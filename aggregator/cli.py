@@ -177,8 +177,7 @@ def _run(aggregator, config, once: bool, force_all: bool, tick_s: float, Daemon)
         watcher.reload_if_changed(aggregator)
         started = time.monotonic()
         aggregator.run_pass(stopping)
-        status.last_pass_seconds = time.monotonic() - started
-        status.last_pass_finished = time.time()
+        status.pass_finished(time.monotonic() - started)
 
     new_corrections = NewCorrections(config.database)
 

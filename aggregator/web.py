@@ -70,8 +70,11 @@ ATOM = "http://www.w3.org/2005/Atom"
 class DaemonStatus:
     """What the daemon tells the web side about itself (absent for a read-only replica)."""
 
-    last_pass_finished: float | None = None
+    last_pass_finished: float | None = None  # the system clock's time, for /metrics
     last_pass_seconds: float | None = None
+    # ``time.monotonic`` when it finished, for /readyz: a system clock set forward or back
+    # makes no pass older or newer than it is.
+    last_pass_ended: float | None = None
     index_articles: Callable[[], int] | None = None
     index_article_limit: Callable[[], int] | None = None
     # (every term ever seen, the terms whose names are in memory)
@@ -80,6 +83,18 @@ class DaemonStatus:
     # (``ServerClocks.ahead_s``).
     clock_ahead_s: Callable[[], tuple[float | None, int]] | None = None
     tick_s: float = 30.0
+
+    def pass_finished(self, seconds: float) -> None:
+        self.last_pass_seconds = seconds
+        self.last_pass_finished = time.time()
+        self.last_pass_ended = time.monotonic()
+
+
+def pass_recent(ended: float | None, now: float, tick_s: float) -> bool:
+    """Whether a pass that ended at ``ended`` (``time.monotonic``; None: none yet) is recent
+    enough at ``now`` for the daemon to be ready: within three ticks, and five minutes at
+    least, as a long pass delays the next tick."""
+    return ended is not None and now - ended <= max(300.0, 3 * tick_s)
 
 
 def _reading(database: str) -> closing[sqlite3.Connection]:
@@ -645,11 +660,9 @@ def readyz(request: Request) -> PlainTextResponse:
     except sqlite3.Error as exc:
         return PlainTextResponse(f"database not ready: {exc}\n", status_code=503)
     status = state.status
-    if status is not None:
-        stale_after = max(300.0, 3 * status.tick_s)
-        if status.last_pass_finished is None or \
-                time.time() - status.last_pass_finished > stale_after:
-            return PlainTextResponse("no recent pass\n", status_code=503)
+    if status is not None and not pass_recent(status.last_pass_ended, time.monotonic(),
+                                              status.tick_s):
+        return PlainTextResponse("no recent pass\n", status_code=503)
     return PlainTextResponse("ready\n")
 
 

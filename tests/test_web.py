@@ -36,7 +36,7 @@ from aggregator.pipeline import Aggregator
 from aggregator.readers import newest_story_ids, store_counts
 from aggregator.reading import mark_stories, marks_connection
 from aggregator.store import Store
-from aggregator.web import DaemonStatus, StoreCollector, create_app
+from aggregator.web import DaemonStatus, StoreCollector, create_app, pass_recent
 
 HOSTILE_FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Hostile</title>
 <item><title>&lt;script&gt;alert('title')&lt;/script&gt;Harmless headline about tides</title>
@@ -436,10 +436,29 @@ def test_health_and_readiness(filled):
     assert TestClient(create_app(database)).get("/readyz").status_code == 200
     never = TestClient(create_app(database, DaemonStatus()))
     assert never.get("/readyz").status_code == 503
-    recent = TestClient(create_app(database, DaemonStatus(last_pass_finished=time.time())))
+    status = DaemonStatus()
+    status.pass_finished(0.5)
+    recent = TestClient(create_app(database, status))
     assert recent.get("/readyz").status_code == 200
+    # The system clock set forward an hour since the pass: it is as recent as it was.
+    status.last_pass_finished -= 3600
+    assert recent.get("/readyz").status_code == 200
+    status.last_pass_ended -= 301
+    assert recent.get("/readyz").status_code == 503
     missing = TestClient(create_app(str(Path(database).with_name("missing.db"))))
     assert missing.get("/readyz").status_code == 503
+
+
+@pytest.mark.parametrize(("ended", "tick_s", "ready"), [
+    (None, 30.0, False),          # no pass yet
+    (1000.0, 30.0, True),
+    (1000.0 - 300, 30.0, True),
+    (1000.0 - 301, 30.0, False),
+    (1000.0 - 500, 200.0, True),  # three ticks of a long tick
+    (1000.0 - 601, 200.0, False),
+])
+def test_a_pass_is_recent_within_three_ticks_and_five_minutes_at_least(ended, tick_s, ready):
+    assert pass_recent(ended, 1000.0, tick_s) is ready
 
 
 def free_port() -> int:
