@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import attrgetter
 from typing import Literal, Protocol
@@ -38,6 +38,7 @@ from .fingerprint import Fingerprint, TermStatistics, Vocabulary, normalised_pos
 from .index import lsh_parameters, make_index
 from .memory import enlarge, keep_large_arrays_movable
 from .native import kernels
+from .normalize import PUBLISHED_AHEAD_ALLOWED
 
 Relation = Literal["canonical", "duplicate", "same_story"]
 DAY_S = 86400.0
@@ -1552,12 +1553,24 @@ class Clusterer:
                 + self.duplicate_index.nbytes() + self.candidate_index.nbytes())
 
 
-def window_start(newest: datetime | None, floor: datetime | None,
-                 window_days: float) -> datetime | None:
+def window_start(newest: datetime | None, floor: datetime | None, window_days: float,
+                 now: datetime | None = None) -> datetime | None:
     """The oldest newest-member time of a story in the window: ``window_days`` before the
-    newest stored article, or the stored ``floor`` where the article limit has cut the window
-    short; None for an empty store."""
+    newest stored article (``window_newest``), or the stored ``floor`` where the article
+    limit has cut the window short; None for an empty store."""
     if newest is None:
         return None
-    since = newest - timedelta(days=window_days)
+    since = datetime.fromtimestamp(window_newest(newest.timestamp(), now), UTC) \
+        - timedelta(days=window_days)
     return since if floor is None else max(since, floor)
+
+
+def window_newest(newest_ts: float, now: datetime | None = None) -> float:
+    """The time the window runs back from: its newest article's, as a store filled from
+    dated archives has its live stories there, but never further ahead of the clock
+    (``now``, by default the system clock's) than an entry's date may be of its fetch.  An
+    article newer than that was stamped by a clock that was ahead, since set right: the
+    window would run back from a time to come, and leave every story of the present (a year
+    ahead: none would be clustered for a year)."""
+    now_ts = (now or datetime.now(UTC)).timestamp()
+    return min(newest_ts, now_ts + PUBLISHED_AHEAD_ALLOWED.total_seconds())

@@ -216,10 +216,14 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC).replace(microsecond=0)
 
 
+# How far ahead of its fetch an entry's own date may be (time zones, clocks a little off).
+PUBLISHED_AHEAD_ALLOWED = timedelta(days=1)
+
+
 def effective_published(published: datetime | None, fetched: datetime) -> datetime:
     """The time a story is dated by: the entry's date, unless missing or more than a day ahead."""
     published = _utc(published)
-    if published is None or published > fetched + timedelta(days=1):
+    if published is None or published > fetched + PUBLISHED_AHEAD_ALLOWED:
         return fetched
     return published
 

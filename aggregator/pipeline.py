@@ -41,6 +41,7 @@ from .cluster import (
     Clusterer,
     Decision,
     low_bits,
+    window_newest,
     window_start,
 )
 from .config import ClusteringSettings, Config, EntryFilter, Source, split_url
@@ -351,7 +352,8 @@ def load_clusterer(store: Store, settings: ClusteringSettings, signer: Signer,
 
     No text is read again: signatures and vectors come back as stored, in bulk.  The window
     is anchored at the newest stored article, not at the wall clock, so that a store filled
-    from dated archives restarts with the same live stories it had.
+    from dated archives restarts with the same live stories it had; but never further ahead
+    of the clock than a day (``cluster.window_newest``).
 
     The cyclic garbage collector is paused meanwhile: the rebuild makes a few long-lived
     objects per article, and the collector would scan them again and again as they are
@@ -1649,7 +1651,7 @@ class Aggregator:
         window's article limit.  A cutoff raised by the limit is stored in the same
         transaction, so that a restart rebuilds the same window."""
         clusterer = self.clusterer
-        newest = clusterer.newest_ts()
+        newest = window_newest(clusterer.newest_ts())
         by_time = max(newest - self.settings.window_days * DAY_S, clusterer.floor_ts)
         cutoff = clusterer.capacity_cutoff(by_time, self.settings.window_articles)
         if cutoff > by_time:

@@ -62,7 +62,7 @@ def purge_cutoffs(now: datetime, retention_s: float, newest_published: datetime 
     if retention_s <= 0:
         return None
     seen_before = now - timedelta(seconds=retention_s)
-    start = window_start(newest_published, window_floor, window_days)
+    start = window_start(newest_published, window_floor, window_days, now)
     if start is None:
         return None
     return Cutoffs(seen_before, min(seen_before, start - WINDOW_MARGIN))

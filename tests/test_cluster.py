@@ -42,6 +42,8 @@ from aggregator.cluster import (
     share_a_band,
     time_factor,
     time_sigma_days,
+    window_newest,
+    window_start,
 )
 from aggregator.config import ClusteringSettings, Config, Source, load_config
 from aggregator.fingerprint import Signer, fingerprint_batch
@@ -575,6 +577,48 @@ def test_the_window_keeps_to_its_article_limit_across_a_restart(tmp_path, monkey
     assert outcomes[4] == ({7, 8, 9, 10}, start + timedelta(days=5, seconds=1), "new_story")
     assert outcomes[0][:2] == (set(range(1, 11)), None)
     assert outcomes[0][2] in ("same_story", "duplicate")
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_an_article_stamped_by_a_clock_a_year_ahead_does_not_move_the_window_a_year_ahead(
+        tmp_path, monkeypatch, restart):
+    """An entry fetched while the system clock was a year ahead is dated by that clock. Once
+    the clock is right again, the window still runs back from the present: a report and
+    its update a day later make one story, live (eviction after every article) and across
+    a restart.  Run back from the article stamped ahead, the window left every story of the
+    present, the report before its update came."""
+    monkeypatch.setattr(pipeline_module, "EVICT_EVERY", 1)
+    words = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "ori", "und")]
+    topics = [" ".join(words[n * 6:n * 6 + 6]) for n in range(2)]
+    now = datetime.now(UTC).replace(microsecond=0)
+    config = desk_config(tmp_path, "ahead", 0)
+    aggregator = Aggregator(config)
+    add_report(aggregator, 0, now + timedelta(days=365), topics[0])
+    add_report(aggregator, 1, now - timedelta(days=1), topics[1])
+    if restart:
+        aggregator.close()
+        aggregator = Aggregator(config)
+    update = add_report(aggregator, 2, now, topics[1], "Update")
+    assert update.relation in ("same_story", "duplicate")
+    assert len({story for (story,) in aggregator.store.db.execute(
+        "SELECT story_id FROM articles WHERE guid IN ('g1', 'g2')")}) == 1
+    assert aggregator.clusterer.window_article_ids() == {1, 2, 3}
+    aggregator.close()
+
+
+@pytest.mark.parametrize(("newest_days", "expected_days"), [
+    (-30, -30),         # a store filled from dated archives: its own newest article
+    (0, 0),
+    (1, 1),             # an entry's date may be a day ahead of its fetch
+    (365, 1),           # stamped by a clock a year ahead, since set right
+])
+def test_the_window_runs_back_from_its_newest_article_but_not_from_a_time_to_come(
+        newest_days, expected_days):
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert window_newest((now + timedelta(days=newest_days)).timestamp(), now) == \
+        (now + timedelta(days=expected_days)).timestamp()
+    assert window_start(now + timedelta(days=newest_days), None, 7, now) == \
+        now + timedelta(days=expected_days - 7)
 
 
 def test_terms_that_leave_memory_come_back_as_they_were(tmp_path, monkeypatch):
