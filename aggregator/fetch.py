@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -101,12 +101,22 @@ def parse_expires(value: str | None, now: datetime) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def server_now(date: datetime | None, local_now: datetime) -> datetime:
+def server_now(date: datetime | None, age: str | None, local_now: datetime) -> datetime:
     """The time that a response's Expires and Retry-After dates count from: its ``Date``,
     the server's clock, as HTTP caches count a freshness lifetime (RFC 9111, 4.2.1), so that
     a local clock some way off the server's neither stretches nor cuts the wait; the local
-    time where the response has no valid ``Date``."""
-    return local_now if date is None else date
+    time where the response has no valid ``Date``.  A cache that answers keeps the ``Date``
+    of the answer it stored and says how long ago that was in ``Age``, which is added."""
+    if date is None:
+        return local_now
+    age = (age or "").strip()
+    if not (age.isascii() and age.isdigit()):
+        return date
+    try:
+        # At most 2^31 s, as caches take an Age too large to hold (RFC 9111, 1.2.2).
+        return date + timedelta(seconds=min(int(age[:12]), 2 ** 31))
+    except OverflowError:  # past the year 9999
+        return date
 
 
 def parse_max_age(cache_control: str | None) -> float | None:
@@ -312,7 +322,7 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
     outcome = classify_status(status)
     received = datetime.now(UTC)
     date = parse_http_date(response.headers.get("date"))
-    now = server_now(date, now)
+    now = server_now(date, response.headers.get("age"), now)
     retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     if outcome is Outcome.GONE:
         raise SourceGoneError(source, f"{final_url} answered 410 Gone", status)
@@ -339,7 +349,7 @@ def _read_response(response: httpx.Response, source: str, url: str, final_url: s
         or parse_expires(response.headers.get("expires"), now),
         retry_after_s=retry_after,
         permanent_redirect=final_url if final_url != url and permanent else None,
-        clock_ahead_s=None if date is None else (received - date).total_seconds(),
+        clock_ahead_s=None if date is None else (received - now).total_seconds(),
     )
 
 

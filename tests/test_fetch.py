@@ -30,6 +30,7 @@ from aggregator.fetch import (
     make_client,
     parse_http_date,
     parse_retry_after,
+    server_now,
 )
 from aggregator.fingerprint import given_priors, prior_document_fraction
 from aggregator.pipeline import Aggregator, fetch_more, worker_count
@@ -838,6 +839,40 @@ def test_expires_and_retry_after_dates_count_from_the_servers_own_clock(
         result = fetch_http(client, "s", feed_server.url("/cached"), None, None, limits)
     assert abs(result.clock_ahead_s + server_ahead.total_seconds()) <= 2
     aggregator.close()
+
+
+def test_a_caches_answer_is_judged_by_its_date_and_age(feed_server):
+    """A cache answers with the Date of the answer it stored, an hour old, and an Age of an
+    hour: the server's clock is not taken to be an hour behind, and the Expires it keeps
+    (two hours after that Date) has an hour left."""
+    from email.utils import format_datetime
+
+    feed_server.clock_ahead_s = -3600.0
+    feed_server.route("/cached", Reply(200, FEED, {"Age": "3600", "Expires": format_datetime(
+        datetime.now(UTC) + timedelta(hours=1), usegmt=True)}))
+    limits = FetchLimits(user_agent="test")
+    with make_client(limits) as client:
+        result = fetch_http(client, "s", feed_server.url("/cached"), None, None, limits)
+    assert abs(result.clock_ahead_s) <= 2
+    assert 3590 <= result.max_age_s <= 3601
+
+
+NOON = datetime(2026, 1, 30, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("date", "age", "expected"), [
+    (None, None, NOON),                                   # no Date: the local clock
+    (None, "60", NOON),
+    (NOON - timedelta(hours=5), None, NOON - timedelta(hours=5)),
+    (NOON - timedelta(hours=5), "3600", NOON - timedelta(hours=4)),
+    (NOON, " 30 ", NOON + timedelta(seconds=30)),
+    (NOON, "-30", NOON),                                  # not an Age
+    (NOON, "soon", NOON),
+    (NOON, "9" * 5000, NOON + timedelta(seconds=2 ** 31)),  # too large: 2^31 s
+    (datetime(9999, 12, 31, tzinfo=UTC), "99999", datetime(9999, 12, 31, tzinfo=UTC)),
+])
+def test_expires_and_retry_after_count_from_the_answers_date_and_age(date, age, expected):
+    assert server_now(date, age, NOON) == expected
 
 
 @pytest.mark.parametrize(("value", "expected"), [
