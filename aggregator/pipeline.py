@@ -873,7 +873,7 @@ class Aggregator:
                                                 source.name, row.url, row.etag,
                                                 row.last_modified, self.limits,
                                                 source.credentials)
-            self.server_clocks.record(" ".join(map(str, fetching.site_of(fetched.result.url))),
+            self.server_clocks.record(fetching.site_of(fetched.result.url),
                                       fetched.result.clock_ahead_s)
             if fetched.result.outcome is not fetching.Outcome.NOT_MODIFIED:
                 document = self._parsed_and_prepared(source, fetched.result, fetched.started)

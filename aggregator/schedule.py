@@ -8,7 +8,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -152,10 +152,11 @@ class ServerClocks:
 
     def __init__(self, kept: int = CLOCK_SERVERS_KEPT):
         self._kept = kept
-        self._offsets: OrderedDict[str, float] = OrderedDict()
+        self._offsets: OrderedDict[Hashable, float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def record(self, server: str, ahead_s: float | None) -> None:
+    def record(self, server: Hashable, ahead_s: float | None) -> None:
+        """``server``: its origin, as ``fetch.site_of`` gives it."""
         if ahead_s is None:
             return
         with self._lock:
